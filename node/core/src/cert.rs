@@ -1,0 +1,234 @@
+//! Ed25519 identities: generating the service identity, node certificates endorsed by it and user/member
+//! certificates, and the checks a verifier needs (endorsement, key extraction, ids).
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::hash::sha256;
+
+/// A certificate and its private key, both PEM (the key is PKCS#8 "PRIVATE KEY").
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// PKCS#8 private key PEM.
+    pub key_pem: String,
+}
+
+/// Certificate and key errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen could not build the certificate.
+    #[error("cannot generate certificate: {0}")]
+    Generate(String),
+    /// Not PEM, or no CERTIFICATE block.
+    #[error("invalid PEM: {0}")]
+    Pem(String),
+    /// DER that is not an X.509 certificate.
+    #[error("invalid certificate: {0}")]
+    Parse(String),
+    /// A key that is not Ed25519 or does not parse.
+    #[error("invalid key: {0}")]
+    Key(String),
+    /// The endorsement signature does not verify.
+    #[error("certificate is not endorsed by the given issuer: {0}")]
+    NotEndorsed(String),
+}
+
+const ED25519_OID: &str = "1.3.101.112";
+
+fn gen_err(e: rcgen::Error) -> CertError {
+    CertError::Generate(e.to_string())
+}
+
+fn named_params(common_name: &str, dns: Vec<String>) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(dns).map_err(gen_err)?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    Ok(params)
+}
+
+/// A self-signed Ed25519 certificate: the service identity (`is_ca`) or a user/member identity.
+pub fn generate_self_signed(common_name: &str, is_ca: bool) -> Result<Identity, CertError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(gen_err)?;
+    let mut params = named_params(common_name, vec![])?;
+    if is_ca {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+    }
+    let cert = params.self_signed(&key).map_err(gen_err)?;
+    Ok(Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A node's TLS certificate signed by the service identity, valid for the given IPs and DNS names.
+pub fn generate_endorsed(
+    common_name: &str,
+    san_ips: &[IpAddr],
+    san_dns: &[String],
+    issuer: &Identity,
+) -> Result<Identity, CertError> {
+    let issuer_key = KeyPair::from_pem(&issuer.key_pem).map_err(|e| CertError::Key(e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_pem(&issuer.cert_pem, issuer_key).map_err(gen_err)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(gen_err)?;
+    let mut params = named_params(common_name, san_dns.to_vec())?;
+    params
+        .subject_alt_names
+        .extend(san_ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
+    Ok(Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The DER of the first CERTIFICATE block in `pem`.
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, CertError> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = pem
+        .find(BEGIN)
+        .ok_or_else(|| CertError::Pem("no CERTIFICATE block".into()))?
+        + BEGIN.len();
+    let len = pem[start..]
+        .find(END)
+        .ok_or_else(|| CertError::Pem("unterminated CERTIFICATE block".into()))?;
+    let b64: String = pem[start..start + len]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| CertError::Pem(e.to_string()))
+}
+
+/// PEM-encodes a certificate.
+pub fn der_to_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Parse(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CertError::Parse("trailing bytes after certificate".into()));
+    }
+    Ok(cert)
+}
+
+/// Hex SHA-256 of the certificate DER: how users and members are identified (as in CCF).
+pub fn cert_fingerprint_hex(cert_der: &[u8]) -> String {
+    hex::encode(sha256(cert_der))
+}
+
+/// Hex SHA-256 of the certificate's SubjectPublicKeyInfo DER: how nodes are identified.
+pub fn public_key_id_hex(cert_der: &[u8]) -> Result<String, CertError> {
+    Ok(hex::encode(sha256(parse(cert_der)?.public_key().raw)))
+}
+
+/// The Ed25519 public key of a certificate.
+pub fn ed25519_verifying_key(cert_der: &[u8]) -> Result<VerifyingKey, CertError> {
+    let cert = parse(cert_der)?;
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm.to_id_string() != ED25519_OID {
+        return Err(CertError::Key(format!(
+            "not an Ed25519 key ({})",
+            spki.algorithm.algorithm
+        )));
+    }
+    let raw: [u8; 32] = spki
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| CertError::Key("bad Ed25519 key length".into()))?;
+    VerifyingKey::from_bytes(&raw).map_err(|e| CertError::Key(e.to_string()))
+}
+
+/// Parses a PKCS#8 PEM Ed25519 private key.
+pub fn signing_key_from_pem(key_pem: &str) -> Result<SigningKey, CertError> {
+    SigningKey::from_pkcs8_pem(key_pem).map_err(|e| CertError::Key(e.to_string()))
+}
+
+/// Checks that `cert_der` was signed by the Ed25519 key of `issuer_der` and names it as issuer. No clock check:
+/// receipts must stay verifiable after certificates expire.
+pub fn verify_endorsement(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), CertError> {
+    let cert = parse(cert_der)?;
+    let issuer = parse(issuer_der)?;
+    if cert.issuer().as_raw() != issuer.subject().as_raw() {
+        return Err(CertError::NotEndorsed("issuer name does not match".into()));
+    }
+    if cert.signature_algorithm.algorithm.to_id_string() != ED25519_OID {
+        return Err(CertError::NotEndorsed(
+            "signature algorithm is not Ed25519".into(),
+        ));
+    }
+    let key = ed25519_verifying_key(issuer_der)?;
+    let sig = Signature::from_slice(cert.signature_value.data.as_ref())
+        .map_err(|e| CertError::NotEndorsed(e.to_string()))?;
+    key.verify_strict(cert.tbs_certificate.as_ref(), &sig)
+        .map_err(|e| CertError::NotEndorsed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::Signer;
+
+    #[test]
+    fn endorse_and_verify() {
+        let service = generate_self_signed("service", true).unwrap();
+        let node = generate_endorsed(
+            "n0",
+            &["127.0.0.1".parse().unwrap()],
+            &["localhost".into()],
+            &service,
+        )
+        .unwrap();
+        let service_der = pem_to_der(&service.cert_pem).unwrap();
+        let node_der = pem_to_der(&node.cert_pem).unwrap();
+        verify_endorsement(&node_der, &service_der).unwrap();
+        assert!(
+            verify_endorsement(&service_der, &service_der).is_ok(),
+            "self-signed verifies against itself"
+        );
+        let other = generate_self_signed("service", true).unwrap();
+        assert!(verify_endorsement(&node_der, &pem_to_der(&other.cert_pem).unwrap()).is_err());
+
+        // Any change to the signed part breaks the endorsement (or the parse).
+        for i in (20..node_der.len() - 70).step_by(7) {
+            let mut bad = node_der.clone();
+            bad[i] ^= 0x01;
+            assert!(verify_endorsement(&bad, &service_der).is_err(), "byte {i}");
+        }
+
+        let key = signing_key_from_pem(&node.key_pem).unwrap();
+        let vk = ed25519_verifying_key(&node_der).unwrap();
+        vk.verify_strict(b"m", &key.sign(b"m")).unwrap();
+        assert_eq!(pem_to_der(&der_to_pem(&node_der)).unwrap(), node_der);
+        assert_eq!(cert_fingerprint_hex(&node_der).len(), 64);
+        assert_ne!(
+            public_key_id_hex(&node_der).unwrap(),
+            public_key_id_hex(&service_der).unwrap()
+        );
+        assert!(pem_to_der("garbage").is_err());
+        assert!(signing_key_from_pem("garbage").is_err());
+    }
+}

@@ -1,0 +1,533 @@
+//! The on-disk ledger format: prost messages for transactions and entries, length+CRC framing, and chunk file
+//! names. A chunk is a sequence of frames `u32 LE length ‖ u32 LE crc32(body) ‖ body`, where body is an encoded
+//! [`LedgerEntry`]. The CRC only catches torn writes; integrity against tampering comes from the Merkle tree and
+//! the signatures over it (see `audit`).
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey};
+use serde::{Deserialize, Serialize};
+
+use crate::hash::{leaf_hash, sha256, Digest};
+use crate::maps;
+use crate::txid::TxId;
+
+/// Transaction kind of an ordinary (application or governance) transaction.
+pub const KIND_TX: u32 = 0;
+/// Transaction kind of a signature transaction.
+pub const KIND_SIGNATURE: u32 = 1;
+
+/// Size of a frame header: length and CRC.
+pub const FRAME_HEADER: usize = 8;
+
+/// One key written (or deleted) in a map.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KeyWrite {
+    /// The key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// The new value; None deletes the key.
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub value: Option<Vec<u8>>,
+}
+
+/// The writes of one transaction to one map.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MapWrites {
+    /// The map's name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Writes in key order.
+    #[prost(message, repeated, tag = "2")]
+    pub writes: Vec<KeyWrite>,
+}
+
+/// All writes of one transaction to one visibility class (public or private maps).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteSet {
+    /// Maps in name order.
+    #[prost(message, repeated, tag = "1")]
+    pub maps: Vec<MapWrites>,
+}
+
+impl WriteSet {
+    /// True when nothing is written.
+    pub fn is_empty(&self) -> bool {
+        self.maps.iter().all(|m| m.writes.is_empty())
+    }
+}
+
+/// A transaction as recorded in the ledger.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Transaction {
+    /// View it was created in.
+    #[prost(uint64, tag = "1")]
+    pub view: u64,
+    /// Ledger position.
+    #[prost(uint64, tag = "2")]
+    pub seqno: u64,
+    /// [`KIND_TX`] or [`KIND_SIGNATURE`].
+    #[prost(uint32, tag = "3")]
+    pub kind: u32,
+    /// Encoded [`WriteSet`] of public maps, in clear.
+    #[prost(bytes = "vec", tag = "4")]
+    pub public_writes: Vec<u8>,
+    /// Encoded [`WriteSet`] of private maps, sealed (nonce ‖ AES-256-GCM) under the ledger secret; empty if none.
+    #[prost(bytes = "vec", tag = "5")]
+    pub private_sealed: Vec<u8>,
+}
+
+impl Transaction {
+    /// The transaction's id.
+    pub fn tx_id(&self) -> TxId {
+        TxId::new(self.view, self.seqno)
+    }
+
+    /// Decodes the public write set.
+    pub fn public_write_set(&self) -> Result<WriteSet, LedgerError> {
+        <WriteSet as prost::Message>::decode(self.public_writes.as_slice())
+            .map_err(|e| LedgerError::Decode(format!("public write set: {e}")))
+    }
+}
+
+/// One ledger entry: the transaction plus what its Merkle leaf needs besides the transaction's digest.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LedgerEntry {
+    /// Encoded [`Transaction`]; its SHA-256 is the leaf's write-set digest.
+    #[prost(bytes = "vec", tag = "1")]
+    pub transaction: Vec<u8>,
+    /// SHA-256 of the commit evidence string (the evidence itself is secret until a receipt reveals it).
+    #[prost(bytes = "vec", tag = "2")]
+    pub commit_evidence_digest: Vec<u8>,
+    /// Application claims digest (zeros when none).
+    #[prost(bytes = "vec", tag = "3")]
+    pub claims_digest: Vec<u8>,
+}
+
+fn digest32(bytes: &[u8], what: &str) -> Result<Digest, LedgerError> {
+    bytes
+        .try_into()
+        .map_err(|_| LedgerError::Decode(format!("{what} is {} bytes, expected 32", bytes.len())))
+}
+
+impl LedgerEntry {
+    /// SHA-256 of the encoded transaction.
+    pub fn write_set_digest(&self) -> Digest {
+        sha256(&self.transaction)
+    }
+
+    /// The Merkle leaf of this entry.
+    pub fn leaf(&self) -> Result<Digest, LedgerError> {
+        let ce = digest32(&self.commit_evidence_digest, "commit evidence digest")?;
+        let claims = digest32(&self.claims_digest, "claims digest")?;
+        Ok(leaf_hash(&self.write_set_digest(), &ce, &claims))
+    }
+
+    /// Decodes the transaction.
+    pub fn decode_transaction(&self) -> Result<Transaction, LedgerError> {
+        <Transaction as prost::Message>::decode(self.transaction.as_slice())
+            .map_err(|e| LedgerError::Decode(format!("transaction: {e}")))
+    }
+}
+
+/// Ledger format and file errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// Bytes that do not decode.
+    #[error("undecodable ledger data: {0}")]
+    Decode(String),
+    /// A file system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Chunk files that cannot form one ledger.
+    #[error("inconsistent ledger directory: {0}")]
+    Layout(String),
+}
+
+/// Encodes one frame.
+pub fn encode_frame(entry: &LedgerEntry) -> Vec<u8> {
+    let body = prost::Message::encode_to_vec(entry);
+    let mut out = Vec::with_capacity(FRAME_HEADER + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A decoded frame and where it sits in the chunk.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// Byte offset of the frame header.
+    pub offset: u64,
+    /// Whole frame length including the header.
+    pub len: u64,
+    /// The entry.
+    pub entry: LedgerEntry,
+}
+
+/// Why the frames of a chunk stop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A partial frame at the end (a torn write).
+    #[error("truncated frame at offset {offset}")]
+    Truncated {
+        /// Offset of the partial frame.
+        offset: u64,
+    },
+    /// A complete frame whose CRC or body is wrong.
+    #[error("corrupt frame at offset {offset}: {reason}")]
+    Corrupt {
+        /// Offset of the bad frame.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Iterator over the frames of a chunk; stops after the first error.
+pub struct FrameIter<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    done: bool,
+}
+
+/// Decodes the frames of a chunk's bytes.
+pub fn decode_frames(bytes: &[u8]) -> FrameIter<'_> {
+    FrameIter {
+        bytes,
+        pos: 0,
+        done: false,
+    }
+}
+
+impl Iterator for FrameIter<'_> {
+    type Item = Result<Frame, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.pos >= self.bytes.len() {
+            return None;
+        }
+        let offset = self.pos as u64;
+        let rest = &self.bytes[self.pos..];
+        let fail = |this: &mut Self, e: FrameError| {
+            this.done = true;
+            Some(Err(e))
+        };
+        if rest.len() < FRAME_HEADER {
+            return fail(self, FrameError::Truncated { offset });
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if rest.len() - FRAME_HEADER < len {
+            return fail(self, FrameError::Truncated { offset });
+        }
+        let body = &rest[FRAME_HEADER..FRAME_HEADER + len];
+        if crc32fast::hash(body) != crc {
+            return fail(
+                self,
+                FrameError::Corrupt {
+                    offset,
+                    reason: "checksum mismatch".into(),
+                },
+            );
+        }
+        match <LedgerEntry as prost::Message>::decode(body) {
+            Ok(entry) => {
+                self.pos += FRAME_HEADER + len;
+                Some(Ok(Frame {
+                    offset,
+                    len: (FRAME_HEADER + len) as u64,
+                    entry,
+                }))
+            }
+            Err(e) => fail(
+                self,
+                FrameError::Corrupt {
+                    offset,
+                    reason: format!("undecodable entry: {e}"),
+                },
+            ),
+        }
+    }
+}
+
+/// A chunk file name: `ledger_<start>` (open), `ledger_<start>-<end>` (closed), `ledger_<start>-<end>.committed`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkName {
+    /// First seqno in the chunk.
+    pub start: u64,
+    /// Last seqno, once the chunk is closed.
+    pub end: Option<u64>,
+    /// Closed and known committed.
+    pub committed: bool,
+}
+
+impl ChunkName {
+    /// The file name.
+    pub fn file_name(&self) -> String {
+        match self.end {
+            None => format!("ledger_{}", self.start),
+            Some(end) if self.committed => format!("ledger_{}-{}.committed", self.start, end),
+            Some(end) => format!("ledger_{}-{}", self.start, end),
+        }
+    }
+
+    /// Parses a file name; None for anything that is not a chunk.
+    pub fn parse(name: &str) -> Option<ChunkName> {
+        let rest = name.strip_prefix("ledger_")?;
+        let (range, committed) = match rest.strip_suffix(".committed") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let num = |s: &str| -> Option<u64> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        match range.split_once('-') {
+            Some((s, e)) => {
+                let (start, end) = (num(s)?, num(e)?);
+                (end >= start).then_some(ChunkName {
+                    start,
+                    end: Some(end),
+                    committed,
+                })
+            }
+            None if !committed => Some(ChunkName {
+                start: num(range)?,
+                end: None,
+                committed,
+            }),
+            None => None,
+        }
+    }
+}
+
+/// Chunk files in `dir` sorted by start seqno; unrelated files are ignored.
+pub fn list_chunks(dir: &Path) -> Result<Vec<(ChunkName, PathBuf)>, LedgerError> {
+    let io = |source| LedgerError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut chunks = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if let Some(name) = entry.file_name().to_str().and_then(ChunkName::parse) {
+            chunks.push((name, entry.path()));
+        }
+    }
+    chunks.sort_by_key(|(n, _)| n.start);
+    for pair in chunks.windows(2) {
+        let (a, b) = (&pair[0].0, &pair[1].0);
+        if a.end.is_none_or(|end| end >= b.start) {
+            return Err(LedgerError::Layout(format!(
+                "chunks {} and {} overlap",
+                a.file_name(),
+                b.file_name()
+            )));
+        }
+    }
+    Ok(chunks)
+}
+
+/// The JSON value a signature transaction stores at key "" of [`crate::maps::SIGNATURES`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SignatureRecord {
+    /// Signing node's id (hex SHA-256 of its public key's SubjectPublicKeyInfo).
+    pub node_id: String,
+    /// View of the signature transaction.
+    pub view: u64,
+    /// Seqno of the signature transaction.
+    pub seqno: u64,
+    /// Hex Merkle root over every transaction before this one.
+    pub root: String,
+    /// Base64 Ed25519 signature by the node over the 32 root bytes.
+    pub signature: String,
+    /// The node's certificate (PEM), endorsed by the service identity.
+    pub cert: String,
+}
+
+impl SignatureRecord {
+    /// Signs `root` with the node's key and records who signed what.
+    pub fn sign(
+        node_key: &SigningKey,
+        node_id: &str,
+        node_cert_pem: &str,
+        tx_id: TxId,
+        root: &Digest,
+    ) -> SignatureRecord {
+        SignatureRecord {
+            node_id: node_id.to_string(),
+            view: tx_id.view,
+            seqno: tx_id.seqno,
+            root: hex::encode(root),
+            signature: base64::engine::general_purpose::STANDARD.encode(node_key.sign(root).to_bytes()),
+            cert: node_cert_pem.to_string(),
+        }
+    }
+
+    /// The signed root.
+    pub fn root_digest(&self) -> Result<Digest, LedgerError> {
+        crate::hash::digest_from_hex(&self.root)
+            .ok_or_else(|| LedgerError::Decode("signature record root is not 32 hex bytes".into()))
+    }
+}
+
+/// The public write set of a signature transaction: the COSE signature and the node's signature record, in map
+/// name order as every write set is.
+pub fn signature_write_set(record: &SignatureRecord, cose_sign1: &[u8]) -> Result<WriteSet, LedgerError> {
+    let record_json = serde_json::to_vec(record).map_err(|e| LedgerError::Decode(e.to_string()))?;
+    let single = |name: &str, value: Vec<u8>| MapWrites {
+        name: name.to_string(),
+        writes: vec![KeyWrite {
+            key: Vec::new(),
+            value: Some(value),
+        }],
+    };
+    Ok(WriteSet {
+        maps: vec![
+            single(maps::COSE_SIGNATURES, cose_sign1.to_vec()),
+            single(maps::SIGNATURES, record_json),
+        ],
+    })
+}
+
+/// Extracts the signature record and COSE signature from a signature transaction's public write set.
+pub fn parse_signature_write_set(public: &WriteSet) -> Result<(SignatureRecord, Vec<u8>), LedgerError> {
+    let value = |name: &str| {
+        public
+            .maps
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.writes.first())
+            .and_then(|w| w.value.clone())
+            .ok_or_else(|| LedgerError::Decode(format!("signature transaction without {name}")))
+    };
+    let record: SignatureRecord = serde_json::from_slice(&value(maps::SIGNATURES)?)
+        .map_err(|e| LedgerError::Decode(format!("signature record: {e}")))?;
+    Ok((record, value(maps::COSE_SIGNATURES)?))
+}
+
+/// Builds the ledger entry of a transaction from its commit evidence and claims digest.
+pub fn make_entry(transaction: &Transaction, commit_evidence: &str, claims_digest: &Digest) -> LedgerEntry {
+    LedgerEntry {
+        transaction: prost::Message::encode_to_vec(transaction),
+        commit_evidence_digest: sha256(commit_evidence.as_bytes()).to_vec(),
+        claims_digest: claims_digest.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u8) -> LedgerEntry {
+        let tx = Transaction {
+            view: 2,
+            seqno: i as u64,
+            kind: KIND_TX,
+            public_writes: vec![i; 5],
+            private_sealed: vec![],
+        };
+        LedgerEntry {
+            transaction: prost::Message::encode_to_vec(&tx),
+            commit_evidence_digest: vec![i; 32],
+            claims_digest: vec![0; 32],
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_detect_damage() {
+        let mut bytes = Vec::new();
+        for i in 1..=3 {
+            bytes.extend(encode_frame(&entry(i)));
+        }
+        let frames: Vec<_> = decode_frames(&bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[1].entry, entry(2));
+        assert_eq!(frames[2].offset + frames[2].len, bytes.len() as u64);
+        assert_eq!(
+            frames[0].entry.decode_transaction().unwrap().tx_id(),
+            TxId::new(2, 1)
+        );
+
+        let torn = &bytes[..bytes.len() - 3];
+        let results: Vec<_> = decode_frames(torn).collect();
+        assert_eq!(results.len(), 3);
+        assert_eq!(
+            results[2].as_ref().unwrap_err(),
+            &FrameError::Truncated {
+                offset: frames[2].offset
+            }
+        );
+
+        let mut bad = bytes.clone();
+        bad[frames[1].offset as usize + 12] ^= 0x40;
+        let results: Vec<_> = decode_frames(&bad).collect();
+        assert_eq!(results.len(), 2);
+        assert!(matches!(results[1], Err(FrameError::Corrupt { offset, .. }) if offset == frames[1].offset));
+    }
+
+    #[test]
+    fn chunk_names() {
+        for (s, n) in [
+            (
+                "ledger_1",
+                ChunkName {
+                    start: 1,
+                    end: None,
+                    committed: false,
+                },
+            ),
+            (
+                "ledger_1-20",
+                ChunkName {
+                    start: 1,
+                    end: Some(20),
+                    committed: false,
+                },
+            ),
+            (
+                "ledger_21-40.committed",
+                ChunkName {
+                    start: 21,
+                    end: Some(40),
+                    committed: true,
+                },
+            ),
+        ] {
+            assert_eq!(ChunkName::parse(s).as_ref(), Some(&n));
+            assert_eq!(n.file_name(), s);
+        }
+        for bad in [
+            "ledger_",
+            "ledger_a",
+            "ledger_5-3",
+            "ledger_1.committed",
+            "ledger_1-2.tmp",
+            "foo",
+            "ledger_+1",
+        ] {
+            assert_eq!(ChunkName::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn list_chunks_sorts_and_rejects_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["ledger_11", "ledger_1-10.committed", "notes.txt"] {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let chunks = list_chunks(dir.path()).unwrap();
+        assert_eq!(chunks.iter().map(|c| c.0.start).collect::<Vec<_>>(), vec![1, 11]);
+        std::fs::write(dir.path().join("ledger_5-12"), b"").unwrap();
+        assert!(list_chunks(dir.path()).is_err());
+    }
+}

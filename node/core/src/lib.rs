@@ -1,0 +1,14 @@
+//! What a Synod client verifies offline: transaction ids, the Merkle tree, the ledger format, certificates, COSE
+//! signatures and receipts, and the ledger audit. Deliberately free of server dependencies (no RocksDB, no async
+//! runtime, no JavaScript engine) so the `synod` CLI and third-party verifiers stay small.
+
+pub mod audit;
+pub mod cert;
+pub mod cose;
+pub mod hash;
+pub mod ledger;
+pub mod maps;
+pub mod merkle;
+pub mod receipt;
+pub mod testing;
+pub mod txid;

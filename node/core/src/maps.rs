@@ -1,0 +1,40 @@
+//! Names of the framework's own tables. They follow CCF's names so that tooling written for CCF ledgers
+//! recognises them.
+
+/// Node signatures over the Merkle root (JSON [`crate::ledger::SignatureRecord`] at key "").
+pub const SIGNATURES: &str = "public:ccf.internal.signatures";
+/// Service-key COSE Sign1 over the Merkle root (detached payload) at key "".
+pub const COSE_SIGNATURES: &str = "public:ccf.internal.cose_signatures";
+/// Node information keyed by node id.
+pub const NODES_INFO: &str = "public:ccf.gov.nodes.info";
+/// Service information (certificate, status) at key "".
+pub const SERVICE_INFO: &str = "public:ccf.gov.service.info";
+/// User certificates keyed by user id (hex SHA-256 of the certificate DER).
+pub const USERS_CERTS: &str = "public:ccf.gov.users.certs";
+/// Member certificates keyed by member id (hex SHA-256 of the certificate DER).
+pub const MEMBERS_CERTS: &str = "public:ccf.gov.members.certs";
+
+/// Public maps are written in clear in the ledger; all others are sealed.
+pub fn is_public(map: &str) -> bool {
+    map.starts_with("public:")
+}
+
+/// Tables owned by the framework; applications may never write them.
+pub fn is_framework_table(map: &str) -> bool {
+    map.starts_with("public:ccf.") || map.starts_with("ccf.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert!(is_public(SIGNATURES));
+        assert!(is_framework_table(SIGNATURES));
+        assert!(is_framework_table("ccf.internal.secrets"));
+        assert!(!is_framework_table("public:records"));
+        assert!(!is_public("records"));
+        assert!(!is_public("publicrecords"));
+    }
+}

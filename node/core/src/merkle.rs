@@ -1,0 +1,281 @@
+//! An append-only Merkle tree over SHA-256 with the RFC 9162 shape and no domain prefixes: the tree CCF's
+//! receipts fold. Proofs can be produced at any past size, which is what receipts for older signatures need.
+//!
+//! Layout: `levels[h][i]` is the hash of the complete, aligned subtree over leaves `[i·2^h, (i+1)·2^h)`. Those hashes
+//! never change once complete, so `append` is O(1) amortised and any root or path combines O(log n) of them.
+
+use crate::hash::{sha256_pair, Digest};
+use serde::{Deserialize, Serialize};
+
+/// One step of an inclusion proof, from the leaf towards the root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofStep {
+    /// True when the sibling is on the left: `acc = sha256(hash ‖ acc)`.
+    pub left: bool,
+    /// The sibling subtree's hash.
+    pub hash: Digest,
+}
+
+/// Why a root or path cannot be produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MerkleError {
+    /// The requested tree size is 0 or larger than the tree.
+    #[error("tree size {size} out of range (tree has {len} leaves)")]
+    SizeOutOfRange {
+        /// The requested size.
+        size: u64,
+        /// The number of leaves.
+        len: u64,
+    },
+    /// The leaf index is not below the requested size.
+    #[error("leaf index {index} not below tree size {size}")]
+    IndexOutOfRange {
+        /// The requested index.
+        index: u64,
+        /// The requested size.
+        size: u64,
+    },
+}
+
+/// The append-only tree.
+#[derive(Clone, Debug, Default)]
+pub struct MerkleTree {
+    levels: Vec<Vec<Digest>>,
+}
+
+fn largest_power_of_two_below(n: u64) -> u64 {
+    debug_assert!(n > 1);
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+impl MerkleTree {
+    /// An empty tree.
+    pub fn new() -> MerkleTree {
+        MerkleTree::default()
+    }
+
+    /// Appends a leaf digest (leaves are not re-hashed).
+    pub fn append(&mut self, leaf: Digest) {
+        if self.levels.is_empty() {
+            self.levels.push(Vec::new());
+        }
+        self.levels[0].push(leaf);
+        let mut h = 0;
+        while self.levels[h].len() % 2 == 0 {
+            let n = self.levels[h].len();
+            let parent = sha256_pair(&self.levels[h][n - 2], &self.levels[h][n - 1]);
+            if self.levels.len() == h + 1 {
+                self.levels.push(Vec::new());
+            }
+            self.levels[h + 1].push(parent);
+            h += 1;
+        }
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> u64 {
+        self.levels.first().map_or(0, |l| l.len() as u64)
+    }
+
+    /// True when no leaf was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The leaf at `index`.
+    pub fn leaf(&self, index: u64) -> Option<Digest> {
+        self.levels.first()?.get(usize::try_from(index).ok()?).copied()
+    }
+
+    /// The current root, None when empty.
+    pub fn root(&self) -> Option<Digest> {
+        self.root_at(self.len()).ok()
+    }
+
+    /// The root of the tree over the first `size` leaves.
+    pub fn root_at(&self, size: u64) -> Result<Digest, MerkleError> {
+        if size == 0 || size > self.len() {
+            return Err(MerkleError::SizeOutOfRange {
+                size,
+                len: self.len(),
+            });
+        }
+        Ok(self.subtree(0, size))
+    }
+
+    /// Inclusion proof of leaf `index` in the tree over the first `size` leaves, leaf to root.
+    pub fn path(&self, index: u64, size: u64) -> Result<Vec<ProofStep>, MerkleError> {
+        if size == 0 || size > self.len() {
+            return Err(MerkleError::SizeOutOfRange {
+                size,
+                len: self.len(),
+            });
+        }
+        if index >= size {
+            return Err(MerkleError::IndexOutOfRange { index, size });
+        }
+        let mut steps = Vec::new();
+        self.path_into(index, 0, size, &mut steps);
+        steps.reverse();
+        Ok(steps)
+    }
+
+    /// Drops every leaf at or after `size` (crash recovery of an unsigned tail).
+    pub fn truncate(&mut self, size: u64) {
+        for (h, level) in self.levels.iter_mut().enumerate() {
+            level.truncate((size >> h) as usize);
+        }
+        while self.levels.last().is_some_and(|l| l.is_empty()) {
+            self.levels.pop();
+        }
+    }
+
+    // MTH over leaves [start, start + n); every left subtree in the RFC 9162 recursion is complete and aligned.
+    fn subtree(&self, start: u64, n: u64) -> Digest {
+        if n.is_power_of_two() {
+            let h = n.trailing_zeros() as usize;
+            return self.levels[h][(start >> h) as usize];
+        }
+        let k = largest_power_of_two_below(n);
+        sha256_pair(&self.subtree(start, k), &self.subtree(start + k, n - k))
+    }
+
+    // Pushes steps root-first (the caller reverses).
+    fn path_into(&self, index: u64, start: u64, n: u64, steps: &mut Vec<ProofStep>) {
+        if n == 1 {
+            return;
+        }
+        let k = largest_power_of_two_below(n);
+        if index < start + k {
+            steps.push(ProofStep {
+                left: false,
+                hash: self.subtree(start + k, n - k),
+            });
+            self.path_into(index, start, k, steps);
+        } else {
+            steps.push(ProofStep {
+                left: true,
+                hash: self.subtree(start, k),
+            });
+            self.path_into(index, start + k, n - k, steps);
+        }
+    }
+}
+
+/// Folds an inclusion proof from `leaf` up to the root it implies.
+pub fn fold_proof(leaf: &Digest, path: &[ProofStep]) -> Digest {
+    path.iter().fold(*leaf, |acc, step| {
+        if step.left {
+            sha256_pair(&step.hash, &acc)
+        } else {
+            sha256_pair(&acc, &step.hash)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::sha256;
+
+    // Independent RFC 9162 reference, written directly from the RFC's recursive definitions over a slice.
+    fn naive_root(leaves: &[Digest]) -> Digest {
+        if leaves.len() == 1 {
+            return leaves[0];
+        }
+        let mut k = 1;
+        while k * 2 < leaves.len() {
+            k *= 2;
+        }
+        let (l, r) = leaves.split_at(k);
+        let mut buf = naive_root(l).to_vec();
+        buf.extend_from_slice(&naive_root(r));
+        sha256(&buf)
+    }
+
+    fn naive_path(m: usize, leaves: &[Digest]) -> Vec<(bool, Digest)> {
+        if leaves.len() == 1 {
+            return vec![];
+        }
+        let mut k = 1;
+        while k * 2 < leaves.len() {
+            k *= 2;
+        }
+        let (l, r) = leaves.split_at(k);
+        if m < k {
+            let mut p = naive_path(m, l);
+            p.push((false, naive_root(r)));
+            p
+        } else {
+            let mut p = naive_path(m - k, r);
+            p.push((true, naive_root(l)));
+            p
+        }
+    }
+
+    fn leaves(n: usize) -> Vec<Digest> {
+        (0..n).map(|i| sha256(&(i as u64).to_le_bytes())).collect()
+    }
+
+    #[test]
+    fn matches_reference_for_every_index_and_size() {
+        let all = leaves(70);
+        let mut tree = MerkleTree::new();
+        assert_eq!(tree.root(), None);
+        for l in &all {
+            tree.append(*l);
+        }
+        for size in 1..=70u64 {
+            let root = tree.root_at(size).unwrap();
+            assert_eq!(root, naive_root(&all[..size as usize]), "size {size}");
+            for index in 0..size {
+                let path = tree.path(index, size).unwrap();
+                let expected: Vec<ProofStep> = naive_path(index as usize, &all[..size as usize])
+                    .into_iter()
+                    .map(|(left, hash)| ProofStep { left, hash })
+                    .collect();
+                assert_eq!(path, expected, "index {index} size {size}");
+                assert_eq!(fold_proof(&all[index as usize], &path), root);
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        let mut tree = MerkleTree::new();
+        assert!(tree.root_at(1).is_err());
+        tree.append([1; 32]);
+        assert!(tree.path(1, 1).is_err());
+        assert!(tree.path(0, 2).is_err());
+        assert!(tree.root_at(0).is_err());
+        assert_eq!(tree.path(0, 1).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn truncate_then_reappend() {
+        let all = leaves(40);
+        let mut tree = MerkleTree::new();
+        for l in &all[..33] {
+            tree.append(*l);
+        }
+        tree.truncate(17);
+        assert_eq!(tree.len(), 17);
+        assert_eq!(tree.root().unwrap(), naive_root(&all[..17]));
+        for l in &all[17..] {
+            tree.append(*l);
+        }
+        assert_eq!(tree.root().unwrap(), naive_root(&all));
+        tree.truncate(0);
+        assert!(tree.is_empty());
+    }
+
+    #[test]
+    fn tampered_proof_does_not_fold_to_root() {
+        let all = leaves(13);
+        let mut tree = MerkleTree::new();
+        all.iter().for_each(|l| tree.append(*l));
+        let mut path = tree.path(5, 13).unwrap();
+        path[1].hash[0] ^= 1;
+        assert_ne!(fold_proof(&all[5], &path), tree.root().unwrap());
+    }
+}

@@ -1,0 +1,213 @@
+//! Receipts in CCF's JSON form and offline verification of both forms (JSON and COSE).
+
+use base64::Engine as _;
+use ed25519_dalek::Signature;
+use serde::{Deserialize, Serialize};
+
+use crate::cert;
+use crate::cose::{self, CoseError};
+use crate::hash::{leaf_hash, sha256, Digest};
+use crate::merkle::{fold_proof, ProofStep};
+use crate::txid::TxId;
+
+/// Receipt verification errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    /// Not a receipt (bad JSON, bad field).
+    #[error("malformed receipt: {0}")]
+    Malformed(String),
+    /// Well-formed but does not verify.
+    #[error("{0}")]
+    Invalid(String),
+    /// COSE receipt errors.
+    #[error(transparent)]
+    Cose(#[from] CoseError),
+    /// Unusable certificate.
+    #[error(transparent)]
+    Cert(#[from] cert::CertError),
+}
+
+fn strict_digest(s: &str, what: &str) -> Result<Digest, ReceiptError> {
+    // Lower-case only: a receipt whose bytes changed must not verify, and hex decoding is case-insensitive.
+    if s.len() != 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(ReceiptError::Malformed(format!(
+            "{what} must be 64 lower-case hex characters"
+        )));
+    }
+    crate::hash::digest_from_hex(s).ok_or_else(|| ReceiptError::Malformed(format!("{what} is not hex")))
+}
+
+/// The parts of a Merkle leaf a receipt reveals.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LeafComponents {
+    /// Hex SHA-256 of the ledger transaction.
+    pub write_set_digest: String,
+    /// `ce:<view>.<seqno>:<hex>`; its SHA-256 enters the leaf.
+    pub commit_evidence: String,
+    /// Hex claims digest.
+    pub claims_digest: String,
+}
+
+impl LeafComponents {
+    /// The Merkle leaf these components hash to.
+    pub fn leaf(&self) -> Result<Digest, ReceiptError> {
+        let wsd = strict_digest(&self.write_set_digest, "write_set_digest")?;
+        let claims = strict_digest(&self.claims_digest, "claims_digest")?;
+        Ok(leaf_hash(&wsd, &sha256(self.commit_evidence.as_bytes()), &claims))
+    }
+
+    /// The tx id named by the commit evidence, if it has the expected shape.
+    pub fn tx_id(&self) -> Option<TxId> {
+        let rest = self.commit_evidence.strip_prefix("ce:")?;
+        let (txid, _) = rest.split_once(':')?;
+        txid.parse().ok()
+    }
+}
+
+/// One step of a JSON proof: the sibling's hash and its side.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProofElement {
+    /// Sibling on the left.
+    Left(String),
+    /// Sibling on the right.
+    Right(String),
+}
+
+impl From<&ProofStep> for ProofElement {
+    fn from(step: &ProofStep) -> ProofElement {
+        let h = hex::encode(step.hash);
+        if step.left {
+            ProofElement::Left(h)
+        } else {
+            ProofElement::Right(h)
+        }
+    }
+}
+
+impl ProofElement {
+    fn step(&self) -> Result<ProofStep, ReceiptError> {
+        Ok(match self {
+            ProofElement::Left(h) => ProofStep {
+                left: true,
+                hash: strict_digest(h, "proof hash")?,
+            },
+            ProofElement::Right(h) => ProofStep {
+                left: false,
+                hash: strict_digest(h, "proof hash")?,
+            },
+        })
+    }
+}
+
+/// CCF's JSON receipt.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JsonReceipt {
+    /// Signing node's certificate (PEM), endorsed by the service identity.
+    pub cert: String,
+    /// True for a receipt of a signature transaction itself.
+    pub is_signature_transaction: bool,
+    /// Leaf components (ordinary transactions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_components: Option<LeafComponents>,
+    /// Signing node's id.
+    pub node_id: String,
+    /// Path from the leaf to the signed root (ordinary transactions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Vec<ProofElement>>,
+    /// Base64 Ed25519 signature over the root.
+    pub signature: String,
+    /// Hex signed root (signature transactions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+}
+
+/// What a verified receipt proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedReceipt {
+    /// The transaction, when the receipt names it.
+    pub tx_id: Option<TxId>,
+    /// The signed Merkle root.
+    pub root: Digest,
+    /// The transaction's leaf (None for a signature transaction's receipt).
+    pub leaf: Option<Digest>,
+}
+
+/// Verifies a JSON receipt against the service certificate.
+pub fn verify_json(receipt: &JsonReceipt, service_cert_der: &[u8]) -> Result<VerifiedReceipt, ReceiptError> {
+    let node_der = cert::pem_to_der(&receipt.cert)?;
+    if cert::der_to_pem(&node_der) != receipt.cert {
+        return Err(ReceiptError::Malformed(
+            "cert is not in canonical PEM form".into(),
+        ));
+    }
+    cert::verify_endorsement(&node_der, service_cert_der)
+        .map_err(|e| ReceiptError::Invalid(format!("node certificate: {e}")))?;
+    if cert::public_key_id_hex(&node_der)? != receipt.node_id {
+        return Err(ReceiptError::Invalid(
+            "node_id does not match the node certificate".into(),
+        ));
+    }
+    let (root, leaf, tx_id) = if receipt.is_signature_transaction {
+        if receipt.leaf_components.is_some() || receipt.proof.is_some() {
+            return Err(ReceiptError::Malformed(
+                "a signature transaction's receipt has no leaf or proof".into(),
+            ));
+        }
+        let root = receipt
+            .root
+            .as_deref()
+            .ok_or_else(|| ReceiptError::Malformed("missing root".into()))?;
+        (strict_digest(root, "root")?, None, None)
+    } else {
+        if receipt.root.is_some() {
+            return Err(ReceiptError::Malformed(
+                "root is only given for signature transactions".into(),
+            ));
+        }
+        let lc = receipt
+            .leaf_components
+            .as_ref()
+            .ok_or_else(|| ReceiptError::Malformed("missing leaf_components".into()))?;
+        let proof = receipt
+            .proof
+            .as_ref()
+            .ok_or_else(|| ReceiptError::Malformed("missing proof".into()))?;
+        let path = proof
+            .iter()
+            .map(ProofElement::step)
+            .collect::<Result<Vec<_>, _>>()?;
+        let leaf = lc.leaf()?;
+        (fold_proof(&leaf, &path), Some(leaf), lc.tx_id())
+    };
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(&receipt.signature)
+        .map_err(|e| ReceiptError::Malformed(format!("signature: {e}")))?;
+    let sig = Signature::from_slice(&sig).map_err(|e| ReceiptError::Malformed(format!("signature: {e}")))?;
+    cert::ed25519_verifying_key(&node_der)?
+        .verify_strict(&root, &sig)
+        .map_err(|_| ReceiptError::Invalid("signature does not verify over the recomputed root".into()))?;
+    Ok(VerifiedReceipt { tx_id, root, leaf })
+}
+
+/// Verifies either form: bytes starting with `{` (after whitespace) are JSON, anything else COSE.
+pub fn verify_bytes(bytes: &[u8], service_cert_pem: &str) -> Result<VerifiedReceipt, ReceiptError> {
+    let service_der = cert::pem_to_der(service_cert_pem)?;
+    let trimmed = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .map_or(&[][..], |i| &bytes[i..]);
+    if trimmed.first() == Some(&b'{') {
+        let receipt: JsonReceipt =
+            serde_json::from_slice(bytes).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        verify_json(&receipt, &service_der)
+    } else {
+        Ok(cose::verify_receipt(bytes, &service_der)?)
+    }
+}

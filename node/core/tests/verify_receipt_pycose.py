@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Independent check of a Synod COSE receipt with pycose + cryptography (no Synod code involved).
+
+Usage: verify_receipt_pycose.py RECEIPT_FILE SERVICE_CERT_PEM
+Recomputes the leaf from the proof's leaf components, folds the inclusion path into the Merkle root, and verifies
+the COSE_Sign1 signature with the root as detached payload. Exits 0 and prints the root if valid, 1 otherwise.
+"""
+import hashlib
+import sys
+
+import cbor2
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pycose.keys import OKPKey
+from pycose.keys.curves import Ed25519
+from pycose.messages import Sign1Message
+
+VDS, VDP, INCLUSION_PROOFS = 395, 396, -1
+
+
+def main():
+    receipt = open(sys.argv[1], "rb").read()
+    cert = x509.load_pem_x509_certificate(open(sys.argv[2], "rb").read())
+    raw_pub = cert.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    msg = Sign1Message.decode(receipt)
+    phdr = {getattr(k, "identifier", k): v for k, v in msg.phdr.items()}
+    uhdr = {getattr(k, "identifier", k): v for k, v in msg.uhdr.items()}
+    if phdr.get(VDS) != 2:
+        raise SystemExit(f"vds is {phdr.get(VDS)!r}, expected 2 (CCF ledger)")
+    roots = set()
+    for proof_bytes in uhdr[VDP][INCLUSION_PROOFS]:
+        proof = cbor2.loads(proof_bytes)
+        write_set_digest, commit_evidence, claims_digest = proof[1]
+        h = hashlib.sha256(
+            write_set_digest + hashlib.sha256(commit_evidence.encode()).digest() + claims_digest
+        ).digest()
+        for left, sibling in proof[2]:
+            h = hashlib.sha256(sibling + h if left else h + sibling).digest()
+        roots.add(h)
+    if len(roots) != 1:
+        raise SystemExit("proofs disagree on the root")
+    root = roots.pop()
+    msg.payload = root
+    msg.key = OKPKey(crv=Ed25519, x=raw_pub)
+    if not msg.verify_signature():
+        raise SystemExit("signature does not verify")
+    print(f"valid receipt, root {root.hex()}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SystemExit:
+        raise
+    except Exception as e:  # any decoding failure means the receipt is refused
+        raise SystemExit(f"invalid receipt: {type(e).__name__}: {e}")
