@@ -1,0 +1,278 @@
+//! Confidentiality of private maps: AES-256-GCM under keys derived from the ledger secret.
+//!
+//! Three keys are derived with HMAC-SHA256 from the one ledger secret, so no key serves two purposes:
+//! - the ledger key seals a transaction's private write set (AAD = view ‖ seqno, so a sealed blob cannot be
+//!   moved to another transaction);
+//! - the at-rest key seals private values in RocksDB (AAD = map ‖ key);
+//! - the commit-evidence key makes each transaction's commit evidence, a secret revealed only in its receipt.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use synod_core::txid::TxId;
+
+/// Bytes of the random nonce in front of every sealed blob.
+pub const NONCE_BYTES: usize = 12;
+
+/// Sealing errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// Authentication failed: wrong key, wrong AAD, or altered bytes.
+    #[error("cannot unseal: the data was altered or sealed under another key or position")]
+    Unseal,
+    /// The sealed blob is too short to hold a nonce and tag.
+    #[error("sealed data is truncated ({0} bytes)")]
+    Truncated(usize),
+    /// Encryption failed (never expected).
+    #[error("cannot seal")]
+    Seal,
+    /// No randomness from the OS.
+    #[error("no randomness: {0}")]
+    Random(String),
+    /// Reading or writing the secret's file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The secret's file has the wrong size.
+    #[error("{0} does not hold a 32-byte ledger secret")]
+    BadSecret(String),
+}
+
+/// The service's ledger secret.
+#[derive(Clone)]
+pub struct LedgerSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for LedgerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LedgerSecret(..)")
+    }
+}
+
+impl LedgerSecret {
+    /// A fresh random secret.
+    pub fn generate() -> Result<LedgerSecret, SealError> {
+        let mut bytes = [0u8; 32];
+        getrandom::getrandom(&mut bytes).map_err(|e| SealError::Random(e.to_string()))?;
+        Ok(LedgerSecret(bytes))
+    }
+
+    /// Reads the secret at `path`, or creates it (mode 0600, synced) if the file does not exist.
+    pub fn load_or_create(path: &Path) -> Result<LedgerSecret, SealError> {
+        let io = |source| SealError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let arr: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| SealError::BadSecret(path.display().to_string()))?;
+                Ok(LedgerSecret(arr))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let secret = LedgerSecret::generate()?;
+                secret.save(path).map_err(io)?;
+                Ok(secret)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Writes the secret to `path` atomically with mode 0600.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&self.0)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+fn derive(secret: &LedgerSecret, label: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.0).expect("HMAC takes any key length");
+    mac.update(label);
+    mac.finalize().into_bytes().into()
+}
+
+/// Seals and unseals with keys derived from one ledger secret. Cheap to clone.
+#[derive(Clone)]
+pub struct Sealer {
+    ledger: Aes256Gcm,
+    at_rest: Aes256Gcm,
+    commit_evidence_key: [u8; 32],
+}
+
+fn tx_aad(tx_id: TxId) -> [u8; 16] {
+    let mut aad = [0u8; 16];
+    aad[..8].copy_from_slice(&tx_id.view.to_be_bytes());
+    aad[8..].copy_from_slice(&tx_id.seqno.to_be_bytes());
+    aad
+}
+
+fn rest_aad(map: &str, key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(4 + map.len() + key.len());
+    aad.extend_from_slice(&(map.len() as u32).to_be_bytes());
+    aad.extend_from_slice(map.as_bytes());
+    aad.extend_from_slice(key);
+    aad
+}
+
+fn seal_with(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::getrandom(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .map_err(|_| SealError::Seal)?;
+    let mut out = Vec::with_capacity(NONCE_BYTES + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+fn unseal_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    if sealed.len() < NONCE_BYTES + 16 {
+        return Err(SealError::Truncated(sealed.len()));
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_BYTES);
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| SealError::Unseal)
+}
+
+impl Sealer {
+    /// Derives the keys from `secret`.
+    pub fn new(secret: &LedgerSecret) -> Sealer {
+        let key = |label: &[u8]| Aes256Gcm::new(&derive(secret, label).into());
+        Sealer {
+            ledger: key(b"synod ledger private write sets v1"),
+            at_rest: key(b"synod private values at rest v1"),
+            commit_evidence_key: derive(secret, b"synod commit evidence v1"),
+        }
+    }
+
+    /// Seals a private write set for the ledger entry `tx_id`: `nonce ‖ ciphertext ‖ tag`.
+    pub fn seal(&self, tx_id: TxId, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        seal_with(&self.ledger, &tx_aad(tx_id), plaintext)
+    }
+
+    /// Opens what [`Sealer::seal`] sealed for the same `tx_id`.
+    pub fn unseal(&self, tx_id: TxId, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        unseal_with(&self.ledger, &tx_aad(tx_id), sealed)
+    }
+
+    /// Seals a private map's value for storage at rest, bound to its map and key.
+    pub fn seal_at_rest(&self, map: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, SealError> {
+        seal_with(&self.at_rest, &rest_aad(map, key), value)
+    }
+
+    /// Opens a value sealed by [`Sealer::seal_at_rest`] for the same map and key.
+    pub fn unseal_at_rest(&self, map: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        unseal_with(&self.at_rest, &rest_aad(map, key), sealed)
+    }
+
+    /// CCF's commit evidence for `tx_id`: `ce:<view>.<seqno>:<hex>`, secret until a receipt reveals it.
+    pub fn commit_evidence(&self, tx_id: TxId) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.commit_evidence_key)
+            .expect("HMAC takes any key length");
+        mac.update(tx_id.to_string().as_bytes());
+        format!("ce:{tx_id}:{}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trip_and_binding() {
+        let sealer = Sealer::new(&LedgerSecret([1; 32]));
+        let t = TxId::new(2, 10);
+        let sealed = sealer.seal(t, b"private write set").expect("seal");
+        assert_eq!(sealer.unseal(t, &sealed).expect("unseal"), b"private write set");
+        assert!(
+            !sealed.windows(7).any(|w| w == b"private"),
+            "ciphertext leaks plaintext"
+        );
+        assert!(
+            matches!(sealer.unseal(TxId::new(2, 11), &sealed), Err(SealError::Unseal)),
+            "moved blob"
+        );
+        let other = Sealer::new(&LedgerSecret([2; 32]));
+        assert!(other.unseal(t, &sealed).is_err(), "other secret");
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(sealer.unseal(t, &bad).is_err(), "byte {i}");
+        }
+        assert!(matches!(
+            sealer.unseal(t, &sealed[..10]),
+            Err(SealError::Truncated(10))
+        ));
+        assert_ne!(
+            sealer.seal(t, b"x").expect("seal"),
+            sealer.seal(t, b"x").expect("seal"),
+            "fresh nonces"
+        );
+    }
+
+    #[test]
+    fn at_rest_values_are_bound_to_map_and_key() {
+        let sealer = Sealer::new(&LedgerSecret([3; 32]));
+        let sealed = sealer.seal_at_rest("records", b"k", b"v").expect("seal");
+        assert_eq!(
+            sealer.unseal_at_rest("records", b"k", &sealed).expect("unseal"),
+            b"v"
+        );
+        assert!(sealer.unseal_at_rest("records", b"k2", &sealed).is_err());
+        assert!(sealer.unseal_at_rest("records2", b"k", &sealed).is_err());
+        assert!(
+            sealer.unseal(TxId::new(0, 0), &sealed).is_err(),
+            "keys are separated by purpose"
+        );
+    }
+
+    #[test]
+    fn commit_evidence_is_deterministic_and_secret_dependent() {
+        let a = Sealer::new(&LedgerSecret([4; 32]));
+        let b = Sealer::new(&LedgerSecret([5; 32]));
+        let t = TxId::new(3, 7);
+        assert_eq!(a.commit_evidence(t), a.commit_evidence(t));
+        assert!(a.commit_evidence(t).starts_with("ce:3.7:"));
+        assert_eq!(a.commit_evidence(t).len(), "ce:3.7:".len() + 64);
+        assert_ne!(a.commit_evidence(t), b.commit_evidence(t));
+        assert_ne!(a.commit_evidence(t), a.commit_evidence(TxId::new(3, 8)));
+    }
+
+    #[test]
+    fn secret_file_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger_secret");
+        let a = LedgerSecret::load_or_create(&path).expect("create");
+        let b = LedgerSecret::load_or_create(&path).expect("load");
+        assert_eq!(a.0, b.0);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::write(&path, b"short").expect("write");
+        assert!(matches!(
+            LedgerSecret::load_or_create(&path),
+            Err(SealError::BadSecret(_))
+        ));
+    }
+}

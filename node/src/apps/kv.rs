@@ -1,0 +1,80 @@
+//! Ordered range reads over any public map, etcd-style: `GET /app/kv/{map}?from=HEX&to=HEX&limit=N`, paginated
+//! by passing `next` back as `from`. Private maps are reachable only through their app's own logic.
+
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+use synod_core::maps;
+
+use crate::apps::logging::page_limit;
+use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/app/kv/{map}", get(range))
+}
+
+#[derive(Deserialize)]
+struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+fn hex_param(name: &str, value: Option<&str>) -> Result<Option<Vec<u8>>, ApiError> {
+    value
+        .map(|v| hex::decode(v).map_err(|e| ApiError::invalid_input(format!("{name} must be hex: {e}"))))
+        .transpose()
+}
+
+async fn range(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(map): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    app.authenticate_user(&peer)?;
+    if !maps::is_public(&map) {
+        return Err(ApiError::forbidden(format!(
+            "{map} is not a public map; only public maps can be read directly"
+        )));
+    }
+    let q: RangeQuery = extract::query(q)?;
+    let limit = page_limit(q.limit)?;
+    let from = hex_param("from", q.from.as_deref())?.unwrap_or_default();
+    let to = hex_param("to", q.to.as_deref())?;
+    let (mut rows, outcome) = app.node.execute(|tx| {
+        if !tx.map_exists(&map) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "UnknownMap",
+                format!("no map named {map}"),
+            ));
+        }
+        Ok(tx.range(&map, &from, to.as_deref(), limit + 1))
+    })?;
+    let next = if rows.len() > limit {
+        rows.get(limit).map(|(k, _)| hex::encode(k))
+    } else {
+        None
+    };
+    rows.truncate(limit);
+    let entries: Vec<_> = rows
+        .iter()
+        .map(|(k, v)| {
+            json!({
+                "key": hex::encode(k),
+                "value": std::str::from_utf8(v).ok(),
+                "value_base64": base64::engine::general_purpose::STANDARD.encode(v),
+            })
+        })
+        .collect();
+    Ok(with_tx_id(
+        outcome.tx_id(),
+        Json(json!({ "entries": entries, "next": next })),
+    ))
+}

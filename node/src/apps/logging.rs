@@ -1,0 +1,160 @@
+//! The logging app, CCF's canonical sample, written as a native app: records keyed by a numeric id in the private
+//! map `records` (sealed in the ledger) or the public map `public:records` (clear), plus ordered range reads with
+//! pagination, which CCF's maps cannot do.
+
+use axum::body::Body;
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
+
+/// Most entries one range page returns.
+pub const RANGE_LIMIT_MAX: usize = 1000;
+const RANGE_LIMIT_DEFAULT: usize = 100;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/app/log/{visibility}", get(read).post(write).delete(remove))
+        .route("/app/log/{visibility}/range", get(range))
+}
+
+fn map_of(visibility: &str) -> Result<&'static str, ApiError> {
+    match visibility {
+        "private" => Ok("records"),
+        "public" => Ok("public:records"),
+        _ => Err(ApiError::not_found(format!(
+            "no such endpoint: /app/log/{visibility}"
+        ))),
+    }
+}
+
+/// Ids are stored big-endian so that the map's byte order is the numeric order.
+fn key_of(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+#[derive(Deserialize)]
+struct LogEntry {
+    id: u64,
+    msg: String,
+}
+
+#[derive(Deserialize)]
+struct IdQuery {
+    id: u64,
+}
+
+async fn write(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(visibility): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let map = map_of(&visibility)?;
+    app.authenticate_user(&peer)?;
+    let entry: LogEntry = extract::json_body(body, app.max_body_bytes).await?;
+    let ((), outcome) = app.node.execute(|tx| {
+        tx.put(map, &key_of(entry.id), entry.msg.as_bytes());
+        Ok::<_, ApiError>(())
+    })?;
+    let tx_id = outcome.tx_id();
+    Ok(with_tx_id(
+        tx_id,
+        (StatusCode::CREATED, Json(json!({ "transaction_id": tx_id }))),
+    ))
+}
+
+async fn read(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(visibility): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let map = map_of(&visibility)?;
+    app.authenticate_user(&peer)?;
+    let q: IdQuery = extract::query(q)?;
+    let (msg, outcome) = app.node.execute(|tx| {
+        tx.get(map, &key_of(q.id))
+            .ok_or_else(|| ApiError::not_found(format!("no record with id {}", q.id)))
+    })?;
+    Ok(with_tx_id(
+        outcome.tx_id(),
+        Json(json!({ "msg": String::from_utf8_lossy(&msg) })),
+    ))
+}
+
+async fn remove(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(visibility): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let map = map_of(&visibility)?;
+    app.authenticate_user(&peer)?;
+    let q: IdQuery = extract::query(q)?;
+    let ((), outcome) = app.node.execute(|tx| {
+        let key = key_of(q.id);
+        if !tx.has(map, &key) {
+            return Err(ApiError::not_found(format!("no record with id {}", q.id)));
+        }
+        tx.delete(map, &key);
+        Ok(())
+    })?;
+    let tx_id = outcome.tx_id();
+    Ok(with_tx_id(tx_id, Json(json!({ "transaction_id": tx_id }))))
+}
+
+#[derive(Deserialize)]
+struct RangeQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Checks a page size against the bound every range read has.
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(RANGE_LIMIT_DEFAULT) {
+        0 => Err(ApiError::invalid_input("limit must be at least 1")),
+        n if n > RANGE_LIMIT_MAX => Err(ApiError::invalid_input(format!(
+            "limit must be at most {RANGE_LIMIT_MAX}"
+        ))),
+        n => Ok(n),
+    }
+}
+
+async fn range(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(visibility): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let map = map_of(&visibility)?;
+    app.authenticate_user(&peer)?;
+    let q: RangeQuery = extract::query(q)?;
+    let limit = page_limit(q.limit)?;
+    let from = key_of(q.from.unwrap_or(0));
+    let to = q.to.map(key_of);
+    let (mut rows, outcome) = app
+        .node
+        .execute(|tx| Ok::<_, ApiError>(tx.range(map, &from, to.as_ref().map(|k| &k[..]), limit + 1)))?;
+    let id_of = |key: &[u8]| key.try_into().map(u64::from_be_bytes).ok();
+    let next = if rows.len() > limit {
+        rows.get(limit).and_then(|(k, _)| id_of(k))
+    } else {
+        None
+    };
+    rows.truncate(limit);
+    let entries: Vec<_> = rows
+        .iter()
+        .filter_map(|(k, v)| id_of(k).map(|id| json!({ "id": id, "msg": String::from_utf8_lossy(v) })))
+        .collect();
+    Ok(with_tx_id(
+        outcome.tx_id(),
+        Json(json!({ "entries": entries, "next": next })),
+    ))
+}

@@ -1,0 +1,4 @@
+//! Native (Rust) applications served under `/app`.
+
+pub mod kv;
+pub mod logging;

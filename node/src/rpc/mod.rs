@@ -1,0 +1,241 @@
+//! HTTPS front end: rustls with optional client certificates (a user is known by the SHA-256 of its certificate),
+//! hyper HTTP/1.1 connections, and the axum router that maps CCF's paths to the node and app endpoints.
+//!
+//! ```text
+//!  TCP accept ─▶ TLS handshake (peer cert kept) ─▶ hyper conn ─▶ Peer inserted ─▶ axum router ─▶ handler
+//! ```
+
+pub mod error;
+pub mod extract;
+mod node_endpoints;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use synod_core::cert;
+use synod_core::maps;
+use synod_core::txid::TxId;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use crate::service::Node;
+pub use error::ApiError;
+
+/// Header carrying the transaction id of a response (CCF's name).
+pub const TX_ID_HEADER: &str = "x-ms-ccf-transaction-id";
+
+/// Longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// The TLS peer of a request: its client certificate, if it sent one.
+#[derive(Clone, Default)]
+pub struct Peer {
+    /// DER of the client's end-entity certificate.
+    pub cert_der: Option<Arc<Vec<u8>>>,
+}
+
+/// An authenticated user.
+pub struct User {
+    /// Hex SHA-256 of the user's certificate DER.
+    pub id: String,
+}
+
+impl AppState {
+    /// Requires a client certificate registered in `public:ccf.gov.users.certs`.
+    pub fn authenticate_user(&self, peer: &Peer) -> Result<User, ApiError> {
+        let der = peer.cert_der.as_ref().ok_or_else(|| {
+            ApiError::unauthorized("this endpoint requires a user's TLS client certificate")
+        })?;
+        let id = cert::cert_fingerprint_hex(der);
+        if self
+            .node
+            .replica()
+            .snapshot()
+            .get(maps::USERS_CERTS, id.as_bytes())
+            .is_none()
+        {
+            return Err(ApiError::unauthorized(format!(
+                "the client certificate (id {id}) is not a known user"
+            )));
+        }
+        Ok(User { id })
+    }
+}
+
+/// Attaches `x-ms-ccf-transaction-id` to a response.
+pub fn with_tx_id(tx_id: TxId, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    if let Ok(value) = HeaderValue::from_str(&tx_id.to_string()) {
+        response.headers_mut().insert(TX_ID_HEADER, value);
+    }
+    response
+}
+
+/// The full router: node endpoints, receipts, and the native apps.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(node_endpoints::routes())
+        .merge(crate::apps::logging::routes())
+        .merge(crate::apps::kv::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .with_state(state)
+}
+
+/// Accepts any client certificate: the TLS layer checks that the client holds the certificate's key, and
+/// authorization happens per endpoint against the governance tables (users are self-signed, as in CCF).
+#[derive(Debug)]
+struct AnyClientCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The server's TLS configuration: the node certificate, client certificates optional.
+pub fn tls_config(node: &Node) -> anyhow::Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert_der = CertificateDer::from(cert::pem_to_der(&node.node_identity.cert_pem)?);
+    let key = PrivateKeyDer::from_pem_slice(node.node_identity.key_pem.as_bytes())?;
+    let verifier = Arc::new(AnyClientCert {
+        provider: provider.clone(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert_der], key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves HTTPS on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, router: Router) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(
+                Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+                acceptor.accept(stream),
+            );
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let peer = Peer {
+                cert_der: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| Arc::new(c.to_vec())),
+            };
+            let service =
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    router.clone().oneshot(req)
+                });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    }
+}
