@@ -1,0 +1,146 @@
+//! Identities for users and members: an Ed25519 key and a self-signed certificate, written as the PEM files the
+//! node (`--user-cert`), network.json and the client read. The private key is written owner-only (0600) and
+//! existing files are never overwritten, so a user's key cannot be lost by re-running a script.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The files [`keygen`] wrote and the identity's id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyFiles {
+    /// `<name>_cert.pem`.
+    pub cert: PathBuf,
+    /// `<name>_privk.pem` (mode 0600).
+    pub key: PathBuf,
+    /// Hex SHA-256 of the certificate DER: the id the service knows this user or member by.
+    pub id: String,
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "invalid identity name {name:?}: use 1-64 letters, digits, '_', '-' or '.' (not starting with '.')"
+        )))
+    }
+}
+
+fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::AlreadyExists(path.to_path_buf())
+        } else {
+            Error::io("create", path, e)
+        }
+    })?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("write", path, e))
+}
+
+/// Generates an Ed25519 key and a self-signed certificate with common name `name`, written to
+/// `out_dir/<name>_cert.pem` and `out_dir/<name>_privk.pem` (created if needed). Refuses to overwrite either.
+pub fn keygen(name: &str, out_dir: impl AsRef<Path>) -> Result<KeyFiles> {
+    check_name(name)?;
+    let out_dir = out_dir.as_ref();
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io("create", out_dir, e))?;
+    let cert = out_dir.join(format!("{name}_cert.pem"));
+    let key = out_dir.join(format!("{name}_privk.pem"));
+    for path in [&cert, &key] {
+        if path.symlink_metadata().is_ok() {
+            return Err(Error::AlreadyExists(path.clone()));
+        }
+    }
+    let identity = synod_core::cert::generate_self_signed(name, false)?;
+    let id = synod_core::cert::cert_fingerprint_hex(&synod_core::cert::pem_to_der(&identity.cert_pem)?);
+    create_new(&key, identity.key_pem.as_bytes(), 0o600)?;
+    if let Err(e) = create_new(&cert, identity.cert_pem.as_bytes(), 0o644) {
+        // Do not leave a key without its certificate behind.
+        let _ = std::fs::remove_file(&key);
+        return Err(e);
+    }
+    Ok(KeyFiles { cert, key, id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_usable_identity_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("keys");
+        let files = keygen("user0", &out).unwrap();
+        assert_eq!(files.cert, out.join("user0_cert.pem"));
+        assert_eq!(files.key, out.join("user0_privk.pem"));
+        let cert_pem = std::fs::read_to_string(&files.cert).unwrap();
+        let key_pem = std::fs::read_to_string(&files.key).unwrap();
+        let der = synod_core::cert::pem_to_der(&cert_pem).unwrap();
+        assert_eq!(files.id, synod_core::cert::cert_fingerprint_hex(&der));
+        // The key matches the certificate.
+        let key = synod_core::cert::signing_key_from_pem(&key_pem).unwrap();
+        assert_eq!(
+            key.verifying_key(),
+            synod_core::cert::ed25519_verifying_key(&der).unwrap()
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A usable TLS client identity.
+        let service = synod_core::cert::generate_self_signed("service", true).unwrap();
+        crate::Client::new(
+            "https://127.0.0.1:1",
+            &service.cert_pem,
+            Some((&cert_pem, &key_pem)),
+        )
+        .unwrap();
+
+        let err = keygen("user0", &out).unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+        assert_eq!(
+            std::fs::read_to_string(&files.key).unwrap(),
+            key_pem,
+            "key untouched"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&files.cert).unwrap(),
+            cert_pem,
+            "cert untouched"
+        );
+
+        // Either file existing is enough to refuse, and nothing is written.
+        std::fs::write(out.join("member0_cert.pem"), "x").unwrap();
+        assert!(matches!(keygen("member0", &out), Err(Error::AlreadyExists(_))));
+        assert!(!out.join("member0_privk.pem").exists());
+    }
+
+    #[test]
+    fn rejects_names_that_are_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "../x", "a/b", ".hidden", "a b", &"x".repeat(65)] {
+            assert!(
+                matches!(keygen(bad, dir.path()), Err(Error::Config(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,504 @@
+//! Priority 1, end to end: one real `synod-node` process, driven over HTTPS by the real client and CLI.
+//! Each test names the user step of the issue it covers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _};
+use serde_json::json;
+use synod_client::{Body, Client, Method, TxId, TxStatus};
+use synod_tests::{bounded, synod_cli, SingleNode};
+use tokio::sync::Mutex;
+
+const COMMIT_WAIT: Duration = Duration::from_secs(20);
+
+async fn post(client: &Client, path: &str, body: serde_json::Value) -> anyhow::Result<TxId> {
+    let r = client.post_json(path, &body).await?;
+    ensure!(r.status == 201, "POST {path}: {} {}", r.status, r.text());
+    let header = r.tx_id()?;
+    let in_body: TxId = r.json_value()?["transaction_id"]
+        .as_str()
+        .context("transaction_id")?
+        .parse()?;
+    ensure!(header == in_body, "header and body disagree");
+    Ok(header)
+}
+
+/// Step 1: the logging app, private and public, write / read / delete.
+#[tokio::test]
+async fn logging_app_writes_reads_and_deletes() -> anyhow::Result<()> {
+    bounded(60, async {
+        let net = SingleNode::start(&[])?;
+        let c = net.user_client()?;
+        for vis in ["private", "public"] {
+            let id = post(
+                &c,
+                &format!("/app/log/{vis}"),
+                json!({"id": 42, "msg": format!("hello {vis}")}),
+            )
+            .await?;
+            ensure!(id.view >= 2 && id.seqno > 1, "{id}");
+            let r = c.get(&format!("/app/log/{vis}?id=42")).await?;
+            ensure!(r.status == 200, "{}", r.text());
+            ensure!(r.json_value()?["msg"] == format!("hello {vis}"));
+            let r = c
+                .call(Method::DELETE, &format!("/app/log/{vis}?id=42"), None, &[])
+                .await?;
+            ensure!(r.status == 200, "{}", r.text());
+            let deleted = r.tx_id()?;
+            ensure!(deleted.seqno > id.seqno);
+            let r = c.get(&format!("/app/log/{vis}?id=42")).await?;
+            ensure!(r.status == 404 && r.api_error().context("error body")?.code == "ResourceNotFound");
+            let r = c
+                .call(Method::DELETE, &format!("/app/log/{vis}?id=42"), None, &[])
+                .await?;
+            ensure!(r.status == 404, "deleting an absent record: {}", r.status);
+        }
+        // Ordered range reads with pagination over the private map.
+        for i in 0..25u64 {
+            post(
+                &c,
+                "/app/log/private",
+                json!({"id": i * 10, "msg": format!("m{i}")}),
+            )
+            .await?;
+        }
+        let mut seen = Vec::new();
+        let mut from = 0u64;
+        loop {
+            let page = c
+                .get_json::<serde_json::Value>(&format!("/app/log/private/range?from={from}&limit=7"))
+                .await?;
+            for e in page["entries"].as_array().context("entries")? {
+                seen.push(e["id"].as_u64().context("id")?);
+            }
+            match page["next"].as_u64() {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        ensure!(seen == (0..25).map(|i| i * 10).collect::<Vec<_>>(), "{seen:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// Step 2: `/node/tx` goes Pending → Committed; Unknown and Invalid where they apply; `/node/commit`.
+#[tokio::test]
+async fn tx_status_goes_pending_then_committed() -> anyhow::Result<()> {
+    bounded(60, async {
+        // Signatures only every 5 transactions (and practically never by time): the first write stays Pending.
+        let net = SingleNode::start(&["--sig-tx-interval", "5", "--sig-ms-interval", "3600000"])?;
+        let c = net.user_client()?;
+        let first = post(&c, "/app/log/public", json!({"id": 1, "msg": "a"})).await?;
+        ensure!(c.tx_status(first).await? == TxStatus::Pending);
+        ensure!(c.tx_status(TxId::new(first.view, first.seqno + 100)).await? == TxStatus::Unknown);
+        ensure!(c.tx_status(TxId::new(first.view - 1, first.seqno)).await? == TxStatus::Invalid);
+        let r = c.receipt(first, false).await;
+        ensure!(r.is_err(), "no receipt for a Pending tx");
+        for i in 2..=5 {
+            post(&c, "/app/log/public", json!({"id": i, "msg": "b"})).await?;
+        }
+        ensure!(c.wait_for_commit(first, COMMIT_WAIT).await? == TxStatus::Committed);
+        let committed = c.commit().await?;
+        ensure!(
+            committed.seqno > first.seqno + 4,
+            "the signature after the 5th write commits: {committed}"
+        );
+        let r = c.get("/node/tx?transaction_id=nonsense").await?;
+        ensure!(r.status == 400 && r.api_error().context("error")?.code == "InvalidTransactionId");
+        Ok(())
+    })
+    .await
+}
+
+/// Step 3: receipts in both forms verify offline with only the service certificate (our CLI and pycose), and a
+/// changed byte is refused.
+#[tokio::test]
+async fn receipts_verify_offline_and_tampering_is_refused() -> anyhow::Result<()> {
+    bounded(90, async {
+        let net = SingleNode::start(&[])?;
+        let c = net.user_client()?;
+        let id = post(&c, "/app/log/private", json!({"id": 7, "msg": "receipt me"})).await?;
+        ensure!(c.wait_for_commit(id, COMMIT_WAIT).await? == TxStatus::Committed);
+        let dir = net.tmp.path();
+        let cert = dir.join("service_cert.pem");
+        std::fs::write(&cert, net.node.service_cert_pem()?)?;
+        let cert_arg = cert.display().to_string();
+        for (cose, name) in [(false, "r.json"), (true, "r.cose")] {
+            let bytes = c.receipt(id, cose).await?;
+            let path = dir.join(name);
+            std::fs::write(&path, &bytes)?;
+            let out = synod_cli(&[
+                "receipt",
+                "verify",
+                &path.display().to_string(),
+                "--service-cert",
+                &cert_arg,
+            ])?;
+            ensure!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ensure!(
+                String::from_utf8_lossy(&out.stdout).contains(&id.to_string()),
+                "names the tx"
+            );
+            for i in [0, bytes.len() / 4, bytes.len() / 2, bytes.len() - 3] {
+                let mut bad = bytes.clone();
+                bad[i] ^= 0x02;
+                std::fs::write(&path, &bad)?;
+                let out = synod_cli(&[
+                    "receipt",
+                    "verify",
+                    &path.display().to_string(),
+                    "--service-cert",
+                    &cert_arg,
+                ])?;
+                ensure!(
+                    !out.status.success(),
+                    "{name}: byte {i} changed and still accepted"
+                );
+            }
+            if cose {
+                std::fs::write(&path, &bytes)?;
+                let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../node/core/tests/verify_receipt_pycose.py");
+                let out = std::process::Command::new("python3")
+                    .arg(script)
+                    .arg(&path)
+                    .arg(&cert)
+                    .output()?;
+                ensure!(
+                    out.status.success(),
+                    "pycose refused the node's COSE receipt: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        // The CLI fetches and writes receipts too.
+        let out_path = dir.join("cli.json");
+        let out = synod_cli(&[
+            "--url",
+            &net.node.url(),
+            "--service-cert",
+            &cert_arg,
+            "--cert",
+            &net.user.cert.display().to_string(),
+            "--key",
+            &net.user.key.display().to_string(),
+            "receipt",
+            "get",
+            &id.to_string(),
+            "--out",
+            &out_path.display().to_string(),
+        ])?;
+        ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        synod_client::verify_receipt_file(&out_path, &net.node.service_cert_pem()?)?;
+        Ok(())
+    })
+    .await
+}
+
+/// Step 4: `kill -9` under load loses nothing that was reported Committed; the ledger continues in a new view;
+/// what was lost evaluates to Invalid, never Committed.
+#[tokio::test]
+async fn kill_9_under_load_loses_no_committed_write() -> anyhow::Result<()> {
+    bounded(120, async {
+        let mut net = SingleNode::start(&[])?;
+        let c = net.user_client()?;
+        let acked: Arc<Mutex<BTreeMap<u64, (String, TxId)>>> = Arc::default();
+        let issued: Arc<Mutex<Vec<TxId>>> = Arc::default();
+        let mut writers = Vec::new();
+        for w in 0..4u64 {
+            let (c, acked, issued) = (c.clone(), acked.clone(), issued.clone());
+            writers.push(tokio::spawn(async move {
+                for i in 0u64.. {
+                    let key = w * 1_000_000 + i;
+                    let msg = format!("v{key}");
+                    let Ok(r) = c
+                        .post_json("/app/log/private", &json!({"id": key, "msg": msg}))
+                        .await
+                    else {
+                        break;
+                    };
+                    let Ok(id) = r.tx_id() else { break };
+                    issued.lock().await.push(id);
+                    if matches!(c.wait_for_commit(id, COMMIT_WAIT).await, Ok(TxStatus::Committed)) {
+                        acked.lock().await.insert(key, (msg, id));
+                    } else {
+                        break;
+                    }
+                }
+            }));
+        }
+        // Kill once a fair number of writes were acknowledged, mid-stream.
+        for _ in 0..500 {
+            if acked.lock().await.len() >= 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        net.node.kill9();
+        for w in writers {
+            let _ = w.await;
+        }
+        let acked = acked.lock().await.clone();
+        ensure!(
+            acked.len() >= 50,
+            "load did not get going: {} acknowledged",
+            acked.len()
+        );
+        let last_view = acked.values().map(|(_, id)| id.view).max().context("acked")?;
+
+        net.node.restart()?;
+        let c = net.user_client()?;
+        for (key, (msg, id)) in &acked {
+            let r = c.get(&format!("/app/log/private?id={key}")).await?;
+            ensure!(r.status == 200, "committed write {key} ({id}) lost: {}", r.text());
+            ensure!(r.json_value()?["msg"] == msg.as_str());
+            ensure!(
+                c.tx_status(*id).await? == TxStatus::Committed,
+                "{id} no longer Committed"
+            );
+        }
+        for id in issued.lock().await.iter() {
+            let status = c.tx_status(*id).await?;
+            ensure!(
+                matches!(status, TxStatus::Committed | TxStatus::Invalid),
+                "{id} is {status:?} after restart"
+            );
+        }
+        let next = post(&c, "/app/log/private", json!({"id": 1, "msg": "after restart"})).await?;
+        ensure!(
+            next.view > last_view,
+            "a restart starts a new view: {next} after view {last_view}"
+        );
+        let max_seqno = acked.values().map(|(_, id)| id.seqno).max().context("acked")?;
+        ensure!(next.seqno > max_seqno, "seqnos keep increasing");
+        ensure!(c.wait_for_commit(next, COMMIT_WAIT).await? == TxStatus::Committed);
+
+        // A clean stop (SIGTERM) and another restart keep everything as well.
+        net.node.terminate()?;
+        net.node.restart()?;
+        let c = net.user_client()?;
+        let r = c.get("/app/log/private?id=1").await?;
+        ensure!(r.status == 200 && r.json_value()?["msg"] == "after restart");
+        Ok(())
+    })
+    .await
+}
+
+/// Step 5: the ledger audits clean offline, and a changed byte is named by the audit.
+#[tokio::test]
+async fn ledger_audits_clean_and_a_changed_byte_is_named() -> anyhow::Result<()> {
+    bounded(90, async {
+        // Small chunks so the ledger spans several files.
+        let mut net = SingleNode::start(&["--ledger-chunk-bytes", "4000"])?;
+        let c = net.user_client()?;
+        let mut last = TxId::default();
+        for i in 0..60u64 {
+            last = post(&c, "/app/log/private", json!({"id": i, "msg": "x".repeat(100)})).await?;
+        }
+        c.wait_for_commit(last, COMMIT_WAIT).await?;
+        net.node.terminate()?;
+        let ledger = net.node.dir.join("ledger");
+        let cert = net.node.dir.join("service_cert.pem");
+        let audit = |dir: &std::path::Path| {
+            synod_cli(&[
+                "ledger",
+                "audit",
+                &dir.display().to_string(),
+                "--service-cert",
+                &cert.display().to_string(),
+            ])
+        };
+        let out = audit(&ledger)?;
+        ensure!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let committed_chunks = std::fs::read_dir(&ledger)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".committed"))
+            .count();
+        ensure!(
+            committed_chunks >= 2,
+            "expected several committed chunks, got {committed_chunks}"
+        );
+
+        // Flip one byte in a copy of the ledger: the audit fails and names the file and seqno.
+        let copy = net.tmp.path().join("ledger-copy");
+        std::fs::create_dir_all(&copy)?;
+        let mut files: Vec<_> = std::fs::read_dir(&ledger)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in &files {
+            std::fs::copy(f, copy.join(f.file_name().context("name")?))?;
+        }
+        let victim = copy.join(files[files.len() / 2].file_name().context("name")?);
+        let mut bytes = std::fs::read(&victim)?;
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        std::fs::write(&victim, &bytes)?;
+        let out = audit(&copy)?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(!out.status.success(), "a changed ledger audited clean");
+        let victim_name = victim.file_name().context("name")?.to_string_lossy().to_string();
+        ensure!(
+            text.contains(&victim_name) && text.contains("seqno"),
+            "audit output does not name the entry: {text}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Bad input gets a clear JSON error and writes nothing.
+#[tokio::test]
+async fn bad_input_gets_clear_errors() -> anyhow::Result<()> {
+    bounded(60, async {
+        let net = SingleNode::start(&["--max-body-bytes", "1024"])?;
+        let c = net.user_client()?;
+        let before = c.commit().await?;
+        let raw = |bytes: &[u8]| Body::Bytes {
+            content_type: Some("application/json".into()),
+            bytes: bytes.to_vec(),
+        };
+        let cases: Vec<(Method, &str, Option<Body>, u16, &str)> = vec![
+            (
+                Method::POST,
+                "/app/log/private",
+                Some(raw(b"{not json")),
+                400,
+                "InvalidInput",
+            ),
+            (
+                Method::POST,
+                "/app/log/private",
+                Some(raw(br#"{"id": "x", "msg": "m"}"#)),
+                400,
+                "InvalidInput",
+            ),
+            (
+                Method::POST,
+                "/app/log/private",
+                Some(raw(br#"{"msg": "m"}"#)),
+                400,
+                "InvalidInput",
+            ),
+            (
+                Method::POST,
+                "/app/log/private",
+                Some(raw(&vec![b' '; 4096])),
+                413,
+                "RequestBodyTooLarge",
+            ),
+            (Method::GET, "/app/log/private?id=abc", None, 400, "InvalidInput"),
+            (
+                Method::GET,
+                "/app/log/nowhere?id=1",
+                None,
+                404,
+                "ResourceNotFound",
+            ),
+            (
+                Method::GET,
+                "/app/kv/public:nothing-here",
+                None,
+                404,
+                "UnknownMap",
+            ),
+            (Method::GET, "/app/kv/records", None, 403, "Forbidden"),
+            (
+                Method::GET,
+                "/app/receipt?transaction_id=2.99999",
+                None,
+                404,
+                "TransactionPendingOrUnknown",
+            ),
+            (
+                Method::GET,
+                "/app/receipt?transaction_id=2-5",
+                None,
+                400,
+                "InvalidTransactionId",
+            ),
+            (Method::GET, "/no/such/path", None, 404, "ResourceNotFound"),
+            (Method::PUT, "/app/log/private", None, 405, "MethodNotAllowed"),
+        ];
+        for (method, path, body, status, code) in cases {
+            let r = c.call(method.clone(), path, body, &[]).await?;
+            let err = r
+                .api_error()
+                .with_context(|| format!("{method} {path}: no JSON error: {}", r.text()))?;
+            ensure!(
+                r.status == status && err.code == code,
+                "{method} {path}: {} {} {}",
+                r.status,
+                err.code,
+                err.message
+            );
+            ensure!(!err.message.is_empty());
+        }
+        // No client certificate, or an unknown one: 401.
+        let anonymous = net.node.client(None)?;
+        let r = anonymous
+            .post_json("/app/log/private", &json!({"id": 1, "msg": "m"}))
+            .await?;
+        ensure!(r.status == 401 && r.api_error().context("error")?.code == "InvalidAuthenticationInfo");
+        let stranger = synod_tests::IdentityFiles::generate(net.tmp.path(), "stranger")?;
+        let r = net
+            .node
+            .client(Some(&stranger))?
+            .get("/app/log/private?id=1")
+            .await?;
+        ensure!(r.status == 401, "unknown certificate: {}", r.status);
+        // None of it wrote anything: the commit only moves with signatures of real writes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ensure!(c.commit().await? == before, "bad requests wrote something");
+        let r = c.get("/app/log/private?id=1").await?;
+        ensure!(r.status == 404);
+        Ok(())
+    })
+    .await
+}
+
+/// The `synod` CLI must not pull server dependencies (RocksDB, QuickJS) into its build.
+#[test]
+fn client_cli_has_no_server_dependencies() -> anyhow::Result<()> {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "-p",
+            "synod-client",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    for banned in ["rocksdb", "quickjs", "synod-node", "synod-kv"] {
+        ensure!(!tree.contains(banned), "synod-client depends on {banned}");
+    }
+    Ok(())
+}
