@@ -76,6 +76,14 @@ pub struct Transaction {
     /// Encoded [`WriteSet`] of private maps, sealed (nonce ‖ AES-256-GCM) under the ledger secret; empty if none.
     #[prost(bytes = "vec", tag = "5")]
     pub private_sealed: Vec<u8>,
+    /// Set by the primary on a signature transaction that ends a ledger chunk. Deciding this in the entry (not
+    /// per node) keeps every node's committed chunks byte-identical.
+    #[prost(bool, tag = "6")]
+    pub chunk_end: bool,
+    /// Set by the primary on a signature transaction at which every node takes a snapshot (it also ends the chunk,
+    /// so a node that joins from the snapshot starts its ledger on a chunk boundary).
+    #[prost(bool, tag = "7")]
+    pub snapshot_point: bool,
 }
 
 impl Transaction {
@@ -435,6 +443,7 @@ mod tests {
             kind: KIND_TX,
             public_writes: vec![i; 5],
             private_sealed: vec![],
+            ..Default::default()
         };
         LedgerEntry {
             transaction: prost::Message::encode_to_vec(&tx),

@@ -1,8 +1,13 @@
 //! An append-only Merkle tree over SHA-256 with the RFC 9162 shape and no domain prefixes: the tree CCF's
 //! receipts fold. Proofs can be produced at any past size, which is what receipts for older signatures need.
 //!
-//! Layout: `levels[h][i]` is the hash of the complete, aligned subtree over leaves `[i·2^h, (i+1)·2^h)`. Those hashes
-//! never change once complete, so `append` is O(1) amortised and any root or path combines O(log n) of them.
+//! Layout: `levels[h][i - offsets[h]]` is the hash of the complete, aligned subtree over leaves
+//! `[i·2^h, (i+1)·2^h)`. Those hashes never change once complete, so `append` is O(1) amortised and any root or
+//! path combines O(log n) of them.
+//!
+//! A tree can start from a *frontier* (the maximal complete subtrees of its first `base` leaves, as a snapshot
+//! records them): it then computes every root at sizes `>= base` and proofs for leaves `>= base`, exactly as the
+//! full tree would, because every subtree those need that lies left of `base` is a frontier element.
 
 use crate::hash::{sha256_pair, Digest};
 use serde::{Deserialize, Serialize};
@@ -27,6 +32,24 @@ pub enum MerkleError {
         /// The number of leaves.
         len: u64,
     },
+    /// The leaf lies before the frontier this tree started from.
+    #[error("leaf {index} precedes this tree's base of {base} leaves (it started from a snapshot)")]
+    BeforeBase {
+        /// The requested index or size.
+        index: u64,
+        /// The number of leaves the tree started from.
+        base: u64,
+    },
+    /// A frontier that does not match its size.
+    #[error("a frontier of {size} leaves has {expected} subtrees, not {got}")]
+    BadFrontier {
+        /// The size.
+        size: u64,
+        /// Subtrees expected (set bits of the size).
+        expected: u32,
+        /// Subtrees given.
+        got: usize,
+    },
     /// The leaf index is not below the requested size.
     #[error("leaf index {index} not below tree size {size}")]
     IndexOutOfRange {
@@ -41,6 +64,9 @@ pub enum MerkleError {
 #[derive(Clone, Debug, Default)]
 pub struct MerkleTree {
     levels: Vec<Vec<Digest>>,
+    /// Global index of `levels[h][0]` (all zero unless the tree started from a frontier).
+    offsets: Vec<u64>,
+    base: u64,
 }
 
 fn largest_power_of_two_below(n: u64) -> u64 {
@@ -54,18 +80,72 @@ impl MerkleTree {
         MerkleTree::default()
     }
 
+    /// A tree over `size` leaves of which only the frontier is known: `frontier[i]` is the root of the i-th
+    /// maximal complete subtree from the left (one per set bit of `size`, largest first).
+    pub fn from_frontier(size: u64, frontier: &[Digest]) -> Result<MerkleTree, MerkleError> {
+        if frontier.len() != size.count_ones() as usize {
+            return Err(MerkleError::BadFrontier {
+                size,
+                expected: size.count_ones(),
+                got: frontier.len(),
+            });
+        }
+        let height = (64 - size.leading_zeros()) as usize;
+        let mut tree = MerkleTree {
+            levels: vec![Vec::new(); height.max(1)],
+            offsets: vec![0; height.max(1)],
+            base: size,
+        };
+        let mut next = frontier.iter();
+        for h in (0..height).rev() {
+            if size >> h & 1 == 1 {
+                tree.offsets[h] = (size >> h) - 1;
+                tree.levels[h].push(*next.next().ok_or(MerkleError::BadFrontier {
+                    size,
+                    expected: size.count_ones(),
+                    got: frontier.len(),
+                })?);
+            } else {
+                tree.offsets[h] = size >> h;
+            }
+        }
+        Ok(tree)
+    }
+
+    /// The frontier of the current tree (see [`MerkleTree::from_frontier`]).
+    pub fn frontier(&self) -> Vec<Digest> {
+        let size = self.len();
+        (0..64usize)
+            .rev()
+            .filter(|h| size >> h & 1 == 1)
+            .filter_map(|h| self.node(h, (size >> h) - 1))
+            .collect()
+    }
+
+    /// Number of leaves the tree started from (0 unless built from a frontier).
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    fn node(&self, h: usize, index: u64) -> Option<Digest> {
+        let local = index.checked_sub(*self.offsets.get(h)?)?;
+        self.levels.get(h)?.get(usize::try_from(local).ok()?).copied()
+    }
+
     /// Appends a leaf digest (leaves are not re-hashed).
     pub fn append(&mut self, leaf: Digest) {
         if self.levels.is_empty() {
             self.levels.push(Vec::new());
+            self.offsets.push(0);
         }
         self.levels[0].push(leaf);
         let mut h = 0;
-        while self.levels[h].len() % 2 == 0 {
+        while (self.offsets[h] + self.levels[h].len() as u64) % 2 == 0 {
             let n = self.levels[h].len();
             let parent = sha256_pair(&self.levels[h][n - 2], &self.levels[h][n - 1]);
             if self.levels.len() == h + 1 {
                 self.levels.push(Vec::new());
+                self.offsets.push(0);
             }
             self.levels[h + 1].push(parent);
             h += 1;
@@ -74,7 +154,10 @@ impl MerkleTree {
 
     /// Number of leaves.
     pub fn len(&self) -> u64 {
-        self.levels.first().map_or(0, |l| l.len() as u64)
+        match (self.levels.first(), self.offsets.first()) {
+            (Some(l), Some(o)) => o + l.len() as u64,
+            _ => self.base,
+        }
     }
 
     /// True when no leaf was appended.
@@ -84,7 +167,7 @@ impl MerkleTree {
 
     /// The leaf at `index`.
     pub fn leaf(&self, index: u64) -> Option<Digest> {
-        self.levels.first()?.get(usize::try_from(index).ok()?).copied()
+        self.node(0, index)
     }
 
     /// The current root, None when empty.
@@ -100,7 +183,13 @@ impl MerkleTree {
                 len: self.len(),
             });
         }
-        Ok(self.subtree(0, size))
+        if size < self.base {
+            return Err(MerkleError::BeforeBase {
+                index: size,
+                base: self.base,
+            });
+        }
+        self.subtree(0, size)
     }
 
     /// Inclusion proof of leaf `index` in the tree over the first `size` leaves, leaf to root.
@@ -114,50 +203,71 @@ impl MerkleTree {
         if index >= size {
             return Err(MerkleError::IndexOutOfRange { index, size });
         }
+        if index < self.base {
+            return Err(MerkleError::BeforeBase {
+                index,
+                base: self.base,
+            });
+        }
         let mut steps = Vec::new();
-        self.path_into(index, 0, size, &mut steps);
+        self.path_into(index, 0, size, &mut steps)?;
         steps.reverse();
         Ok(steps)
     }
 
-    /// Drops every leaf at or after `size` (crash recovery of an unsigned tail).
+    /// Drops every leaf at or after `size` (a rolled-back suffix); never below the base.
     pub fn truncate(&mut self, size: u64) {
+        let size = size.max(self.base);
         for (h, level) in self.levels.iter_mut().enumerate() {
-            level.truncate((size >> h) as usize);
+            let keep = (size >> h).saturating_sub(self.offsets[h]);
+            level.truncate(keep as usize);
         }
-        while self.levels.last().is_some_and(|l| l.is_empty()) {
+        while self.levels.last().is_some_and(|l| l.is_empty()) && self.offsets.last() == Some(&0) {
             self.levels.pop();
+            self.offsets.pop();
         }
     }
 
     // MTH over leaves [start, start + n); every left subtree in the RFC 9162 recursion is complete and aligned.
-    fn subtree(&self, start: u64, n: u64) -> Digest {
+    fn subtree(&self, start: u64, n: u64) -> Result<Digest, MerkleError> {
         if n.is_power_of_two() {
             let h = n.trailing_zeros() as usize;
-            return self.levels[h][(start >> h) as usize];
+            return self.node(h, start >> h).ok_or(MerkleError::BeforeBase {
+                index: start,
+                base: self.base,
+            });
         }
         let k = largest_power_of_two_below(n);
-        sha256_pair(&self.subtree(start, k), &self.subtree(start + k, n - k))
+        Ok(sha256_pair(
+            &self.subtree(start, k)?,
+            &self.subtree(start + k, n - k)?,
+        ))
     }
 
     // Pushes steps root-first (the caller reverses).
-    fn path_into(&self, index: u64, start: u64, n: u64, steps: &mut Vec<ProofStep>) {
+    fn path_into(
+        &self,
+        index: u64,
+        start: u64,
+        n: u64,
+        steps: &mut Vec<ProofStep>,
+    ) -> Result<(), MerkleError> {
         if n == 1 {
-            return;
+            return Ok(());
         }
         let k = largest_power_of_two_below(n);
         if index < start + k {
             steps.push(ProofStep {
                 left: false,
-                hash: self.subtree(start + k, n - k),
+                hash: self.subtree(start + k, n - k)?,
             });
-            self.path_into(index, start, k, steps);
+            self.path_into(index, start, k, steps)
         } else {
             steps.push(ProofStep {
                 left: true,
-                hash: self.subtree(start, k),
+                hash: self.subtree(start, k)?,
             });
-            self.path_into(index, start + k, n - k, steps);
+            self.path_into(index, start + k, n - k, steps)
         }
     }
 }
@@ -267,6 +377,49 @@ mod tests {
         assert_eq!(tree.root().unwrap(), naive_root(&all));
         tree.truncate(0);
         assert!(tree.is_empty());
+    }
+
+    #[test]
+    fn a_tree_from_a_frontier_matches_the_full_tree_past_its_base() {
+        let all = leaves(80);
+        let mut full = MerkleTree::new();
+        all.iter().for_each(|l| full.append(*l));
+        for base in [1u64, 2, 5, 8, 13, 32, 33, 47] {
+            let mut prefix = MerkleTree::new();
+            all[..base as usize].iter().for_each(|l| prefix.append(*l));
+            let mut tree = MerkleTree::from_frontier(base, &prefix.frontier()).unwrap();
+            assert_eq!(tree.len(), base);
+            assert_eq!(
+                tree.root().unwrap(),
+                naive_root(&all[..base as usize]),
+                "base {base}"
+            );
+            for l in &all[base as usize..] {
+                tree.append(*l);
+            }
+            for size in base..=80 {
+                assert_eq!(
+                    tree.root_at(size).unwrap(),
+                    full.root_at(size).unwrap(),
+                    "base {base} size {size}"
+                );
+                for index in base..size {
+                    assert_eq!(tree.path(index, size).unwrap(), full.path(index, size).unwrap());
+                }
+                if base > 1 {
+                    assert!(tree.path(base - 2, size).is_err());
+                }
+            }
+            assert_eq!(tree.frontier(), full.frontier());
+            tree.truncate(base + 3);
+            assert_eq!(tree.root().unwrap(), full.root_at((base + 3).min(80)).unwrap());
+            tree.truncate(0);
+            assert_eq!(tree.len(), base, "never below the base");
+            assert_eq!(tree.root().unwrap(), naive_root(&all[..base as usize]));
+        }
+        assert!(MerkleTree::from_frontier(5, &[[0; 32]]).is_err());
+        let empty = MerkleTree::from_frontier(0, &[]).unwrap();
+        assert!(empty.is_empty());
     }
 
     #[test]

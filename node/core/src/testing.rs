@@ -108,6 +108,7 @@ pub fn write_sample_ledger(dir: &Path, txs: u64, sig_every: u64) -> SampleLedger
                 kind: KIND_SIGNATURE,
                 public_writes: prost::Message::encode_to_vec(&ws),
                 private_sealed: vec![],
+                ..Default::default()
             };
             push(tx, &mut chunks, &mut tree);
             since_sig = 0;
@@ -132,6 +133,7 @@ pub fn write_sample_ledger(dir: &Path, txs: u64, sig_every: u64) -> SampleLedger
                 kind: KIND_TX,
                 public_writes: prost::Message::encode_to_vec(&ws),
                 private_sealed: vec![],
+                ..Default::default()
             };
             push(tx, &mut chunks, &mut tree);
             in_chunk += 1;

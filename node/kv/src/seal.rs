@@ -4,7 +4,9 @@
 //! - the ledger key seals a transaction's private write set (AAD = view ‖ seqno, so a sealed blob cannot be
 //!   moved to another transaction);
 //! - the at-rest key seals private values in RocksDB (AAD = map ‖ key);
-//! - the commit-evidence key makes each transaction's commit evidence, a secret revealed only in its receipt.
+//! - the commit-evidence key makes each transaction's commit evidence, a secret revealed only in its receipt;
+//! - the snapshot key seals private values in snapshots with a nonce derived from (seqno, map, key), so every node
+//!   writes byte-identical snapshot files (one value per key per snapshot: a nonce is never reused).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -113,6 +115,8 @@ fn derive(secret: &LedgerSecret, label: &[u8]) -> [u8; 32] {
 pub struct Sealer {
     ledger: Aes256Gcm,
     at_rest: Aes256Gcm,
+    snapshot: Aes256Gcm,
+    snapshot_nonce_key: [u8; 32],
     commit_evidence_key: [u8; 32],
 }
 
@@ -128,6 +132,12 @@ fn rest_aad(map: &str, key: &[u8]) -> Vec<u8> {
     aad.extend_from_slice(&(map.len() as u32).to_be_bytes());
     aad.extend_from_slice(map.as_bytes());
     aad.extend_from_slice(key);
+    aad
+}
+
+fn snapshot_aad(seqno: u64, map: &str, key: &[u8]) -> Vec<u8> {
+    let mut aad = seqno.to_be_bytes().to_vec();
+    aad.extend(rest_aad(map, key));
     aad
 }
 
@@ -160,6 +170,8 @@ impl Sealer {
         Sealer {
             ledger: key(b"synod ledger private write sets v1"),
             at_rest: key(b"synod private values at rest v1"),
+            snapshot: key(b"synod snapshot private values v1"),
+            snapshot_nonce_key: derive(secret, b"synod snapshot nonces v1"),
             commit_evidence_key: derive(secret, b"synod commit evidence v1"),
         }
     }
@@ -182,6 +194,47 @@ impl Sealer {
     /// Opens a value sealed by [`Sealer::seal_at_rest`] for the same map and key.
     pub fn unseal_at_rest(&self, map: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         unseal_with(&self.at_rest, &rest_aad(map, key), sealed)
+    }
+
+    /// Seals a private value for the snapshot at `seqno`, deterministically (see the module docs).
+    pub fn seal_snapshot_value(
+        &self,
+        seqno: u64,
+        map: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let aad = snapshot_aad(seqno, map, key);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.snapshot_nonce_key)
+            .expect("HMAC takes any key length");
+        mac.update(&aad);
+        let digest = mac.finalize().into_bytes();
+        let nonce = &digest[..NONCE_BYTES];
+        let ct = self
+            .snapshot
+            .encrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: value,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SealError::Seal)?;
+        let mut out = Vec::with_capacity(NONCE_BYTES + ct.len());
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens a value sealed by [`Sealer::seal_snapshot_value`] for the same snapshot, map and key.
+    pub fn unseal_snapshot_value(
+        &self,
+        seqno: u64,
+        map: &str,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        unseal_with(&self.snapshot, &snapshot_aad(seqno, map, key), sealed)
     }
 
     /// CCF's commit evidence for `tx_id`: `ce:<view>.<seqno>:<hex>`, secret until a receipt reveals it.
@@ -243,6 +296,32 @@ mod tests {
             sealer.unseal(TxId::new(0, 0), &sealed).is_err(),
             "keys are separated by purpose"
         );
+    }
+
+    #[test]
+    fn snapshot_values_are_deterministic_and_bound() {
+        let a = Sealer::new(&LedgerSecret([6; 32]));
+        let one = a
+            .seal_snapshot_value(10, "records", b"k", b"secret")
+            .expect("seal");
+        assert_eq!(
+            one,
+            a.seal_snapshot_value(10, "records", b"k", b"secret")
+                .expect("seal"),
+            "byte-identical"
+        );
+        assert_ne!(
+            one,
+            a.seal_snapshot_value(11, "records", b"k", b"secret")
+                .expect("seal")
+        );
+        assert_eq!(
+            a.unseal_snapshot_value(10, "records", b"k", &one)
+                .expect("unseal"),
+            b"secret"
+        );
+        assert!(a.unseal_snapshot_value(10, "records", b"k2", &one).is_err());
+        assert!(a.unseal_snapshot_value(12, "records", b"k", &one).is_err());
     }
 
     #[test]

@@ -19,6 +19,10 @@ use crate::{Bytes, Entry, State};
 
 const CF_STATE: &str = "state";
 const CF_META: &str = "meta";
+/// Column family of Raft's log (index BE → raft-rs `Entry`), owned by the node's consensus layer.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Column family of Raft's hard state, configuration and compaction point.
+pub const CF_RAFT_STATE: &str = "raft_state";
 const APPLIED_SEQNO: &[u8] = b"applied_seqno";
 const MAP_PREFIX: &[u8] = b"map:";
 
@@ -74,12 +78,14 @@ impl Storage {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [CF_STATE, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let cfs = [CF_STATE, CF_META, CF_RAFT_LOG, CF_RAFT_STATE]
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Storage { db: Arc::new(db) })
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
+    /// A column family by name.
+    pub fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
         self.db
             .cf_handle(name)
             .ok_or_else(|| StorageError::Corrupt(format!("missing column family {name}")))
@@ -135,20 +141,16 @@ impl Storage {
         rows: &[(u64, &WriteSet, &WriteSet)],
         sealer: &Sealer,
     ) -> Result<(), StorageError> {
-        let Some(&(first, _, _)) = rows.first() else {
-            return Ok(());
-        };
         let applied = self.applied_seqno()?;
-        if first <= applied {
-            return Err(StorageError::OutOfOrder {
-                seqno: first,
-                applied,
-            });
+        // Rows the store already holds are skipped: after a crash the node re-sends what it cannot know was written.
+        let rows: Vec<_> = rows.iter().filter(|(seqno, _, _)| *seqno > applied).collect();
+        if rows.is_empty() {
+            return Ok(());
         }
         let (state_cf, meta_cf) = (self.cf(CF_STATE)?, self.cf(CF_META)?);
         let mut batch = WriteBatch::default();
         let mut last = applied;
-        for &(seqno, public, private) in rows {
+        for &&(seqno, public, private) in &rows {
             if seqno <= last {
                 return Err(StorageError::OutOfOrder { seqno, applied: last });
             }
@@ -177,6 +179,36 @@ impl Storage {
         batch.put_cf(meta_cf, APPLIED_SEQNO, last.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Replaces the whole stored state by `state` (a node installing a snapshot).
+    pub fn replace_state(&self, state: &State, sealer: &Sealer) -> Result<(), StorageError> {
+        let (state_cf, meta_cf) = (self.cf(CF_STATE)?, self.cf(CF_META)?);
+        let mut batch = WriteBatch::default();
+        for cf in [state_cf, meta_cf] {
+            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                batch.delete_cf(cf, item?.0);
+            }
+        }
+        for name in state.map_names() {
+            let mut marker = MAP_PREFIX.to_vec();
+            marker.extend_from_slice(name.as_bytes());
+            batch.put_cf(meta_cf, marker, []);
+            for (key, entry) in state.map(name).into_iter().flat_map(|m| m.iter()) {
+                let mut stored = entry.version.to_be_bytes().to_vec();
+                if maps::is_public(name) {
+                    stored.extend_from_slice(&entry.value);
+                } else {
+                    stored.extend(sealer.seal_at_rest(name, key, &entry.value)?);
+                }
+                batch.put_cf(state_cf, state_key(name, key), stored);
+            }
+        }
+        batch.put_cf(meta_cf, APPLIED_SEQNO, state.version().to_be_bytes());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
         self.db.write_opt(batch, &opts)?;
         Ok(())
     }
@@ -226,10 +258,9 @@ mod tests {
             storage
                 .apply_committed(&[(4, &empty, &s2)], &sealer)
                 .expect("apply");
-            assert!(matches!(
-                storage.apply_committed(&[(4, &empty, &s2)], &sealer),
-                Err(StorageError::OutOfOrder { .. })
-            ));
+            storage
+                .apply_committed(&[(4, &empty, &s2)], &sealer)
+                .expect("a repeated row is skipped");
             storage
                 .db()
                 .flush_cf(storage.cf(CF_STATE).expect("cf"))
@@ -264,5 +295,14 @@ mod tests {
 
         let wrong = Sealer::new(&LedgerSecret([8; 32]));
         assert!(storage.load_state(&wrong).is_err());
+
+        let mut replacement = State::default();
+        let ws = ws("records", &[(b"z", Some(b"from a snapshot"))]);
+        replacement.apply(40, &ws).expect("apply");
+        storage.replace_state(&replacement, &sealer).expect("replace");
+        let state = storage.load_state(&sealer).expect("load");
+        assert_eq!(state.version(), 40);
+        assert_eq!(state.get("records", b"x"), None);
+        assert_eq!(state.get("records", b"z"), Some(&b"from a snapshot"[..]));
     }
 }
