@@ -275,6 +275,7 @@ mod tests {
             kind: if is_signature { KIND_SIGNATURE } else { KIND_TX },
             public_writes: vec![0u8; 100],
             private_sealed: Vec::new(),
+            ..Default::default()
         };
         let entry = LedgerEntry {
             transaction: transaction.encode_to_vec(),

@@ -6,10 +6,13 @@
 
 pub mod apps;
 pub mod config;
+pub mod consensus;
+pub mod core;
 pub mod ledger;
 pub mod replica;
 pub mod rpc;
 pub mod service;
+pub mod snapshot;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -408,6 +408,7 @@ impl Replica {
             kind,
             public_writes: public.encode_to_vec(),
             private_sealed,
+            ..Default::default()
         };
         let entry = make_entry(&transaction, &self.sealer.commit_evidence(tx_id), &NO_CLAIMS);
         let write_set_digest = entry.write_set_digest();

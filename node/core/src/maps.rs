@@ -14,6 +14,9 @@ pub const USERS_CERTS: &str = "public:ccf.gov.users.certs";
 /// Member certificates keyed by member id (hex SHA-256 of the certificate DER).
 pub const MEMBERS_CERTS: &str = "public:ccf.gov.members.certs";
 
+/// Code measurements allowed to join, keyed by measurement (hex), value `"AllowedToJoin"` (CCF's name).
+pub const NODES_CODE_IDS: &str = "public:ccf.gov.nodes.code_ids";
+
 /// Public maps are written in clear in the ledger; all others are sealed.
 pub fn is_public(map: &str) -> bool {
     map.starts_with("public:")

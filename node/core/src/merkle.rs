@@ -114,11 +114,32 @@ impl MerkleTree {
 
     /// The frontier of the current tree (see [`MerkleTree::from_frontier`]).
     pub fn frontier(&self) -> Vec<Digest> {
-        let size = self.len();
+        self.frontier_at(self.len()).unwrap_or_default()
+    }
+
+    /// The frontier of the tree over its first `size` leaves (complete subtrees never change, so it is still here).
+    pub fn frontier_at(&self, size: u64) -> Result<Vec<Digest>, MerkleError> {
+        if size > self.len() {
+            return Err(MerkleError::SizeOutOfRange {
+                size,
+                len: self.len(),
+            });
+        }
+        if size < self.base {
+            return Err(MerkleError::BeforeBase {
+                index: size,
+                base: self.base,
+            });
+        }
         (0..64usize)
             .rev()
             .filter(|h| size >> h & 1 == 1)
-            .filter_map(|h| self.node(h, (size >> h) - 1))
+            .map(|h| {
+                self.node(h, (size >> h) - 1).ok_or(MerkleError::BeforeBase {
+                    index: size,
+                    base: self.base,
+                })
+            })
             .collect()
     }
 
@@ -411,6 +432,10 @@ mod tests {
                 }
             }
             assert_eq!(tree.frontier(), full.frontier());
+            assert_eq!(
+                tree.frontier_at(base + 1).unwrap(),
+                full.frontier_at(base + 1).unwrap()
+            );
             tree.truncate(base + 3);
             assert_eq!(tree.root().unwrap(), full.root_at((base + 3).min(80)).unwrap());
             tree.truncate(0);

@@ -1,0 +1,1547 @@
+//! The replica's pure core: raft-rs's `RawNode` plus everything Synod derives from the Raft log — the Merkle
+//! history and signatures, the committed and speculative KV states, commit as the service reports it, snapshot
+//! points and reconfiguration. No sockets, disks or clocks: the shell feeds messages, ticks and the time, persists
+//! what [`Core::ready`] hands out, and reports back with [`Core::on_persisted`] (raft-rs's async `Ready` loop).
+//!
+//! ```text
+//!  commit_tx (primary) ─▶ ledger entry (private writes sealed) ─▶ RawNode::propose ─▶ history (leaf) + state
+//!  step(msg) / tick ───▶ RawNode ─▶ sync_log: history follows the Raft log (appends, truncations, snapshots)
+//!  ready() ─▶ messages, entries + hard state to persist, committed entries ─▶ committed_state, ledger, RocksDB
+//!                                                       signature committed ─▶ service commit = that tx id
+//! ```
+//!
+//! Invariants (checked, not assumed): every entry's seqno/view is its Raft index/term; a signature's root equals
+//! the Merkle root over every entry before it (checked on every node, for every signature); the service commit is
+//! always a committed signature; the speculative state is only ever ahead of the committed one on the primary.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, Snapshot, SnapshotMetadata,
+};
+use raft::{GetEntriesContext, RawNode, StateRole};
+use synod_core::cert;
+use synod_core::hash::Digest;
+use synod_core::ledger::{
+    encode_frame, make_entry, parse_signature_write_set, signature_write_set, LedgerEntry, SignatureRecord,
+    Transaction, WriteSet, FRAME_HEADER, KIND_SIGNATURE, KIND_TX,
+};
+use synod_core::maps;
+use synod_core::merkle::{MerkleTree, ProofStep};
+use synod_core::receipt::{JsonReceipt, LeafComponents, ProofElement};
+use synod_core::txid::{evaluate_tx_status, TxId, TxStatus};
+use synod_kv::seal::Sealer;
+use synod_kv::{Conflict, State, Tx};
+
+use crate::consensus::log_store::LogStore;
+use crate::consensus::{ledger_entry_of, raft_config, raft_id, raft_logger, RaftTiming};
+use crate::snapshot::{self, SnapshotEvidence, SNAPSHOT_EVIDENCE};
+
+/// Claims digest of a transaction that registers no application claims (CCF's "no claims" is all zeroes).
+pub const NO_CLAIMS: Digest = [0u8; 32];
+
+/// Errors of the core.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The transaction read something a transaction ordered since has changed; run it again.
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
+    /// Only the primary orders writes.
+    #[error("this node is not the primary")]
+    NotPrimary,
+    /// Sealing or unsealing private writes failed.
+    #[error("sealing: {0}")]
+    Seal(String),
+    /// Building a COSE signature failed.
+    #[error("COSE: {0}")]
+    Cose(String),
+    /// An entry of the log is not one a correct primary could have written.
+    #[error("bad entry at seqno {seqno}: {reason}")]
+    BadEntry {
+        /// Where.
+        seqno: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// raft-rs refused.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// An invariant does not hold; the node must stop rather than write a wrong ledger.
+    #[error("invariant violated: {0}")]
+    Invariant(String),
+}
+
+/// Why a receipt cannot be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptUnavailable {
+    /// The transaction is not committed (yet, or ever): its status says which.
+    #[error("transaction {0} is {1:?}, not Committed")]
+    NotCommitted(TxId, TxStatus),
+    /// A signature transaction's proof is its own signature: it has a JSON receipt only.
+    #[error("{0} is a signature transaction: it has a JSON receipt only (its signature is the proof)")]
+    SignatureTransaction(TxId),
+    /// This node started from a snapshot after the transaction.
+    #[error("{0} precedes this node's snapshot at seqno {1}; ask a node that holds it")]
+    BeforeSnapshot(TxId, u64),
+    /// Building the proof failed (an internal error).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The keys the core signs with.
+pub struct Keys {
+    /// This node's Ed25519 key; signs Merkle roots in signature transactions.
+    pub node_key: SigningKey,
+    /// This node's certificate (PEM), endorsed by the service identity.
+    pub node_cert_pem: String,
+    /// Hex SHA-256 of the node's public key DER.
+    pub node_id: String,
+    /// The service identity's key; signs the COSE signature over each root.
+    pub service_key: SigningKey,
+    /// The service certificate (DER).
+    pub service_cert_der: Vec<u8>,
+}
+
+/// Tunables of the core.
+#[derive(Clone, Copy, Debug)]
+pub struct CoreConfig {
+    /// A signature transaction follows at most this many transactions.
+    pub sig_tx_interval: u64,
+    /// The primary ends a ledger chunk at the first signature past this many bytes.
+    pub ledger_chunk_bytes: u64,
+    /// The primary marks a snapshot point at the first signature this many seqnos after the last (0: never).
+    pub snapshot_tx_interval: u64,
+    /// Raft timing.
+    pub timing: RaftTiming,
+}
+
+/// What a signature transaction signed, kept for receipts.
+#[derive(Clone, Debug)]
+pub struct SigInfo {
+    /// The signature transaction's id.
+    pub tx_id: TxId,
+    /// The Merkle root over every entry before it.
+    pub root: Digest,
+    /// The record written to `public:ccf.internal.signatures`.
+    pub record: SignatureRecord,
+    /// The COSE Sign1 written to `public:ccf.internal.cose_signatures`.
+    pub cose: Vec<u8>,
+}
+
+/// The writes of one transaction, in clear.
+#[derive(Clone, Debug, Default)]
+pub struct Writes {
+    /// Writes to public maps.
+    pub public: WriteSet,
+    /// Writes to private maps.
+    pub private: WriteSet,
+}
+
+impl Writes {
+    fn combined(&self) -> WriteSet {
+        WriteSet {
+            maps: self
+                .public
+                .maps
+                .iter()
+                .chain(self.private.maps.iter())
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn touches(&self, map: &str) -> bool {
+        self.public
+            .maps
+            .iter()
+            .chain(self.private.maps.iter())
+            .any(|m| m.name == map)
+    }
+}
+
+/// A Raft-committed entry, for the ledger files and the stored state.
+#[derive(Clone, Debug)]
+pub struct CommittedEntry {
+    /// Its id.
+    pub tx_id: TxId,
+    /// The ledger frame (identical on every node).
+    pub frame: Vec<u8>,
+    /// Its writes.
+    pub writes: Arc<Writes>,
+    /// Whether it is a signature transaction.
+    pub is_signature: bool,
+    /// Whether the ledger chunk ends after it.
+    pub chunk_end: bool,
+}
+
+/// Everything a snapshot at a snapshot point needs; serializing it is the shell's (slow) job.
+pub struct SnapshotJob {
+    /// The state at the snapshot point (an O(1) clone).
+    pub state: State,
+    /// View of the snapshot point.
+    pub view: u64,
+    /// Merkle frontier over seqnos 1..=seqno.
+    pub frontier: Vec<Digest>,
+    /// View history up to the snapshot point.
+    pub views: Vec<(u64, u64)>,
+    /// Raft configuration at the snapshot point.
+    pub conf_state: ConfState,
+}
+
+/// Things the shell reacts to, besides a `Ready`.
+pub enum Event {
+    /// Take a snapshot (every node does, at the same seqnos).
+    SnapshotDue(SnapshotJob),
+    /// The snapshot at `seqno` with this digest is committed (its evidence at `evidence_seqno` is).
+    SnapshotCommitted {
+        /// Snapshot seqno.
+        seqno: u64,
+        /// Seqno of the evidence transaction.
+        evidence_seqno: u64,
+        /// Hex digest.
+        digest: String,
+    },
+    /// The nodes table or the Raft configuration changed: refresh peer addresses.
+    NodesChanged,
+    /// This node became primary (true) or stopped being primary (false).
+    Role(bool),
+}
+
+/// A snapshot this node installed from the primary (Raft caught it up with one).
+pub struct InstalledSnapshot {
+    /// The snapshot file's bytes.
+    pub bytes: Vec<u8>,
+    /// Its decoded state.
+    pub state: State,
+    /// Raft's snapshot metadata (index = seqno).
+    pub meta: SnapshotMetadata,
+}
+
+/// One round of work for the shell (raft-rs's `Ready`, with Synod's additions).
+#[derive(Default)]
+pub struct CoreReady {
+    /// Pass to [`Core::on_persisted`] once persisted.
+    pub number: u64,
+    /// Send now.
+    pub messages: Vec<Message>,
+    /// Send only after persisting.
+    pub persisted_messages: Vec<Message>,
+    /// Append to the stored log (overwriting any stored suffix from the first one's index).
+    pub entries: Vec<Entry>,
+    /// The stored log's last index before this round.
+    pub previous_last: u64,
+    /// New hard state to store.
+    pub hard_state: Option<HardState>,
+    /// New configuration to store.
+    pub conf_state: Option<ConfState>,
+    /// A snapshot to install before anything else.
+    pub installed: Option<InstalledSnapshot>,
+    /// Committed entries, in order, for the ledger and the stored state.
+    pub committed: Vec<CommittedEntry>,
+}
+
+/// The result of committing a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was written; the id is the version that was read.
+    ReadOnly(TxId),
+    /// Written as this transaction (Pending until a committed signature covers it).
+    Written(TxId),
+}
+
+impl Outcome {
+    /// The transaction id either way.
+    pub fn tx_id(&self) -> TxId {
+        match self {
+            Outcome::ReadOnly(id) | Outcome::Written(id) => *id,
+        }
+    }
+}
+
+const FLAG_SIGNATURE: u8 = 1;
+const FLAG_CHUNK_END: u8 = 2;
+const FLAG_SNAPSHOT: u8 = 4;
+
+/// Per-entry history of this node's log: Merkle tree, views, write-set digests and signatures.
+struct History {
+    tree: MerkleTree,
+    /// (view, first seqno in that view), increasing.
+    views: Vec<(u64, u64)>,
+    digests: Vec<Digest>,
+    frame_lens: Vec<u32>,
+    flags: Vec<u8>,
+    sigs: BTreeMap<u64, SigInfo>,
+}
+
+impl History {
+    fn new(tree: MerkleTree, views: Vec<(u64, u64)>) -> History {
+        History {
+            tree,
+            views,
+            digests: Vec::new(),
+            frame_lens: Vec::new(),
+            flags: Vec::new(),
+            sigs: BTreeMap::new(),
+        }
+    }
+
+    fn base(&self) -> u64 {
+        self.tree.base()
+    }
+
+    fn last(&self) -> u64 {
+        self.tree.len()
+    }
+
+    fn local(&self, seqno: u64) -> Option<usize> {
+        usize::try_from(seqno.checked_sub(self.base() + 1)?).ok()
+    }
+
+    fn view_of(&self, seqno: u64) -> Option<u64> {
+        if seqno == 0 || seqno > self.last() {
+            return None;
+        }
+        let idx = self.views.partition_point(|(_, first)| *first <= seqno);
+        self.views.get(idx.checked_sub(1)?).map(|(v, _)| *v)
+    }
+
+    fn append(&mut self, tx_id: TxId, leaf: Digest, digest: Digest, frame_len: u32, flags: u8) {
+        if self.views.last().map(|(v, _)| *v) != Some(tx_id.view) {
+            self.views.push((tx_id.view, tx_id.seqno));
+        }
+        self.tree.append(leaf);
+        self.digests.push(digest);
+        self.frame_lens.push(frame_len);
+        self.flags.push(flags);
+    }
+
+    fn truncate(&mut self, last: u64) {
+        let last = last.max(self.base());
+        self.tree.truncate(last);
+        let keep = (last - self.base()) as usize;
+        self.digests.truncate(keep);
+        self.frame_lens.truncate(keep);
+        self.flags.truncate(keep);
+        self.sigs.split_off(&(last + 1));
+        while self.views.last().is_some_and(|(_, first)| *first > last) {
+            self.views.pop();
+        }
+    }
+
+    fn last_flagged(&self, flag: u8) -> u64 {
+        self.flags
+            .iter()
+            .rposition(|f| f & flag != 0)
+            .map_or(self.base(), |i| self.base() + 1 + i as u64)
+    }
+
+    fn bytes_since_chunk_end(&self) -> u64 {
+        let from = self.last_flagged(FLAG_CHUNK_END) - self.base();
+        self.frame_lens[from as usize..].iter().map(|&l| l as u64).sum()
+    }
+
+    fn last_signature(&self) -> u64 {
+        self.last_flagged(FLAG_SIGNATURE)
+    }
+}
+
+/// The replica core (see the module docs).
+pub struct Core {
+    raft: RawNode<LogStore>,
+    id: u64,
+    keys: Keys,
+    sealer: Sealer,
+    cfg: CoreConfig,
+    history: History,
+    committed_state: State,
+    state: State,
+    is_leader: bool,
+    lineage: u64,
+    /// The primary's own uncommitted writes, by seqno (with the view they were made in).
+    own: BTreeMap<u64, (u64, Arc<Writes>)>,
+    commit: TxId,
+    unsigned: u64,
+    /// Snapshot evidence seen committed by Raft, waiting for a signature: evidence seqno → evidence.
+    evidence: BTreeMap<u64, SnapshotEvidence>,
+    /// A snapshot received from the primary, decoded, to hand to the shell with the next ready.
+    installing: Option<InstalledSnapshot>,
+    /// Index of the last snapshot received from the primary and decoded.
+    installed_index: u64,
+    /// Configuration changes waiting until Raft accepts them (one may be pending at a time).
+    conf_queue: VecDeque<ConfChange>,
+    events: Vec<Event>,
+}
+
+fn writes_of(le: &LedgerEntry, tx: &Transaction, sealer: &Sealer) -> Result<Writes, CoreError> {
+    let bad = |reason: String| CoreError::BadEntry {
+        seqno: tx.seqno,
+        reason,
+    };
+    let public = tx.public_write_set().map_err(|e| bad(e.to_string()))?;
+    let private = if tx.private_sealed.is_empty() {
+        WriteSet::default()
+    } else {
+        let clear = sealer
+            .unseal(tx.tx_id(), &tx.private_sealed)
+            .map_err(|e| bad(format!("private writes: {e}")))?;
+        WriteSet::decode(clear.as_slice()).map_err(|e| bad(format!("private writes: {e}")))?
+    };
+    let _ = le;
+    Ok(Writes { public, private })
+}
+
+fn flags_of(tx: &Transaction) -> u8 {
+    let mut f = 0;
+    if tx.kind == KIND_SIGNATURE {
+        f |= FLAG_SIGNATURE;
+    }
+    if tx.chunk_end || tx.snapshot_point {
+        f |= FLAG_CHUNK_END;
+    }
+    if tx.snapshot_point {
+        f |= FLAG_SNAPSHOT;
+    }
+    f
+}
+
+/// Reads a signature transaction's record and checks it against the root it must sign.
+fn check_signature(
+    tx_id: TxId,
+    public: &WriteSet,
+    expected_root: Option<Digest>,
+    service_cert_der: &[u8],
+) -> Result<SigInfo, String> {
+    let (record, cose) = parse_signature_write_set(public).map_err(|e| e.to_string())?;
+    if record.view != tx_id.view || record.seqno != tx_id.seqno {
+        return Err(format!("signature record names {}.{}", record.view, record.seqno));
+    }
+    let root = record.root_digest().map_err(|e| e.to_string())?;
+    if Some(root) != expected_root {
+        return Err("signed root differs from the Merkle root of this node's log".into());
+    }
+    let node_der = cert::pem_to_der(&record.cert).map_err(|e| e.to_string())?;
+    cert::verify_endorsement(&node_der, service_cert_der).map_err(|e| format!("signing node: {e}"))?;
+    let sig = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &record.signature)
+        .map_err(|e| format!("node signature: {e}"))?;
+    let sig = ed25519_dalek::Signature::from_slice(&sig).map_err(|e| format!("node signature: {e}"))?;
+    cert::ed25519_verifying_key(&node_der)
+        .map_err(|e| e.to_string())?
+        .verify_strict(&root, &sig)
+        .map_err(|_| "node signature over the root does not verify".to_string())?;
+    Ok(SigInfo {
+        tx_id,
+        root,
+        record,
+        cose,
+    })
+}
+
+/// What starting a new service records in its first transaction.
+pub struct Genesis {
+    /// `public:ccf.gov.service.info`.
+    pub service_info: serde_json::Value,
+    /// (user id, certificate PEM).
+    pub users: Vec<(String, String)>,
+    /// (member id, certificate PEM).
+    pub members: Vec<(String, String)>,
+    /// This node's entry in `public:ccf.gov.nodes.info`.
+    pub node_info: serde_json::Value,
+    /// Initial `public:ccf.gov.nodes.code_ids`: measurement → status.
+    pub code_ids: Vec<String>,
+}
+
+/// Where a restored core comes from.
+pub struct Restore {
+    /// The Raft log as persisted.
+    pub log: LogStore,
+    /// The state as persisted (its version is the last applied seqno).
+    pub state: State,
+    /// Ledger entries from the ledger files, starting right after `base`.
+    pub ledger: Vec<LedgerEntry>,
+    /// The snapshot the ledger starts after, if it does not start at 1: its bytes.
+    pub base_snapshot: Option<Vec<u8>>,
+}
+
+impl Core {
+    fn assemble(
+        raft: RawNode<LogStore>,
+        keys: Keys,
+        sealer: Sealer,
+        cfg: CoreConfig,
+        history: History,
+        state: State,
+    ) -> Core {
+        let id = raft.raft.id;
+        Core {
+            raft,
+            id,
+            keys,
+            sealer,
+            cfg,
+            history,
+            committed_state: state.clone(),
+            state,
+            is_leader: false,
+            lineage: 0,
+            own: BTreeMap::new(),
+            commit: TxId::default(),
+            unsigned: 0,
+            evidence: BTreeMap::new(),
+            installing: None,
+            installed_index: 0,
+            conf_queue: VecDeque::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Creates a new service with this node as its only voter, and orders the genesis transaction and its
+    /// signature (`1.1` is the first primary's empty entry, `1.2` genesis, `1.3` its signature).
+    pub fn new_service(
+        keys: Keys,
+        sealer: Sealer,
+        cfg: CoreConfig,
+        genesis: &Genesis,
+        now_secs: i64,
+    ) -> Result<Core, CoreError> {
+        let id = raft_id(&keys.node_id);
+        let raft = RawNode::new(
+            &raft_config(id, 0, cfg.timing),
+            LogStore::new_cluster(id),
+            &raft_logger(),
+        )?;
+        let mut core = Core::assemble(
+            raft,
+            keys,
+            sealer,
+            cfg,
+            History::new(MerkleTree::new(), Vec::new()),
+            State::default(),
+        );
+        core.raft.campaign()?;
+        core.after_raft()?;
+        if !core.is_leader {
+            return Err(CoreError::Invariant(
+                "a single-voter service did not elect itself".into(),
+            ));
+        }
+        let mut tx = Tx::new(core.state.clone());
+        tx.put(
+            maps::SERVICE_INFO,
+            b"",
+            genesis.service_info.to_string().as_bytes(),
+        );
+        for (id, pem) in &genesis.users {
+            tx.put(maps::USERS_CERTS, id.as_bytes(), pem.as_bytes());
+        }
+        for (id, pem) in &genesis.members {
+            tx.put(maps::MEMBERS_CERTS, id.as_bytes(), pem.as_bytes());
+        }
+        tx.put(
+            maps::NODES_INFO,
+            core.keys.node_id.as_bytes(),
+            genesis.node_info.to_string().as_bytes(),
+        );
+        for code in &genesis.code_ids {
+            tx.put(maps::NODES_CODE_IDS, code.as_bytes(), br#""AllowedToJoin""#);
+        }
+        core.commit_tx(tx, now_secs)?;
+        core.emit_signature(now_secs)?;
+        // The first voter is in this node's stored configuration only; a node that joins and replays the log
+        // from 1 learns it from this entry (Raft accepts it once the primary's first entry is applied).
+        core.queue_conf_change(id, ConfChangeType::AddNode);
+        Ok(core)
+    }
+
+    /// A node that has joined (or is joining) an existing service, with an empty log or one starting at a
+    /// snapshot it was given.
+    pub fn joining(
+        keys: Keys,
+        sealer: Sealer,
+        cfg: CoreConfig,
+        snapshot_bytes: Option<&[u8]>,
+    ) -> Result<Core, CoreError> {
+        let id = raft_id(&keys.node_id);
+        match snapshot_bytes {
+            None => {
+                let raft = RawNode::new(
+                    &raft_config(id, 0, cfg.timing),
+                    LogStore::default(),
+                    &raft_logger(),
+                )?;
+                let history = History::new(MerkleTree::new(), Vec::new());
+                Ok(Core::assemble(raft, keys, sealer, cfg, history, State::default()))
+            }
+            Some(bytes) => {
+                let (history, state, meta) = Self::from_snapshot_bytes(bytes, &sealer)?;
+                let mut log = LogStore::default();
+                let mut snap = Snapshot::default();
+                snap.set_metadata(meta);
+                snap.data = bytes.to_vec().into();
+                log.install_snapshot(snap);
+                let applied = state.version();
+                let raft = RawNode::new(&raft_config(id, applied, cfg.timing), log, &raft_logger())?;
+                let mut core = Core::assemble(raft, keys, sealer, cfg, history, state);
+                core.commit = core.last_committed_signature();
+                Ok(core)
+            }
+        }
+    }
+
+    fn from_snapshot_bytes(
+        bytes: &[u8],
+        sealer: &Sealer,
+    ) -> Result<(History, State, SnapshotMetadata), CoreError> {
+        let bad = |reason: String| CoreError::BadEntry {
+            seqno: 0,
+            reason: format!("snapshot: {reason}"),
+        };
+        let decoded = snapshot::decode(bytes, sealer).map_err(|e| bad(e.to_string()))?;
+        let seqno = decoded.file.seqno;
+        let tree = MerkleTree::from_frontier(seqno, &decoded.frontier).map_err(|e| bad(e.to_string()))?;
+        let views = decoded
+            .file
+            .views
+            .iter()
+            .map(|v| (v.view, v.first_seqno))
+            .collect();
+        let conf_state =
+            ConfState::parse_from_bytes(&decoded.file.conf_state).map_err(|e| bad(e.to_string()))?;
+        let mut meta = SnapshotMetadata {
+            index: seqno,
+            term: decoded.file.view,
+            ..Default::default()
+        };
+        meta.set_conf_state(conf_state);
+        let mut history = History::new(tree, views);
+        // The snapshot point is a signature: its record is in the state, so receipts and commit work from it.
+        if let Some(record) = decoded.state.get(maps::SIGNATURES, b"") {
+            if let Ok(record) = serde_json::from_slice::<SignatureRecord>(record) {
+                if record.seqno == seqno {
+                    if let (Ok(root), Some(cose)) = (
+                        record.root_digest(),
+                        decoded.state.get(maps::COSE_SIGNATURES, b""),
+                    ) {
+                        let tx_id = TxId::new(record.view, record.seqno);
+                        history.sigs.insert(
+                            seqno,
+                            SigInfo {
+                                tx_id,
+                                root,
+                                record,
+                                cose: cose.to_vec(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok((history, decoded.state, meta))
+    }
+
+    /// Rebuilds the core after a restart from the persisted Raft log, the persisted state and the ledger files.
+    /// Returns the committed entries the stores had not recorded yet (the shell writes them again, idempotently).
+    pub fn restore(
+        keys: Keys,
+        sealer: Sealer,
+        cfg: CoreConfig,
+        r: Restore,
+    ) -> Result<(Core, Vec<CommittedEntry>), CoreError> {
+        let id = raft_id(&keys.node_id);
+        let (mut history, _, _) = match &r.base_snapshot {
+            Some(bytes) => Self::from_snapshot_bytes(bytes, &sealer)?,
+            None => (
+                History::new(MerkleTree::new(), Vec::new()),
+                State::default(),
+                SnapshotMetadata::default(),
+            ),
+        };
+        let mut entries: Vec<(LedgerEntry, Transaction)> = Vec::new();
+        for le in r.ledger {
+            let tx = le.decode_transaction().map_err(|e| CoreError::BadEntry {
+                seqno: 0,
+                reason: e.to_string(),
+            })?;
+            entries.push((le, tx));
+        }
+        let ledger_last = history.base() + entries.len() as u64;
+        let from_log = (ledger_last + 1).max(r.log.first());
+        if from_log > ledger_last + 1 {
+            return Err(CoreError::Invariant(format!(
+                "the ledger ends at {ledger_last} but the Raft log starts at {}",
+                r.log.first()
+            )));
+        }
+        for idx in from_log..=r.log.last() {
+            let e = r
+                .log
+                .entry(idx)
+                .ok_or_else(|| CoreError::Invariant(format!("log entry {idx} missing")))?;
+            let (le, tx) = ledger_entry_of(e, &sealer).map_err(|e| CoreError::BadEntry {
+                seqno: idx,
+                reason: e.to_string(),
+            })?;
+            entries.push((le, tx));
+        }
+        let service_der = keys.service_cert_der.clone();
+        for (i, (le, tx)) in entries.iter().enumerate() {
+            let seqno = history.base() + 1 + i as u64;
+            if tx.seqno != seqno {
+                return Err(CoreError::BadEntry {
+                    seqno,
+                    reason: format!("found seqno {}", tx.seqno),
+                });
+            }
+            Self::append_history(&mut history, le, tx, &service_der)?;
+        }
+        let commit_index = r.log.hard_state().commit.min(history.last());
+        let mut state = r.state;
+        let mut replay = Vec::new();
+        let first_replay = state.version() + 1;
+        for seqno in first_replay..=commit_index {
+            let i = (seqno - history.base() - 1) as usize;
+            let (le, tx) = entries
+                .get(i)
+                .ok_or_else(|| CoreError::Invariant(format!("no entry {seqno} to replay")))?;
+            let writes = writes_of(le, tx, &sealer)?;
+            state
+                .apply(seqno, &writes.combined())
+                .map_err(|e| CoreError::Invariant(e.to_string()))?;
+            replay.push(CommittedEntry {
+                tx_id: tx.tx_id(),
+                frame: encode_frame(le),
+                writes: Arc::new(writes),
+                is_signature: tx.kind == KIND_SIGNATURE,
+                chunk_end: tx.chunk_end || tx.snapshot_point,
+            });
+        }
+        // Entries between the ledger files' end and the commit index that the state already reflected still
+        // need writing to the ledger.
+        let mut ledger_catch_up = Vec::new();
+        for seqno in (ledger_last + 1)..first_replay.min(commit_index + 1) {
+            let i = (seqno - history.base() - 1) as usize;
+            if let Some((le, tx)) = entries.get(i) {
+                ledger_catch_up.push(CommittedEntry {
+                    tx_id: tx.tx_id(),
+                    frame: encode_frame(le),
+                    writes: Arc::new(Writes::default()),
+                    is_signature: tx.kind == KIND_SIGNATURE,
+                    chunk_end: tx.chunk_end || tx.snapshot_point,
+                });
+            }
+        }
+        ledger_catch_up.extend(replay);
+        let single_voter = r.log.conf_state().voters == vec![id] && r.log.conf_state().learners.is_empty();
+        let raft = RawNode::new(&raft_config(id, commit_index, cfg.timing), r.log, &raft_logger())?;
+        let mut core = Core::assemble(raft, keys, sealer, cfg, history, state);
+        core.commit = core.last_committed_signature();
+        if single_voter {
+            // Nobody else can be primary: do not wait an election timeout.
+            core.raft.campaign()?;
+        }
+        core.after_raft()?;
+        Ok((core, ledger_catch_up))
+    }
+
+    fn last_committed_signature(&self) -> TxId {
+        let applied = self.committed_state.version();
+        self.history
+            .sigs
+            .range(..=applied)
+            .next_back()
+            .map(|(_, s)| s.tx_id)
+            .unwrap_or_default()
+    }
+
+    fn append_history(
+        history: &mut History,
+        le: &LedgerEntry,
+        tx: &Transaction,
+        service_der: &[u8],
+    ) -> Result<(), CoreError> {
+        let tx_id = tx.tx_id();
+        let bad = |reason: String| CoreError::BadEntry {
+            seqno: tx_id.seqno,
+            reason,
+        };
+        if tx.kind == KIND_SIGNATURE {
+            let public = tx.public_write_set().map_err(|e| bad(e.to_string()))?;
+            let info = check_signature(tx_id, &public, history.tree.root(), service_der).map_err(bad)?;
+            history.sigs.insert(tx_id.seqno, info);
+        } else if tx.kind != KIND_TX {
+            return Err(bad(format!("unknown transaction kind {}", tx.kind)));
+        }
+        let leaf = le.leaf().map_err(|e| bad(e.to_string()))?;
+        let frame_len = (FRAME_HEADER + le.encoded_len()) as u32;
+        history.append(tx_id, leaf, le.write_set_digest(), frame_len, flags_of(tx));
+        Ok(())
+    }
+
+    // ---- driving Raft ----
+
+    /// Advances Raft's logical clock by one tick (elections, heartbeats), and retries queued reconfigurations.
+    pub fn tick(&mut self) -> Result<(), CoreError> {
+        self.raft.tick();
+        self.after_raft()?;
+        if self.is_leader {
+            self.propose_queued_conf_changes();
+            self.promote_caught_up_learners();
+        }
+        Ok(())
+    }
+
+    /// Hands a message from a peer to Raft. Messages Raft refuses (stale, unknown peer) are dropped.
+    pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
+        if let Err(e) = self.raft.step(msg) {
+            tracing::debug!("raft dropped a message: {e}");
+        }
+        self.after_raft()
+    }
+
+    /// Raft's work for the shell, if any. The caller must persist it, send the messages, then call
+    /// [`Core::on_persisted`] with its number.
+    pub fn ready(&mut self) -> Result<Option<CoreReady>, CoreError> {
+        if !self.raft.has_ready() {
+            return Ok(None);
+        }
+        let mut rd = self.raft.ready();
+        let mut out = CoreReady {
+            number: rd.number(),
+            previous_last: self.raft.store().last(),
+            ..Default::default()
+        };
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.raft.mut_store().install_snapshot(snap);
+            out.installed = self.installing.take();
+            out.previous_last = self.raft.store().last();
+        }
+        if !rd.entries().is_empty() {
+            self.raft
+                .mut_store()
+                .append(rd.entries())
+                .map_err(|e| CoreError::Raft(raft::Error::Store(e)))?;
+            out.entries = rd.take_entries();
+        }
+        if let Some(hs) = rd.hs() {
+            self.raft.mut_store().set_hard_state(hs.clone());
+            out.hard_state = Some(hs.clone());
+        }
+        out.messages = rd.take_messages();
+        out.persisted_messages = rd.take_persisted_messages();
+        let committed = rd.take_committed_entries();
+        self.raft.advance_append_async(rd);
+        self.apply_committed(committed, &mut out)?;
+        self.after_raft()?;
+        Ok(Some(out))
+    }
+
+    /// The shell persisted the ready numbered `number` (and every one before it).
+    pub fn on_persisted(&mut self, number: u64) -> Result<(), CoreError> {
+        self.raft.on_persist_ready(number);
+        self.after_raft()
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Brings history and states in line with Raft after anything that may have changed its log or role.
+    fn after_raft(&mut self) -> Result<(), CoreError> {
+        self.sync_log()?;
+        let is_leader = self.raft.raft.state == StateRole::Leader;
+        if is_leader != self.is_leader {
+            self.is_leader = is_leader;
+            self.lineage += 1;
+            self.state = self.committed_state.clone();
+            self.state.new_lineage(self.lineage);
+            self.own.clear();
+            self.unsigned = if is_leader {
+                self.history.last() - self.history.last_signature()
+            } else {
+                0
+            };
+            self.events.push(Event::Role(is_leader));
+            tracing::info!(view = self.raft.raft.term, primary = is_leader, "role changed");
+        }
+        if self.is_leader {
+            self.catch_up_state()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the history match Raft's log: installs a received snapshot, drops an overwritten suffix, appends.
+    fn sync_log(&mut self) -> Result<(), CoreError> {
+        let snapshot = self.raft.raft.raft_log.unstable_snapshot().clone();
+        if let Some(snap) = snapshot {
+            let index = snap.get_metadata().index;
+            if index > self.installed_index && index > self.committed_state.version() {
+                self.installed_index = index;
+                let (history, state, meta) = Self::from_snapshot_bytes(&snap.data, &self.sealer)?;
+                self.history = history;
+                self.committed_state = state.clone();
+                self.state = state.clone();
+                self.own.clear();
+                self.commit = self.last_committed_signature();
+                self.installing = Some(InstalledSnapshot {
+                    bytes: snap.data.to_vec(),
+                    state,
+                    meta,
+                });
+                tracing::info!(seqno = index, "installing a snapshot from the primary");
+            }
+        }
+        let log = &self.raft.raft.raft_log;
+        let last = log.last_index();
+        let mut keep = self.history.last().min(last);
+        while keep > self.history.base() {
+            match log.term(keep) {
+                Ok(term) if Some(term) != self.history.view_of(keep) => keep -= 1,
+                _ => break, // matching, or compacted (compacted entries are committed and never diverge)
+            }
+        }
+        if keep < self.history.last() {
+            if keep < self.committed_state.version() {
+                return Err(CoreError::Invariant(format!(
+                    "Raft overwrote committed entry {} (applied {})",
+                    keep + 1,
+                    self.committed_state.version()
+                )));
+            }
+            tracing::info!(
+                from = keep + 1,
+                to = self.history.last(),
+                "rolling back an uncommitted suffix"
+            );
+            self.history.truncate(keep);
+            self.own.split_off(&(keep + 1));
+            if self.state.version() > keep {
+                self.lineage += 1;
+                self.state = self.committed_state.clone();
+                self.state.new_lineage(self.lineage);
+            }
+        }
+        if last > keep {
+            let ents =
+                self.raft
+                    .raft
+                    .raft_log
+                    .slice(keep + 1, last + 1, None, GetEntriesContext::empty(false))?;
+            for e in &ents {
+                let (le, tx) = ledger_entry_of(e, &self.sealer).map_err(|err| CoreError::BadEntry {
+                    seqno: e.index,
+                    reason: err.to_string(),
+                })?;
+                Self::append_history(&mut self.history, &le, &tx, &self.keys.service_cert_der)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// On the primary, applies log entries the speculative state has not seen (entries Raft made itself, or
+    /// everything after the commit when it just became primary).
+    fn catch_up_state(&mut self) -> Result<(), CoreError> {
+        let from = self.state.version() + 1;
+        let last = self.history.last();
+        if from > last {
+            return Ok(());
+        }
+        let ents = self
+            .raft
+            .raft
+            .raft_log
+            .slice(from, last + 1, None, GetEntriesContext::empty(false))?;
+        for e in &ents {
+            let (le, tx) = ledger_entry_of(e, &self.sealer).map_err(|err| CoreError::BadEntry {
+                seqno: e.index,
+                reason: err.to_string(),
+            })?;
+            let writes = writes_of(&le, &tx, &self.sealer)?;
+            self.state
+                .apply(e.index, &writes.combined())
+                .map_err(|err| CoreError::Invariant(err.to_string()))?;
+            self.own.insert(e.index, (e.term, Arc::new(writes)));
+            if tx.kind == KIND_SIGNATURE {
+                self.unsigned = 0;
+            } else {
+                self.unsigned += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>, out: &mut CoreReady) -> Result<(), CoreError> {
+        let mut last_applied = None;
+        for e in entries {
+            last_applied = Some(e.index);
+            if e.index <= self.committed_state.version() {
+                continue; // covered by an installed snapshot
+            }
+            let (le, tx) = ledger_entry_of(&e, &self.sealer).map_err(|err| CoreError::BadEntry {
+                seqno: e.index,
+                reason: err.to_string(),
+            })?;
+            let writes = match self.own.remove(&e.index) {
+                Some((view, w)) if view == e.term => w,
+                _ => Arc::new(writes_of(&le, &tx, &self.sealer)?),
+            };
+            self.committed_state
+                .apply(e.index, &writes.combined())
+                .map_err(|err| CoreError::Invariant(format!("applying committed {}: {err}", e.index)))?;
+            let tx_id = TxId::new(e.term, e.index);
+            if matches!(e.get_entry_type(), EntryType::EntryConfChange) {
+                let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| CoreError::BadEntry {
+                    seqno: e.index,
+                    reason: err.to_string(),
+                })?;
+                let cs = self.raft.apply_conf_change(&cc)?;
+                self.raft.mut_store().set_conf_state(cs.clone());
+                tracing::info!(seqno = e.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
+                out.conf_state = Some(cs);
+                self.events.push(Event::NodesChanged);
+            }
+            if writes.touches(maps::NODES_INFO) {
+                self.events.push(Event::NodesChanged);
+            }
+            if writes.touches(SNAPSHOT_EVIDENCE) {
+                if let Some(ev) = self
+                    .committed_state
+                    .get(SNAPSHOT_EVIDENCE, b"")
+                    .and_then(|v| serde_json::from_slice::<SnapshotEvidence>(v).ok())
+                {
+                    self.evidence.insert(e.index, ev);
+                }
+            }
+            if tx.kind == KIND_SIGNATURE {
+                if tx_id.seqno < self.commit.seqno {
+                    return Err(CoreError::Invariant(format!(
+                        "commit going back from {} to {tx_id}",
+                        self.commit
+                    )));
+                }
+                self.commit = tx_id;
+                let done: Vec<u64> = self.evidence.range(..tx_id.seqno).map(|(k, _)| *k).collect();
+                for evidence_seqno in done {
+                    if let Some(ev) = self.evidence.remove(&evidence_seqno) {
+                        self.events.push(Event::SnapshotCommitted {
+                            seqno: ev.seqno,
+                            evidence_seqno,
+                            digest: ev.digest,
+                        });
+                    }
+                }
+            }
+            if tx.snapshot_point {
+                let frontier = self
+                    .history
+                    .tree
+                    .frontier_at(e.index)
+                    .map_err(|err| CoreError::Invariant(format!("snapshot frontier: {err}")))?;
+                self.events.push(Event::SnapshotDue(SnapshotJob {
+                    state: self.committed_state.clone(),
+                    view: e.term,
+                    frontier,
+                    views: self.history.views.clone(),
+                    conf_state: self.raft.store().conf_state().clone(),
+                }));
+            }
+            out.committed.push(CommittedEntry {
+                tx_id,
+                frame: encode_frame(&le),
+                writes,
+                is_signature: tx.kind == KIND_SIGNATURE,
+                chunk_end: tx.chunk_end || tx.snapshot_point,
+            });
+        }
+        if let Some(applied) = last_applied {
+            self.raft.advance_apply_to(applied);
+        }
+        Ok(())
+    }
+
+    // ---- the primary's work ----
+
+    /// Validates and orders a transaction (primary only). A conflict means: run it again on a new snapshot.
+    pub fn commit_tx(&mut self, tx: Tx, now_secs: i64) -> Result<Outcome, CoreError> {
+        if tx.is_read_only() {
+            return Ok(Outcome::ReadOnly(self.tx_id_at(tx.read_version())));
+        }
+        if !self.is_leader {
+            return Err(CoreError::NotPrimary);
+        }
+        tx.validate(&self.state)?;
+        let (public, private) = tx.write_sets();
+        let tx_id = self.propose_entry(KIND_TX, Writes { public, private }, false, false)?;
+        self.unsigned += 1;
+        if self.unsigned >= self.cfg.sig_tx_interval {
+            self.emit_signature(now_secs)?;
+        }
+        Ok(Outcome::Written(tx_id))
+    }
+
+    fn propose_entry(
+        &mut self,
+        kind: u32,
+        writes: Writes,
+        chunk_end: bool,
+        snapshot_point: bool,
+    ) -> Result<TxId, CoreError> {
+        let tx_id = TxId::new(self.raft.raft.term, self.raft.raft.raft_log.last_index() + 1);
+        if self.history.last() + 1 != tx_id.seqno {
+            return Err(CoreError::Invariant(format!(
+                "history at {} proposing {tx_id}",
+                self.history.last()
+            )));
+        }
+        let private_sealed = if writes.private.maps.is_empty() {
+            Vec::new()
+        } else {
+            self.sealer
+                .seal(tx_id, &writes.private.encode_to_vec())
+                .map_err(|e| CoreError::Seal(e.to_string()))?
+        };
+        let transaction = Transaction {
+            view: tx_id.view,
+            seqno: tx_id.seqno,
+            kind,
+            public_writes: writes.public.encode_to_vec(),
+            private_sealed,
+            chunk_end,
+            snapshot_point,
+        };
+        let entry = make_entry(&transaction, &self.sealer.commit_evidence(tx_id), &NO_CLAIMS);
+        let body = entry.encode_to_vec();
+        if let Err(e) = self.raft.propose(Vec::new(), body) {
+            return Err(match e {
+                raft::Error::ProposalDropped => CoreError::NotPrimary,
+                other => CoreError::Raft(other),
+            });
+        }
+        let log = &self.raft.raft.raft_log;
+        if log.last_index() != tx_id.seqno || log.last_term() != tx_id.view {
+            return Err(CoreError::Invariant(format!(
+                "proposed {tx_id} but Raft's log ends at {}.{}",
+                log.last_term(),
+                log.last_index()
+            )));
+        }
+        Self::append_history(
+            &mut self.history,
+            &entry,
+            &transaction,
+            &self.keys.service_cert_der,
+        )?;
+        self.state
+            .apply(tx_id.seqno, &writes.combined())
+            .map_err(|e| CoreError::Invariant(format!("applying {tx_id}: {e}")))?;
+        self.own.insert(tx_id.seqno, (tx_id.view, Arc::new(writes)));
+        Ok(tx_id)
+    }
+
+    /// Orders a signature transaction over the current root if anything is unsigned (primary only).
+    pub fn emit_signature(&mut self, now_secs: i64) -> Result<Option<TxId>, CoreError> {
+        if !self.is_leader || self.unsigned == 0 {
+            return Ok(None);
+        }
+        let root = self
+            .history
+            .tree
+            .root()
+            .ok_or_else(|| CoreError::Invariant("signing an empty tree".into()))?;
+        let tx_id = TxId::new(self.raft.raft.term, self.history.last() + 1);
+        let record = SignatureRecord::sign(
+            &self.keys.node_key,
+            &self.keys.node_id,
+            &self.keys.node_cert_pem,
+            tx_id,
+            &root,
+        );
+        let cose = synod_core::cose::sign_root(
+            &root,
+            &self.keys.service_key,
+            &self.keys.service_cert_der,
+            tx_id,
+            now_secs,
+        )
+        .map_err(|e| CoreError::Cose(e.to_string()))?;
+        let public = signature_write_set(&record, &cose)
+            .map_err(|e| CoreError::Invariant(format!("signature record: {e}")))?;
+        let snapshot_point = self.cfg.snapshot_tx_interval > 0
+            && tx_id.seqno - self.history.last_flagged(FLAG_SNAPSHOT) >= self.cfg.snapshot_tx_interval;
+        let chunk_end = snapshot_point || self.history.bytes_since_chunk_end() >= self.cfg.ledger_chunk_bytes;
+        let appended = self.propose_entry(
+            KIND_SIGNATURE,
+            Writes {
+                public,
+                private: WriteSet::default(),
+            },
+            chunk_end,
+            snapshot_point,
+        )?;
+        if appended != tx_id {
+            return Err(CoreError::Invariant(format!(
+                "signature ordered as {appended}, expected {tx_id}"
+            )));
+        }
+        self.unsigned = 0;
+        Ok(Some(tx_id))
+    }
+
+    /// The shell wrote the snapshot at `seqno`: the primary records its digest (the evidence) in the ledger.
+    pub fn snapshot_written(
+        &mut self,
+        seqno: u64,
+        digest: &Digest,
+        now_secs: i64,
+    ) -> Result<Option<TxId>, CoreError> {
+        if !self.is_leader {
+            return Ok(None);
+        }
+        let evidence = SnapshotEvidence {
+            seqno,
+            digest: hex::encode(digest),
+        };
+        let mut tx = Tx::new(self.state.clone());
+        tx.put(
+            SNAPSHOT_EVIDENCE,
+            b"",
+            &serde_json::to_vec(&evidence).map_err(|e| CoreError::Invariant(e.to_string()))?,
+        );
+        Ok(Some(self.commit_tx(tx, now_secs)?.tx_id()))
+    }
+
+    // ---- reconfiguration (primary) ----
+
+    /// Records a node in the nodes table and adds it to Raft as a learner (it becomes a voter once caught up
+    /// and trusted).
+    pub fn add_node(
+        &mut self,
+        node_id: &str,
+        info: &serde_json::Value,
+        now_secs: i64,
+    ) -> Result<TxId, CoreError> {
+        let mut tx = Tx::new(self.state.clone());
+        tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
+        let tx_id = self.commit_tx(tx, now_secs)?.tx_id();
+        self.queue_conf_change(raft_id(node_id), ConfChangeType::AddLearnerNode);
+        Ok(tx_id)
+    }
+
+    /// Marks a node Retired and removes it from Raft.
+    pub fn retire_node(&mut self, node_id: &str, now_secs: i64) -> Result<TxId, CoreError> {
+        let mut tx = Tx::new(self.state.clone());
+        let mut info: serde_json::Value = tx
+            .get(maps::NODES_INFO, node_id.as_bytes())
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .ok_or_else(|| CoreError::Invariant(format!("no node {node_id}")))?;
+        info["status"] = serde_json::json!("Retired");
+        tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
+        let tx_id = self.commit_tx(tx, now_secs)?.tx_id();
+        self.queue_conf_change(raft_id(node_id), ConfChangeType::RemoveNode);
+        Ok(tx_id)
+    }
+
+    fn queue_conf_change(&mut self, node: u64, change_type: ConfChangeType) {
+        let mut cc = ConfChange {
+            node_id: node,
+            ..Default::default()
+        };
+        cc.set_change_type(change_type);
+        self.conf_queue.push_back(cc);
+        self.propose_queued_conf_changes();
+    }
+
+    fn propose_queued_conf_changes(&mut self) {
+        // Raft takes one configuration change at a time (a second one would be turned into an empty entry): the
+        // rest wait until the pending one is applied.
+        while let Some(cc) = self.conf_queue.front().cloned() {
+            if !self.is_leader || self.raft.raft.has_pending_conf() {
+                return;
+            }
+            let before = self.raft.raft.raft_log.last_index();
+            if self.raft.propose_conf_change(Vec::new(), cc).is_err() {
+                return;
+            }
+            let last = self.raft.raft.raft_log.last_index();
+            let accepted = last > before
+                && self
+                    .raft
+                    .raft
+                    .raft_log
+                    .slice(last, last + 1, None, GetEntriesContext::empty(false))
+                    .ok()
+                    .and_then(|e| {
+                        e.first()
+                            .map(|e| e.get_entry_type() == EntryType::EntryConfChange)
+                    })
+                    .unwrap_or(false);
+            if let Err(e) = self.after_raft() {
+                tracing::error!("after a configuration change: {e}");
+            }
+            if !accepted {
+                return;
+            }
+            self.conf_queue.pop_front();
+        }
+    }
+
+    fn promote_caught_up_learners(&mut self) {
+        let committed = self.raft.raft.raft_log.committed;
+        let learners: Vec<u64> = self.raft.store().conf_state().learners.clone();
+        for learner in learners {
+            let caught_up = self
+                .raft
+                .raft
+                .prs()
+                .get(learner)
+                .is_some_and(|p| p.matched + 16 >= committed && p.matched > 0);
+            let queued = self.conf_queue.iter().any(|cc| cc.node_id == learner);
+            if caught_up && !queued && self.node_status_by_raft_id(learner).as_deref() == Some("Trusted") {
+                tracing::info!(learner, "promoting a caught-up learner to voter");
+                self.queue_conf_change(learner, ConfChangeType::AddNode);
+            }
+        }
+    }
+
+    fn node_status_by_raft_id(&self, id: u64) -> Option<String> {
+        self.committed_state
+            .map(maps::NODES_INFO)?
+            .iter()
+            .find_map(|(k, e)| {
+                let node_id = std::str::from_utf8(k).ok()?;
+                if raft_id(node_id) != id {
+                    return None;
+                }
+                let info: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
+                info["status"].as_str().map(str::to_string)
+            })
+    }
+
+    // ---- reading ----
+
+    /// The state a transaction should run on: the speculative one on the primary, the committed one elsewhere.
+    pub fn snapshot(&self) -> State {
+        if self.is_leader {
+            self.state.clone()
+        } else {
+            self.committed_state.clone()
+        }
+    }
+
+    /// The committed state (Raft-committed entries applied).
+    pub fn committed_state(&self) -> &State {
+        &self.committed_state
+    }
+
+    /// Whether this node is the primary.
+    pub fn is_primary(&self) -> bool {
+        self.is_leader
+    }
+
+    /// Raft id of the primary this node knows of (0: none).
+    pub fn primary(&self) -> u64 {
+        self.raft.raft.leader_id
+    }
+
+    /// This node's Raft id.
+    pub fn raft_id(&self) -> u64 {
+        self.id
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.keys.node_id
+    }
+
+    /// The last committed transaction id (a signature).
+    pub fn committed(&self) -> TxId {
+        self.commit
+    }
+
+    /// The current view (Raft term).
+    pub fn view(&self) -> u64 {
+        self.raft.raft.term
+    }
+
+    /// The last seqno in this node's log.
+    pub fn last_seqno(&self) -> u64 {
+        self.history.last()
+    }
+
+    /// Raft's commit index (entries known replicated to a majority; not all are signed yet).
+    pub fn raft_commit(&self) -> u64 {
+        self.raft.raft.raft_log.committed
+    }
+
+    /// The seqno of the last signature in this node's log.
+    pub fn last_signed_seqno(&self) -> u64 {
+        self.history.last_signature()
+    }
+
+    /// The first seqno this node holds history for (after its snapshot).
+    pub fn history_start(&self) -> u64 {
+        self.history.base() + 1
+    }
+
+    /// Ordered transactions not covered by a signature yet (primary).
+    pub fn unsigned(&self) -> u64 {
+        self.unsigned
+    }
+
+    /// The Raft configuration: (voters, learners).
+    pub fn configuration(&self) -> (Vec<u64>, Vec<u64>) {
+        let cs = self.raft.store().conf_state();
+        (cs.voters.clone(), cs.learners.clone())
+    }
+
+    /// Replication progress of every peer (primary only): (raft id, matched index).
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        if !self.is_leader {
+            return Vec::new();
+        }
+        let mut p: Vec<(u64, u64)> = self
+            .raft
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched))
+            .collect();
+        p.sort();
+        p
+    }
+
+    /// Whether this node is in the Raft configuration (false once retired, or before it was added).
+    pub fn is_member(&self) -> bool {
+        let cs = self.raft.store().conf_state();
+        cs.voters.contains(&self.id) || cs.learners.contains(&self.id)
+    }
+
+    /// The id of the transaction at `seqno` in this node's log (view 0 if unknown).
+    pub fn tx_id_at(&self, seqno: u64) -> TxId {
+        TxId::new(self.history.view_of(seqno).unwrap_or(0), seqno)
+    }
+
+    /// CCF's transaction status for `tx` as this node sees it.
+    pub fn tx_status(&self, tx: TxId) -> TxStatus {
+        evaluate_tx_status(tx, self.history.view_of(tx.seqno), self.commit)
+    }
+
+    /// The Raft log entry at `seqno` as a snapshot sender needs it (for tests and diagnostics).
+    pub fn offered_snapshot_index(&self) -> Option<u64> {
+        self.raft
+            .store()
+            .offered_snapshot()
+            .map(|s| s.get_metadata().index)
+    }
+
+    /// Offers a committed snapshot to lagging followers and compacts the log up to it.
+    pub fn use_snapshot(
+        &mut self,
+        bytes: Vec<u8>,
+        compact: bool,
+    ) -> Result<Option<SnapshotMetadata>, CoreError> {
+        let decoded = snapshot::decode(&bytes, &self.sealer).map_err(|e| CoreError::BadEntry {
+            seqno: 0,
+            reason: format!("snapshot: {e}"),
+        })?;
+        let cs = ConfState::parse_from_bytes(&decoded.file.conf_state).map_err(|e| CoreError::BadEntry {
+            seqno: decoded.file.seqno,
+            reason: e.to_string(),
+        })?;
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = decoded.file.seqno;
+        snap.mut_metadata().term = decoded.file.view;
+        snap.mut_metadata().set_conf_state(cs);
+        snap.data = bytes.into();
+        self.raft.mut_store().set_snapshot(snap);
+        if compact
+            && decoded.file.seqno <= self.committed_state.version()
+            && decoded.file.seqno >= self.raft.store().first()
+        {
+            self.raft
+                .mut_store()
+                .compact(decoded.file.seqno)
+                .map_err(|e| CoreError::Raft(raft::Error::Store(e)))?;
+            return Ok(Some(self.raft.store().compacted().clone()));
+        }
+        Ok(None)
+    }
+
+    fn covering_signature(&self, tx: TxId) -> Result<(&SigInfo, Option<Vec<ProofStep>>), ReceiptUnavailable> {
+        let status = self.tx_status(tx);
+        if status != TxStatus::Committed {
+            return Err(ReceiptUnavailable::NotCommitted(tx, status));
+        }
+        if let Some(info) = self.history.sigs.get(&tx.seqno) {
+            return Ok((info, None));
+        }
+        if tx.seqno <= self.history.base() {
+            return Err(ReceiptUnavailable::BeforeSnapshot(tx, self.history.base()));
+        }
+        let (_, info) = self
+            .history
+            .sigs
+            .range(tx.seqno + 1..)
+            .next()
+            .ok_or_else(|| ReceiptUnavailable::Internal(format!("no signature covers committed {tx}")))?;
+        let path = self
+            .history
+            .tree
+            .path(tx.seqno - 1, info.tx_id.seqno - 1)
+            .map_err(|e| ReceiptUnavailable::Internal(e.to_string()))?;
+        Ok((info, Some(path)))
+    }
+
+    fn leaf_components(&self, tx: TxId) -> Result<LeafComponents, ReceiptUnavailable> {
+        let digest = self
+            .history
+            .local(tx.seqno)
+            .and_then(|i| self.history.digests.get(i))
+            .ok_or_else(|| ReceiptUnavailable::Internal(format!("no write set digest for {tx}")))?;
+        Ok(LeafComponents {
+            write_set_digest: hex::encode(digest),
+            commit_evidence: self.sealer.commit_evidence(tx),
+            claims_digest: hex::encode(NO_CLAIMS),
+        })
+    }
+
+    /// CCF's JSON receipt for a committed transaction.
+    pub fn json_receipt(&self, tx: TxId) -> Result<JsonReceipt, ReceiptUnavailable> {
+        let (info, path) = self.covering_signature(tx)?;
+        let base = JsonReceipt {
+            cert: info.record.cert.clone(),
+            is_signature_transaction: path.is_none(),
+            leaf_components: None,
+            node_id: info.record.node_id.clone(),
+            proof: None,
+            signature: info.record.signature.clone(),
+            root: None,
+        };
+        Ok(match path {
+            None => JsonReceipt {
+                root: Some(info.record.root.clone()),
+                ..base
+            },
+            Some(path) => JsonReceipt {
+                leaf_components: Some(self.leaf_components(tx)?),
+                proof: Some(path.iter().map(ProofElement::from).collect()),
+                ..base
+            },
+        })
+    }
+
+    /// The COSE receipt (CCF profile) for a committed, non-signature transaction.
+    pub fn cose_receipt(&self, tx: TxId) -> Result<Vec<u8>, ReceiptUnavailable> {
+        let (info, path) = self.covering_signature(tx)?;
+        let path = path.ok_or(ReceiptUnavailable::SignatureTransaction(tx))?;
+        synod_core::cose::build_receipt(&info.cose, &self.leaf_components(tx)?, &path)
+            .map_err(|e| ReceiptUnavailable::Internal(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod sim;

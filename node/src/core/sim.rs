@@ -1,0 +1,397 @@
+//! A whole cluster of cores in one thread: messages are delivered by a loop, persistence is instant, and a
+//! partition or a crash is a flag. Tests read like the scenarios they check (Raft paper sections in brackets).
+
+use std::collections::{BTreeSet, VecDeque};
+
+use synod_core::cert::{self, Identity};
+use synod_core::ledger::decode_frames;
+use synod_core::txid::{TxId, TxStatus};
+use synod_kv::seal::{LedgerSecret, Sealer};
+use synod_kv::Tx;
+
+use super::*;
+
+const NOW: i64 = 1_700_000_000;
+
+struct SimNode {
+    core: Core,
+    alive: bool,
+    /// Committed ledger frames in order.
+    frames: Vec<Vec<u8>>,
+    snapshots: Vec<(u64, Vec<u8>)>,
+    committed_snapshots: Vec<u64>,
+}
+
+struct Sim {
+    service: Identity,
+    sealer: Sealer,
+    cfg: CoreConfig,
+    nodes: Vec<SimNode>,
+    /// Raft ids that can neither send nor receive.
+    cut: BTreeSet<u64>,
+    inflight: VecDeque<Message>,
+}
+
+fn keys_for(service: &Identity, name: &str) -> Keys {
+    let node = cert::generate_endorsed(name, &["127.0.0.1".parse().expect("ip")], &[], service)
+        .expect("node identity");
+    let der = cert::pem_to_der(&node.cert_pem).expect("der");
+    Keys {
+        node_key: cert::signing_key_from_pem(&node.key_pem).expect("key"),
+        node_id: cert::public_key_id_hex(&der).expect("id"),
+        node_cert_pem: node.cert_pem,
+        service_key: cert::signing_key_from_pem(&service.key_pem).expect("service key"),
+        service_cert_der: cert::pem_to_der(&service.cert_pem).expect("der"),
+    }
+}
+
+impl Sim {
+    fn new(snapshot_tx_interval: u64) -> Sim {
+        let service = cert::generate_self_signed("sim service", true).expect("service");
+        let sealer = Sealer::new(&LedgerSecret([5; 32]));
+        let cfg = CoreConfig {
+            sig_tx_interval: 5,
+            ledger_chunk_bytes: 2000,
+            snapshot_tx_interval,
+            timing: RaftTiming {
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+            },
+        };
+        let keys = keys_for(&service, "n0");
+        let genesis = Genesis {
+            service_info: serde_json::json!({"status": "Open"}),
+            users: vec![],
+            members: vec![],
+            node_info: serde_json::json!({"status": "Trusted"}),
+            code_ids: vec![],
+        };
+        let core = Core::new_service(keys, sealer.clone(), cfg, &genesis, NOW).expect("genesis");
+        let mut sim = Sim {
+            service,
+            sealer,
+            cfg,
+            nodes: Vec::new(),
+            cut: BTreeSet::new(),
+            inflight: VecDeque::new(),
+        };
+        sim.nodes.push(SimNode {
+            core,
+            alive: true,
+            frames: Vec::new(),
+            snapshots: Vec::new(),
+            committed_snapshots: Vec::new(),
+        });
+        sim.run(5);
+        sim
+    }
+
+    fn index_of(&self, raft_id: u64) -> Option<usize> {
+        self.nodes.iter().position(|n| n.core.raft_id() == raft_id)
+    }
+
+    /// Adds a node through the primary (it joins with an empty log, or from `snapshot`).
+    fn join(&mut self, name: &str, snapshot: Option<&[u8]>) -> usize {
+        let keys = keys_for(&self.service, name);
+        let node_id = keys.node_id.clone();
+        let core = Core::joining(keys, self.sealer.clone(), self.cfg, snapshot).expect("joining core");
+        self.nodes.push(SimNode {
+            core,
+            alive: true,
+            frames: Vec::new(),
+            snapshots: Vec::new(),
+            committed_snapshots: Vec::new(),
+        });
+        let p = self.primary().expect("a primary");
+        self.nodes[p]
+            .core
+            .add_node(&node_id, &serde_json::json!({"status": "Trusted"}), NOW)
+            .expect("add node");
+        self.nodes.len() - 1
+    }
+
+    fn primary(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.alive && n.core.is_primary() && !self.cut.contains(&n.core.raft_id()))
+    }
+
+    fn step_once(&mut self, tick: bool) {
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive {
+                continue;
+            }
+            if tick {
+                self.nodes[i].core.tick().expect("tick");
+                let _ = self.nodes[i].core.emit_signature(NOW).expect("signature");
+            }
+            while let Some(rd) = self.nodes[i].core.ready().expect("ready") {
+                self.inflight.extend(rd.messages);
+                self.nodes[i].core.on_persisted(rd.number).expect("persisted");
+                self.inflight.extend(rd.persisted_messages);
+                if let Some(installed) = rd.installed {
+                    self.nodes[i].frames.clear(); // its ledger restarts after the snapshot
+                    self.nodes[i]
+                        .snapshots
+                        .push((installed.meta.index, installed.bytes));
+                }
+                for c in rd.committed {
+                    self.nodes[i].frames.push(c.frame);
+                }
+            }
+            for event in self.nodes[i].core.take_events() {
+                match event {
+                    Event::SnapshotDue(job) => {
+                        let seqno = job.state.version();
+                        let bytes = snapshot::encode(
+                            &job.state,
+                            job.view,
+                            job.conf_state.write_to_bytes().expect("conf state"),
+                            &job.frontier,
+                            &job.views,
+                            &self.sealer,
+                        )
+                        .expect("encode snapshot");
+                        let digest = snapshot::digest(&bytes);
+                        self.nodes[i].snapshots.push((seqno, bytes));
+                        self.nodes[i]
+                            .core
+                            .snapshot_written(seqno, &digest, NOW)
+                            .expect("evidence");
+                    }
+                    Event::SnapshotCommitted { seqno, .. } => {
+                        self.nodes[i].committed_snapshots.push(seqno);
+                        if let Some((_, bytes)) =
+                            self.nodes[i].snapshots.iter().find(|(s, _)| *s == seqno).cloned()
+                        {
+                            self.nodes[i]
+                                .core
+                                .use_snapshot(bytes, true)
+                                .expect("use snapshot");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        while let Some(msg) = self.inflight.pop_front() {
+            if self.cut.contains(&msg.from) || self.cut.contains(&msg.to) {
+                continue;
+            }
+            if let Some(j) = self.index_of(msg.to) {
+                if self.nodes[j].alive {
+                    self.nodes[j].core.step(msg).expect("step");
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, ticks: usize) {
+        for _ in 0..ticks {
+            self.step_once(true);
+            for _ in 0..3 {
+                self.step_once(false);
+            }
+        }
+    }
+
+    fn write(&mut self, key: &[u8], value: &[u8]) -> TxId {
+        let p = self.primary().expect("a primary");
+        let core = &mut self.nodes[p].core;
+        let mut tx = Tx::new(core.snapshot());
+        tx.put("records", key, value);
+        core.commit_tx(tx, NOW).expect("commit").tx_id()
+    }
+
+    fn status_everywhere(&self, tx: TxId) -> Vec<TxStatus> {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive)
+            .map(|n| n.core.tx_status(tx))
+            .collect()
+    }
+}
+
+#[test]
+fn three_nodes_replicate_commit_and_hold_identical_ledgers() {
+    let mut sim = Sim::new(0);
+    sim.join("n1", None);
+    sim.join("n2", None);
+    sim.run(30);
+    let (voters, learners) = sim.nodes[0].core.configuration();
+    assert_eq!(
+        (voters.len(), learners.len()),
+        (3, 0),
+        "both learners were promoted once caught up"
+    );
+    let ids: Vec<TxId> = (0..20u8).map(|i| sim.write(&[i], b"v")).collect();
+    sim.run(10);
+    for id in &ids {
+        assert!(
+            sim.status_everywhere(*id)
+                .iter()
+                .all(|s| *s == TxStatus::Committed),
+            "{id}"
+        );
+    }
+    for n in &sim.nodes {
+        assert_eq!(n.core.committed_state().get("records", &[7]), Some(&b"v"[..]));
+        assert_eq!(
+            n.frames, sim.nodes[0].frames,
+            "committed ledgers are byte-identical"
+        );
+    }
+    // Every frame decodes and the receipts of any node verify with the service certificate.
+    let service_der = cert::pem_to_der(&sim.service.cert_pem).expect("der");
+    for n in &sim.nodes {
+        let r = n.core.json_receipt(ids[3]).expect("receipt on every node");
+        synod_core::receipt::verify_json(&r, &service_der).expect("verifies");
+    }
+    let bytes: Vec<u8> = sim.nodes[1].frames.concat();
+    assert_eq!(decode_frames(&bytes).count(), sim.nodes[1].frames.len());
+}
+
+#[test]
+fn a_new_primary_is_elected_and_the_old_primarys_unreplicated_writes_become_invalid() {
+    let mut sim = Sim::new(0);
+    sim.join("n1", None);
+    sim.join("n2", None);
+    sim.run(30);
+    let old = sim.primary().expect("primary");
+    let kept = sim.write(b"kept", b"1");
+    sim.run(5);
+    assert_eq!(sim.nodes[old].core.tx_status(kept), TxStatus::Committed);
+    // §5.2/§5.4: cut the primary off; what it orders alone never commits.
+    sim.cut.insert(sim.nodes[old].core.raft_id());
+    let lost = {
+        let core = &mut sim.nodes[old].core;
+        let mut tx = Tx::new(core.snapshot());
+        tx.put("records", b"lost", b"1");
+        core.commit_tx(tx, NOW).expect("ordered locally").tx_id()
+    };
+    sim.run(60);
+    let new = sim.primary().expect("a new primary");
+    assert_ne!(new, old);
+    assert!(sim.nodes[new].core.view() > lost.view);
+    let after = sim.write(b"after", b"1");
+    sim.run(5);
+    assert_eq!(sim.nodes[new].core.tx_status(after), TxStatus::Committed);
+    // Heal: the old primary rolls back its suffix and follows.
+    sim.cut.clear();
+    sim.run(30);
+    for n in &sim.nodes {
+        assert_eq!(
+            n.core.tx_status(lost),
+            TxStatus::Invalid,
+            "lost write on {}",
+            n.core.node_id()
+        );
+        assert_eq!(n.core.tx_status(kept), TxStatus::Committed);
+        assert_eq!(n.core.committed_state().get("records", b"lost"), None);
+        assert_eq!(n.frames, sim.nodes[new].frames);
+    }
+}
+
+#[test]
+fn a_node_joins_from_a_committed_snapshot_and_serves_receipts_after_it() {
+    let mut sim = Sim::new(20);
+    sim.join("n1", None);
+    sim.run(30);
+    for i in 0..60u8 {
+        sim.write(&[i], b"before the snapshot");
+        if i % 10 == 0 {
+            sim.run(2);
+        }
+    }
+    sim.run(20);
+    let p = sim.primary().expect("primary");
+    let committed = *sim.nodes[p]
+        .committed_snapshots
+        .last()
+        .expect("a committed snapshot");
+    let bytes = sim.nodes[p]
+        .snapshots
+        .iter()
+        .find(|(s, _)| *s == committed)
+        .expect("file")
+        .1
+        .clone();
+    assert_eq!(
+        sim.nodes[1]
+            .snapshots
+            .iter()
+            .find(|(s, _)| *s == committed)
+            .map(|(_, b)| b),
+        Some(&bytes),
+        "every node writes the same snapshot bytes"
+    );
+    let j = sim.join("n2", Some(&bytes));
+    sim.run(30);
+    let after = sim.write(b"after", b"1");
+    sim.run(10);
+    let joined = &sim.nodes[j].core;
+    assert_eq!(joined.history_start(), committed + 1);
+    assert_eq!(
+        joined.committed_state().get("records", &[5]),
+        Some(&b"before the snapshot"[..])
+    );
+    assert_eq!(joined.tx_status(after), TxStatus::Committed);
+    let service_der = cert::pem_to_der(&sim.service.cert_pem).expect("der");
+    synod_core::receipt::verify_json(&joined.json_receipt(after).expect("receipt"), &service_der)
+        .expect("verifies");
+    // Its ledger starts on the chunk boundary after the snapshot and matches the others' frames from there.
+    let others = &sim.nodes[p].frames;
+    let theirs = &sim.nodes[j].frames;
+    assert_eq!(&others[others.len() - theirs.len()..], &theirs[..]);
+    let (voters, _) = sim.nodes[p].core.configuration();
+    assert_eq!(voters.len(), 3);
+}
+
+#[test]
+fn a_lagging_follower_is_caught_up_with_a_snapshot_when_the_log_was_compacted() {
+    let mut sim = Sim::new(20);
+    sim.join("n1", None);
+    sim.join("n2", None);
+    sim.run(30);
+    let lagging = 2;
+    sim.nodes[lagging].alive = false;
+    for i in 0..100u8 {
+        sim.write(&[i], b"v");
+        if i % 10 == 0 {
+            sim.run(2);
+        }
+    }
+    sim.run(20);
+    let p = sim.primary().expect("primary");
+    assert!(
+        sim.nodes[p].core.offered_snapshot_index().is_some(),
+        "the primary compacted and offers a snapshot"
+    );
+    sim.nodes[lagging].alive = true;
+    sim.run(40);
+    let n = &sim.nodes[lagging].core;
+    assert_eq!(n.committed_state().get("records", &[99]), Some(&b"v"[..]));
+    assert!(
+        n.history_start() > 1,
+        "caught up from a snapshot, not by replaying the log"
+    );
+}
+
+#[test]
+fn retiring_a_node_removes_it_from_the_configuration() {
+    let mut sim = Sim::new(0);
+    let n1 = sim.join("n1", None);
+    sim.join("n2", None);
+    sim.run(30);
+    let p = sim.primary().expect("primary");
+    let id = sim.nodes[n1].core.node_id().to_string();
+    sim.nodes[p].core.retire_node(&id, NOW).expect("retire");
+    sim.run(20);
+    let (voters, _) = sim.nodes[p].core.configuration();
+    assert_eq!(voters.len(), 2);
+    assert!(!sim.nodes[n1].core.is_member());
+    // The two remaining voters still commit.
+    let id = sim.write(b"k", b"v");
+    sim.run(5);
+    assert_eq!(sim.nodes[p].core.tx_status(id), TxStatus::Committed);
+}

@@ -1,0 +1,286 @@
+//! Snapshots: the committed state at a snapshot point (a signature transaction the primary flagged), with what a
+//! node needs to continue from it without the ledger before it: the Merkle tree's frontier, the view history and
+//! the Raft configuration.
+//!
+//! ```text
+//!  seqno S (signature, snapshot_point) applied ─▶ SnapshotFile (deterministic bytes) ─▶ snapshots/snapshot_S
+//!  primary records {S, sha256(file)} in public:ccf.internal.snapshot_evidence at E > S
+//!  E covered by a committed signature ─▶ snapshot_S_E.committed   (only these are served or installed)
+//! ```
+//!
+//! The encoding is deterministic (maps and keys in order, private values sealed with nonces derived from
+//! (S, map, key)), so every node writes the same bytes and one digest names the snapshot everywhere.
+
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use synod_core::hash::{sha256, Digest};
+use synod_core::maps;
+use synod_kv::seal::Sealer;
+use synod_kv::{Bytes, Entry, State};
+
+/// Map recording the digest of each snapshot, written by the primary after it took one.
+pub const SNAPSHOT_EVIDENCE: &str = "public:ccf.internal.snapshot_evidence";
+
+/// One key of a map in a snapshot.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotEntry {
+    /// The key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// The value (sealed for private maps).
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+    /// Seqno of the last write.
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
+}
+
+/// One map in a snapshot.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotMap {
+    /// The map's name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Entries in key order.
+    #[prost(message, repeated, tag = "2")]
+    pub entries: Vec<SnapshotEntry>,
+}
+
+/// The first seqno of a view.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ViewStart {
+    /// The view.
+    #[prost(uint64, tag = "1")]
+    pub view: u64,
+    /// Its first seqno.
+    #[prost(uint64, tag = "2")]
+    pub first_seqno: u64,
+}
+
+/// A snapshot file.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotFile {
+    /// Seqno of the snapshot point (the state includes it).
+    #[prost(uint64, tag = "1")]
+    pub seqno: u64,
+    /// View of the snapshot point.
+    #[prost(uint64, tag = "2")]
+    pub view: u64,
+    /// Raft configuration at the snapshot point (raft-rs `ConfState`, protobuf).
+    #[prost(bytes = "vec", tag = "3")]
+    pub conf_state: Vec<u8>,
+    /// Merkle frontier over seqnos 1..=seqno.
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    pub frontier: Vec<Vec<u8>>,
+    /// Where each view started, up to the snapshot point.
+    #[prost(message, repeated, tag = "5")]
+    pub views: Vec<ViewStart>,
+    /// Every map, in name order.
+    #[prost(message, repeated, tag = "6")]
+    pub maps: Vec<SnapshotMap>,
+}
+
+/// The evidence the primary records after taking a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEvidence {
+    /// Seqno of the snapshot.
+    pub seqno: u64,
+    /// Hex SHA-256 of the snapshot file.
+    pub digest: String,
+}
+
+/// Snapshot errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Bytes that are not a snapshot.
+    #[error("malformed snapshot: {0}")]
+    Malformed(String),
+    /// A private value that does not open with this service's ledger secret.
+    #[error("snapshot value does not unseal: {0}")]
+    Seal(String),
+}
+
+/// What a snapshot holds, decoded.
+pub struct Decoded {
+    /// The file as stored.
+    pub file: SnapshotFile,
+    /// The state at the snapshot point.
+    pub state: State,
+    /// The Merkle frontier.
+    pub frontier: Vec<Digest>,
+}
+
+/// Serializes `state` (at `seqno`) deterministically.
+pub fn encode(
+    state: &State,
+    view: u64,
+    conf_state: Vec<u8>,
+    frontier: &[Digest],
+    views: &[(u64, u64)],
+    sealer: &Sealer,
+) -> Result<Vec<u8>, SnapshotError> {
+    let seqno = state.version();
+    let mut file = SnapshotFile {
+        seqno,
+        view,
+        conf_state,
+        frontier: frontier.iter().map(|d| d.to_vec()).collect(),
+        views: views
+            .iter()
+            .filter(|(_, first)| *first <= seqno)
+            .map(|&(view, first_seqno)| ViewStart { view, first_seqno })
+            .collect(),
+        maps: Vec::new(),
+    };
+    for name in state.map_names() {
+        let mut map = SnapshotMap {
+            name: name.to_string(),
+            entries: Vec::new(),
+        };
+        let public = maps::is_public(name);
+        for (key, entry) in state.map(name).into_iter().flat_map(|m| m.iter()) {
+            let value = if public {
+                entry.value.to_vec()
+            } else {
+                sealer
+                    .seal_snapshot_value(seqno, name, key, &entry.value)
+                    .map_err(|e| SnapshotError::Seal(e.to_string()))?
+            };
+            map.entries.push(SnapshotEntry {
+                key: key.to_vec(),
+                value,
+                version: entry.version,
+            });
+        }
+        file.maps.push(map);
+    }
+    Ok(file.encode_to_vec())
+}
+
+/// Decodes and opens a snapshot.
+pub fn decode(bytes: &[u8], sealer: &Sealer) -> Result<Decoded, SnapshotError> {
+    let file = SnapshotFile::decode(bytes).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+    let frontier = file
+        .frontier
+        .iter()
+        .map(|d| {
+            d.as_slice()
+                .try_into()
+                .map_err(|_| SnapshotError::Malformed("frontier digest".into()))
+        })
+        .collect::<Result<Vec<Digest>, _>>()?;
+    let mut state = State::with_version(file.seqno);
+    for map in &file.maps {
+        state.load_map(&map.name);
+        let public = maps::is_public(&map.name);
+        for e in &map.entries {
+            let value = if public {
+                e.value.clone()
+            } else {
+                sealer
+                    .unseal_snapshot_value(file.seqno, &map.name, &e.key, &e.value)
+                    .map_err(|err| {
+                        SnapshotError::Seal(format!("{} key {}: {err}", map.name, hex::encode(&e.key)))
+                    })?
+            };
+            if e.version > file.seqno {
+                return Err(SnapshotError::Malformed(format!(
+                    "a key of {} is newer than the snapshot",
+                    map.name
+                )));
+            }
+            state.load_entry(
+                &map.name,
+                Bytes::from(&e.key[..]),
+                Entry {
+                    value: Bytes::from(value),
+                    version: e.version,
+                },
+            );
+        }
+    }
+    Ok(Decoded {
+        file,
+        state,
+        frontier,
+    })
+}
+
+/// SHA-256 of a snapshot file: the digest its evidence records.
+pub fn digest(bytes: &[u8]) -> Digest {
+    sha256(bytes)
+}
+
+/// `snapshot_<seqno>` (written, not yet committed) or `snapshot_<seqno>_<evidence>.committed` (CCF's names).
+pub fn file_name(seqno: u64, evidence_seqno: Option<u64>) -> String {
+    match evidence_seqno {
+        Some(e) => format!("snapshot_{seqno}_{e}.committed"),
+        None => format!("snapshot_{seqno}"),
+    }
+}
+
+/// Parses a committed snapshot's file name into (seqno, evidence seqno).
+pub fn parse_committed_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("snapshot_")?.strip_suffix(".committed")?;
+    let (s, e) = rest.split_once('_')?;
+    Some((s.parse().ok()?, e.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use synod_core::ledger::{KeyWrite, MapWrites, WriteSet};
+    use synod_kv::seal::LedgerSecret;
+
+    use super::*;
+
+    fn state() -> State {
+        let mut s = State::default();
+        let ws = WriteSet {
+            maps: vec![
+                MapWrites {
+                    name: "public:records".into(),
+                    writes: vec![KeyWrite {
+                        key: b"a".to_vec(),
+                        value: Some(b"public-value".to_vec()),
+                    }],
+                },
+                MapWrites {
+                    name: "records".into(),
+                    writes: vec![KeyWrite {
+                        key: b"b".to_vec(),
+                        value: Some(b"private-value".to_vec()),
+                    }],
+                },
+            ],
+        };
+        s.apply(7, &ws).expect("apply");
+        s
+    }
+
+    #[test]
+    fn snapshots_are_deterministic_sealed_and_round_trip() {
+        let sealer = Sealer::new(&LedgerSecret([1; 32]));
+        let s = state();
+        let bytes =
+            encode(&s, 3, vec![1, 2], &[[9; 32]], &[(1, 1), (3, 5), (4, 9)], &sealer).expect("encode");
+        assert_eq!(
+            bytes,
+            encode(&s, 3, vec![1, 2], &[[9; 32]], &[(1, 1), (3, 5)], &sealer).expect("again")
+        );
+        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(b"public-value") && !contains(b"private-value"));
+        let d = decode(&bytes, &sealer).expect("decode");
+        assert_eq!(d.state.get("records", b"b"), Some(&b"private-value"[..]));
+        assert_eq!(d.state.version(), 7);
+        assert_eq!(d.frontier, vec![[9; 32]]);
+        assert_eq!(
+            d.file.views.len(),
+            2,
+            "views after the snapshot are not part of it"
+        );
+        assert!(decode(&bytes, &Sealer::new(&LedgerSecret([2; 32]))).is_err());
+        assert!(decode(b"\xff\xff", &sealer).is_err());
+        assert_eq!(parse_committed_name(&file_name(10, Some(12))), Some((10, 12)));
+        assert_eq!(parse_committed_name(&file_name(10, None)), None);
+    }
+}
