@@ -1430,7 +1430,13 @@ impl Core {
         evaluate_tx_status(tx, self.history.view_of(tx.seqno), self.commit)
     }
 
-    /// The Raft log entry at `seqno` as a snapshot sender needs it (for tests and diagnostics).
+    /// The ledger entry at `seqno`, while the Raft log still holds it.
+    pub fn ledger_entry(&self, seqno: u64) -> Option<LedgerEntry> {
+        let e = self.raft.raft.raft_log.slice(seqno, seqno + 1, None, GetEntriesContext::empty(false)).ok()?;
+        ledger_entry_of(e.first()?, &self.sealer).ok().map(|(le, _)| le)
+    }
+
+    /// Index of the snapshot offered to lagging followers, if any.
     pub fn offered_snapshot_index(&self) -> Option<u64> {
         self.raft
             .store()
@@ -1438,37 +1444,29 @@ impl Core {
             .map(|s| s.get_metadata().index)
     }
 
-    /// Offers a committed snapshot to lagging followers and compacts the log up to it.
-    pub fn use_snapshot(
-        &mut self,
-        bytes: Vec<u8>,
-        compact: bool,
-    ) -> Result<Option<SnapshotMetadata>, CoreError> {
-        let decoded = snapshot::decode(&bytes, &self.sealer).map_err(|e| CoreError::BadEntry {
-            seqno: 0,
-            reason: format!("snapshot: {e}"),
-        })?;
-        let cs = ConfState::parse_from_bytes(&decoded.file.conf_state).map_err(|e| CoreError::BadEntry {
-            seqno: decoded.file.seqno,
-            reason: e.to_string(),
-        })?;
+    /// Offers a committed snapshot to followers whose next entry was compacted away.
+    pub fn offer_snapshot(&mut self, bytes: Vec<u8>) -> Result<(), CoreError> {
+        let decoded = snapshot::decode(&bytes, &self.sealer)
+            .map_err(|e| CoreError::BadEntry { seqno: 0, reason: format!("snapshot: {e}") })?;
+        let cs = ConfState::parse_from_bytes(&decoded.file.conf_state)
+            .map_err(|e| CoreError::BadEntry { seqno: decoded.file.seqno, reason: e.to_string() })?;
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = decoded.file.seqno;
         snap.mut_metadata().term = decoded.file.view;
         snap.mut_metadata().set_conf_state(cs);
         snap.data = bytes.into();
         self.raft.mut_store().set_snapshot(snap);
-        if compact
-            && decoded.file.seqno <= self.committed_state.version()
-            && decoded.file.seqno >= self.raft.store().first()
-        {
-            self.raft
-                .mut_store()
-                .compact(decoded.file.seqno)
-                .map_err(|e| CoreError::Raft(raft::Error::Store(e)))?;
-            return Ok(Some(self.raft.store().compacted().clone()));
+        Ok(())
+    }
+
+    /// Drops Raft log entries up to `index` (a committed snapshot's seqno, already in the ledger files). Returns
+    /// the new compaction point to persist, if anything was dropped.
+    pub fn compact_log(&mut self, index: u64) -> Result<Option<SnapshotMetadata>, CoreError> {
+        if index > self.committed_state.version() || index < self.raft.store().first() {
+            return Ok(None);
         }
-        Ok(None)
+        self.raft.mut_store().compact(index).map_err(|e| CoreError::Raft(raft::Error::Store(e)))?;
+        Ok(Some(self.raft.store().compacted().clone()))
     }
 
     fn covering_signature(&self, tx: TxId) -> Result<(&SigInfo, Option<Vec<ProofStep>>), ReceiptUnavailable> {

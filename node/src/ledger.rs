@@ -1,180 +1,138 @@
 //! The ledger on disk: append-only chunk files in CCF's naming (`ledger_<start>` while open,
-//! `ledger_<start>-<end>.committed` once closed on a durable signature). This module owns the file I/O only;
-//! the format lives in `synod_core::ledger`, shared with the offline auditor.
+//! `ledger_<start>-<end>.committed` once closed). Only Raft-committed entries are written here, so nothing is ever
+//! truncated except a torn final frame; a chunk ends where the primary flagged it, so every node's committed chunks
+//! are byte-identical. The format lives in `synod_core::ledger`, shared with the offline auditor.
 //!
-//! Recovery reads every chunk, cuts a torn trailing frame, and drops every entry after the last signature
-//! transaction: such entries were never reported Committed, and keeping them would let a later view reuse their
-//! seqnos with different contents.
+//! A node that joins from (or is caught up with) a snapshot at seqno S keeps no ledger before it: its ledger
+//! starts with `ledger_<S+1>`, and earlier chunks, if any, move to `superseded-<S>/`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use synod_core::ledger::{decode_frames, list_chunks, ChunkName, FrameError, LedgerEntry, KIND_SIGNATURE};
+use synod_core::ledger::{decode_frames, list_chunks, ChunkName, FrameError, LedgerEntry};
 
-use crate::replica::PendingFrame;
+use crate::core::CommittedEntry;
 
 /// Errors reading or writing ledger files.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerIoError {
     /// An operating-system error on a file.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
     /// The ledger is damaged somewhere other than a torn tail; `synod ledger audit` tells more.
     #[error("{path}: corrupt entry at offset {offset}: {reason} (run `synod ledger audit`)")]
     Corrupt {
+        /// The chunk.
         path: PathBuf,
+        /// Where.
         offset: u64,
+        /// What.
         reason: String,
     },
-    /// The chunk files do not form one sequence.
-    #[error("ledger directory: {0}")]
+    /// The chunk files do not form one sequence, or an append does not continue it.
+    #[error("ledger: {0}")]
     Layout(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LedgerIoError + '_ {
-    move |source| LedgerIoError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| LedgerIoError::Io { path: path.to_path_buf(), source }
 }
 
 struct OpenChunk {
     file: File,
     path: PathBuf,
     start: u64,
-    bytes: u64,
 }
 
-/// Appends frames to the current chunk and rotates chunks on signatures.
+/// Appends committed frames and closes chunks where the entries say.
 pub struct LedgerWriter {
     dir: PathBuf,
-    chunk_bytes_max: u64,
     current: Option<OpenChunk>,
     last_seqno: u64,
     dir_dirty: bool,
 }
 
-/// What recovery found: the entries up to and including the last signature.
-pub struct Recovered {
-    /// The writer, positioned after the last signature.
+/// What opening found.
+pub struct Opened {
+    /// The writer, positioned after the last entry.
     pub writer: LedgerWriter,
-    /// Every entry from seqno 1 to the last signature.
+    /// Every entry in the files, in order.
     pub entries: Vec<LedgerEntry>,
-    /// Entries dropped because no signature covered them.
-    pub dropped_unsigned: u64,
-}
-
-struct Located {
-    entry: LedgerEntry,
-    chunk: usize,
-    end_offset: u64,
-    is_signature: bool,
+    /// Seqno of the first entry (1, or one past the snapshot the ledger starts after).
+    pub start: u64,
 }
 
 impl LedgerWriter {
-    /// Opens `dir` (created if missing), recovers its entries and truncates what no signature covers.
-    pub fn open(dir: &Path, chunk_bytes_max: u64) -> Result<Recovered, LedgerIoError> {
+    /// Opens `dir` (created if missing), reads its entries and cuts a torn final frame.
+    pub fn open(dir: &Path) -> Result<Opened, LedgerIoError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let chunks = list_chunks(dir).map_err(|e| LedgerIoError::Layout(e.to_string()))?;
-        let mut located: Vec<Located> = Vec::new();
-        let mut chunk_lens = Vec::new();
-        for (i, (_, path)) in chunks.iter().enumerate() {
+        let start = chunks.first().map_or(1, |(n, _)| n.start);
+        let mut entries = Vec::new();
+        let mut writer = LedgerWriter { dir: dir.to_path_buf(), current: None, last_seqno: start - 1, dir_dirty: true };
+        for (i, (name, path)) in chunks.iter().enumerate() {
+            if name.start != writer.last_seqno + 1 {
+                return Err(LedgerIoError::Layout(format!("{} does not continue at seqno {}", name.file_name(), writer.last_seqno + 1)));
+            }
+            let last_chunk = i + 1 == chunks.len();
             let bytes = fs::read(path).map_err(io_err(path))?;
             let mut valid_len = 0u64;
             for frame in decode_frames(&bytes) {
                 match frame {
                     Ok(frame) => {
-                        let is_signature = frame
+                        let seqno = frame
                             .entry
                             .decode_transaction()
-                            .map(|t| t.kind == KIND_SIGNATURE)
-                            .map_err(|e| LedgerIoError::Corrupt {
+                            .map_err(|e| LedgerIoError::Corrupt { path: path.clone(), offset: frame.offset, reason: e.to_string() })?
+                            .seqno;
+                        if seqno != writer.last_seqno + 1 {
+                            return Err(LedgerIoError::Corrupt {
                                 path: path.clone(),
                                 offset: frame.offset,
-                                reason: e.to_string(),
-                            })?;
+                                reason: format!("seqno {seqno} where {} was expected", writer.last_seqno + 1),
+                            });
+                        }
+                        writer.last_seqno = seqno;
                         valid_len = frame.offset + frame.len;
-                        located.push(Located {
-                            entry: frame.entry,
-                            chunk: i,
-                            end_offset: valid_len,
-                            is_signature,
-                        });
+                        entries.push(frame.entry);
                     }
-                    // A torn write can only be the very end of what was being appended.
-                    Err(FrameError::Truncated { .. }) if i + 1 == chunks.len() => break,
+                    // A torn write can only be the very end of the open chunk.
+                    Err(FrameError::Truncated { .. }) if last_chunk && name.end.is_none() => break,
                     Err(e) => {
-                        return Err(LedgerIoError::Corrupt {
-                            path: path.clone(),
-                            offset: valid_len,
-                            reason: e.to_string(),
-                        })
+                        return Err(LedgerIoError::Corrupt { path: path.clone(), offset: valid_len, reason: e.to_string() })
                     }
                 }
             }
-            chunk_lens.push(valid_len);
-        }
-
-        let keep = located.iter().rposition(|l| l.is_signature).map_or(0, |i| i + 1);
-        let dropped_unsigned = (located.len() - keep) as u64;
-        let (cut_chunk, cut_offset) = match keep.checked_sub(1) {
-            Some(last) => (Some(located[last].chunk), located[last].end_offset),
-            None => (None, 0),
-        };
-        // Remove whatever lies beyond the cut: later chunks entirely, the cut chunk's tail.
-        for (i, (_, path)) in chunks.iter().enumerate() {
-            match cut_chunk {
-                Some(c) if i < c => {}
-                Some(c) if i == c => {
-                    if chunk_lens[i] != cut_offset
-                        || fs::metadata(path).map_err(io_err(path))?.len() != cut_offset
-                    {
+            match name.end {
+                None if last_chunk => {
+                    if valid_len != bytes.len() as u64 {
                         let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
-                        f.set_len(cut_offset).map_err(io_err(path))?;
+                        f.set_len(valid_len).map_err(io_err(path))?;
                         f.sync_all().map_err(io_err(path))?;
                     }
+                    let file = OpenOptions::new().append(true).open(path).map_err(io_err(path))?;
+                    writer.current = Some(OpenChunk { file, path: path.clone(), start: name.start });
                 }
-                _ => fs::remove_file(path).map_err(io_err(path))?,
-            }
-        }
-        let entries: Vec<LedgerEntry> = located.into_iter().take(keep).map(|l| l.entry).collect();
-        let last_seqno = entries.len() as u64;
-
-        let mut writer = LedgerWriter {
-            dir: dir.to_path_buf(),
-            chunk_bytes_max,
-            current: None,
-            last_seqno,
-            dir_dirty: true,
-        };
-        if let Some(c) = cut_chunk {
-            let (name, path) = &chunks[c];
-            if name.end.is_none() {
-                // The open chunk continues.
-                let file = OpenOptions::new().append(true).open(path).map_err(io_err(path))?;
-                writer.current = Some(OpenChunk {
-                    file,
-                    path: path.clone(),
-                    start: name.start,
-                    bytes: cut_offset,
-                });
-            } else if !name.committed {
-                // Closed on a signature that was made durable before the crash: it is committed.
-                let committed = ChunkName {
-                    committed: true,
-                    ..name.clone()
-                };
-                let to = dir.join(committed.file_name());
-                fs::rename(path, &to).map_err(io_err(path))?;
+                None => return Err(LedgerIoError::Layout(format!("{} is open but not the last chunk", name.file_name()))),
+                Some(end) => {
+                    if end != writer.last_seqno {
+                        return Err(LedgerIoError::Layout(format!("{} ends at {}", name.file_name(), writer.last_seqno)));
+                    }
+                    if !name.committed {
+                        let to = dir.join(ChunkName { committed: true, ..name.clone() }.file_name());
+                        fs::rename(path, &to).map_err(io_err(path))?;
+                    }
+                }
             }
         }
         writer.sync()?;
-        Ok(Recovered {
-            writer,
-            entries,
-            dropped_unsigned,
-        })
+        Ok(Opened { writer, entries, start })
     }
 
     /// Seqno of the last entry written.
@@ -182,24 +140,25 @@ impl LedgerWriter {
         self.last_seqno
     }
 
-    /// Appends frames in order; closes the chunk after a signature once it is over the size threshold.
-    pub fn append(&mut self, frames: &[PendingFrame]) -> Result<(), LedgerIoError> {
-        for frame in frames {
-            if frame.seqno != self.last_seqno + 1 {
-                return Err(LedgerIoError::Layout(format!(
-                    "appending seqno {} after {}",
-                    frame.seqno, self.last_seqno
-                )));
+    /// Appends committed entries in order (entries already written are skipped); closes the chunk where an entry
+    /// says so.
+    pub fn append(&mut self, entries: &[CommittedEntry]) -> Result<(), LedgerIoError> {
+        for e in entries {
+            let seqno = e.tx_id.seqno;
+            if seqno <= self.last_seqno {
+                continue;
+            }
+            if seqno != self.last_seqno + 1 {
+                return Err(LedgerIoError::Layout(format!("appending seqno {seqno} after {}", self.last_seqno)));
             }
             let chunk = match self.current.take() {
                 Some(chunk) => chunk,
-                None => self.new_chunk(frame.seqno)?,
+                None => self.new_chunk(seqno)?,
             };
             let chunk = self.current.insert(chunk);
-            chunk.file.write_all(&frame.bytes).map_err(io_err(&chunk.path))?;
-            chunk.bytes += frame.bytes.len() as u64;
-            self.last_seqno = frame.seqno;
-            if frame.is_signature && chunk.bytes >= self.chunk_bytes_max {
+            chunk.file.write_all(&e.frame).map_err(io_err(&chunk.path))?;
+            self.last_seqno = seqno;
+            if e.chunk_end {
                 self.close_chunk()?;
             }
         }
@@ -212,48 +171,42 @@ impl LedgerWriter {
             chunk.file.sync_data().map_err(io_err(&chunk.path))?;
         }
         if self.dir_dirty {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(&self.dir))?;
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
             self.dir_dirty = false;
         }
         Ok(())
     }
 
-    fn new_chunk(&mut self, start: u64) -> Result<OpenChunk, LedgerIoError> {
-        let path = self.dir.join(
-            ChunkName {
-                start,
-                end: None,
-                committed: false,
+    /// Restarts the ledger after a snapshot at `base`: earlier chunks move to `superseded-<base>/`, and an empty
+    /// `ledger_<base+1>` records where the ledger now starts.
+    pub fn reset_after_snapshot(&mut self, base: u64) -> Result<(), LedgerIoError> {
+        self.current = None;
+        let chunks = list_chunks(&self.dir).map_err(|e| LedgerIoError::Layout(e.to_string()))?;
+        if !chunks.is_empty() {
+            let aside = self.dir.join(format!("superseded-{base}"));
+            fs::create_dir_all(&aside).map_err(io_err(&aside))?;
+            for (name, path) in chunks {
+                let to = aside.join(name.file_name());
+                fs::rename(&path, &to).map_err(io_err(&path))?;
             }
-            .file_name(),
-        );
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        self.dir_dirty = true;
-        Ok(OpenChunk {
-            file,
-            path,
-            start,
-            bytes: 0,
-        })
+        }
+        self.last_seqno = base;
+        let chunk = self.new_chunk(base + 1)?;
+        self.current = Some(chunk);
+        self.sync()
     }
 
-    /// Single node: the closing signature is durable once the chunk is synced, so the chunk is committed.
+    fn new_chunk(&mut self, start: u64) -> Result<OpenChunk, LedgerIoError> {
+        let path = self.dir.join(ChunkName { start, end: None, committed: false }.file_name());
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        self.dir_dirty = true;
+        Ok(OpenChunk { file, path, start })
+    }
+
     fn close_chunk(&mut self) -> Result<(), LedgerIoError> {
-        let Some(chunk) = self.current.take() else {
-            return Ok(());
-        };
+        let Some(chunk) = self.current.take() else { return Ok(()) };
         chunk.file.sync_data().map_err(io_err(&chunk.path))?;
-        let name = ChunkName {
-            start: chunk.start,
-            end: Some(self.last_seqno),
-            committed: true,
-        };
+        let name = ChunkName { start: chunk.start, end: Some(self.last_seqno), committed: true };
         let to = self.dir.join(name.file_name());
         fs::rename(&chunk.path, &to).map_err(io_err(&chunk.path))?;
         self.dir_dirty = true;
@@ -263,116 +216,86 @@ impl LedgerWriter {
 
 #[cfg(test)]
 mod tests {
-    use prost::Message as _;
-    use synod_core::ledger::{encode_frame, Transaction, KIND_TX};
+    use std::sync::Arc;
+
+    use synod_core::ledger::{encode_frame, make_entry, Transaction, KIND_SIGNATURE, KIND_TX};
+    use synod_core::txid::TxId;
 
     use super::*;
+    use crate::core::Writes;
 
-    fn frame(seqno: u64, is_signature: bool) -> PendingFrame {
-        let transaction = Transaction {
+    fn entry(seqno: u64, chunk_end: bool) -> CommittedEntry {
+        let t = Transaction {
             view: 2,
             seqno,
-            kind: if is_signature { KIND_SIGNATURE } else { KIND_TX },
+            kind: if chunk_end { KIND_SIGNATURE } else { KIND_TX },
             public_writes: vec![0u8; 100],
-            private_sealed: Vec::new(),
+            chunk_end,
             ..Default::default()
         };
-        let entry = LedgerEntry {
-            transaction: transaction.encode_to_vec(),
-            commit_evidence_digest: vec![1; 32],
-            claims_digest: vec![0; 32],
-        };
-        PendingFrame {
-            seqno,
-            is_signature,
-            bytes: encode_frame(&entry),
+        CommittedEntry {
+            tx_id: TxId::new(2, seqno),
+            frame: encode_frame(&make_entry(&t, "ce", &[0; 32])),
+            writes: Arc::new(Writes::default()),
+            is_signature: chunk_end,
+            chunk_end,
         }
     }
 
-    /// Seqnos 1..=n with a signature every `sig_every`.
-    fn frames(n: u64, sig_every: u64) -> Vec<PendingFrame> {
-        (1..=n).map(|s| frame(s, s % sig_every == 0)).collect()
-    }
-
     fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .expect("dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(dir).expect("dir").map(|e| e.expect("entry").file_name().to_string_lossy().into()).collect();
         names.sort();
         names
     }
 
     #[test]
-    fn chunks_close_on_signatures_past_the_size_threshold() {
+    fn chunks_close_where_entries_say_and_reopen_after_a_torn_write() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = LedgerWriter::open(dir.path(), 500).expect("open").writer;
-        w.append(&frames(12, 4)).expect("append");
+        let mut w = LedgerWriter::open(dir.path()).expect("open").writer;
+        let ents: Vec<_> = (1..=10).map(|s| entry(s, s == 4 || s == 8)).collect();
+        w.append(&ents).expect("append");
+        w.append(&ents[..3]).expect("already written entries are skipped");
         w.sync().expect("sync");
-        // Frames are ~160 bytes: the first signature past 500 bytes is seqno 4, then 8, then 12.
-        assert_eq!(
-            names(dir.path()),
-            vec![
-                "ledger_1-4.committed",
-                "ledger_5-8.committed",
-                "ledger_9-12.committed"
-            ]
-        );
-        w.append(&frames(13, 4)[12..]).expect("append");
-        w.sync().expect("sync");
-        assert!(names(dir.path()).contains(&"ledger_13".to_string()));
+        assert_eq!(names(dir.path()), vec!["ledger_1-4.committed", "ledger_5-8.committed", "ledger_9"]);
+        drop(w);
+        let path = dir.path().join("ledger_9");
+        let mut bytes = fs::read(&path).expect("read");
+        bytes.extend_from_slice(&entry(11, false).frame[..20]);
+        fs::write(&path, &bytes).expect("write");
+        let opened = LedgerWriter::open(dir.path()).expect("reopen");
+        assert_eq!((opened.entries.len(), opened.start), (10, 1));
+        let mut w = opened.writer;
+        assert!(w.append(&[entry(13, false)]).is_err(), "a gap is refused");
+        w.append(&[entry(11, true)]).expect("continues after the cut");
+        assert!(names(dir.path()).contains(&"ledger_9-11.committed".to_string()));
     }
 
     #[test]
-    fn recovery_drops_the_unsigned_tail_and_a_torn_frame() {
+    fn a_ledger_can_restart_after_a_snapshot() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = LedgerWriter::open(dir.path(), 1 << 20).expect("open").writer;
-        w.append(&frames(10, 4)).expect("append"); // signatures at 4 and 8; 9, 10 unsigned
+        let mut w = LedgerWriter::open(dir.path()).expect("open").writer;
+        w.append(&(1..=5).map(|s| entry(s, s == 4)).collect::<Vec<_>>()).expect("append");
+        w.reset_after_snapshot(20).expect("reset");
+        w.append(&[entry(21, false)]).expect("append after the snapshot");
         w.sync().expect("sync");
         drop(w);
-        let path = dir.path().join("ledger_1");
-        let mut bytes = fs::read(&path).expect("read");
-        bytes.extend_from_slice(&frame(11, false).bytes[..20]); // a torn write
-        fs::write(&path, &bytes).expect("write");
-
-        let recovered = LedgerWriter::open(dir.path(), 1 << 20).expect("recover");
-        assert_eq!(recovered.entries.len(), 8);
-        assert_eq!(recovered.dropped_unsigned, 2);
-        let mut w = recovered.writer;
-        assert_eq!(w.last_seqno(), 8);
-        w.append(&frames(12, 4)[8..])
-            .expect("seqnos continue after the cut");
-        w.sync().expect("sync");
-        assert_eq!(
-            LedgerWriter::open(dir.path(), 1 << 20)
-                .expect("reopen")
-                .entries
-                .len(),
-            12
-        );
+        let opened = LedgerWriter::open(dir.path()).expect("reopen");
+        assert_eq!((opened.start, opened.entries.len(), opened.writer.last_seqno()), (21, 1, 21));
+        assert!(dir.path().join("superseded-20").join("ledger_1-4.committed").exists());
     }
 
     #[test]
-    fn recovery_refuses_corruption_before_the_tail() {
+    fn corruption_before_the_tail_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = LedgerWriter::open(dir.path(), 1 << 20).expect("open").writer;
-        w.append(&frames(8, 4)).expect("append");
+        let mut w = LedgerWriter::open(dir.path()).expect("open").writer;
+        w.append(&(1..=8).map(|s| entry(s, false)).collect::<Vec<_>>()).expect("append");
         w.sync().expect("sync");
         drop(w);
         let path = dir.path().join("ledger_1");
         let mut bytes = fs::read(&path).expect("read");
         bytes[200] ^= 0xff;
         fs::write(&path, &bytes).expect("write");
-        assert!(matches!(
-            LedgerWriter::open(dir.path(), 1 << 20),
-            Err(LedgerIoError::Corrupt { .. })
-        ));
-    }
-
-    #[test]
-    fn appending_out_of_order_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = LedgerWriter::open(dir.path(), 1 << 20).expect("open").writer;
-        assert!(w.append(&[frame(2, false)]).is_err());
+        assert!(matches!(LedgerWriter::open(dir.path()), Err(LedgerIoError::Corrupt { .. })));
     }
 }

@@ -1,51 +1,93 @@
 //! Synod's replica. One binary, `synod-node`, runs it: see docs/API.md for its command line and endpoints and
-//! docs/ARCHITECTURE.md for how a write becomes a committed, signed ledger entry.
+//! docs/ARCHITECTURE.md for how a write becomes a replicated, committed, signed ledger entry.
 //!
-//! Modules, pure first: [`replica`] (ordering, Merkle tree, signatures, commit), then the I/O shell:
-//! [`ledger`] (chunk files), [`service`] (threads, start-up, recovery), [`rpc`] (HTTPS) and [`apps`].
+//! Modules, pure first: [`core`] (Raft glue, Merkle history, signatures, commit), [`consensus`] (Raft log and
+//! entry mapping), [`snapshot`] (format), then the I/O shell: [`service`] (threads, start-up, recovery),
+//! [`ledger`] (chunk files), [`channels`] (node-to-node TLS), [`join`], [`rpc`] (HTTPS) and [`apps`].
 
 pub mod apps;
+pub mod attestation;
+pub mod channels;
 pub mod config;
 pub mod consensus;
 pub mod core;
+pub mod join;
 pub mod ledger;
-pub mod replica;
 pub mod rpc;
 pub mod service;
 pub mod snapshot;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::config::NodeConfig;
-use crate::service::Node;
+use crate::attestation::VirtualPlatform;
+use crate::config::{JoinConfig, NodeConfig, StartConfig};
+use crate::service::{write_atomically, Boot, Node};
 
 /// How often the server checks whether the node stopped on a fatal error.
 const FATAL_POLL_MS: u64 = 100;
 
-/// Runs a node until SIGINT/SIGTERM or a fatal error.
-pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.rpc_address)
-        .await
-        .with_context(|| format!("binding {}", cfg.rpc_address))?;
-    let addr = listener.local_addr()?;
+async fn bind(cfg: &NodeConfig) -> anyhow::Result<(TcpListener, std::net::TcpListener)> {
+    let rpc = TcpListener::bind(cfg.rpc_address).await.with_context(|| format!("binding {}", cfg.rpc_address))?;
+    let node = std::net::TcpListener::bind(cfg.node_address).with_context(|| format!("binding {}", cfg.node_address))?;
+    Ok((rpc, node))
+}
+
+fn holds_a_node(cfg: &NodeConfig) -> anyhow::Result<bool> {
+    let db = cfg.data_dir.join("db");
+    if !db.exists() {
+        return Ok(false);
+    }
+    let storage = synod_kv::storage::Storage::open(&db).context("opening the node's database")?;
+    Ok(consensus::persist::exists(&storage)?)
+}
+
+/// `synod-node start`: creates a service in an empty data directory, or resumes the node it holds.
+pub async fn run_start(cfg: StartConfig) -> anyhow::Result<()> {
+    let (rpc, node_listener) = bind(&cfg.node).await?;
+    let boot = if holds_a_node(&cfg.node)? {
+        if !cfg.user_certs.is_empty() || !cfg.member_certs.is_empty() {
+            tracing::warn!("--user-cert/--member-cert are read only when a service is created; ignored");
+        }
+        Boot::Resume
+    } else {
+        Boot::NewService { users: cfg.user_certs.clone(), members: cfg.member_certs.clone() }
+    };
+    serve(cfg.node, boot, rpc, node_listener).await
+}
+
+/// `synod-node join`: joins the service at `--target`, or resumes a node that joined before.
+pub async fn run_join(cfg: JoinConfig) -> anyhow::Result<()> {
+    let (rpc, node_listener) = bind(&cfg.node).await?;
+    let boot = if holds_a_node(&cfg.node)? {
+        Boot::Resume
+    } else {
+        let platform = VirtualPlatform::measure_self()?;
+        let joined = join::join(&cfg, rpc.local_addr()?, node_listener.local_addr()?, &platform).await?;
+        Boot::Joined { ids: joined.ids, snapshot: joined.snapshot, peers: joined.peers }
+    };
+    serve(cfg.node, boot, rpc, node_listener).await
+}
+
+async fn serve(cfg: NodeConfig, boot: Boot, listener: TcpListener, node_listener: std::net::TcpListener) -> anyhow::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    let runtime = tokio::runtime::Handle::current();
     let node = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || Node::start(&cfg, addr)).await??
+        tokio::task::spawn_blocking(move || Node::start(&cfg, boot, addr, node_listener, runtime)).await??
     };
     let tls = rpc::tls_config(&node)?;
-    let router = rpc::router(rpc::AppState {
-        node: node.clone(),
-        max_body_bytes: cfg.max_body_bytes,
-    });
+    let state = rpc::AppState::new(node.clone(), cfg.max_body_bytes)?;
+    let router = rpc::router(state.clone());
     write_atomically(&cfg.data_dir.join("rpc_address"), addr.to_string().as_bytes())?;
-    tracing::info!("listening on https://{addr}");
+    tracing::info!(node_address = %node.node_address, "listening on https://{addr}");
 
     let result = tokio::select! {
-        r = rpc::serve(listener, tls, router) => r,
+        r = rpc::serve(listener, tls, router, state) => r,
         _ = shutdown_signal() => {
             tracing::info!("stopping");
             Ok(())
@@ -79,11 +121,4 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn write_atomically(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

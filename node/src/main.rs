@@ -1,14 +1,10 @@
 //! `synod-node`: runs one Synod replica. See docs/API.md.
 
 use clap::{Parser, Subcommand};
-use synod_node::config::NodeConfig;
+use synod_node::config::{JoinConfig, StartConfig};
 
 #[derive(Parser)]
-#[command(
-    name = "synod-node",
-    version,
-    about = "A Synod replica: a Merkle-committed, signed key-value ledger"
-)]
+#[command(name = "synod-node", version, about = "A Synod replica: a replicated, Merkle-committed, signed key-value ledger")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,8 +12,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a new service in DATA_DIR, or resume the one it holds, and serve it over HTTPS.
-    Start(NodeConfig),
+    /// Create a new service in DATA_DIR (this node its first primary), or resume the node DATA_DIR holds.
+    Start(StartConfig),
+    /// Join the service at --target (attesting this node), or resume the node DATA_DIR holds.
+    Join(JoinConfig),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,10 +27,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Start(cfg) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(synod_node::run(cfg))
-        }
+        Command::Start(cfg) => runtime.block_on(synod_node::run_start(cfg)),
+        Command::Join(cfg) => runtime.block_on(synod_node::run_join(cfg)),
     }
 }

@@ -1,36 +1,48 @@
-//! The node's I/O shell around the pure [`Replica`]: start-up (genesis or recovery), the ledger writer thread
-//! (group commit: write + fdatasync whatever was ordered meanwhile), the applier thread (committed write sets →
-//! RocksDB) and the signature timer.
+//! The node's I/O shell around the pure [`Core`]: start-up (new service, join, resume), the Raft event loop, the
+//! applier (committed entries → ledger chunks + RocksDB) and the snapshotter.
 //!
 //! ```text
-//!  rpc handlers ──execute()──▶ Mutex<Replica> ──pending frames──▶ writer thread ──durable seqno──▶ Replica
-//!                                   ▲                                                    │ committed write sets
-//!                     signer: every sig_ms_interval                                applier thread ─▶ RocksDB
+//!  peers ══TLS══▶ inbox ─▶ event loop ─▶ Mutex<Core>: step / tick / signature timer
+//!  rpc handlers ─execute()─▶ Mutex<Core>::commit_tx ─wake─▶ │
+//!                                       ready ─▶ send messages; persist Raft log (RocksDB, fsync); send the rest
+//!                                             ─▶ committed entries ─▶ applier thread ─▶ ledger files + RocksDB
+//!                                             ─▶ snapshot points   ─▶ snapshotter ─▶ snapshots/ ─▶ evidence
 //! ```
 //!
-//! Any I/O failure on the ledger or the store stops the node: continuing could report a write Committed that is
+//! Any I/O failure on the ledger or the stores stops the node: continuing could report a write Committed that is
 //! not on disk.
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, SnapshotMetadata};
 use synod_core::cert::{self, Identity};
+use synod_core::maps;
 use synod_kv::seal::{LedgerSecret, Sealer};
 use synod_kv::storage::Storage;
-use synod_kv::Tx;
+use synod_kv::{State, Tx};
 
+use crate::attestation::{Platform, VirtualPlatform};
+use crate::channels::{ChannelTls, Channels, Directory, PeerInfo};
 use crate::config::NodeConfig;
+use crate::consensus::persist::{self, LogWrite};
+use crate::consensus::{raft_id, RaftTiming};
+use crate::core::{CommittedEntry, Core, CoreConfig, CoreError, CoreReady, Event, Genesis, Keys, Outcome, Restore, SnapshotJob};
 use crate::ledger::LedgerWriter;
-use crate::replica::{CommittedWrites, Keys, Outcome, Replica, ReplicaConfig, ReplicaError};
+use crate::snapshot;
 
 /// How often a transaction that conflicts is run again before the request fails.
 pub const CONFLICT_RETRIES_MAX: usize = 64;
+/// Committed snapshots kept on disk.
+const SNAPSHOTS_KEPT: usize = 2;
 
 /// Why running a transaction failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +50,9 @@ pub enum ExecError<E> {
     /// The handler itself refused (bad input, not found, ...); nothing was written.
     #[error("{0}")]
     Handler(E),
+    /// The transaction writes and this node is not the primary: forward it.
+    #[error("this node is not the primary")]
+    NotPrimary,
     /// The transaction kept conflicting with concurrent ones.
     #[error("transaction conflicted {CONFLICT_RETRIES_MAX} times in a row")]
     TooManyConflicts,
@@ -46,32 +61,136 @@ pub enum ExecError<E> {
     Unavailable(String),
 }
 
+enum LoopEvent {
+    Raft(Message),
+    Wake,
+    SnapshotWritten { seqno: u64, digest: [u8; 32] },
+}
+
+enum ApplyJob {
+    Apply(Vec<CommittedEntry>),
+    /// Replace the stored state and restart the ledger after an installed snapshot; acknowledged when done.
+    Reset { state: State, done: mpsc::SyncSender<anyhow::Result<()>> },
+}
+
+/// A node's files.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// The data directory.
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    /// Ledger chunks.
+    pub fn ledger(&self) -> PathBuf {
+        self.dir.join("ledger")
+    }
+    /// Snapshot files.
+    pub fn snapshots(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+    /// RocksDB.
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("db")
+    }
+    /// A file in the data directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
 struct Shared {
-    replica: Mutex<Replica>,
-    work: Condvar,
+    core: Mutex<Core>,
     stopping: AtomicBool,
     fatal: Mutex<Option<String>>,
+    ledger_durable: AtomicU64,
 }
 
-/// A running node: the replica plus the threads that do its I/O.
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock is a bug elsewhere; every mutation of the core completes before the
+        // guard drops, so its state is still consistent.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn die(&self, reason: String) {
+        tracing::error!("{reason}; the node stops");
+        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if fatal.is_none() {
+            *fatal = Some(reason);
+        }
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// What a node needs besides its config to start: its identities and secrets.
+pub struct Identities {
+    /// The service identity (certificate and key; nodes hold the key to endorse joiners and sign COSE roots).
+    pub service: Identity,
+    /// This node's identity, endorsed by the service.
+    pub node: Identity,
+    /// The ledger secret.
+    pub secret: LedgerSecret,
+}
+
+/// How the node comes up.
+pub enum Boot {
+    /// Create a new service (an empty data directory).
+    NewService {
+        /// User certificates (PEM paths) recorded at genesis.
+        users: Vec<PathBuf>,
+        /// Member certificates (PEM paths) recorded at genesis.
+        members: Vec<PathBuf>,
+    },
+    /// Joined an existing service: identities from the join, and the snapshot it started from, if any.
+    Joined {
+        /// Identities received.
+        ids: Identities,
+        /// The committed snapshot to start from.
+        snapshot: Option<Vec<u8>>,
+        /// Peers known at join time.
+        peers: Vec<PeerInfo>,
+    },
+    /// Resume the node in an existing data directory.
+    Resume,
+}
+
+/// A running node.
 pub struct Node {
     shared: Arc<Shared>,
+    /// Its files.
+    pub paths: Paths,
     /// The service certificate (PEM).
     pub service_cert_pem: String,
+    /// The service identity (PEM cert and key).
+    pub service: Identity,
     /// This node's TLS identity (endorsed by the service identity).
     pub node_identity: Identity,
+    /// The attestation platform.
+    pub platform: Arc<dyn Platform>,
+    /// Known peers (shared with the channels and RPC forwarding).
+    pub directory: Directory,
+    /// This node's address for clients.
+    pub rpc_address: SocketAddr,
+    /// This node's address for peers.
+    pub node_address: SocketAddr,
+    channels: Arc<Channels>,
+    inbox: Mutex<Sender<LoopEvent>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    sig_interval: Duration,
+    cfg: NodeConfig,
+    storage: Storage,
+    sealer: Sealer,
+    /// First seqno this run of the node ordered or received.
+    startup_seqno: u64,
 }
 
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// Seconds since the epoch (for COSE `iat`).
+pub fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+/// Writes a file atomically with mode 0600, synced.
+pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
@@ -97,177 +216,345 @@ fn read_identities(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
         .iter()
         .map(|p| {
             let pem = read(p)?;
-            let der = cert::pem_to_der(&pem)
-                .with_context(|| format!("{} is not a PEM certificate", p.display()))?;
+            let der = cert::pem_to_der(&pem).with_context(|| format!("{} is not a PEM certificate", p.display()))?;
             Ok((cert::cert_fingerprint_hex(&der), pem))
         })
         .collect()
 }
 
+fn core_config(cfg: &NodeConfig) -> CoreConfig {
+    CoreConfig {
+        sig_tx_interval: cfg.sig_tx_interval,
+        ledger_chunk_bytes: cfg.ledger_chunk_bytes,
+        snapshot_tx_interval: cfg.snapshot_tx_interval,
+        timing: RaftTiming::default(),
+    }
+}
+
+fn keys_of(ids: &Identities) -> anyhow::Result<Keys> {
+    let node_der = cert::pem_to_der(&ids.node.cert_pem)?;
+    Ok(Keys {
+        node_key: cert::signing_key_from_pem(&ids.node.key_pem)?,
+        node_cert_pem: ids.node.cert_pem.clone(),
+        node_id: cert::public_key_id_hex(&node_der)?,
+        service_key: cert::signing_key_from_pem(&ids.service.key_pem)?,
+        service_cert_der: cert::pem_to_der(&ids.service.cert_pem)?,
+    })
+}
+
+/// This node's entry in the nodes table.
+pub fn node_info(name: &str, cert_pem: &str, status: &str, rpc: SocketAddr, node: SocketAddr, measurement: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "cert": cert_pem,
+        "status": status,
+        "rpc_address": rpc.to_string(),
+        "node_address": node.to_string(),
+        "measurement": measurement,
+    })
+}
+
+/// Saves identities into the data directory.
+pub fn save_identities(paths: &Paths, ids: &Identities) -> anyhow::Result<()> {
+    write_private(&paths.file("service_key.pem"), ids.service.key_pem.as_bytes())?;
+    write_private(&paths.file("service_cert.pem"), ids.service.cert_pem.as_bytes())?;
+    write_private(&paths.file("node_key.pem"), ids.node.key_pem.as_bytes())?;
+    write_private(&paths.file("node_cert.pem"), ids.node.cert_pem.as_bytes())?;
+    ids.secret.save(&paths.file("ledger_secret")).context("saving the ledger secret")?;
+    Ok(())
+}
+
+fn load_identities(paths: &Paths) -> anyhow::Result<Identities> {
+    Ok(Identities {
+        service: Identity { cert_pem: read(&paths.file("service_cert.pem"))?, key_pem: read(&paths.file("service_key.pem"))? },
+        node: Identity { cert_pem: read(&paths.file("node_cert.pem"))?, key_pem: read(&paths.file("node_key.pem"))? },
+        secret: LedgerSecret::load_or_create(&paths.file("ledger_secret"))?,
+    })
+}
+
+/// The committed snapshot file for `seqno` (or a snapshot received at that seqno), if on disk.
+pub fn find_snapshot(paths: &Paths, seqno: u64) -> Option<PathBuf> {
+    let exact = format!("snapshot_{seqno}");
+    let prefix = format!("snapshot_{seqno}_");
+    std::fs::read_dir(paths.snapshots()).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) || n == exact || n == format!("{exact}.received"))
+    })
+}
+
+/// Committed snapshots on disk, newest first: (seqno, evidence seqno, path).
+pub fn committed_snapshots(paths: &Paths) -> Vec<(u64, u64, PathBuf)> {
+    let mut found: Vec<(u64, u64, PathBuf)> = std::fs::read_dir(paths.snapshots())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_str()?.to_string();
+                    let (s, ev) = snapshot::parse_committed_name(&name)?;
+                    Some((s, ev, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found
+}
+
+/// Installs a snapshot on disk: the file, the Raft log reset to it, the stored state and the ledger restart.
+/// Safe to repeat after a crash part-way (resume redoes it when the state lags the log).
+fn install_snapshot_on_disk(
+    paths: &Paths,
+    storage: &Storage,
+    sealer: &Sealer,
+    bytes: &[u8],
+    ledger: Option<&mut LedgerWriter>,
+) -> anyhow::Result<(State, SnapshotMetadata)> {
+    let decoded = snapshot::decode(bytes, sealer).context("decoding the snapshot")?;
+    let seqno = decoded.file.seqno;
+    std::fs::create_dir_all(paths.snapshots())?;
+    if find_snapshot(paths, seqno).is_none() {
+        write_private(&paths.snapshots().join(format!("snapshot_{seqno}.received")), bytes)?;
+    }
+    let cs = raft::eraftpb::ConfState::parse_from_bytes(&decoded.file.conf_state).context("snapshot configuration")?;
+    let mut meta = SnapshotMetadata { index: seqno, term: decoded.file.view, ..Default::default() };
+    meta.set_conf_state(cs.clone());
+    let hs = raft::eraftpb::HardState { term: decoded.file.view, commit: seqno, ..Default::default() };
+    let log = persist::load(storage)?;
+    let hs = raft::eraftpb::HardState { term: hs.term.max(log.hard_state().term), vote: log.hard_state().vote, ..hs };
+    persist::write(
+        storage,
+        &LogWrite { clear: true, compacted: Some(&meta), conf_state: Some(&cs), hard_state: Some(&hs), ..Default::default() },
+    )?;
+    storage.replace_state(&decoded.state, sealer)?;
+    match ledger {
+        Some(w) => w.reset_after_snapshot(seqno)?,
+        None => LedgerWriter::open(&paths.ledger())?.writer.reset_after_snapshot(seqno)?,
+    }
+    Ok((decoded.state, meta))
+}
+
 impl Node {
-    /// Opens (or creates) the service in `cfg.data_dir` and starts the writer, applier and signer threads.
-    pub fn start(cfg: &NodeConfig, rpc_addr: SocketAddr) -> anyhow::Result<Arc<Node>> {
-        let dir = &cfg.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let service_cert_path = dir.join("service_cert.pem");
-        let service_key_path = dir.join("service_key.pem");
-        let ledger_dir = dir.join("ledger");
-        let fresh = !service_cert_path.exists();
-        let service = if fresh {
-            if ledger_dir.exists() && std::fs::read_dir(&ledger_dir)?.next().is_some() {
-                bail!(
-                    "{} holds a ledger but no service_cert.pem: refusing to create a new service over it",
-                    dir.display()
-                );
-            }
-            let identity = cert::generate_self_signed("Synod service", true)?;
-            write_private(&service_key_path, identity.key_pem.as_bytes())?;
-            write_private(&service_cert_path, identity.cert_pem.as_bytes())?;
-            tracing::info!(dir = %dir.display(), "created a new service identity");
-            identity
-        } else {
-            Identity {
-                cert_pem: read(&service_cert_path)?,
-                key_pem: read(&service_key_path)?,
-            }
-        };
-        let service_cert_der = cert::pem_to_der(&service.cert_pem)?;
-        let secret = LedgerSecret::load_or_create(&dir.join("ledger_secret"))?;
-        let sealer = Sealer::new(&secret);
-
-        // A node gets a fresh identity at every start (as a CCF node does when it rejoins or recovers), endorsed
-        // by the service and valid for the address it listens on.
-        let ip = if rpc_addr.ip().is_unspecified() {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            rpc_addr.ip()
-        };
-        let node_identity =
-            cert::generate_endorsed(&cfg.node_name, &[ip], &["localhost".to_string()], &service)?;
-        write_private(&dir.join("node_key.pem"), node_identity.key_pem.as_bytes())?;
-        write_private(&dir.join("node_cert.pem"), node_identity.cert_pem.as_bytes())?;
-        let node_cert_der = cert::pem_to_der(&node_identity.cert_pem)?;
-        let keys = Keys {
-            node_key: cert::signing_key_from_pem(&node_identity.key_pem)?,
-            node_cert_pem: node_identity.cert_pem.clone(),
-            node_id: cert::public_key_id_hex(&node_cert_der)?,
-            service_key: cert::signing_key_from_pem(&service.key_pem)?,
-            service_cert_der,
-        };
-        let node_id = keys.node_id.clone();
-
-        let storage = Storage::open(&dir.join("db")).context("opening the applied-state store")?;
-        let recovered =
-            LedgerWriter::open(&ledger_dir, cfg.ledger_chunk_bytes).context("recovering the ledger")?;
-        if recovered.dropped_unsigned > 0 {
-            tracing::warn!(
-                dropped = recovered.dropped_unsigned,
-                "dropped ledger entries after the last signature (never committed)"
-            );
+    /// Brings the node up (see [`Boot`]) and starts its threads and channels.
+    pub fn start(
+        cfg: &NodeConfig,
+        boot: Boot,
+        rpc_address: SocketAddr,
+        node_listener: std::net::TcpListener,
+        runtime: tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<Node>> {
+        let paths = Paths { dir: cfg.data_dir.clone() };
+        std::fs::create_dir_all(&paths.dir).with_context(|| format!("creating {}", paths.dir.display()))?;
+        std::fs::create_dir_all(paths.snapshots())?;
+        let node_address = node_listener.local_addr()?;
+        let platform: Arc<dyn Platform> = Arc::new(VirtualPlatform::measure_self()?);
+        let storage = Storage::open(&paths.db()).context("opening the node's database")?;
+        let existing = persist::exists(&storage)?;
+        if existing && !matches!(boot, Boot::Resume) {
+            bail!("{} already holds a node; start it again without creating or joining", paths.dir.display());
         }
-        let rcfg = ReplicaConfig {
-            sig_tx_interval: cfg.sig_tx_interval,
-        };
-        let mut replica = if recovered.entries.is_empty() {
-            let users = read_identities(&cfg.user_certs)?;
-            let members = read_identities(&cfg.member_certs)?;
-            let info = serde_json::json!({ "cert": service.cert_pem, "status": "Open" });
-            Replica::genesis(keys, sealer.clone(), rcfg, &info, &users, &members, now_secs())?
-        } else {
-            if !cfg.user_certs.is_empty() || !cfg.member_certs.is_empty() {
-                tracing::warn!("--user-cert/--member-cert are read only when a service is created; ignored");
+        let ccfg = core_config(cfg);
+        let mut peers = Vec::new();
+        let (ids, core, replay) = match boot {
+            Boot::NewService { users, members } => {
+                if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
+                    bail!("{} holds a ledger but no Raft state: refusing to create a new service over it", paths.dir.display());
+                }
+                let service = cert::generate_self_signed("Synod service", true)?;
+                let ip = if rpc_address.ip().is_unspecified() { [127, 0, 0, 1].into() } else { rpc_address.ip() };
+                let node = cert::generate_endorsed(&cfg.node_name, &[ip], &["localhost".to_string()], &service)?;
+                let ids = Identities { service, node, secret: LedgerSecret::generate()? };
+                save_identities(&paths, &ids)?;
+                let keys = keys_of(&ids)?;
+                let info = node_info(&cfg.node_name, &ids.node.cert_pem, "Trusted", rpc_address, node_address, &platform.measurement());
+                let genesis = Genesis {
+                    service_info: serde_json::json!({ "cert": ids.service.cert_pem, "status": "Open" }),
+                    users: read_identities(&users)?,
+                    members: read_identities(&members)?,
+                    node_info: info,
+                    code_ids: vec![platform.measurement()],
+                };
+                let sealer = Sealer::new(&ids.secret);
+                let core = Core::new_service(keys, sealer, ccfg, &genesis, now_secs())?;
+                tracing::info!(dir = %paths.dir.display(), "created a new service");
+                (ids, core, Vec::new())
             }
-            let state = storage.load_state(&sealer).context("loading the applied state")?;
-            let (replica, to_persist) =
-                Replica::recover(keys, sealer.clone(), rcfg, state, &recovered.entries)
-                    .context("replaying the ledger")?;
-            persist(&storage, &sealer, &to_persist)?;
-            tracing::info!(committed = %replica.committed(), "recovered from the ledger");
-            replica
+            Boot::Joined { ids, snapshot, peers: p } => {
+                save_identities(&paths, &ids)?;
+                let sealer = Sealer::new(&ids.secret);
+                if let Some(bytes) = &snapshot {
+                    install_snapshot_on_disk(&paths, &storage, &sealer, bytes, None)?;
+                }
+                peers = p;
+                let core = Core::joining(keys_of(&ids)?, sealer, ccfg, snapshot.as_deref())?;
+                (ids, core, Vec::new())
+            }
+            Boot::Resume => {
+                let ids = load_identities(&paths).context("this data directory holds no node identity")?;
+                let sealer = Sealer::new(&ids.secret);
+                let mut log = persist::load(&storage)?;
+                let mut state = storage.load_state(&sealer).context("loading the stored state")?;
+                let compacted = log.compacted().index;
+                if state.version() < compacted {
+                    // A snapshot install was cut short: redo it from the file.
+                    let path = find_snapshot(&paths, compacted)
+                        .with_context(|| format!("the Raft log starts after snapshot {compacted}, which is missing"))?;
+                    let bytes = std::fs::read(&path)?;
+                    state = install_snapshot_on_disk(&paths, &storage, &sealer, &bytes, None)?.0;
+                    log = persist::load(&storage)?;
+                }
+                let opened = LedgerWriter::open(&paths.ledger()).context("reading the ledger")?;
+                let base_snapshot = if opened.start > 1 {
+                    let path = find_snapshot(&paths, opened.start - 1)
+                        .with_context(|| format!("the ledger starts at {} but snapshot {} is missing", opened.start, opened.start - 1))?;
+                    Some(std::fs::read(path)?)
+                } else {
+                    None
+                };
+                drop(opened.writer);
+                let restore = Restore { log, state, ledger: opened.entries, base_snapshot };
+                let (core, replay) = Core::restore(keys_of(&ids)?, sealer, ccfg, restore).context("restoring from the ledger")?;
+                tracing::info!(committed = %core.committed(), last = core.last_seqno(), "resumed");
+                (ids, core, replay)
+            }
         };
-        let node_info = serde_json::json!({
-            "cert": node_identity.cert_pem,
-            "status": "Trusted",
-            "name": cfg.node_name,
-            "rpc_address": rpc_addr.to_string(),
-        });
-        let view_start = replica.start_view(&node_info, now_secs())?;
-        tracing::info!(node_id = %node_id, view = replica.view(), signature = %view_start, "started view");
+        let sealer = Sealer::new(&ids.secret);
+        let startup_seqno = core.last_seqno() + 1;
+        let self_id = core.raft_id();
+        let directory: Directory = Arc::new(RwLock::new(HashMap::new()));
+        {
+            let mut d = directory.write().unwrap_or_else(|p| p.into_inner());
+            for p in peers {
+                d.insert(raft_id(&p.node_id), p);
+            }
+        }
+        refresh_directory(&directory, core.committed_state(), self_id);
 
+        let tls = ChannelTls {
+            node_cert_pem: ids.node.cert_pem.clone(),
+            node_key_pem: ids.node.key_pem.clone(),
+            service_cert_pem: ids.service.cert_pem.clone(),
+        };
+        let channels = Arc::new(Channels::new(self_id, directory.clone(), &tls, runtime.clone())?);
+        let (inbox_tx, inbox_rx) = mpsc::channel::<LoopEvent>();
+        {
+            let deliver_tx = Mutex::new(inbox_tx.clone());
+            let deliver: Arc<dyn Fn(Message) + Send + Sync> = Arc::new(move |m| {
+                let _ = deliver_tx.lock().unwrap_or_else(|p| p.into_inner()).send(LoopEvent::Raft(m));
+            });
+            node_listener.set_nonblocking(true)?;
+            let server_config = tls.server_config()?;
+            let dir = directory.clone();
+            let listener = {
+                let _guard = runtime.enter();
+                tokio::net::TcpListener::from_std(node_listener)?
+            };
+            runtime.spawn(crate::channels::serve(listener, server_config, dir, deliver));
+        }
+        write_atomically(&paths.file("node_address"), node_address.to_string().as_bytes())?;
+
+        // The applier owns the ledger writer; what the stores missed before a restart is written first.
+        let mut ledger = LedgerWriter::open(&paths.ledger())?.writer;
+        ledger.append(&replay)?;
+        ledger.sync()?;
+        persist_state(&storage, &sealer, &replay)?;
         let shared = Arc::new(Shared {
-            replica: Mutex::new(replica),
-            work: Condvar::new(),
+            core: Mutex::new(core),
             stopping: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            ledger_durable: AtomicU64::new(ledger.last_seqno()),
         });
-        let (apply_tx, apply_rx) = mpsc::channel::<Vec<CommittedWrites>>();
-        let mut threads = Vec::new();
-        let writer_shared = shared.clone();
-        let mut writer = recovered.writer;
-        threads.push(
-            std::thread::Builder::new()
-                .name("ledger-writer".into())
-                .spawn(move || {
-                    if let Err(e) = writer_loop(&writer_shared, &mut writer, &apply_tx) {
-                        writer_shared.die(format!("ledger writer: {e:#}"));
-                    }
-                })
-                .context("spawning the ledger writer")?,
-        );
-        let applier_shared = shared.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("applier".into())
-                .spawn(move || {
-                    for batch in apply_rx {
-                        if let Err(e) = persist(&storage, &sealer, &batch) {
-                            applier_shared.die(format!("applied-state store: {e:#}"));
-                            return;
-                        }
-                    }
-                })
-                .context("spawning the applier")?,
-        );
         let node = Arc::new(Node {
             shared: shared.clone(),
-            service_cert_pem: service.cert_pem,
-            node_identity,
-            threads: Mutex::new(threads),
-            sig_interval: Duration::from_millis(cfg.sig_ms_interval.max(1)),
+            paths: paths.clone(),
+            service_cert_pem: ids.service.cert_pem.clone(),
+            service: ids.service.clone(),
+            node_identity: ids.node.clone(),
+            platform,
+            directory,
+            rpc_address,
+            node_address,
+            channels,
+            inbox: Mutex::new(inbox_tx.clone()),
+            threads: Mutex::new(Vec::new()),
+            cfg: cfg.clone(),
+            storage: storage.clone(),
+            sealer: sealer.clone(),
+            startup_seqno,
         });
-        let signer = node.clone();
-        node.lock_threads().push(
-            std::thread::Builder::new()
-                .name("signer".into())
-                .spawn(move || signer.signer_loop())
-                .context("spawning the signer")?,
-        );
+        // Offer the newest committed snapshot to followers that fall behind.
+        if let Some((_, _, path)) = committed_snapshots(&paths).first() {
+            if let Ok(bytes) = std::fs::read(path) {
+                if let Err(e) = node.shared.lock().offer_snapshot(bytes) {
+                    tracing::warn!("cannot offer snapshot {}: {e}", path.display());
+                }
+            }
+        }
+
+        let (apply_tx, apply_rx) = mpsc::channel::<ApplyJob>();
+        let (snap_tx, snap_rx) = mpsc::channel::<SnapshotJob>();
+        let mut threads = Vec::new();
+        {
+            let shared = shared.clone();
+            let storage = storage.clone();
+            let sealer = sealer.clone();
+            threads.push(std::thread::Builder::new().name("applier".into()).spawn(move || {
+                if let Err(e) = applier_loop(&shared, ledger, &storage, &sealer, apply_rx) {
+                    shared.die(format!("applier: {e:#}"));
+                }
+            })?);
+        }
+        {
+            let node2 = node.clone();
+            threads.push(std::thread::Builder::new().name("snapshotter".into()).spawn(move || {
+                for job in snap_rx {
+                    if let Err(e) = node2.write_snapshot(job) {
+                        tracing::error!("snapshot: {e:#}");
+                    }
+                }
+            })?);
+        }
+        {
+            let node2 = node.clone();
+            threads.push(std::thread::Builder::new().name("raft".into()).spawn(move || {
+                if let Err(e) = node2.event_loop(inbox_rx, apply_tx, snap_tx) {
+                    node2.shared.die(format!("event loop: {e:#}"));
+                }
+            })?);
+        }
+        *node.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
         Ok(node)
     }
 
-    fn lock_threads(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    fn wake(&self) {
+        let _ = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).send(LoopEvent::Wake);
     }
 
-    /// Locks the replica for reading its state (status, receipts, commit).
-    pub fn replica(&self) -> MutexGuard<'_, Replica> {
+    /// Locks the core for reading its state (status, receipts, commit).
+    pub fn core(&self) -> MutexGuard<'_, Core> {
         self.shared.lock()
     }
 
     /// The reason the node stopped working, if it did.
     pub fn fatal_error(&self) -> Option<String> {
-        self.shared
-            .fatal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Runs `f` as a transaction, re-running it on conflicts, and orders its writes.
-    pub fn execute<T, E>(
-        &self,
-        mut f: impl FnMut(&mut Tx) -> Result<T, E>,
-    ) -> Result<(T, Outcome), ExecError<E>> {
+    /// First seqno of this run of the node.
+    pub fn startup_seqno(&self) -> u64 {
+        self.startup_seqno
+    }
+
+    /// The ledger secret's sealer (for the join protocol's answers).
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// Reads the ledger secret back from the data directory (to hand to a joining node).
+    pub fn ledger_secret(&self) -> anyhow::Result<LedgerSecret> {
+        Ok(LedgerSecret::load_or_create(&self.paths.file("ledger_secret"))?)
+    }
+
+    /// Runs `f` as a transaction, re-running it on conflicts, and orders its writes (primary only: a write on a
+    /// backup answers [`ExecError::NotPrimary`] so the caller can forward it).
+    pub fn execute<T, E>(&self, mut f: impl FnMut(&mut Tx) -> Result<T, E>) -> Result<(T, Outcome), ExecError<E>> {
         for _ in 0..CONFLICT_RETRIES_MAX {
             if let Some(reason) = self.fatal_error() {
                 return Err(ExecError::Unavailable(reason));
@@ -275,28 +562,28 @@ impl Node {
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Err(ExecError::Unavailable("the node is stopping".into()));
             }
-            let (mut tx, read_id) = {
-                let replica = self.shared.lock();
-                let snapshot = replica.snapshot();
-                let read_id = replica.tx_id_at(snapshot.version());
-                (Tx::new(snapshot), read_id)
+            let (mut tx, read_id, primary) = {
+                let core = self.shared.lock();
+                let snapshot = core.snapshot();
+                let read_id = core.tx_id_at(snapshot.version());
+                (Tx::new(snapshot), read_id, core.is_primary())
             };
             let value = f(&mut tx).map_err(ExecError::Handler)?;
-            // Reads of one snapshot are consistent on their own: nothing to validate or order.
             if tx.is_read_only() {
                 return Ok((value, Outcome::ReadOnly(read_id)));
             }
-            let mut replica = self.shared.lock();
-            match replica.commit_tx(tx, now_secs()) {
+            if !primary {
+                return Err(ExecError::NotPrimary);
+            }
+            let result = self.shared.lock().commit_tx(tx, now_secs());
+            match result {
                 Ok(outcome) => {
-                    if matches!(outcome, Outcome::Written(_)) {
-                        self.shared.work.notify_one();
-                    }
+                    self.wake();
                     return Ok((value, outcome));
                 }
-                Err(ReplicaError::Conflict(_)) => continue,
+                Err(CoreError::Conflict(_)) => continue,
+                Err(CoreError::NotPrimary) => return Err(ExecError::NotPrimary),
                 Err(e) => {
-                    drop(replica);
                     self.shared.die(format!("ordering a transaction: {e}"));
                     return Err(ExecError::Unavailable(e.to_string()));
                 }
@@ -305,86 +592,297 @@ impl Node {
         Err(ExecError::TooManyConflicts)
     }
 
-    fn signer_loop(&self) {
+    /// Runs `f` on the core (primary operations: adding or retiring nodes) and wakes the event loop.
+    pub fn with_core<T>(&self, f: impl FnOnce(&mut Core) -> Result<T, CoreError>) -> Result<T, CoreError> {
+        let result = f(&mut self.shared.lock());
+        self.wake();
+        result
+    }
+
+    fn event_loop(&self, inbox: Receiver<LoopEvent>, apply: Sender<ApplyJob>, snapshots: Sender<SnapshotJob>) -> anyhow::Result<()> {
+        let tick = Duration::from_millis(self.cfg.tick_ms);
+        let sig_every = Duration::from_millis(self.cfg.sig_ms_interval);
+        let mut next_tick = Instant::now() + tick;
+        let mut next_sig = Instant::now() + sig_every;
+        let mut pending_compaction: Option<u64> = None;
+        let mut pending_bytes: HashMap<u64, Vec<u8>> = HashMap::new();
+        self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_bytes)?;
         while !self.shared.stopping.load(Ordering::Acquire) {
-            std::thread::sleep(self.sig_interval);
-            self.sign_now();
+            let now = Instant::now();
+            let deadline = next_tick.min(next_sig);
+            let mut events = Vec::new();
+            match inbox.recv_timeout(deadline.saturating_duration_since(now)) {
+                Ok(ev) => events.push(ev),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while events.len() < 4096 {
+                match inbox.try_recv() {
+                    Ok(ev) => events.push(ev),
+                    Err(_) => break,
+                }
+            }
+            {
+                let mut core = self.shared.lock();
+                for ev in events {
+                    match ev {
+                        LoopEvent::Raft(m) => core.step(m)?,
+                        LoopEvent::Wake => {}
+                        LoopEvent::SnapshotWritten { seqno, digest } => {
+                            if let Some(e) = core.snapshot_written(seqno, &digest, now_secs())? {
+                                tracing::info!(seqno, evidence = %e, "recorded snapshot evidence");
+                            }
+                        }
+                    }
+                }
+                let now = Instant::now();
+                if now >= next_tick {
+                    core.tick()?;
+                    next_tick = now + tick;
+                }
+                if now >= next_sig {
+                    core.emit_signature(now_secs())?;
+                    next_sig = now + sig_every;
+                }
+                if let Some(s) = pending_compaction {
+                    if s <= self.shared.ledger_durable.load(Ordering::Acquire) {
+                        pending_compaction = None;
+                        if let Some(meta) = core.compact_log(s)? {
+                            drop(core);
+                            persist::write(&self.storage, &LogWrite { compacted: Some(&meta), ..Default::default() })?;
+                            tracing::info!(seqno = s, "compacted the Raft log up to a committed snapshot");
+                        }
+                    }
+                }
+            }
+            self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_bytes)?;
+        }
+        // Stopping: sign what is ordered and let it reach the disk and the peers.
+        {
+            let mut core = self.shared.lock();
+            core.emit_signature(now_secs())?;
+        }
+        self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_bytes)?;
+        Ok(())
+    }
+
+    fn process_ready(
+        &self,
+        apply: &Sender<ApplyJob>,
+        snapshots: &Sender<SnapshotJob>,
+        pending_compaction: &mut Option<u64>,
+        pending_bytes: &mut HashMap<u64, Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        loop {
+            let (rd, events) = {
+                let mut core = self.shared.lock();
+                let rd = core.ready()?;
+                (rd, core.take_events())
+            };
+            for event in events {
+                self.handle_event(event, snapshots, pending_compaction, pending_bytes)?;
+            }
+            let Some(rd) = rd else { return Ok(()) };
+            self.handle_ready(rd, apply)?;
         }
     }
 
-    fn sign_now(&self) {
-        let mut replica = self.shared.lock();
-        match replica.emit_signature(now_secs()) {
-            Ok(Some(_)) => self.shared.work.notify_one(),
-            Ok(None) => {}
-            Err(e) => {
-                drop(replica);
-                self.shared.die(format!("signing: {e}"));
-            }
+    fn handle_ready(&self, rd: CoreReady, apply: &Sender<ApplyJob>) -> anyhow::Result<()> {
+        for m in &rd.messages {
+            self.channels.send(m);
         }
+        if let Some(installed) = rd.installed {
+            // Everything before the snapshot is superseded: the applier finishes what it has, then resets.
+            let seqno = installed.meta.index;
+            std::fs::create_dir_all(self.paths.snapshots())?;
+            if find_snapshot(&self.paths, seqno).is_none() {
+                write_private(&self.paths.snapshots().join(format!("snapshot_{seqno}.received")), &installed.bytes)?;
+            }
+            let cs = installed.meta.get_conf_state().clone();
+            persist::write(
+                &self.storage,
+                &LogWrite { clear: true, compacted: Some(&installed.meta), conf_state: Some(&cs), ..Default::default() },
+            )?;
+            let (done_tx, done_rx) = mpsc::sync_channel(1);
+            apply.send(ApplyJob::Reset { state: installed.state, done: done_tx }).map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+            done_rx.recv().map_err(|_| anyhow::anyhow!("the applier stopped"))??;
+            self.shared.ledger_durable.store(seqno, Ordering::Release);
+            tracing::info!(seqno, "installed a snapshot from the primary");
+        }
+        persist::write(
+            &self.storage,
+            &LogWrite {
+                entries: &rd.entries,
+                previous_last: rd.previous_last,
+                hard_state: rd.hard_state.as_ref(),
+                conf_state: rd.conf_state.as_ref(),
+                ..Default::default()
+            },
+        )?;
+        for m in &rd.persisted_messages {
+            self.channels.send(m);
+        }
+        self.shared.lock().on_persisted(rd.number)?;
+        if !rd.committed.is_empty() {
+            apply.send(ApplyJob::Apply(rd.committed)).map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        event: Event,
+        snapshots: &Sender<SnapshotJob>,
+        pending_compaction: &mut Option<u64>,
+        pending_bytes: &mut HashMap<u64, Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        match event {
+            Event::SnapshotDue(job) => {
+                let _ = snapshots.send(job);
+            }
+            Event::SnapshotCommitted { seqno, evidence_seqno, digest } => {
+                let written = self.paths.snapshots().join(snapshot::file_name(seqno, None));
+                let bytes = match pending_bytes.remove(&seqno) {
+                    Some(b) => b,
+                    None => match std::fs::read(&written) {
+                        Ok(b) => b,
+                        Err(_) => {
+                            tracing::warn!(seqno, "snapshot committed but not written here; skipped");
+                            return Ok(());
+                        }
+                    },
+                };
+                if hex::encode(snapshot::digest(&bytes)) != digest {
+                    tracing::error!(seqno, "this node's snapshot differs from the primary's evidence; not using it");
+                    return Ok(());
+                }
+                let committed = self.paths.snapshots().join(snapshot::file_name(seqno, Some(evidence_seqno)));
+                std::fs::rename(&written, &committed)?;
+                tracing::info!(seqno, evidence = evidence_seqno, "snapshot committed");
+                self.shared.lock().offer_snapshot(bytes)?;
+                *pending_compaction = Some(seqno);
+                for (_, _, old) in committed_snapshots(&self.paths).into_iter().skip(SNAPSHOTS_KEPT) {
+                    let _ = std::fs::remove_file(old);
+                }
+            }
+            Event::NodesChanged => {
+                let core = self.shared.lock();
+                refresh_directory(&self.directory, core.committed_state(), core.raft_id());
+            }
+            Event::Role(_) => {}
+        }
+        Ok(())
+    }
+
+    fn write_snapshot(&self, job: SnapshotJob) -> anyhow::Result<()> {
+        let seqno = job.state.version();
+        let conf = job.conf_state.write_to_bytes()?;
+        let bytes = snapshot::encode(&job.state, job.view, conf, &job.frontier, &job.views, &self.sealer)?;
+        let digest = snapshot::digest(&bytes);
+        write_private(&self.paths.snapshots().join(snapshot::file_name(seqno, None)), &bytes)?;
+        tracing::info!(seqno, bytes = bytes.len(), "wrote a snapshot");
+        let _ = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).send(LoopEvent::SnapshotWritten { seqno, digest });
+        Ok(())
     }
 
     /// Stops accepting transactions, signs and flushes what was ordered, and joins the threads.
     pub fn shutdown(&self) {
-        self.sign_now();
         self.shared.stopping.store(true, Ordering::Release);
-        self.shared.work.notify_all();
-        let threads = std::mem::take(&mut *self.lock_threads());
+        self.wake();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
         }
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Replica> {
-        // A panic while holding the lock is a bug elsewhere; the replica's state is still consistent because
-        // every mutation completes before the guard drops.
-        self.replica.lock().unwrap_or_else(|p| p.into_inner())
+fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
+    let mut fresh = HashMap::new();
+    if let Some(m) = state.map(maps::NODES_INFO) {
+        for (k, e) in m.iter() {
+            let Ok(node_id) = std::str::from_utf8(k) else { continue };
+            let Ok(info) = serde_json::from_slice::<serde_json::Value>(&e.value) else { continue };
+            let id = raft_id(node_id);
+            if id == self_id {
+                continue;
+            }
+            fresh.insert(
+                id,
+                PeerInfo {
+                    node_id: node_id.to_string(),
+                    node_address: info["node_address"].as_str().unwrap_or_default().to_string(),
+                    rpc_address: info["rpc_address"].as_str().unwrap_or_default().to_string(),
+                    status: info["status"].as_str().unwrap_or_default().to_string(),
+                },
+            );
+        }
     }
-
-    fn die(&self, reason: String) {
-        tracing::error!("{reason}; the node stops");
-        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
-        self.stopping.store(true, Ordering::Release);
-        self.work.notify_all();
+    let mut d = directory.write().unwrap_or_else(|p| p.into_inner());
+    // Peers learnt at join time stay until the nodes table (which lags behind while catching up) knows them.
+    for (id, info) in d.drain() {
+        fresh.entry(id).or_insert(info);
     }
+    *d = fresh;
 }
 
-fn writer_loop(
+fn persist_state(storage: &Storage, sealer: &Sealer, batch: &[CommittedEntry]) -> anyhow::Result<()> {
+    // Entries replayed for the ledger only (their writes empty) are at or below the stored seqno: skipped.
+    let rows: Vec<_> = batch.iter().map(|c| (c.tx_id.seqno, &c.writes.public, &c.writes.private)).collect();
+    Ok(storage.apply_committed(&rows, sealer)?)
+}
+
+fn applier_loop(
     shared: &Shared,
-    writer: &mut LedgerWriter,
-    apply: &mpsc::Sender<Vec<CommittedWrites>>,
+    mut ledger: LedgerWriter,
+    storage: &Storage,
+    sealer: &Sealer,
+    jobs: Receiver<ApplyJob>,
 ) -> anyhow::Result<()> {
-    loop {
-        let frames = {
-            let mut replica = shared.lock();
-            while !replica.has_pending() && !shared.stopping.load(Ordering::Acquire) {
-                replica = shared.work.wait(replica).unwrap_or_else(|p| p.into_inner());
+    while let Ok(first) = jobs.recv() {
+        let mut batch: Vec<CommittedEntry> = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                ApplyJob::Apply(entries) => batch.extend(entries),
+                ApplyJob::Reset { state, done } => {
+                    flush(&mut ledger, storage, sealer, &mut batch, shared)?;
+                    let result = storage
+                        .replace_state(&state, sealer)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|_| ledger.reset_after_snapshot(state.version()).map_err(anyhow::Error::from));
+                    let failed = result.as_ref().err().map(|e| format!("{e:#}"));
+                    let _ = done.send(result);
+                    if let Some(e) = failed {
+                        bail!("installing a snapshot: {e}");
+                    }
+                }
             }
-            let frames = replica.take_pending();
-            if frames.is_empty() {
-                return Ok(()); // stopping, and everything ordered is on disk
+            if batch.len() < 10_000 {
+                next = jobs.try_recv().ok();
             }
-            frames
-        };
-        writer.append(&frames)?;
-        writer.sync()?;
-        let committed = shared.lock().on_durable(writer.last_seqno())?;
-        if !committed.is_empty() && apply.send(committed).is_err() {
-            bail!("the applier stopped");
         }
-        if shared.fatal.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-            return Ok(());
-        }
+        flush(&mut ledger, storage, sealer, &mut batch, shared)?;
     }
+    Ok(())
 }
 
-fn persist(storage: &Storage, sealer: &Sealer, batch: &[CommittedWrites]) -> anyhow::Result<()> {
+fn flush(ledger: &mut LedgerWriter, storage: &Storage, sealer: &Sealer, batch: &mut Vec<CommittedEntry>, shared: &Shared) -> anyhow::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
-    let rows: Vec<_> = batch.iter().map(|w| (w.seqno, &w.public, &w.private)).collect();
+    ledger.append(batch)?;
+    ledger.sync()?;
+    let rows: Vec<_> = batch.iter().map(|c| (c.tx_id.seqno, &c.writes.public, &c.writes.private)).collect();
     storage.apply_committed(&rows, sealer)?;
+    shared.ledger_durable.store(ledger.last_seqno(), Ordering::Release);
+    batch.clear();
+    Ok(())
+}
+
+/// Writes a small file atomically (the address files tests and scripts wait for).
+pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -38,7 +38,7 @@ async fn logging_app_writes_reads_and_deletes() -> anyhow::Result<()> {
                 json!({"id": 42, "msg": format!("hello {vis}")}),
             )
             .await?;
-            ensure!(id.view >= 2 && id.seqno > 1, "{id}");
+            ensure!(id.view >= 1 && id.seqno > 1, "{id}");
             let r = c.get(&format!("/app/log/{vis}?id=42")).await?;
             ensure!(r.status == 200, "{}", r.text());
             ensure!(r.json_value()?["msg"] == format!("hello {vis}"));
@@ -103,8 +103,8 @@ async fn tx_status_goes_pending_then_committed() -> anyhow::Result<()> {
         ensure!(c.wait_for_commit(first, COMMIT_WAIT).await? == TxStatus::Committed);
         let committed = c.commit().await?;
         ensure!(
-            committed.seqno > first.seqno + 4,
-            "the signature after the 5th write commits: {committed}"
+            committed.seqno > first.seqno,
+            "a signature after the first write commits it: {committed}"
         );
         let r = c.get("/node/tx?transaction_id=nonsense").await?;
         ensure!(r.status == 400 && r.api_error().context("error")?.code == "InvalidTransactionId");

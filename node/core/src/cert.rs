@@ -93,6 +93,30 @@ pub fn generate_endorsed(
     })
 }
 
+/// A certificate for the public key of `subject_cert_der` (typically a joining node's self-signed certificate),
+/// signed by `issuer`: how the service endorses a node that proved it holds that key.
+pub fn endorse_public_key(
+    subject_cert_der: &[u8],
+    common_name: &str,
+    san_ips: &[IpAddr],
+    san_dns: &[String],
+    issuer: &Identity,
+) -> Result<String, CertError> {
+    let subject = parse(subject_cert_der)?;
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(subject.public_key().raw).map_err(gen_err)?;
+    let issuer_key = KeyPair::from_pem(&issuer.key_pem).map_err(|e| CertError::Key(e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_pem(&issuer.cert_pem, issuer_key).map_err(gen_err)?;
+    let mut params = named_params(common_name, san_dns.to_vec())?;
+    params.subject_alt_names.extend(san_ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    Ok(params.signed_by(&spki, &issuer).map_err(gen_err)?.pem())
+}
+
+/// Whether two certificates carry the same public key.
+pub fn same_public_key(a_der: &[u8], b_der: &[u8]) -> Result<bool, CertError> {
+    Ok(parse(a_der)?.public_key().raw == parse(b_der)?.public_key().raw)
+}
+
 /// The DER of the first CERTIFICATE block in `pem`.
 pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, CertError> {
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
@@ -229,6 +253,16 @@ mod tests {
             public_key_id_hex(&service_der).unwrap()
         );
         assert!(pem_to_der("garbage").is_err());
+
+        // A joining node's own key, endorsed by the service.
+        let joiner = generate_self_signed("joiner", false).unwrap();
+        let joiner_der = pem_to_der(&joiner.cert_pem).unwrap();
+        let endorsed = endorse_public_key(&joiner_der, "n1", &["127.0.0.1".parse().unwrap()], &[], &service).unwrap();
+        let endorsed_der = pem_to_der(&endorsed).unwrap();
+        verify_endorsement(&endorsed_der, &service_der).unwrap();
+        assert!(same_public_key(&endorsed_der, &joiner_der).unwrap());
+        assert_eq!(public_key_id_hex(&endorsed_der).unwrap(), public_key_id_hex(&joiner_der).unwrap());
+        assert!(!same_public_key(&endorsed_der, &node_der).unwrap());
         assert!(signing_key_from_pem("garbage").is_err());
     }
 }

@@ -164,10 +164,8 @@ impl Sim {
                         if let Some((_, bytes)) =
                             self.nodes[i].snapshots.iter().find(|(s, _)| *s == seqno).cloned()
                         {
-                            self.nodes[i]
-                                .core
-                                .use_snapshot(bytes, true)
-                                .expect("use snapshot");
+                            self.nodes[i].core.offer_snapshot(bytes).expect("offer snapshot");
+                            self.nodes[i].core.compact_log(seqno).expect("compact");
                         }
                     }
                     _ => {}

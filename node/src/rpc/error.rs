@@ -15,16 +15,14 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for a person.
     pub message: String,
+    /// The request must run on the primary: the forwarding layer sends it there instead of answering.
+    pub forward: bool,
 }
 
 impl ApiError {
     /// Any error with a status and code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into(), forward: false }
     }
     /// 400 InvalidInput.
     pub fn invalid_input(message: impl Into<String>) -> ApiError {
@@ -57,7 +55,11 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.forward {
+            response.extensions_mut().insert(super::forward::ForwardToPrimary);
+        }
+        response
     }
 }
 
@@ -65,6 +67,10 @@ impl From<ExecError<ApiError>> for ApiError {
     fn from(e: ExecError<ApiError>) -> ApiError {
         match e {
             ExecError::Handler(e) => e,
+            ExecError::NotPrimary => ApiError {
+                forward: true,
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotPrimary", "this node is not the primary; retry")
+            },
             ExecError::TooManyConflicts => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "TransactionConflict",

@@ -2,11 +2,14 @@
 //! hyper HTTP/1.1 connections, and the axum router that maps CCF's paths to the node and app endpoints.
 //!
 //! ```text
-//!  TCP accept ─▶ TLS handshake (peer cert kept) ─▶ hyper conn ─▶ Peer inserted ─▶ axum router ─▶ handler
+//!  TCP accept ─▶ TLS handshake (peer cert kept) ─▶ hyper conn ─▶ Peer (or the caller a node forwarded for)
+//!      ─▶ forwarding layer ─▶ axum router ─▶ handler ─(writes on a backup)─▶ forwarded to the primary
 //! ```
 
 pub mod error;
 pub mod extract;
+pub mod forward;
+mod join;
 mod node_endpoints;
 
 use std::sync::Arc;
@@ -45,13 +48,29 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Client for forwarding to the primary (authenticated as this node).
+    pub forward_client: reqwest::Client,
+    /// The service certificate (DER).
+    pub service_cert_der: Vec<u8>,
 }
 
-/// The TLS peer of a request: its client certificate, if it sent one.
+impl AppState {
+    /// Shared state for the router.
+    pub fn new(node: Arc<Node>, max_body_bytes: usize) -> anyhow::Result<AppState> {
+        let forward_client =
+            forward::node_client(&node.node_identity.cert_pem, &node.node_identity.key_pem, &node.service_cert_pem)?;
+        let service_cert_der = cert::pem_to_der(&node.service_cert_pem)?;
+        Ok(AppState { node, max_body_bytes, forward_client, service_cert_der })
+    }
+}
+
+/// Who a request speaks for: the TLS client certificate, or the caller a trusted node forwarded it for.
 #[derive(Clone, Default)]
 pub struct Peer {
-    /// DER of the client's end-entity certificate.
+    /// DER of the caller's certificate.
     pub cert_der: Option<Arc<Vec<u8>>>,
+    /// Whether a node forwarded this request.
+    pub forwarded: bool,
 }
 
 /// An authenticated user.
@@ -69,7 +88,7 @@ impl AppState {
         let id = cert::cert_fingerprint_hex(der);
         if self
             .node
-            .replica()
+            .core()
             .snapshot()
             .get(maps::USERS_CERTS, id.as_bytes())
             .is_none()
@@ -77,6 +96,19 @@ impl AppState {
             return Err(ApiError::unauthorized(format!(
                 "the client certificate (id {id}) is not a known user"
             )));
+        }
+        Ok(User { id })
+    }
+
+    /// Requires a client certificate registered in `public:ccf.gov.members.certs`.
+    pub fn authenticate_member(&self, peer: &Peer) -> Result<User, ApiError> {
+        let der = peer
+            .cert_der
+            .as_ref()
+            .ok_or_else(|| ApiError::unauthorized("this endpoint requires a member's TLS client certificate"))?;
+        let id = cert::cert_fingerprint_hex(der);
+        if self.node.core().snapshot().get(maps::MEMBERS_CERTS, id.as_bytes()).is_none() {
+            return Err(ApiError::unauthorized(format!("the client certificate (id {id}) is not a known member")));
         }
         Ok(User { id })
     }
@@ -95,6 +127,7 @@ pub fn with_tx_id(tx_id: TxId, response: impl IntoResponse) -> Response {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(node_endpoints::routes())
+        .merge(join::routes())
         .merge(crate::apps::logging::routes())
         .merge(crate::apps::kv::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -105,6 +138,7 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), forward::layer))
         .with_state(state)
 }
 
@@ -189,7 +223,7 @@ pub fn tls_config(node: &Node) -> anyhow::Result<Arc<ServerConfig>> {
 }
 
 /// Serves HTTPS on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, router: Router) -> anyhow::Result<()> {
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, router: Router, state: AppState) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (stream, _) = match listener.accept().await {
@@ -204,6 +238,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, router: Router
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(
                 Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
@@ -217,19 +252,15 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, router: Router
                 }
                 Err(_) => return,
             };
-            let peer = Peer {
-                cert_der: tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| Arc::new(c.to_vec())),
+            let connection = Peer {
+                cert_der: tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec())),
+                forwarded: false,
             };
-            let service =
-                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
-                    router.clone().oneshot(req)
-                });
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let peer = forward::resolve_peer(&state, &connection, req.headers());
+                req.extensions_mut().insert(peer);
+                router.clone().oneshot(req)
+            });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
                 .await

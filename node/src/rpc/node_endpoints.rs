@@ -1,5 +1,5 @@
-//! `/node/*` (no authentication) and `/app/receipt` (users): transaction status, commit, node and network state,
-//! and receipts, with CCF's paths and JSON shapes.
+//! `/node/*` (no authentication) and `/app/receipt` (users): transaction status, commit, node, network and
+//! consensus state, and receipts, with CCF's paths and JSON shapes.
 
 use axum::extract::{Extension, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -8,10 +8,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use synod_core::maps;
 use synod_core::txid::TxStatus;
 
 use super::{extract, ApiError, AppState, Peer};
-use crate::replica::ReceiptUnavailable;
+use crate::consensus::raft_id;
+use crate::core::ReceiptUnavailable;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -19,6 +21,9 @@ pub fn routes() -> Router<AppState> {
         .route("/node/commit", get(commit))
         .route("/node/state", get(node_state))
         .route("/node/network", get(network))
+        .route("/node/network/nodes", get(network_nodes))
+        .route("/node/primary", get(primary).head(primary_head))
+        .route("/node/consensus", get(consensus))
         .route("/node/version", get(version))
         .route("/app/receipt", get(receipt))
 }
@@ -31,33 +36,150 @@ struct TxQuery {
 async fn tx_status(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let q: TxQuery = extract::query(q)?;
     let tx = extract::tx_id(&q.transaction_id)?;
-    let status = app.node.replica().tx_status(tx);
+    let status = app.node.core().tx_status(tx);
     Ok(Json(json!({ "status": status, "transaction_id": tx })).into_response())
 }
 
 async fn commit(State(app): State<AppState>) -> Response {
-    let committed = app.node.replica().committed();
+    let committed = app.node.core().committed();
     super::with_tx_id(committed, Json(json!({ "transaction_id": committed })))
 }
 
 async fn node_state(State(app): State<AppState>) -> Response {
-    let replica = app.node.replica();
+    let core = app.node.core();
+    let state = if core.is_member() {
+        "PartOfNetwork"
+    } else if core.committed_state().get(maps::NODES_INFO, core.node_id().as_bytes()).is_some_and(|v| {
+        serde_json::from_slice::<serde_json::Value>(v).is_ok_and(|i| i["status"] == "Retired")
+    }) {
+        "Retired"
+    } else {
+        "Pending"
+    };
     Json(json!({
-        "node_id": replica.node_id(),
-        "state": "PartOfNetwork",
-        "last_signed_seqno": replica.last_signed_seqno(),
-        "startup_seqno": replica.startup_seqno(),
+        "node_id": core.node_id(),
+        "state": state,
+        "last_signed_seqno": core.last_signed_seqno(),
+        "startup_seqno": app.node.startup_seqno(),
+        "history_start_seqno": core.history_start(),
     }))
     .into_response()
 }
 
+fn service_status(app: &AppState) -> String {
+    let core = app.node.core();
+    core.committed_state()
+        .get(maps::SERVICE_INFO, b"")
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .and_then(|v| v["status"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "Opening".into())
+}
+
+fn primary_node_id(app: &AppState) -> Option<String> {
+    let core = app.node.core();
+    let primary = core.primary();
+    if primary == 0 {
+        return None;
+    }
+    if primary == core.raft_id() {
+        return Some(core.node_id().to_string());
+    }
+    drop(core);
+    app.node.directory.read().unwrap_or_else(|p| p.into_inner()).get(&primary).map(|p| p.node_id.clone())
+}
+
 async fn network(State(app): State<AppState>) -> Response {
-    let replica = app.node.replica();
+    let status = service_status(&app);
+    let primary = primary_node_id(&app);
+    let core = app.node.core();
     Json(json!({
         "service_certificate": app.node.service_cert_pem,
-        "service_status": "Open",
-        "current_view": replica.view(),
-        "primary_id": replica.node_id(),
+        "service_status": status,
+        "current_view": core.view(),
+        "primary_id": primary,
+    }))
+    .into_response()
+}
+
+async fn network_nodes(State(app): State<AppState>) -> Response {
+    let primary = primary_node_id(&app);
+    let core = app.node.core();
+    let (voters, learners) = core.configuration();
+    let mut nodes = Vec::new();
+    if let Some(m) = core.committed_state().map(maps::NODES_INFO) {
+        for (k, e) in m.iter() {
+            let node_id = String::from_utf8_lossy(k).to_string();
+            let info: serde_json::Value = serde_json::from_slice(&e.value).unwrap_or_default();
+            let id = raft_id(&node_id);
+            let role = if voters.contains(&id) {
+                "Voter"
+            } else if learners.contains(&id) {
+                "Learner"
+            } else {
+                "None"
+            };
+            nodes.push(json!({
+                "node_id": node_id,
+                "name": info["name"],
+                "status": info["status"],
+                "primary": primary.as_deref() == Some(node_id.as_str()),
+                "consensus_role": role,
+                "rpc_interfaces": { "primary_rpc_interface": { "published_address": info["rpc_address"] } },
+                "node_address": info["node_address"],
+                "measurement": info["measurement"],
+            }));
+        }
+    }
+    Json(json!({ "nodes": nodes })).into_response()
+}
+
+async fn primary(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let primary = primary_node_id(&app).ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NoPrimary", "no primary is known right now; retry")
+    })?;
+    let core = app.node.core();
+    let address = if primary == core.node_id() {
+        app.node.rpc_address.to_string()
+    } else {
+        let directory = app.node.directory.read().unwrap_or_else(|p| p.into_inner());
+        directory.get(&raft_id(&primary)).map(|p| p.rpc_address.clone()).unwrap_or_default()
+    };
+    Ok(Json(json!({
+        "primary_id": primary,
+        "url": format!("https://{address}"),
+        "current_view": core.view(),
+        "is_this_node": primary == core.node_id(),
+    }))
+    .into_response())
+}
+
+/// CCF's `HEAD /node/primary`: 200 on the primary, 404 elsewhere (load balancers use it).
+async fn primary_head(State(app): State<AppState>) -> StatusCode {
+    if app.node.core().is_primary() {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn consensus(State(app): State<AppState>) -> Response {
+    let core = app.node.core();
+    let (voters, learners) = core.configuration();
+    let progress: Vec<_> = core.progress().into_iter().map(|(id, matched)| json!({ "raft_id": id, "matched": matched })).collect();
+    Json(json!({
+        "details": {
+            "node_id": core.node_id(),
+            "raft_id": core.raft_id(),
+            "role": if core.is_primary() { "Leader" } else { "Follower" },
+            "current_view": core.view(),
+            "primary_raft_id": core.primary(),
+            "last_seqno": core.last_seqno(),
+            "raft_commit_seqno": core.raft_commit(),
+            "committed": core.committed(),
+            "voters": voters,
+            "learners": learners,
+            "progress": progress,
+        }
     }))
     .into_response()
 }
@@ -80,15 +202,11 @@ async fn receipt(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("application/cose"));
-    let replica = app.node.replica();
+    let core = app.node.core();
     let answer = if wants_cose {
-        replica
-            .cose_receipt(tx)
-            .map(|bytes| ([(header::CONTENT_TYPE, "application/cose")], bytes).into_response())
+        core.cose_receipt(tx).map(|bytes| ([(header::CONTENT_TYPE, "application/cose")], bytes).into_response())
     } else {
-        replica
-            .json_receipt(tx)
-            .map(|receipt| Json(receipt).into_response())
+        core.json_receipt(tx).map(|receipt| Json(receipt).into_response())
     };
     answer.map_err(|e| match e {
         ReceiptUnavailable::NotCommitted(_, TxStatus::Invalid) => ApiError::new(
@@ -102,6 +220,7 @@ async fn receipt(
             format!("transaction {tx} is {status:?}; receipts exist only for Committed transactions"),
         ),
         ReceiptUnavailable::SignatureTransaction(_) => ApiError::invalid_input(e.to_string()),
+        ReceiptUnavailable::BeforeSnapshot(..) => ApiError::new(StatusCode::NOT_FOUND, "TransactionBeforeSnapshot", e.to_string()),
         ReceiptUnavailable::Internal(message) => ApiError::internal(message),
     })
 }

@@ -1,0 +1,295 @@
+//! Node-to-node channels: Raft messages over mutually authenticated TLS.
+//!
+//! ```text
+//!  Core ready ─▶ Channels::send(msg) ─▶ per-peer queue ─▶ writer task ══TLS══▶ peer's acceptor ─▶ its event loop
+//! ```
+//!
+//! Both ends present their node certificate and check the other's: it must be endorsed by the service
+//! identity, belong to a node in the service's nodes table (the directory), and — on each frame — carry the Raft
+//! id the frame claims to come from, so a node cannot speak for another. Frames are `u32 BE length ‖ PeerFrame`
+//! (prost) whose payload is the raft-rs message. Queues are bounded: when a peer is slow or down, messages are
+//! dropped and Raft retransmits.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use synod_core::cert;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::consensus::raft_id;
+
+/// Largest frame accepted (a snapshot travels in one message).
+pub const FRAME_BYTES_MAX: usize = 256 << 20;
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE_MAX: usize = 8192;
+const CONNECT_TIMEOUT_MS: u64 = 2000;
+const RECONNECT_BACKOFF_MAX_MS: u64 = 1000;
+
+/// One frame on a channel.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PeerFrame {
+    /// Sender's Raft id.
+    #[prost(uint64, tag = "1")]
+    pub from: u64,
+    /// raft-rs message (protobuf).
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: Vec<u8>,
+}
+
+/// Where a peer is and who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Hex node id.
+    pub node_id: String,
+    /// Node-to-node address.
+    pub node_address: String,
+    /// Client-facing HTTPS address.
+    pub rpc_address: String,
+    /// Status in the nodes table.
+    pub status: String,
+}
+
+/// Known nodes by Raft id (from the nodes table; shared with the RPC layer for forwarding).
+pub type Directory = Arc<RwLock<HashMap<u64, PeerInfo>>>;
+
+/// The outbound half: one queue and writer task per peer.
+pub struct Channels {
+    self_id: u64,
+    directory: Directory,
+    queues: Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>,
+    client_config: Arc<ClientConfig>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// TLS material for channels.
+pub struct ChannelTls {
+    /// The node's certificate (PEM), endorsed by the service.
+    pub node_cert_pem: String,
+    /// The node's key (PKCS#8 PEM).
+    pub node_key_pem: String,
+    /// The service certificate (PEM).
+    pub service_cert_pem: String,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl ChannelTls {
+    fn cert_chain(&self) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+        let cert = CertificateDer::from(cert::pem_to_der(&self.node_cert_pem)?);
+        let key = PrivateKeyDer::from_pem_slice(self.node_key_pem.as_bytes())?;
+        Ok((vec![cert], key))
+    }
+
+    fn roots(&self) -> anyhow::Result<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(cert::pem_to_der(&self.service_cert_pem)?))?;
+        Ok(roots)
+    }
+
+    /// Client side: trust only the service identity, present the node certificate.
+    pub fn client_config(&self) -> anyhow::Result<Arc<ClientConfig>> {
+        let (chain, key) = self.cert_chain()?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(chain, key)?;
+        Ok(Arc::new(config))
+    }
+
+    /// Server side: require a client certificate endorsed by the service identity.
+    pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
+        let (chain, key) = self.cert_chain()?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider()).build()?;
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        Ok(Arc::new(config))
+    }
+}
+
+fn peer_raft_id(certs: Option<&[CertificateDer<'_>]>) -> Option<u64> {
+    let der = certs?.first()?;
+    Some(raft_id(&cert::public_key_id_hex(der).ok()?))
+}
+
+impl Channels {
+    /// Outbound channels for node `self_id`.
+    pub fn new(self_id: u64, directory: Directory, tls: &ChannelTls, runtime: tokio::runtime::Handle) -> anyhow::Result<Channels> {
+        Ok(Channels { self_id, directory, queues: Mutex::new(HashMap::new()), client_config: tls.client_config()?, runtime })
+    }
+
+    /// Queues `msg` for its destination; drops it if the peer is unknown or its queue is full.
+    pub fn send(&self, msg: &Message) {
+        let to = msg.to;
+        let payload = match msg.write_to_bytes() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("encoding a raft message: {e}");
+                return;
+            }
+        };
+        let frame = PeerFrame { from: self.self_id, payload }.encode_to_vec();
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = queues.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            let directory = self.directory.clone();
+            let config = self.client_config.clone();
+            self.runtime.spawn(writer(to, rx, directory, config));
+            tx
+        });
+        if queue.try_send(frame).is_err() {
+            tracing::debug!(peer = to, "peer queue full or closed; dropping a message");
+        }
+    }
+}
+
+async fn connect(to: u64, directory: &Directory, config: &Arc<ClientConfig>) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let info = directory
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&to)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("peer {to} is not in the nodes table"))?;
+    let addr: SocketAddr = info.node_address.parse()?;
+    let tcp = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(addr)).await??;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = tokio::time::timeout(
+        Duration::from_millis(CONNECT_TIMEOUT_MS),
+        TlsConnector::from(config.clone()).connect(name, tcp),
+    )
+    .await??;
+    // Endorsed by the service is not enough: it must be the node we meant to reach.
+    if peer_raft_id(tls.get_ref().1.peer_certificates()) != Some(to) {
+        anyhow::bail!("{addr} presented the certificate of another node");
+    }
+    Ok(tls)
+}
+
+async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, config: Arc<ClientConfig>) {
+    let mut backoff = 50;
+    let mut pending: Option<Vec<u8>> = None;
+    loop {
+        let stream = match connect(to, &directory, &config).await {
+            Ok(s) => {
+                backoff = 50;
+                s
+            }
+            Err(e) => {
+                tracing::debug!(peer = to, "cannot connect: {e:#}");
+                // Drop what queued up meanwhile: Raft will resend what still matters.
+                while rx.try_recv().is_ok() {}
+                pending = None;
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX_MS);
+                if rx.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut out = BufWriter::new(stream);
+        loop {
+            let frame = match pending.take() {
+                Some(f) => f,
+                None => match rx.recv().await {
+                    Some(f) => f,
+                    None => return,
+                },
+            };
+            let mut batch = vec![frame];
+            while let Ok(f) = rx.try_recv() {
+                batch.push(f);
+                if batch.len() >= 256 {
+                    break;
+                }
+            }
+            let mut failed = false;
+            for f in &batch {
+                if out.write_all(&(f.len() as u32).to_be_bytes()).await.is_err() || out.write_all(f).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || out.flush().await.is_err() {
+                tracing::debug!(peer = to, "connection lost");
+                break;
+            }
+        }
+    }
+}
+
+/// Accepts peers' connections and hands their messages to `deliver`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    directory: Directory,
+    deliver: Arc<dyn Fn(Message) + Send + Sync>,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("node-to-node accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, directory, deliver) = (acceptor.clone(), directory.clone(), deliver.clone());
+        tokio::spawn(async move {
+            if let Err(e) = read_peer(acceptor, tcp, directory, deliver).await {
+                tracing::debug!(%addr, "node-to-node connection: {e:#}");
+            }
+        });
+    }
+}
+
+async fn read_peer(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    directory: Directory,
+    deliver: Arc<dyn Fn(Message) + Send + Sync>,
+) -> anyhow::Result<()> {
+    let mut tls = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), acceptor.accept(tcp)).await??;
+    let peer = peer_raft_id(tls.get_ref().1.peer_certificates()).ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
+    if !directory.read().unwrap_or_else(|p| p.into_inner()).contains_key(&peer) {
+        anyhow::bail!("node {peer} is not in the nodes table");
+    }
+    let mut len = [0u8; 4];
+    loop {
+        if tls.read_exact(&mut len).await.is_err() {
+            return Ok(()); // closed
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > FRAME_BYTES_MAX {
+            anyhow::bail!("frame of {n} bytes from node {peer}");
+        }
+        let mut buf = vec![0u8; n];
+        tls.read_exact(&mut buf).await?;
+        let frame = PeerFrame::decode(buf.as_slice())?;
+        if frame.from != peer {
+            anyhow::bail!("node {peer} sent a frame claiming to be from {}", frame.from);
+        }
+        let msg = Message::parse_from_bytes(&frame.payload)?;
+        if msg.from != peer {
+            anyhow::bail!("node {peer} sent a message claiming to be from {}", msg.from);
+        }
+        deliver(msg);
+    }
+}

@@ -1,0 +1,157 @@
+//! Forwarding: a backup runs every request locally; when the transaction would write, the handler answers with a
+//! [`ForwardToPrimary`] marker and this layer sends the original request to the primary over HTTPS, authenticated
+//! as this node, with the caller's certificate in a header the primary trusts only from a node. The client sees
+//! the primary's answer as if it had called the primary (CCF's behaviour).
+//!
+//! ```text
+//!  client ─▶ backup: buffer body ─▶ handler ─(would write)─▶ marker ─▶ POST https://primary/... ─▶ answer
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use synod_core::cert;
+
+use super::{ApiError, AppState, Peer};
+use crate::consensus::raft_id;
+
+/// Header carrying the original caller's certificate (base64 DER) on a forwarded request.
+pub const FORWARDED_CALLER: &str = "x-synod-forwarded-caller";
+/// Header marking a forwarded request (it is never forwarded again).
+pub const FORWARDED: &str = "x-synod-forwarded";
+const FORWARD_TIMEOUT_MS: u64 = 30_000;
+
+/// Response extension: this request must run on the primary.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardToPrimary;
+
+/// The answer of a handler whose transaction would write on a backup.
+pub fn to_primary() -> Response {
+    let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotPrimary", "this node is not the primary").into_response();
+    r.extensions_mut().insert(ForwardToPrimary);
+    r
+}
+
+/// An HTTPS client that authenticates as this node and trusts only the service identity.
+pub fn node_client(node_cert_pem: &str, node_key_pem: &str, service_cert_pem: &str) -> anyhow::Result<reqwest::Client> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(cert::pem_to_der(service_cert_pem)?))?;
+    let chain = vec![CertificateDer::from(cert::pem_to_der(node_cert_pem)?)];
+    let key = PrivateKeyDer::from_pem_slice(node_key_pem.as_bytes())?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// The caller a request speaks for: its own TLS certificate, or — when a trusted node forwarded it — the
+/// certificate that node vouches for.
+pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::HeaderMap) -> Peer {
+    let Some(value) = headers.get(FORWARDED_CALLER).or_else(|| headers.get(FORWARDED)) else {
+        return connection.clone();
+    };
+    let from_node = connection.cert_der.as_ref().is_some_and(|der| {
+        cert::verify_endorsement(der, &state.service_cert_der).is_ok()
+            && cert::public_key_id_hex(der)
+                .map(|id| {
+                    let directory = state.node.directory.read().unwrap_or_else(|p| p.into_inner());
+                    directory.contains_key(&raft_id(&id))
+                })
+                .unwrap_or(false)
+    });
+    if !from_node {
+        return Peer { forwarded: false, ..connection.clone() }; // a client cannot claim to be forwarded
+    }
+    let caller = headers
+        .get(FORWARDED_CALLER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .map(Arc::new);
+    let _ = value;
+    Peer { cert_der: caller, forwarded: true }
+}
+
+/// Middleware: runs the request here, and forwards it to the primary if the handler asks to.
+pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match Limited::new(body, state.max_body_bytes).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestBodyTooLarge",
+                format!("request body is larger than {} bytes", state.max_body_bytes),
+            )
+            .into_response()
+        }
+        Err(e) => return ApiError::invalid_input(format!("reading the request body: {e}")).into_response(),
+    };
+    let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
+    let local = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
+    let response = next.run(local).await;
+    if response.extensions().get::<ForwardToPrimary>().is_none() {
+        return response;
+    }
+    if peer.forwarded {
+        // The primary moved on since the backup forwarded this: let the client retry.
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotPrimary", "the primary changed; retry").into_response();
+    }
+    match forward(&state, &parts, bytes, &peer).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward(state: &AppState, parts: &axum::http::request::Parts, body: bytes::Bytes, peer: &Peer) -> Result<Response, ApiError> {
+    let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m);
+    let primary = state.node.core().primary();
+    let address = state
+        .node
+        .directory
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&primary)
+        .map(|p| p.rpc_address.clone())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| unavailable("no primary is known right now (an election may be under way); retry".into()))?;
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = format!("https://{address}{path}");
+    let mut request = state.forward_client.request(parts.method.clone(), &url).body(body);
+    for name in [axum::http::header::CONTENT_TYPE, axum::http::header::ACCEPT] {
+        if let Some(v) = parts.headers.get(&name) {
+            request = request.header(name, v.clone());
+        }
+    }
+    let caller = peer.cert_der.as_ref().map(|d| base64::engine::general_purpose::STANDARD.encode(d.as_slice())).unwrap_or_default();
+    request = request.header(FORWARDED, "1").header(FORWARDED_CALLER, caller);
+    let answer = request.send().await.map_err(|e| unavailable(format!("forwarding to the primary at {address}: {e}")))?;
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = answer.bytes().await.map_err(|e| unavailable(format!("reading the primary's answer: {e}")))?;
+    let mut response = Response::builder().status(status.as_u16());
+    for (name, value) in headers.iter() {
+        let keep = name == "content-type" || name.as_str() == super::TX_ID_HEADER;
+        if keep {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_str().as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
+                response = response.header(n, v);
+            }
+        }
+    }
+    response.body(Body::from(bytes)).map_err(|e| ApiError::internal(e.to_string()))
+}
