@@ -69,8 +69,11 @@ impl VirtualPlatform {
     /// Measures the running binary.
     pub fn measure_self() -> Result<VirtualPlatform, AttestationError> {
         let exe = std::env::current_exe().map_err(|e| AttestationError::Measure(e.to_string()))?;
-        let bytes = std::fs::read(&exe).map_err(|e| AttestationError::Measure(format!("{}: {e}", exe.display())))?;
-        Ok(VirtualPlatform { measurement: sha256(&bytes) })
+        let bytes =
+            std::fs::read(&exe).map_err(|e| AttestationError::Measure(format!("{}: {e}", exe.display())))?;
+        Ok(VirtualPlatform {
+            measurement: sha256(&bytes),
+        })
     }
 
     /// A platform with a given measurement (tests).
@@ -81,9 +84,16 @@ impl VirtualPlatform {
 
 impl Platform for VirtualPlatform {
     fn evidence(&self, report_data: &Digest) -> QuoteInfo {
-        let statement = VirtualStatement { measurement: hex::encode(self.measurement), report_data: hex::encode(report_data) };
+        let statement = VirtualStatement {
+            measurement: hex::encode(self.measurement),
+            report_data: hex::encode(report_data),
+        };
         let json = serde_json::to_vec(&statement).unwrap_or_default();
-        QuoteInfo { format: "Virtual".into(), quote: base64::engine::general_purpose::STANDARD.encode(json), endorsements: String::new() }
+        QuoteInfo {
+            format: "Virtual".into(),
+            quote: base64::engine::general_purpose::STANDARD.encode(json),
+            endorsements: String::new(),
+        }
     }
 
     fn measurement(&self) -> String {
@@ -98,14 +108,19 @@ pub fn verify(quote: &QuoteInfo) -> Result<Verified, AttestationError> {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(&quote.quote)
                 .map_err(|e| AttestationError::Invalid(format!("quote is not base64: {e}")))?;
-            let s: VirtualStatement =
-                serde_json::from_slice(&bytes).map_err(|e| AttestationError::Invalid(format!("virtual statement: {e}")))?;
+            let s: VirtualStatement = serde_json::from_slice(&bytes)
+                .map_err(|e| AttestationError::Invalid(format!("virtual statement: {e}")))?;
             let report_data = synod_core::hash::digest_from_hex(&s.report_data)
                 .ok_or_else(|| AttestationError::Invalid("report_data is not 32 hex bytes".into()))?;
             if synod_core::hash::digest_from_hex(&s.measurement).is_none() {
-                return Err(AttestationError::Invalid("measurement is not 32 hex bytes".into()));
+                return Err(AttestationError::Invalid(
+                    "measurement is not 32 hex bytes".into(),
+                ));
             }
-            Ok(Verified { measurement: s.measurement.to_lowercase(), report_data })
+            Ok(Verified {
+                measurement: s.measurement.to_lowercase(),
+                report_data,
+            })
         }
         other => Err(AttestationError::UnsupportedFormat(other.to_string())),
     }
@@ -122,9 +137,18 @@ mod tests {
         let v = verify(&q).expect("verifies");
         assert_eq!(v.report_data, [7; 32]);
         assert_eq!(v.measurement, p.measurement());
-        assert!(verify(&QuoteInfo { format: "SGX_ECDSA".into(), ..q.clone() }).is_err());
-        assert!(verify(&QuoteInfo { quote: "!!".into(), ..q.clone() }).is_err());
-        let bad = base64::engine::general_purpose::STANDARD.encode(br#"{"measurement":"zz","report_data":"00"}"#);
+        assert!(verify(&QuoteInfo {
+            format: "SGX_ECDSA".into(),
+            ..q.clone()
+        })
+        .is_err());
+        assert!(verify(&QuoteInfo {
+            quote: "!!".into(),
+            ..q.clone()
+        })
+        .is_err());
+        let bad =
+            base64::engine::general_purpose::STANDARD.encode(br#"{"measurement":"zz","report_data":"00"}"#);
         assert!(verify(&QuoteInfo { quote: bad, ..q }).is_err());
     }
 }

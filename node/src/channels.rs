@@ -112,7 +112,9 @@ impl ChannelTls {
     /// Server side: require a client certificate endorsed by the service identity.
     pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
         let (chain, key) = self.cert_chain()?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider()).build()?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
+                .build()?;
         let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
@@ -128,8 +130,19 @@ fn peer_raft_id(certs: Option<&[CertificateDer<'_>]>) -> Option<u64> {
 
 impl Channels {
     /// Outbound channels for node `self_id`.
-    pub fn new(self_id: u64, directory: Directory, tls: &ChannelTls, runtime: tokio::runtime::Handle) -> anyhow::Result<Channels> {
-        Ok(Channels { self_id, directory, queues: Mutex::new(HashMap::new()), client_config: tls.client_config()?, runtime })
+    pub fn new(
+        self_id: u64,
+        directory: Directory,
+        tls: &ChannelTls,
+        runtime: tokio::runtime::Handle,
+    ) -> anyhow::Result<Channels> {
+        Ok(Channels {
+            self_id,
+            directory,
+            queues: Mutex::new(HashMap::new()),
+            client_config: tls.client_config()?,
+            runtime,
+        })
     }
 
     /// Queues `msg` for its destination; drops it if the peer is unknown or its queue is full.
@@ -142,7 +155,11 @@ impl Channels {
                 return;
             }
         };
-        let frame = PeerFrame { from: self.self_id, payload }.encode_to_vec();
+        let frame = PeerFrame {
+            from: self.self_id,
+            payload,
+        }
+        .encode_to_vec();
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let queue = queues.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
@@ -157,7 +174,11 @@ impl Channels {
     }
 }
 
-async fn connect(to: u64, directory: &Directory, config: &Arc<ClientConfig>) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+async fn connect(
+    to: u64,
+    directory: &Directory,
+    config: &Arc<ClientConfig>,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let info = directory
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -165,7 +186,11 @@ async fn connect(to: u64, directory: &Directory, config: &Arc<ClientConfig>) -> 
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("peer {to} is not in the nodes table"))?;
     let addr: SocketAddr = info.node_address.parse()?;
-    let tcp = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(addr)).await??;
+    let tcp = tokio::time::timeout(
+        Duration::from_millis(CONNECT_TIMEOUT_MS),
+        TcpStream::connect(addr),
+    )
+    .await??;
     tcp.set_nodelay(true)?;
     let name = ServerName::IpAddress(addr.ip().into());
     let tls = tokio::time::timeout(
@@ -220,7 +245,9 @@ async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, 
             }
             let mut failed = false;
             for f in &batch {
-                if out.write_all(&(f.len() as u32).to_be_bytes()).await.is_err() || out.write_all(f).await.is_err() {
+                if out.write_all(&(f.len() as u32).to_be_bytes()).await.is_err()
+                    || out.write_all(f).await.is_err()
+                {
                     failed = true;
                     break;
                 }
@@ -266,9 +293,15 @@ async fn read_peer(
     directory: Directory,
     deliver: Arc<dyn Fn(Message) + Send + Sync>,
 ) -> anyhow::Result<()> {
-    let mut tls = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), acceptor.accept(tcp)).await??;
-    let peer = peer_raft_id(tls.get_ref().1.peer_certificates()).ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
-    if !directory.read().unwrap_or_else(|p| p.into_inner()).contains_key(&peer) {
+    let mut tls =
+        tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), acceptor.accept(tcp)).await??;
+    let peer = peer_raft_id(tls.get_ref().1.peer_certificates())
+        .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
+    if !directory
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&peer)
+    {
         anyhow::bail!("node {peer} is not in the nodes table");
     }
     let mut len = [0u8; 4];

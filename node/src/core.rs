@@ -1432,7 +1432,12 @@ impl Core {
 
     /// The ledger entry at `seqno`, while the Raft log still holds it.
     pub fn ledger_entry(&self, seqno: u64) -> Option<LedgerEntry> {
-        let e = self.raft.raft.raft_log.slice(seqno, seqno + 1, None, GetEntriesContext::empty(false)).ok()?;
+        let e = self
+            .raft
+            .raft
+            .raft_log
+            .slice(seqno, seqno + 1, None, GetEntriesContext::empty(false))
+            .ok()?;
         ledger_entry_of(e.first()?, &self.sealer).ok().map(|(le, _)| le)
     }
 
@@ -1446,10 +1451,14 @@ impl Core {
 
     /// Offers a committed snapshot to followers whose next entry was compacted away.
     pub fn offer_snapshot(&mut self, bytes: Vec<u8>) -> Result<(), CoreError> {
-        let decoded = snapshot::decode(&bytes, &self.sealer)
-            .map_err(|e| CoreError::BadEntry { seqno: 0, reason: format!("snapshot: {e}") })?;
-        let cs = ConfState::parse_from_bytes(&decoded.file.conf_state)
-            .map_err(|e| CoreError::BadEntry { seqno: decoded.file.seqno, reason: e.to_string() })?;
+        let decoded = snapshot::decode(&bytes, &self.sealer).map_err(|e| CoreError::BadEntry {
+            seqno: 0,
+            reason: format!("snapshot: {e}"),
+        })?;
+        let cs = ConfState::parse_from_bytes(&decoded.file.conf_state).map_err(|e| CoreError::BadEntry {
+            seqno: decoded.file.seqno,
+            reason: e.to_string(),
+        })?;
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = decoded.file.seqno;
         snap.mut_metadata().term = decoded.file.view;
@@ -1465,7 +1474,10 @@ impl Core {
         if index > self.committed_state.version() || index < self.raft.store().first() {
             return Ok(None);
         }
-        self.raft.mut_store().compact(index).map_err(|e| CoreError::Raft(raft::Error::Store(e)))?;
+        self.raft
+            .mut_store()
+            .compact(index)
+            .map_err(|e| CoreError::Raft(raft::Error::Store(e)))?;
         Ok(Some(self.raft.store().compacted().clone()))
     }
 

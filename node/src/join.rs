@@ -124,23 +124,38 @@ fn client(cert_pem: &str, key_pem: &str, service_cert_pem: &str) -> anyhow::Resu
             vec![CertificateDer::from(cert::pem_to_der(cert_pem)?)],
             PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?,
         )?;
-    Ok(reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build()?)
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30))
+        .build()?)
 }
 
 /// Checks a snapshot against the proof that it is committed; returns its bytes.
 pub fn verify_snapshot(answer: &SnapshotResponse, service_cert_pem: &str) -> anyhow::Result<Vec<u8>> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s);
     let bytes = b64(&answer.snapshot).context("snapshot is not base64")?;
-    let entry = LedgerEntry::decode(b64(&answer.evidence_entry).context("evidence is not base64")?.as_slice())
-        .context("evidence entry")?;
+    let entry = LedgerEntry::decode(
+        b64(&answer.evidence_entry)
+            .context("evidence is not base64")?
+            .as_slice(),
+    )
+    .context("evidence entry")?;
     let service_der = cert::pem_to_der(service_cert_pem)?;
-    let verified = synod_core::receipt::verify_json(&answer.receipt, &service_der).context("evidence receipt")?;
-    let components = answer.receipt.leaf_components.as_ref().context("the receipt has no leaf")?;
+    let verified =
+        synod_core::receipt::verify_json(&answer.receipt, &service_der).context("evidence receipt")?;
+    let components = answer
+        .receipt
+        .leaf_components
+        .as_ref()
+        .context("the receipt has no leaf")?;
     ensure!(
         hex::encode(entry.write_set_digest()) == components.write_set_digest,
         "the evidence entry is not the transaction the receipt proves"
     );
-    ensure!(verified.tx_id.map(|t| t.seqno) == Some(answer.evidence_seqno), "the receipt proves another transaction");
+    ensure!(
+        verified.tx_id.map(|t| t.seqno) == Some(answer.evidence_seqno),
+        "the receipt proves another transaction"
+    );
     let tx = entry.decode_transaction()?;
     let ws = tx.public_write_set()?;
     let value = ws
@@ -151,20 +166,34 @@ pub fn verify_snapshot(answer: &SnapshotResponse, service_cert_pem: &str) -> any
         .and_then(|w| w.value.clone())
         .context("the evidence transaction records no snapshot")?;
     let evidence: SnapshotEvidence = serde_json::from_slice(&value)?;
-    ensure!(evidence.seqno == answer.seqno, "the evidence is for snapshot {}", evidence.seqno);
-    ensure!(evidence.digest == hex::encode(sha256(&bytes)), "the snapshot's digest differs from its committed evidence");
+    ensure!(
+        evidence.seqno == answer.seqno,
+        "the evidence is for snapshot {}",
+        evidence.seqno
+    );
+    ensure!(
+        evidence.digest == hex::encode(sha256(&bytes)),
+        "the snapshot's digest differs from its committed evidence"
+    );
     Ok(bytes)
 }
 
 /// Joins the service at `cfg.target` (retrying until `cfg.join_timeout_s`), as a node reachable at the given
 /// addresses.
-pub async fn join(cfg: &JoinConfig, rpc: SocketAddr, node: SocketAddr, platform: &dyn Platform) -> anyhow::Result<Joined> {
+pub async fn join(
+    cfg: &JoinConfig,
+    rpc: SocketAddr,
+    node: SocketAddr,
+    platform: &dyn Platform,
+) -> anyhow::Result<Joined> {
     let service_cert_pem = std::fs::read_to_string(&cfg.service_cert)
         .with_context(|| format!("reading the service certificate {}", cfg.service_cert.display()))?;
     let own = cert::generate_self_signed(&cfg.node.node_name, false)?;
     let own_der = cert::pem_to_der(&own.cert_pem)?;
     let node_id = cert::public_key_id_hex(&own_der)?;
-    let report_data: [u8; 32] = hex::decode(&node_id)?.try_into().map_err(|_| anyhow::anyhow!("node id"))?;
+    let report_data: [u8; 32] = hex::decode(&node_id)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("node id"))?;
     let request = JoinRequest {
         node_name: cfg.node.node_name.clone(),
         rpc_address: rpc.to_string(),
@@ -177,24 +206,43 @@ pub async fn join(cfg: &JoinConfig, rpc: SocketAddr, node: SocketAddr, platform:
     let answer: JoinResponse = loop {
         let last_error = match http.post(&url).json(&request).send().await {
             Ok(r) if r.status().is_success() => break r.json().await.context("join answer")?,
-            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => r.text().await.unwrap_or_default(),
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                r.text().await.unwrap_or_default()
+            }
             Ok(r) => {
                 let status = r.status();
-                bail!("the service refused to let this node join: {status} {}", r.text().await.unwrap_or_default())
+                bail!(
+                    "the service refused to let this node join: {status} {}",
+                    r.text().await.unwrap_or_default()
+                )
             }
             Err(e) => e.to_string(),
         };
         if Instant::now() > deadline {
-            bail!("could not join {} within {} s: {last_error}", cfg.target, cfg.join_timeout_s);
+            bail!(
+                "could not join {} within {} s: {last_error}",
+                cfg.target,
+                cfg.join_timeout_s
+            );
         }
         tracing::info!("join: {last_error}; retrying");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    ensure!(answer.node_id == node_id, "the service assigned node id {} to this key", answer.node_id);
-    ensure!(answer.service_certificate == service_cert_pem, "the service answered with another service certificate");
+    ensure!(
+        answer.node_id == node_id,
+        "the service assigned node id {} to this key",
+        answer.node_id
+    );
+    ensure!(
+        answer.service_certificate == service_cert_pem,
+        "the service answered with another service certificate"
+    );
     let endorsed_der = cert::pem_to_der(&answer.endorsed_certificate)?;
     cert::verify_endorsement(&endorsed_der, &cert::pem_to_der(&service_cert_pem)?)?;
-    ensure!(cert::same_public_key(&endorsed_der, &own_der)?, "the endorsed certificate is for another key");
+    ensure!(
+        cert::same_public_key(&endorsed_der, &own_der)?,
+        "the endorsed certificate is for another key"
+    );
     let secret: [u8; 32] = base64::engine::general_purpose::STANDARD
         .decode(&answer.ledger_secret)?
         .try_into()
@@ -205,12 +253,29 @@ pub async fn join(cfg: &JoinConfig, rpc: SocketAddr, node: SocketAddr, platform:
         None => None,
         Some(offer) => {
             let http = client(&answer.endorsed_certificate, &own.key_pem, &service_cert_pem)?;
-            let url = format!("{}/node/snapshot?seqno={}", offer.url.trim_end_matches('/'), offer.seqno);
-            let r = http.get(&url).send().await.with_context(|| format!("fetching {url}"))?;
-            ensure!(r.status().is_success(), "fetching the snapshot: {} {}", r.status(), r.text().await.unwrap_or_default());
+            let url = format!(
+                "{}/node/snapshot?seqno={}",
+                offer.url.trim_end_matches('/'),
+                offer.seqno
+            );
+            let r = http
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("fetching {url}"))?;
+            ensure!(
+                r.status().is_success(),
+                "fetching the snapshot: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
             let s: SnapshotResponse = r.json().await.context("snapshot answer")?;
             let bytes = verify_snapshot(&s, &service_cert_pem)?;
-            tracing::info!(seqno = s.seqno, bytes = bytes.len(), "starting from a committed snapshot");
+            tracing::info!(
+                seqno = s.seqno,
+                bytes = bytes.len(),
+                "starting from a committed snapshot"
+            );
             Some(bytes)
         }
     };
@@ -227,8 +292,14 @@ pub async fn join(cfg: &JoinConfig, rpc: SocketAddr, node: SocketAddr, platform:
         .collect();
     Ok(Joined {
         ids: Identities {
-            service: Identity { cert_pem: answer.service_certificate, key_pem: answer.service_key },
-            node: Identity { cert_pem: answer.endorsed_certificate, key_pem: own.key_pem },
+            service: Identity {
+                cert_pem: answer.service_certificate,
+                key_pem: answer.service_key,
+            },
+            node: Identity {
+                cert_pem: answer.endorsed_certificate,
+                key_pem: own.key_pem,
+            },
             secret: LedgerSecret(secret),
         },
         snapshot,

@@ -41,7 +41,10 @@ pub enum LedgerIoError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LedgerIoError + '_ {
-    move |source| LedgerIoError::Io { path: path.to_path_buf(), source }
+    move |source| LedgerIoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 struct OpenChunk {
@@ -75,10 +78,19 @@ impl LedgerWriter {
         let chunks = list_chunks(dir).map_err(|e| LedgerIoError::Layout(e.to_string()))?;
         let start = chunks.first().map_or(1, |(n, _)| n.start);
         let mut entries = Vec::new();
-        let mut writer = LedgerWriter { dir: dir.to_path_buf(), current: None, last_seqno: start - 1, dir_dirty: true };
+        let mut writer = LedgerWriter {
+            dir: dir.to_path_buf(),
+            current: None,
+            last_seqno: start - 1,
+            dir_dirty: true,
+        };
         for (i, (name, path)) in chunks.iter().enumerate() {
             if name.start != writer.last_seqno + 1 {
-                return Err(LedgerIoError::Layout(format!("{} does not continue at seqno {}", name.file_name(), writer.last_seqno + 1)));
+                return Err(LedgerIoError::Layout(format!(
+                    "{} does not continue at seqno {}",
+                    name.file_name(),
+                    writer.last_seqno + 1
+                )));
             }
             let last_chunk = i + 1 == chunks.len();
             let bytes = fs::read(path).map_err(io_err(path))?;
@@ -89,7 +101,11 @@ impl LedgerWriter {
                         let seqno = frame
                             .entry
                             .decode_transaction()
-                            .map_err(|e| LedgerIoError::Corrupt { path: path.clone(), offset: frame.offset, reason: e.to_string() })?
+                            .map_err(|e| LedgerIoError::Corrupt {
+                                path: path.clone(),
+                                offset: frame.offset,
+                                reason: e.to_string(),
+                            })?
                             .seqno;
                         if seqno != writer.last_seqno + 1 {
                             return Err(LedgerIoError::Corrupt {
@@ -105,7 +121,11 @@ impl LedgerWriter {
                     // A torn write can only be the very end of the open chunk.
                     Err(FrameError::Truncated { .. }) if last_chunk && name.end.is_none() => break,
                     Err(e) => {
-                        return Err(LedgerIoError::Corrupt { path: path.clone(), offset: valid_len, reason: e.to_string() })
+                        return Err(LedgerIoError::Corrupt {
+                            path: path.clone(),
+                            offset: valid_len,
+                            reason: e.to_string(),
+                        })
                     }
                 }
             }
@@ -117,22 +137,45 @@ impl LedgerWriter {
                         f.sync_all().map_err(io_err(path))?;
                     }
                     let file = OpenOptions::new().append(true).open(path).map_err(io_err(path))?;
-                    writer.current = Some(OpenChunk { file, path: path.clone(), start: name.start });
+                    writer.current = Some(OpenChunk {
+                        file,
+                        path: path.clone(),
+                        start: name.start,
+                    });
                 }
-                None => return Err(LedgerIoError::Layout(format!("{} is open but not the last chunk", name.file_name()))),
+                None => {
+                    return Err(LedgerIoError::Layout(format!(
+                        "{} is open but not the last chunk",
+                        name.file_name()
+                    )))
+                }
                 Some(end) => {
                     if end != writer.last_seqno {
-                        return Err(LedgerIoError::Layout(format!("{} ends at {}", name.file_name(), writer.last_seqno)));
+                        return Err(LedgerIoError::Layout(format!(
+                            "{} ends at {}",
+                            name.file_name(),
+                            writer.last_seqno
+                        )));
                     }
                     if !name.committed {
-                        let to = dir.join(ChunkName { committed: true, ..name.clone() }.file_name());
+                        let to = dir.join(
+                            ChunkName {
+                                committed: true,
+                                ..name.clone()
+                            }
+                            .file_name(),
+                        );
                         fs::rename(path, &to).map_err(io_err(path))?;
                     }
                 }
             }
         }
         writer.sync()?;
-        Ok(Opened { writer, entries, start })
+        Ok(Opened {
+            writer,
+            entries,
+            start,
+        })
     }
 
     /// Seqno of the last entry written.
@@ -149,7 +192,10 @@ impl LedgerWriter {
                 continue;
             }
             if seqno != self.last_seqno + 1 {
-                return Err(LedgerIoError::Layout(format!("appending seqno {seqno} after {}", self.last_seqno)));
+                return Err(LedgerIoError::Layout(format!(
+                    "appending seqno {seqno} after {}",
+                    self.last_seqno
+                )));
             }
             let chunk = match self.current.take() {
                 Some(chunk) => chunk,
@@ -171,7 +217,9 @@ impl LedgerWriter {
             chunk.file.sync_data().map_err(io_err(&chunk.path))?;
         }
         if self.dir_dirty {
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.dir))?;
             self.dir_dirty = false;
         }
         Ok(())
@@ -197,16 +245,33 @@ impl LedgerWriter {
     }
 
     fn new_chunk(&mut self, start: u64) -> Result<OpenChunk, LedgerIoError> {
-        let path = self.dir.join(ChunkName { start, end: None, committed: false }.file_name());
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let path = self.dir.join(
+            ChunkName {
+                start,
+                end: None,
+                committed: false,
+            }
+            .file_name(),
+        );
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         self.dir_dirty = true;
         Ok(OpenChunk { file, path, start })
     }
 
     fn close_chunk(&mut self) -> Result<(), LedgerIoError> {
-        let Some(chunk) = self.current.take() else { return Ok(()) };
+        let Some(chunk) = self.current.take() else {
+            return Ok(());
+        };
         chunk.file.sync_data().map_err(io_err(&chunk.path))?;
-        let name = ChunkName { start: chunk.start, end: Some(self.last_seqno), committed: true };
+        let name = ChunkName {
+            start: chunk.start,
+            end: Some(self.last_seqno),
+            committed: true,
+        };
         let to = self.dir.join(name.file_name());
         fs::rename(&chunk.path, &to).map_err(io_err(&chunk.path))?;
         self.dir_dirty = true;
@@ -243,8 +308,10 @@ mod tests {
     }
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            fs::read_dir(dir).expect("dir").map(|e| e.expect("entry").file_name().to_string_lossy().into()).collect();
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into())
+            .collect();
         names.sort();
         names
     }
@@ -257,7 +324,10 @@ mod tests {
         w.append(&ents).expect("append");
         w.append(&ents[..3]).expect("already written entries are skipped");
         w.sync().expect("sync");
-        assert_eq!(names(dir.path()), vec!["ledger_1-4.committed", "ledger_5-8.committed", "ledger_9"]);
+        assert_eq!(
+            names(dir.path()),
+            vec!["ledger_1-4.committed", "ledger_5-8.committed", "ledger_9"]
+        );
         drop(w);
         let path = dir.path().join("ledger_9");
         let mut bytes = fs::read(&path).expect("read");
@@ -275,27 +345,39 @@ mod tests {
     fn a_ledger_can_restart_after_a_snapshot() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = LedgerWriter::open(dir.path()).expect("open").writer;
-        w.append(&(1..=5).map(|s| entry(s, s == 4)).collect::<Vec<_>>()).expect("append");
+        w.append(&(1..=5).map(|s| entry(s, s == 4)).collect::<Vec<_>>())
+            .expect("append");
         w.reset_after_snapshot(20).expect("reset");
         w.append(&[entry(21, false)]).expect("append after the snapshot");
         w.sync().expect("sync");
         drop(w);
         let opened = LedgerWriter::open(dir.path()).expect("reopen");
-        assert_eq!((opened.start, opened.entries.len(), opened.writer.last_seqno()), (21, 1, 21));
-        assert!(dir.path().join("superseded-20").join("ledger_1-4.committed").exists());
+        assert_eq!(
+            (opened.start, opened.entries.len(), opened.writer.last_seqno()),
+            (21, 1, 21)
+        );
+        assert!(dir
+            .path()
+            .join("superseded-20")
+            .join("ledger_1-4.committed")
+            .exists());
     }
 
     #[test]
     fn corruption_before_the_tail_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = LedgerWriter::open(dir.path()).expect("open").writer;
-        w.append(&(1..=8).map(|s| entry(s, false)).collect::<Vec<_>>()).expect("append");
+        w.append(&(1..=8).map(|s| entry(s, false)).collect::<Vec<_>>())
+            .expect("append");
         w.sync().expect("sync");
         drop(w);
         let path = dir.path().join("ledger_1");
         let mut bytes = fs::read(&path).expect("read");
         bytes[200] ^= 0xff;
         fs::write(&path, &bytes).expect("write");
-        assert!(matches!(LedgerWriter::open(dir.path()), Err(LedgerIoError::Corrupt { .. })));
+        assert!(matches!(
+            LedgerWriter::open(dir.path()),
+            Err(LedgerIoError::Corrupt { .. })
+        ));
     }
 }

@@ -32,8 +32,11 @@ use crate::service::{write_atomically, Boot, Node};
 const FATAL_POLL_MS: u64 = 100;
 
 async fn bind(cfg: &NodeConfig) -> anyhow::Result<(TcpListener, std::net::TcpListener)> {
-    let rpc = TcpListener::bind(cfg.rpc_address).await.with_context(|| format!("binding {}", cfg.rpc_address))?;
-    let node = std::net::TcpListener::bind(cfg.node_address).with_context(|| format!("binding {}", cfg.node_address))?;
+    let rpc = TcpListener::bind(cfg.rpc_address)
+        .await
+        .with_context(|| format!("binding {}", cfg.rpc_address))?;
+    let node = std::net::TcpListener::bind(cfg.node_address)
+        .with_context(|| format!("binding {}", cfg.node_address))?;
     Ok((rpc, node))
 }
 
@@ -55,7 +58,10 @@ pub async fn run_start(cfg: StartConfig) -> anyhow::Result<()> {
         }
         Boot::Resume
     } else {
-        Boot::NewService { users: cfg.user_certs.clone(), members: cfg.member_certs.clone() }
+        Boot::NewService {
+            users: cfg.user_certs.clone(),
+            members: cfg.member_certs.clone(),
+        }
     };
     serve(cfg.node, boot, rpc, node_listener).await
 }
@@ -68,12 +74,21 @@ pub async fn run_join(cfg: JoinConfig) -> anyhow::Result<()> {
     } else {
         let platform = VirtualPlatform::measure_self()?;
         let joined = join::join(&cfg, rpc.local_addr()?, node_listener.local_addr()?, &platform).await?;
-        Boot::Joined { ids: joined.ids, snapshot: joined.snapshot, peers: joined.peers }
+        Boot::Joined {
+            ids: joined.ids,
+            snapshot: joined.snapshot,
+            peers: joined.peers,
+        }
     };
     serve(cfg.node, boot, rpc, node_listener).await
 }
 
-async fn serve(cfg: NodeConfig, boot: Boot, listener: TcpListener, node_listener: std::net::TcpListener) -> anyhow::Result<()> {
+async fn serve(
+    cfg: NodeConfig,
+    boot: Boot,
+    listener: TcpListener,
+    node_listener: std::net::TcpListener,
+) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     let runtime = tokio::runtime::Handle::current();
     let node = {

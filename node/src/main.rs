@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use synod_node::config::{JoinConfig, StartConfig};
 
 #[derive(Parser)]
-#[command(name = "synod-node", version, about = "A Synod replica: a replicated, Merkle-committed, signed key-value ledger")]
+#[command(
+    name = "synod-node",
+    version,
+    about = "A Synod replica: a replicated, Merkle-committed, signed key-value ledger"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

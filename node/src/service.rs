@@ -35,7 +35,10 @@ use crate::channels::{ChannelTls, Channels, Directory, PeerInfo};
 use crate::config::NodeConfig;
 use crate::consensus::persist::{self, LogWrite};
 use crate::consensus::{raft_id, RaftTiming};
-use crate::core::{CommittedEntry, Core, CoreConfig, CoreError, CoreReady, Event, Genesis, Keys, Outcome, Restore, SnapshotJob};
+use crate::core::{
+    CommittedEntry, Core, CoreConfig, CoreError, CoreReady, Event, Genesis, Keys, Outcome, Restore,
+    SnapshotJob,
+};
 use crate::ledger::LedgerWriter;
 use crate::snapshot;
 
@@ -70,7 +73,10 @@ enum LoopEvent {
 enum ApplyJob {
     Apply(Vec<CommittedEntry>),
     /// Replace the stored state and restart the ledger after an installed snapshot; acknowledged when done.
-    Reset { state: State, done: mpsc::SyncSender<anyhow::Result<()>> },
+    Reset {
+        state: State,
+        done: mpsc::SyncSender<anyhow::Result<()>>,
+    },
 }
 
 /// A node's files.
@@ -186,7 +192,10 @@ pub struct Node {
 
 /// Seconds since the epoch (for COSE `iat`).
 pub fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Writes a file atomically with mode 0600, synced.
@@ -216,7 +225,8 @@ fn read_identities(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
         .iter()
         .map(|p| {
             let pem = read(p)?;
-            let der = cert::pem_to_der(&pem).with_context(|| format!("{} is not a PEM certificate", p.display()))?;
+            let der = cert::pem_to_der(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", p.display()))?;
             Ok((cert::cert_fingerprint_hex(&der), pem))
         })
         .collect()
@@ -243,7 +253,14 @@ fn keys_of(ids: &Identities) -> anyhow::Result<Keys> {
 }
 
 /// This node's entry in the nodes table.
-pub fn node_info(name: &str, cert_pem: &str, status: &str, rpc: SocketAddr, node: SocketAddr, measurement: &str) -> serde_json::Value {
+pub fn node_info(
+    name: &str,
+    cert_pem: &str,
+    status: &str,
+    rpc: SocketAddr,
+    node: SocketAddr,
+    measurement: &str,
+) -> serde_json::Value {
     serde_json::json!({
         "name": name,
         "cert": cert_pem,
@@ -260,25 +277,29 @@ pub fn save_identities(paths: &Paths, ids: &Identities) -> anyhow::Result<()> {
     write_private(&paths.file("service_cert.pem"), ids.service.cert_pem.as_bytes())?;
     write_private(&paths.file("node_key.pem"), ids.node.key_pem.as_bytes())?;
     write_private(&paths.file("node_cert.pem"), ids.node.cert_pem.as_bytes())?;
-    ids.secret.save(&paths.file("ledger_secret")).context("saving the ledger secret")?;
+    ids.secret
+        .save(&paths.file("ledger_secret"))
+        .context("saving the ledger secret")?;
     Ok(())
 }
 
 fn load_identities(paths: &Paths) -> anyhow::Result<Identities> {
     Ok(Identities {
-        service: Identity { cert_pem: read(&paths.file("service_cert.pem"))?, key_pem: read(&paths.file("service_key.pem"))? },
-        node: Identity { cert_pem: read(&paths.file("node_cert.pem"))?, key_pem: read(&paths.file("node_key.pem"))? },
+        service: Identity {
+            cert_pem: read(&paths.file("service_cert.pem"))?,
+            key_pem: read(&paths.file("service_key.pem"))?,
+        },
+        node: Identity {
+            cert_pem: read(&paths.file("node_cert.pem"))?,
+            key_pem: read(&paths.file("node_key.pem"))?,
+        },
         secret: LedgerSecret::load_or_create(&paths.file("ledger_secret"))?,
     })
 }
 
 /// The committed snapshot file for `seqno` (or a snapshot received at that seqno), if on disk.
 pub fn find_snapshot(paths: &Paths, seqno: u64) -> Option<PathBuf> {
-    let exact = format!("snapshot_{seqno}");
-    let prefix = format!("snapshot_{seqno}_");
-    std::fs::read_dir(paths.snapshots()).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) || n == exact || n == format!("{exact}.received"))
-    })
+    snapshot::find_in(&paths.snapshots(), seqno)
 }
 
 /// Committed snapshots on disk, newest first: (seqno, evidence seqno, path).
@@ -294,7 +315,7 @@ pub fn committed_snapshots(paths: &Paths) -> Vec<(u64, u64, PathBuf)> {
                 .collect()
         })
         .unwrap_or_default();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found
 }
 
@@ -311,22 +332,46 @@ fn install_snapshot_on_disk(
     let seqno = decoded.file.seqno;
     std::fs::create_dir_all(paths.snapshots())?;
     if find_snapshot(paths, seqno).is_none() {
-        write_private(&paths.snapshots().join(format!("snapshot_{seqno}.received")), bytes)?;
+        write_private(
+            &paths.snapshots().join(format!("snapshot_{seqno}.received")),
+            bytes,
+        )?;
     }
-    let cs = raft::eraftpb::ConfState::parse_from_bytes(&decoded.file.conf_state).context("snapshot configuration")?;
-    let mut meta = SnapshotMetadata { index: seqno, term: decoded.file.view, ..Default::default() };
+    let cs = raft::eraftpb::ConfState::parse_from_bytes(&decoded.file.conf_state)
+        .context("snapshot configuration")?;
+    let mut meta = SnapshotMetadata {
+        index: seqno,
+        term: decoded.file.view,
+        ..Default::default()
+    };
     meta.set_conf_state(cs.clone());
-    let hs = raft::eraftpb::HardState { term: decoded.file.view, commit: seqno, ..Default::default() };
+    let hs = raft::eraftpb::HardState {
+        term: decoded.file.view,
+        commit: seqno,
+        ..Default::default()
+    };
     let log = persist::load(storage)?;
-    let hs = raft::eraftpb::HardState { term: hs.term.max(log.hard_state().term), vote: log.hard_state().vote, ..hs };
+    let hs = raft::eraftpb::HardState {
+        term: hs.term.max(log.hard_state().term),
+        vote: log.hard_state().vote,
+        ..hs
+    };
     persist::write(
         storage,
-        &LogWrite { clear: true, compacted: Some(&meta), conf_state: Some(&cs), hard_state: Some(&hs), ..Default::default() },
+        &LogWrite {
+            clear: true,
+            compacted: Some(&meta),
+            conf_state: Some(&cs),
+            hard_state: Some(&hs),
+            ..Default::default()
+        },
     )?;
     storage.replace_state(&decoded.state, sealer)?;
     match ledger {
         Some(w) => w.reset_after_snapshot(seqno)?,
-        None => LedgerWriter::open(&paths.ledger())?.writer.reset_after_snapshot(seqno)?,
+        None => LedgerWriter::open(&paths.ledger())?
+            .writer
+            .reset_after_snapshot(seqno)?,
     }
     Ok((decoded.state, meta))
 }
@@ -340,7 +385,9 @@ impl Node {
         node_listener: std::net::TcpListener,
         runtime: tokio::runtime::Handle,
     ) -> anyhow::Result<Arc<Node>> {
-        let paths = Paths { dir: cfg.data_dir.clone() };
+        let paths = Paths {
+            dir: cfg.data_dir.clone(),
+        };
         std::fs::create_dir_all(&paths.dir).with_context(|| format!("creating {}", paths.dir.display()))?;
         std::fs::create_dir_all(paths.snapshots())?;
         let node_address = node_listener.local_addr()?;
@@ -348,22 +395,44 @@ impl Node {
         let storage = Storage::open(&paths.db()).context("opening the node's database")?;
         let existing = persist::exists(&storage)?;
         if existing && !matches!(boot, Boot::Resume) {
-            bail!("{} already holds a node; start it again without creating or joining", paths.dir.display());
+            bail!(
+                "{} already holds a node; start it again without creating or joining",
+                paths.dir.display()
+            );
         }
         let ccfg = core_config(cfg);
         let mut peers = Vec::new();
         let (ids, core, replay) = match boot {
             Boot::NewService { users, members } => {
                 if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
-                    bail!("{} holds a ledger but no Raft state: refusing to create a new service over it", paths.dir.display());
+                    bail!(
+                        "{} holds a ledger but no Raft state: refusing to create a new service over it",
+                        paths.dir.display()
+                    );
                 }
                 let service = cert::generate_self_signed("Synod service", true)?;
-                let ip = if rpc_address.ip().is_unspecified() { [127, 0, 0, 1].into() } else { rpc_address.ip() };
-                let node = cert::generate_endorsed(&cfg.node_name, &[ip], &["localhost".to_string()], &service)?;
-                let ids = Identities { service, node, secret: LedgerSecret::generate()? };
+                let ip = if rpc_address.ip().is_unspecified() {
+                    [127, 0, 0, 1].into()
+                } else {
+                    rpc_address.ip()
+                };
+                let node =
+                    cert::generate_endorsed(&cfg.node_name, &[ip], &["localhost".to_string()], &service)?;
+                let ids = Identities {
+                    service,
+                    node,
+                    secret: LedgerSecret::generate()?,
+                };
                 save_identities(&paths, &ids)?;
                 let keys = keys_of(&ids)?;
-                let info = node_info(&cfg.node_name, &ids.node.cert_pem, "Trusted", rpc_address, node_address, &platform.measurement());
+                let info = node_info(
+                    &cfg.node_name,
+                    &ids.node.cert_pem,
+                    "Trusted",
+                    rpc_address,
+                    node_address,
+                    &platform.measurement(),
+                );
                 let genesis = Genesis {
                     service_info: serde_json::json!({ "cert": ids.service.cert_pem, "status": "Open" }),
                     users: read_identities(&users)?,
@@ -376,7 +445,11 @@ impl Node {
                 tracing::info!(dir = %paths.dir.display(), "created a new service");
                 (ids, core, Vec::new())
             }
-            Boot::Joined { ids, snapshot, peers: p } => {
+            Boot::Joined {
+                ids,
+                snapshot,
+                peers: p,
+            } => {
                 save_identities(&paths, &ids)?;
                 let sealer = Sealer::new(&ids.secret);
                 if let Some(bytes) = &snapshot {
@@ -394,23 +467,35 @@ impl Node {
                 let compacted = log.compacted().index;
                 if state.version() < compacted {
                     // A snapshot install was cut short: redo it from the file.
-                    let path = find_snapshot(&paths, compacted)
-                        .with_context(|| format!("the Raft log starts after snapshot {compacted}, which is missing"))?;
+                    let path = find_snapshot(&paths, compacted).with_context(|| {
+                        format!("the Raft log starts after snapshot {compacted}, which is missing")
+                    })?;
                     let bytes = std::fs::read(&path)?;
                     state = install_snapshot_on_disk(&paths, &storage, &sealer, &bytes, None)?.0;
                     log = persist::load(&storage)?;
                 }
                 let opened = LedgerWriter::open(&paths.ledger()).context("reading the ledger")?;
                 let base_snapshot = if opened.start > 1 {
-                    let path = find_snapshot(&paths, opened.start - 1)
-                        .with_context(|| format!("the ledger starts at {} but snapshot {} is missing", opened.start, opened.start - 1))?;
+                    let path = find_snapshot(&paths, opened.start - 1).with_context(|| {
+                        format!(
+                            "the ledger starts at {} but snapshot {} is missing",
+                            opened.start,
+                            opened.start - 1
+                        )
+                    })?;
                     Some(std::fs::read(path)?)
                 } else {
                     None
                 };
                 drop(opened.writer);
-                let restore = Restore { log, state, ledger: opened.entries, base_snapshot };
-                let (core, replay) = Core::restore(keys_of(&ids)?, sealer, ccfg, restore).context("restoring from the ledger")?;
+                let restore = Restore {
+                    log,
+                    state,
+                    ledger: opened.entries,
+                    base_snapshot,
+                };
+                let (core, replay) = Core::restore(keys_of(&ids)?, sealer, ccfg, restore)
+                    .context("restoring from the ledger")?;
                 tracing::info!(committed = %core.committed(), last = core.last_seqno(), "resumed");
                 (ids, core, replay)
             }
@@ -437,7 +522,10 @@ impl Node {
         {
             let deliver_tx = Mutex::new(inbox_tx.clone());
             let deliver: Arc<dyn Fn(Message) + Send + Sync> = Arc::new(move |m| {
-                let _ = deliver_tx.lock().unwrap_or_else(|p| p.into_inner()).send(LoopEvent::Raft(m));
+                let _ = deliver_tx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(LoopEvent::Raft(m));
             });
             node_listener.set_nonblocking(true)?;
             let server_config = tls.server_config()?;
@@ -495,21 +583,29 @@ impl Node {
             let shared = shared.clone();
             let storage = storage.clone();
             let sealer = sealer.clone();
-            threads.push(std::thread::Builder::new().name("applier".into()).spawn(move || {
-                if let Err(e) = applier_loop(&shared, ledger, &storage, &sealer, apply_rx) {
-                    shared.die(format!("applier: {e:#}"));
-                }
-            })?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("applier".into())
+                    .spawn(move || {
+                        if let Err(e) = applier_loop(&shared, ledger, &storage, &sealer, apply_rx) {
+                            shared.die(format!("applier: {e:#}"));
+                        }
+                    })?,
+            );
         }
         {
             let node2 = node.clone();
-            threads.push(std::thread::Builder::new().name("snapshotter".into()).spawn(move || {
-                for job in snap_rx {
-                    if let Err(e) = node2.write_snapshot(job) {
-                        tracing::error!("snapshot: {e:#}");
-                    }
-                }
-            })?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("snapshotter".into())
+                    .spawn(move || {
+                        for job in snap_rx {
+                            if let Err(e) = node2.write_snapshot(job) {
+                                tracing::error!("snapshot: {e:#}");
+                            }
+                        }
+                    })?,
+            );
         }
         {
             let node2 = node.clone();
@@ -524,7 +620,11 @@ impl Node {
     }
 
     fn wake(&self) {
-        let _ = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).send(LoopEvent::Wake);
+        let _ = self
+            .inbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(LoopEvent::Wake);
     }
 
     /// Locks the core for reading its state (status, receipts, commit).
@@ -534,7 +634,11 @@ impl Node {
 
     /// The reason the node stopped working, if it did.
     pub fn fatal_error(&self) -> Option<String> {
-        self.shared.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// First seqno of this run of the node.
@@ -554,7 +658,10 @@ impl Node {
 
     /// Runs `f` as a transaction, re-running it on conflicts, and orders its writes (primary only: a write on a
     /// backup answers [`ExecError::NotPrimary`] so the caller can forward it).
-    pub fn execute<T, E>(&self, mut f: impl FnMut(&mut Tx) -> Result<T, E>) -> Result<(T, Outcome), ExecError<E>> {
+    pub fn execute<T, E>(
+        &self,
+        mut f: impl FnMut(&mut Tx) -> Result<T, E>,
+    ) -> Result<(T, Outcome), ExecError<E>> {
         for _ in 0..CONFLICT_RETRIES_MAX {
             if let Some(reason) = self.fatal_error() {
                 return Err(ExecError::Unavailable(reason));
@@ -599,7 +706,12 @@ impl Node {
         result
     }
 
-    fn event_loop(&self, inbox: Receiver<LoopEvent>, apply: Sender<ApplyJob>, snapshots: Sender<SnapshotJob>) -> anyhow::Result<()> {
+    fn event_loop(
+        &self,
+        inbox: Receiver<LoopEvent>,
+        apply: Sender<ApplyJob>,
+        snapshots: Sender<SnapshotJob>,
+    ) -> anyhow::Result<()> {
         let tick = Duration::from_millis(self.cfg.tick_ms);
         let sig_every = Duration::from_millis(self.cfg.sig_ms_interval);
         let mut next_tick = Instant::now() + tick;
@@ -649,7 +761,13 @@ impl Node {
                         pending_compaction = None;
                         if let Some(meta) = core.compact_log(s)? {
                             drop(core);
-                            persist::write(&self.storage, &LogWrite { compacted: Some(&meta), ..Default::default() })?;
+                            persist::write(
+                                &self.storage,
+                                &LogWrite {
+                                    compacted: Some(&meta),
+                                    ..Default::default()
+                                },
+                            )?;
                             tracing::info!(seqno = s, "compacted the Raft log up to a committed snapshot");
                         }
                     }
@@ -696,16 +814,31 @@ impl Node {
             let seqno = installed.meta.index;
             std::fs::create_dir_all(self.paths.snapshots())?;
             if find_snapshot(&self.paths, seqno).is_none() {
-                write_private(&self.paths.snapshots().join(format!("snapshot_{seqno}.received")), &installed.bytes)?;
+                write_private(
+                    &self.paths.snapshots().join(format!("snapshot_{seqno}.received")),
+                    &installed.bytes,
+                )?;
             }
             let cs = installed.meta.get_conf_state().clone();
             persist::write(
                 &self.storage,
-                &LogWrite { clear: true, compacted: Some(&installed.meta), conf_state: Some(&cs), ..Default::default() },
+                &LogWrite {
+                    clear: true,
+                    compacted: Some(&installed.meta),
+                    conf_state: Some(&cs),
+                    ..Default::default()
+                },
             )?;
             let (done_tx, done_rx) = mpsc::sync_channel(1);
-            apply.send(ApplyJob::Reset { state: installed.state, done: done_tx }).map_err(|_| anyhow::anyhow!("the applier stopped"))?;
-            done_rx.recv().map_err(|_| anyhow::anyhow!("the applier stopped"))??;
+            apply
+                .send(ApplyJob::Reset {
+                    state: installed.state,
+                    done: done_tx,
+                })
+                .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+            done_rx
+                .recv()
+                .map_err(|_| anyhow::anyhow!("the applier stopped"))??;
             self.shared.ledger_durable.store(seqno, Ordering::Release);
             tracing::info!(seqno, "installed a snapshot from the primary");
         }
@@ -724,7 +857,9 @@ impl Node {
         }
         self.shared.lock().on_persisted(rd.number)?;
         if !rd.committed.is_empty() {
-            apply.send(ApplyJob::Apply(rd.committed)).map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+            apply
+                .send(ApplyJob::Apply(rd.committed))
+                .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
         }
         Ok(())
     }
@@ -740,7 +875,11 @@ impl Node {
             Event::SnapshotDue(job) => {
                 let _ = snapshots.send(job);
             }
-            Event::SnapshotCommitted { seqno, evidence_seqno, digest } => {
+            Event::SnapshotCommitted {
+                seqno,
+                evidence_seqno,
+                digest,
+            } => {
                 let written = self.paths.snapshots().join(snapshot::file_name(seqno, None));
                 let bytes = match pending_bytes.remove(&seqno) {
                     Some(b) => b,
@@ -753,10 +892,16 @@ impl Node {
                     },
                 };
                 if hex::encode(snapshot::digest(&bytes)) != digest {
-                    tracing::error!(seqno, "this node's snapshot differs from the primary's evidence; not using it");
+                    tracing::error!(
+                        seqno,
+                        "this node's snapshot differs from the primary's evidence; not using it"
+                    );
                     return Ok(());
                 }
-                let committed = self.paths.snapshots().join(snapshot::file_name(seqno, Some(evidence_seqno)));
+                let committed = self
+                    .paths
+                    .snapshots()
+                    .join(snapshot::file_name(seqno, Some(evidence_seqno)));
                 std::fs::rename(&written, &committed)?;
                 tracing::info!(seqno, evidence = evidence_seqno, "snapshot committed");
                 self.shared.lock().offer_snapshot(bytes)?;
@@ -777,11 +922,25 @@ impl Node {
     fn write_snapshot(&self, job: SnapshotJob) -> anyhow::Result<()> {
         let seqno = job.state.version();
         let conf = job.conf_state.write_to_bytes()?;
-        let bytes = snapshot::encode(&job.state, job.view, conf, &job.frontier, &job.views, &self.sealer)?;
+        let bytes = snapshot::encode(
+            &job.state,
+            job.view,
+            conf,
+            &job.frontier,
+            &job.views,
+            &self.sealer,
+        )?;
         let digest = snapshot::digest(&bytes);
-        write_private(&self.paths.snapshots().join(snapshot::file_name(seqno, None)), &bytes)?;
+        write_private(
+            &self.paths.snapshots().join(snapshot::file_name(seqno, None)),
+            &bytes,
+        )?;
         tracing::info!(seqno, bytes = bytes.len(), "wrote a snapshot");
-        let _ = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).send(LoopEvent::SnapshotWritten { seqno, digest });
+        let _ = self
+            .inbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(LoopEvent::SnapshotWritten { seqno, digest });
         Ok(())
     }
 
@@ -800,8 +959,12 @@ fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
     let mut fresh = HashMap::new();
     if let Some(m) = state.map(maps::NODES_INFO) {
         for (k, e) in m.iter() {
-            let Ok(node_id) = std::str::from_utf8(k) else { continue };
-            let Ok(info) = serde_json::from_slice::<serde_json::Value>(&e.value) else { continue };
+            let Ok(node_id) = std::str::from_utf8(k) else {
+                continue;
+            };
+            let Ok(info) = serde_json::from_slice::<serde_json::Value>(&e.value) else {
+                continue;
+            };
             let id = raft_id(node_id);
             if id == self_id {
                 continue;
@@ -827,7 +990,10 @@ fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
 
 fn persist_state(storage: &Storage, sealer: &Sealer, batch: &[CommittedEntry]) -> anyhow::Result<()> {
     // Entries replayed for the ledger only (their writes empty) are at or below the stored seqno: skipped.
-    let rows: Vec<_> = batch.iter().map(|c| (c.tx_id.seqno, &c.writes.public, &c.writes.private)).collect();
+    let rows: Vec<_> = batch
+        .iter()
+        .map(|c| (c.tx_id.seqno, &c.writes.public, &c.writes.private))
+        .collect();
     Ok(storage.apply_committed(&rows, sealer)?)
 }
 
@@ -849,7 +1015,11 @@ fn applier_loop(
                     let result = storage
                         .replace_state(&state, sealer)
                         .map_err(anyhow::Error::from)
-                        .and_then(|_| ledger.reset_after_snapshot(state.version()).map_err(anyhow::Error::from));
+                        .and_then(|_| {
+                            ledger
+                                .reset_after_snapshot(state.version())
+                                .map_err(anyhow::Error::from)
+                        });
                     let failed = result.as_ref().err().map(|e| format!("{e:#}"));
                     let _ = done.send(result);
                     if let Some(e) = failed {
@@ -866,15 +1036,26 @@ fn applier_loop(
     Ok(())
 }
 
-fn flush(ledger: &mut LedgerWriter, storage: &Storage, sealer: &Sealer, batch: &mut Vec<CommittedEntry>, shared: &Shared) -> anyhow::Result<()> {
+fn flush(
+    ledger: &mut LedgerWriter,
+    storage: &Storage,
+    sealer: &Sealer,
+    batch: &mut Vec<CommittedEntry>,
+    shared: &Shared,
+) -> anyhow::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
     ledger.append(batch)?;
     ledger.sync()?;
-    let rows: Vec<_> = batch.iter().map(|c| (c.tx_id.seqno, &c.writes.public, &c.writes.private)).collect();
+    let rows: Vec<_> = batch
+        .iter()
+        .map(|c| (c.tx_id.seqno, &c.writes.public, &c.writes.private))
+        .collect();
     storage.apply_committed(&rows, sealer)?;
-    shared.ledger_durable.store(ledger.last_seqno(), Ordering::Release);
+    shared
+        .ledger_durable
+        .store(ledger.last_seqno(), Ordering::Release);
     batch.clear();
     Ok(())
 }

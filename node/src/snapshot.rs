@@ -12,82 +12,12 @@
 //! (S, map, key)), so every node writes the same bytes and one digest names the snapshot everywhere.
 
 use prost::Message as _;
-use serde::{Deserialize, Serialize};
-use synod_core::hash::{sha256, Digest};
+use synod_core::hash::Digest;
 use synod_core::maps;
 use synod_kv::seal::Sealer;
 use synod_kv::{Bytes, Entry, State};
 
-/// Map recording the digest of each snapshot, written by the primary after it took one.
-pub const SNAPSHOT_EVIDENCE: &str = "public:ccf.internal.snapshot_evidence";
-
-/// One key of a map in a snapshot.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SnapshotEntry {
-    /// The key.
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
-    /// The value (sealed for private maps).
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
-    /// Seqno of the last write.
-    #[prost(uint64, tag = "3")]
-    pub version: u64,
-}
-
-/// One map in a snapshot.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SnapshotMap {
-    /// The map's name.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Entries in key order.
-    #[prost(message, repeated, tag = "2")]
-    pub entries: Vec<SnapshotEntry>,
-}
-
-/// The first seqno of a view.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ViewStart {
-    /// The view.
-    #[prost(uint64, tag = "1")]
-    pub view: u64,
-    /// Its first seqno.
-    #[prost(uint64, tag = "2")]
-    pub first_seqno: u64,
-}
-
-/// A snapshot file.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SnapshotFile {
-    /// Seqno of the snapshot point (the state includes it).
-    #[prost(uint64, tag = "1")]
-    pub seqno: u64,
-    /// View of the snapshot point.
-    #[prost(uint64, tag = "2")]
-    pub view: u64,
-    /// Raft configuration at the snapshot point (raft-rs `ConfState`, protobuf).
-    #[prost(bytes = "vec", tag = "3")]
-    pub conf_state: Vec<u8>,
-    /// Merkle frontier over seqnos 1..=seqno.
-    #[prost(bytes = "vec", repeated, tag = "4")]
-    pub frontier: Vec<Vec<u8>>,
-    /// Where each view started, up to the snapshot point.
-    #[prost(message, repeated, tag = "5")]
-    pub views: Vec<ViewStart>,
-    /// Every map, in name order.
-    #[prost(message, repeated, tag = "6")]
-    pub maps: Vec<SnapshotMap>,
-}
-
-/// The evidence the primary records after taking a snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotEvidence {
-    /// Seqno of the snapshot.
-    pub seqno: u64,
-    /// Hex SHA-256 of the snapshot file.
-    pub digest: String,
-}
+pub use synod_core::snapshot::*;
 
 /// Snapshot errors.
 #[derive(Debug, thiserror::Error)]
@@ -204,26 +134,6 @@ pub fn decode(bytes: &[u8], sealer: &Sealer) -> Result<Decoded, SnapshotError> {
         state,
         frontier,
     })
-}
-
-/// SHA-256 of a snapshot file: the digest its evidence records.
-pub fn digest(bytes: &[u8]) -> Digest {
-    sha256(bytes)
-}
-
-/// `snapshot_<seqno>` (written, not yet committed) or `snapshot_<seqno>_<evidence>.committed` (CCF's names).
-pub fn file_name(seqno: u64, evidence_seqno: Option<u64>) -> String {
-    match evidence_seqno {
-        Some(e) => format!("snapshot_{seqno}_{e}.committed"),
-        None => format!("snapshot_{seqno}"),
-    }
-}
-
-/// Parses a committed snapshot's file name into (seqno, evidence seqno).
-pub fn parse_committed_name(name: &str) -> Option<(u64, u64)> {
-    let rest = name.strip_prefix("snapshot_")?.strip_suffix(".committed")?;
-    let (s, e) = rest.split_once('_')?;
-    Some((s.parse().ok()?, e.parse().ok()?))
 }
 
 #[cfg(test)]

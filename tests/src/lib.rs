@@ -77,19 +77,34 @@ pub struct NodeProc {
     child: Option<Child>,
     /// Its data directory.
     pub dir: PathBuf,
-    /// `host:port` it serves HTTPS on.
+    /// `host:port` it serves HTTPS on (kept across restarts).
     pub addr: String,
+    /// `host:port` of its node-to-node channel (kept across restarts).
+    pub node_addr: String,
+    command: String,
     args: Vec<String>,
     log: PathBuf,
 }
 
+/// A free port on 127.0.0.1 (bound and released: good enough on a quiet loopback).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 impl NodeProc {
-    /// Starts `synod-node start --data-dir DIR --rpc-address 127.0.0.1:0 ARGS...` and waits until it listens.
+    /// Starts `synod-node start --data-dir DIR ARGS...` on fresh ports and waits until it listens.
     pub fn start(dir: &Path, args: &[String]) -> anyhow::Result<NodeProc> {
+        NodeProc::spawn("start", dir, args)
+    }
+
+    /// Starts `synod-node COMMAND --data-dir DIR ARGS...` (`start` or `join`) on fresh ports.
+    pub fn spawn(command: &str, dir: &Path, args: &[String]) -> anyhow::Result<NodeProc> {
         let mut node = NodeProc {
             child: None,
             dir: dir.to_path_buf(),
-            addr: String::new(),
+            addr: format!("127.0.0.1:{}", free_port()?),
+            node_addr: format!("127.0.0.1:{}", free_port()?),
+            command: command.to_string(),
             args: args.to_vec(),
             log: dir.with_extension("log"),
         };
@@ -106,10 +121,14 @@ impl NodeProc {
             .append(true)
             .open(&self.log)?;
         let child = Command::new(bin("synod-node")?)
-            .arg("start")
+            .arg(&self.command)
             .arg("--data-dir")
             .arg(&self.dir)
-            .args(["--rpc-address", "127.0.0.1:0"])
+            .args(["--rpc-address", &self.addr, "--node-address", &self.node_addr])
+            .args([
+                "--node-name",
+                self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("node"),
+            ])
             .args(&self.args)
             .env(
                 "RUST_LOG",
@@ -120,10 +139,9 @@ impl NodeProc {
             .spawn()
             .context("spawning synod-node")?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-                self.addr = addr.trim().to_string();
+            if std::fs::read_to_string(&addr_file).is_ok() {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -134,7 +152,7 @@ impl NodeProc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("synod-node did not listen within 30 s:\n{}", self.log_tail(30))
+        bail!("synod-node did not listen within 60 s:\n{}", self.log_tail(30))
     }
 
     /// The node's HTTPS URL.
@@ -187,7 +205,7 @@ impl NodeProc {
         bail!("synod-node did not stop within 20 s of SIGTERM")
     }
 
-    /// Starts the node again on the same data directory (with the same arguments, on a new port).
+    /// Starts the node again on the same data directory, with the same arguments and addresses.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
         self.launch()
@@ -247,4 +265,170 @@ impl SingleNode {
     pub fn user_client(&self) -> anyhow::Result<Client> {
         self.node.client(Some(&self.user))
     }
+}
+
+/// A multi-node network: `n0` creates the service, the others join it; one user and one member.
+pub struct Network {
+    /// Keeps the directory alive.
+    pub tmp: tempfile::TempDir,
+    /// The user allowed to call the app.
+    pub user: IdentityFiles,
+    /// The consortium member.
+    pub member: IdentityFiles,
+    /// The nodes, in the order they were started.
+    pub nodes: Vec<NodeProc>,
+    /// The service certificate file.
+    pub service_cert: PathBuf,
+    args: Vec<String>,
+}
+
+impl Network {
+    /// Starts `n` nodes with extra `synod-node` flags `args`, and waits until all of them vote.
+    pub async fn start(n: usize, args: &[&str]) -> anyhow::Result<Network> {
+        let tmp = tempfile::tempdir()?;
+        let user = IdentityFiles::generate(tmp.path(), "user0")?;
+        let member = IdentityFiles::generate(tmp.path(), "member0")?;
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut first = args.clone();
+        first.extend(["--user-cert".into(), user.cert.display().to_string()]);
+        first.extend(["--member-cert".into(), member.cert.display().to_string()]);
+        let n0 = NodeProc::start(&tmp.path().join("n0"), &first)?;
+        let service_cert = tmp.path().join("service_cert.pem");
+        std::fs::write(&service_cert, n0.service_cert_pem()?)?;
+        let mut net = Network {
+            tmp,
+            user,
+            member,
+            nodes: vec![n0],
+            service_cert,
+            args,
+        };
+        for _ in 1..n {
+            net.join_node(&[])?;
+        }
+        net.wait_for_voters(n).await?;
+        Ok(net)
+    }
+
+    /// Starts one more node that joins through the first live node; `extra` adds flags.
+    pub fn join_node(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let target = self
+            .nodes
+            .iter_mut()
+            .find_map(|n| n.is_running().then(|| n.url()))
+            .context("no live node to join through")?;
+        let mut args = self.args.clone();
+        args.extend([
+            "--target".into(),
+            target,
+            "--service-cert".into(),
+            self.service_cert.display().to_string(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.nodes.push(NodeProc::spawn(
+            "join",
+            &self.tmp.path().join(format!("n{i}")),
+            &args,
+        )?);
+        Ok(i)
+    }
+
+    /// Index of the node that every live node agrees is primary (waits for an election).
+    pub async fn primary(&mut self) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut answers = Vec::new();
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                if !n.is_running() {
+                    continue;
+                }
+                if let Ok(c) = n.client(None) {
+                    if let Ok(r) = c.get("/node/primary").await {
+                        if let Ok(v) = r.json_value() {
+                            if v["is_this_node"] == true {
+                                answers.push(i);
+                            }
+                        }
+                    }
+                }
+            }
+            if answers.len() == 1 {
+                return Ok(answers[0]);
+            }
+            if Instant::now() > deadline {
+                bail!("no single primary within 30 s ({answers:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the primary counts `n` voters and no learner.
+    pub async fn wait_for_voters(&mut self, n: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = self.primary().await?;
+            let v = self.nodes[p]
+                .client(None)?
+                .get_json::<serde_json::Value>("/node/consensus")
+                .await?;
+            let voters = v["details"]["voters"].as_array().map_or(0, |a| a.len());
+            let learners = v["details"]["learners"].as_array().map_or(0, |a| a.len());
+            if voters == n && learners == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{voters} voters and {learners} learners after 60 s, expected {n} voters");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client for node `i` as the user.
+    pub fn user_client(&self, i: usize) -> anyhow::Result<Client> {
+        self.nodes[i].client(Some(&self.user))
+    }
+
+    /// A client that knows every node (it moves on when one fails), as the user.
+    pub fn failover_client(&self) -> anyhow::Result<Client> {
+        let urls: Vec<String> = self.nodes.iter().map(|n| n.url()).collect();
+        let pem = std::fs::read_to_string(&self.service_cert)?;
+        Ok(Client::with_urls(
+            &urls,
+            &pem,
+            Some((self.user.cert_pem.as_str(), self.user.key_pem.as_str())),
+        )?)
+    }
+
+    /// Waits until `tx` is Committed on every running node.
+    pub async fn wait_committed_everywhere(&mut self, tx: synod_client::TxId) -> anyhow::Result<()> {
+        for n in self.nodes.iter_mut() {
+            if !n.is_running() {
+                continue;
+            }
+            let status = n
+                .client(None)?
+                .wait_for_commit(tx, Duration::from_secs(30))
+                .await?;
+            anyhow::ensure!(
+                status == synod_client::TxStatus::Committed,
+                "{tx} is {status:?} on {}",
+                n.dir.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The committed chunk files of a ledger directory: name → bytes.
+pub fn committed_chunks(ledger: &Path) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(ledger)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".committed") {
+            out.insert(name, std::fs::read(e.path())?);
+        }
+    }
+    Ok(out)
 }

@@ -227,7 +227,10 @@ async fn kill_9_under_load_loses_no_committed_write() -> anyhow::Result<()> {
                     };
                     let Ok(id) = r.tx_id() else { break };
                     issued.lock().await.push(id);
-                    if matches!(c.wait_for_commit(id, COMMIT_WAIT).await, Ok(TxStatus::Committed)) {
+                    if matches!(
+                        c.wait_for_commit(id, Duration::from_secs(3)).await,
+                        Ok(TxStatus::Committed)
+                    ) {
                         acked.lock().await.insert(key, (msg, id));
                     } else {
                         break;
@@ -297,7 +300,7 @@ async fn kill_9_under_load_loses_no_committed_write() -> anyhow::Result<()> {
 async fn ledger_audits_clean_and_a_changed_byte_is_named() -> anyhow::Result<()> {
     bounded(90, async {
         // Small chunks so the ledger spans several files.
-        let mut net = SingleNode::start(&["--ledger-chunk-bytes", "4000"])?;
+        let mut net = SingleNode::start(&["--ledger-chunk-bytes", "4000", "--sig-tx-interval", "10"])?;
         let c = net.user_client()?;
         let mut last = TxId::default();
         for i in 0..60u64 {
@@ -329,7 +332,11 @@ async fn ledger_audits_clean_and_a_changed_byte_is_named() -> anyhow::Result<()>
             .count();
         ensure!(
             committed_chunks >= 2,
-            "expected several committed chunks, got {committed_chunks}"
+            "expected several committed chunks, got {committed_chunks}: {:?}",
+            std::fs::read_dir(&ledger)?
+                .filter_map(|e| e.ok())
+                .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .collect::<Vec<_>>()
         );
 
         // Flip one byte in a copy of the ledger: the audit fails and names the file and seqno.
@@ -371,7 +378,16 @@ async fn bad_input_gets_clear_errors() -> anyhow::Result<()> {
     bounded(60, async {
         let net = SingleNode::start(&["--max-body-bytes", "1024"])?;
         let c = net.user_client()?;
-        let before = c.commit().await?;
+        // Start-up writes (the first primary's configuration entry and its signature) settle first.
+        let mut before = c.commit().await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = c.commit().await?;
+            if now == before {
+                break;
+            }
+            before = now;
+        }
         let raw = |bytes: &[u8]| Body::Bytes {
             content_type: Some("application/json".into()),
             bytes: bytes.to_vec(),

@@ -3,10 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use prost::Message as _;
+
 use crate::cert;
 use crate::cose;
+use crate::hash::Digest;
 use crate::ledger::{self, decode_frames, parse_signature_write_set, FrameError, KIND_SIGNATURE, KIND_TX};
 use crate::merkle::MerkleTree;
+use crate::snapshot::{self, SnapshotEvidence, SnapshotFile, SNAPSHOT_EVIDENCE};
 use crate::txid::TxId;
 
 /// What a clean audit saw.
@@ -26,6 +30,8 @@ pub struct AuditReport {
     pub chunks: usize,
     /// Offset of a partial frame at the end of the last open chunk (a torn write from a crash), if any.
     pub torn_tail_offset: Option<u64>,
+    /// The snapshot the ledger continues (its seqno), when it does not start at 1.
+    pub base_snapshot: Option<u64>,
 }
 
 /// The first problem found.
@@ -90,8 +96,19 @@ impl Auditor<'_> {
     }
 }
 
-/// Audits every chunk in `dir`; with `service_cert_der`, also checks node endorsements and COSE signatures.
+/// Audits every chunk in `dir`; with `service_cert_der`, also checks node endorsements and COSE signatures. A
+/// ledger that starts after a snapshot (a node that joined from one) is audited from that snapshot, looked for in
+/// `dir/../snapshots/`.
 pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<AuditReport, AuditError> {
+    audit_ledger_from(dir, service_cert_der, None)
+}
+
+/// [`audit_ledger`], with the snapshot the ledger continues given explicitly (its file's bytes).
+pub fn audit_ledger_from(
+    dir: &Path,
+    service_cert_der: Option<&[u8]>,
+    snapshot_bytes: Option<&[u8]>,
+) -> Result<AuditReport, AuditError> {
     let layout_err = |reason: String| AuditError {
         file: dir.to_path_buf(),
         offset: 0,
@@ -113,13 +130,52 @@ pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<Audit
             unsigned_tail: 0,
             chunks: chunks.len(),
             torn_tail_offset: None,
+            base_snapshot: None,
         },
     };
     let first_start = chunks.first().map_or(1, |c| c.0.start);
+    // A ledger continuing a snapshot: the tree restarts from the snapshot's frontier, and the snapshot itself must
+    // be proven by an evidence transaction in the audited entries.
+    let mut base: Option<(u64, Digest, bool)> = None;
     if first_start != 1 {
-        return Err(layout_err(format!(
-            "ledger starts at seqno {first_start}, expected 1"
-        )));
+        let owned;
+        let bytes = match snapshot_bytes {
+            Some(b) => b,
+            None => {
+                let snapshots = dir.parent().map(|p| p.join("snapshots")).unwrap_or_default();
+                let path = snapshot::find_in(&snapshots, first_start - 1).ok_or_else(|| {
+                    layout_err(format!(
+                        "ledger starts at seqno {first_start}: it continues snapshot {}, not found in {}",
+                        first_start - 1,
+                        snapshots.display()
+                    ))
+                })?;
+                owned = std::fs::read(&path).map_err(|e| layout_err(format!("{}: {e}", path.display())))?;
+                &owned
+            }
+        };
+        let file = SnapshotFile::decode(bytes).map_err(|e| layout_err(format!("snapshot: {e}")))?;
+        if file.seqno + 1 != first_start {
+            return Err(layout_err(format!(
+                "snapshot {} does not precede seqno {first_start}",
+                file.seqno
+            )));
+        }
+        let frontier = file
+            .frontier
+            .iter()
+            .map(|d| {
+                d.as_slice()
+                    .try_into()
+                    .map_err(|_| layout_err("snapshot frontier digest".into()))
+            })
+            .collect::<Result<Vec<Digest>, _>>()?;
+        a.tree = MerkleTree::from_frontier(file.seqno, &frontier).map_err(|e| layout_err(e.to_string()))?;
+        a.view = file.view;
+        a.report.last_seqno = file.seqno;
+        a.last_sig_seqno_in_tree = file.seqno;
+        a.report.base_snapshot = Some(file.seqno);
+        base = Some((file.seqno, snapshot::digest(bytes), false));
     }
     let count = chunks.len();
     for (i, (name, path)) in chunks.iter().enumerate() {
@@ -173,7 +229,25 @@ pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<Audit
                     a.last_sig = Some(tx.tx_id());
                     a.report.signatures += 1;
                 }
-                KIND_TX => {}
+                KIND_TX => {
+                    if let Some((seqno, digest, proven)) = base.as_mut() {
+                        let evidence = public
+                            .maps
+                            .iter()
+                            .find(|m| m.name == SNAPSHOT_EVIDENCE)
+                            .and_then(|m| m.writes.first())
+                            .and_then(|w| w.value.as_ref())
+                            .and_then(|v| serde_json::from_slice::<SnapshotEvidence>(v).ok());
+                        if let Some(ev) = evidence.filter(|ev| ev.seqno == *seqno) {
+                            if ev.digest != hex::encode(*digest) {
+                                return Err(fail(format!(
+                                    "the ledger's evidence for snapshot {seqno} names another digest"
+                                )));
+                            }
+                            *proven = true;
+                        }
+                    }
+                }
                 other => return Err(fail(format!("unknown transaction kind {other}"))),
             }
             let leaf = frame.entry.leaf().map_err(|e| fail(e.to_string()))?;
@@ -207,8 +281,16 @@ pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<Audit
             }
         }
     }
+    if let Some((seqno, _, false)) = base {
+        return Err(layout_err(format!(
+            "snapshot {seqno} that the ledger starts from is not proven by an evidence transaction in it"
+        )));
+    }
     a.report.last_signed = a.last_sig;
-    a.report.unsigned_tail = a.report.last_seqno - a.last_sig.map_or(0, |t| t.seqno);
+    let first_unsigned_base = a
+        .last_sig
+        .map_or(a.report.base_snapshot.unwrap_or(0), |t| t.seqno);
+    a.report.unsigned_tail = a.report.last_seqno - first_unsigned_base;
     Ok(a.report)
 }
 

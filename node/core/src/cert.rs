@@ -107,7 +107,9 @@ pub fn endorse_public_key(
     let issuer_key = KeyPair::from_pem(&issuer.key_pem).map_err(|e| CertError::Key(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_pem(&issuer.cert_pem, issuer_key).map_err(gen_err)?;
     let mut params = named_params(common_name, san_dns.to_vec())?;
-    params.subject_alt_names.extend(san_ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params
+        .subject_alt_names
+        .extend(san_ips.iter().map(|ip| SanType::IpAddress(*ip)));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     Ok(params.signed_by(&spki, &issuer).map_err(gen_err)?.pem())
 }
@@ -257,11 +259,15 @@ mod tests {
         // A joining node's own key, endorsed by the service.
         let joiner = generate_self_signed("joiner", false).unwrap();
         let joiner_der = pem_to_der(&joiner.cert_pem).unwrap();
-        let endorsed = endorse_public_key(&joiner_der, "n1", &["127.0.0.1".parse().unwrap()], &[], &service).unwrap();
+        let endorsed =
+            endorse_public_key(&joiner_der, "n1", &["127.0.0.1".parse().unwrap()], &[], &service).unwrap();
         let endorsed_der = pem_to_der(&endorsed).unwrap();
         verify_endorsement(&endorsed_der, &service_der).unwrap();
         assert!(same_public_key(&endorsed_der, &joiner_der).unwrap());
-        assert_eq!(public_key_id_hex(&endorsed_der).unwrap(), public_key_id_hex(&joiner_der).unwrap());
+        assert_eq!(
+            public_key_id_hex(&endorsed_der).unwrap(),
+            public_key_id_hex(&joiner_der).unwrap()
+        );
         assert!(!same_public_key(&endorsed_der, &node_der).unwrap());
         assert!(signing_key_from_pem("garbage").is_err());
     }

@@ -10,5 +10,6 @@ pub mod ledger;
 pub mod maps;
 pub mod merkle;
 pub mod receipt;
+pub mod snapshot;
 pub mod testing;
 pub mod txid;

@@ -117,7 +117,10 @@ pub fn load(storage: &Storage) -> Result<LogStore, StorageError> {
         let (_, v) = item?;
         let e = Entry::parse_from_bytes(&v).map_err(|err| corrupt("entry", err))?;
         if e.index != expected {
-            return Err(corrupt("log", format!("entry {} where {expected} was expected", e.index)));
+            return Err(corrupt(
+                "log",
+                format!("entry {} where {expected} was expected", e.index),
+            ));
         }
         entries.push(e);
     }

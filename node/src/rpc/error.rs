@@ -22,7 +22,12 @@ pub struct ApiError {
 impl ApiError {
     /// Any error with a status and code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), forward: false }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            forward: false,
+        }
     }
     /// 400 InvalidInput.
     pub fn invalid_input(message: impl Into<String>) -> ApiError {
@@ -69,7 +74,11 @@ impl From<ExecError<ApiError>> for ApiError {
             ExecError::Handler(e) => e,
             ExecError::NotPrimary => ApiError {
                 forward: true,
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotPrimary", "this node is not the primary; retry")
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "NotPrimary",
+                    "this node is not the primary; retry",
+                )
             },
             ExecError::TooManyConflicts => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

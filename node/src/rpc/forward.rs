@@ -36,13 +36,22 @@ pub struct ForwardToPrimary;
 
 /// The answer of a handler whose transaction would write on a backup.
 pub fn to_primary() -> Response {
-    let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotPrimary", "this node is not the primary").into_response();
+    let mut r = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "NotPrimary",
+        "this node is not the primary",
+    )
+    .into_response();
     r.extensions_mut().insert(ForwardToPrimary);
     r
 }
 
 /// An HTTPS client that authenticates as this node and trusts only the service identity.
-pub fn node_client(node_cert_pem: &str, node_key_pem: &str, service_cert_pem: &str) -> anyhow::Result<reqwest::Client> {
+pub fn node_client(
+    node_cert_pem: &str,
+    node_key_pem: &str,
+    service_cert_pem: &str,
+) -> anyhow::Result<reqwest::Client> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(cert::pem_to_der(service_cert_pem)?))?;
@@ -75,7 +84,10 @@ pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::H
                 .unwrap_or(false)
     });
     if !from_node {
-        return Peer { forwarded: false, ..connection.clone() }; // a client cannot claim to be forwarded
+        return Peer {
+            forwarded: false,
+            ..connection.clone()
+        }; // a client cannot claim to be forwarded
     }
     let caller = headers
         .get(FORWARDED_CALLER)
@@ -84,7 +96,10 @@ pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::H
         .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
         .map(Arc::new);
     let _ = value;
-    Peer { cert_der: caller, forwarded: true }
+    Peer {
+        cert_der: caller,
+        forwarded: true,
+    }
 }
 
 /// Middleware: runs the request here, and forwards it to the primary if the handler asks to.
@@ -110,7 +125,12 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     }
     if peer.forwarded {
         // The primary moved on since the backup forwarded this: let the client retry.
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotPrimary", "the primary changed; retry").into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NotPrimary",
+            "the primary changed; retry",
+        )
+        .into_response();
     }
     match forward(&state, &parts, bytes, &peer).await {
         Ok(r) => r,
@@ -118,7 +138,12 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     }
 }
 
-async fn forward(state: &AppState, parts: &axum::http::request::Parts, body: bytes::Bytes, peer: &Peer) -> Result<Response, ApiError> {
+async fn forward(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: bytes::Bytes,
+    peer: &Peer,
+) -> Result<Response, ApiError> {
     let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m);
     let primary = state.node.core().primary();
     let address = state
@@ -129,29 +154,49 @@ async fn forward(state: &AppState, parts: &axum::http::request::Parts, body: byt
         .get(&primary)
         .map(|p| p.rpc_address.clone())
         .filter(|a| !a.is_empty())
-        .ok_or_else(|| unavailable("no primary is known right now (an election may be under way); retry".into()))?;
+        .ok_or_else(|| {
+            unavailable("no primary is known right now (an election may be under way); retry".into())
+        })?;
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let url = format!("https://{address}{path}");
-    let mut request = state.forward_client.request(parts.method.clone(), &url).body(body);
+    let mut request = state
+        .forward_client
+        .request(parts.method.clone(), &url)
+        .body(body);
     for name in [axum::http::header::CONTENT_TYPE, axum::http::header::ACCEPT] {
         if let Some(v) = parts.headers.get(&name) {
             request = request.header(name, v.clone());
         }
     }
-    let caller = peer.cert_der.as_ref().map(|d| base64::engine::general_purpose::STANDARD.encode(d.as_slice())).unwrap_or_default();
+    let caller = peer
+        .cert_der
+        .as_ref()
+        .map(|d| base64::engine::general_purpose::STANDARD.encode(d.as_slice()))
+        .unwrap_or_default();
     request = request.header(FORWARDED, "1").header(FORWARDED_CALLER, caller);
-    let answer = request.send().await.map_err(|e| unavailable(format!("forwarding to the primary at {address}: {e}")))?;
+    let answer = request
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("forwarding to the primary at {address}: {e}")))?;
     let status = answer.status();
     let headers = answer.headers().clone();
-    let bytes = answer.bytes().await.map_err(|e| unavailable(format!("reading the primary's answer: {e}")))?;
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|e| unavailable(format!("reading the primary's answer: {e}")))?;
     let mut response = Response::builder().status(status.as_u16());
     for (name, value) in headers.iter() {
         let keep = name == "content-type" || name.as_str() == super::TX_ID_HEADER;
         if keep {
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_str().as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_str().as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            ) {
                 response = response.header(n, v);
             }
         }
     }
-    response.body(Body::from(bytes)).map_err(|e| ApiError::internal(e.to_string()))
+    response
+        .body(Body::from(bytes))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }

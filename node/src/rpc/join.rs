@@ -32,7 +32,11 @@ fn core_error(e: CoreError) -> ApiError {
     match e {
         CoreError::NotPrimary => ApiError {
             forward: true,
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotPrimary", "this node is not the primary; retry")
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NotPrimary",
+                "this node is not the primary; retry",
+            )
         },
         other => ApiError::internal(other.to_string()),
     }
@@ -42,41 +46,78 @@ fn forbidden(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, code, message)
 }
 
-async fn join(State(app): State<AppState>, Extension(peer): Extension<Peer>, body: Body) -> Result<Response, ApiError> {
+async fn join(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let der = peer
         .cert_der
         .clone()
         .ok_or_else(|| ApiError::unauthorized("joining requires the node's TLS client certificate"))?;
     let req: JoinRequest = extract::json_body(body, app.max_body_bytes).await?;
-    let verified = attestation::verify(&req.quote_info).map_err(|e| forbidden("InvalidQuote", e.to_string()))?;
+    let verified =
+        attestation::verify(&req.quote_info).map_err(|e| forbidden("InvalidQuote", e.to_string()))?;
     let node_id = cert::public_key_id_hex(&der).map_err(|e| ApiError::invalid_input(e.to_string()))?;
     if hex::encode(verified.report_data) != node_id {
-        return Err(forbidden("InvalidQuote", "the evidence's report data does not bind the key presented in TLS".into()));
-    }
-    let rpc: std::net::SocketAddr =
-        req.rpc_address.parse().map_err(|e| ApiError::invalid_input(format!("rpc_address: {e}")))?;
-    let node_address: std::net::SocketAddr =
-        req.node_address.parse().map_err(|e| ApiError::invalid_input(format!("node_address: {e}")))?;
-    let state = app.node.core().snapshot();
-    if state.get(maps::NODES_CODE_IDS, verified.measurement.as_bytes()).is_none() {
         return Err(forbidden(
-            "CodeIdNotFound",
-            format!("measurement {} is not allowed to join this service", verified.measurement),
+            "InvalidQuote",
+            "the evidence's report data does not bind the key presented in TLS".into(),
         ));
     }
-    let existing: Option<serde_json::Value> =
-        state.get(maps::NODES_INFO, node_id.as_bytes()).and_then(|v| serde_json::from_slice(v).ok());
+    let rpc: std::net::SocketAddr = req
+        .rpc_address
+        .parse()
+        .map_err(|e| ApiError::invalid_input(format!("rpc_address: {e}")))?;
+    let node_address: std::net::SocketAddr = req
+        .node_address
+        .parse()
+        .map_err(|e| ApiError::invalid_input(format!("node_address: {e}")))?;
+    let state = app.node.core().snapshot();
+    if state
+        .get(maps::NODES_CODE_IDS, verified.measurement.as_bytes())
+        .is_none()
+    {
+        return Err(forbidden(
+            "CodeIdNotFound",
+            format!(
+                "measurement {} is not allowed to join this service",
+                verified.measurement
+            ),
+        ));
+    }
+    let existing: Option<serde_json::Value> = state
+        .get(maps::NODES_INFO, node_id.as_bytes())
+        .and_then(|v| serde_json::from_slice(v).ok());
     let info = match existing {
         Some(info) if info["status"] == "Retired" => {
-            return Err(forbidden("NodeRetired", format!("node {node_id} was retired and cannot rejoin")))
+            return Err(forbidden(
+                "NodeRetired",
+                format!("node {node_id} was retired and cannot rejoin"),
+            ))
         }
         // A retried join (its answer was lost): the same answer again.
         Some(info) => info,
         None => {
-            let endorsed = cert::endorse_public_key(&der, &req.node_name, &[rpc.ip()], &["localhost".into()], &app.node.service)
-                .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))?;
-            let info = node_info(&req.node_name, &endorsed, "Trusted", rpc, node_address, &verified.measurement);
-            app.node.with_core(|c| c.add_node(&node_id, &info, now_secs())).map_err(core_error)?;
+            let endorsed = cert::endorse_public_key(
+                &der,
+                &req.node_name,
+                &[rpc.ip()],
+                &["localhost".into()],
+                &app.node.service,
+            )
+            .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))?;
+            let info = node_info(
+                &req.node_name,
+                &endorsed,
+                "Trusted",
+                rpc,
+                node_address,
+                &verified.measurement,
+            );
+            app.node
+                .with_core(|c| c.add_node(&node_id, &info, now_secs()))
+                .map_err(core_error)?;
             tracing::info!(node_id, name = %req.node_name, "a node joined");
             info
         }
@@ -95,12 +136,17 @@ async fn join(State(app): State<AppState>, Extension(peer): Extension<Peer>, bod
             })
         })
         .collect();
-    let snapshot = committed_snapshots(&app.node.paths).first().map(|(seqno, evidence_seqno, _)| SnapshotOffer {
-        seqno: *seqno,
-        evidence_seqno: *evidence_seqno,
-        url: format!("https://{}", app.node.rpc_address),
-    });
-    let secret = app.node.ledger_secret().map_err(|e| ApiError::internal(e.to_string()))?;
+    let snapshot = committed_snapshots(&app.node.paths)
+        .first()
+        .map(|(seqno, evidence_seqno, _)| SnapshotOffer {
+            seqno: *seqno,
+            evidence_seqno: *evidence_seqno,
+            url: format!("https://{}", app.node.rpc_address),
+        });
+    let secret = app
+        .node
+        .ledger_secret()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let answer = JoinResponse {
         node_id,
         status: info["status"].as_str().unwrap_or_default().to_string(),
@@ -119,11 +165,25 @@ struct SnapshotQuery {
     seqno: Option<u64>,
 }
 
-async fn snapshot(State(app): State<AppState>, Extension(peer): Extension<Peer>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let der = peer.cert_der.ok_or_else(|| ApiError::unauthorized("snapshots are served to nodes of this service"))?;
+async fn snapshot(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let der = peer
+        .cert_der
+        .ok_or_else(|| ApiError::unauthorized("snapshots are served to nodes of this service"))?;
     let node_id = cert::public_key_id_hex(&der).map_err(|e| ApiError::invalid_input(e.to_string()))?;
-    if app.node.core().snapshot().get(maps::NODES_INFO, node_id.as_bytes()).is_none() {
-        return Err(ApiError::unauthorized(format!("{node_id} is not a node of this service")));
+    if app
+        .node
+        .core()
+        .snapshot()
+        .get(maps::NODES_INFO, node_id.as_bytes())
+        .is_none()
+    {
+        return Err(ApiError::unauthorized(format!(
+            "{node_id} is not a node of this service"
+        )));
     }
     let q: SnapshotQuery = extract::query(q)?;
     let found = committed_snapshots(&app.node.paths)
@@ -131,13 +191,16 @@ async fn snapshot(State(app): State<AppState>, Extension(peer): Extension<Peer>,
         .find(|(s, _, _)| q.seqno.is_none_or(|want| want == *s))
         .ok_or_else(|| ApiError::not_found("no committed snapshot here"))?;
     let (seqno, evidence_seqno, path) = found;
-    let bytes = std::fs::read(&path).map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
     let core = app.node.core();
-    let evidence = core
-        .ledger_entry(evidence_seqno)
-        .ok_or_else(|| ApiError::not_found(format!("the evidence of snapshot {seqno} is no longer held here")))?;
+    let evidence = core.ledger_entry(evidence_seqno).ok_or_else(|| {
+        ApiError::not_found(format!("the evidence of snapshot {seqno} is no longer held here"))
+    })?;
     let tx = core.tx_id_at(evidence_seqno);
-    let receipt = core.json_receipt(tx).map_err(|e| ApiError::not_found(e.to_string()))?;
+    let receipt = core
+        .json_receipt(tx)
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     Ok(Json(SnapshotResponse {
         seqno,
@@ -154,7 +217,11 @@ struct RetireRequest {
     node_id: String,
 }
 
-async fn retire(State(app): State<AppState>, Extension(peer): Extension<Peer>, body: Body) -> Result<Response, ApiError> {
+async fn retire(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Result<Response, ApiError> {
     app.authenticate_member(&peer)?;
     let req: RetireRequest = extract::json_body(body, app.max_body_bytes).await?;
     let state = app.node.core().snapshot();
@@ -163,7 +230,10 @@ async fn retire(State(app): State<AppState>, Extension(peer): Extension<Peer>, b
         .and_then(|v| serde_json::from_slice(v).ok())
         .ok_or_else(|| ApiError::not_found(format!("no node {}", req.node_id)))?;
     if info["status"] == "Retired" {
-        return Err(ApiError::invalid_input(format!("node {} is already retired", req.node_id)));
+        return Err(ApiError::invalid_input(format!(
+            "node {} is already retired",
+            req.node_id
+        )));
     }
     let primary = {
         let core = app.node.core();
@@ -174,6 +244,12 @@ async fn retire(State(app): State<AppState>, Extension(peer): Extension<Peer>, b
             "this node is the primary: retire backups, or retire it once another node is primary",
         ));
     }
-    let tx = app.node.with_core(|c| c.retire_node(&req.node_id, now_secs())).map_err(core_error)?;
-    Ok(super::with_tx_id(tx, Json(json!({ "transaction_id": tx, "node_id": req.node_id, "status": "Retired" }))))
+    let tx = app
+        .node
+        .with_core(|c| c.retire_node(&req.node_id, now_secs()))
+        .map_err(core_error)?;
+    Ok(super::with_tx_id(
+        tx,
+        Json(json!({ "transaction_id": tx, "node_id": req.node_id, "status": "Retired" })),
+    ))
 }

@@ -57,10 +57,18 @@ pub struct AppState {
 impl AppState {
     /// Shared state for the router.
     pub fn new(node: Arc<Node>, max_body_bytes: usize) -> anyhow::Result<AppState> {
-        let forward_client =
-            forward::node_client(&node.node_identity.cert_pem, &node.node_identity.key_pem, &node.service_cert_pem)?;
+        let forward_client = forward::node_client(
+            &node.node_identity.cert_pem,
+            &node.node_identity.key_pem,
+            &node.service_cert_pem,
+        )?;
         let service_cert_der = cert::pem_to_der(&node.service_cert_pem)?;
-        Ok(AppState { node, max_body_bytes, forward_client, service_cert_der })
+        Ok(AppState {
+            node,
+            max_body_bytes,
+            forward_client,
+            service_cert_der,
+        })
     }
 }
 
@@ -102,13 +110,20 @@ impl AppState {
 
     /// Requires a client certificate registered in `public:ccf.gov.members.certs`.
     pub fn authenticate_member(&self, peer: &Peer) -> Result<User, ApiError> {
-        let der = peer
-            .cert_der
-            .as_ref()
-            .ok_or_else(|| ApiError::unauthorized("this endpoint requires a member's TLS client certificate"))?;
+        let der = peer.cert_der.as_ref().ok_or_else(|| {
+            ApiError::unauthorized("this endpoint requires a member's TLS client certificate")
+        })?;
         let id = cert::cert_fingerprint_hex(der);
-        if self.node.core().snapshot().get(maps::MEMBERS_CERTS, id.as_bytes()).is_none() {
-            return Err(ApiError::unauthorized(format!("the client certificate (id {id}) is not a known member")));
+        if self
+            .node
+            .core()
+            .snapshot()
+            .get(maps::MEMBERS_CERTS, id.as_bytes())
+            .is_none()
+        {
+            return Err(ApiError::unauthorized(format!(
+                "the client certificate (id {id}) is not a known member"
+            )));
         }
         Ok(User { id })
     }
@@ -138,7 +153,10 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), forward::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::layer,
+        ))
         .with_state(state)
 }
 
@@ -223,7 +241,12 @@ pub fn tls_config(node: &Node) -> anyhow::Result<Arc<ServerConfig>> {
 }
 
 /// Serves HTTPS on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, router: Router, state: AppState) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    state: AppState,
+) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (stream, _) = match listener.accept().await {
@@ -253,14 +276,20 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, router: Router
                 Err(_) => return,
             };
             let connection = Peer {
-                cert_der: tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec())),
+                cert_der: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| Arc::new(c.to_vec())),
                 forwarded: false,
             };
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                let peer = forward::resolve_peer(&state, &connection, req.headers());
-                req.extensions_mut().insert(peer);
-                router.clone().oneshot(req)
-            });
+            let service =
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    let peer = forward::resolve_peer(&state, &connection, req.headers());
+                    req.extensions_mut().insert(peer);
+                    router.clone().oneshot(req)
+                });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
                 .await

@@ -49,9 +49,13 @@ async fn node_state(State(app): State<AppState>) -> Response {
     let core = app.node.core();
     let state = if core.is_member() {
         "PartOfNetwork"
-    } else if core.committed_state().get(maps::NODES_INFO, core.node_id().as_bytes()).is_some_and(|v| {
-        serde_json::from_slice::<serde_json::Value>(v).is_ok_and(|i| i["status"] == "Retired")
-    }) {
+    } else if core
+        .committed_state()
+        .get(maps::NODES_INFO, core.node_id().as_bytes())
+        .is_some_and(|v| {
+            serde_json::from_slice::<serde_json::Value>(v).is_ok_and(|i| i["status"] == "Retired")
+        })
+    {
         "Retired"
     } else {
         "Pending"
@@ -85,7 +89,12 @@ fn primary_node_id(app: &AppState) -> Option<String> {
         return Some(core.node_id().to_string());
     }
     drop(core);
-    app.node.directory.read().unwrap_or_else(|p| p.into_inner()).get(&primary).map(|p| p.node_id.clone())
+    app.node
+        .directory
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&primary)
+        .map(|p| p.node_id.clone())
 }
 
 async fn network(State(app): State<AppState>) -> Response {
@@ -135,14 +144,21 @@ async fn network_nodes(State(app): State<AppState>) -> Response {
 
 async fn primary(State(app): State<AppState>) -> Result<Response, ApiError> {
     let primary = primary_node_id(&app).ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NoPrimary", "no primary is known right now; retry")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NoPrimary",
+            "no primary is known right now; retry",
+        )
     })?;
     let core = app.node.core();
     let address = if primary == core.node_id() {
         app.node.rpc_address.to_string()
     } else {
         let directory = app.node.directory.read().unwrap_or_else(|p| p.into_inner());
-        directory.get(&raft_id(&primary)).map(|p| p.rpc_address.clone()).unwrap_or_default()
+        directory
+            .get(&raft_id(&primary))
+            .map(|p| p.rpc_address.clone())
+            .unwrap_or_default()
     };
     Ok(Json(json!({
         "primary_id": primary,
@@ -165,7 +181,11 @@ async fn primary_head(State(app): State<AppState>) -> StatusCode {
 async fn consensus(State(app): State<AppState>) -> Response {
     let core = app.node.core();
     let (voters, learners) = core.configuration();
-    let progress: Vec<_> = core.progress().into_iter().map(|(id, matched)| json!({ "raft_id": id, "matched": matched })).collect();
+    let progress: Vec<_> = core
+        .progress()
+        .into_iter()
+        .map(|(id, matched)| json!({ "raft_id": id, "matched": matched }))
+        .collect();
     Json(json!({
         "details": {
             "node_id": core.node_id(),
@@ -204,7 +224,8 @@ async fn receipt(
         .is_some_and(|accept| accept.contains("application/cose"));
     let core = app.node.core();
     let answer = if wants_cose {
-        core.cose_receipt(tx).map(|bytes| ([(header::CONTENT_TYPE, "application/cose")], bytes).into_response())
+        core.cose_receipt(tx)
+            .map(|bytes| ([(header::CONTENT_TYPE, "application/cose")], bytes).into_response())
     } else {
         core.json_receipt(tx).map(|receipt| Json(receipt).into_response())
     };
@@ -220,7 +241,9 @@ async fn receipt(
             format!("transaction {tx} is {status:?}; receipts exist only for Committed transactions"),
         ),
         ReceiptUnavailable::SignatureTransaction(_) => ApiError::invalid_input(e.to_string()),
-        ReceiptUnavailable::BeforeSnapshot(..) => ApiError::new(StatusCode::NOT_FOUND, "TransactionBeforeSnapshot", e.to_string()),
+        ReceiptUnavailable::BeforeSnapshot(..) => {
+            ApiError::new(StatusCode::NOT_FOUND, "TransactionBeforeSnapshot", e.to_string())
+        }
         ReceiptUnavailable::Internal(message) => ApiError::internal(message),
     })
 }
