@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Starts a Synod network on this machine (127.0.0.1 only) and prints how to use it. Ctrl-C stops every node it
-# started; running it again on the same workspace resumes the same network from disk.
+# Starts a Synod network of N nodes on this machine (127.0.0.1 only) and prints how to use it. The first node
+# creates the service; the others join it (attested, over mutual TLS). Ctrl-C stops every node it started;
+# running it again on the same workspace restarts the same network from disk.
 #
-#   ./sandbox.sh [--workspace DIR] [--port PORT] [--debug] [--verbose]
+#   ./sandbox.sh [-n N] [--workspace DIR] [--port PORT] [--debug] [--verbose]
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT="$PWD"
@@ -11,39 +12,39 @@ WORKSPACE="$ROOT/workspace"
 PORT=8000
 PROFILE=release
 VERBOSE=0
-NODES=1
+NODES=3
 usage() {
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
-    echo "  --workspace DIR  where keys, node data and network.json go (default ./workspace)"
-    echo "  --port PORT      HTTPS port of the first node (default 8000)"
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    echo "  -n N             number of nodes (default 3)"
+    echo "  --workspace DIR  where keys, node data and network.json go (default ./workspace; alias --data-dir)"
+    echo "  --port PORT      HTTPS port of the first node; node i uses PORT+i, and PORT+100+i between nodes"
     echo "  --debug          use a debug build (faster to build, slower to run)"
     echo "  --verbose        node logs at debug level"
 }
 while (($#)); do
     case "$1" in
-        --workspace) WORKSPACE="$2"; shift 2 ;;
+        --workspace | --data-dir) WORKSPACE="$2"; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
         --debug) PROFILE=debug; shift ;;
         --verbose) VERBOSE=1; shift ;;
-        -n)
-            if [ "$2" != 1 ]; then
-                echo "sandbox: only single-node networks are available until replication lands" >&2
-                exit 2
-            fi
-            shift 2 ;;
+        -n) NODES="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "sandbox: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
 done
+if ! [[ "$NODES" =~ ^[0-9]+$ ]] || ((NODES < 1 || NODES > 50)); then
+    echo "sandbox: -n takes a number of nodes between 1 and 50" >&2
+    exit 2
+fi
 mkdir -p "$WORKSPACE"
 WORKSPACE="$(cd "$WORKSPACE" && pwd)"
 
 ./scripts/setup.sh
 echo "sandbox: building ($PROFILE)..." >&2
 if [ "$PROFILE" = release ]; then
-    cargo build -q --release -p synod-node -p synod-client --bins
+    cargo build -q --release -p synod-node -p synod-client -p synod-governance --bins
 else
-    cargo build -q -p synod-node -p synod-client --bins
+    cargo build -q -p synod-node -p synod-client -p synod-governance --bins
 fi
 BIN="$ROOT/target/$PROFILE"
 
@@ -66,30 +67,56 @@ trap stop INT TERM EXIT
 
 LOG_LEVEL=info
 ((VERBOSE)) && LOG_LEVEL=debug
+
+wait_listening() { # name pid
+    local dir="$WORKSPACE/$1"
+    for _ in $(seq 1 600); do
+        [ -f "$dir/rpc_address" ] && return 0
+        if ! kill -0 "$2" 2>/dev/null; then
+            echo "sandbox: node $1 failed to start; last log lines:" >&2
+            tail -n 20 "$WORKSPACE/$1.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "sandbox: node $1 did not start within 60 s (see $WORKSPACE/$1.log)" >&2
+    exit 1
+}
+
 NODES_JSON=""
 for ((i = 0; i < NODES; i++)); do
     name="n$i"
     dir="$WORKSPACE/$name"
     mkdir -p "$dir"
     rm -f "$dir/rpc_address"
-    RUST_LOG="$LOG_LEVEL" "$BIN/synod-node" start --data-dir "$dir" --node-name "$name" \
-        --rpc-address "127.0.0.1:$((PORT + i))" \
-        --user-cert "$WORKSPACE/user0_cert.pem" --member-cert "$WORKSPACE/member0_cert.pem" \
-        >>"$WORKSPACE/$name.log" 2>&1 &
+    common=(--data-dir "$dir" --node-name "$name" --rpc-address "127.0.0.1:$((PORT + i))"
+        --node-address "127.0.0.1:$((PORT + 100 + i))")
+    if ((i == 0)); then
+        RUST_LOG="$LOG_LEVEL" "$BIN/synod-node" start "${common[@]}" \
+            --user-cert "$WORKSPACE/user0_cert.pem" --member-cert "$WORKSPACE/member0_cert.pem" \
+            >>"$WORKSPACE/$name.log" 2>&1 &
+    else
+        # On a workspace that already holds this node, `join` resumes it without contacting the target.
+        RUST_LOG="$LOG_LEVEL" "$BIN/synod-node" join "${common[@]}" \
+            --target "https://127.0.0.1:$PORT" --service-cert "$WORKSPACE/service_cert.pem" \
+            >>"$WORKSPACE/$name.log" 2>&1 &
+    fi
     PIDS+=($!)
-    for _ in $(seq 1 300); do
-        [ -f "$dir/rpc_address" ] && break
-        if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
-            echo "sandbox: node $name failed to start; last log lines:" >&2
-            tail -n 20 "$WORKSPACE/$name.log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    [ -f "$dir/rpc_address" ] || { echo "sandbox: node $name did not start within 30 s" >&2; exit 1; }
-    NODES_JSON+="${NODES_JSON:+,}{\"name\":\"$name\",\"url\":\"https://$(cat "$dir/rpc_address")\",\"data_dir\":\"$dir\"}"
+    wait_listening "$name" "${PIDS[-1]}"
+    ((i == 0)) && cp "$dir/service_cert.pem" "$WORKSPACE/service_cert.pem"
+    NODES_JSON+="${NODES_JSON:+,}{\"name\":\"$name\",\"url\":\"https://127.0.0.1:$((PORT + i))\",\"data_dir\":\"$dir\"}"
 done
-cp "$WORKSPACE/n0/service_cert.pem" "$WORKSPACE/service_cert.pem"
+
+# Wait until every node votes (joining nodes start as learners and are promoted once caught up).
+URL="https://127.0.0.1:$PORT"
+for _ in $(seq 1 300); do
+    voters=$(curl -s --cacert "$WORKSPACE/service_cert.pem" "$URL/node/primary" |
+        sed -n 's/.*"url":"\([^"]*\)".*/\1/p' | xargs -r -I{} curl -s --cacert "$WORKSPACE/service_cert.pem" {}/node/consensus |
+        sed -n 's/.*"voters":\[\([0-9,]*\)\].*/\1/p' | tr ',' '\n' | grep -c . || true)
+    [ "${voters:-0}" -ge "$NODES" ] && break
+    sleep 0.2
+done
+
 cat >"$WORKSPACE/network.json.tmp" <<JSON
 {
   "nodes": [$NODES_JSON],
@@ -100,21 +127,26 @@ cat >"$WORKSPACE/network.json.tmp" <<JSON
 JSON
 mv "$WORKSPACE/network.json.tmp" "$WORKSPACE/network.json"
 
-URL="https://$(cat "$WORKSPACE/n0/rpc_address")"
 W="$WORKSPACE"
-cat <<EOT
-
-Synod sandbox is running ($NODES node(s)), logs in $W/n*.log
-  node n0          $URL
+C="--cacert $W/service_cert.pem --cert $W/user0_cert.pem --key $W/user0_privk.pem"
+{
+    echo
+    echo "Synod sandbox is running ($NODES node(s)), logs in $W/n*.log"
+    for ((i = 0; i < NODES; i++)); do
+        echo "  node n$i          https://127.0.0.1:$((PORT + i))   (data $W/n$i)"
+    done
+    cat <<EOT
   service cert     $W/service_cert.pem
   user0            $W/user0_cert.pem  $W/user0_privk.pem
+  member0          $W/member0_cert.pem  $W/member0_privk.pem
   network.json     $W/network.json   (the synod CLI reads it by default)
 
-Try:
-  curl --cacert $W/service_cert.pem --cert $W/user0_cert.pem --key $W/user0_privk.pem \\
-       -X POST $URL/app/log/private -H 'content-type: application/json' -d '{"id": 42, "msg": "hello"}' -i
-  curl --cacert $W/service_cert.pem --cert $W/user0_cert.pem --key $W/user0_privk.pem "$URL/app/log/private?id=42"
-  curl --cacert $W/service_cert.pem "$URL/node/commit"
+Try (any node takes writes: backups forward them to the primary):
+  curl $C \\
+       -X POST https://127.0.0.1:$((PORT + NODES - 1))/app/log/private -H 'content-type: application/json' -d '{"id": 42, "msg": "hello"}' -i
+  curl $C "$URL/app/log/private?id=42"
+  curl --cacert $W/service_cert.pem "$URL/node/network/nodes"
+  curl --cacert $W/service_cert.pem "$URL/node/consensus"
 
   export PATH="$BIN:\$PATH" SYNOD_NETWORK=$W/network.json
   synod call -X POST /app/log/public --data '{"id": 1, "msg": "hi"}' --wait
@@ -125,4 +157,5 @@ Try:
 
 Press Ctrl-C to stop the network.
 EOT
+}
 wait "${PIDS[@]}"
