@@ -14,7 +14,7 @@ use serde_json::json;
 use synod_core::txid::{TxId, TxStatus};
 
 use crate::client::{Body, Client, Response};
-use crate::load::{LoadConfig, SynodTarget};
+use crate::load::{EtcdTarget, LoadConfig, LoadReport, LoadSummary, SynodTarget};
 use crate::network::Network;
 use crate::Method;
 
@@ -593,18 +593,45 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
     }
 }
 
+/// The system `synod-load` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadTargetKind {
+    /// A Synod network (network.json, or --url): POST {"id": KEY, "msg": VALUE} to --path, then wait for the last
+    /// write to be Committed
+    Synod,
+    /// An etcd v3 cluster through its HTTP/JSON gateway (--etcd-endpoints): POST /v3/kv/put of key log/KEY, which
+    /// etcd answers once committed
+    Etcd,
+}
+
 /// `synod-load`: a benchmark of committed writes (not a test).
 #[derive(Debug, Parser)]
 #[command(
     name = "synod-load",
     version,
     about = "Load generator: concurrent clients POST writes, then wait for \
-    the last one to be Committed; reports committed writes/s and request latency"
+    the last one to be Committed; reports committed writes/s and request latency. \
+    Measures Synod or etcd with the same keys, values and concurrency; --compare puts --json outputs side by side"
 )]
 pub struct LoadCli {
     /// Where the network is.
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// System to load
+    #[arg(long, value_enum, default_value_t = LoadTargetKind::Synod)]
+    pub target: LoadTargetKind,
+    /// etcd client URLs (http://host:port, comma-separated) for --target etcd; client i uses endpoint i mod N
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URL,...",
+        required_if_eq("target", "etcd")
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Spread the Synod clients over every node of network.json (client i starts at node i mod N; backups forward
+    /// writes to the primary), as etcd clients spread over --etcd-endpoints; default: all on one node
+    #[arg(long, conflicts_with_all = ["url", "node"])]
+    pub spread: bool,
     /// Write endpoint (POST {"id": KEY, "msg": VALUE})
     #[arg(long, default_value = "/app/log/private")]
     pub path: String,
@@ -632,23 +659,92 @@ pub struct LoadCli {
     /// How long to wait for the last write to be Committed, in seconds
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub commit_timeout_s: u64,
+    /// Name of this run in the report and in --compare tables (e.g. synod-3 or etcd-3)
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+    /// Run nothing: compare earlier --json outputs (a table, then the committed writes/s of each run divided by
+    /// the last one's, and the p99s); exit code 1 if their parameters differ or a run had errors
+    #[arg(long, num_args = 2.., value_name = "JSON")]
+    pub compare: Vec<PathBuf>,
     /// Print one JSON object instead of the human summary
     #[arg(long)]
     pub json: bool,
 }
 
-/// Runs `synod-load`; exit code 1 if no write succeeded or the last write was not seen Committed.
+/// One Synod client per load client: all on the selected node, or with `--spread` client i on node i mod N
+/// (its failover order starting there).
+fn synod_targets(cli: &LoadCli, timeout: Duration) -> anyhow::Result<Vec<SynodTarget>> {
+    let node_names: Vec<Option<String>> = if cli.spread {
+        let network = cli
+            .connect
+            .network()?
+            .ok_or_else(|| anyhow!("--spread needs a network.json listing the nodes"))?;
+        network.nodes.iter().map(|n| Some(n.name.clone())).collect()
+    } else {
+        vec![cli.connect.node.clone()]
+    };
+    let mut targets = Vec::new();
+    for (_, node) in (0..cli.clients).zip(node_names.iter().cycle()) {
+        let mut connect = cli.connect.clone();
+        connect.node = node.clone();
+        // One client (so one connection pool) per worker.
+        let client = connect.client()?.with_request_timeout(timeout);
+        targets.push(SynodTarget::new(client, &cli.path));
+    }
+    Ok(targets)
+}
+
+/// One etcd client per load client, client i on endpoint i mod N.
+fn etcd_targets(cli: &LoadCli, timeout: Duration) -> anyhow::Result<Vec<EtcdTarget>> {
+    if cli.etcd_endpoints.is_empty() {
+        bail!("--target etcd needs --etcd-endpoints URL,...");
+    }
+    if cli.spread {
+        bail!("--spread is for Synod: etcd clients always spread over --etcd-endpoints");
+    }
+    (0..cli.clients as usize)
+        .map(|i| {
+            let endpoint = &cli.etcd_endpoints[i % cli.etcd_endpoints.len()];
+            EtcdTarget::new(endpoint.trim(), timeout).context("bad --etcd-endpoints")
+        })
+        .collect()
+}
+
+/// `synod-load --compare`: reads the summaries and prints the comparison; 1 unless the comparison is fair.
+fn run_compare(cli: &LoadCli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
+    let mut runs = Vec::new();
+    for path in &cli.compare {
+        let text = read(path, "load summary")?;
+        let run: LoadSummary = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a synod-load --json summary", path.display()))?;
+        runs.push(run);
+    }
+    let comparison = crate::load::compare(&runs);
+    if cli.json {
+        println(
+            out,
+            json!({
+                "runs": runs,
+                "ratios": comparison.ratios,
+                "fair": comparison.fair,
+            }),
+        )?;
+    } else {
+        write!(out, "{}", comparison.text).context("cannot write the output")?;
+    }
+    Ok(u8::from(!comparison.fair))
+}
+
+/// Runs `synod-load`; exit code 1 if no write succeeded or the last write was not seen Committed (or, with
+/// `--compare`, if the runs are not comparable).
 pub async fn run_load(cli: LoadCli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
+    if !cli.compare.is_empty() {
+        return run_compare(&cli, out);
+    }
     if !cli.path.starts_with('/') {
         bail!("--path must start with '/'");
     }
     let timeout = Duration::from_millis(cli.timeout_ms);
-    let mut targets = Vec::new();
-    for _ in 0..cli.clients {
-        // One client (so one connection pool) per worker.
-        let client = cli.connect.client()?.with_request_timeout(timeout);
-        targets.push(SynodTarget::new(client, &cli.path));
-    }
     let config = LoadConfig {
         requests: cli.requests,
         value_bytes: cli.value_bytes,
@@ -657,7 +753,11 @@ pub async fn run_load(cli: LoadCli, out: &mut (dyn Write + Send)) -> anyhow::Res
         max_duration: Duration::from_secs(cli.duration_s),
         commit_timeout: Duration::from_secs(cli.commit_timeout_s),
     };
-    let report = crate::load::run_load(targets, &config).await?;
+    let mut report: LoadReport = match cli.target {
+        LoadTargetKind::Synod => crate::load::run_load(synod_targets(&cli, timeout)?, &config).await?,
+        LoadTargetKind::Etcd => crate::load::run_load(etcd_targets(&cli, timeout)?, &config).await?,
+    };
+    report.label = cli.label.clone();
     if cli.json {
         println(out, report.to_json())?;
     } else {
@@ -829,9 +929,38 @@ mod tests {
             (defaults.clients, defaults.value_bytes, defaults.path.as_str()),
             (32, 64, "/app/log/private")
         );
+        assert_eq!(defaults.target, LoadTargetKind::Synod);
+        assert!(!defaults.spread && defaults.compare.is_empty() && defaults.label.is_none());
+
+        let etcd = LoadCli::try_parse_from([
+            "synod-load",
+            "--target",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379,http://127.0.0.1:22379,http://127.0.0.1:32379",
+            "--label",
+            "etcd-3",
+        ])
+        .unwrap();
+        assert_eq!(etcd.target, LoadTargetKind::Etcd);
+        assert_eq!(etcd.etcd_endpoints.len(), 3);
+        assert_eq!(etcd.etcd_endpoints[1], "http://127.0.0.1:22379");
+        assert_eq!(etcd.label.as_deref(), Some("etcd-3"));
+        let spread = LoadCli::try_parse_from(["synod-load", "--spread"]).unwrap();
+        assert!(spread.spread);
+        let compare = LoadCli::try_parse_from(["synod-load", "--compare", "a.json", "b.json"]).unwrap();
+        assert_eq!(
+            compare.compare,
+            [PathBuf::from("a.json"), PathBuf::from("b.json")]
+        );
         for bad in [
             &["synod-load", "--clients", "0"][..],
             &["synod-load", "--keys", "0"],
+            &["synod-load", "--target", "etcd"],
+            &["synod-load", "--target", "zookeeper"],
+            &["synod-load", "--spread", "--url", "https://127.0.0.1:1"],
+            &["synod-load", "--spread", "--node", "n1"],
+            &["synod-load", "--compare", "only-one.json"],
         ] {
             assert!(LoadCli::try_parse_from(bad).is_err(), "{bad:?}");
         }
@@ -935,6 +1064,174 @@ mod tests {
         assert!(
             message.contains("/nonexistent/network.json") && message.contains("SYNOD_NETWORK"),
             "{message}"
+        );
+    }
+    fn load_cli(args: &[&str]) -> LoadCli {
+        LoadCli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_load_spreads_clients_over_the_endpoints() {
+        use std::sync::atomic::Ordering;
+        let mut members = Vec::new();
+        for _ in 0..3 {
+            members.push(crate::load::tests::mock_etcd::start().await);
+        }
+        let endpoints: Vec<&str> = members.iter().map(|(url, _)| url.as_str()).collect();
+        let endpoints = endpoints.join(",");
+        let cli = load_cli(&[
+            "synod-load",
+            "--target",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+            "--clients",
+            "6",
+            "--requests",
+            "120",
+            "--keys",
+            "10",
+            "--seed",
+            "9",
+            "--label",
+            "etcd-mock",
+            "--json",
+        ]);
+        let mut out = Vec::new();
+        // Keys 0..10 never hit the mock's failing keys (13, 14).
+        assert_eq!(run_load(cli, &mut out).await.unwrap(), 0);
+        let summary: LoadSummary = serde_json::from_slice(&out).unwrap();
+        assert_eq!((summary.requests, summary.errors, summary.clients), (120, 0, 6));
+        assert_eq!((summary.label.as_str(), summary.keys), ("etcd-mock", 10));
+        for (url, state) in &members {
+            assert_eq!(
+                state.connections.load(Ordering::SeqCst),
+                2,
+                "two clients on {url}"
+            );
+            assert!(
+                summary.target.contains(url.as_str()),
+                "{} lacks {url}",
+                summary.target
+            );
+        }
+        let total: u64 = members
+            .iter()
+            .map(|(_, s)| s.put_count.load(Ordering::SeqCst))
+            .sum();
+        assert_eq!(total, 120);
+
+        for bad in [
+            vec![
+                "synod-load",
+                "--target",
+                "etcd",
+                "--etcd-endpoints",
+                "https://127.0.0.1:2379",
+            ],
+            vec![
+                "synod-load",
+                "--target",
+                "etcd",
+                "--etcd-endpoints",
+                &endpoints,
+                "--spread",
+            ],
+        ] {
+            assert!(
+                run_load(load_cli(&bad), &mut Vec::new()).await.is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn compare_reads_json_summaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, label: &str, rate: f64, p99: f64, value_bytes: u64| {
+            let path = dir.path().join(name);
+            let doc = json!({
+                "label": label, "target": format!("{label} at somewhere"), "requests": 2000, "errors": 0,
+                "clients": 32, "value_bytes": value_bytes, "keys": 1000, "seed": 1, "elapsed_s": 1.5,
+                "committed_writes_per_s": rate, "p50_ms": 1.25, "p99_ms": p99, "max_ms": 20.0,
+            });
+            std::fs::write(&path, doc.to_string()).unwrap();
+            path.display().to_string()
+        };
+        let synod = write("synod.json", "synod-3", 4000.0, 9.5, 64);
+        let etcd = write("etcd.json", "etcd-3", 8000.0, 7.0, 64);
+        let mut out = Vec::new();
+        let code = run_load(load_cli(&["synod-load", "--compare", &synod, &etcd]), &mut out)
+            .await
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("synod-3 / etcd-3: 0.50x"), "{text}");
+        assert!(text.contains("p99 9.500 ms vs 7.000 ms"), "{text}");
+
+        let mut out = Vec::new();
+        let code = run_load(
+            load_cli(&["synod-load", "--compare", &synod, &etcd, "--json"]),
+            &mut out,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 0);
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(doc["ratios"], json!([0.5, 1.0]));
+        assert_eq!(doc["fair"], true);
+
+        let bigger = write("bigger.json", "etcd-256", 8000.0, 7.0, 256);
+        let mut out = Vec::new();
+        let code = run_load(load_cli(&["synod-load", "--compare", &synod, &bigger]), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(code, 1, "different value sizes are not comparable");
+        let missing = dir.path().join("missing.json").display().to_string();
+        assert!(run_load(
+            load_cli(&["synod-load", "--compare", &synod, &missing]),
+            &mut Vec::new()
+        )
+        .await
+        .is_err());
+    }
+    #[test]
+    fn spread_puts_client_i_on_node_i_mod_n() {
+        let dir = tempfile::tempdir().unwrap();
+        // Any certificate will do as the pinned root: nothing is sent.
+        let user = crate::keygen("user0", dir.path()).unwrap();
+        let net = dir.path().join("network.json");
+        let doc = json!({
+            "nodes": [
+                {"name": "n0", "url": "https://127.0.0.1:1"},
+                {"name": "n1", "url": "https://127.0.0.1:2"},
+                {"name": "n2", "url": "https://127.0.0.1:3"},
+            ],
+            "service_cert": user.cert,
+            "users": [{"name": "user0", "cert": user.cert, "key": user.key}],
+        });
+        std::fs::write(&net, doc.to_string()).unwrap();
+        let net = net.display().to_string();
+        let urls = |args: &[&str]| -> Vec<String> {
+            let cli = load_cli(args);
+            synod_targets(&cli, Duration::from_secs(1))
+                .unwrap()
+                .iter()
+                .map(crate::load::LoadTarget::describe)
+                .collect()
+        };
+        let port = |p: u16| format!("synod https://127.0.0.1:{p}/app/log/private");
+        assert_eq!(
+            urls(&["synod-load", "--network", &net, "--clients", "5", "--spread"]),
+            [port(1), port(2), port(3), port(1), port(2)]
+        );
+        assert_eq!(
+            urls(&["synod-load", "--network", &net, "--clients", "2"]),
+            [port(1), port(1)]
+        );
+        assert_eq!(
+            urls(&["synod-load", "--network", &net, "--clients", "2", "--node", "n2"]),
+            [port(3), port(3)]
         );
     }
 }

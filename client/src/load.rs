@@ -1,13 +1,16 @@
 //! The load generator behind `synod-load`: K concurrent clients (each its own connection and task) issue N writes
 //! in total, each request timed from send to answer, then the last write is waited for until Committed, so the
 //! throughput reported is of *committed* writes, the number that matters for a ledger. The system under test is a
-//! [`LoadTarget`], so that other systems (an etcd HTTP gateway, say) can be measured the same way beside Synod.
+//! [`LoadTarget`]: [`SynodTarget`] (the logging app) or [`EtcdTarget`] (etcd v3's HTTP/JSON gateway), so that both
+//! are measured the same way, with the same keys, values and concurrency. [`compare`] puts the `--json` summaries
+//! of several runs side by side.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use synod_core::txid::TxId;
 
@@ -72,6 +75,238 @@ impl LoadTarget for SynodTarget {
     }
 }
 
+/// Largest etcd answer read, in bytes (a put answer is about 100).
+const MAX_ETCD_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// How long an etcd client waits for a TCP connection.
+const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// etcd v3 through its HTTP/JSON gateway: a write is `POST {endpoint}/v3/kv/put` with
+/// `{"key": base64("log/<id>"), "value": base64(value)}` ([`etcd_put_body`]). etcd answers a put only after its Raft
+/// majority has committed it, so there is no transaction id to wait for: [`LoadTarget::write`] returns `None` and
+/// [`LoadTarget::wait_committed`] returns at once. Plain HTTP (the benchmark's cluster has no TLS); each target
+/// has its own connection pool, so one target is one client connection, as with [`SynodTarget`].
+#[derive(Clone, Debug)]
+pub struct EtcdTarget {
+    http: reqwest::Client,
+    endpoint: String,
+    put_url: String,
+    timeout: Duration,
+}
+
+/// The etcd key a write to Synod key id `key` uses: `log/<id>`.
+pub fn etcd_key(key: u64) -> String {
+    format!("log/{key}")
+}
+
+/// The JSON body of the etcd put of `value` under key id `key` (key and value base64, as the gateway wants bytes).
+pub fn etcd_put_body(key: u64, value: &[u8]) -> serde_json::Value {
+    json!({ "key": base64_encode(etcd_key(key).as_bytes()), "value": base64_encode(value) })
+}
+
+const BASE64_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (RFC 4648 section 4), what protobuf's JSON mapping uses for `bytes`.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64_ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The name of a gRPC status code, as the etcd gateway reports them in `{"code": N}`.
+fn grpc_code_name(code: i64) -> String {
+    let name = match code {
+        1 => "Canceled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => return format!("grpc-{code}"),
+    };
+    name.to_string()
+}
+
+/// An error answer of the etcd gateway (`{"error", "message", "code"}`) as [`Error::Api`], anything else as
+/// [`Error::UnexpectedResponse`].
+fn etcd_error(status: reqwest::StatusCode, body: &[u8]) -> Error {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let message = parsed.as_ref().and_then(|v| {
+        v.get("message")
+            .or_else(|| v.get("error"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    });
+    match message {
+        Some(message) => Error::Api {
+            status,
+            code: parsed
+                .as_ref()
+                .and_then(|v| v.get("code"))
+                .and_then(serde_json::Value::as_i64)
+                .map_or_else(|| "Unknown".to_string(), grpc_code_name),
+            message,
+        },
+        None => Error::UnexpectedResponse {
+            status,
+            message: format!(
+                "etcd answered without an error message: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ),
+        },
+    }
+}
+
+/// An HTTP failure talking to etcd, classified like the Synod client's (connect failures are safe to retry; a
+/// timeout or lost connection may have applied the write).
+fn etcd_transport_error(e: reqwest::Error, url: &str, timeout: Duration) -> Error {
+    let url = url.to_string();
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !reason.contains(&text) {
+            reason = format!("{reason}: {text}");
+        }
+        source = cause.source();
+    }
+    if e.is_builder() || e.is_redirect() {
+        Error::Transport { url, reason }
+    } else if e.is_connect() {
+        Error::Unreachable { url, reason }
+    } else if e.is_timeout() {
+        Error::Timeout { url, after: timeout }
+    } else {
+        Error::ConnectionLost { url, reason }
+    }
+}
+
+impl EtcdTarget {
+    /// A target for the etcd member whose client URL is `endpoint` (`http://host:port`), each request bounded by
+    /// `timeout`.
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<EtcdTarget> {
+        let url = reqwest::Url::parse(endpoint)
+            .map_err(|e| Error::Config(format!("invalid etcd endpoint {endpoint:?}: {e}")))?;
+        if url.scheme() != "http" {
+            return Err(Error::Config(format!(
+                "etcd endpoint {endpoint:?} is not http:// (the benchmark's etcd cluster serves plain HTTP)"
+            )));
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(Error::Config(format!(
+                "etcd endpoint {endpoint:?} must be http://host:port, without a path"
+            )));
+        }
+        // reqwest insists on a TLS configuration even for plain HTTP, and without one it would need a process-wide
+        // crypto provider: give it one that trusts nothing (no https endpoint is accepted above anyway).
+        let tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::TlsConfig(e.to_string()))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .no_proxy()
+            .connect_timeout(ETCD_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the etcd HTTP client: {e}")))?;
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        Ok(EtcdTarget {
+            http,
+            put_url: format!("{endpoint}/v3/kv/put"),
+            endpoint,
+            timeout,
+        })
+    }
+
+    /// The member's client URL.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn put(&self, body: &serde_json::Value) -> Result<(reqwest::StatusCode, Vec<u8>)> {
+        let url = &self.put_url;
+        let mut response = self
+            .http
+            .post(url)
+            .json(body)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| etcd_transport_error(e, url, self.timeout))?;
+        let status = response.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| etcd_transport_error(e, url, self.timeout))?
+        {
+            if bytes.len() + chunk.len() > MAX_ETCD_RESPONSE_BYTES {
+                return Err(Error::UnexpectedResponse {
+                    status,
+                    message: format!("etcd answer larger than {MAX_ETCD_RESPONSE_BYTES} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((status, bytes))
+    }
+}
+
+impl LoadTarget for EtcdTarget {
+    fn describe(&self) -> String {
+        format!("etcd {}", self.put_url)
+    }
+
+    async fn write(&self, key: u64, value: &[u8]) -> Result<Option<TxId>> {
+        let (status, body) = self.put(&etcd_put_body(key, value)).await?;
+        if !status.is_success() {
+            return Err(etcd_error(status, &body));
+        }
+        // A put answer is `{"header": {"cluster_id", "member_id", "revision", "raft_term"}}`.
+        let answer: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| Error::UnexpectedResponse {
+                status,
+                message: format!("etcd put answer is not JSON: {e}"),
+            })?;
+        if answer.pointer("/header/revision").is_none() {
+            return Err(Error::UnexpectedResponse {
+                status,
+                message: format!("etcd put answer without header.revision: {answer}"),
+            });
+        }
+        Ok(None)
+    }
+
+    async fn wait_committed(&self, _last: Option<TxId>, _timeout: Duration) -> Result<()> {
+        // etcd answered each put after its Raft majority committed it.
+        Ok(())
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
@@ -105,7 +340,9 @@ impl Default for LoadConfig {
 /// What a run measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadReport {
-    /// [`LoadTarget::describe`].
+    /// A short name for comparisons (`synod-load --label`), if one was given.
+    pub label: Option<String>,
+    /// [`LoadTarget::describe`] of the targets (the distinct ones, comma-separated).
     pub target: String,
     /// Requests issued (successes and errors).
     pub requests: u64,
@@ -115,6 +352,10 @@ pub struct LoadReport {
     pub clients: usize,
     /// Value size.
     pub value_bytes: usize,
+    /// Size of the key space.
+    pub keys: u64,
+    /// Seed of the key sequence.
+    pub seed: u64,
     /// From the first request to the last write being Committed (or to the last answer if that wait failed).
     pub elapsed_s: f64,
     /// Successful writes / `elapsed_s`; None when the last write could not be seen committed.
@@ -141,27 +382,41 @@ impl LoadReport {
         self.requests - self.errors
     }
 
-    /// The one-object JSON summary `synod-load --json` prints.
+    /// The summary `synod-load --json` prints (and [`compare`] reads).
+    pub fn summary(&self) -> LoadSummary {
+        LoadSummary {
+            label: self.label.clone().unwrap_or_else(|| self.target.clone()),
+            target: self.target.clone(),
+            requests: self.requests,
+            errors: self.errors,
+            clients: self.clients,
+            value_bytes: self.value_bytes,
+            keys: self.keys,
+            seed: self.seed,
+            elapsed_s: round3(self.elapsed_s),
+            committed_writes_per_s: self.committed_writes_per_s.map(round3),
+            p50_ms: round3(self.p50_ms),
+            p99_ms: round3(self.p99_ms),
+            max_ms: round3(self.max_ms),
+        }
+    }
+
+    /// The one-object JSON summary `synod-load --json` prints: [`LoadReport::summary`].
     pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "target": self.target,
-            "requests": self.requests,
-            "errors": self.errors,
-            "clients": self.clients,
-            "value_bytes": self.value_bytes,
-            "elapsed_s": round3(self.elapsed_s),
-            "committed_writes_per_s": self.committed_writes_per_s.map(round3),
-            "p50_ms": round3(self.p50_ms),
-            "p99_ms": round3(self.p99_ms),
-            "max_ms": round3(self.max_ms),
-        })
+        // A struct of strings and numbers always serialises.
+        serde_json::to_value(self.summary()).unwrap_or_default()
     }
 
     /// A few lines for a person.
     pub fn human(&self) -> String {
-        let mut s = format!(
-            "target            {}\nclients           {}\nvalue bytes       {}\nrequests          {} ({} errors)\n",
-            self.target, self.clients, self.value_bytes, self.requests, self.errors
+        let mut s = String::new();
+        if let Some(label) = &self.label {
+            s += &format!("label             {label}\n");
+        }
+        s += &format!(
+            "target            {}\nclients           {}\nvalue bytes       {}\nkeys              {}\n\
+             requests          {} ({} errors)\n",
+            self.target, self.clients, self.value_bytes, self.keys, self.requests, self.errors
         );
         s += &format!(
             "latency           p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms\n",
@@ -187,6 +442,153 @@ impl LoadReport {
             s += &format!("first error       {e}\n");
         }
         s
+    }
+}
+
+/// The one-object summary of a run: what `synod-load --json` prints, and what [`compare`] reads back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadSummary {
+    /// Short name of the run (`--label`, else the target).
+    #[serde(default)]
+    pub label: String,
+    /// What was measured ([`LoadTarget::describe`]).
+    pub target: String,
+    /// Requests issued (successes and errors).
+    pub requests: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Value size in bytes.
+    pub value_bytes: usize,
+    /// Size of the key space.
+    pub keys: u64,
+    /// Seed of the key sequence (runs with the same seed, key space and request count write the same keys).
+    pub seed: u64,
+    /// Seconds from the first request to the last write being committed.
+    pub elapsed_s: f64,
+    /// Committed writes per second; None (`null`) when the last write was not seen committed.
+    pub committed_writes_per_s: Option<f64>,
+    /// Median request latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile request latency, milliseconds.
+    pub p99_ms: f64,
+    /// Largest request latency, milliseconds.
+    pub max_ms: f64,
+}
+
+impl LoadSummary {
+    /// The name shown in comparisons: the label, else the target.
+    pub fn name(&self) -> &str {
+        if self.label.is_empty() {
+            &self.target
+        } else {
+            &self.label
+        }
+    }
+
+    /// The parameters that must be equal for two runs to be compared: clients, requests, value size, key space,
+    /// seed.
+    pub fn parameters(&self) -> (usize, u64, usize, u64, u64) {
+        (
+            self.clients,
+            self.requests,
+            self.value_bytes,
+            self.keys,
+            self.seed,
+        )
+    }
+}
+
+/// A side-by-side comparison of runs, as [`compare`] makes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    /// The table, the ratios and any warning, for a person.
+    pub text: String,
+    /// True when every run has the same clients, requests, value size, key space and seed, and none had errors or
+    /// an unknown commit rate.
+    pub fair: bool,
+    /// Committed writes/s of each run divided by the last run's (None where either rate is unknown).
+    pub ratios: Vec<Option<f64>>,
+}
+
+fn fmt_rate(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "unknown".to_string(), |r| format!("{r:.1}"))
+}
+
+/// Compares runs: a table of committed writes/s, p50, p99 and max latency and errors, then, for each run but the
+/// last, the ratio of its committed writes/s to the last run's and both p99s (so `compare([synod, etcd])` gives
+/// synod ÷ etcd). Warns when the runs do not share clients, requests, value size, key space and seed.
+pub fn compare(runs: &[LoadSummary]) -> Comparison {
+    let Some(base) = runs.last() else {
+        return Comparison {
+            text: "nothing to compare\n".into(),
+            fair: false,
+            ratios: Vec::new(),
+        };
+    };
+    let ratio = |run: &LoadSummary| match (run.committed_writes_per_s, base.committed_writes_per_s) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let ratios: Vec<Option<f64>> = runs.iter().map(ratio).collect();
+    let width = runs
+        .iter()
+        .map(|r| r.name().chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut text = format!(
+        "{:<width$}  {:>18}  {:>9}  {:>9}  {:>9}  {:>6}  {:>9}\n",
+        "run", "committed writes/s", "p50 ms", "p99 ms", "max ms", "errors", "÷ last",
+    );
+    for (run, r) in runs.iter().zip(&ratios) {
+        text += &format!(
+            "{:<width$}  {:>18}  {:>9.3}  {:>9.3}  {:>9.3}  {:>6}  {:>9}\n",
+            run.name(),
+            fmt_rate(run.committed_writes_per_s),
+            run.p50_ms,
+            run.p99_ms,
+            run.max_ms,
+            run.errors,
+            r.map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}x")),
+        );
+    }
+    let same = runs.iter().all(|r| r.parameters() == base.parameters());
+    let (clients, requests, value_bytes, keys, seed) = base.parameters();
+    if same {
+        text += &format!(
+            "parameters        {clients} clients, {requests} requests, {value_bytes}-byte values, {keys} keys, seed {seed} (all runs)\n"
+        );
+    } else {
+        text += "WARNING           the runs do not share their parameters (clients, requests, value bytes, keys, seed):\n";
+        for run in runs {
+            let (c, r, v, k, seed) = run.parameters();
+            text += &format!("                  {}: {c}, {r}, {v}, {k}, {seed}\n", run.name());
+        }
+    }
+    for (run, r) in runs.iter().zip(&ratios).take(runs.len() - 1) {
+        text += &format!(
+            "ratio             {} / {}: {} committed writes/s ({} vs {}); p99 {:.3} ms vs {:.3} ms\n",
+            run.name(),
+            base.name(),
+            r.map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}x")),
+            fmt_rate(run.committed_writes_per_s),
+            fmt_rate(base.committed_writes_per_s),
+            run.p99_ms,
+            base.p99_ms,
+        );
+    }
+    let clean = runs
+        .iter()
+        .all(|r| r.errors == 0 && r.committed_writes_per_s.is_some());
+    if !clean {
+        text += "WARNING           some run had errors or no known commit rate\n";
+    }
+    Comparison {
+        text,
+        fair: same && clean,
+        ratios,
     }
 }
 
@@ -275,14 +677,21 @@ fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
 }
 
-/// Runs the load: one task per target (so `targets.len()` concurrent clients, each with its own connection),
-/// then waits, through the first target, for the highest returned tx id to be Committed.
+/// Runs the load: one task per target (so `targets.len()` concurrent clients, each with its own connection; the
+/// targets may point at different nodes of one network), then waits, through the first target, for the highest
+/// returned tx id to be Committed.
 pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Result<LoadReport> {
     let clients = targets.len();
-    let description = targets
-        .first()
-        .map(LoadTarget::describe)
-        .ok_or_else(|| Error::Config("the load needs at least one client".into()))?;
+    if targets.is_empty() {
+        return Err(Error::Config("the load needs at least one client".into()));
+    }
+    let mut described: Vec<String> = Vec::new();
+    for d in targets.iter().map(LoadTarget::describe) {
+        if !described.contains(&d) {
+            described.push(d);
+        }
+    }
+    let description = described.join(", ");
     if config.keys == 0 {
         return Err(Error::Config("the key space must hold at least one key".into()));
     }
@@ -328,11 +737,14 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
         Err(e) => (None, Some(e.to_string())),
     };
     Ok(LoadReport {
+        label: None,
         target: description,
         requests: successes + errors,
         errors,
         clients,
         value_bytes: config.value_bytes,
+        keys: config.keys,
+        seed: config.seed,
         elapsed_s: elapsed,
         committed_writes_per_s,
         p50_ms: percentile_ms(&latencies, 50.0),
@@ -346,7 +758,7 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Mutex;
 
@@ -434,10 +846,17 @@ mod tests {
             "p50_ms",
             "p99_ms",
             "max_ms",
+            "label",
+            "keys",
+            "seed",
         ] {
             assert!(json.get(key).is_some(), "{key} missing from {json}");
         }
-        assert_eq!(json.as_object().unwrap().len(), 10);
+        assert_eq!(json.as_object().unwrap().len(), 13);
+        assert_eq!(json["label"], "memory", "the label defaults to the target");
+        assert_eq!(json["keys"], 100);
+        let back: LoadSummary = serde_json::from_value(json).unwrap();
+        assert_eq!(back, report.summary());
     }
 
     #[tokio::test]
@@ -451,5 +870,287 @@ mod tests {
         assert!(report.stopped_by_duration);
         assert!(report.requests > 0);
         assert!(run_load(Vec::<Memory>::new(), &config).await.is_err());
+    }
+    fn summary(label: &str, rate: Option<f64>, p99_ms: f64) -> LoadSummary {
+        LoadSummary {
+            label: label.into(),
+            target: format!("{label} target"),
+            requests: 1000,
+            errors: 0,
+            clients: 8,
+            value_bytes: 64,
+            keys: 100,
+            seed: 1,
+            elapsed_s: 1.0,
+            committed_writes_per_s: rate,
+            p50_ms: 1.0,
+            p99_ms,
+            max_ms: 9.0,
+        }
+    }
+
+    #[test]
+    fn compare_divides_by_the_last_run() {
+        let runs = [
+            summary("synod", Some(3000.0), 4.5),
+            summary("etcd", Some(6000.0), 2.25),
+        ];
+        let c = compare(&runs);
+        assert_eq!(c.ratios, vec![Some(0.5), Some(1.0)]);
+        assert!(c.fair, "{}", c.text);
+        assert!(
+            c.text.contains("3000.0") && c.text.contains("6000.0"),
+            "{}",
+            c.text
+        );
+        assert!(c.text.contains("synod / etcd: 0.50x"), "{}", c.text);
+        assert!(c.text.contains("p99 4.500 ms vs 2.250 ms"), "{}", c.text);
+        assert!(
+            c.text
+                .contains("8 clients, 1000 requests, 64-byte values, 100 keys, seed 1"),
+            "{}",
+            c.text
+        );
+        assert!(!c.text.contains("WARNING"), "{}", c.text);
+
+        let mut other = summary("etcd", Some(6000.0), 2.0);
+        other.value_bytes = 128;
+        let c = compare(&[summary("synod", None, 4.0), other]);
+        assert_eq!(c.ratios, vec![None, Some(1.0)]);
+        assert!(!c.fair);
+        assert!(c.text.contains("do not share"), "{}", c.text);
+        assert!(c.text.contains("n/a"), "{}", c.text);
+
+        let c = compare(&[]);
+        assert!(!c.fair && c.ratios.is_empty());
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+            assert_eq!(
+                mock_etcd::base64_decode(encoded).as_deref(),
+                Some(plain.as_bytes())
+            );
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(mock_etcd::base64_decode(&base64_encode(&all)), Some(all));
+        assert_eq!(mock_etcd::base64_decode("Zm9"), None);
+    }
+
+    #[test]
+    fn etcd_bodies_and_endpoints() {
+        let body = etcd_put_body(42, b"hello");
+        // base64("log/42"), base64("hello")
+        assert_eq!(body, json!({"key": "bG9nLzQy", "value": "aGVsbG8="}));
+        assert_eq!(etcd_key(7), "log/7");
+        let t = EtcdTarget::new("http://127.0.0.1:2379/", Duration::from_secs(1)).unwrap();
+        assert_eq!(t.endpoint(), "http://127.0.0.1:2379");
+        assert_eq!(t.describe(), "etcd http://127.0.0.1:2379/v3/kv/put");
+        for bad in [
+            "https://127.0.0.1:2379",
+            "127.0.0.1:2379",
+            "http://127.0.0.1:2379/v3",
+            "http://h:1/?q",
+        ] {
+            assert!(
+                matches!(
+                    EtcdTarget::new(bad, Duration::from_secs(1)),
+                    Err(Error::Config(_))
+                ),
+                "{bad} accepted"
+            );
+        }
+        let e = etcd_error(
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"error":"etcdserver: too many requests","message":"etcdserver: too many requests","code":14}"#,
+        );
+        assert_eq!(e.api_code(), Some("Unavailable"));
+        assert!(e.is_retryable(false));
+        let e = etcd_error(reqwest::StatusCode::BAD_GATEWAY, b"<html>");
+        assert!(matches!(e, Error::UnexpectedResponse { .. }), "{e:?}");
+    }
+
+    /// A stand-in for etcd's HTTP/JSON gateway: stores puts, counts connections; key `log/13` answers 503 in the
+    /// gateway's error shape and key `log/14` answers 200 with a body that is not a put answer.
+    pub(crate) mod mock_etcd {
+        use std::collections::BTreeMap;
+        use std::convert::Infallible;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        use http_body_util::{BodyExt as _, Full};
+        use hyper::body::{Bytes, Incoming};
+        use hyper::{Request, Response};
+        use hyper_util::rt::TokioIo;
+        use serde_json::json;
+
+        /// Decodes standard padded base64 (the gateway's encoding of bytes); None if malformed.
+        pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
+            let text = text.as_bytes();
+            if text.len() % 4 != 0 {
+                return None;
+            }
+            let mut out = Vec::new();
+            for quad in text.chunks(4) {
+                let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+                let mut n = 0u32;
+                for (i, &c) in quad.iter().enumerate() {
+                    let v = if i >= 4 - pad {
+                        0
+                    } else {
+                        super::BASE64_ALPHABET.iter().position(|&a| a == c)? as u32
+                    };
+                    n = (n << 6) | v;
+                }
+                out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+            }
+            Some(out)
+        }
+
+        /// What one mock member saw.
+        #[derive(Default)]
+        pub(crate) struct State {
+            pub(crate) connections: AtomicU64,
+            pub(crate) puts: Mutex<BTreeMap<String, Vec<u8>>>,
+            pub(crate) put_count: AtomicU64,
+        }
+
+        fn answer(status: u16, body: String) -> Response<Full<Bytes>> {
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("valid response")
+        }
+
+        async fn handle(
+            state: Arc<State>,
+            req: Request<Incoming>,
+        ) -> Result<Response<Full<Bytes>>, Infallible> {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if parts.method != hyper::Method::POST || parts.uri.path() != "/v3/kv/put" {
+                return Ok(answer(404, "Not Found".into()));
+            }
+            let parsed: Option<(String, Vec<u8>)> = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    let key = base64_decode(v["key"].as_str()?)?;
+                    let value = base64_decode(v["value"].as_str()?)?;
+                    Some((String::from_utf8(key).ok()?, value))
+                });
+            let Some((key, value)) = parsed else {
+                let msg = "bad put body";
+                return Ok(answer(
+                    400,
+                    json!({"error": msg, "message": msg, "code": 3}).to_string(),
+                ));
+            };
+            Ok(match key.as_str() {
+                "log/13" => {
+                    let msg = "etcdserver: too many requests";
+                    answer(503, json!({"error": msg, "message": msg, "code": 14}).to_string())
+                }
+                "log/14" => answer(200, "{}".into()),
+                _ => {
+                    let revision = state.put_count.fetch_add(1, Ordering::SeqCst) + 2;
+                    state.puts.lock().expect("lock").insert(key, value);
+                    answer(
+                        200,
+                        json!({"header": {"cluster_id": "1", "member_id": "2",
+                                          "revision": revision.to_string(), "raft_term": "2"}})
+                        .to_string(),
+                    )
+                }
+            })
+        }
+
+        /// Starts a member on a free port of 127.0.0.1; returns its URL and state.
+        pub(crate) async fn start() -> (String, Arc<State>) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            let state = Arc::new(State::default());
+            let shared = state.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    shared.connections.fetch_add(1, Ordering::SeqCst);
+                    let state = shared.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+            (url, state)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_target_against_a_mock_gateway() {
+        let (url, state) = mock_etcd::start().await;
+        let target = EtcdTarget::new(&url, Duration::from_secs(5)).unwrap();
+        assert_eq!(target.write(5, b"abc").await.unwrap(), None);
+        assert_eq!(
+            state.puts.lock().unwrap().get("log/5").map(Vec::as_slice),
+            Some(&b"abc"[..])
+        );
+        let e = target.write(13, b"x").await.unwrap_err();
+        assert_eq!(e.status(), Some(reqwest::StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(e.api_code(), Some("Unavailable"));
+        assert!(e.to_string().contains("too many requests"), "{e}");
+        let e = target.write(14, b"x").await.unwrap_err();
+        assert!(matches!(e, Error::UnexpectedResponse { .. }), "{e:?}");
+        target
+            .wait_committed(None, Duration::from_millis(1))
+            .await
+            .unwrap();
+
+        // A whole run: same keys and values as for Synod, errors counted, nothing to wait for.
+        let config = LoadConfig {
+            requests: 300,
+            value_bytes: 24,
+            keys: 50,
+            seed: 4,
+            ..LoadConfig::default()
+        };
+        let targets: Vec<_> = (0..4)
+            .map(|_| EtcdTarget::new(&url, Duration::from_secs(5)).unwrap())
+            .collect();
+        let report = run_load(targets, &config).await.unwrap();
+        let failing = |k: u64| k == 13 || k == 14;
+        let expected_errors = (0..300).filter(|&i| failing(key_for(4, i, 50))).count() as u64;
+        assert_eq!(
+            (report.requests, report.errors, report.clients),
+            (300, expected_errors, 4)
+        );
+        assert_eq!(report.last_tx_id, None);
+        assert!(report.committed_writes_per_s.is_some(), "{report:?}");
+        assert_eq!(report.target, format!("etcd {url}/v3/kv/put"));
+        let puts = state.puts.lock().unwrap();
+        let expected_keys: std::collections::BTreeSet<String> = (0..300)
+            .map(|i| key_for(4, i, 50))
+            .filter(|&k| !failing(k))
+            .map(etcd_key)
+            .chain(["log/5".to_string()])
+            .collect();
+        assert_eq!(
+            puts.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+            expected_keys
+        );
+        assert!(puts.values().all(|v| v.len() == 24 || v == b"abc"));
+        // One connection per client (plus the first target's).
+        assert_eq!(state.connections.load(Ordering::SeqCst), 5);
     }
 }

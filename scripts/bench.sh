@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# Synod (3 nodes) against etcd 3.4 (3 members), same load: builds the release binaries, starts a 3-node Synod
+# network on 127.0.0.1, runs synod-load against it (clients spread over the 3 nodes, then all on the primary),
+# stops it, starts a 3-member etcd cluster (scripts/etcd-cluster.sh), runs synod-load against it with the same
+# parameters (clients spread over the 3 members, then all on the leader), stops it, and prints committed writes/s,
+# p50, p99 of each and the ratios Synod ÷ etcd, like for like (`synod-load --compare`). Only one system runs at a
+# time; both fsync as in production (their defaults).
+#
+#   scripts/bench.sh [--clients 32] [--requests 20000] [--value-bytes 64] [--keys 10000] [--workspace DIR]
+#                    [--synod-only | --etcd-only]
+#
+# Defaults can also be set with CLIENTS, REQUESTS, VALUE_BYTES, KEYS, BENCH_WORKSPACE. LOAD_TIMEOUT_S (default 600)
+# bounds each synod-load run. The workspace (default target/bench, emptied first) keeps data, logs and the --json
+# summaries (synod-spread.json, synod-primary.json, etcd-spread.json, etcd-leader.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+
+CLIENTS="${CLIENTS:-32}"
+REQUESTS="${REQUESTS:-20000}"
+VALUE_BYTES="${VALUE_BYTES:-64}"
+KEYS="${KEYS:-10000}"
+LOAD_TIMEOUT_S="${LOAD_TIMEOUT_S:-600}"
+WORKSPACE="${BENCH_WORKSPACE:-}"
+RUN_SYNOD=1
+RUN_ETCD=1
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+while (($#)); do
+    case "$1" in
+        --clients) CLIENTS="$2"; shift 2 ;;
+        --requests) REQUESTS="$2"; shift 2 ;;
+        --value-bytes) VALUE_BYTES="$2"; shift 2 ;;
+        --keys) KEYS="$2"; shift 2 ;;
+        --workspace) WORKSPACE="$2"; shift 2 ;;
+        --synod-only) RUN_ETCD=0; shift ;;
+        --etcd-only) RUN_SYNOD=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "bench: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+for v in CLIENTS REQUESTS VALUE_BYTES KEYS LOAD_TIMEOUT_S; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "bench: $v must be a number, not '${!v}'" >&2; exit 2; }
+done
+
+log() { echo "bench: $*" >&2; }
+
+if [ -z "$WORKSPACE" ]; then
+    WORKSPACE="$ROOT/target/bench"
+    rm -rf "$WORKSPACE"
+elif [ -e "$WORKSPACE" ] && [ -n "$(ls -A "$WORKSPACE")" ]; then
+    echo "bench: workspace $WORKSPACE is not empty" >&2
+    exit 2
+fi
+mkdir -p "$WORKSPACE"
+W="$(cd "$WORKSPACE" && pwd)"
+
+./scripts/setup.sh
+log "building release binaries (waits if another cargo holds the lock)..."
+cargo build -q --release -p synod-node -p synod-client --bins
+BIN="$ROOT/target/release"
+
+SYNOD_PIDS=()
+ETCD_STARTED=0
+stop_synod() {
+    ((${#SYNOD_PIDS[@]})) || return 0
+    log "stopping ${#SYNOD_PIDS[@]} Synod node(s)"
+    kill -TERM "${SYNOD_PIDS[@]}" 2>/dev/null || true
+    for _ in $(seq 1 200); do
+        local alive=0 pid
+        for pid in "${SYNOD_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    kill -KILL "${SYNOD_PIDS[@]}" 2>/dev/null || true
+    wait "${SYNOD_PIDS[@]}" 2>/dev/null || true
+    SYNOD_PIDS=()
+}
+stop_etcd() {
+    ((ETCD_STARTED)) || return 0
+    ./scripts/etcd-cluster.sh stop "$W/etcd" || true
+    ETCD_STARTED=0
+}
+LOAD_PID=""
+cleanup() {
+    trap - EXIT INT TERM
+    if [ -n "$LOAD_PID" ]; then
+        kill -TERM "$LOAD_PID" 2>/dev/null || true
+        wait "$LOAD_PID" 2>/dev/null || true
+    fi
+    stop_synod
+    stop_etcd
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# N free TCP ports on 127.0.0.1 (held open together, so they are distinct).
+free_ports() {
+    python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+# GET a JSON document from a Synod node and print the value at a Python expression over it (`d`), or nothing.
+synod_json() {
+    local url="$1" expr="$2"
+    curl -fsS --max-time 5 --cacert "$W/service_cert.pem" "$url" 2>/dev/null |
+        python3 -c "import json, sys; d = json.load(sys.stdin); print($expr)" 2>/dev/null || true
+}
+
+LOAD_ARGS=(--clients "$CLIENTS" --requests "$REQUESTS" --value-bytes "$VALUE_BYTES" --keys "$KEYS"
+    --duration-s "$LOAD_TIMEOUT_S" --json)
+
+# CPU seconds (user + system) used so far by the processes SERVER_PIDS names.
+SERVER_PIDS=()
+server_cpu_s() {
+    local pid ticks=0
+    for pid in "${SERVER_PIDS[@]}"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        # Fields 14 and 15 (utime, stime) counted after the ")" that ends the command name.
+        ticks=$((ticks + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
+}
+
+# run_load NAME ARGS...: one synod-load run, its --json summary in $W/NAME.json; also reports the CPU time the
+# servers (SERVER_PIDS) used during the run, per write.
+run_load() {
+    local name="$1"
+    shift
+    log "synod-load $name: ${LOAD_ARGS[*]} $*"
+    local rc=0 cpu_before cpu_after
+    cpu_before="$(server_cpu_s)"
+    # In the background so that Ctrl-C interrupts `wait` at once (cleanup then stops the run).
+    timeout --kill-after=10 "$((LOAD_TIMEOUT_S + 120))" \
+        "$BIN/synod-load" "${LOAD_ARGS[@]}" --label "$name" "$@" >"$W/$name.json" &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || rc=$?
+    LOAD_PID=""
+    cpu_after="$(server_cpu_s)"
+    if ((rc != 0)); then
+        log "synod-load $name exited with $rc"
+        [ -s "$W/$name.json" ] || { rm -f "$W/$name.json"; return 1; }
+    fi
+    python3 -c "import json, sys; d = json.load(open(sys.argv[1])); cpu = float(sys.argv[4]) - float(sys.argv[3]); \
+ok = d['requests'] - d['errors']; \
+print('bench: %s: %s committed writes/s, p50 %.3f ms, p99 %.3f ms, %d errors; servers used %.2f CPU s in %.2f s \
+(%.0f us per write)' % (sys.argv[2], d['committed_writes_per_s'], d['p50_ms'], d['p99_ms'], d['errors'], cpu, \
+d['elapsed_s'], 1e6 * cpu / max(ok, 1)))" "$W/$name.json" "$name" "$cpu_before" "$cpu_after" >&2
+}
+
+if ((RUN_SYNOD)); then
+    read -r -a PORTS <<<"$(free_ports 6)"
+    for who in user0 member0; do
+        "$BIN/synod" keygen --name "$who" --out "$W" >/dev/null
+    done
+    NODES_JSON=""
+    for i in 0 1 2; do
+        dir="$W/n$i"
+        mkdir -p "$dir"
+        common=(--data-dir "$dir" --node-name "n$i" --rpc-address "127.0.0.1:${PORTS[$i]}"
+            --node-address "127.0.0.1:${PORTS[$((i + 3))]}")
+        if ((i == 0)); then
+            RUST_LOG=info "$BIN/synod-node" start "${common[@]}" \
+                --user-cert "$W/user0_cert.pem" --member-cert "$W/member0_cert.pem" >>"$W/n$i.log" 2>&1 &
+        else
+            RUST_LOG=info "$BIN/synod-node" join "${common[@]}" \
+                --target "https://127.0.0.1:${PORTS[0]}" --service-cert "$W/service_cert.pem" \
+                >>"$W/n$i.log" 2>&1 &
+        fi
+        SYNOD_PIDS+=($!)
+        for _ in $(seq 1 600); do
+            [ -f "$dir/rpc_address" ] && break
+            if ! kill -0 "${SYNOD_PIDS[-1]}" 2>/dev/null; then
+                log "node n$i exited during start-up; last log lines:"
+                tail -n 20 "$W/n$i.log" >&2
+                exit 1
+            fi
+            sleep 0.1
+        done
+        [ -f "$dir/rpc_address" ] || { log "node n$i did not listen within 60 s"; tail -n 20 "$W/n$i.log" >&2; exit 1; }
+        ((i == 0)) && cp "$W/n0/service_cert.pem" "$W/service_cert.pem"
+        NODES_JSON+="${NODES_JSON:+,}{\"name\":\"n$i\",\"url\":\"https://127.0.0.1:${PORTS[$i]}\",\"data_dir\":\"$dir\"}"
+    done
+    cat >"$W/network.json" <<JSON
+{
+  "nodes": [$NODES_JSON],
+  "service_cert": "$W/service_cert.pem",
+  "users": [{"name": "user0", "cert": "$W/user0_cert.pem", "key": "$W/user0_privk.pem"}],
+  "members": [{"name": "member0", "cert": "$W/member0_cert.pem", "key": "$W/member0_privk.pem"}]
+}
+JSON
+    # Joining nodes start as learners and are promoted once caught up: wait for 3 voters and one primary.
+    PRIMARY=""
+    deadline=$((SECONDS + 120))
+    while :; do
+        PRIMARY=""
+        for i in 0 1 2; do
+            if [ "$(synod_json "https://127.0.0.1:${PORTS[$i]}/node/primary" "d.get('is_this_node')")" = True ]; then
+                PRIMARY="n$i"
+                PRIMARY_URL="https://127.0.0.1:${PORTS[$i]}"
+            fi
+        done
+        if [ -n "$PRIMARY" ]; then
+            voters="$(synod_json "$PRIMARY_URL/node/consensus" \
+                "'%d %d' % (len(d['details'].get('voters') or []), len(d['details'].get('learners') or []))")"
+            [ "$voters" = "3 0" ] && break
+        fi
+        ((SECONDS < deadline)) || { log "no 3-voter Synod network within 120 s (primary '$PRIMARY', voters/learners '${voters:-}')"; exit 1; }
+        sleep 0.2
+    done
+    log "Synod: 3 voters, primary $PRIMARY ($PRIMARY_URL); data and logs in $W"
+    export SYNOD_NETWORK="$W/network.json"
+    SERVER_PIDS=("${SYNOD_PIDS[@]}")
+    run_load synod-spread --spread || true
+    run_load synod-primary --node "$PRIMARY" || true
+    after="$(synod_json "$PRIMARY_URL/node/primary" "d.get('is_this_node')")"
+    [ "$after" = True ] || log "warning: $PRIMARY is no longer primary after the runs (an election happened)"
+    stop_synod
+fi
+
+if ((RUN_ETCD)); then
+    ETCD_STARTED=1
+    ENDPOINTS="$(./scripts/etcd-cluster.sh start "$W/etcd")"
+    log "etcd: endpoints $ENDPOINTS; data and logs in $W/etcd"
+    SERVER_PIDS=()
+    for f in "$W"/etcd/m*.pid; do SERVER_PIDS+=("$(cat "$f")"); done
+    run_load etcd-spread --target etcd --etcd-endpoints "$ENDPOINTS" || true
+    # The leader: the member whose id is the leader id it reports (the gateway writes uint64s as strings).
+    LEADER=""
+    for ep in ${ENDPOINTS//,/ }; do
+        is_leader="$(curl -fsS --max-time 5 -X POST "$ep/v3/maintenance/status" -d '{}' |
+            python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["leader"] == d["header"]["member_id"])' \
+            2>/dev/null || true)"
+        [ "$is_leader" = True ] && LEADER="$ep"
+    done
+    if [ -n "$LEADER" ]; then
+        run_load etcd-leader --target etcd --etcd-endpoints "$LEADER" || true
+    else
+        log "warning: no etcd member says it is the leader; skipping the leader-only run"
+    fi
+    # Sanity check: the keys are in etcd (count of keys under log/).
+    count="$(curl -fsS --max-time 5 -X POST "${ENDPOINTS%%,*}/v3/kv/range" \
+        -d "{\"key\": \"$(printf 'log/' | base64)\", \"range_end\": \"$(printf 'log0' | base64)\", \"count_only\": true}" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin).get("count", 0))' 2>/dev/null || echo '?')"
+    log "etcd holds $count keys under log/"
+    stop_etcd
+fi
+
+# compare TITLE SYNOD_RUN ETCD_RUN: the side-by-side table and the ratio, if both runs produced a summary.
+compare() {
+    local title="$1" a="$W/$2.json" b="$W/$3.json"
+    [ -s "$a" ] && [ -s "$b" ] || return 0
+    echo "$title"
+    "$BIN/synod-load" --compare "$a" "$b" || log "$2 and $3 are not directly comparable (see the warnings)"
+    echo
+}
+shopt -s nullglob
+RESULTS=("$W"/synod-*.json "$W"/etcd-*.json)
+((${#RESULTS[@]})) || { log "no run produced a result"; exit 1; }
+echo
+echo "Synod 3 nodes vs etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p') 3 members, 127.0.0.1," \
+    "$(nproc) cores, $CLIENTS clients, $REQUESTS writes, $VALUE_BYTES-byte values, $KEYS keys"
+echo
+compare "Clients spread over the 3 nodes / members (client i on node i mod 3; backups and followers forward):" \
+    synod-spread etcd-spread
+compare "All clients on the Synod primary / the etcd leader:" synod-primary etcd-leader
+echo "summaries: ${RESULTS[*]}"
