@@ -997,7 +997,7 @@ pub(crate) mod tests {
         /// Decodes standard padded base64 (the gateway's encoding of bytes); None if malformed.
         pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
             let text = text.as_bytes();
-            if text.len() % 4 != 0 {
+            if !text.len().is_multiple_of(4) {
                 return None;
             }
             let mut out = Vec::new();

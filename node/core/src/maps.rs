@@ -17,6 +17,27 @@ pub const MEMBERS_CERTS: &str = "public:ccf.gov.members.certs";
 /// Code measurements allowed to join, keyed by measurement (hex), value `"AllowedToJoin"` (CCF's name).
 pub const NODES_CODE_IDS: &str = "public:ccf.gov.nodes.code_ids";
 
+/// Member status and data keyed by member id: `{"status": "Accepted" | "Active", "member_data"}`.
+pub const MEMBERS_INFO: &str = "public:ccf.gov.members.info";
+/// Member state-digest acknowledgements keyed by member id.
+pub const MEMBERS_ACKS: &str = "public:ccf.gov.members.acks";
+/// User data keyed by user id.
+pub const USERS_INFO: &str = "public:ccf.gov.users.info";
+/// The constitution (JavaScript module source) at key "".
+pub const CONSTITUTION: &str = "public:ccf.gov.constitution";
+/// Proposal bodies (JSON) keyed by proposal id.
+pub const PROPOSALS: &str = "public:ccf.gov.proposals";
+/// Proposal state, proposer and ballots keyed by proposal id.
+pub const PROPOSALS_INFO: &str = "public:ccf.gov.proposals_info";
+/// The last signed governance request of each member (every one is in the ledger).
+pub const GOV_HISTORY: &str = "public:ccf.gov.history";
+/// Digests of recent governance request signatures with their `created_at`, for replay protection.
+pub const GOV_RECENT_REQUESTS: &str = "public:ccf.gov.cose_recent_requests";
+/// The deployed JavaScript application bundle at key "".
+pub const JS_APP: &str = "public:ccf.gov.js_app";
+/// Snapshot / ledger-chunk triggers set by governance.
+pub const GOV_TRIGGERS: &str = "public:ccf.gov.triggers";
+
 /// Public maps are written in clear in the ledger; all others are sealed.
 pub fn is_public(map: &str) -> bool {
     map.starts_with("public:")

@@ -161,7 +161,7 @@ impl MerkleTree {
         }
         self.levels[0].push(leaf);
         let mut h = 0;
-        while (self.offsets[h] + self.levels[h].len() as u64) % 2 == 0 {
+        while (self.offsets[h] + self.levels[h].len() as u64).is_multiple_of(2) {
             let n = self.levels[h].len();
             let parent = sha256_pair(&self.levels[h][n - 2], &self.levels[h][n - 1]);
             if self.levels.len() == h + 1 {

@@ -1,0 +1,558 @@
+//! Governance inside one transaction: proposals, ballots, withdrawals and state digests, decided by the
+//! constitution (JavaScript). The request's COSE signature was verified by the caller; this module enforces
+//! everything else (member status, replay window, one ballot per member, ballots bound to their proposal) and
+//! keeps CCF's tables.
+//!
+//! ```text
+//!  proposal ─▶ constitution.validate ─▶ stored Open ─▶ resolve(votes from ballots) ─▶ Accepted ─▶ apply
+//!                                                                                    (throws ⇒ Failed, no writes)
+//!  ballot   ─▶ stored ─▶ every ballot's vote(proposal, proposerId) ─▶ resolve ─▶ ...
+//! ```
+//!
+//! Pure with respect to I/O: it reads and writes a [`Tx`] and runs scripts in an [`Engine`]; no clock (the caller
+//! passes `now`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use synod_core::hash::sha256;
+use synod_core::maps;
+use synod_kv::Tx;
+
+use crate::js::{Engine, JsError, JsLimits, KvPolicy};
+
+/// The constitution a new service starts with.
+pub const DEFAULT_CONSTITUTION: &str = include_str!("../../governance/constitution/default.js");
+/// How far a request's `created_at` may be from the node's clock, in seconds.
+pub const REQUEST_WINDOW_SECS: u64 = 300;
+/// Open proposals at most (a bound on what one member can pile up).
+pub const OPEN_PROPOSALS_MAX: usize = 256;
+const CONSTITUTION_MODULE: &str = "constitution.js";
+
+/// A proposal's state (CCF's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposalState {
+    /// Waiting for votes.
+    Open,
+    /// Accepted and applied.
+    Accepted,
+    /// Rejected by the votes.
+    Rejected,
+    /// Withdrawn by its proposer.
+    Withdrawn,
+    /// Accepted but its application threw: nothing was applied.
+    Failed,
+    /// Closed because an accepted proposal changed the rules it was made under.
+    Dropped,
+}
+
+/// Why an accepted proposal failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The exception's message.
+    pub reason: String,
+    /// Its stack, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+}
+
+/// What `public:ccf.gov.proposals_info` holds for a proposal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProposalInfo {
+    /// Who proposed it.
+    pub proposer_id: String,
+    /// Its state.
+    pub state: ProposalState,
+    /// Ballot scripts by member id.
+    pub ballots: BTreeMap<String, String>,
+    /// How each member voted when it closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_votes: Option<BTreeMap<String, bool>>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+impl ProposalInfo {
+    /// CCF's JSON answer for a proposal.
+    pub fn to_api(&self, proposal_id: &str) -> serde_json::Value {
+        let mut v = json!({
+            "proposalId": proposal_id,
+            "proposerId": self.proposer_id,
+            "state": self.state,
+            "ballotCount": self.ballots.len(),
+        });
+        if let Some(votes) = &self.final_votes {
+            v["finalVotes"] = json!(votes);
+        }
+        if let Some(f) = &self.failure {
+            v["failure"] = json!(f);
+        }
+        v
+    }
+}
+
+/// A governance error, mapped to an HTTP status by the RPC layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GovError {
+    /// 400 with a code.
+    #[error("{1}")]
+    BadRequest(&'static str, String),
+    /// 401: not a member, or not allowed to sign this.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a member, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: conflicts with the proposal's state.
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    /// The constitution threw or misbehaved outside `apply`.
+    #[error("constitution: {0}")]
+    Constitution(String),
+}
+
+fn bad(code: &'static str, m: impl Into<String>) -> GovError {
+    GovError::BadRequest(code, m.into())
+}
+
+/// A verified governance request, as the RPC layer hands it over.
+pub struct Request<'a> {
+    /// The signer's member id.
+    pub member_id: &'a str,
+    /// `created_at` from the protected header.
+    pub created_at: u64,
+    /// SHA-256 of the request's signature (replay detection).
+    pub signature_digest: [u8; 32],
+    /// The whole COSE request (recorded in the history table).
+    pub raw: &'a [u8],
+    /// Its payload.
+    pub payload: &'a [u8],
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(tx: &mut Tx, map: &str, key: &str) -> Option<T> {
+    tx.get(map, key.as_bytes())
+        .and_then(|v| serde_json::from_slice(&v).ok())
+}
+
+fn put_json(tx: &mut Tx, map: &str, key: &str, value: &impl Serialize) {
+    tx.put(
+        map,
+        key.as_bytes(),
+        &serde_json::to_vec(value).unwrap_or_default(),
+    );
+}
+
+/// The constitution in force (the default one if none was recorded).
+pub fn constitution(tx: &mut Tx) -> String {
+    tx.get(maps::CONSTITUTION, b"")
+        .and_then(|v| String::from_utf8(v).ok())
+        .unwrap_or_else(|| DEFAULT_CONSTITUTION.to_string())
+}
+
+fn member_status(tx: &mut Tx, member_id: &str) -> Option<String> {
+    let info: serde_json::Value = get_json(tx, maps::MEMBERS_INFO, member_id)?;
+    info["status"].as_str().map(str::to_string)
+}
+
+fn require_active(tx: &mut Tx, member_id: &str) -> Result<(), GovError> {
+    match member_status(tx, member_id).as_deref() {
+        Some("Active") => Ok(()),
+        Some(status) => Err(GovError::Forbidden(format!(
+            "member {member_id} is {status}: it must acknowledge the state digest (synod-gov ack) before it can take part"
+        ))),
+        None => Err(GovError::Unauthorized(format!("{member_id} is not a member"))),
+    }
+}
+
+/// Refuses a request outside the time window or seen before, and records it.
+fn check_replay(tx: &mut Tx, req: &Request<'_>, now: u64) -> Result<(), GovError> {
+    if req.created_at + REQUEST_WINDOW_SECS < now || req.created_at > now + REQUEST_WINDOW_SECS {
+        return Err(bad(
+            "StaleRequest",
+            format!(
+                "created_at {} is more than {REQUEST_WINDOW_SECS} s away from the service's clock ({now}); sign a fresh request",
+                req.created_at
+            ),
+        ));
+    }
+    let key = hex::encode(req.signature_digest);
+    if tx.has(maps::GOV_RECENT_REQUESTS, key.as_bytes()) {
+        return Err(bad(
+            "ReplayedRequest",
+            "this exact signed request was already submitted",
+        ));
+    }
+    // Requests older than the window can no longer be replayed (their created_at is refused): forget them.
+    let old: Vec<Vec<u8>> = tx
+        .range(maps::GOV_RECENT_REQUESTS, b"", None, usize::MAX)
+        .into_iter()
+        .filter(|(_, v)| serde_json::from_slice::<u64>(v).is_ok_and(|t| t + 2 * REQUEST_WINDOW_SECS < now))
+        .map(|(k, _)| k)
+        .collect();
+    for k in old {
+        tx.delete(maps::GOV_RECENT_REQUESTS, &k);
+    }
+    put_json(tx, maps::GOV_RECENT_REQUESTS, &key, &req.created_at);
+    tx.put(maps::GOV_HISTORY, req.member_id.as_bytes(), req.raw);
+    Ok(())
+}
+
+fn engine(tx: &mut Tx, ballots: &BTreeMap<String, String>) -> Result<Engine, GovError> {
+    let mut modules = vec![(CONSTITUTION_MODULE.to_string(), constitution(tx))];
+    for (member, script) in ballots {
+        modules.push((format!("ballot_{member}.js"), script.clone()));
+    }
+    Engine::new(JsLimits::default(), &modules).map_err(|e| GovError::Constitution(e.to_string()))
+}
+
+fn js_err(e: JsError) -> GovError {
+    GovError::Constitution(e.to_string())
+}
+
+/// Runs governance for one transaction.
+pub struct Governance<'t> {
+    tx: &'t mut Tx,
+    now: u64,
+    last_committed: (u64, u64),
+}
+
+impl<'t> Governance<'t> {
+    /// Governance over `tx` at time `now` (seconds), with the last committed tx id for scripts.
+    pub fn new(tx: &'t mut Tx, now: u64, last_committed: (u64, u64)) -> Governance<'t> {
+        Governance {
+            tx,
+            now,
+            last_committed,
+        }
+    }
+
+    fn call(
+        &mut self,
+        e: &Engine,
+        module: &str,
+        f: &str,
+        args: &[serde_json::Value],
+    ) -> Result<serde_json::Value, JsError> {
+        Ok(e.call(
+            self.tx,
+            KvPolicy::Governance,
+            self.last_committed,
+            module,
+            f,
+            args,
+        )?
+        .value)
+    }
+
+    /// `proposals:create`: validates, stores and resolves a proposal. Returns its id and info.
+    pub fn propose(&mut self, req: &Request<'_>) -> Result<(String, ProposalInfo), GovError> {
+        require_active(self.tx, req.member_id)?;
+        check_replay(self.tx, req, self.now)?;
+        let body =
+            std::str::from_utf8(req.payload).map_err(|_| bad("InvalidInput", "the proposal is not UTF-8"))?;
+        let open = self
+            .tx
+            .range(maps::PROPOSALS_INFO, b"", None, usize::MAX)
+            .iter()
+            .filter(|(_, v)| {
+                serde_json::from_slice::<ProposalInfo>(v).is_ok_and(|i| i.state == ProposalState::Open)
+            })
+            .count();
+        if open >= OPEN_PROPOSALS_MAX {
+            return Err(bad(
+                "TooManyOpenProposals",
+                format!("{open} proposals are open; withdraw or decide some first"),
+            ));
+        }
+        let e = engine(self.tx, &BTreeMap::new())?;
+        let verdict = self
+            .call(&e, CONSTITUTION_MODULE, "validate", &[json!(body)])
+            .map_err(js_err)?;
+        if verdict["valid"] != true {
+            let why = verdict["description"]
+                .as_str()
+                .unwrap_or("the constitution refused it")
+                .to_string();
+            return Err(bad("ProposalFailedToValidate", why));
+        }
+        let id = hex::encode(sha256(req.raw));
+        if self.tx.has(maps::PROPOSALS, id.as_bytes()) {
+            return Err(GovError::Conflict(
+                "ProposalExists",
+                format!("proposal {id} exists"),
+            ));
+        }
+        self.tx.put(maps::PROPOSALS, id.as_bytes(), req.payload);
+        let mut info = ProposalInfo {
+            proposer_id: req.member_id.to_string(),
+            state: ProposalState::Open,
+            ballots: BTreeMap::new(),
+            final_votes: None,
+            failure: None,
+        };
+        self.resolve(&id, body, &mut info, &e)?;
+        put_json(self.tx, maps::PROPOSALS_INFO, &id, &info);
+        Ok((id, info))
+    }
+
+    /// `ballots/{member}:submit`: records a ballot and resolves the proposal again.
+    pub fn ballot(
+        &mut self,
+        req: &Request<'_>,
+        proposal_id: &str,
+        header_proposal_id: Option<&str>,
+    ) -> Result<ProposalInfo, GovError> {
+        if header_proposal_id != Some(proposal_id) {
+            return Err(bad(
+                "ProposalIdMismatch",
+                format!("the ballot is signed for proposal {header_proposal_id:?}, not {proposal_id}"),
+            ));
+        }
+        require_active(self.tx, req.member_id)?;
+        check_replay(self.tx, req, self.now)?;
+        let mut info: ProposalInfo = get_json(self.tx, maps::PROPOSALS_INFO, proposal_id)
+            .ok_or_else(|| GovError::NotFound(format!("no proposal {proposal_id}")))?;
+        if info.state != ProposalState::Open {
+            return Err(GovError::Conflict(
+                "ProposalNotOpen",
+                format!("proposal {proposal_id} is {:?}", info.state),
+            ));
+        }
+        if info.ballots.contains_key(req.member_id) {
+            return Err(GovError::Conflict(
+                "VoteAlreadyExists",
+                format!("member {} already voted on {proposal_id}", req.member_id),
+            ));
+        }
+        let body: serde_json::Value = serde_json::from_slice(req.payload)
+            .map_err(|e| bad("InvalidInput", format!("ballot body: {e}")))?;
+        let script = body["ballot"].as_str().ok_or_else(|| {
+            bad(
+                "InvalidInput",
+                "a ballot is {\"ballot\": \"export function vote (proposal, proposerId) { ... }\"}",
+            )
+        })?;
+        info.ballots.insert(req.member_id.to_string(), script.to_string());
+        let proposal = self
+            .tx
+            .get(maps::PROPOSALS, proposal_id.as_bytes())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| GovError::NotFound(format!("proposal {proposal_id} has no body")))?;
+        let e = engine(self.tx, &info.ballots)?;
+        self.resolve(proposal_id, &proposal, &mut info, &e)?;
+        put_json(self.tx, maps::PROPOSALS_INFO, proposal_id, &info);
+        Ok(info)
+    }
+
+    /// `proposals/{id}:withdraw`: only the proposer, only while Open.
+    pub fn withdraw(
+        &mut self,
+        req: &Request<'_>,
+        proposal_id: &str,
+        header_proposal_id: Option<&str>,
+    ) -> Result<ProposalInfo, GovError> {
+        if header_proposal_id != Some(proposal_id) {
+            return Err(bad(
+                "ProposalIdMismatch",
+                format!("the withdrawal is signed for {header_proposal_id:?}, not {proposal_id}"),
+            ));
+        }
+        check_replay(self.tx, req, self.now)?;
+        let mut info: ProposalInfo = get_json(self.tx, maps::PROPOSALS_INFO, proposal_id)
+            .ok_or_else(|| GovError::NotFound(format!("no proposal {proposal_id}")))?;
+        if info.proposer_id != req.member_id {
+            return Err(GovError::Forbidden(format!(
+                "only the proposer ({}) can withdraw {proposal_id}",
+                info.proposer_id
+            )));
+        }
+        if info.state != ProposalState::Open {
+            return Err(GovError::Conflict(
+                "ProposalNotOpen",
+                format!("proposal {proposal_id} is {:?}", info.state),
+            ));
+        }
+        info.state = ProposalState::Withdrawn;
+        put_json(self.tx, maps::PROPOSALS_INFO, proposal_id, &info);
+        Ok(info)
+    }
+
+    /// `state-digests/{member}:update`: records (and returns) the digest the member must acknowledge: the root
+    /// of the last signature.
+    pub fn update_state_digest(&mut self, req: &Request<'_>) -> Result<String, GovError> {
+        if member_status(self.tx, req.member_id).is_none() {
+            return Err(GovError::Unauthorized(format!(
+                "{} is not a member",
+                req.member_id
+            )));
+        }
+        check_replay(self.tx, req, self.now)?;
+        let record: serde_json::Value = get_json(self.tx, maps::SIGNATURES, "").ok_or_else(|| {
+            GovError::Conflict("NoSignature", "the service has not signed anything yet".into())
+        })?;
+        let digest = record["root"].as_str().unwrap_or_default().to_string();
+        put_json(
+            self.tx,
+            maps::MEMBERS_ACKS,
+            req.member_id,
+            &json!({ "state_digest": digest }),
+        );
+        Ok(digest)
+    }
+
+    /// `state-digests/{member}:ack`: the member acknowledges the digest it was given and becomes Active.
+    pub fn ack_state_digest(&mut self, req: &Request<'_>) -> Result<(), GovError> {
+        let status = member_status(self.tx, req.member_id)
+            .ok_or_else(|| GovError::Unauthorized(format!("{} is not a member", req.member_id)))?;
+        check_replay(self.tx, req, self.now)?;
+        let body: serde_json::Value =
+            serde_json::from_slice(req.payload).map_err(|e| bad("InvalidInput", format!("ack body: {e}")))?;
+        let acked = body["digest"]
+            .as_str()
+            .ok_or_else(|| bad("InvalidInput", "an ack is {\"digest\": hex}"))?;
+        let expected: serde_json::Value =
+            get_json(self.tx, maps::MEMBERS_ACKS, req.member_id).ok_or_else(|| {
+                bad(
+                    "StateDigestNotRequested",
+                    "update the state digest first (state-digests/{member}:update)",
+                )
+            })?;
+        if expected["state_digest"] != acked {
+            return Err(bad(
+                "StateDigestMismatch",
+                "the acknowledged digest is not the one this member was given",
+            ));
+        }
+        if status == "Accepted" {
+            let mut info: serde_json::Value =
+                get_json(self.tx, maps::MEMBERS_INFO, req.member_id).unwrap_or_default();
+            info["status"] = json!("Active");
+            put_json(self.tx, maps::MEMBERS_INFO, req.member_id, &info);
+        }
+        put_json(
+            self.tx,
+            maps::MEMBERS_ACKS,
+            req.member_id,
+            &json!({ "state_digest": acked, "acked": true }),
+        );
+        Ok(())
+    }
+
+    fn resolve(
+        &mut self,
+        id: &str,
+        proposal: &str,
+        info: &mut ProposalInfo,
+        e: &Engine,
+    ) -> Result<(), GovError> {
+        let mut votes = Vec::new();
+        let mut by_member = BTreeMap::new();
+        for member in info.ballots.keys() {
+            let module = format!("ballot_{member}.js");
+            let vote = self
+                .call(e, &module, "vote", &[json!(proposal), json!(info.proposer_id)])
+                .map_err(|err| {
+                    bad(
+                        "BallotFailed",
+                        format!("the ballot of member {member} failed: {err}"),
+                    )
+                })?;
+            let vote = vote.as_bool().ok_or_else(|| {
+                bad(
+                    "BallotFailed",
+                    format!("the ballot of member {member} returned {vote}, not a boolean"),
+                )
+            })?;
+            votes.push(json!({ "member_id": member, "vote": vote }));
+            by_member.insert(member.clone(), vote);
+        }
+        let outcome = self
+            .call(
+                e,
+                CONSTITUTION_MODULE,
+                "resolve",
+                &[json!(proposal), json!(info.proposer_id), json!(votes)],
+            )
+            .map_err(js_err)?;
+        match outcome.as_str() {
+            Some("Open") => Ok(()),
+            Some("Rejected") => {
+                info.state = ProposalState::Rejected;
+                info.final_votes = Some(by_member);
+                Ok(())
+            }
+            Some("Accepted") => {
+                info.final_votes = Some(by_member);
+                let before = self.tx.clone();
+                match self.call(e, CONSTITUTION_MODULE, "apply", &[json!(proposal), json!(id)]) {
+                    Ok(_) => {
+                        info.state = ProposalState::Accepted;
+                        self.drop_affected(id, proposal);
+                    }
+                    Err(err) => {
+                        // Nothing of a failed application is kept.
+                        *self.tx = before;
+                        let (reason, trace) = match err {
+                            JsError::Exception { message, stack } => (message, stack),
+                            other => (other.to_string(), None),
+                        };
+                        info.state = ProposalState::Failed;
+                        info.failure = Some(Failure { reason, trace });
+                    }
+                }
+                Ok(())
+            }
+            other => Err(GovError::Constitution(format!(
+                "resolve returned {other:?}, not Open, Accepted or Rejected"
+            ))),
+        }
+    }
+
+    /// An accepted change of the constitution drops every other open proposal; a change of the allowed code drops
+    /// the open proposals that also change the allowed code.
+    fn drop_affected(&mut self, accepted: &str, proposal: &str) {
+        let names = |p: &str| -> Vec<String> {
+            serde_json::from_str::<serde_json::Value>(p)
+                .ok()
+                .and_then(|v| v["actions"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|a| a["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        let accepted_names = names(proposal);
+        let constitution = accepted_names.iter().any(|n| n == "set_constitution");
+        let is_code = |n: &String| n == "add_node_code" || n == "remove_node_code";
+        let code = accepted_names.iter().any(is_code);
+        if !constitution && !code {
+            return;
+        }
+        let infos = self.tx.range(maps::PROPOSALS_INFO, b"", None, usize::MAX);
+        for (k, v) in infos {
+            let Ok(id) = String::from_utf8(k) else { continue };
+            let Ok(mut info) = serde_json::from_slice::<ProposalInfo>(&v) else {
+                continue;
+            };
+            if id == accepted || info.state != ProposalState::Open {
+                continue;
+            }
+            let body = self
+                .tx
+                .get(maps::PROPOSALS, id.as_bytes())
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default();
+            if constitution || names(&body).iter().any(is_code) {
+                info.state = ProposalState::Dropped;
+                put_json(self.tx, maps::PROPOSALS_INFO, &id, &info);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

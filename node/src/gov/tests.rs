@@ -1,0 +1,411 @@
+use synod_core::cert;
+use synod_core::ledger::{KeyWrite, MapWrites, WriteSet};
+use synod_kv::State;
+
+use super::*;
+
+const NOW: u64 = 1_800_000_000;
+
+struct Fixture {
+    state: State,
+    members: Vec<String>,
+    counter: u8,
+}
+
+fn member_info(status: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"status": status, "member_data": null})).expect("json")
+}
+
+impl Fixture {
+    /// A service with `n` active members and the default constitution.
+    fn new(n: usize) -> Fixture {
+        let mut writes = vec![];
+        let mut members = vec![];
+        for i in 0..n {
+            let id = format!("{:064x}", i + 1);
+            writes.push(KeyWrite {
+                key: id.clone().into_bytes(),
+                value: Some(member_info("Active")),
+            });
+            members.push(id);
+        }
+        let service = json!({"status": "Opening"}).to_string().into_bytes();
+        let signature = json!({"root": "ab".repeat(32)}).to_string().into_bytes();
+        let ws = WriteSet {
+            maps: vec![
+                MapWrites {
+                    name: maps::MEMBERS_INFO.into(),
+                    writes,
+                },
+                MapWrites {
+                    name: maps::SERVICE_INFO.into(),
+                    writes: vec![KeyWrite {
+                        key: vec![],
+                        value: Some(service),
+                    }],
+                },
+                MapWrites {
+                    name: maps::SIGNATURES.into(),
+                    writes: vec![KeyWrite {
+                        key: vec![],
+                        value: Some(signature),
+                    }],
+                },
+            ],
+        };
+        let mut state = State::default();
+        state.apply(1, &ws).expect("genesis");
+        Fixture {
+            state,
+            members,
+            counter: 0,
+        }
+    }
+
+    /// Runs `f` on a transaction and commits it (as the node would on success).
+    fn run<T>(&mut self, f: impl FnOnce(&mut Governance<'_>) -> Result<T, GovError>) -> Result<T, GovError> {
+        let mut tx = Tx::new(self.state.clone());
+        let out = f(&mut Governance::new(&mut tx, NOW, (2, 5)))?;
+        let (public, private) = tx.write_sets();
+        let mut all = public;
+        all.maps.extend(private.maps);
+        let seqno = self.state.version() + 1;
+        self.state.apply(seqno, &all).expect("apply");
+        Ok(out)
+    }
+
+    fn req<'a>(
+        &mut self,
+        member: usize,
+        payload: &'a [u8],
+        raw: &'a [u8],
+    ) -> (String, [u8; 32], &'a [u8], &'a [u8]) {
+        self.counter += 1;
+        (self.members[member].clone(), [self.counter; 32], payload, raw)
+    }
+
+    fn propose(
+        &mut self,
+        member: usize,
+        actions: serde_json::Value,
+    ) -> Result<(String, ProposalInfo), GovError> {
+        let body = json!({"actions": actions}).to_string();
+        let raw = format!("raw proposal {} {body}", self.counter);
+        let (id, digest, payload, raw) = self.req(member, body.as_bytes(), raw.as_bytes());
+        let r = Request {
+            member_id: &id,
+            created_at: NOW,
+            signature_digest: digest,
+            raw,
+            payload,
+        };
+        self.run(|g| g.propose(&r))
+    }
+
+    fn vote(&mut self, member: usize, proposal: &str, accept: bool) -> Result<ProposalInfo, GovError> {
+        let ballot =
+            json!({"ballot": format!("export function vote (proposal, proposerId) {{ return {accept} }}")})
+                .to_string();
+        let (id, digest, payload, raw) = self.req(member, ballot.as_bytes(), b"raw ballot");
+        let r = Request {
+            member_id: &id,
+            created_at: NOW,
+            signature_digest: digest,
+            raw,
+            payload,
+        };
+        self.run(|g| g.ballot(&r, proposal, Some(proposal)))
+    }
+
+    fn get(&self, map: &str, key: &str) -> Option<serde_json::Value> {
+        self.state
+            .get(map, key.as_bytes())
+            .and_then(|v| serde_json::from_slice(v).ok())
+    }
+}
+
+fn set_user_action() -> serde_json::Value {
+    let user = cert::generate_self_signed("user", false).expect("cert");
+    json!([{"name": "set_user", "args": {"cert": user.cert_pem}}])
+}
+
+#[test]
+fn a_strict_majority_of_active_members_accepts_and_the_action_applies() {
+    let mut fx = Fixture::new(3);
+    let (id, info) = fx.propose(0, set_user_action()).expect("propose");
+    assert_eq!(info.state, ProposalState::Open, "a proposal is not a vote");
+    assert_eq!(
+        fx.vote(0, &id, true).expect("vote").state,
+        ProposalState::Open,
+        "1 of 3 is not a majority"
+    );
+    assert!(fx.state.map(maps::USERS_CERTS).is_none());
+    let info = fx.vote(1, &id, true).expect("vote");
+    assert_eq!(info.state, ProposalState::Accepted);
+    assert_eq!(info.final_votes.as_ref().map(|v| v.len()), Some(2));
+    assert_eq!(
+        fx.state.map(maps::USERS_CERTS).map(|m| m.len()),
+        Some(1),
+        "the new user is recorded"
+    );
+    // Closed: no more votes.
+    assert!(matches!(
+        fx.vote(2, &id, true),
+        Err(GovError::Conflict("ProposalNotOpen", _))
+    ));
+}
+
+#[test]
+fn a_majority_against_rejects_and_nothing_applies() {
+    let mut fx = Fixture::new(3);
+    let (id, _) = fx
+        .propose(0, json!([{"name": "transition_service_to_open"}]))
+        .expect("propose");
+    fx.vote(1, &id, false).expect("vote");
+    assert_eq!(
+        fx.vote(2, &id, false).expect("vote").state,
+        ProposalState::Rejected
+    );
+    assert_eq!(fx.get(maps::SERVICE_INFO, "").expect("info")["status"], "Opening");
+}
+
+#[test]
+fn double_votes_wrong_bindings_and_withdrawals_are_checked() {
+    let mut fx = Fixture::new(3);
+    let (id, _) = fx.propose(0, set_user_action()).expect("propose");
+    fx.vote(1, &id, false).expect("first vote");
+    assert!(matches!(
+        fx.vote(1, &id, true),
+        Err(GovError::Conflict("VoteAlreadyExists", _))
+    ));
+    // A ballot signed for another proposal cannot be replayed onto this one.
+    let (m, digest, payload, raw) = fx.req(
+        2,
+        br#"{"ballot": "export function vote() { return true }"}"#,
+        b"raw",
+    );
+    let r = Request {
+        member_id: &m,
+        created_at: NOW,
+        signature_digest: digest,
+        raw,
+        payload,
+    };
+    assert!(matches!(
+        fx.run(|g| g.ballot(&r, &id, Some("another"))),
+        Err(GovError::BadRequest("ProposalIdMismatch", _))
+    ));
+    // Only the proposer withdraws.
+    let (m, digest, payload, raw) = fx.req(1, b"", b"raw withdrawal");
+    let r = Request {
+        member_id: &m,
+        created_at: NOW,
+        signature_digest: digest,
+        raw,
+        payload,
+    };
+    assert!(matches!(
+        fx.run(|g| g.withdraw(&r, &id, Some(&id))),
+        Err(GovError::Forbidden(_))
+    ));
+    let (m, digest, payload, raw) = fx.req(0, b"", b"raw withdrawal 2");
+    let r = Request {
+        member_id: &m,
+        created_at: NOW,
+        signature_digest: digest,
+        raw,
+        payload,
+    };
+    assert_eq!(
+        fx.run(|g| g.withdraw(&r, &id, Some(&id)))
+            .expect("withdraw")
+            .state,
+        ProposalState::Withdrawn
+    );
+    assert!(matches!(
+        fx.vote(2, &id, true),
+        Err(GovError::Conflict("ProposalNotOpen", _))
+    ));
+}
+
+#[test]
+fn replayed_and_stale_requests_and_strangers_are_refused() {
+    let mut fx = Fixture::new(1);
+    let body = json!({"actions": [{"name": "transition_service_to_open"}]}).to_string();
+    let m = fx.members[0].clone();
+    let r = Request {
+        member_id: &m,
+        created_at: NOW,
+        signature_digest: [9; 32],
+        raw: b"raw",
+        payload: body.as_bytes(),
+    };
+    fx.run(|g| g.propose(&r)).expect("first");
+    assert!(matches!(
+        fx.run(|g| g.propose(&r)),
+        Err(GovError::BadRequest("ReplayedRequest", _))
+    ));
+    let stale = Request {
+        created_at: NOW - REQUEST_WINDOW_SECS - 1,
+        signature_digest: [8; 32],
+        ..r
+    };
+    assert!(matches!(
+        fx.run(|g| g.propose(&stale)),
+        Err(GovError::BadRequest("StaleRequest", _))
+    ));
+    let future = Request {
+        created_at: NOW + REQUEST_WINDOW_SECS + 1,
+        signature_digest: [7; 32],
+        ..stale
+    };
+    assert!(matches!(
+        fx.run(|g| g.propose(&future)),
+        Err(GovError::BadRequest("StaleRequest", _))
+    ));
+    let stranger = "f".repeat(64);
+    let r = Request {
+        member_id: &stranger,
+        created_at: NOW,
+        signature_digest: [6; 32],
+        raw: b"raw",
+        payload: body.as_bytes(),
+    };
+    assert!(matches!(
+        fx.run(|g| g.propose(&r)),
+        Err(GovError::Unauthorized(_))
+    ));
+}
+
+#[test]
+fn malformed_proposals_fail_validation() {
+    let mut fx = Fixture::new(1);
+    for actions in [
+        json!([{"name": "no_such_action"}]),
+        json!([{"name": "set_user", "args": {"cert": 5}}]),
+        json!([]),
+    ] {
+        let err = fx.propose(0, actions.clone()).expect_err("invalid");
+        assert!(
+            matches!(err, GovError::BadRequest("ProposalFailedToValidate", _)),
+            "{actions}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn an_application_that_throws_fails_the_proposal_and_writes_nothing() {
+    let mut fx = Fixture::new(1);
+    let (id, _) = fx
+        .propose(0, json!([{"name": "transition_service_to_open"}]))
+        .expect("propose");
+    assert_eq!(
+        fx.vote(0, &id, true).expect("vote").state,
+        ProposalState::Accepted
+    );
+    // Opening twice throws in apply; the first action's writes are discarded with it.
+    let (id, _) = fx
+        .propose(0, json!([{"name": "set_user", "args": {"cert": cert::generate_self_signed("u", false).expect("cert").cert_pem}},
+                            {"name": "transition_service_to_open"}]))
+        .expect("propose");
+    let info = fx.vote(0, &id, true).expect("vote");
+    assert_eq!(info.state, ProposalState::Failed);
+    assert!(info.failure.expect("failure").reason.contains("already open"));
+    assert!(
+        fx.state.map(maps::USERS_CERTS).is_none(),
+        "nothing of a failed proposal applies"
+    );
+}
+
+#[test]
+fn a_new_constitution_drops_open_proposals_and_its_rule_applies() {
+    let mut fx = Fixture::new(3);
+    let (pending, _) = fx.propose(2, set_user_action()).expect("an open proposal");
+    // A constitution where the proposer alone decides.
+    let lax = DEFAULT_CONSTITUTION.replace(
+        "export function resolve(proposal, proposerId, votes) {",
+        "export function resolve(proposal, proposerId, votes) {\n  if (votes.some((v) => v.member_id === proposerId && v.vote)) return \"Accepted\";",
+    );
+    let (id, _) = fx
+        .propose(
+            0,
+            json!([{"name": "set_constitution", "args": {"constitution": lax}}]),
+        )
+        .expect("propose");
+    fx.vote(0, &id, true).expect("vote");
+    assert_eq!(
+        fx.vote(1, &id, true).expect("vote").state,
+        ProposalState::Accepted
+    );
+    assert_eq!(
+        fx.get(maps::PROPOSALS_INFO, &pending).expect("info")["state"],
+        "Dropped"
+    );
+    let (id, _) = fx.propose(2, set_user_action()).expect("propose");
+    assert_eq!(
+        fx.vote(2, &id, true).expect("vote").state,
+        ProposalState::Accepted,
+        "the new rule: one vote suffices"
+    );
+}
+
+#[test]
+fn new_members_start_accepted_and_become_active_by_acknowledging_the_state_digest() {
+    let mut fx = Fixture::new(1);
+    let newcomer = cert::generate_self_signed("m1", false).expect("cert");
+    let new_id = cert::cert_fingerprint_hex(&cert::pem_to_der(&newcomer.cert_pem).expect("der"));
+    let (id, _) = fx
+        .propose(
+            0,
+            json!([{"name": "set_member", "args": {"cert": newcomer.cert_pem}}]),
+        )
+        .expect("propose");
+    fx.vote(0, &id, true).expect("vote");
+    assert_eq!(
+        fx.get(maps::MEMBERS_INFO, &new_id).expect("info")["status"],
+        "Accepted"
+    );
+    fx.members.push(new_id.clone());
+    let err = fx
+        .propose(1, set_user_action())
+        .expect_err("an Accepted member cannot propose yet");
+    assert!(matches!(err, GovError::Forbidden(_)));
+    let (m, digest, payload, raw) = fx.req(1, b"", b"raw update");
+    let r = Request {
+        member_id: &m,
+        created_at: NOW,
+        signature_digest: digest,
+        raw,
+        payload,
+    };
+    let state_digest = fx.run(|g| g.update_state_digest(&r)).expect("update");
+    let wrong = json!({"digest": "00".repeat(32)}).to_string();
+    let (m, digest, payload, raw) = fx.req(1, wrong.as_bytes(), b"raw ack");
+    let r = Request {
+        member_id: &m,
+        created_at: NOW,
+        signature_digest: digest,
+        raw,
+        payload,
+    };
+    assert!(matches!(
+        fx.run(|g| g.ack_state_digest(&r)),
+        Err(GovError::BadRequest("StateDigestMismatch", _))
+    ));
+    let ack = json!({"digest": state_digest}).to_string();
+    let (m, digest, payload, raw) = fx.req(1, ack.as_bytes(), b"raw ack 2");
+    let r = Request {
+        member_id: &m,
+        created_at: NOW,
+        signature_digest: digest,
+        raw,
+        payload,
+    };
+    fx.run(|g| g.ack_state_digest(&r)).expect("ack");
+    assert_eq!(
+        fx.get(maps::MEMBERS_INFO, &new_id).expect("info")["status"],
+        "Active"
+    );
+    fx.propose(1, set_user_action())
+        .expect("an Active member proposes");
+}

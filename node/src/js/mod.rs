@@ -1,0 +1,487 @@
+//! JavaScript in the node (QuickJS via rquickjs, what CCF uses): the constitution that decides governance, and
+//! (later) application bundles. Scripts run against one KV transaction through CCF's `ccf` global:
+//!
+//! ```text
+//!  Tx ─(moved in)─▶ Engine { Runtime (heap limit, interrupt at a deadline), Context (`ccf` global, modules) }
+//!                      ccf.kv[map].get/set/delete/has/clear/forEach/size/range ─▶ natives ─▶ the Tx
+//!  Tx ◀─(moved out)── after the call; writes count only if the caller commits the Tx
+//! ```
+//!
+//! Every call is bounded: a heap limit (allocation fails with an exception) and a wall-clock deadline checked by
+//! QuickJS's interrupt handler (a loop that never ends is stopped). What a script may touch is a [`KvPolicy`].
+
+mod prelude;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rquickjs::loader::{BuiltinLoader, BuiltinResolver};
+use rquickjs::{ArrayBuffer, Context, Ctx, Exception, Function, Module, Object, Runtime, Value};
+use synod_core::hash::sha256;
+use synod_core::maps;
+use synod_kv::{State, Tx};
+
+/// Bounds on one script call.
+#[derive(Clone, Copy, Debug)]
+pub struct JsLimits {
+    /// Heap a runtime may allocate, in bytes.
+    pub heap_bytes_max: usize,
+    /// Wall-clock time one call may run, in milliseconds.
+    pub time_ms_max: u64,
+    /// Native stack, in bytes.
+    pub stack_bytes_max: usize,
+}
+
+impl Default for JsLimits {
+    fn default() -> JsLimits {
+        JsLimits {
+            heap_bytes_max: 64 << 20,
+            time_ms_max: 1000,
+            stack_bytes_max: 1 << 20,
+        }
+    }
+}
+
+/// What scripts may read and write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvPolicy {
+    /// The constitution: every map.
+    Governance,
+    /// Applications: their own maps; the public governance tables read-only; no internal tables at all.
+    Application,
+}
+
+impl KvPolicy {
+    fn check_read(self, map: &str) -> Result<(), String> {
+        match self {
+            KvPolicy::Application if map.starts_with("ccf.") || map.starts_with("public:ccf.internal.") => {
+                Err(format!(
+                    "{map} is internal to the framework and cannot be read by applications"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_write(self, map: &str) -> Result<(), String> {
+        match self {
+            KvPolicy::Application if maps::is_framework_table(map) => Err(format!(
+                "{map} belongs to the framework: applications may not write it"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a script call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JsError {
+    /// The script threw (or did not compile): the message and, if any, the JS stack.
+    #[error("{message}")]
+    Exception {
+        /// The exception's message.
+        message: String,
+        /// Its stack trace.
+        stack: Option<String>,
+    },
+    /// The call ran past its time limit.
+    #[error("script stopped: it ran longer than {0} ms")]
+    Timeout(u64),
+    /// The call ran out of heap.
+    #[error("script stopped: it exceeded its {0}-byte heap limit")]
+    OutOfMemory(usize),
+    /// The script returned something unexpected.
+    #[error("script returned an unexpected value: {0}")]
+    BadReturn(String),
+    /// An engine error.
+    #[error("JavaScript engine: {0}")]
+    Engine(String),
+}
+
+/// What the natives behind `ccf` reach during a call.
+struct CallState {
+    tx: Tx,
+    policy: KvPolicy,
+    last_committed: (u64, u64),
+    apply_writes: Option<bool>,
+}
+
+type Shared = Rc<RefCell<Option<CallState>>>;
+
+/// A JavaScript engine: one runtime and context, reusable across calls (not thread-safe: one per thread).
+pub struct Engine {
+    runtime: Runtime,
+    context: Context,
+    state: Shared,
+    deadline_ms: Arc<AtomicU64>,
+    interrupted: Arc<AtomicBool>,
+    epoch: Instant,
+    limits: JsLimits,
+}
+
+#[derive(Debug)]
+/// The result of a call: its value as JSON, and whether its writes should apply (`ccf.rpc.setApplyWrites`).
+pub struct CallResult {
+    /// The returned value, JSON-encoded (`null` for undefined).
+    pub value: serde_json::Value,
+    /// Whether the script asked its writes to be applied regardless of its status (apps only).
+    pub apply_writes: Option<bool>,
+}
+
+fn engine_error(e: impl std::fmt::Display) -> JsError {
+    JsError::Engine(e.to_string())
+}
+
+fn buf_bytes(buf: &ArrayBuffer<'_>) -> Option<Vec<u8>> {
+    // SAFETY: the bytes are copied before any JavaScript runs again.
+    unsafe { buf.as_bytes() }.map(<[u8]>::to_vec)
+}
+
+fn throw(ctx: &Ctx<'_>, message: &str) -> rquickjs::Error {
+    Exception::throw_type(ctx, message)
+}
+
+impl Engine {
+    /// A fresh engine with `modules` (name → source) loadable by `import`.
+    pub fn new(limits: JsLimits, modules: &[(String, String)]) -> Result<Engine, JsError> {
+        let runtime = Runtime::new().map_err(engine_error)?;
+        runtime.set_memory_limit(limits.heap_bytes_max);
+        runtime.set_max_stack_size(limits.stack_bytes_max);
+        let mut resolver = BuiltinResolver::default();
+        let mut loader = BuiltinLoader::default();
+        for (name, source) in modules {
+            resolver = resolver.with_module(name.clone());
+            loader = loader.with_module(name.clone(), source.clone());
+        }
+        runtime.set_loader(resolver, loader);
+        let deadline_ms = Arc::new(AtomicU64::new(u64::MAX));
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let epoch = Instant::now();
+        {
+            let (deadline_ms, interrupted) = (deadline_ms.clone(), interrupted.clone());
+            runtime.set_interrupt_handler(Some(Box::new(move || {
+                let now = epoch.elapsed().as_millis() as u64;
+                let stop = now > deadline_ms.load(Ordering::Relaxed);
+                if stop {
+                    interrupted.store(true, Ordering::Relaxed);
+                }
+                stop
+            })));
+        }
+        let context = Context::full(&runtime).map_err(engine_error)?;
+        let state: Shared = Rc::new(RefCell::new(None));
+        context
+            .with(|ctx| install_ccf(&ctx, &state))
+            .map_err(engine_error)?;
+        Ok(Engine {
+            runtime,
+            context,
+            state,
+            deadline_ms,
+            interrupted,
+            epoch,
+            limits,
+        })
+    }
+
+    /// Calls `function` exported by module `module` with JSON `args`, against `tx` (moved in and back out).
+    pub fn call(
+        &self,
+        tx: &mut Tx,
+        policy: KvPolicy,
+        last_committed: (u64, u64),
+        module: &str,
+        function: &str,
+        args: &[serde_json::Value],
+    ) -> Result<CallResult, JsError> {
+        let taken = std::mem::replace(tx, Tx::new(State::default()));
+        *self.state.borrow_mut() = Some(CallState {
+            tx: taken,
+            policy,
+            last_committed,
+            apply_writes: None,
+        });
+        self.interrupted.store(false, Ordering::Relaxed);
+        let deadline = self.epoch.elapsed() + Duration::from_millis(self.limits.time_ms_max);
+        self.deadline_ms
+            .store(deadline.as_millis() as u64, Ordering::Relaxed);
+        let result = self.context.with(|ctx| self.run(&ctx, module, function, args));
+        self.deadline_ms.store(u64::MAX, Ordering::Relaxed);
+        let call = self.state.borrow_mut().take();
+        let apply_writes = call.as_ref().and_then(|c| c.apply_writes);
+        if let Some(call) = call {
+            *tx = call.tx;
+        }
+        if self.interrupted.load(Ordering::Relaxed) {
+            return Err(JsError::Timeout(self.limits.time_ms_max));
+        }
+        let value = result?;
+        Ok(CallResult { value, apply_writes })
+    }
+
+    fn run(
+        &self,
+        ctx: &Ctx<'_>,
+        module: &str,
+        function: &str,
+        args: &[serde_json::Value],
+    ) -> Result<serde_json::Value, JsError> {
+        let caught = |e: rquickjs::Error| self.exception(ctx, e);
+        let promise = Module::import(ctx, module).map_err(caught)?;
+        let namespace: Object = promise.finish().map_err(caught)?;
+        let f: Function = namespace.get(function).map_err(caught)?;
+        if !f.is_function() {
+            return Err(JsError::BadReturn(format!(
+                "module {module} does not export a function {function}"
+            )));
+        }
+        let mut js_args = rquickjs::function::Args::new(ctx.clone(), args.len());
+        for a in args {
+            let v = ctx.json_parse(a.to_string()).map_err(caught)?;
+            js_args.push_arg(v).map_err(caught)?;
+        }
+        let mut out: Value = f.call_arg(js_args).map_err(caught)?;
+        if let Some(p) = out.as_promise() {
+            out = p.finish().map_err(caught)?;
+        }
+        let json = ctx.json_stringify(out).map_err(caught)?;
+        match json {
+            None => Ok(serde_json::Value::Null),
+            Some(s) => {
+                let s = s.to_string().map_err(engine_error)?;
+                serde_json::from_str(&s).map_err(|e| JsError::BadReturn(e.to_string()))
+            }
+        }
+    }
+
+    fn exception(&self, ctx: &Ctx<'_>, e: rquickjs::Error) -> JsError {
+        if self.interrupted.load(Ordering::Relaxed) {
+            return JsError::Timeout(self.limits.time_ms_max);
+        }
+        if !matches!(e, rquickjs::Error::Exception) {
+            let text = e.to_string();
+            if text.contains("out of memory") || text.contains("Allocation") {
+                return JsError::OutOfMemory(self.limits.heap_bytes_max);
+            }
+            return JsError::Exception {
+                message: text,
+                stack: None,
+            };
+        }
+        let value = ctx.catch();
+        if let Some(ex) = value.as_exception() {
+            let message = ex.message().unwrap_or_else(|| "exception".into());
+            if message.contains("out of memory") {
+                return JsError::OutOfMemory(self.limits.heap_bytes_max);
+            }
+            return JsError::Exception {
+                message,
+                stack: ex.stack(),
+            };
+        }
+        let message = ctx
+            .json_stringify(value)
+            .ok()
+            .flatten()
+            .and_then(|s| s.to_string().ok())
+            .unwrap_or_else(|| "a non-Error value was thrown".into());
+        if message.contains("out of memory") {
+            return JsError::OutOfMemory(self.limits.heap_bytes_max);
+        }
+        JsError::Exception {
+            message: format!("uncaught {message}"),
+            stack: None,
+        }
+    }
+
+    /// Runs the garbage collector (between calls on a reused engine).
+    pub fn collect(&self) {
+        self.runtime.run_gc();
+    }
+}
+
+fn with_state<T>(
+    ctx: &Ctx<'_>,
+    shared: &Shared,
+    f: impl FnOnce(&mut CallState) -> Result<T, String>,
+) -> rquickjs::Result<T> {
+    let mut guard = shared.borrow_mut();
+    let state = guard
+        .as_mut()
+        .ok_or_else(|| throw(ctx, "the key-value store is only available during a call"))?;
+    f(state).map_err(|m| throw(ctx, &m))
+}
+
+fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
+    let g = ctx.globals();
+    let natives = Object::new(ctx.clone())?;
+    {
+        let s = shared.clone();
+        natives.set(
+            "get",
+            Function::new(
+                ctx.clone(),
+                move |ctx: Ctx<'js>, map: String, key: ArrayBuffer<'js>| {
+                    let key = buf_bytes(&key).ok_or_else(|| throw(&ctx, "detached key"))?;
+                    let value = with_state(&ctx, &s, |st| {
+                        st.policy.check_read(&map)?;
+                        Ok(st.tx.get(&map, &key))
+                    })?;
+                    value.map(|v| ArrayBuffer::new(ctx.clone(), v)).transpose()
+                },
+            )?,
+        )?;
+    }
+    {
+        let s = shared.clone();
+        natives.set(
+            "set",
+            Function::new(
+                ctx.clone(),
+                move |ctx: Ctx<'js>, map: String, key: ArrayBuffer<'js>, value: ArrayBuffer<'js>| {
+                    let key = buf_bytes(&key).ok_or_else(|| throw(&ctx, "detached key"))?;
+                    let value = buf_bytes(&value).ok_or_else(|| throw(&ctx, "detached value"))?;
+                    with_state(&ctx, &s, |st| {
+                        st.policy.check_write(&map)?;
+                        st.tx.put(&map, &key, &value);
+                        Ok(())
+                    })
+                },
+            )?,
+        )?;
+    }
+    {
+        let s = shared.clone();
+        natives.set(
+            "delete",
+            Function::new(
+                ctx.clone(),
+                move |ctx: Ctx<'js>, map: String, key: ArrayBuffer<'js>| {
+                    let key = buf_bytes(&key).ok_or_else(|| throw(&ctx, "detached key"))?;
+                    with_state(&ctx, &s, |st| {
+                        st.policy.check_write(&map)?;
+                        let had = st.tx.has(&map, &key);
+                        st.tx.delete(&map, &key);
+                        Ok(had)
+                    })
+                },
+            )?,
+        )?;
+    }
+    {
+        let s = shared.clone();
+        natives.set(
+            "range",
+            Function::new(
+                ctx.clone(),
+                move |ctx: Ctx<'js>,
+                      map: String,
+                      from: Option<ArrayBuffer<'js>>,
+                      to: Option<ArrayBuffer<'js>>,
+                      limit: Option<u32>| {
+                    let from = from.and_then(|b| buf_bytes(&b)).unwrap_or_default();
+                    let to = to.and_then(|b| buf_bytes(&b));
+                    let limit = limit.map_or(usize::MAX, |l| l as usize);
+                    let rows = with_state(&ctx, &s, |st| {
+                        st.policy.check_read(&map)?;
+                        Ok(st.tx.range(&map, &from, to.as_deref(), limit))
+                    })?;
+                    let out = rquickjs::Array::new(ctx.clone())?;
+                    for (i, (k, v)) in rows.into_iter().enumerate() {
+                        let pair = rquickjs::Array::new(ctx.clone())?;
+                        pair.set(0, ArrayBuffer::new(ctx.clone(), k)?)?;
+                        pair.set(1, ArrayBuffer::new(ctx.clone(), v)?)?;
+                        out.set(i, pair)?;
+                    }
+                    Ok::<_, rquickjs::Error>(out)
+                },
+            )?,
+        )?;
+    }
+    natives.set(
+        "strToBuf",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String| {
+            ArrayBuffer::new(ctx, s.into_bytes())
+        })?,
+    )?;
+    natives.set(
+        "bufToStr",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, b: ArrayBuffer<'js>| {
+            let bytes = buf_bytes(&b).ok_or_else(|| throw(&ctx, "detached buffer"))?;
+            String::from_utf8(bytes).map_err(|_| throw(&ctx, "buffer is not valid UTF-8"))
+        })?,
+    )?;
+    natives.set(
+        "sha256",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, b: ArrayBuffer<'js>| {
+            let bytes = buf_bytes(&b).ok_or_else(|| throw(&ctx, "detached buffer"))?;
+            ArrayBuffer::new(ctx, sha256(&bytes).to_vec())
+        })?,
+    )?;
+    natives.set(
+        "pemToId",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, pem: String| {
+            synod_core::cert::pem_to_der(&pem)
+                .map(|der| synod_core::cert::cert_fingerprint_hex(&der))
+                .map_err(|e| throw(&ctx, &format!("not a PEM certificate: {e}")))
+        })?,
+    )?;
+    natives.set(
+        "verifySignature",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>,
+             alg: String,
+             cert_pem: String,
+             signature: ArrayBuffer<'js>,
+             data: ArrayBuffer<'js>| {
+                let sig = buf_bytes(&signature).ok_or_else(|| throw(&ctx, "detached signature"))?;
+                let data = buf_bytes(&data).ok_or_else(|| throw(&ctx, "detached data"))?;
+                if alg != "EdDSA" && alg != "Ed25519" {
+                    return Err(throw(
+                        &ctx,
+                        &format!("unsupported signature algorithm {alg} (EdDSA is)"),
+                    ));
+                }
+                let der = synod_core::cert::pem_to_der(&cert_pem).map_err(|e| throw(&ctx, &e.to_string()))?;
+                let key =
+                    synod_core::cert::ed25519_verifying_key(&der).map_err(|e| throw(&ctx, &e.to_string()))?;
+                let Ok(sig) = ed25519_dalek::Signature::from_slice(&sig) else {
+                    return Ok(false);
+                };
+                Ok(key.verify_strict(&data, &sig).is_ok())
+            },
+        )?,
+    )?;
+    {
+        let s = shared.clone();
+        natives.set(
+            "lastCommitted",
+            Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
+                let (view, seqno) = with_state(&ctx, &s, |st| Ok(st.last_committed))?;
+                Ok::<_, rquickjs::Error>(format!("{view}.{seqno}"))
+            })?,
+        )?;
+    }
+    {
+        let s = shared.clone();
+        natives.set(
+            "setApplyWrites",
+            Function::new(ctx.clone(), move |ctx: Ctx<'js>, apply: bool| {
+                with_state(&ctx, &s, |st| {
+                    st.apply_writes = Some(apply);
+                    Ok(())
+                })
+            })?,
+        )?;
+    }
+    g.set("__synod", natives)?;
+    ctx.eval::<(), _>(prelude::PRELUDE)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

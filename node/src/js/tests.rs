@@ -1,0 +1,168 @@
+use super::*;
+
+fn engine(modules: &[(&str, &str)]) -> Engine {
+    let modules: Vec<(String, String)> = modules
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect();
+    Engine::new(
+        JsLimits {
+            heap_bytes_max: 16 << 20,
+            time_ms_max: 200,
+            stack_bytes_max: 512 << 10,
+        },
+        &modules,
+    )
+    .expect("engine")
+}
+
+fn call(
+    e: &Engine,
+    tx: &mut Tx,
+    policy: KvPolicy,
+    f: &str,
+    args: &[serde_json::Value],
+) -> Result<CallResult, JsError> {
+    e.call(tx, policy, (2, 10), "main.js", f, args)
+}
+
+#[test]
+fn scripts_read_and_write_the_transaction_through_ccf_kv() {
+    let e = engine(&[
+        (
+            "main.js",
+            r#"
+        import { double } from "lib.js";
+        export function put(k, v) { ccf.kv["records"].set(ccf.strToBuf(k), ccf.jsonCompatibleToBuf(v)); return "ok"; }
+        export function get(k) { const b = ccf.kv["records"].get(ccf.strToBuf(k)); return b === undefined ? null : ccf.bufToJsonCompatible(b); }
+        export function count() { let c = 0; ccf.kv["records"].forEach(() => c++); return [c, ccf.kv["records"].size, double(c)]; }
+        export function page() { return ccf.kv["records"].range(ccf.strToBuf("b"), undefined, 1).map(([k]) => ccf.bufToStr(k)); }
+        export function txid() { return ccf.consensus.getLastCommittedTxId(); }
+        export function digest() { return Array.from(new Uint8Array(ccf.crypto.digest("SHA-256", ccf.strToBuf("abc")))).slice(0, 2); }
+        "#,
+        ),
+        ("lib.js", "export function double(x) { return 2 * x; }"),
+    ]);
+    let mut tx = Tx::new(State::default());
+    for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
+        let r = call(&e, &mut tx, KvPolicy::Application, "put", &[k.into(), v.into()]).expect("put");
+        assert_eq!(r.value, "ok");
+    }
+    assert_eq!(
+        tx.get("records", b"b"),
+        Some(b"2".to_vec()),
+        "writes land in the Rust transaction"
+    );
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "get", &["c".into()])
+            .expect("get")
+            .value,
+        3
+    );
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "get", &["z".into()])
+            .expect("get")
+            .value,
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "count", &[])
+            .expect("count")
+            .value,
+        serde_json::json!([3, 3, 6])
+    );
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "page", &[])
+            .expect("page")
+            .value,
+        serde_json::json!(["b"])
+    );
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "txid", &[])
+            .expect("txid")
+            .value,
+        serde_json::json!({"view": 2, "seqno": 10})
+    );
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "digest", &[])
+            .expect("digest")
+            .value,
+        serde_json::json!([0xba, 0x78])
+    );
+}
+
+#[test]
+fn applications_cannot_write_framework_tables_but_governance_can() {
+    let e = engine(&[(
+        "main.js",
+        r#"export function w(m) { ccf.kv[m].set(ccf.strToBuf("k"), ccf.strToBuf("v")); }
+                                   export function r(m) { return ccf.kv[m].get(ccf.strToBuf("k")) !== undefined; }"#,
+    )]);
+    let mut tx = Tx::new(State::default());
+    for map in [
+        "public:ccf.gov.users.certs",
+        "ccf.internal.secrets",
+        "public:ccf.internal.signatures",
+    ] {
+        let err = call(&e, &mut tx, KvPolicy::Application, "w", &[map.into()]).expect_err("refused");
+        assert!(err.to_string().contains("framework"), "{err}");
+    }
+    call(
+        &e,
+        &mut tx,
+        KvPolicy::Application,
+        "r",
+        &["public:ccf.gov.users.certs".into()],
+    )
+    .expect("apps read public gov tables");
+    assert!(call(
+        &e,
+        &mut tx,
+        KvPolicy::Application,
+        "r",
+        &["ccf.internal.secrets".into()]
+    )
+    .is_err());
+    call(
+        &e,
+        &mut tx,
+        KvPolicy::Governance,
+        "w",
+        &["public:ccf.gov.users.certs".into()],
+    )
+    .expect("the constitution writes");
+    assert!(tx.is_read_only() == false);
+}
+
+#[test]
+fn runaway_scripts_are_stopped_and_the_engine_keeps_working() {
+    let e = engine(&[(
+        "main.js",
+        r#"
+        export function spin() { for (;;) {} }
+        export function hog() { const a = []; for (;;) a.push("x".repeat(1 << 16)); }
+        export function fail() { throw new Error("nope"); }
+        export function ok() { return 1; }"#,
+    )]);
+    let mut tx = Tx::new(State::default());
+    assert!(matches!(
+        call(&e, &mut tx, KvPolicy::Application, "spin", &[]),
+        Err(JsError::Timeout(200))
+    ));
+    let err = call(&e, &mut tx, KvPolicy::Application, "hog", &[]).expect_err("bounded heap");
+    assert!(
+        matches!(err, JsError::OutOfMemory(_) | JsError::Exception { .. }),
+        "{err:?}"
+    );
+    match call(&e, &mut tx, KvPolicy::Application, "fail", &[]) {
+        Err(JsError::Exception { message, .. }) => assert!(message.contains("nope")),
+        other => panic!("{:?}", other.err()),
+    }
+    e.collect();
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "ok", &[])
+            .expect("still serving")
+            .value,
+        1
+    );
+}
