@@ -131,7 +131,7 @@ fn applications_cannot_write_framework_tables_but_governance_can() {
         &["public:ccf.gov.users.certs".into()],
     )
     .expect("the constitution writes");
-    assert!(tx.is_read_only() == false);
+    assert!(!tx.is_read_only());
 }
 
 #[test]
