@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Starts a Synod network of N nodes on this machine (127.0.0.1 only) and prints how to use it. The first node
-# creates the service; the others join it (attested, over mutual TLS). Ctrl-C stops every node it started;
-# running it again on the same workspace restarts the same network from disk.
+# creates the service with M members; the members then open it by vote and trust each joining node by vote,
+# through the synod-gov CLI, as a real consortium would. Ctrl-C stops every node it started; running it again on
+# the same workspace restarts the same network from disk.
 #
-#   ./sandbox.sh [-n N] [--workspace DIR] [--port PORT] [--debug] [--verbose]
+#   ./sandbox.sh [-n N] [--members M] [--workspace DIR] [--port PORT] [--debug] [--verbose]
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT="$PWD"
@@ -13,9 +14,11 @@ PORT=8000
 PROFILE=release
 VERBOSE=0
 NODES=3
+MEMBERS=1
 usage() {
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     echo "  -n N             number of nodes (default 3)"
+    echo "  --members M      number of consortium members (default 1); a strict majority decides"
     echo "  --workspace DIR  where keys, node data and network.json go (default ./workspace; alias --data-dir)"
     echo "  --port PORT      HTTPS port of the first node; node i uses PORT+i, and PORT+100+i between nodes"
     echo "  --debug          use a debug build (faster to build, slower to run)"
@@ -28,12 +31,17 @@ while (($#)); do
         --debug) PROFILE=debug; shift ;;
         --verbose) VERBOSE=1; shift ;;
         -n) NODES="$2"; shift 2 ;;
+        --members) MEMBERS="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "sandbox: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
 done
 if ! [[ "$NODES" =~ ^[0-9]+$ ]] || ((NODES < 1 || NODES > 50)); then
     echo "sandbox: -n takes a number of nodes between 1 and 50" >&2
+    exit 2
+fi
+if ! [[ "$MEMBERS" =~ ^[0-9]+$ ]] || ((MEMBERS < 1 || MEMBERS > 20)); then
+    echo "sandbox: --members takes a number between 1 and 20" >&2
     exit 2
 fi
 mkdir -p "$WORKSPACE"
@@ -48,11 +56,49 @@ else
 fi
 BIN="$ROOT/target/$PROFILE"
 
-for who in user0 member0; do
+MEMBER_NAMES=()
+for ((m = 0; m < MEMBERS; m++)); do MEMBER_NAMES+=("member$m"); done
+for who in user0 "${MEMBER_NAMES[@]}"; do
     if [ ! -f "$WORKSPACE/${who}_cert.pem" ]; then
         "$BIN/synod" keygen --name "$who" --out "$WORKSPACE" >/dev/null
     fi
 done
+FRESH=1
+[ -d "$WORKSPACE/n0/db" ] && FRESH=0
+
+json_field() { # field: reads JSON on stdin
+    python3 -c "import json,sys; print(json.load(sys.stdin)$1)"
+}
+
+write_network() { # node entries JSON
+    local members=""
+    for m in "${MEMBER_NAMES[@]}"; do
+        members+="${members:+,}{\"name\": \"$m\", \"cert\": \"$WORKSPACE/${m}_cert.pem\", \"key\": \"$WORKSPACE/${m}_privk.pem\"}"
+    done
+    cat >"$WORKSPACE/network.json.tmp" <<JSON
+{
+  "nodes": [$1],
+  "service_cert": "$WORKSPACE/service_cert.pem",
+  "users": [{"name": "user0", "cert": "$WORKSPACE/user0_cert.pem", "key": "$WORKSPACE/user0_privk.pem"}],
+  "members": [$members]
+}
+JSON
+    mv "$WORKSPACE/network.json.tmp" "$WORKSPACE/network.json"
+}
+
+# The members pass one action: the first proposes, a strict majority votes for it.
+pass() { # action args-json
+    local id
+    id=$("$BIN/synod-gov" --network "$WORKSPACE/network.json" --member member0 --json \
+        propose --action "$1" --args "$2" | json_field '["proposalId"]')
+    for ((m = 0; m <= MEMBERS / 2; m++)); do
+        "$BIN/synod-gov" --network "$WORKSPACE/network.json" --member "member$m" --json vote "$id" --accept >/dev/null
+    done
+    local state
+    state=$("$BIN/synod-gov" --network "$WORKSPACE/network.json" --member member0 --json show "$id" | json_field '["proposal"]["state"]')
+    echo "sandbox: proposal $1 $id: $state" >&2
+    [ "$state" = Accepted ]
+}
 
 PIDS=()
 stop() {
@@ -92,8 +138,10 @@ for ((i = 0; i < NODES; i++)); do
     common=(--data-dir "$dir" --node-name "$name" --rpc-address "127.0.0.1:$((PORT + i))"
         --node-address "127.0.0.1:$((PORT + 100 + i))")
     if ((i == 0)); then
+        member_certs=()
+        for m in "${MEMBER_NAMES[@]}"; do member_certs+=(--member-cert "$WORKSPACE/${m}_cert.pem"); done
         RUST_LOG="$LOG_LEVEL" "$BIN/synod-node" start "${common[@]}" \
-            --user-cert "$WORKSPACE/user0_cert.pem" --member-cert "$WORKSPACE/member0_cert.pem" \
+            --user-cert "$WORKSPACE/user0_cert.pem" "${member_certs[@]}" \
             >>"$WORKSPACE/$name.log" 2>&1 &
     else
         # On a workspace that already holds this node, `join` resumes it without contacting the target.
@@ -102,9 +150,34 @@ for ((i = 0; i < NODES; i++)); do
             >>"$WORKSPACE/$name.log" 2>&1 &
     fi
     PIDS+=($!)
+    if ((i > 0 && FRESH)); then
+        # A new node asks to join and waits, Pending, until the members trust it.
+        node_id=""
+        for _ in $(seq 1 600); do
+            node_id=$(curl -s --cacert "$WORKSPACE/service_cert.pem" "https://127.0.0.1:$PORT/gov/service/nodes" |
+                python3 -c "import json,sys
+for n in json.load(sys.stdin)['value']:
+    if n['rpcAddress'] == '127.0.0.1:$((PORT + i))' and n['status'] == 'Pending': print(n['nodeId'])" 2>/dev/null || true)
+            [ -n "$node_id" ] && break
+            kill -0 "${PIDS[-1]}" 2>/dev/null || break
+            sleep 0.1
+        done
+        if [ -z "$node_id" ]; then
+            echo "sandbox: node $name did not ask to join; last log lines:" >&2
+            tail -n 20 "$WORKSPACE/$name.log" >&2
+            exit 1
+        fi
+        pass transition_node_to_trusted "{\"node_id\": \"$node_id\"}" || { echo "sandbox: could not trust $name" >&2; exit 1; }
+    fi
     wait_listening "$name" "${PIDS[-1]}"
-    ((i == 0)) && cp "$dir/service_cert.pem" "$WORKSPACE/service_cert.pem"
     NODES_JSON+="${NODES_JSON:+,}{\"name\":\"$name\",\"url\":\"https://127.0.0.1:$((PORT + i))\",\"data_dir\":\"$dir\"}"
+    if ((i == 0)); then
+        cp "$dir/service_cert.pem" "$WORKSPACE/service_cert.pem"
+        write_network "$NODES_JSON"
+        if ((FRESH)); then
+            pass transition_service_to_open "{}" || { echo "sandbox: the members could not open the service" >&2; exit 1; }
+        fi
+    fi
 done
 
 # Wait until every node votes (joining nodes start as learners and are promoted once caught up).
@@ -117,15 +190,7 @@ for _ in $(seq 1 300); do
     sleep 0.2
 done
 
-cat >"$WORKSPACE/network.json.tmp" <<JSON
-{
-  "nodes": [$NODES_JSON],
-  "service_cert": "$WORKSPACE/service_cert.pem",
-  "users": [{"name": "user0", "cert": "$WORKSPACE/user0_cert.pem", "key": "$WORKSPACE/user0_privk.pem"}],
-  "members": [{"name": "member0", "cert": "$WORKSPACE/member0_cert.pem", "key": "$WORKSPACE/member0_privk.pem"}]
-}
-JSON
-mv "$WORKSPACE/network.json.tmp" "$WORKSPACE/network.json"
+write_network "$NODES_JSON"
 
 W="$WORKSPACE"
 C="--cacert $W/service_cert.pem --cert $W/user0_cert.pem --key $W/user0_privk.pem"
@@ -138,7 +203,7 @@ C="--cacert $W/service_cert.pem --cert $W/user0_cert.pem --key $W/user0_privk.pe
     cat <<EOT
   service cert     $W/service_cert.pem
   user0            $W/user0_cert.pem  $W/user0_privk.pem
-  member0          $W/member0_cert.pem  $W/member0_privk.pem
+  members          ${MEMBER_NAMES[*]}  ($W/member*_cert.pem, $W/member*_privk.pem)
   network.json     $W/network.json   (the synod CLI reads it by default)
 
 Try (any node takes writes: backups forward them to the primary):
@@ -154,6 +219,8 @@ Try (any node takes writes: backups forward them to the primary):
   synod receipt verify receipt.json --service-cert $W/service_cert.pem
   synod ledger audit $W/n0/ledger --service-cert $W/service_cert.pem
   synod-load --clients 32 --requests 20000      # benchmark
+  synod-gov list                                   # governance: proposals
+  synod-gov propose --action set_user --args '{"cert": "<PEM>"}'; synod-gov --member member0 vote <id> --accept
 
 Press Ctrl-C to stop the network.
 EOT

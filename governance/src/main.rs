@@ -1,17 +1,26 @@
-//! `synod-gov`: the members' governance CLI. Proposals and ballots arrive with the governance milestone; until
-//! then the consortium is fixed at service creation (`synod-node start --member-cert`).
+//! `synod-gov`: the members' governance CLI (see `synod-gov --help`). The logic lives in `synod_governance::cli`
+//! so it can be tested in-process; this file only maps the outcome to an exit code.
 
-use clap::Parser;
+use std::process::ExitCode;
 
-#[derive(Parser)]
-#[command(
-    name = "synod-gov",
-    version,
-    about = "Members' governance CLI (proposals and ballots are not available yet: membership is fixed at service creation)"
-)]
-struct Cli {}
+use clap::Parser as _;
+use synod_governance::cli::{run, Cli};
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    anyhow::bail!("governance proposals are not available in this version; see `synod-gov --help`")
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("synod-gov: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(run(cli, &mut stdout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("synod-gov: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

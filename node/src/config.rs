@@ -65,7 +65,7 @@ pub struct JoinConfig {
     /// The service certificate (PEM) to trust the target with.
     #[arg(long)]
     pub service_cert: PathBuf,
-    /// How long to keep retrying the join, in seconds.
-    #[arg(long, default_value_t = 120)]
+    /// How long to keep retrying the join (and waiting to be trusted by the members), in seconds.
+    #[arg(long, default_value_t = 600)]
     pub join_timeout_s: u64,
 }

@@ -452,6 +452,8 @@ pub struct Genesis {
     pub node_info: serde_json::Value,
     /// Initial `public:ccf.gov.nodes.code_ids`: measurement → status.
     pub code_ids: Vec<String>,
+    /// The constitution (JavaScript module).
+    pub constitution: String,
 }
 
 /// Where a restored core comes from.
@@ -539,7 +541,14 @@ impl Core {
         }
         for (id, pem) in &genesis.members {
             tx.put(maps::MEMBERS_CERTS, id.as_bytes(), pem.as_bytes());
+            // The founding members are the consortium that opens the service: Active from the start.
+            tx.put(
+                maps::MEMBERS_INFO,
+                id.as_bytes(),
+                br#"{"status":"Active","member_data":null}"#,
+            );
         }
+        tx.put(maps::CONSTITUTION, b"", genesis.constitution.as_bytes());
         tx.put(
             maps::NODES_INFO,
             core.keys.node_id.as_bytes(),
@@ -789,6 +798,7 @@ impl Core {
         if self.is_leader {
             self.propose_queued_conf_changes();
             self.promote_caught_up_learners();
+            self.remove_retired_nodes();
         }
         Ok(())
     }
@@ -1303,6 +1313,34 @@ impl Core {
             if caught_up && !queued && self.node_status_by_raft_id(learner).as_deref() == Some("Trusted") {
                 tracing::info!(learner, "promoting a caught-up learner to voter");
                 self.queue_conf_change(learner, ConfChangeType::AddNode);
+            }
+        }
+    }
+
+    /// Nodes the nodes table says are Retired leave Raft; a retired primary first hands over to a caught-up voter.
+    fn remove_retired_nodes(&mut self) {
+        let cs = self.raft.store().conf_state().clone();
+        for &id in cs.voters.iter().chain(cs.learners.iter()) {
+            if self.node_status_by_raft_id(id).as_deref() != Some("Retired") {
+                continue;
+            }
+            if id == self.id {
+                let target = cs
+                    .voters
+                    .iter()
+                    .filter(|v| **v != self.id)
+                    .max_by_key(|v| self.raft.raft.prs().get(**v).map_or(0, |p| p.matched))
+                    .copied();
+                if let Some(target) = target {
+                    tracing::info!(to = target, "this primary was retired: handing over");
+                    self.raft.transfer_leader(target);
+                }
+                continue;
+            }
+            let queued = self.conf_queue.iter().any(|cc| cc.node_id == id);
+            if !queued {
+                tracing::info!(node = id, "removing a retired node from the configuration");
+                self.queue_conf_change(id, ConfChangeType::RemoveNode);
             }
         }
     }

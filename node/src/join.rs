@@ -67,8 +67,9 @@ pub struct SnapshotOffer {
     pub url: String,
 }
 
-/// `POST /node/join` answer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `POST /node/join` answer (a `Pending` node gets only its id and status).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct JoinResponse {
     /// The node's id.
     pub node_id: String,
@@ -205,7 +206,16 @@ pub async fn join(
     let deadline = Instant::now() + Duration::from_secs(cfg.join_timeout_s);
     let answer: JoinResponse = loop {
         let last_error = match http.post(&url).json(&request).send().await {
-            Ok(r) if r.status().is_success() => break r.json().await.context("join answer")?,
+            Ok(r) if r.status().is_success() => {
+                let answer: JoinResponse = r.json().await.context("join answer")?;
+                if answer.status != "Pending" {
+                    break answer;
+                }
+                format!(
+                    "node {} is Pending: waiting for the members to trust it (transition_node_to_trusted)",
+                    answer.node_id
+                )
+            }
             Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
                 r.text().await.unwrap_or_default()
             }

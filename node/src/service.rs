@@ -425,7 +425,7 @@ impl Node {
                 };
                 save_identities(&paths, &ids)?;
                 let keys = keys_of(&ids)?;
-                let info = node_info(
+                let mut info = node_info(
                     &cfg.node_name,
                     &ids.node.cert_pem,
                     "Trusted",
@@ -433,12 +433,17 @@ impl Node {
                     node_address,
                     &platform.measurement(),
                 );
+                info["endorsed"] = serde_json::json!(true);
+                let members = read_identities(&members)?;
+                // With a consortium, the members open the service by vote; without one, it opens at once.
+                let status = if members.is_empty() { "Open" } else { "Opening" };
                 let genesis = Genesis {
-                    service_info: serde_json::json!({ "cert": ids.service.cert_pem, "status": "Open" }),
+                    service_info: serde_json::json!({ "cert": ids.service.cert_pem, "status": status }),
                     users: read_identities(&users)?,
-                    members: read_identities(&members)?,
+                    members,
                     node_info: info,
                     code_ids: vec![platform.measurement()],
+                    constitution: crate::gov::DEFAULT_CONSTITUTION.to_string(),
                 };
                 let sealer = Sealer::new(&ids.secret);
                 let core = Core::new_service(keys, sealer, ccfg, &genesis, now_secs())?;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use synod_client::Client;
 use synod_core::cert;
+use synod_governance::client::{GovClient, ProposalState};
 
 /// Directory holding the workspace's built binaries (the test executable lives in `<dir>/deps/`).
 pub fn bin_dir() -> PathBuf {
@@ -99,6 +100,13 @@ impl NodeProc {
 
     /// Starts `synod-node COMMAND --data-dir DIR ARGS...` (`start` or `join`) on fresh ports.
     pub fn spawn(command: &str, dir: &Path, args: &[String]) -> anyhow::Result<NodeProc> {
+        let mut node = NodeProc::spawn_detached(command, dir, args)?;
+        node.wait_listening()?;
+        Ok(node)
+    }
+
+    /// Like [`NodeProc::spawn`], without waiting for the node to listen (a joining node waits for its trust).
+    pub fn spawn_detached(command: &str, dir: &Path, args: &[String]) -> anyhow::Result<NodeProc> {
         let mut node = NodeProc {
             child: None,
             dir: dir.to_path_buf(),
@@ -108,11 +116,16 @@ impl NodeProc {
             args: args.to_vec(),
             log: dir.with_extension("log"),
         };
-        node.launch()?;
+        node.launch_detached()?;
         Ok(node)
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
+        self.launch_detached()?;
+        self.wait_listening()
+    }
+
+    fn launch_detached(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let addr_file = self.dir.join("rpc_address");
         let _ = std::fs::remove_file(&addr_file);
@@ -139,6 +152,12 @@ impl NodeProc {
             .spawn()
             .context("spawning synod-node")?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the node writes its address (it listens).
+    pub fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let addr_file = self.dir.join("rpc_address");
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if std::fs::read_to_string(&addr_file).is_ok() {
@@ -303,15 +322,56 @@ impl Network {
             service_cert,
             args,
         };
+        net.pass(0, "transition_service_to_open", serde_json::json!({}))
+            .await?;
         for _ in 1..n {
-            net.join_node(&[])?;
+            net.join_node(&[]).await?;
         }
         net.wait_for_voters(n).await?;
         Ok(net)
     }
 
-    /// Starts one more node that joins through the first live node; `extra` adds flags.
-    pub fn join_node(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
+    /// A governance client for the member, through node `i`.
+    pub fn member_client(&self, i: usize) -> anyhow::Result<GovClient> {
+        let c = self.nodes[i].client(None)?;
+        Ok(GovClient::new(c, &self.member.cert_pem, &self.member.key_pem)?)
+    }
+
+    /// The member proposes one action and votes for it (one member: a strict majority); fails unless Accepted.
+    pub async fn pass(
+        &self,
+        through: usize,
+        action: &str,
+        args: serde_json::Value,
+    ) -> anyhow::Result<String> {
+        let gov = self.member_client(through)?;
+        let proposal = gov.propose_action(action, args).await?;
+        let info = gov.vote(&proposal.proposal_id, true).await?;
+        anyhow::ensure!(
+            info.state == ProposalState::Accepted,
+            "{action} was not accepted: {info:?}"
+        );
+        Ok(proposal.proposal_id)
+    }
+
+    /// Starts one more node that joins through the first live node (`extra` adds flags), and trusts it by vote
+    /// once it asked to join.
+    pub async fn join_node(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
+        let i = self.spawn_joiner(extra)?;
+        let node_id = self.wait_pending(i).await?;
+        let p = self.primary().await?;
+        self.pass(
+            p,
+            "transition_node_to_trusted",
+            serde_json::json!({ "node_id": node_id }),
+        )
+        .await?;
+        self.nodes[i].wait_listening()?;
+        Ok(i)
+    }
+
+    /// Starts a joining node and returns at once (it stays Pending until trusted).
+    pub fn spawn_joiner(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
         let i = self.nodes.len();
         let target = self
             .nodes
@@ -326,12 +386,43 @@ impl Network {
             self.service_cert.display().to_string(),
         ]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        self.nodes.push(NodeProc::spawn(
+        self.nodes.push(NodeProc::spawn_detached(
             "join",
             &self.tmp.path().join(format!("n{i}")),
             &args,
         )?);
         Ok(i)
+    }
+
+    /// Waits until node `i` asked to join and is Pending; returns its node id.
+    pub async fn wait_pending(&mut self, i: usize) -> anyhow::Result<String> {
+        let addr = self.nodes[i].addr.clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = self.primary().await?;
+            let nodes = self.nodes[p]
+                .client(None)?
+                .get_json::<serde_json::Value>("/gov/service/nodes")
+                .await?;
+            let found = nodes["value"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|n| n["rpcAddress"] == addr.as_str() && n["status"] == "Pending")
+                    .and_then(|n| n["nodeId"].as_str())
+            });
+            if let Some(id) = found {
+                return Ok(id.to_string());
+            }
+            if !self.nodes[i].is_running() {
+                bail!("the joining node exited:\n{}", self.nodes[i].log_tail(20));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {i} did not ask to join within 60 s:\n{}",
+                    self.nodes[i].log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Index of the node that every live node agrees is primary (waits for an election).

@@ -65,6 +65,7 @@ impl Sim {
             members: vec![],
             node_info: serde_json::json!({"status": "Trusted"}),
             code_ids: vec![],
+            constitution: String::new(),
         };
         let core = Core::new_service(keys, sealer.clone(), cfg, &genesis, NOW).expect("genesis");
         let mut sim = Sim {

@@ -1,6 +1,6 @@
 //! Joining and leaving: `POST /node/join` (a new node presents its key in TLS and attestation evidence binding it),
-//! `GET /node/snapshot` (the newest committed snapshot with the proof that it is committed) and `POST /node/retire`
-//! (a member retires a node; governance takes this over with `remove_node`).
+//! and `GET /node/snapshot` (the newest committed snapshot with the proof that it is committed). Retiring a node is
+//! governance's `remove_node`.
 
 use axum::body::Body;
 use axum::extract::{Extension, RawQuery, State};
@@ -25,7 +25,6 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/node/join", post(join))
         .route("/node/snapshot", get(snapshot))
-        .route("/node/retire", post(retire))
 }
 
 fn core_error(e: CoreError) -> ApiError {
@@ -89,6 +88,9 @@ async fn join(
     let existing: Option<serde_json::Value> = state
         .get(maps::NODES_INFO, node_id.as_bytes())
         .and_then(|v| serde_json::from_slice(v).ok());
+    // With a consortium, a new node waits (Pending) until the members trust it by vote; without one, the start
+    // configuration (the allowed code ids) is what decides.
+    let governed = state.map(maps::MEMBERS_CERTS).is_some_and(|m| !m.is_empty());
     let info = match existing {
         Some(info) if info["status"] == "Retired" => {
             return Err(forbidden(
@@ -96,8 +98,48 @@ async fn join(
                 format!("node {node_id} was retired and cannot rejoin"),
             ))
         }
-        // A retried join (its answer was lost): the same answer again.
-        Some(info) => info,
+        Some(info) if info["status"] == "Pending" => {
+            return Ok(Json(pending_answer(&node_id)).into_response());
+        }
+        // Trusted, and already endorsed and added: a retried join gets the same answer again.
+        Some(info) if info["endorsed"] == true => info,
+        // Trusted by the members since it asked: only now is its key endorsed and does it enter Raft.
+        Some(mut info) => {
+            let endorsed = cert::endorse_public_key(
+                &der,
+                &req.node_name,
+                &[rpc.ip()],
+                &["localhost".into()],
+                &app.node.service,
+            )
+            .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))?;
+            info["cert"] = json!(endorsed);
+            info["endorsed"] = json!(true);
+            app.node
+                .with_core(|c| c.add_node(&node_id, &info, now_secs()))
+                .map_err(core_error)?;
+            tracing::info!(node_id, "a trusted node was endorsed and added");
+            info
+        }
+        None if governed => {
+            let mut info = node_info(
+                &req.node_name,
+                &cert::der_to_pem(&der),
+                "Pending",
+                rpc,
+                node_address,
+                &verified.measurement,
+            );
+            info["endorsed"] = json!(false);
+            app.node
+                .execute(|tx| {
+                    tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
+                    Ok::<_, ApiError>(())
+                })
+                .map_err(ApiError::from)?;
+            tracing::info!(node_id, name = %req.node_name, "a node asked to join: Pending until trusted by vote");
+            return Ok(Json(pending_answer(&node_id)).into_response());
+        }
         None => {
             let endorsed = cert::endorse_public_key(
                 &der,
@@ -107,7 +149,7 @@ async fn join(
                 &app.node.service,
             )
             .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))?;
-            let info = node_info(
+            let mut info = node_info(
                 &req.node_name,
                 &endorsed,
                 "Trusted",
@@ -115,6 +157,7 @@ async fn join(
                 node_address,
                 &verified.measurement,
             );
+            info["endorsed"] = json!(true);
             app.node
                 .with_core(|c| c.add_node(&node_id, &info, now_secs()))
                 .map_err(core_error)?;
@@ -158,6 +201,14 @@ async fn join(
         snapshot,
     };
     Ok(Json(answer).into_response())
+}
+
+fn pending_answer(node_id: &str) -> JoinResponse {
+    JoinResponse {
+        node_id: node_id.to_string(),
+        status: "Pending".into(),
+        ..Default::default()
+    }
 }
 
 #[derive(Deserialize)]
@@ -210,46 +261,4 @@ async fn snapshot(
         receipt,
     })
     .into_response())
-}
-
-#[derive(Deserialize)]
-struct RetireRequest {
-    node_id: String,
-}
-
-async fn retire(
-    State(app): State<AppState>,
-    Extension(peer): Extension<Peer>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    app.authenticate_member(&peer)?;
-    let req: RetireRequest = extract::json_body(body, app.max_body_bytes).await?;
-    let state = app.node.core().snapshot();
-    let info: serde_json::Value = state
-        .get(maps::NODES_INFO, req.node_id.as_bytes())
-        .and_then(|v| serde_json::from_slice(v).ok())
-        .ok_or_else(|| ApiError::not_found(format!("no node {}", req.node_id)))?;
-    if info["status"] == "Retired" {
-        return Err(ApiError::invalid_input(format!(
-            "node {} is already retired",
-            req.node_id
-        )));
-    }
-    let primary = {
-        let core = app.node.core();
-        core.is_primary() && core.node_id() == req.node_id
-    };
-    if primary {
-        return Err(ApiError::invalid_input(
-            "this node is the primary: retire backups, or retire it once another node is primary",
-        ));
-    }
-    let tx = app
-        .node
-        .with_core(|c| c.retire_node(&req.node_id, now_secs()))
-        .map_err(core_error)?;
-    Ok(super::with_tx_id(
-        tx,
-        Json(json!({ "transaction_id": tx, "node_id": req.node_id, "status": "Retired" })),
-    ))
 }

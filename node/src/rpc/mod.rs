@@ -9,6 +9,7 @@
 pub mod error;
 pub mod extract;
 pub mod forward;
+mod gov;
 mod join;
 mod node_endpoints;
 
@@ -94,16 +95,22 @@ impl AppState {
             ApiError::unauthorized("this endpoint requires a user's TLS client certificate")
         })?;
         let id = cert::cert_fingerprint_hex(der);
-        if self
-            .node
-            .core()
-            .snapshot()
-            .get(maps::USERS_CERTS, id.as_bytes())
-            .is_none()
-        {
+        let state = self.node.core().snapshot();
+        if state.get(maps::USERS_CERTS, id.as_bytes()).is_none() {
             return Err(ApiError::unauthorized(format!(
                 "the client certificate (id {id}) is not a known user"
             )));
+        }
+        let open = state
+            .get(maps::SERVICE_INFO, b"")
+            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+            .is_some_and(|info| info["status"] == "Open");
+        if !open {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceNotOpen",
+                "the service is not open yet: its members must accept a transition_service_to_open proposal",
+            ));
         }
         Ok(User { id })
     }
@@ -143,6 +150,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(node_endpoints::routes())
         .merge(join::routes())
+        .merge(gov::routes())
         .merge(crate::apps::logging::routes())
         .merge(crate::apps::kv::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
