@@ -1180,9 +1180,20 @@ impl Core {
         .map_err(|e| CoreError::Cose(e.to_string()))?;
         let public = signature_write_set(&record, &cose)
             .map_err(|e| CoreError::Invariant(format!("signature record: {e}")))?;
-        let snapshot_point = self.cfg.snapshot_tx_interval > 0
-            && tx_id.seqno - self.history.last_flagged(FLAG_SNAPSHOT) >= self.cfg.snapshot_tx_interval;
-        let chunk_end = snapshot_point || self.history.bytes_since_chunk_end() >= self.cfg.ledger_chunk_bytes;
+        // Governance's trigger_snapshot / trigger_ledger_chunk: a trigger written after the last snapshot point
+        // (or chunk end) takes effect at this signature.
+        let triggered = |name: &[u8], since: u64| {
+            self.state
+                .entry(maps::GOV_TRIGGERS, name)
+                .is_some_and(|e| e.version > since)
+        };
+        let last_snapshot = self.history.last_flagged(FLAG_SNAPSHOT);
+        let snapshot_point = (self.cfg.snapshot_tx_interval > 0
+            && tx_id.seqno - last_snapshot >= self.cfg.snapshot_tx_interval)
+            || triggered(b"snapshot", last_snapshot);
+        let chunk_end = snapshot_point
+            || self.history.bytes_since_chunk_end() >= self.cfg.ledger_chunk_bytes
+            || triggered(b"ledger_chunk", self.history.last_flagged(FLAG_CHUNK_END));
         let appended = self.propose_entry(
             KIND_SIGNATURE,
             Writes {

@@ -292,8 +292,10 @@ pub struct Network {
     pub tmp: tempfile::TempDir,
     /// The user allowed to call the app.
     pub user: IdentityFiles,
-    /// The consortium member.
+    /// The first consortium member.
     pub member: IdentityFiles,
+    /// Every consortium member (`members[0]` is `member`).
+    pub members: Vec<IdentityFiles>,
     /// The nodes, in the order they were started.
     pub nodes: Vec<NodeProc>,
     /// The service certificate file.
@@ -304,13 +306,23 @@ pub struct Network {
 impl Network {
     /// Starts `n` nodes with extra `synod-node` flags `args`, and waits until all of them vote.
     pub async fn start(n: usize, args: &[&str]) -> anyhow::Result<Network> {
+        Network::start_with_members(n, 1, args).await
+    }
+
+    /// Like [`Network::start`], with `m` members (a strict majority of them opens the service and trusts nodes).
+    pub async fn start_with_members(n: usize, m: usize, args: &[&str]) -> anyhow::Result<Network> {
         let tmp = tempfile::tempdir()?;
         let user = IdentityFiles::generate(tmp.path(), "user0")?;
-        let member = IdentityFiles::generate(tmp.path(), "member0")?;
+        let members: Vec<IdentityFiles> = (0..m.max(1))
+            .map(|i| IdentityFiles::generate(tmp.path(), &format!("member{i}")))
+            .collect::<Result<_, _>>()?;
+        let member = members[0].clone();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut first = args.clone();
         first.extend(["--user-cert".into(), user.cert.display().to_string()]);
-        first.extend(["--member-cert".into(), member.cert.display().to_string()]);
+        for mem in &members {
+            first.extend(["--member-cert".into(), mem.cert.display().to_string()]);
+        }
         let n0 = NodeProc::start(&tmp.path().join("n0"), &first)?;
         let service_cert = tmp.path().join("service_cert.pem");
         std::fs::write(&service_cert, n0.service_cert_pem()?)?;
@@ -318,6 +330,7 @@ impl Network {
             tmp,
             user,
             member,
+            members,
             nodes: vec![n0],
             service_cert,
             args,
@@ -331,27 +344,63 @@ impl Network {
         Ok(net)
     }
 
-    /// A governance client for the member, through node `i`.
+    /// A governance client for the first member, through node `i`.
     pub fn member_client(&self, i: usize) -> anyhow::Result<GovClient> {
-        let c = self.nodes[i].client(None)?;
-        Ok(GovClient::new(c, &self.member.cert_pem, &self.member.key_pem)?)
+        self.gov_client(i, 0)
     }
 
-    /// The member proposes one action and votes for it (one member: a strict majority); fails unless Accepted.
+    /// A governance client for member `m`, through node `i`.
+    pub fn gov_client(&self, i: usize, m: usize) -> anyhow::Result<GovClient> {
+        let c = self.nodes[i].client(None)?;
+        Ok(GovClient::new(
+            c,
+            &self.members[m].cert_pem,
+            &self.members[m].key_pem,
+        )?)
+    }
+
+    /// The first member proposes one action and a strict majority of the members votes for it; fails unless
+    /// Accepted.
     pub async fn pass(
         &self,
         through: usize,
         action: &str,
         args: serde_json::Value,
     ) -> anyhow::Result<String> {
-        let gov = self.member_client(through)?;
-        let proposal = gov.propose_action(action, args).await?;
-        let info = gov.vote(&proposal.proposal_id, true).await?;
+        let proposal = self.member_client(through)?.propose_action(action, args).await?;
+        let mut state = proposal.state;
+        for m in 0..=self.members.len() / 2 {
+            state = self
+                .gov_client(through, m)?
+                .vote(&proposal.proposal_id, true)
+                .await?
+                .state;
+        }
         anyhow::ensure!(
-            info.state == ProposalState::Accepted,
-            "{action} was not accepted: {info:?}"
+            state == ProposalState::Accepted,
+            "{action} was not accepted: {state:?}"
         );
         Ok(proposal.proposal_id)
+    }
+
+    /// Runs the `synod-gov` CLI as member `m` against node `i` (with `--json`).
+    pub fn gov_cli(&self, i: usize, m: usize, args: &[&str]) -> anyhow::Result<Output> {
+        let mut all: Vec<String> = vec![
+            "--url".into(),
+            self.nodes[i].url(),
+            "--service-cert".into(),
+            self.service_cert.display().to_string(),
+            "--member-cert".into(),
+            self.members[m].cert.display().to_string(),
+            "--member-key".into(),
+            self.members[m].key.display().to_string(),
+            "--json".into(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Command::new(bin("synod-gov")?)
+            .args(&all)
+            .output()
+            .context("running synod-gov")
     }
 
     /// Starts one more node that joins through the first live node (`extra` adds flags), and trusts it by vote

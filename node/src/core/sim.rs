@@ -394,3 +394,30 @@ fn retiring_a_node_removes_it_from_the_configuration() {
     sim.run(5);
     assert_eq!(sim.nodes[p].core.tx_status(id), TxStatus::Committed);
 }
+
+#[test]
+fn governance_triggers_end_a_chunk_and_take_a_snapshot_at_the_next_signature() {
+    let mut sim = Sim::new(0);
+    sim.run(5);
+    let p = sim.primary().expect("primary");
+    let before = sim.nodes[p].snapshots.len();
+    let chunks_before = sim.nodes[p].frames.len();
+    {
+        let core = &mut sim.nodes[p].core;
+        let mut tx = Tx::new(core.snapshot());
+        tx.put(synod_core::maps::GOV_TRIGGERS, b"snapshot", b"\"proposal\"");
+        core.commit_tx(tx, NOW).expect("trigger");
+        core.emit_signature(NOW).expect("sign");
+    }
+    sim.run(10);
+    assert_eq!(
+        sim.nodes[p].snapshots.len(),
+        before + 1,
+        "one snapshot taken at the triggered signature"
+    );
+    assert!(sim.nodes[p].frames.len() > chunks_before);
+    // Only once: later signatures do not take another.
+    sim.write(b"k", b"v");
+    sim.run(10);
+    assert_eq!(sim.nodes[p].snapshots.len(), before + 1);
+}

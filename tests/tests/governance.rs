@@ -1,0 +1,363 @@
+//! Priority 3, end to end: a consortium of three members governs a real 3-node network through the real
+//! `synod-gov` CLI (COSE Sign1 requests on CCF's paths), and forged or replayed requests are refused.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _};
+use serde_json::{json, Value};
+use synod_client::TxStatus;
+use synod_governance::cose::MsgType;
+use synod_tests::{bounded, IdentityFiles, Network};
+
+fn cli_json(out: std::process::Output) -> anyhow::Result<Value> {
+    ensure!(
+        out.status.success(),
+        "synod-gov failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("synod-gov output: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A user write through any live node (retried past dead ones); returns once it is Committed.
+async fn committed_write(net: &Network, id: u64, msg: &str) -> anyhow::Result<()> {
+    let c = net.failover_client()?;
+    let body = synod_client::Body::Json(json!({"id": id, "msg": msg}));
+    let r = c
+        .call_with_retry(
+            synod_client::Method::POST,
+            "/app/log/private",
+            Some(body),
+            &[],
+            Duration::from_secs(30),
+        )
+        .await?;
+    ensure!(r.status == 201, "{} {}", r.status, r.text());
+    ensure!(c.wait_for_commit(r.tx_id()?, Duration::from_secs(30)).await? == TxStatus::Committed);
+    Ok(())
+}
+
+fn proposal_id(v: &Value) -> anyhow::Result<String> {
+    Ok(v["proposalId"].as_str().context("proposalId")?.to_string())
+}
+
+/// Proposes `action` as member 0 through the CLI and returns the proposal id.
+fn propose(net: &Network, node: usize, action: &str, args: Value) -> anyhow::Result<String> {
+    let out = net.gov_cli(
+        node,
+        0,
+        &["propose", "--action", action, "--args", &args.to_string()],
+    )?;
+    proposal_id(&cli_json(out)?)
+}
+
+fn vote(net: &Network, node: usize, member: usize, id: &str, accept: bool) -> anyhow::Result<String> {
+    let out = net.gov_cli(
+        node,
+        member,
+        &["vote", id, if accept { "--accept" } else { "--reject" }],
+    )?;
+    Ok(cli_json(out)?["state"].as_str().context("state")?.to_string())
+}
+
+/// Opening by vote, one member alone not being a majority, adding a user who can then call the app, adding and
+/// removing a member (Accepted → ack → Active), and trusting a joining node by vote — all through `synod-gov`.
+#[tokio::test]
+async fn a_consortium_governs_the_network_through_the_cli() -> anyhow::Result<()> {
+    bounded(240, async {
+        // Network::start_with_members opens the service by vote (2 of 3) and trusts n1 and n2 by vote.
+        let mut net = Network::start_with_members(3, 3, &[]).await?;
+        let p = net.primary().await?;
+        let info = net.nodes[p]
+            .client(None)?
+            .get_json::<Value>("/gov/service/info")
+            .await?;
+        ensure!(info["status"] == "Open", "{info}");
+
+        // One member alone cannot add a user: 1 of 3 is not a majority.
+        let newcomer = IdentityFiles::generate(net.tmp.path(), "user1")?;
+        let id = propose(&net, p, "set_user", json!({"cert": newcomer.cert_pem}))?;
+        ensure!(vote(&net, p, 0, &id, true)? == "Open");
+        let r = net.nodes[p]
+            .client(Some(&newcomer))?
+            .get("/app/log/private?id=1")
+            .await?;
+        ensure!(r.status == 401, "a user before the vote passed: {}", r.status);
+        // A second member tips it (through a backup: forwarded to the primary).
+        let backup = (p + 1) % 3;
+        ensure!(vote(&net, backup, 1, &id, true)? == "Accepted");
+        let r = net.nodes[p]
+            .client(Some(&newcomer))?
+            .post_json("/app/log/private", &json!({"id": 1, "msg": "new user"}))
+            .await?;
+        ensure!(
+            r.status == 201,
+            "the new user cannot write: {} {}",
+            r.status,
+            r.text()
+        );
+        // A third vote on a closed proposal is refused.
+        let out = net.gov_cli(p, 2, &["vote", &id, "--accept"])?;
+        ensure!(!out.status.success(), "a vote on an accepted proposal was taken");
+
+        // A new member starts Accepted, cannot propose, acknowledges the state digest and becomes Active.
+        let m3 = IdentityFiles::generate(net.tmp.path(), "member3")?;
+        let id = propose(&net, p, "set_member", json!({"cert": m3.cert_pem}))?;
+        vote(&net, p, 0, &id, true)?;
+        ensure!(vote(&net, p, 1, &id, true)? == "Accepted");
+        net.members.push(m3.clone());
+        let out = net.gov_cli(p, 3, &["propose", "--action", "transition_service_to_open"])?;
+        ensure!(!out.status.success(), "an Accepted member proposed");
+        cli_json(net.gov_cli(p, 3, &["ack"])?)?;
+        let members = net.nodes[p]
+            .client(None)?
+            .get_json::<Value>("/gov/service/members")
+            .await?;
+        let m3_id = synod_governance::cose::member_id(&synod_core::cert::pem_to_der(&m3.cert_pem)?);
+        let status = members["value"]
+            .as_array()
+            .context("members")?
+            .iter()
+            .find(|m| m["memberId"] == m3_id.as_str())
+            .map(|m| m["status"].clone());
+        ensure!(status == Some(json!("Active")), "{members}");
+        // ... and is then removed again by vote; its requests are refused from then on.
+        let id = propose(&net, p, "remove_member", json!({"member_id": m3_id}))?;
+        vote(&net, p, 0, &id, true)?;
+        vote(&net, p, 1, &id, true)?;
+        ensure!(
+            vote(&net, p, 2, &id, true)? == "Accepted",
+            "with 4 active members, 3 votes accept"
+        );
+        let out = net.gov_cli(p, 3, &["propose", "--action", "transition_service_to_open"])?;
+        ensure!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a member"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // A joining node stays Pending until a majority trusts it.
+        let j = net.spawn_joiner(&[])?;
+        let node_id = net.wait_pending(j).await?;
+        let state = net.nodes[p]
+            .client(None)?
+            .get_json::<Value>("/gov/service/nodes")
+            .await?;
+        ensure!(state.to_string().contains("Pending"));
+        let id = propose(&net, p, "transition_node_to_trusted", json!({"node_id": node_id}))?;
+        vote(&net, p, 0, &id, true)?;
+        ensure!(vote(&net, p, 2, &id, true)? == "Accepted");
+        net.nodes[j].wait_listening()?;
+        net.wait_for_voters(4).await?;
+        let listing = cli_json(net.gov_cli(j, 0, &["list"])?)?;
+        ensure!(
+            listing.as_array().map_or(0, |a| a.len()) >= 5,
+            "every proposal is listed from the new node: {listing}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Forged signatures, ballots by non-members, replayed proposals, stale `created_at` and ballots replayed onto
+/// another proposal are all refused, and change nothing.
+#[tokio::test]
+async fn forged_replayed_and_misbound_requests_are_refused() -> anyhow::Result<()> {
+    bounded(180, async {
+        let net = Network::start_with_members(1, 3, &[]).await?;
+        let gov = net.gov_client(0, 0)?;
+        let proposal =
+            json!({"actions": [{"name": "set_recovery_threshold", "args": {"recovery_threshold": 1}}]});
+        let payload = serde_json::to_vec(&proposal)?;
+        let create = "/gov/members/proposals:create";
+        let before = gov.list().await?.len();
+
+        // A flipped byte in the signature: not authentic.
+        let mut forged = gov.sign(MsgType::Proposal, None, &payload)?;
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let r = gov.post_signed(create, forged).await?;
+        ensure!(r.status == 401, "forged signature: {} {}", r.status, r.text());
+        // A replayed proposal.
+        let signed = gov.sign(MsgType::Proposal, None, &payload)?;
+        let r = gov.post_signed(create, signed.clone()).await?;
+        ensure!(r.status == 200, "{}", r.text());
+        let id = r.json_value()?["proposalId"].as_str().context("id")?.to_string();
+        let r = gov.post_signed(create, signed).await?;
+        ensure!(
+            r.status == 400 && r.api_error().context("error")?.code == "ReplayedRequest",
+            "replay: {} {}",
+            r.status,
+            r.text()
+        );
+        // A stale created_at (an hour ago).
+        let stale = gov.sign_at(
+            MsgType::Proposal,
+            synod_governance::client::now_secs() - 3600,
+            None,
+            &payload,
+        )?;
+        let r = gov.post_signed(create, stale).await?;
+        ensure!(
+            r.status == 400 && r.api_error().context("error")?.code == "StaleRequest",
+            "stale: {} {}",
+            r.status,
+            r.text()
+        );
+
+        // A ballot by a non-member (a well-formed request, signed with the stranger's own key).
+        let stranger =
+            synod_governance::cose::generate_member("stranger", synod_governance::cose::KeyKind::Ed25519)?;
+        let ballot =
+            json!({"ballot": "export function vote (proposal, proposerId) { return true }"}).to_string();
+        let outsider = synod_governance::client::GovClient::new(
+            net.nodes[0].client(None)?,
+            &stranger.cert_pem,
+            &stranger.key_pem,
+        )?;
+        let path = format!(
+            "/gov/members/proposals/{id}/ballots/{}:submit",
+            outsider.member_id()
+        );
+        let r = outsider
+            .post_cose(&path, MsgType::Ballot, Some(&id), ballot.as_bytes())
+            .await?;
+        ensure!(r.status == 401, "non-member ballot: {} {}", r.status, r.text());
+        // A genuine ballot for one proposal, replayed onto another proposal id.
+        let other = gov
+            .propose(
+                &json!({"actions": [{"name": "set_recovery_threshold", "args": {"recovery_threshold": 2}}]}),
+            )
+            .await?;
+        let for_first = gov.sign(MsgType::Ballot, Some(&id), ballot.as_bytes())?;
+        let path = format!(
+            "/gov/members/proposals/{}/ballots/{}:submit",
+            other.proposal_id,
+            gov.member_id()
+        );
+        let r = gov.post_signed(&path, for_first).await?;
+        ensure!(
+            r.status == 400,
+            "ballot replayed onto another proposal: {} {}",
+            r.status,
+            r.text()
+        );
+        // A ballot submitted under another member's path.
+        let path = format!("/gov/members/proposals/{id}/ballots/{}:submit", "a".repeat(64));
+        let r = gov
+            .post_cose(&path, MsgType::Ballot, Some(&id), ballot.as_bytes())
+            .await?;
+        ensure!(
+            r.status == 401,
+            "ballot under another member's path: {} {}",
+            r.status,
+            r.text()
+        );
+        // Withdrawal by a non-proposer.
+        let gov1 = net.gov_client(0, 1)?;
+        let r = gov1
+            .post_cose(
+                &format!("/gov/members/proposals/{id}:withdraw"),
+                MsgType::Withdrawal,
+                Some(&id),
+                b"",
+            )
+            .await?;
+        ensure!(
+            r.status == 403,
+            "withdrawal by a non-proposer: {} {}",
+            r.status,
+            r.text()
+        );
+        // Malformed actions and unknown actions fail validation.
+        let r = gov
+            .post_cose(
+                create,
+                MsgType::Proposal,
+                None,
+                br#"{"actions": [{"name": "launch_rockets"}]}"#,
+            )
+            .await?;
+        ensure!(
+            r.status == 400 && r.api_error().context("error")?.code == "ProposalFailedToValidate",
+            "{}",
+            r.text()
+        );
+        let r = gov
+            .post_cose(create, MsgType::Proposal, None, b"not json")
+            .await?;
+        ensure!(r.status == 400, "{}", r.text());
+
+        // Nothing above changed the proposals: only the genuine two were added, both still Open.
+        let all = gov.list().await?;
+        ensure!(all.len() == before + 2, "{all:?}");
+        for p in [&id, &other.proposal_id] {
+            ensure!(
+                gov.show(p).await?.state == synod_governance::ProposalState::Open,
+                "{p}"
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Replacing the constitution by vote drops open proposals and the new rule applies; governance state survives a
+/// restart of every node and a failover.
+#[tokio::test]
+async fn a_new_constitution_applies_and_governance_survives_restarts_and_failover() -> anyhow::Result<()> {
+    bounded(240, async {
+        let mut net = Network::start_with_members(3, 3, &[]).await?;
+        let p = net.primary().await?;
+        let gov0 = net.gov_client(p, 0)?;
+        let pending = gov0.propose_action("set_recovery_threshold", json!({"recovery_threshold": 2})).await?;
+        // The new rule: any single member's vote accepts.
+        let old = gov0.constitution().await?;
+        let lax = old.replace(
+            "export function resolve(proposal, proposerId, votes) {",
+            "export function resolve(proposal, proposerId, votes) {\n  if (votes.some((v) => v.vote)) return \"Accepted\";",
+        );
+        ensure!(lax != old, "the constitution's resolve was not found");
+        let change = gov0.propose_action("set_constitution", json!({"constitution": lax})).await?;
+        gov0.vote(&change.proposal_id, true).await?;
+        let accepted = net.gov_client(p, 1)?.vote(&change.proposal_id, true).await?;
+        ensure!(accepted.state == synod_governance::ProposalState::Accepted);
+        ensure!(gov0.show(&pending.proposal_id).await?.state == synod_governance::ProposalState::Dropped);
+        ensure!(net.gov_client(p, 0)?.constitution().await? == lax);
+        let quick = net.gov_client(p, 2)?.propose_action("set_recovery_threshold", json!({"recovery_threshold": 3})).await?;
+        let info = net.gov_client(p, 2)?.vote(&quick.proposal_id, true).await?;
+        ensure!(info.state == synod_governance::ProposalState::Accepted, "one vote under the new rule: {info:?}");
+        let open = gov0.propose_action("set_recovery_threshold", json!({"recovery_threshold": 1})).await?;
+
+        let proposals = gov0.list().await?.len();
+        // Governance answers once its transaction is ordered; a later write committing means it is committed too.
+        committed_write(&net, 7, "before the failover").await?;
+        // Failover: the governance tables are replicated like everything else.
+        net.nodes[p].kill9();
+        let q = net.primary().await?;
+        ensure!(q != p);
+        let gov_q = net.gov_client(q, 1)?;
+        ensure!(gov_q.show(&quick.proposal_id).await?.state == synod_governance::ProposalState::Accepted);
+        let info = gov_q.vote(&open.proposal_id, true).await?;
+        ensure!(info.state == synod_governance::ProposalState::Accepted, "voting goes on after a failover: {info:?}");
+        // A write ordered after the vote commits: so did the vote.
+        committed_write(&net, 8, "before the restart").await?;
+        // Restart everything: the service stays open, proposals and the constitution stay as they were.
+        for n in net.nodes.iter_mut() {
+            n.kill9();
+        }
+        for n in net.nodes.iter_mut() {
+            n.restart()?;
+        }
+        let q = net.primary().await?;
+        let gov = net.gov_client(q, 0)?;
+        ensure!(gov.constitution().await? == lax);
+        ensure!(gov.list().await?.len() == proposals);
+        let info = net.nodes[q].client(None)?.get_json::<Value>("/gov/service/info").await?;
+        ensure!(info["status"] == "Open" && info["recoveryThreshold"] == 1, "{info}");
+        committed_write(&net, 9, "after").await?;
+        Ok(())
+    })
+    .await
+}
