@@ -34,6 +34,12 @@ pub struct NodeConfig {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Heap one JavaScript runtime may use, in bytes (a handler that exceeds it gets a 500).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub js_heap_bytes_max: usize,
+    /// Time one JavaScript handler may run, in milliseconds (a handler that exceeds it gets a 500).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub js_time_ms_max: u64,
     /// Raft tick, in milliseconds (an election takes 10 to 20 ticks without a heartbeat).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub tick_ms: u64,

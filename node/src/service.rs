@@ -646,6 +646,15 @@ impl Node {
             .clone()
     }
 
+    /// Bounds on JavaScript handlers.
+    pub fn js_limits(&self) -> crate::js::JsLimits {
+        crate::js::JsLimits {
+            heap_bytes_max: self.cfg.js_heap_bytes_max,
+            time_ms_max: self.cfg.js_time_ms_max,
+            ..Default::default()
+        }
+    }
+
     /// First seqno of this run of the node.
     pub fn startup_seqno(&self) -> u64 {
         self.startup_seqno

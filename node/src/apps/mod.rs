@@ -1,4 +1,5 @@
 //! Native (Rust) applications served under `/app`.
 
+pub mod js;
 pub mod kv;
 pub mod logging;

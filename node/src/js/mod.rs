@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rquickjs::loader::{BuiltinLoader, BuiltinResolver};
+use rquickjs::loader::{BuiltinLoader, BuiltinResolver, ImportAttributes, Loader};
+use rquickjs::module::Declared;
 use rquickjs::{ArrayBuffer, Context, Ctx, Exception, Function, Module, Object, Runtime, Value};
 use synod_core::hash::sha256;
 use synod_core::maps;
@@ -122,6 +123,31 @@ pub struct Engine {
     limits: JsLimits,
 }
 
+/// An HTTP request for a handler: CCF's request object without its body (JSON), and the raw body (offered as
+/// `request.body.text()/json()/arrayBuffer()`).
+#[derive(Clone, Copy, Debug)]
+pub struct HandlerRequest<'a> {
+    /// The request object, JSON-encoded.
+    pub json: &'a str,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// What an HTTP handler answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerResponse {
+    /// `statusCode` (200 when absent).
+    pub status: u16,
+    /// `headers`.
+    pub headers: Vec<(String, String)>,
+    /// How the body was given: `none`, `text`, `json` or `binary` (decides the default content type).
+    pub kind: String,
+    /// The body's bytes.
+    pub body: Vec<u8>,
+    /// `ccf.rpc.setApplyWrites`, if the handler called it.
+    pub apply_writes: Option<bool>,
+}
+
 #[derive(Debug)]
 /// The result of a call: its value as JSON, and whether its writes should apply (`ccf.rpc.setApplyWrites`).
 pub struct CallResult {
@@ -144,18 +170,139 @@ fn throw(ctx: &Ctx<'_>, message: &str) -> rquickjs::Error {
     Exception::throw_type(ctx, message)
 }
 
+/// Modules compiled to QuickJS bytecode (name → bytecode), produced by [`compile`].
+pub type Compiled = Vec<(String, Vec<u8>)>;
+
+/// Compiles `modules` (name → source) to bytecode once, so engines on other threads skip parsing them.
+pub fn compile(modules: &[(String, String)]) -> Result<Compiled, JsError> {
+    let captured: Rc<RefCell<std::collections::HashMap<String, Vec<u8>>>> = Rc::default();
+    let runtime = Runtime::new().map_err(engine_error)?;
+    let mut resolver = BuiltinResolver::default();
+    for (name, _) in modules {
+        resolver = resolver.with_module(name.clone());
+    }
+    // QuickJS loads a module's imports while declaring it: the loader compiles those too and keeps their bytes.
+    let loader = CapturingLoader {
+        sources: modules.iter().cloned().collect(),
+        captured: captured.clone(),
+    };
+    runtime.set_loader(resolver, loader);
+    let context = Context::full(&runtime).map_err(engine_error)?;
+    context.with(|ctx| {
+        for (name, source) in modules {
+            if captured.borrow().contains_key(name) {
+                continue;
+            }
+            let declared = Module::declare(ctx.clone(), name.as_str(), source.as_str()).map_err(|e| {
+                let message = match e {
+                    rquickjs::Error::Exception => {
+                        let v = ctx.catch();
+                        v.as_exception()
+                            .and_then(|x| x.message())
+                            .unwrap_or_else(|| "syntax error".into())
+                    }
+                    other => other.to_string(),
+                };
+                JsError::Exception {
+                    message: format!("module {name}: {message}"),
+                    stack: None,
+                }
+            })?;
+            let bytes = declared
+                .write(rquickjs::module::WriteOptions::default())
+                .map_err(engine_error)?;
+            captured.borrow_mut().insert(name.clone(), bytes);
+        }
+        Ok::<_, JsError>(())
+    })?;
+    let captured = captured.borrow();
+    modules
+        .iter()
+        .map(|(name, _)| {
+            captured
+                .get(name)
+                .map(|b| (name.clone(), b.clone()))
+                .ok_or_else(|| JsError::Engine(format!("module {name} was not compiled")))
+        })
+        .collect()
+}
+
+struct CapturingLoader {
+    sources: std::collections::HashMap<String, String>,
+    captured: Rc<RefCell<std::collections::HashMap<String, Vec<u8>>>>,
+}
+
+impl Loader for CapturingLoader {
+    fn load<'js>(
+        &mut self,
+        ctx: &Ctx<'js>,
+        name: &str,
+        _attributes: Option<ImportAttributes<'js>>,
+    ) -> rquickjs::Result<Module<'js, Declared>> {
+        let source = self
+            .sources
+            .get(name)
+            .ok_or_else(|| rquickjs::Error::new_loading(name))?;
+        let module = Module::declare(ctx.clone(), name, source.as_str())?;
+        let bytes = module.write(rquickjs::module::WriteOptions::default())?;
+        self.captured.borrow_mut().insert(name.to_string(), bytes);
+        Ok(module)
+    }
+}
+
+/// Loads modules from bytecode this process compiled.
+struct BytecodeLoader {
+    modules: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl Loader for BytecodeLoader {
+    fn load<'js>(
+        &mut self,
+        ctx: &Ctx<'js>,
+        name: &str,
+        _attributes: Option<ImportAttributes<'js>>,
+    ) -> rquickjs::Result<Module<'js, Declared>> {
+        let bytes = self
+            .modules
+            .get(name)
+            .ok_or_else(|| rquickjs::Error::new_loading(name))?;
+        // SAFETY: the bytes are bytecode written by `compile` in this process, by this very QuickJS.
+        unsafe { Module::load(ctx.clone(), bytes) }
+    }
+}
+
 impl Engine {
     /// A fresh engine with `modules` (name → source) loadable by `import`.
     pub fn new(limits: JsLimits, modules: &[(String, String)]) -> Result<Engine, JsError> {
-        let runtime = Runtime::new().map_err(engine_error)?;
-        runtime.set_memory_limit(limits.heap_bytes_max);
-        runtime.set_max_stack_size(limits.stack_bytes_max);
         let mut resolver = BuiltinResolver::default();
         let mut loader = BuiltinLoader::default();
         for (name, source) in modules {
             resolver = resolver.with_module(name.clone());
             loader = loader.with_module(name.clone(), source.clone());
         }
+        Engine::build(limits, resolver, loader)
+    }
+
+    /// A fresh engine whose modules come from bytecode [`compile`]d before.
+    pub fn from_bytecode(limits: JsLimits, compiled: &Compiled) -> Result<Engine, JsError> {
+        let mut resolver = BuiltinResolver::default();
+        for (name, _) in compiled {
+            resolver = resolver.with_module(name.clone());
+        }
+        let loader = BytecodeLoader {
+            modules: compiled.iter().cloned().collect(),
+        };
+        Engine::build(limits, resolver, loader)
+    }
+
+    fn build(
+        limits: JsLimits,
+        resolver: BuiltinResolver,
+        loader: impl Loader + 'static,
+    ) -> Result<Engine, JsError> {
+        let runtime = Runtime::new().map_err(engine_error)?;
+        runtime.set_memory_limit(limits.heap_bytes_max);
+        runtime.set_max_stack_size(limits.stack_bytes_max);
         runtime.set_loader(resolver, loader);
         let deadline_ms = Arc::new(AtomicU64::new(u64::MAX));
         let interrupted = Arc::new(AtomicBool::new(false));
@@ -197,6 +344,105 @@ impl Engine {
         function: &str,
         args: &[serde_json::Value],
     ) -> Result<CallResult, JsError> {
+        let (value, apply_writes) = self.with_tx(tx, policy, last_committed, |ctx| {
+            let f = self.function(ctx, module, function)?;
+            let caught = |e: rquickjs::Error| self.exception(ctx, e);
+            let mut js_args = rquickjs::function::Args::new(ctx.clone(), args.len());
+            for a in args {
+                let v = ctx.json_parse(a.to_string()).map_err(caught)?;
+                js_args.push_arg(v).map_err(caught)?;
+            }
+            let out: Value = f.call_arg(js_args).map_err(caught)?;
+            let out = self.settle(ctx, out)?;
+            let json = ctx.json_stringify(out).map_err(caught)?;
+            match json {
+                None => Ok(serde_json::Value::Null),
+                Some(s) => {
+                    let s = s.to_string().map_err(engine_error)?;
+                    serde_json::from_str(&s).map_err(|e| JsError::BadReturn(e.to_string()))
+                }
+            }
+        })?;
+        Ok(CallResult { value, apply_writes })
+    }
+
+    /// Calls an HTTP handler `function(request)` of `module` (see [`HandlerRequest`]).
+    pub fn call_handler(
+        &self,
+        tx: &mut Tx,
+        policy: KvPolicy,
+        last_committed: (u64, u64),
+        module: &str,
+        function: &str,
+        request: HandlerRequest<'_>,
+    ) -> Result<HandlerResponse, JsError> {
+        let HandlerRequest {
+            json: request_json,
+            body,
+        } = request;
+        let (mut response, apply_writes) = self.with_tx(tx, policy, last_committed, |ctx| {
+            let f = self.function(ctx, module, function)?;
+            let caught = |e: rquickjs::Error| self.exception(ctx, e);
+            let g = ctx.globals();
+            let make_request: Function = g.get("__synod_request").map_err(caught)?;
+            let make_response: Function = g.get("__synod_response").map_err(caught)?;
+            let buf = ArrayBuffer::new(ctx.clone(), body.to_vec()).map_err(caught)?;
+            let request: Value = make_request.call((request_json, buf)).map_err(caught)?;
+            let out: Value = f.call((request,)).map_err(caught)?;
+            let out = self.settle(ctx, out)?;
+            let parts: rquickjs::Array = make_response.call((out,)).map_err(caught)?;
+            let status: i32 = parts.get(0).map_err(caught)?;
+            let headers: String = parts.get(1).map_err(caught)?;
+            let kind: String = parts.get(2).map_err(caught)?;
+            let bytes: ArrayBuffer = parts.get(3).map_err(caught)?;
+            let body =
+                buf_bytes(&bytes).ok_or_else(|| JsError::BadReturn("detached response body".into()))?;
+            let headers: Vec<(String, String)> =
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&headers)
+                    .map_err(|e| JsError::BadReturn(format!("response headers: {e}")))?
+                    .into_iter()
+                    .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                    .collect();
+            let status = u16::try_from(status)
+                .ok()
+                .filter(|s| (100..600).contains(s))
+                .ok_or_else(|| JsError::BadReturn(format!("statusCode {status} is not an HTTP status")))?;
+            Ok(HandlerResponse {
+                status,
+                headers,
+                kind,
+                body,
+                apply_writes: None,
+            })
+        })?;
+        response.apply_writes = apply_writes;
+        Ok(response)
+    }
+
+    fn function<'js>(&self, ctx: &Ctx<'js>, module: &str, function: &str) -> Result<Function<'js>, JsError> {
+        let caught = |e: rquickjs::Error| self.exception(ctx, e);
+        let promise = Module::import(ctx, module).map_err(caught)?;
+        let namespace: Object = promise.finish().map_err(caught)?;
+        let f: Value = namespace.get(function).map_err(caught)?;
+        f.into_function().ok_or_else(|| {
+            JsError::BadReturn(format!("module {module} does not export a function {function}"))
+        })
+    }
+
+    fn settle<'js>(&self, ctx: &Ctx<'js>, out: Value<'js>) -> Result<Value<'js>, JsError> {
+        match out.as_promise() {
+            Some(p) => p.finish().map_err(|e| self.exception(ctx, e)),
+            None => Ok(out),
+        }
+    }
+
+    fn with_tx<T>(
+        &self,
+        tx: &mut Tx,
+        policy: KvPolicy,
+        last_committed: (u64, u64),
+        f: impl FnOnce(&Ctx<'_>) -> Result<T, JsError>,
+    ) -> Result<(T, Option<bool>), JsError> {
         let taken = std::mem::replace(tx, Tx::new(State::default()));
         *self.state.borrow_mut() = Some(CallState {
             tx: taken,
@@ -208,7 +454,7 @@ impl Engine {
         let deadline = self.epoch.elapsed() + Duration::from_millis(self.limits.time_ms_max);
         self.deadline_ms
             .store(deadline.as_millis() as u64, Ordering::Relaxed);
-        let result = self.context.with(|ctx| self.run(&ctx, module, function, args));
+        let result = self.context.with(|ctx| f(&ctx));
         self.deadline_ms.store(u64::MAX, Ordering::Relaxed);
         let call = self.state.borrow_mut().take();
         let apply_writes = call.as_ref().and_then(|c| c.apply_writes);
@@ -218,43 +464,7 @@ impl Engine {
         if self.interrupted.load(Ordering::Relaxed) {
             return Err(JsError::Timeout(self.limits.time_ms_max));
         }
-        let value = result?;
-        Ok(CallResult { value, apply_writes })
-    }
-
-    fn run(
-        &self,
-        ctx: &Ctx<'_>,
-        module: &str,
-        function: &str,
-        args: &[serde_json::Value],
-    ) -> Result<serde_json::Value, JsError> {
-        let caught = |e: rquickjs::Error| self.exception(ctx, e);
-        let promise = Module::import(ctx, module).map_err(caught)?;
-        let namespace: Object = promise.finish().map_err(caught)?;
-        let f: Function = namespace.get(function).map_err(caught)?;
-        if !f.is_function() {
-            return Err(JsError::BadReturn(format!(
-                "module {module} does not export a function {function}"
-            )));
-        }
-        let mut js_args = rquickjs::function::Args::new(ctx.clone(), args.len());
-        for a in args {
-            let v = ctx.json_parse(a.to_string()).map_err(caught)?;
-            js_args.push_arg(v).map_err(caught)?;
-        }
-        let mut out: Value = f.call_arg(js_args).map_err(caught)?;
-        if let Some(p) = out.as_promise() {
-            out = p.finish().map_err(caught)?;
-        }
-        let json = ctx.json_stringify(out).map_err(caught)?;
-        match json {
-            None => Ok(serde_json::Value::Null),
-            Some(s) => {
-                let s = s.to_string().map_err(engine_error)?;
-                serde_json::from_str(&s).map_err(|e| JsError::BadReturn(e.to_string()))
-            }
-        }
+        Ok((result?, apply_writes))
     }
 
     fn exception(&self, ctx: &Ctx<'_>, e: rquickjs::Error) -> JsError {

@@ -54,5 +54,28 @@ pub const PRELUDE: &str = r#"
     },
     rpc: { setApplyWrites: (v) => n.setApplyWrites(!!v) },
   };
+  const hidden = (name, value) => Object.defineProperty(globalThis, name, { value, enumerable: false });
+  hidden("__synod_request", (json, body) => {
+    const r = JSON.parse(json);
+    r.body = {
+      text: () => bufToStr(body),
+      json: () => JSON.parse(bufToStr(body)),
+      arrayBuffer: () => body.slice(0),
+    };
+    return r;
+  });
+  hidden("__synod_response", (r) => {
+    if (r === undefined || r === null) r = {};
+    if (typeof r !== "object") throw new TypeError("a handler returns {statusCode, headers, body}");
+    const status = r.statusCode === undefined ? 200 : r.statusCode;
+    const headers = r.headers === undefined ? {} : r.headers;
+    let body = r.body;
+    let kind;
+    if (body === undefined || body === null) { kind = "none"; body = new ArrayBuffer(0); }
+    else if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) { kind = "binary"; body = toBuf(body, "body"); }
+    else if (typeof body === "string") { kind = "text"; body = strToBuf(body); }
+    else { kind = "json"; body = strToBuf(JSON.stringify(body)); }
+    return [status, JSON.stringify(headers), kind, body];
+  });
 })();
 "#;

@@ -166,3 +166,35 @@ fn runaway_scripts_are_stopped_and_the_engine_keeps_working() {
         1
     );
 }
+
+#[test]
+fn engines_built_from_bytecode_behave_like_engines_built_from_source() {
+    let modules = vec![
+        (
+            "main.js".to_string(),
+            "import { twice } from \"./lib/twice.js\"; export function f(x) { return twice(x); }".to_string(),
+        ),
+        (
+            "lib/twice.js".to_string(),
+            "export const twice = (x) => 2 * x;".to_string(),
+        ),
+    ];
+    let compiled = compile(&modules).expect("compile");
+    let e = Engine::from_bytecode(JsLimits::default(), &compiled).expect("engine");
+    let mut tx = Tx::new(State::default());
+    assert_eq!(
+        e.call(
+            &mut tx,
+            KvPolicy::Application,
+            (1, 1),
+            "main.js",
+            "f",
+            &[21.into()]
+        )
+        .expect("call")
+        .value,
+        42
+    );
+    let err = compile(&[("bad.js".to_string(), "export function (".to_string())]).expect_err("syntax error");
+    assert!(err.to_string().contains("bad.js"), "{err}");
+}

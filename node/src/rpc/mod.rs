@@ -153,7 +153,7 @@ pub fn router(state: AppState) -> Router {
         .merge(gov::routes())
         .merge(crate::apps::logging::routes())
         .merge(crate::apps::kv::routes())
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .fallback(fallback)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -166,6 +166,17 @@ pub fn router(state: AppState) -> Router {
             forward::layer,
         ))
         .with_state(state)
+}
+
+/// Paths no route took: JavaScript app endpoints under `/app`, 404 otherwise.
+async fn fallback(state: axum::extract::State<AppState>, request: axum::extract::Request) -> Response {
+    if !request.uri().path().starts_with("/app/") {
+        return ApiError::not_found("no such endpoint").into_response();
+    }
+    match crate::apps::js::dispatch(state, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Accepts any client certificate: the TLS layer checks that the client holds the certificate's key, and

@@ -1,0 +1,431 @@
+//! JavaScript applications: a bundle in CCF's format (`app.json` endpoints + ES modules), deployed by a
+//! `set_js_app` proposal into `public:ccf.gov.js_app`, served under `/app/...` by every node.
+//!
+//! ```text
+//!  /app/<path> (no native route) ─▶ auth (authn_policies) ─▶ blocking thread ─▶ execute(tx):
+//!      bundle = tx.get(js_app)  ─▶ endpoint (method, path template) ─▶ engine for this bundle version (cached per
+//!      thread) ─▶ handler(request) ─▶ {statusCode, headers, body}; not 2xx ⇒ its writes are discarded
+//! ```
+//!
+//! The bundle is read inside the request's own transaction, so a request runs entirely on one version of the app
+//! and replacing the app is atomic. Engines (QuickJS runtime + compiled modules) are reused across requests on the
+//! same thread until the app changes; one that was stopped (time or heap limit) is thrown away.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde_json::json;
+use synod_core::maps;
+use synod_kv::Tx;
+
+use crate::js::{Compiled, Engine, HandlerRequest, HandlerResponse, JsError, JsLimits, KvPolicy};
+use crate::rpc::{with_tx_id, ApiError, AppState, Peer};
+
+/// One endpoint of `app.json` (`endpoints[path][method]`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct EndpointSpec {
+    /// Module (by its name in the bundle).
+    pub js_module: String,
+    /// Exported function.
+    pub js_function: String,
+    /// `user_cert`, `member_cert`, `any_cert`, `no_auth`; empty means no authentication.
+    #[serde(default)]
+    pub authn_policies: Vec<String>,
+    /// `sometimes` (default: forward when the transaction writes), `always`, `never`.
+    #[serde(default)]
+    pub forwarding_required: Option<String>,
+    /// `readwrite` (default) or `readonly`.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct BundleModule {
+    name: String,
+    module: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct BundleSpec {
+    metadata: Metadata,
+    modules: Vec<BundleModule>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    endpoints: BTreeMap<String, BTreeMap<String, EndpointSpec>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct Deployed {
+    bundle: BundleSpec,
+    version: String,
+}
+
+thread_local! {
+    static ENGINE: RefCell<Option<(String, Engine)>> = const { RefCell::new(None) };
+}
+
+/// Bytecode of the current app version, compiled once per process and shared by every thread's engine.
+static COMPILED: std::sync::Mutex<Option<(String, std::sync::Arc<Compiled>)>> = std::sync::Mutex::new(None);
+
+fn compiled(deployed: &Deployed) -> Result<std::sync::Arc<Compiled>, JsError> {
+    let mut cache = COMPILED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((version, bytes)) = cache.as_ref() {
+        if version == &deployed.version {
+            return Ok(bytes.clone());
+        }
+    }
+    let modules: Vec<(String, String)> = deployed
+        .bundle
+        .modules
+        .iter()
+        .map(|m| (m.name.trim_start_matches('/').to_string(), m.module.clone()))
+        .collect();
+    let bytes = std::sync::Arc::new(crate::js::compile(&modules)?);
+    *cache = Some((deployed.version.clone(), bytes.clone()));
+    Ok(bytes)
+}
+
+fn matches(template: &str, path: &str) -> Option<BTreeMap<String, String>> {
+    let t: Vec<&str> = template.trim_matches('/').split('/').collect();
+    let p: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if t.len() != p.len() {
+        return None;
+    }
+    let mut params = BTreeMap::new();
+    for (ts, ps) in t.iter().zip(p.iter()) {
+        match ts.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) => {
+                let value = percent_decode(ps)?;
+                params.insert(name.to_string(), value);
+            }
+            None if ts == ps => {}
+            None => return None,
+        }
+    }
+    Some(params)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The endpoint of `deployed` for `method` and `path` (relative to `/app`): its template, spec and parameters.
+/// `Err(true)` when the path exists with other methods (405), `Err(false)` when it does not (404).
+fn find(
+    deployed: &Deployed,
+    method: &Method,
+    path: &str,
+) -> Result<(String, EndpointSpec, BTreeMap<String, String>), bool> {
+    let mut path_exists = false;
+    // Templates without parameters first, so `/accounts/total` wins over `/accounts/{id}`.
+    let mut templates: Vec<&String> = deployed.bundle.metadata.endpoints.keys().collect();
+    templates.sort_by_key(|t| t.matches('{').count());
+    for template in templates {
+        let Some(params) = matches(template, path) else {
+            continue;
+        };
+        path_exists = true;
+        let methods = &deployed.bundle.metadata.endpoints[template];
+        if let Some(spec) = methods.get(&method.as_str().to_lowercase()) {
+            return Ok((template.clone(), spec.clone(), params));
+        }
+    }
+    Err(path_exists)
+}
+
+fn load(tx: &mut Tx) -> Result<Option<Deployed>, ApiError> {
+    let Some(raw) = tx.get(maps::JS_APP, b"") else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|e| ApiError::internal(format!("the deployed JavaScript app does not parse: {e}")))
+}
+
+struct Call {
+    method: Method,
+    path: String,
+    request_template: serde_json::Value,
+    body: Vec<u8>,
+    primary: bool,
+}
+
+/// What a JS request produced.
+struct JsOutcome {
+    response: HandlerResponse,
+}
+
+fn js_failure(e: JsError) -> ApiError {
+    let message = match &e {
+        JsError::Exception { message, stack } => match stack {
+            Some(stack) if !stack.is_empty() => format!("JavaScript exception: {message}\n{stack}"),
+            _ => format!("JavaScript exception: {message}"),
+        },
+        other => other.to_string(),
+    };
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+}
+
+fn run_in_tx(
+    tx: &mut Tx,
+    call: &Call,
+    limits: JsLimits,
+    last_committed: (u64, u64),
+) -> Result<JsOutcome, ApiError> {
+    let deployed =
+        load(tx)?.ok_or_else(|| ApiError::not_found("no such endpoint (no JavaScript app is deployed)"))?;
+    let (template, spec, params) = find(&deployed, &call.method, &call.path).map_err(|path_exists| {
+        if path_exists {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "method not allowed on this endpoint",
+            )
+        } else {
+            ApiError::not_found(format!("no such endpoint: {} /app{}", call.method, call.path))
+        }
+    })?;
+    if spec.forwarding_required.as_deref() == Some("always") && !call.primary {
+        return Err(ApiError {
+            forward: true,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotPrimary", "forwarded")
+        });
+    }
+    let mut request = call.request_template.clone();
+    request["params"] = json!(params);
+    request["route"] = json!(template);
+    let request_json = request.to_string();
+    let before = tx.clone();
+    let result = ENGINE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.as_ref().map(|(v, _)| v != &deployed.version).unwrap_or(true) {
+            let bytecode = compiled(&deployed).map_err(js_failure)?;
+            let engine = Engine::from_bytecode(limits, &bytecode).map_err(js_failure)?;
+            *cached = Some((deployed.version.clone(), engine));
+        }
+        let (_, engine) = cached.as_ref().ok_or_else(|| ApiError::internal("no engine"))?;
+        let module = spec.js_module.trim_start_matches('/');
+        let r = engine.call_handler(tx, KvPolicy::Application, last_committed, module, &spec.js_function, HandlerRequest { json: &request_json, body: &call.body });
+        if matches!(r, Err(JsError::Timeout(_)) | Err(JsError::OutOfMemory(_))) {
+            // A stopped script can leave the runtime in any state: start afresh next time.
+            *cached = None;
+        }
+        r.map_err(|e| {
+            let forbidden = matches!(&e, JsError::Exception { message, .. } if message.contains("belongs to the framework") || message.contains("internal to the framework"));
+            if forbidden {
+                ApiError::forbidden(format!("JavaScript exception: {e}"))
+            } else {
+                js_failure(e)
+            }
+        })
+    });
+    let response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            *tx = before;
+            return Err(e);
+        }
+    };
+    let ok = (200..300).contains(&response.status);
+    if !ok && response.apply_writes != Some(true) || response.apply_writes == Some(false) {
+        *tx = before;
+    }
+    if spec.mode.as_deref() == Some("readonly") && !tx.is_read_only() {
+        return Err(ApiError::internal(format!(
+            "{} {template} is readonly but its handler wrote",
+            call.method
+        )));
+    }
+    if spec.forwarding_required.as_deref() == Some("never") && !call.primary && !tx.is_read_only() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NotPrimary",
+            "this endpoint is never forwarded and writes: call the primary",
+        ));
+    }
+    Ok(JsOutcome { response })
+}
+
+fn caller(app: &AppState, peer: &Peer, policies: &[String]) -> Result<serde_json::Value, ApiError> {
+    if policies.is_empty() || policies.iter().any(|p| p == "no_auth") {
+        return Ok(serde_json::Value::Null);
+    }
+    let mut last_error = ApiError::unauthorized("no authentication policy of this endpoint is satisfied");
+    for policy in policies {
+        let attempt = match policy.as_str() {
+            "user_cert" => app
+                .authenticate_user(peer)
+                .map(|u| (u.id, maps::USERS_CERTS, maps::USERS_INFO, "user_data")),
+            "member_cert" => app
+                .authenticate_member(peer)
+                .map(|u| (u.id, maps::MEMBERS_CERTS, maps::MEMBERS_INFO, "member_data")),
+            "any_cert" => match &peer.cert_der {
+                Some(der) => Ok((synod_core::cert::cert_fingerprint_hex(der), "", "", "")),
+                None => Err(ApiError::unauthorized(
+                    "this endpoint requires a TLS client certificate",
+                )),
+            },
+            other => Err(ApiError::internal(format!(
+                "unsupported authentication policy {other:?}"
+            ))),
+        };
+        match attempt {
+            Ok((id, certs, info, data_field)) => {
+                let state = app.node.core().snapshot();
+                let cert = state
+                    .get(certs, id.as_bytes())
+                    .map(|c| String::from_utf8_lossy(c).to_string());
+                let data = state
+                    .get(info, id.as_bytes())
+                    .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                    .map(|v| v[data_field].clone())
+                    .unwrap_or(serde_json::Value::Null);
+                return Ok(json!({ "policy": policy, "id": id, "data": data, "cert": cert }));
+            }
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
+
+fn service_open(app: &AppState) -> bool {
+    app.node
+        .core()
+        .snapshot()
+        .get(maps::SERVICE_INFO, b"")
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .is_some_and(|info| info["status"] == "Open")
+}
+
+fn endpoint_policies(app: &AppState, method: &Method, path: &str) -> Option<Vec<String>> {
+    let state = app.node.core().snapshot();
+    let raw = state.get(maps::JS_APP, b"")?;
+    let deployed: Deployed = serde_json::from_slice(raw).ok()?;
+    find(&deployed, method, path)
+        .ok()
+        .map(|(_, spec, _)| spec.authn_policies)
+}
+
+/// Serves a request under `/app` that no native route took.
+pub async fn dispatch(State(app): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
+    let Some(path) = parts.uri.path().strip_prefix("/app").map(str::to_string) else {
+        return Err(ApiError::not_found("no such endpoint"));
+    };
+    let policies = endpoint_policies(&app, &parts.method, &path).unwrap_or_default();
+    let caller = caller(&app, &peer, &policies)?;
+    if !service_open(&app) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceNotOpen",
+            "the service is not open yet",
+        ));
+    }
+    let body = match Limited::new(body, app.max_body_bytes).collect().await {
+        Ok(c) => c.to_bytes().to_vec(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestBodyTooLarge",
+                format!("request body is larger than {} bytes", app.max_body_bytes),
+            ))
+        }
+        Err(e) => return Err(ApiError::invalid_input(format!("reading the request body: {e}"))),
+    };
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_lowercase(), json!(v))))
+        .collect();
+    let template = json!({
+        "headers": headers,
+        "query": parts.uri.query().unwrap_or(""),
+        "url": parts.uri.to_string(),
+        "method": parts.method.as_str(),
+        "path": format!("/app{path}"),
+        "caller": caller,
+    });
+    let node = app.node.clone();
+    let limits = node.js_limits();
+    let call = Call {
+        method: parts.method.clone(),
+        path,
+        request_template: template,
+        body,
+        primary: node.core().is_primary(),
+    };
+    let committed = node.core().committed();
+    let result = tokio::task::spawn_blocking(move || {
+        node.execute(|tx| run_in_tx(tx, &call, limits, (committed.view, committed.seqno)))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("JavaScript task: {e}")))?;
+    let (outcome, ordered) = result.map_err(ApiError::from)?;
+    Ok(with_tx_id(ordered.tx_id(), respond(outcome.response)))
+}
+
+fn respond(r: HandlerResponse) -> Response {
+    let mut headers = HeaderMap::new();
+    let default_type = match r.kind.as_str() {
+        "json" => Some("application/json"),
+        "text" => Some("text/plain"),
+        "binary" => Some("application/octet-stream"),
+        _ => None,
+    };
+    if let Some(t) = default_type {
+        headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static(t));
+    }
+    for (k, v) in &r.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.to_lowercase().as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, headers, Body::from(r.body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_templates_match_with_parameters() {
+        assert_eq!(
+            matches("/log/{id}", "/log/42").map(|p| p["id"].clone()),
+            Some("42".into())
+        );
+        assert_eq!(
+            matches("/log/{id}", "/log/a%20b").map(|p| p["id"].clone()),
+            Some("a b".into())
+        );
+        assert!(matches("/log/{id}", "/log").is_none());
+        assert!(matches("/log/private", "/log/public").is_none());
+        assert!(matches("/a/b", "/a/b").is_some());
+    }
+}

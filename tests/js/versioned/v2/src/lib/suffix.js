@@ -1,0 +1,1 @@
+export function suffix() { return "lib-v2"; }
