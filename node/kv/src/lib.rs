@@ -242,6 +242,17 @@ impl Tx {
         entry.map(|e| e.value.to_vec())
     }
 
+    /// The version (seqno of its last write) of `key` in the snapshot, recorded as a read; `None` when absent or
+    /// written by this transaction. Lets a caller cache what it derives from a value without copying it.
+    pub fn version_of(&mut self, map: &str, key: &[u8]) -> Option<u64> {
+        if self.own_write(map, key).is_some() {
+            return None;
+        }
+        let version = self.base.entry(map, key).map(|e| e.version);
+        self.reads.insert((map.to_string(), key.to_vec()), version);
+        version
+    }
+
     /// Whether `key` is present in `map`.
     pub fn has(&mut self, map: &str, key: &[u8]) -> bool {
         self.get(map, key).is_some()

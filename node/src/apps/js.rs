@@ -13,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -155,14 +156,33 @@ fn find(
     Err(path_exists)
 }
 
-fn load(tx: &mut Tx) -> Result<Option<Deployed>, ApiError> {
+/// The parsed bundle, keyed by the seqno that wrote it (parsing it per request would cost more than the request).
+static PARSED: std::sync::Mutex<Option<(u64, Arc<Deployed>)>> = std::sync::Mutex::new(None);
+
+fn load(tx: &mut Tx) -> Result<Option<Arc<Deployed>>, ApiError> {
+    let version = tx.version_of(maps::JS_APP, b"");
+    if let Some(v) = version {
+        if let Some((cached, deployed)) = PARSED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if *cached == v {
+                return Ok(Some(deployed.clone()));
+            }
+        }
+    }
     let Some(raw) = tx.get(maps::JS_APP, b"") else {
         return Ok(None);
     };
-    serde_json::from_slice(&raw)
-        .map(Some)
-        .map_err(|e| ApiError::internal(format!("the deployed JavaScript app does not parse: {e}")))
+    let deployed: Arc<Deployed> = Arc::new(
+        serde_json::from_slice(&raw)
+            .map_err(|e| ApiError::internal(format!("the deployed JavaScript app does not parse: {e}")))?,
+    );
+    if let Some(v) = version {
+        *PARSED.lock().unwrap_or_else(|p| p.into_inner()) = Some((v, deployed.clone()));
+    }
+    Ok(Some(deployed))
 }
+
+/// An endpoint found for a request: its path template, spec and path parameters.
+type Matched = (String, EndpointSpec, BTreeMap<String, String>);
 
 struct Call {
     method: Method,
@@ -170,6 +190,8 @@ struct Call {
     request_template: serde_json::Value,
     body: Vec<u8>,
     primary: bool,
+    /// The endpoint matched before the transaction, with the app version it was matched in.
+    matched: Option<(u64, Matched)>,
 }
 
 /// What a JS request produced.
@@ -194,19 +216,29 @@ fn run_in_tx(
     limits: JsLimits,
     last_committed: (u64, u64),
 ) -> Result<JsOutcome, ApiError> {
+    let version = tx.version_of(maps::JS_APP, b"");
     let deployed =
         load(tx)?.ok_or_else(|| ApiError::not_found("no such endpoint (no JavaScript app is deployed)"))?;
-    let (template, spec, params) = find(&deployed, &call.method, &call.path).map_err(|path_exists| {
-        if path_exists {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "method not allowed on this endpoint",
-            )
-        } else {
-            ApiError::not_found(format!("no such endpoint: {} /app{}", call.method, call.path))
-        }
-    })?;
+    // The endpoint matched before the transaction stands if the app is the same version; else match again.
+    let pre = call
+        .matched
+        .as_ref()
+        .filter(|(v, _)| Some(*v) == version)
+        .map(|(_, m)| m.clone());
+    let (template, spec, params) = pre
+        .map(Ok)
+        .unwrap_or_else(|| find(&deployed, &call.method, &call.path))
+        .map_err(|path_exists| {
+            if path_exists {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "method not allowed on this endpoint",
+                )
+            } else {
+                ApiError::not_found(format!("no such endpoint: {} /app{}", call.method, call.path))
+            }
+        })?;
     if spec.forwarding_required.as_deref() == Some("always") && !call.primary {
         return Err(ApiError {
             forward: true,
@@ -268,7 +300,12 @@ fn run_in_tx(
     Ok(JsOutcome { response })
 }
 
-fn caller(app: &AppState, peer: &Peer, policies: &[String]) -> Result<serde_json::Value, ApiError> {
+fn caller(
+    app: &AppState,
+    state: &synod_kv::State,
+    peer: &Peer,
+    policies: &[String],
+) -> Result<serde_json::Value, ApiError> {
     if policies.is_empty() || policies.iter().any(|p| p == "no_auth") {
         return Ok(serde_json::Value::Null);
     }
@@ -276,7 +313,7 @@ fn caller(app: &AppState, peer: &Peer, policies: &[String]) -> Result<serde_json
     for policy in policies {
         let attempt = match policy.as_str() {
             "user_cert" => app
-                .authenticate_user(peer)
+                .authenticate_user_in(state, peer)
                 .map(|u| (u.id, maps::USERS_CERTS, maps::USERS_INFO, "user_data")),
             "member_cert" => app
                 .authenticate_member(peer)
@@ -293,7 +330,6 @@ fn caller(app: &AppState, peer: &Peer, policies: &[String]) -> Result<serde_json
         };
         match attempt {
             Ok((id, certs, info, data_field)) => {
-                let state = app.node.core().snapshot();
                 let cert = state
                     .get(certs, id.as_bytes())
                     .map(|c| String::from_utf8_lossy(c).to_string());
@@ -310,22 +346,73 @@ fn caller(app: &AppState, peer: &Peer, policies: &[String]) -> Result<serde_json
     Err(last_error)
 }
 
-fn service_open(app: &AppState) -> bool {
-    app.node
-        .core()
-        .snapshot()
-        .get(maps::SERVICE_INFO, b"")
-        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-        .is_some_and(|info| info["status"] == "Open")
+type JobResult = Result<(JsOutcome, crate::core::Outcome), crate::service::ExecError<ApiError>>;
+
+/// One request for a JavaScript worker.
+struct Job {
+    node: std::sync::Arc<crate::service::Node>,
+    call: Call,
+    limits: JsLimits,
+    committed: (u64, u64),
+    reply: tokio::sync::oneshot::Sender<JobResult>,
 }
 
-fn endpoint_policies(app: &AppState, method: &Method, path: &str) -> Option<Vec<String>> {
-    let state = app.node.core().snapshot();
-    let raw = state.get(maps::JS_APP, b"")?;
-    let deployed: Deployed = serde_json::from_slice(raw).ok()?;
-    find(&deployed, method, path)
-        .ok()
-        .map(|(_, spec, _)| spec.authn_policies)
+/// JavaScript workers: a fixed set of threads, each with its engine (kept across requests until the app changes).
+/// Handlers are bounded by --js-time-ms-max, so a stuck handler holds one worker for at most that long; native
+/// endpoints and consensus never wait for them.
+struct Pool {
+    /// One queue per worker (round-robin): no lock is shared between workers waiting for work.
+    workers: Vec<std::sync::Mutex<std::sync::mpsc::Sender<Job>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    fn send(&self, job: Job) -> Result<(), ApiError> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.workers.len().max(1);
+        let worker = self
+            .workers
+            .get(i)
+            .ok_or_else(|| ApiError::internal("no JavaScript worker"))?;
+        worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| ApiError::internal("the JavaScript workers stopped"))
+    }
+}
+
+fn pool() -> &'static Pool {
+    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 2;
+        let mut workers = Vec::new();
+        for i in 0..count {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("js-{i}"))
+                .spawn(move || {
+                    for Job {
+                        node,
+                        call,
+                        limits,
+                        committed,
+                        reply,
+                    } in rx
+                    {
+                        let result = node.execute(|tx| run_in_tx(tx, &call, limits, committed));
+                        let _ = reply.send(result);
+                    }
+                });
+            match spawned {
+                Ok(_) => workers.push(std::sync::Mutex::new(tx)),
+                Err(e) => tracing::error!("cannot start JavaScript worker {i}: {e}"),
+            }
+        }
+        Pool {
+            workers,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    })
 }
 
 /// Serves a request under `/app` that no native route took.
@@ -335,9 +422,20 @@ pub async fn dispatch(State(app): State<AppState>, request: Request) -> Result<R
     let Some(path) = parts.uri.path().strip_prefix("/app").map(str::to_string) else {
         return Err(ApiError::not_found("no such endpoint"));
     };
-    let policies = endpoint_policies(&app, &parts.method, &path).unwrap_or_default();
-    let caller = caller(&app, &peer, &policies)?;
-    if !service_open(&app) {
+    let (state, primary, committed) = {
+        let core = app.node.core();
+        (core.snapshot(), core.is_primary(), core.committed())
+    };
+    // Match once here (for the authentication policy); the transaction re-matches only if the app changed since.
+    let mut probe = Tx::new(state.clone());
+    let version = probe.version_of(maps::JS_APP, b"");
+    let matched = load(&mut probe)?.and_then(|d| find(&d, &parts.method, &path).ok());
+    let policies = matched
+        .as_ref()
+        .map(|(_, spec, _)| spec.authn_policies.clone())
+        .unwrap_or_default();
+    let caller = caller(&app, &state, &peer, &policies)?;
+    if !crate::rpc::service_open(&state) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceNotOpen",
@@ -358,7 +456,7 @@ pub async fn dispatch(State(app): State<AppState>, request: Request) -> Result<R
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_lowercase(), json!(v))))
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), json!(v))))
         .collect();
     let template = json!({
         "headers": headers,
@@ -375,14 +473,20 @@ pub async fn dispatch(State(app): State<AppState>, request: Request) -> Result<R
         path,
         request_template: template,
         body,
-        primary: node.core().is_primary(),
+        primary,
+        matched: version.zip(matched),
     };
-    let committed = node.core().committed();
-    let result = tokio::task::spawn_blocking(move || {
-        node.execute(|tx| run_in_tx(tx, &call, limits, (committed.view, committed.seqno)))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("JavaScript task: {e}")))?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    pool().send(Job {
+        node,
+        call,
+        limits,
+        committed: (committed.view, committed.seqno),
+        reply,
+    })?;
+    let result = answer
+        .await
+        .map_err(|_| ApiError::internal("the JavaScript worker stopped"))?;
     let (outcome, ordered) = result.map_err(ApiError::from)?;
     Ok(with_tx_id(ordered.tx_id(), respond(outcome.response)))
 }

@@ -114,6 +114,8 @@ type Shared = Rc<RefCell<Option<CallState>>>;
 
 /// A JavaScript engine: one runtime and context, reusable across calls (not thread-safe: one per thread).
 pub struct Engine {
+    /// Exported functions already looked up (dropped before the runtime they live in).
+    functions: RefCell<std::collections::HashMap<(String, String), rquickjs::Persistent<Function<'static>>>>,
     runtime: Runtime,
     context: Context,
     state: Shared,
@@ -324,6 +326,7 @@ impl Engine {
             .with(|ctx| install_ccf(&ctx, &state))
             .map_err(engine_error)?;
         Ok(Engine {
+            functions: RefCell::default(),
             runtime,
             context,
             state,
@@ -420,6 +423,18 @@ impl Engine {
     }
 
     fn function<'js>(&self, ctx: &Ctx<'js>, module: &str, function: &str) -> Result<Function<'js>, JsError> {
+        let key = (module.to_string(), function.to_string());
+        if let Some(saved) = self.functions.borrow().get(&key) {
+            return saved.clone().restore(ctx).map_err(|e| self.exception(ctx, e));
+        }
+        let f = self.lookup(ctx, module, function)?;
+        self.functions
+            .borrow_mut()
+            .insert(key, rquickjs::Persistent::save(ctx, f.clone()));
+        Ok(f)
+    }
+
+    fn lookup<'js>(&self, ctx: &Ctx<'js>, module: &str, function: &str) -> Result<Function<'js>, JsError> {
         let caught = |e: rquickjs::Error| self.exception(ctx, e);
         let promise = Module::import(ctx, module).map_err(caught)?;
         let namespace: Object = promise.finish().map_err(caught)?;

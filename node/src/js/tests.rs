@@ -198,3 +198,46 @@ fn engines_built_from_bytecode_behave_like_engines_built_from_source() {
     let err = compile(&[("bad.js".to_string(), "export function (".to_string())]).expect_err("syntax error");
     assert!(err.to_string().contains("bad.js"), "{err}");
 }
+
+/// Not a test of speed (nothing is asserted on time): prints what one handler call costs, for profiling.
+#[test]
+#[ignore]
+fn handler_call_cost() {
+    let modules = vec![
+        (
+            "logging.js".to_string(),
+            std::fs::read_to_string("../js-apps/logging/src/logging.js").expect("source"),
+        ),
+        (
+            "util.js".to_string(),
+            std::fs::read_to_string("../js-apps/logging/src/util.js").expect("source"),
+        ),
+    ];
+    let compiled = compile(&modules).expect("compile");
+    let e = Engine::from_bytecode(JsLimits::default(), &compiled).expect("engine");
+    let request = r#"{"headers":{"content-type":"application/json"},"query":"","url":"/app/js/log/private","method":"POST","path":"/app/js/log/private","caller":null,"params":{},"route":"/js/log/private"}"#;
+    let n = 20_000;
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        let mut tx = Tx::new(State::default());
+        let body = format!(r#"{{"id": {i}, "msg": "hello"}}"#);
+        let r = e
+            .call_handler(
+                &mut tx,
+                KvPolicy::Application,
+                (1, 1),
+                "logging.js",
+                "postPrivate",
+                HandlerRequest {
+                    json: request,
+                    body: body.as_bytes(),
+                },
+            )
+            .expect("call");
+        assert_eq!(r.status, 201);
+    }
+    println!(
+        "{:.1} us per handler call",
+        start.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+}

@@ -89,23 +89,23 @@ pub struct User {
 }
 
 impl AppState {
-    /// Requires a client certificate registered in `public:ccf.gov.users.certs`.
+    /// Requires a client certificate registered in `public:ccf.gov.users.certs`, and the service open.
     pub fn authenticate_user(&self, peer: &Peer) -> Result<User, ApiError> {
+        self.authenticate_user_in(&self.node.core().snapshot(), peer)
+    }
+
+    /// [`AppState::authenticate_user`] against a state the caller already holds.
+    pub fn authenticate_user_in(&self, state: &synod_kv::State, peer: &Peer) -> Result<User, ApiError> {
         let der = peer.cert_der.as_ref().ok_or_else(|| {
             ApiError::unauthorized("this endpoint requires a user's TLS client certificate")
         })?;
         let id = cert::cert_fingerprint_hex(der);
-        let state = self.node.core().snapshot();
         if state.get(maps::USERS_CERTS, id.as_bytes()).is_none() {
             return Err(ApiError::unauthorized(format!(
                 "the client certificate (id {id}) is not a known user"
             )));
         }
-        let open = state
-            .get(maps::SERVICE_INFO, b"")
-            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-            .is_some_and(|info| info["status"] == "Open");
-        if !open {
+        if !service_open(state) {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceNotOpen",
@@ -134,6 +134,28 @@ impl AppState {
         }
         Ok(User { id })
     }
+}
+
+/// Whether the service is open. The answer is cached by the version of `public:ccf.gov.service.info` (which
+/// carries the certificate: parsing it per request would be the costliest part of a small request).
+pub fn service_open(state: &synod_kv::State) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CACHED: AtomicU64 = AtomicU64::new(0);
+    let Some(entry) = state.entry(maps::SERVICE_INFO, b"") else {
+        return false;
+    };
+    // CACHED holds (version << 1 | open); version 0 means "nothing cached".
+    let cached = CACHED.load(Ordering::Relaxed);
+    if cached >> 1 == entry.version && entry.version != 0 {
+        return cached & 1 == 1;
+    }
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: String,
+    }
+    let open = serde_json::from_slice::<Status>(&entry.value).is_ok_and(|s| s.status == "Open");
+    CACHED.store(entry.version << 1 | u64::from(open), Ordering::Relaxed);
+    open
 }
 
 /// Attaches `x-ms-ccf-transaction-id` to a response.
