@@ -4,7 +4,7 @@
 # `rocksdb = "=0.20.1"` links Debian's librocksdb-dev 7.8 in ~20 s (see docs/ARCHITECTURE.md, "Build").
 set -euo pipefail
 
-APT_PACKAGES=(librocksdb-dev libclang-dev clang pkg-config)
+APT_PACKAGES=(librocksdb-dev libclang-dev clang pkg-config curl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
