@@ -4,7 +4,7 @@
 # through the synod-gov CLI, as a real consortium would. Ctrl-C stops every node it started; running it again on
 # the same workspace restarts the same network from disk.
 #
-#   ./sandbox.sh [-n N] [--members M] [--workspace DIR] [--port PORT] [--debug] [--verbose]
+#   ./sandbox.sh [-n N] [--members M] [--js-app DIR] [--workspace DIR] [--port PORT] [--debug] [--verbose]
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT="$PWD"
@@ -15,8 +15,10 @@ PROFILE=release
 VERBOSE=0
 NODES=3
 MEMBERS=1
+JS_APP=""
 usage() {
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    echo "  --js-app DIR     deploy the JavaScript bundle in DIR (app.json + src/) by vote, e.g. js-apps/logging"
     echo "  -n N             number of nodes (default 3)"
     echo "  --members M      number of consortium members (default 1); a strict majority decides"
     echo "  --workspace DIR  where keys, node data and network.json go (default ./workspace; alias --data-dir)"
@@ -32,6 +34,7 @@ while (($#)); do
         --verbose) VERBOSE=1; shift ;;
         -n) NODES="$2"; shift 2 ;;
         --members) MEMBERS="$2"; shift 2 ;;
+        --js-app) JS_APP="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "sandbox: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -86,17 +89,21 @@ JSON
     mv "$WORKSPACE/network.json.tmp" "$WORKSPACE/network.json"
 }
 
-# The members pass one action: the first proposes, a strict majority votes for it.
+# The members pass one proposal: the first proposes, a strict majority votes for it.
 pass() { # action args-json
-    local id
+    pass_proposal "$1" --action "$1" --args "$2"
+}
+pass_proposal() { # description synod-gov-propose-arguments...
+    local what="$1" id
+    shift
     id=$("$BIN/synod-gov" --network "$WORKSPACE/network.json" --member member0 --json \
-        propose --action "$1" --args "$2" | json_field '["proposalId"]')
+        propose "$@" | json_field '["proposalId"]')
     for ((m = 0; m <= MEMBERS / 2; m++)); do
         "$BIN/synod-gov" --network "$WORKSPACE/network.json" --member "member$m" --json vote "$id" --accept >/dev/null
     done
     local state
     state=$("$BIN/synod-gov" --network "$WORKSPACE/network.json" --member member0 --json show "$id" | json_field '["proposal"]["state"]')
-    echo "sandbox: proposal $1 $id: $state" >&2
+    echo "sandbox: proposal $what $id: $state" >&2
     [ "$state" = Accepted ]
 }
 
@@ -192,6 +199,14 @@ done
 
 write_network "$NODES_JSON"
 
+if [ -n "$JS_APP" ]; then
+    if [ ! -f "$JS_APP/app.json" ]; then
+        echo "sandbox: $JS_APP/app.json not found (a bundle is app.json plus its modules under src/)" >&2
+        exit 2
+    fi
+    pass_proposal "set_js_app $JS_APP" --set-js-app "$JS_APP" || { echo "sandbox: the members did not deploy $JS_APP" >&2; exit 1; }
+fi
+
 W="$WORKSPACE"
 C="--cacert $W/service_cert.pem --cert $W/user0_cert.pem --key $W/user0_privk.pem"
 {
@@ -220,6 +235,7 @@ Try (any node takes writes: backups forward them to the primary):
   synod ledger audit $W/n0/ledger --service-cert $W/service_cert.pem
   synod-load --clients 32 --requests 20000      # benchmark
   synod-gov list                                   # governance: proposals
+  synod call -X POST /app/js/log/private --data '{"id": 1, "msg": "hi"}'   # with --js-app js-apps/logging
   synod-gov propose --action set_user --args '{"cert": "<PEM>"}'; synod-gov --member member0 vote <id> --accept
 
 Press Ctrl-C to stop the network.

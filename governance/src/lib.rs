@@ -36,6 +36,7 @@ pub mod cli;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod cose;
+pub mod proposal;
 
 #[cfg(feature = "client")]
 pub use client::{ClientError, GovClient, ProposalInfo, ProposalState, API_VERSION};

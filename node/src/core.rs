@@ -419,19 +419,11 @@ fn check_signature(
     if record.view != tx_id.view || record.seqno != tx_id.seqno {
         return Err(format!("signature record names {}.{}", record.view, record.seqno));
     }
-    let root = record.root_digest().map_err(|e| e.to_string())?;
+    let (root, node_der) = record.verify_node_signature()?;
     if Some(root) != expected_root {
         return Err("signed root differs from the Merkle root of this node's log".into());
     }
-    let node_der = cert::pem_to_der(&record.cert).map_err(|e| e.to_string())?;
     cert::verify_endorsement(&node_der, service_cert_der).map_err(|e| format!("signing node: {e}"))?;
-    let sig = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &record.signature)
-        .map_err(|e| format!("node signature: {e}"))?;
-    let sig = ed25519_dalek::Signature::from_slice(&sig).map_err(|e| format!("node signature: {e}"))?;
-    cert::ed25519_verifying_key(&node_der)
-        .map_err(|e| e.to_string())?
-        .verify_strict(&root, &sig)
-        .map_err(|_| "node signature over the root does not verify".to_string())?;
     Ok(SigInfo {
         tx_id,
         root,

@@ -30,22 +30,7 @@ pub const REQUEST_WINDOW_SECS: u64 = 300;
 pub const OPEN_PROPOSALS_MAX: usize = 256;
 const CONSTITUTION_MODULE: &str = "constitution.js";
 
-/// A proposal's state (CCF's names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProposalState {
-    /// Waiting for votes.
-    Open,
-    /// Accepted and applied.
-    Accepted,
-    /// Rejected by the votes.
-    Rejected,
-    /// Withdrawn by its proposer.
-    Withdrawn,
-    /// Accepted but its application threw: nothing was applied.
-    Failed,
-    /// Closed because an accepted proposal changed the rules it was made under.
-    Dropped,
-}
+pub use synod_governance::proposal::ProposalState;
 
 /// Why an accepted proposal failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +187,30 @@ fn check_replay(tx: &mut Tx, req: &Request<'_>, now: u64) -> Result<(), GovError
     Ok(())
 }
 
+/// A ballot or withdrawal counts only for the proposal it was signed for.
+fn bound_to(proposal_id: &str, signed_for: Option<&str>) -> Result<(), GovError> {
+    if signed_for != Some(proposal_id) {
+        return Err(bad(
+            "ProposalIdMismatch",
+            format!("the request is signed for proposal {signed_for:?}, not {proposal_id}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An Open proposal's info, or why it cannot take a ballot or withdrawal.
+fn open_proposal(tx: &mut Tx, proposal_id: &str) -> Result<ProposalInfo, GovError> {
+    let info: ProposalInfo = get_json(tx, maps::PROPOSALS_INFO, proposal_id)
+        .ok_or_else(|| GovError::NotFound(format!("no proposal {proposal_id}")))?;
+    if info.state != ProposalState::Open {
+        return Err(GovError::Conflict(
+            "ProposalNotOpen",
+            format!("proposal {proposal_id} is {:?}", info.state),
+        ));
+    }
+    Ok(info)
+}
+
 fn engine(tx: &mut Tx, ballots: &BTreeMap<String, String>) -> Result<Engine, GovError> {
     let mut modules = vec![(CONSTITUTION_MODULE.to_string(), constitution(tx))];
     for (member, script) in ballots {
@@ -307,22 +316,10 @@ impl<'t> Governance<'t> {
         proposal_id: &str,
         header_proposal_id: Option<&str>,
     ) -> Result<ProposalInfo, GovError> {
-        if header_proposal_id != Some(proposal_id) {
-            return Err(bad(
-                "ProposalIdMismatch",
-                format!("the ballot is signed for proposal {header_proposal_id:?}, not {proposal_id}"),
-            ));
-        }
+        bound_to(proposal_id, header_proposal_id)?;
         require_active(self.tx, req.member_id)?;
         check_replay(self.tx, req, self.now)?;
-        let mut info: ProposalInfo = get_json(self.tx, maps::PROPOSALS_INFO, proposal_id)
-            .ok_or_else(|| GovError::NotFound(format!("no proposal {proposal_id}")))?;
-        if info.state != ProposalState::Open {
-            return Err(GovError::Conflict(
-                "ProposalNotOpen",
-                format!("proposal {proposal_id} is {:?}", info.state),
-            ));
-        }
+        let mut info = open_proposal(self.tx, proposal_id)?;
         if info.ballots.contains_key(req.member_id) {
             return Err(GovError::Conflict(
                 "VoteAlreadyExists",
@@ -356,26 +353,14 @@ impl<'t> Governance<'t> {
         proposal_id: &str,
         header_proposal_id: Option<&str>,
     ) -> Result<ProposalInfo, GovError> {
-        if header_proposal_id != Some(proposal_id) {
-            return Err(bad(
-                "ProposalIdMismatch",
-                format!("the withdrawal is signed for {header_proposal_id:?}, not {proposal_id}"),
-            ));
-        }
+        bound_to(proposal_id, header_proposal_id)?;
         check_replay(self.tx, req, self.now)?;
-        let mut info: ProposalInfo = get_json(self.tx, maps::PROPOSALS_INFO, proposal_id)
-            .ok_or_else(|| GovError::NotFound(format!("no proposal {proposal_id}")))?;
+        let mut info = open_proposal(self.tx, proposal_id)?;
         if info.proposer_id != req.member_id {
             return Err(GovError::Forbidden(format!(
                 "only the proposer ({}) can withdraw {proposal_id}",
                 info.proposer_id
             )));
-        }
-        if info.state != ProposalState::Open {
-            return Err(GovError::Conflict(
-                "ProposalNotOpen",
-                format!("proposal {proposal_id} is {:?}", info.state),
-            ));
         }
         info.state = ProposalState::Withdrawn;
         put_json(self.tx, maps::PROPOSALS_INFO, proposal_id, &info);

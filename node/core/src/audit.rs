@@ -73,17 +73,7 @@ impl Auditor<'_> {
                 tx_id.seqno - 1
             ));
         }
-        let node_der = cert::pem_to_der(&record.cert).map_err(|e| format!("node certificate: {e}"))?;
-        if cert::public_key_id_hex(&node_der).map_err(|e| e.to_string())? != record.node_id {
-            return Err("node_id does not match the signing certificate".into());
-        }
-        let sig = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &record.signature)
-            .map_err(|e| format!("node signature: {e}"))?;
-        let sig = ed25519_dalek::Signature::from_slice(&sig).map_err(|e| format!("node signature: {e}"))?;
-        cert::ed25519_verifying_key(&node_der)
-            .map_err(|e| e.to_string())?
-            .verify_strict(&root, &sig)
-            .map_err(|_| "node signature over the root does not verify".to_string())?;
+        let (_, node_der) = record.verify_node_signature()?;
         if let Some(service) = self.service_cert_der {
             cert::verify_endorsement(&node_der, service).map_err(|e| format!("signing node: {e}"))?;
             let signed_txid = cose::verify_signature(&cose_sign1, &root, service)

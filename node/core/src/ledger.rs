@@ -386,6 +386,26 @@ impl SignatureRecord {
         crate::hash::digest_from_hex(&self.root)
             .ok_or_else(|| LedgerError::Decode("signature record root is not 32 hex bytes".into()))
     }
+
+    /// Checks that the recorded certificate is the signing node's (its id) and that its Ed25519 signature over the
+    /// root verifies. Returns the root and the certificate's DER (for the endorsement check the caller makes).
+    pub fn verify_node_signature(&self) -> Result<(Digest, Vec<u8>), String> {
+        use base64::Engine as _;
+        let root = self.root_digest().map_err(|e| e.to_string())?;
+        let node_der = crate::cert::pem_to_der(&self.cert).map_err(|e| format!("node certificate: {e}"))?;
+        if crate::cert::public_key_id_hex(&node_der).map_err(|e| e.to_string())? != self.node_id {
+            return Err("node_id does not match the signing certificate".into());
+        }
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(&self.signature)
+            .map_err(|e| format!("node signature: {e}"))?;
+        let sig = ed25519_dalek::Signature::from_slice(&sig).map_err(|e| format!("node signature: {e}"))?;
+        crate::cert::ed25519_verifying_key(&node_der)
+            .map_err(|e| e.to_string())?
+            .verify_strict(&root, &sig)
+            .map_err(|_| "node signature over the root does not verify".to_string())?;
+        Ok((root, node_der))
+    }
 }
 
 /// The public write set of a signature transaction: the COSE signature and the node's signature record, in map

@@ -41,6 +41,12 @@ fn core_error(e: CoreError) -> ApiError {
     }
 }
 
+/// The service's endorsement of the key a joining node presented in TLS.
+fn endorse(app: &AppState, der: &[u8], name: &str, rpc: std::net::SocketAddr) -> Result<String, ApiError> {
+    cert::endorse_public_key(der, name, &[rpc.ip()], &["localhost".into()], &app.node.service)
+        .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))
+}
+
 fn forbidden(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, code, message)
 }
@@ -105,14 +111,7 @@ async fn join(
         Some(info) if info["endorsed"] == true => info,
         // Trusted by the members since it asked: only now is its key endorsed and does it enter Raft.
         Some(mut info) => {
-            let endorsed = cert::endorse_public_key(
-                &der,
-                &req.node_name,
-                &[rpc.ip()],
-                &["localhost".into()],
-                &app.node.service,
-            )
-            .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))?;
+            let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
             info["cert"] = json!(endorsed);
             info["endorsed"] = json!(true);
             app.node
@@ -141,14 +140,7 @@ async fn join(
             return Ok(Json(pending_answer(&node_id)).into_response());
         }
         None => {
-            let endorsed = cert::endorse_public_key(
-                &der,
-                &req.node_name,
-                &[rpc.ip()],
-                &["localhost".into()],
-                &app.node.service,
-            )
-            .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))?;
+            let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
             let mut info = node_info(
                 &req.node_name,
                 &endorsed,
