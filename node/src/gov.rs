@@ -29,6 +29,7 @@ pub const REQUEST_WINDOW_SECS: u64 = 300;
 /// Open proposals at most (a bound on what one member can pile up).
 pub const OPEN_PROPOSALS_MAX: usize = 256;
 const CONSTITUTION_MODULE: &str = "constitution.js";
+const BALLOT_MODULE: &str = "ballot.js";
 
 pub use synod_governance::proposal::ProposalState;
 
@@ -211,12 +212,25 @@ fn open_proposal(tx: &mut Tx, proposal_id: &str) -> Result<ProposalInfo, GovErro
     Ok(info)
 }
 
-fn engine(tx: &mut Tx, ballots: &BTreeMap<String, String>) -> Result<Engine, GovError> {
-    let mut modules = vec![(CONSTITUTION_MODULE.to_string(), constitution(tx))];
-    for (member, script) in ballots {
-        modules.push((format!("ballot_{member}.js"), script.clone()));
-    }
+/// The constitution's engine. Ballots never share it: a ballot is a member's code, and running it beside the
+/// constitution would let it change what `resolve` and `apply` see.
+fn engine(tx: &mut Tx) -> Result<Engine, GovError> {
+    let modules = [(CONSTITUTION_MODULE.to_string(), constitution(tx))];
     Engine::new(JsLimits::default(), &modules).map_err(|e| GovError::Constitution(e.to_string()))
+}
+
+/// An engine for one member's ballot, alone.
+fn ballot_engine(member: &str, script: &str) -> Result<Engine, GovError> {
+    Engine::new(
+        JsLimits::default(),
+        &[(BALLOT_MODULE.to_string(), script.to_string())],
+    )
+    .map_err(|e| {
+        bad(
+            "BallotFailed",
+            format!("the ballot of member {member} does not load: {e}"),
+        )
+    })
 }
 
 fn js_err(e: JsError) -> GovError {
@@ -240,22 +254,17 @@ impl<'t> Governance<'t> {
         }
     }
 
+    /// Calls a script function; only the constitution's `apply` may write (`policy`).
     fn call(
         &mut self,
         e: &Engine,
+        policy: KvPolicy,
         module: &str,
         f: &str,
         args: &[serde_json::Value],
     ) -> Result<serde_json::Value, JsError> {
-        Ok(e.call(
-            self.tx,
-            KvPolicy::Governance,
-            self.last_committed,
-            module,
-            f,
-            args,
-        )?
-        .value)
+        Ok(e.call(self.tx, policy, self.last_committed, module, f, args)?
+            .value)
     }
 
     /// `proposals:create`: validates, stores and resolves a proposal. Returns its id and info.
@@ -278,9 +287,15 @@ impl<'t> Governance<'t> {
                 format!("{open} proposals are open; withdraw or decide some first"),
             ));
         }
-        let e = engine(self.tx, &BTreeMap::new())?;
+        let e = engine(self.tx)?;
         let verdict = self
-            .call(&e, CONSTITUTION_MODULE, "validate", &[json!(body)])
+            .call(
+                &e,
+                KvPolicy::ReadOnly,
+                CONSTITUTION_MODULE,
+                "validate",
+                &[json!(body)],
+            )
             .map_err(js_err)?;
         if verdict["valid"] != true {
             let why = verdict["description"]
@@ -340,7 +355,7 @@ impl<'t> Governance<'t> {
             .get(maps::PROPOSALS, proposal_id.as_bytes())
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| GovError::NotFound(format!("proposal {proposal_id} has no body")))?;
-        let e = engine(self.tx, &info.ballots)?;
+        let e = engine(self.tx)?;
         self.resolve(proposal_id, &proposal, &mut info, &e)?;
         put_json(self.tx, maps::PROPOSALS_INFO, proposal_id, &info);
         Ok(info)
@@ -437,10 +452,16 @@ impl<'t> Governance<'t> {
     ) -> Result<(), GovError> {
         let mut votes = Vec::new();
         let mut by_member = BTreeMap::new();
-        for member in info.ballots.keys() {
-            let module = format!("ballot_{member}.js");
+        for (member, script) in &info.ballots {
+            let ballot = ballot_engine(member, script)?;
             let vote = self
-                .call(e, &module, "vote", &[json!(proposal), json!(info.proposer_id)])
+                .call(
+                    &ballot,
+                    KvPolicy::ReadOnly,
+                    BALLOT_MODULE,
+                    "vote",
+                    &[json!(proposal), json!(info.proposer_id)],
+                )
                 .map_err(|err| {
                     bad(
                         "BallotFailed",
@@ -459,6 +480,7 @@ impl<'t> Governance<'t> {
         let outcome = self
             .call(
                 e,
+                KvPolicy::ReadOnly,
                 CONSTITUTION_MODULE,
                 "resolve",
                 &[json!(proposal), json!(info.proposer_id), json!(votes)],
@@ -474,7 +496,13 @@ impl<'t> Governance<'t> {
             Some("Accepted") => {
                 info.final_votes = Some(by_member);
                 let before = self.tx.clone();
-                match self.call(e, CONSTITUTION_MODULE, "apply", &[json!(proposal), json!(id)]) {
+                match self.call(
+                    e,
+                    KvPolicy::Governance,
+                    CONSTITUTION_MODULE,
+                    "apply",
+                    &[json!(proposal), json!(id)],
+                ) {
                     Ok(_) => {
                         info.state = ProposalState::Accepted;
                         self.drop_affected(id, proposal);

@@ -362,6 +362,7 @@ fn install_snapshot_on_disk(
             clear: true,
             compacted: Some(&meta),
             conf_state: Some(&cs),
+            conf_index: Some(seqno),
             hard_state: Some(&hs),
             ..Default::default()
         },
@@ -470,16 +471,24 @@ impl Node {
                 let mut log = persist::load(&storage)?;
                 let mut state = storage.load_state(&sealer).context("loading the stored state")?;
                 let compacted = log.compacted().index;
-                if state.version() < compacted {
-                    // A snapshot install was cut short: redo it from the file.
+                let mut opened = LedgerWriter::open(&paths.ledger()).context("reading the ledger")?;
+                let ledger_last = opened.start - 1 + opened.entries.len() as u64;
+                // A snapshot install cut short leaves the state, the commit index or the ledger behind the log's
+                // start: redo it from the snapshot file (every step of the install can be repeated).
+                if compacted > 0
+                    && (state.version() < compacted
+                        || log.hard_state().commit < compacted
+                        || ledger_last < compacted)
+                {
                     let path = find_snapshot(&paths, compacted).with_context(|| {
                         format!("the Raft log starts after snapshot {compacted}, which is missing")
                     })?;
                     let bytes = std::fs::read(&path)?;
+                    drop(opened);
                     state = install_snapshot_on_disk(&paths, &storage, &sealer, &bytes, None)?.0;
                     log = persist::load(&storage)?;
+                    opened = LedgerWriter::open(&paths.ledger()).context("reading the ledger")?;
                 }
-                let opened = LedgerWriter::open(&paths.ledger()).context("reading the ledger")?;
                 let base_snapshot = if opened.start > 1 {
                     let path = find_snapshot(&paths, opened.start - 1).with_context(|| {
                         format!(
@@ -499,8 +508,18 @@ impl Node {
                     ledger: opened.entries,
                     base_snapshot,
                 };
-                let (core, replay) = Core::restore(keys_of(&ids)?, sealer, ccfg, restore)
+                let (mut core, replay) = Core::restore(keys_of(&ids)?, sealer, ccfg, restore)
                     .context("restoring from the ledger")?;
+                if let Some((cs, index)) = core.take_restored_conf() {
+                    persist::write(
+                        &storage,
+                        &LogWrite {
+                            conf_state: Some(&cs),
+                            conf_index: Some(index),
+                            ..Default::default()
+                        },
+                    )?;
+                }
                 tracing::info!(committed = %core.committed(), last = core.last_seqno(), "resumed");
                 (ids, core, replay)
             }
@@ -731,12 +750,13 @@ impl Node {
         let mut next_tick = Instant::now() + tick;
         let mut next_sig = Instant::now() + sig_every;
         let mut pending_compaction: Option<u64> = None;
-        let mut pending_bytes: HashMap<u64, Vec<u8>> = HashMap::new();
-        self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_bytes)?;
+        let mut pending_commits: HashMap<u64, (u64, String)> = HashMap::new();
+        self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
         while !self.shared.stopping.load(Ordering::Acquire) {
             let now = Instant::now();
             let deadline = next_tick.min(next_sig);
             let mut events = Vec::new();
+            let mut written = Vec::new();
             match inbox.recv_timeout(deadline.saturating_duration_since(now)) {
                 Ok(ev) => events.push(ev),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -758,6 +778,7 @@ impl Node {
                             if let Some(e) = core.snapshot_written(seqno, &digest, now_secs())? {
                                 tracing::info!(seqno, evidence = %e, "recorded snapshot evidence");
                             }
+                            written.push(seqno);
                         }
                     }
                 }
@@ -787,14 +808,24 @@ impl Node {
                     }
                 }
             }
-            self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_bytes)?;
+            for seqno in written {
+                if let Some((evidence_seqno, digest)) = pending_commits.remove(&seqno) {
+                    let event = Event::SnapshotCommitted {
+                        seqno,
+                        evidence_seqno,
+                        digest,
+                    };
+                    self.handle_event(event, &snapshots, &mut pending_compaction, &mut pending_commits)?;
+                }
+            }
+            self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
         }
         // Stopping: sign what is ordered and let it reach the disk and the peers.
         {
             let mut core = self.shared.lock();
             core.emit_signature(now_secs())?;
         }
-        self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_bytes)?;
+        self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
         Ok(())
     }
 
@@ -803,7 +834,7 @@ impl Node {
         apply: &Sender<ApplyJob>,
         snapshots: &Sender<SnapshotJob>,
         pending_compaction: &mut Option<u64>,
-        pending_bytes: &mut HashMap<u64, Vec<u8>>,
+        pending_commits: &mut HashMap<u64, (u64, String)>,
     ) -> anyhow::Result<()> {
         loop {
             let (rd, events) = {
@@ -812,7 +843,7 @@ impl Node {
                 (rd, core.take_events())
             };
             for event in events {
-                self.handle_event(event, snapshots, pending_compaction, pending_bytes)?;
+                self.handle_event(event, snapshots, pending_compaction, pending_commits)?;
             }
             let Some(rd) = rd else { return Ok(()) };
             self.handle_ready(rd, apply)?;
@@ -834,12 +865,24 @@ impl Node {
                 )?;
             }
             let cs = installed.meta.get_conf_state().clone();
+            // The hard state goes with the reset, so a crash right after never leaves commit behind the log's start.
+            let hs = {
+                let mut hs = rd
+                    .hard_state
+                    .clone()
+                    .unwrap_or_else(|| self.shared.lock().stored_hard_state());
+                hs.commit = hs.commit.max(seqno);
+                hs.term = hs.term.max(installed.meta.term);
+                hs
+            };
             persist::write(
                 &self.storage,
                 &LogWrite {
                     clear: true,
                     compacted: Some(&installed.meta),
                     conf_state: Some(&cs),
+                    conf_index: Some(seqno),
+                    hard_state: Some(&hs),
                     ..Default::default()
                 },
             )?;
@@ -863,6 +906,7 @@ impl Node {
                 previous_last: rd.previous_last,
                 hard_state: rd.hard_state.as_ref(),
                 conf_state: rd.conf_state.as_ref(),
+                conf_index: rd.conf_index,
                 ..Default::default()
             },
         )?;
@@ -883,7 +927,7 @@ impl Node {
         event: Event,
         snapshots: &Sender<SnapshotJob>,
         pending_compaction: &mut Option<u64>,
-        pending_bytes: &mut HashMap<u64, Vec<u8>>,
+        pending_commits: &mut HashMap<u64, (u64, String)>,
     ) -> anyhow::Result<()> {
         match event {
             Event::SnapshotDue(job) => {
@@ -895,15 +939,13 @@ impl Node {
                 digest,
             } => {
                 let written = self.paths.snapshots().join(snapshot::file_name(seqno, None));
-                let bytes = match pending_bytes.remove(&seqno) {
-                    Some(b) => b,
-                    None => match std::fs::read(&written) {
-                        Ok(b) => b,
-                        Err(_) => {
-                            tracing::warn!(seqno, "snapshot committed but not written here; skipped");
-                            return Ok(());
-                        }
-                    },
+                let bytes = match std::fs::read(&written) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        // This node's snapshotter is behind: finish when it has written the file.
+                        pending_commits.insert(seqno, (evidence_seqno, digest));
+                        return Ok(());
+                    }
                 };
                 if hex::encode(snapshot::digest(&bytes)) != digest {
                     tracing::error!(

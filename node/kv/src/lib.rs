@@ -253,6 +253,18 @@ impl Tx {
         version
     }
 
+    /// The stored value of `key` in the snapshot (shared, not copied), recorded as a read; `None` when absent or
+    /// written by this transaction. Two reads return the same `Bytes` exactly when the value was not rewritten.
+    pub fn stored(&mut self, map: &str, key: &[u8]) -> Option<Bytes> {
+        if self.own_write(map, key).is_some() {
+            return None;
+        }
+        let entry = self.base.entry(map, key);
+        self.reads
+            .insert((map.to_string(), key.to_vec()), entry.map(|e| e.version));
+        entry.map(|e| e.value.clone())
+    }
+
     /// Whether `key` is present in `map`.
     pub fn has(&mut self, map: &str, key: &[u8]) -> bool {
         self.get(map, key).is_some()

@@ -192,6 +192,8 @@ struct Call {
     primary: bool,
     /// The endpoint matched before the transaction, with the app version it was matched in.
     matched: Option<(u64, Matched)>,
+    /// The authentication policies the caller was checked against.
+    policies: Vec<String>,
 }
 
 /// What a JS request produced.
@@ -239,6 +241,14 @@ fn run_in_tx(
                 ApiError::not_found(format!("no such endpoint: {} /app{}", call.method, call.path))
             }
         })?;
+    // The app changed since the caller was authenticated: authenticate again against the version that runs.
+    if spec.authn_policies != call.policies {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "AppChanged",
+            "the application changed while this request was authenticated; retry",
+        ));
+    }
     if spec.forwarding_required.as_deref() == Some("always") && !call.primary {
         return Err(ApiError {
             forward: true,
@@ -430,7 +440,7 @@ pub async fn dispatch(State(app): State<AppState>, request: Request) -> Result<R
     let mut probe = Tx::new(state.clone());
     let version = probe.version_of(maps::JS_APP, b"");
     let matched = load(&mut probe)?.and_then(|d| find(&d, &parts.method, &path).ok());
-    let policies = matched
+    let policies: Vec<String> = matched
         .as_ref()
         .map(|(_, spec, _)| spec.authn_policies.clone())
         .unwrap_or_default();
@@ -475,6 +485,7 @@ pub async fn dispatch(State(app): State<AppState>, request: Request) -> Result<R
         body,
         primary,
         matched: version.zip(matched),
+        policies,
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     pool().send(Job {

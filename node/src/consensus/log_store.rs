@@ -20,6 +20,9 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 pub struct LogStore {
     hard_state: HardState,
     conf_state: ConfState,
+    /// Index of the last configuration change `conf_state` includes (persisted with it), so a restart knows
+    /// which replayed changes it still has to apply.
+    conf_index: u64,
     /// Index and term of the last compacted entry (0, 0 for a log that starts at 1).
     compacted: SnapshotMetadata,
     entries: VecDeque<Entry>,
@@ -44,6 +47,7 @@ impl LogStore {
         LogStore {
             hard_state,
             conf_state,
+            conf_index: 0,
             compacted,
             entries: entries.into(),
             snapshot: None,
@@ -113,6 +117,16 @@ impl LogStore {
         self.conf_state = cs;
     }
 
+    /// Index of the last configuration change the configuration includes.
+    pub fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
+    /// Records the index of the last configuration change applied.
+    pub fn set_conf_index(&mut self, index: u64) {
+        self.conf_index = index;
+    }
+
     /// Drops entries up to and including `index` (which must be held or compacted already).
     pub fn compact(&mut self, index: u64) -> Result<(), StorageError> {
         if index < self.first() {
@@ -139,6 +153,7 @@ impl LogStore {
             ..Default::default()
         };
         self.conf_state = meta.get_conf_state().clone();
+        self.conf_index = self.conf_index.max(meta.index);
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.snapshot = Some(Arc::new(snapshot));

@@ -11,6 +11,7 @@ use super::log_store::LogStore;
 
 const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
+const CONF_INDEX: &[u8] = b"conf_index";
 const COMPACTED: &[u8] = b"compacted";
 
 /// What one `Ready` asks to persist.
@@ -24,6 +25,8 @@ pub struct LogWrite<'a> {
     pub hard_state: Option<&'a HardState>,
     /// New configuration.
     pub conf_state: Option<&'a ConfState>,
+    /// Index of the last configuration change the new configuration includes.
+    pub conf_index: Option<u64>,
     /// A new compaction point (after installing a snapshot, or compacting): entries up to it are deleted.
     pub compacted: Option<&'a SnapshotMetadata>,
     /// Whether to delete every stored entry first (installing a snapshot).
@@ -81,6 +84,9 @@ pub fn write(storage: &Storage, w: &LogWrite<'_>) -> Result<(), StorageError> {
             cs.write_to_bytes().map_err(|e| corrupt("conf state", e))?,
         );
     }
+    if let Some(index) = w.conf_index {
+        batch.put_cf(state_cf, CONF_INDEX, index.to_be_bytes());
+    }
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     storage.db().write_opt(batch, &opts)?;
@@ -124,7 +130,17 @@ pub fn load(storage: &Storage) -> Result<LogStore, StorageError> {
         }
         entries.push(e);
     }
-    Ok(LogStore::restore(hard_state, conf_state, compacted, entries))
+    let conf_index = match get(CONF_INDEX)? {
+        Some(b) => u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| corrupt("conf index", "not 8 bytes"))?,
+        ),
+        None => 0,
+    };
+    let mut log = LogStore::restore(hard_state, conf_state, compacted, entries);
+    log.set_conf_index(conf_index);
+    Ok(log)
 }
 
 #[cfg(test)]

@@ -409,3 +409,42 @@ fn new_members_start_accepted_and_become_active_by_acknowledging_the_state_diges
     fx.propose(1, set_user_action())
         .expect("an Active member proposes");
 }
+
+#[test]
+fn a_ballot_cannot_write_anything_or_tamper_with_the_constitution() {
+    let mut fx = Fixture::new(3);
+    let (id, _) = fx.propose(0, set_user_action()).expect("propose");
+    // A ballot that tries to add a user, and to make every later resolve say Accepted.
+    let evil = json!({"ballot": "Array.prototype.filter = function () { return [1, 2, 3]; };\n        export function vote (proposal, proposerId) {\n          ccf.kv[\"public:ccf.gov.users.certs\"].set(ccf.strToBuf(\"x\"), ccf.strToBuf(\"y\"));\n          return false; }"})
+    .to_string();
+    let (m, digest, payload, raw) = fx.req(1, evil.as_bytes(), b"raw evil ballot");
+    let r = Request {
+        member_id: &m,
+        created_at: NOW,
+        signature_digest: digest,
+        raw,
+        payload,
+    };
+    let err = fx
+        .run(|g| g.ballot(&r, &id, Some(&id)))
+        .expect_err("a writing ballot fails");
+    assert!(matches!(err, GovError::BadRequest("BallotFailed", _)), "{err:?}");
+    assert!(fx.state.map(maps::USERS_CERTS).is_none());
+    // A ballot that only poisons globals does not change how the constitution counts.
+    let poison = json!({"ballot": "Array.prototype.filter = function () { return [1, 2, 3]; };\n        export function vote (proposal, proposerId) { return false; }"})
+    .to_string();
+    let (m, digest, payload, raw) = fx.req(1, poison.as_bytes(), b"raw poison ballot");
+    let r = Request {
+        member_id: &m,
+        created_at: NOW,
+        signature_digest: digest,
+        raw,
+        payload,
+    };
+    let info = fx.run(|g| g.ballot(&r, &id, Some(&id))).expect("a ballot");
+    assert_eq!(
+        info.state,
+        ProposalState::Open,
+        "one vote against of three decides nothing"
+    );
+}

@@ -53,6 +53,8 @@ pub enum KvPolicy {
     Governance,
     /// Applications: their own maps; the public governance tables read-only; no internal tables at all.
     Application,
+    /// Reading only (ballots, and the constitution's validate and resolve): any write is refused.
+    ReadOnly,
 }
 
 impl KvPolicy {
@@ -69,6 +71,7 @@ impl KvPolicy {
 
     fn check_write(self, map: &str) -> Result<(), String> {
         match self {
+            KvPolicy::ReadOnly => Err(format!("this script may only read: writing {map} is refused")),
             KvPolicy::Application if maps::is_framework_table(map) => Err(format!(
                 "{map} belongs to the framework: applications may not write it"
             )),

@@ -74,14 +74,15 @@ pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::H
     let Some(value) = headers.get(FORWARDED_CALLER).or_else(|| headers.get(FORWARDED)) else {
         return connection.clone();
     };
+    // Only a Trusted node of the service vouches for callers: a retired node still holds an endorsed certificate.
     let from_node = connection.cert_der.as_ref().is_some_and(|der| {
         cert::verify_endorsement(der, &state.service_cert_der).is_ok()
-            && cert::public_key_id_hex(der)
-                .map(|id| {
-                    let directory = state.node.directory.read().unwrap_or_else(|p| p.into_inner());
-                    directory.contains_key(&raft_id(&id))
-                })
-                .unwrap_or(false)
+            && cert::public_key_id_hex(der).is_ok_and(|id| {
+                let directory = state.node.directory.read().unwrap_or_else(|p| p.into_inner());
+                directory
+                    .get(&raft_id(&id))
+                    .is_some_and(|p| p.status == "Trusted")
+            })
     });
     if !from_node {
         return Peer {

@@ -37,6 +37,7 @@ fn core_error(e: CoreError) -> ApiError {
                 "this node is not the primary; retry",
             )
         },
+        CoreError::Refused(m) => ApiError::new(StatusCode::FORBIDDEN, "NodeRetired", m),
         other => ApiError::internal(other.to_string()),
     }
 }

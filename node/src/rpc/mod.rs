@@ -136,25 +136,26 @@ impl AppState {
     }
 }
 
-/// Whether the service is open. The answer is cached by the version of `public:ccf.gov.service.info` (which
-/// carries the certificate: parsing it per request would be the costliest part of a small request).
+/// Whether the service is open. The answer is cached by the stored value itself (the same shared bytes until
+/// `public:ccf.gov.service.info` is rewritten): that value carries the certificate, and parsing it per request
+/// would be the costliest part of a small request.
 pub fn service_open(state: &synod_kv::State) -> bool {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static CACHED: AtomicU64 = AtomicU64::new(0);
+    static CACHED: std::sync::Mutex<Option<(synod_kv::Bytes, bool)>> = std::sync::Mutex::new(None);
     let Some(entry) = state.entry(maps::SERVICE_INFO, b"") else {
         return false;
     };
-    // CACHED holds (version << 1 | open); version 0 means "nothing cached".
-    let cached = CACHED.load(Ordering::Relaxed);
-    if cached >> 1 == entry.version && entry.version != 0 {
-        return cached & 1 == 1;
+    let mut cached = CACHED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((value, open)) = cached.as_ref() {
+        if Arc::ptr_eq(value, &entry.value) {
+            return *open;
+        }
     }
     #[derive(serde::Deserialize)]
     struct Status {
         status: String,
     }
     let open = serde_json::from_slice::<Status>(&entry.value).is_ok_and(|s| s.status == "Open");
-    CACHED.store(entry.version << 1 | u64::from(open), Ordering::Relaxed);
+    *cached = Some((entry.value.clone(), open));
     open
 }
 
