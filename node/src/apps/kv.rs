@@ -14,6 +14,7 @@ use synod_core::maps;
 use crate::apps::logging::page_limit;
 use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
 
+/// The routes of the range-read endpoint.
 pub fn routes() -> Router<AppState> {
     Router::new().route("/app/kv/{map}", get(range))
 }

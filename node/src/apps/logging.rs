@@ -17,6 +17,7 @@ use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
 pub const RANGE_LIMIT_MAX: usize = 1000;
 const RANGE_LIMIT_DEFAULT: usize = 100;
 
+/// The routes of the logging app.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/app/log/{visibility}", get(read).post(write).delete(remove))
