@@ -75,14 +75,10 @@ pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::H
         return connection.clone();
     };
     // Only a Trusted node of the service vouches for callers: a retired node still holds an endorsed certificate.
-    let from_node = connection.cert_der.as_ref().is_some_and(|der| {
-        cert::verify_endorsement(der, &state.service_cert_der).is_ok()
-            && cert::public_key_id_hex(der).is_ok_and(|id| {
-                let directory = state.node.directory.read().unwrap_or_else(|p| p.into_inner());
-                directory
-                    .get(&raft_id(&id))
-                    .is_some_and(|p| p.status == "Trusted")
-            })
+    // The endorsement was verified at the handshake; trust status can change, so it is read per request.
+    let from_node = connection.endorsed_node.as_ref().is_some_and(|id| {
+        let directory = state.node.directory.read().unwrap_or_else(|p| p.into_inner());
+        directory.get(&raft_id(id)).is_some_and(|p| p.status == "Trusted")
     });
     if !from_node {
         return Peer {
@@ -100,6 +96,7 @@ pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::H
     Peer {
         cert_der: caller,
         forwarded: true,
+        endorsed_node: None,
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Peer {
     pub cert_der: Option<Arc<Vec<u8>>>,
     /// Whether a node forwarded this request.
     pub forwarded: bool,
+    /// Key id of the connection's certificate if the service endorsed it: checked once per TLS connection, not per request.
+    pub endorsed_node: Option<String>,
 }
 
 /// An authenticated user.
@@ -317,14 +319,20 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
+            let cert_der = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Arc::new(c.to_vec()));
+            let endorsed_node = cert_der.as_ref().and_then(|der| {
+                cert::verify_endorsement(der, &state.service_cert_der).ok()?;
+                cert::public_key_id_hex(der).ok()
+            });
             let connection = Peer {
-                cert_der: tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| Arc::new(c.to_vec())),
+                cert_der,
                 forwarded: false,
+                endorsed_node,
             };
             let service =
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
