@@ -481,6 +481,29 @@ async fn bad_input_gets_clear_errors() -> anyhow::Result<()> {
             .get("/app/log/private?id=1")
             .await?;
         ensure!(r.status == 401, "unknown certificate: {}", r.status);
+        // A client cannot pass as another by claiming a node forwarded its request: only a Trusted node's
+        // certificate makes the primary believe the forwarded-caller header.
+        let user_der_b64: String = net
+            .user
+            .cert_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let forged = [
+            ("x-synod-forwarded-caller", user_der_b64.as_str()),
+            ("x-synod-forwarded", "1"),
+        ];
+        let r = net
+            .node
+            .client(Some(&stranger))?
+            .call(Method::GET, "/app/log/private?id=1", None, &forged)
+            .await?;
+        ensure!(
+            r.status == 401,
+            "forged forwarded caller: {} {}",
+            r.status,
+            r.text()
+        );
         // None of it wrote anything: the commit only moves with signatures of real writes.
         tokio::time::sleep(Duration::from_millis(100)).await;
         ensure!(c.commit().await? == before, "bad requests wrote something");
