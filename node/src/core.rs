@@ -27,8 +27,8 @@ use raft::{GetEntriesContext, RawNode, StateRole};
 use synod_core::cert;
 use synod_core::hash::Digest;
 use synod_core::ledger::{
-    encode_frame, make_entry, parse_signature_write_set, signature_write_set, LedgerEntry, SignatureRecord,
-    Transaction, WriteSet, FRAME_HEADER, KIND_SIGNATURE, KIND_TX,
+    encode_frame, make_entry, parse_signature_write_set, signature_write_set, LedgerEntry, MapWrites,
+    SignatureRecord, Transaction, WriteSet, FRAME_HEADER, KIND_SIGNATURE, KIND_TX,
 };
 use synod_core::maps;
 use synod_core::merkle::{MerkleTree, ProofStep};
@@ -145,16 +145,9 @@ pub struct Writes {
 }
 
 impl Writes {
-    fn combined(&self) -> WriteSet {
-        WriteSet {
-            maps: self
-                .public
-                .maps
-                .iter()
-                .chain(self.private.maps.iter())
-                .cloned()
-                .collect(),
-        }
+    /// Every map written, public then private: what the KV state applies.
+    fn maps(&self) -> impl Iterator<Item = &MapWrites> {
+        self.public.maps.iter().chain(&self.private.maps)
     }
 
     fn touches(&self, map: &str) -> bool {
@@ -717,7 +710,7 @@ impl Core {
                 .ok_or_else(|| CoreError::Invariant(format!("no entry {seqno} to replay")))?;
             let writes = writes_of(le, tx, &sealer)?;
             state
-                .apply(seqno, &writes.combined())
+                .apply(seqno, writes.maps())
                 .map_err(|e| CoreError::Invariant(e.to_string()))?;
             replay.push(CommittedEntry {
                 tx_id: tx.tx_id(),
@@ -1013,7 +1006,7 @@ impl Core {
             })?;
             let writes = writes_of(&le, &tx, &self.sealer)?;
             self.state
-                .apply(e.index, &writes.combined())
+                .apply(e.index, writes.maps())
                 .map_err(|err| CoreError::Invariant(err.to_string()))?;
             self.own.insert(e.index, (e.term, Arc::new(writes)));
             if tx.kind == KIND_SIGNATURE {
@@ -1041,7 +1034,7 @@ impl Core {
                 _ => Arc::new(writes_of(&le, &tx, &self.sealer)?),
             };
             self.committed_state
-                .apply(e.index, &writes.combined())
+                .apply(e.index, writes.maps())
                 .map_err(|err| CoreError::Invariant(format!("applying committed {}: {err}", e.index)))?;
             let tx_id = TxId::new(e.term, e.index);
             if matches!(e.get_entry_type(), EntryType::EntryConfChange) {
@@ -1127,7 +1120,7 @@ impl Core {
             return Err(CoreError::NotPrimary);
         }
         tx.validate(&self.state)?;
-        let (public, private) = tx.write_sets();
+        let (public, private) = tx.into_write_sets();
         let tx_id = self.propose_entry(KIND_TX, Writes { public, private }, false, false)?;
         self.unsigned += 1;
         if self.unsigned >= self.cfg.sig_tx_interval {
@@ -1189,7 +1182,7 @@ impl Core {
             &self.keys.service_cert_der,
         )?;
         self.state
-            .apply(tx_id.seqno, &writes.combined())
+            .apply(tx_id.seqno, writes.maps())
             .map_err(|e| CoreError::Invariant(format!("applying {tx_id}: {e}")))?;
         self.own.insert(tx_id.seqno, (tx_id.view, Arc::new(writes)));
         Ok(tx_id)

@@ -163,7 +163,7 @@ mod tests {
                 },
             ],
         };
-        s.apply(7, &ws).expect("apply");
+        s.apply(7, &ws.maps).expect("apply");
         s
     }
 

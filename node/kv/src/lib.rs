@@ -145,15 +145,20 @@ impl State {
         }
     }
 
-    /// Applies one transaction's writes as seqno `seqno` (which must be past the current version).
-    pub fn apply(&mut self, seqno: u64, writes: &WriteSet) -> Result<(), KvError> {
+    /// Applies one transaction's writes (its public and private map writes, in any order) as seqno `seqno`
+    /// (which must be past the current version). Takes the maps by reference so callers need not merge them.
+    pub fn apply<'a>(
+        &mut self,
+        seqno: u64,
+        writes: impl IntoIterator<Item = &'a MapWrites>,
+    ) -> Result<(), KvError> {
         if seqno <= self.version {
             return Err(KvError::OutOfOrder {
                 seqno,
                 version: self.version,
             });
         }
-        for mw in &writes.maps {
+        for mw in writes {
             let map = self.maps.entry(mw.name.clone()).or_default();
             for w in &mw.writes {
                 match &w.value {
@@ -409,22 +414,21 @@ impl Tx {
         Ok(())
     }
 
-    /// The writes split into (public maps, private maps), maps in name order and keys in byte order.
-    pub fn write_sets(&self) -> (WriteSet, WriteSet) {
+    /// The writes split into (public maps, private maps), maps in name order and keys in byte order. Consumes
+    /// the transaction: its buffered keys and values move into the write sets instead of being copied.
+    pub fn into_write_sets(self) -> (WriteSet, WriteSet) {
         let mut public = WriteSet::default();
         let mut private = WriteSet::default();
-        for (name, writes) in &self.writes {
+        for (name, writes) in self.writes {
+            let public_map = maps::is_public(&name);
             let mw = MapWrites {
-                name: name.clone(),
+                name,
                 writes: writes
-                    .iter()
-                    .map(|(k, v)| KeyWrite {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
+                    .into_iter()
+                    .map(|(key, value)| KeyWrite { key, value })
                     .collect(),
             };
-            if maps::is_public(name) {
+            if public_map {
                 public.maps.push(mw);
             } else {
                 private.maps.push(mw);
@@ -456,21 +460,16 @@ mod tests {
     fn put_one(state: &mut State, map: &str, key: &[u8], value: &[u8]) {
         let mut tx = Tx::new(state.clone());
         tx.put(map, key, value);
-        tx.validate(state).expect("blind write never conflicts");
-        let (public, private) = tx.write_sets();
-        let mut all = public;
-        all.maps.extend(private.maps);
-        let seqno = state.version() + 1;
-        state.apply(seqno, &all).expect("apply");
+        commit(state, &tx).expect("blind write never conflicts");
     }
 
     fn commit(state: &mut State, tx: &Tx) -> Result<(), Conflict> {
         tx.validate(state)?;
-        let (public, private) = tx.write_sets();
-        let mut all = public;
-        all.maps.extend(private.maps);
+        let (public, private) = tx.clone().into_write_sets();
         let seqno = state.version() + 1;
-        state.apply(seqno, &all).expect("apply");
+        state
+            .apply(seqno, public.maps.iter().chain(&private.maps))
+            .expect("apply");
         Ok(())
     }
 
@@ -611,7 +610,7 @@ mod tests {
         tx.put("alpha", b"9", b"v");
         tx.put("alpha", b"1", b"v");
         tx.delete("public:a", b"gone");
-        let (public, private) = tx.write_sets();
+        let (public, private) = tx.into_write_sets();
         let names = |ws: &WriteSet| ws.maps.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&public), vec!["public:a", "public:b"]);
         assert_eq!(names(&private), vec!["alpha", "zeta"]);
@@ -623,7 +622,7 @@ mod tests {
     fn apply_refuses_going_backwards() {
         let mut s = State::default();
         put_one(&mut s, "m", b"k", b"v");
-        assert!(s.apply(1, &WriteSet::default()).is_err());
+        assert!(s.apply(1, &WriteSet::default().maps).is_err());
         assert_eq!(s.entry("m", b"k").map(|e| e.version), Some(1));
     }
 }

@@ -298,7 +298,7 @@ mod tests {
 
         let mut replacement = State::default();
         let ws = ws("records", &[(b"z", Some(b"from a snapshot"))]);
-        replacement.apply(40, &ws).expect("apply");
+        replacement.apply(40, &ws.maps).expect("apply");
         storage.replace_state(&replacement, &sealer).expect("replace");
         let state = storage.load_state(&sealer).expect("load");
         assert_eq!(state.version(), 40);

@@ -54,7 +54,7 @@ impl Fixture {
             ],
         };
         let mut state = State::default();
-        state.apply(1, &ws).expect("genesis");
+        state.apply(1, &ws.maps).expect("genesis");
         Fixture {
             state,
             members,
@@ -66,11 +66,11 @@ impl Fixture {
     fn run<T>(&mut self, f: impl FnOnce(&mut Governance<'_>) -> Result<T, GovError>) -> Result<T, GovError> {
         let mut tx = Tx::new(self.state.clone());
         let out = f(&mut Governance::new(&mut tx, NOW, (2, 5)))?;
-        let (public, private) = tx.write_sets();
-        let mut all = public;
-        all.maps.extend(private.maps);
+        let (public, private) = tx.into_write_sets();
         let seqno = self.state.version() + 1;
-        self.state.apply(seqno, &all).expect("apply");
+        self.state
+            .apply(seqno, public.maps.iter().chain(&private.maps))
+            .expect("apply");
         Ok(out)
     }
 
