@@ -19,14 +19,13 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::json;
 use synod_core::maps;
 use synod_kv::Tx;
 
 use crate::js::{Compiled, Engine, HandlerRequest, HandlerResponse, JsError, JsLimits, KvPolicy};
-use crate::rpc::{with_tx_id, ApiError, AppState, Peer};
+use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
 
 /// One endpoint of `app.json` (`endpoints[path][method]`).
 #[derive(Clone, Debug, Deserialize)]
@@ -188,7 +187,7 @@ struct Call {
     method: Method,
     path: String,
     request_template: serde_json::Value,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     primary: bool,
     /// The endpoint matched before the transaction, with the app version it was matched in.
     matched: Option<(u64, Matched)>,
@@ -452,17 +451,7 @@ pub async fn dispatch(State(app): State<AppState>, request: Request) -> Result<R
             "the service is not open yet",
         ));
     }
-    let body = match Limited::new(body, app.max_body_bytes).collect().await {
-        Ok(c) => c.to_bytes().to_vec(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestBodyTooLarge",
-                format!("request body is larger than {} bytes", app.max_body_bytes),
-            ))
-        }
-        Err(e) => return Err(ApiError::invalid_input(format!("reading the request body: {e}"))),
-    };
+    let body = extract::body_bytes(body, app.max_body_bytes).await?;
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()

@@ -2,25 +2,29 @@
 
 use axum::body::Body;
 use axum::http::StatusCode;
+use bytes::Bytes;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use synod_core::txid::TxId;
 
 use super::error::ApiError;
 
+/// Reads at most `limit` bytes of body: 413 RequestBodyTooLarge beyond that.
+pub async fn body_bytes(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestBodyTooLarge",
+            format!("request body is larger than {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::invalid_input(format!("reading the request body: {e}"))),
+    }
+}
+
 /// Reads at most `limit` bytes of body and parses it as JSON.
 pub async fn json_body<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestBodyTooLarge",
-                format!("request body is larger than {limit} bytes"),
-            ))
-        }
-        Err(e) => return Err(ApiError::invalid_input(format!("reading the request body: {e}"))),
-    };
+    let bytes = body_bytes(body, limit).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_input(format!("request body: {e}")))
 }
 

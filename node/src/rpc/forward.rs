@@ -16,7 +16,6 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use synod_core::cert;
@@ -103,17 +102,10 @@ pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::H
 /// Middleware: runs the request here, and forwards it to the primary if the handler asks to.
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let bytes = match Limited::new(body, state.max_body_bytes).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestBodyTooLarge",
-                format!("request body is larger than {} bytes", state.max_body_bytes),
-            )
-            .into_response()
-        }
-        Err(e) => return ApiError::invalid_input(format!("reading the request body: {e}")).into_response(),
+    // Every route's body is bounded here (handlers read the buffered copy).
+    let bytes = match super::extract::body_bytes(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
     let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
     let local = Request::from_parts(parts.clone(), Body::from(bytes.clone()));

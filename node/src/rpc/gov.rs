@@ -12,12 +12,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde_json::json;
 use synod_core::maps;
 use synod_governance::cose::{self, MsgType};
 
-use super::{ApiError, AppState};
+use super::{extract, ApiError, AppState};
 use crate::gov::{GovError, Governance, ProposalInfo, Request};
 use crate::service::{now_secs, ExecError};
 
@@ -73,7 +72,7 @@ fn split_action<'a>(segment: &'a str, action: &str) -> Option<&'a str> {
 
 struct Verified {
     request: cose::GovRequest,
-    raw: Vec<u8>,
+    raw: bytes::Bytes,
 }
 
 /// Reads and authenticates a COSE request of type `msg_type` (about `proposal_id`, for ballots and
@@ -97,17 +96,7 @@ async fn verified(
             format!("governance requests are COSE Sign1 with Content-Type: application/cose, not {content_type:?}"),
         ));
     }
-    let raw = match Limited::new(body, app.max_body_bytes).collect().await {
-        Ok(c) => c.to_bytes().to_vec(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestBodyTooLarge",
-                "governance request too large",
-            ))
-        }
-        Err(e) => return Err(ApiError::invalid_input(format!("reading the request: {e}"))),
-    };
+    let raw = extract::body_bytes(body, app.max_body_bytes).await?;
     let parsed = cose::parse(&raw).map_err(envelope_error)?;
     let cert = app
         .node
