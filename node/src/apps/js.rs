@@ -249,10 +249,7 @@ fn run_in_tx(
         ));
     }
     if spec.forwarding_required.as_deref() == Some("always") && !call.primary {
-        return Err(ApiError {
-            forward: true,
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotPrimary", "forwarded")
-        });
+        return Err(ApiError::not_primary());
     }
     let mut request = call.request_template.clone();
     request["params"] = json!(params);

@@ -45,6 +45,17 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFound", message)
     }
+    /// 503 NotPrimary, marked for the forwarding layer to send the request to the primary instead.
+    pub fn not_primary() -> ApiError {
+        ApiError {
+            forward: true,
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NotPrimary",
+                "this node is not the primary; retry",
+            )
+        }
+    }
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
@@ -68,18 +79,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ExecError<ApiError>> for ApiError {
-    fn from(e: ExecError<ApiError>) -> ApiError {
+/// A failed transaction: the handler's own error (anything that converts to an [`ApiError`]), or why it could not run.
+impl<E: Into<ApiError> + std::fmt::Display> From<ExecError<E>> for ApiError {
+    fn from(e: ExecError<E>) -> ApiError {
         match e {
-            ExecError::Handler(e) => e,
-            ExecError::NotPrimary => ApiError {
-                forward: true,
-                ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "NotPrimary",
-                    "this node is not the primary; retry",
-                )
-            },
+            ExecError::Handler(e) => e.into(),
+            ExecError::NotPrimary => ApiError::not_primary(),
             ExecError::TooManyConflicts => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "TransactionConflict",

@@ -33,18 +33,6 @@ const FORWARD_TIMEOUT_MS: u64 = 30_000;
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardToPrimary;
 
-/// The answer of a handler whose transaction would write on a backup.
-pub fn to_primary() -> Response {
-    let mut r = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "NotPrimary",
-        "this node is not the primary",
-    )
-    .into_response();
-    r.extensions_mut().insert(ForwardToPrimary);
-    r
-}
-
 /// An HTTPS client that authenticates as this node and trusts only the service identity.
 pub fn node_client(
     node_cert_pem: &str,

@@ -18,7 +18,7 @@ use synod_governance::cose::{self, MsgType};
 
 use super::{extract, ApiError, AppState};
 use crate::gov::{GovError, Governance, ProposalInfo, Request};
-use crate::service::{now_secs, ExecError};
+use crate::service::now_secs;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -44,14 +44,18 @@ pub fn routes() -> Router<AppState> {
         .route("/gov/service/join-policy", get(join_policy))
 }
 
-fn gov_error(e: GovError) -> ApiError {
-    match e {
-        GovError::BadRequest(code, m) => ApiError::new(StatusCode::BAD_REQUEST, code, m),
-        GovError::Unauthorized(m) => ApiError::new(StatusCode::UNAUTHORIZED, "InvalidAuthenticationInfo", m),
-        GovError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "Forbidden", m),
-        GovError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "ProposalNotFound", m),
-        GovError::Conflict(code, m) => ApiError::new(StatusCode::CONFLICT, code, m),
-        GovError::Constitution(m) => ApiError::new(StatusCode::BAD_REQUEST, "ConstitutionError", m),
+impl From<GovError> for ApiError {
+    fn from(e: GovError) -> ApiError {
+        match e {
+            GovError::BadRequest(code, m) => ApiError::new(StatusCode::BAD_REQUEST, code, m),
+            GovError::Unauthorized(m) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "InvalidAuthenticationInfo", m)
+            }
+            GovError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "Forbidden", m),
+            GovError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "ProposalNotFound", m),
+            GovError::Conflict(code, m) => ApiError::new(StatusCode::CONFLICT, code, m),
+            GovError::Constitution(m) => ApiError::new(StatusCode::BAD_REQUEST, "ConstitutionError", m),
+        }
     }
 }
 
@@ -145,17 +149,11 @@ async fn run<T: Send + 'static>(
                 &v.request,
             )
         })
-        .map(|(value, outcome)| (value, outcome.tx_id()))
+        .map(|(value, _)| value)
     })
     .await
     .map_err(|e| ApiError::internal(format!("governance task: {e}")))?;
-    match joined {
-        Ok((value, _)) => Ok(value),
-        Err(ExecError::Handler(e)) => Err(gov_error(e)),
-        Err(ExecError::NotPrimary) => Err(ApiError::from(ExecError::<ApiError>::NotPrimary)),
-        Err(ExecError::TooManyConflicts) => Err(ApiError::from(ExecError::<ApiError>::TooManyConflicts)),
-        Err(ExecError::Unavailable(m)) => Err(ApiError::from(ExecError::<ApiError>::Unavailable(m))),
-    }
+    joined.map_err(ApiError::from)
 }
 
 async fn create(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {

@@ -29,14 +29,7 @@ pub fn routes() -> Router<AppState> {
 
 fn core_error(e: CoreError) -> ApiError {
     match e {
-        CoreError::NotPrimary => ApiError {
-            forward: true,
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NotPrimary",
-                "this node is not the primary; retry",
-            )
-        },
+        CoreError::NotPrimary => ApiError::not_primary(),
         CoreError::Refused(m) => ApiError::new(StatusCode::FORBIDDEN, "NodeRetired", m),
         other => ApiError::internal(other.to_string()),
     }
