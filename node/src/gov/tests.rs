@@ -74,14 +74,24 @@ impl Fixture {
         Ok(out)
     }
 
-    fn req<'a>(
+    /// Runs `op` on a fresh request from `member` (a digest and raw bytes of its own) and commits it.
+    fn send<T>(
         &mut self,
         member: usize,
-        payload: &'a [u8],
-        raw: &'a [u8],
-    ) -> (String, [u8; 32], &'a [u8], &'a [u8]) {
+        payload: &[u8],
+        op: impl FnOnce(&mut Governance<'_>, &Request<'_>) -> Result<T, GovError>,
+    ) -> Result<T, GovError> {
         self.counter += 1;
-        (self.members[member].clone(), [self.counter; 32], payload, raw)
+        let id = self.members[member].clone();
+        let raw = format!("raw request {}", self.counter);
+        let r = Request {
+            member_id: &id,
+            created_at: NOW,
+            signature_digest: [self.counter; 32],
+            raw: raw.as_bytes(),
+            payload,
+        };
+        self.run(|g| op(g, &r))
     }
 
     fn propose(
@@ -90,31 +100,16 @@ impl Fixture {
         actions: serde_json::Value,
     ) -> Result<(String, ProposalInfo), GovError> {
         let body = json!({"actions": actions}).to_string();
-        let raw = format!("raw proposal {} {body}", self.counter);
-        let (id, digest, payload, raw) = self.req(member, body.as_bytes(), raw.as_bytes());
-        let r = Request {
-            member_id: &id,
-            created_at: NOW,
-            signature_digest: digest,
-            raw,
-            payload,
-        };
-        self.run(|g| g.propose(&r))
+        self.send(member, body.as_bytes(), |g, r| g.propose(r))
     }
 
     fn vote(&mut self, member: usize, proposal: &str, accept: bool) -> Result<ProposalInfo, GovError> {
         let ballot =
             json!({"ballot": format!("export function vote (proposal, proposerId) {{ return {accept} }}")})
                 .to_string();
-        let (id, digest, payload, raw) = self.req(member, ballot.as_bytes(), b"raw ballot");
-        let r = Request {
-            member_id: &id,
-            created_at: NOW,
-            signature_digest: digest,
-            raw,
-            payload,
-        };
-        self.run(|g| g.ballot(&r, proposal, Some(proposal)))
+        self.send(member, ballot.as_bytes(), |g, r| {
+            g.ballot(r, proposal, Some(proposal))
+        })
     }
 
     fn get(&self, map: &str, key: &str) -> Option<serde_json::Value> {
@@ -179,45 +174,21 @@ fn double_votes_wrong_bindings_and_withdrawals_are_checked() {
         Err(GovError::Conflict("VoteAlreadyExists", _))
     ));
     // A ballot signed for another proposal cannot be replayed onto this one.
-    let (m, digest, payload, raw) = fx.req(
-        2,
-        br#"{"ballot": "export function vote() { return true }"}"#,
-        b"raw",
-    );
-    let r = Request {
-        member_id: &m,
-        created_at: NOW,
-        signature_digest: digest,
-        raw,
-        payload,
-    };
     assert!(matches!(
-        fx.run(|g| g.ballot(&r, &id, Some("another"))),
+        fx.send(
+            2,
+            br#"{"ballot": "export function vote() { return true }"}"#,
+            |g, r| g.ballot(r, &id, Some("another"))
+        ),
         Err(GovError::BadRequest("ProposalIdMismatch", _))
     ));
     // Only the proposer withdraws.
-    let (m, digest, payload, raw) = fx.req(1, b"", b"raw withdrawal");
-    let r = Request {
-        member_id: &m,
-        created_at: NOW,
-        signature_digest: digest,
-        raw,
-        payload,
-    };
     assert!(matches!(
-        fx.run(|g| g.withdraw(&r, &id, Some(&id))),
+        fx.send(1, b"", |g, r| g.withdraw(r, &id, Some(&id))),
         Err(GovError::Forbidden(_))
     ));
-    let (m, digest, payload, raw) = fx.req(0, b"", b"raw withdrawal 2");
-    let r = Request {
-        member_id: &m,
-        created_at: NOW,
-        signature_digest: digest,
-        raw,
-        payload,
-    };
     assert_eq!(
-        fx.run(|g| g.withdraw(&r, &id, Some(&id)))
+        fx.send(0, b"", |g, r| g.withdraw(r, &id, Some(&id)))
             .expect("withdraw")
             .state,
         ProposalState::Withdrawn
@@ -370,38 +341,15 @@ fn new_members_start_accepted_and_become_active_by_acknowledging_the_state_diges
         .propose(1, set_user_action())
         .expect_err("an Accepted member cannot propose yet");
     assert!(matches!(err, GovError::Forbidden(_)));
-    let (m, digest, payload, raw) = fx.req(1, b"", b"raw update");
-    let r = Request {
-        member_id: &m,
-        created_at: NOW,
-        signature_digest: digest,
-        raw,
-        payload,
-    };
-    let state_digest = fx.run(|g| g.update_state_digest(&r)).expect("update");
+    let state_digest = fx.send(1, b"", |g, r| g.update_state_digest(r)).expect("update");
     let wrong = json!({"digest": "00".repeat(32)}).to_string();
-    let (m, digest, payload, raw) = fx.req(1, wrong.as_bytes(), b"raw ack");
-    let r = Request {
-        member_id: &m,
-        created_at: NOW,
-        signature_digest: digest,
-        raw,
-        payload,
-    };
     assert!(matches!(
-        fx.run(|g| g.ack_state_digest(&r)),
+        fx.send(1, wrong.as_bytes(), |g, r| g.ack_state_digest(r)),
         Err(GovError::BadRequest("StateDigestMismatch", _))
     ));
     let ack = json!({"digest": state_digest}).to_string();
-    let (m, digest, payload, raw) = fx.req(1, ack.as_bytes(), b"raw ack 2");
-    let r = Request {
-        member_id: &m,
-        created_at: NOW,
-        signature_digest: digest,
-        raw,
-        payload,
-    };
-    fx.run(|g| g.ack_state_digest(&r)).expect("ack");
+    fx.send(1, ack.as_bytes(), |g, r| g.ack_state_digest(r))
+        .expect("ack");
     assert_eq!(
         fx.get(maps::MEMBERS_INFO, &new_id).expect("info")["status"],
         "Active"
@@ -417,31 +365,17 @@ fn a_ballot_cannot_write_anything_or_tamper_with_the_constitution() {
     // A ballot that tries to add a user, and to make every later resolve say Accepted.
     let evil = json!({"ballot": "Array.prototype.filter = function () { return [1, 2, 3]; };\n        export function vote (proposal, proposerId) {\n          ccf.kv[\"public:ccf.gov.users.certs\"].set(ccf.strToBuf(\"x\"), ccf.strToBuf(\"y\"));\n          return false; }"})
     .to_string();
-    let (m, digest, payload, raw) = fx.req(1, evil.as_bytes(), b"raw evil ballot");
-    let r = Request {
-        member_id: &m,
-        created_at: NOW,
-        signature_digest: digest,
-        raw,
-        payload,
-    };
     let err = fx
-        .run(|g| g.ballot(&r, &id, Some(&id)))
+        .send(1, evil.as_bytes(), |g, r| g.ballot(r, &id, Some(&id)))
         .expect_err("a writing ballot fails");
     assert!(matches!(err, GovError::BadRequest("BallotFailed", _)), "{err:?}");
     assert!(fx.state.map(maps::USERS_CERTS).is_none());
     // A ballot that only poisons globals does not change how the constitution counts.
     let poison = json!({"ballot": "Array.prototype.filter = function () { return [1, 2, 3]; };\n        export function vote (proposal, proposerId) { return false; }"})
     .to_string();
-    let (m, digest, payload, raw) = fx.req(1, poison.as_bytes(), b"raw poison ballot");
-    let r = Request {
-        member_id: &m,
-        created_at: NOW,
-        signature_digest: digest,
-        raw,
-        payload,
-    };
-    let info = fx.run(|g| g.ballot(&r, &id, Some(&id))).expect("a ballot");
+    let info = fx
+        .send(1, poison.as_bytes(), |g, r| g.ballot(r, &id, Some(&id)))
+        .expect("a ballot");
     assert_eq!(
         info.state,
         ProposalState::Open,
