@@ -157,7 +157,7 @@ fn require_active(tx: &mut Tx, member_id: &str) -> Result<(), GovError> {
 
 /// Refuses a request outside the time window or seen before, and records it.
 fn check_replay(tx: &mut Tx, req: &Request<'_>, now: u64) -> Result<(), GovError> {
-    if req.created_at + REQUEST_WINDOW_SECS < now || req.created_at > now + REQUEST_WINDOW_SECS {
+    if req.created_at.abs_diff(now) > REQUEST_WINDOW_SECS {
         return Err(bad(
             "StaleRequest",
             format!(

@@ -234,6 +234,16 @@ fn replayed_and_stale_requests_and_strangers_are_refused() {
         fx.run(|g| g.propose(&future)),
         Err(GovError::BadRequest("StaleRequest", _))
     ));
+    // A timestamp at the end of time is stale too, not an arithmetic overflow.
+    let far = Request {
+        created_at: u64::MAX,
+        signature_digest: [5; 32],
+        ..future
+    };
+    assert!(matches!(
+        fx.run(|g| g.propose(&far)),
+        Err(GovError::BadRequest("StaleRequest", _))
+    ));
     let stranger = "f".repeat(64);
     let r = Request {
         member_id: &stranger,
