@@ -5,6 +5,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use synod_core::cert::Identity;
+
 use crate::error::{Error, Result};
 
 /// The files [`keygen`] wrote and the identity's id.
@@ -56,6 +58,20 @@ fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 /// Generates an Ed25519 key and a self-signed certificate with common name `name`, written to
 /// `out_dir/<name>_cert.pem` and `out_dir/<name>_privk.pem` (created if needed). Refuses to overwrite either.
 pub fn keygen(name: &str, out_dir: impl AsRef<Path>) -> Result<KeyFiles> {
+    keygen_with(name, out_dir, |name| {
+        Ok(synod_core::cert::generate_self_signed(name, false)?)
+    })
+}
+
+/// Writes the identity `generate(name)` makes to `out_dir/<name>_cert.pem` and `out_dir/<name>_privk.pem` (mode
+/// 0600; `out_dir` created if needed), as [`keygen`] does: the name must be a plain file name prefix, either file
+/// existing is refused before anything is generated, and a key is never left behind without its certificate.
+/// `generate` is called only once the name and the paths are known to be usable.
+pub fn keygen_with<E: From<Error>>(
+    name: &str,
+    out_dir: impl AsRef<Path>,
+    generate: impl FnOnce(&str) -> Result<Identity, E>,
+) -> Result<KeyFiles, E> {
     check_name(name)?;
     let out_dir = out_dir.as_ref();
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io("create", out_dir, e))?;
@@ -63,16 +79,18 @@ pub fn keygen(name: &str, out_dir: impl AsRef<Path>) -> Result<KeyFiles> {
     let key = out_dir.join(format!("{name}_privk.pem"));
     for path in [&cert, &key] {
         if path.symlink_metadata().is_ok() {
-            return Err(Error::AlreadyExists(path.clone()));
+            return Err(Error::AlreadyExists(path.clone()).into());
         }
     }
-    let identity = synod_core::cert::generate_self_signed(name, false)?;
-    let id = synod_core::cert::cert_fingerprint_hex(&synod_core::cert::pem_to_der(&identity.cert_pem)?);
+    let identity = generate(name)?;
+    let id = synod_core::cert::cert_fingerprint_hex(
+        &synod_core::cert::pem_to_der(&identity.cert_pem).map_err(Error::from)?,
+    );
     create_new(&key, identity.key_pem.as_bytes(), 0o600)?;
     if let Err(e) = create_new(&cert, identity.cert_pem.as_bytes(), 0o644) {
         // Do not leave a key without its certificate behind.
         let _ = std::fs::remove_file(&key);
-        return Err(e);
+        return Err(e.into());
     }
     Ok(KeyFiles { cert, key, id })
 }

@@ -31,7 +31,7 @@ use std::path::Path;
 
 pub use client::{ApiErrorBody, Body, Client, Response, TX_ID_HEADER};
 pub use error::{Error, Result};
-pub use keys::{keygen, KeyFiles};
+pub use keys::{keygen, keygen_with, KeyFiles};
 pub use network::{NamedIdentity, Network, NetworkNode};
 pub use reqwest::header::HeaderMap;
 pub use reqwest::{Method, StatusCode};

@@ -343,59 +343,10 @@ pub fn proposal_payload(args: &ProposeArgs) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec(&json!({ "actions": [action] }))?)
 }
 
-fn check_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if !ok {
-        bail!("invalid identity name {name:?}: use 1-64 letters, digits, '_', '-' or '.' (not starting with '.')");
-    }
-    Ok(())
-}
-
-fn create_new(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow!("{} already exists; refusing to overwrite it", path.display())
-        } else {
-            anyhow!("cannot create {}: {e}", path.display())
-        }
-    })?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// Generates a member identity into `out_dir/<name>_cert.pem` and `out_dir/<name>_privk.pem` (mode 0600),
 /// refusing to overwrite either file.
 pub fn keygen(name: &str, kind: KeyKind, out_dir: &Path) -> anyhow::Result<KeyFiles> {
-    check_name(name)?;
-    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let cert = out_dir.join(format!("{name}_cert.pem"));
-    let key = out_dir.join(format!("{name}_privk.pem"));
-    for path in [&cert, &key] {
-        if path.symlink_metadata().is_ok() {
-            bail!("{} already exists; refusing to overwrite it", path.display());
-        }
-    }
-    let identity = cose::generate_member(name, kind)?;
-    let id = cose::member_id(&synod_core::cert::pem_to_der(&identity.cert_pem)?);
-    create_new(&key, identity.key_pem.as_bytes(), 0o600)?;
-    if let Err(e) = create_new(&cert, identity.cert_pem.as_bytes(), 0o644) {
-        // Do not leave a key without its certificate behind.
-        let _ = std::fs::remove_file(&key);
-        return Err(e);
-    }
-    Ok(KeyFiles { cert, key, id })
+    synod_client::keygen_with(name, out_dir, |name| Ok(cose::generate_member(name, kind)?))
 }
 
 fn field(value: &Value, names: &[&str]) -> String {
