@@ -86,35 +86,50 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+fn cert_chain(
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let cert = CertificateDer::from(cert::pem_to_der(cert_pem)?);
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    Ok((vec![cert], key))
+}
+
+fn roots(service_cert_pem: &str) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(cert::pem_to_der(service_cert_pem)?))?;
+    Ok(roots)
+}
+
+/// A node's TLS client: trusts only the service identity, presents the node certificate (channels, forwarding
+/// to the primary, joining).
+pub fn node_client_config(
+    node_cert_pem: &str,
+    node_key_pem: &str,
+    service_cert_pem: &str,
+) -> anyhow::Result<ClientConfig> {
+    let (chain, key) = cert_chain(node_cert_pem, node_key_pem)?;
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(service_cert_pem)?)
+        .with_client_auth_cert(chain, key)?)
+}
+
 impl ChannelTls {
-    fn cert_chain(&self) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-        let cert = CertificateDer::from(cert::pem_to_der(&self.node_cert_pem)?);
-        let key = PrivateKeyDer::from_pem_slice(self.node_key_pem.as_bytes())?;
-        Ok((vec![cert], key))
-    }
-
-    fn roots(&self) -> anyhow::Result<RootCertStore> {
-        let mut roots = RootCertStore::empty();
-        roots.add(CertificateDer::from(cert::pem_to_der(&self.service_cert_pem)?))?;
-        Ok(roots)
-    }
-
     /// Client side: trust only the service identity, present the node certificate.
     pub fn client_config(&self) -> anyhow::Result<Arc<ClientConfig>> {
-        let (chain, key) = self.cert_chain()?;
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(chain, key)?;
+        let config = node_client_config(&self.node_cert_pem, &self.node_key_pem, &self.service_cert_pem)?;
         Ok(Arc::new(config))
     }
 
     /// Server side: require a client certificate endorsed by the service identity.
     pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
-        let (chain, key) = self.cert_chain()?;
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
-                .build()?;
+        let (chain, key) = cert_chain(&self.node_cert_pem, &self.node_key_pem)?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots(&self.service_cert_pem)?),
+            provider(),
+        )
+        .build()?;
         let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)

@@ -9,14 +9,11 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use base64::Engine as _;
 use prost::Message as _;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use synod_core::cert::{self, Identity};
 use synod_core::hash::sha256;
@@ -27,6 +24,7 @@ use synod_kv::seal::LedgerSecret;
 use crate::attestation::{Platform, QuoteInfo};
 use crate::channels::PeerInfo;
 use crate::config::JoinConfig;
+use crate::rpc::forward::node_client;
 use crate::service::Identities;
 use crate::snapshot::{SnapshotEvidence, SNAPSHOT_EVIDENCE};
 
@@ -114,23 +112,6 @@ pub struct Joined {
     pub peers: Vec<PeerInfo>,
 }
 
-fn client(cert_pem: &str, key_pem: &str, service_cert_pem: &str) -> anyhow::Result<reqwest::Client> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(cert::pem_to_der(service_cert_pem)?))?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from(cert::pem_to_der(cert_pem)?)],
-            PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?,
-        )?;
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
-
 /// Checks a snapshot against the proof that it is committed; returns its bytes.
 pub fn verify_snapshot(answer: &SnapshotResponse, service_cert_pem: &str) -> anyhow::Result<Vec<u8>> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s);
@@ -201,7 +182,7 @@ pub async fn join(
         node_address: node.to_string(),
         quote_info: platform.evidence(&report_data),
     };
-    let http = client(&own.cert_pem, &own.key_pem, &service_cert_pem)?;
+    let http = node_client(&own.cert_pem, &own.key_pem, &service_cert_pem)?;
     let url = format!("{}/node/join", cfg.target.trim_end_matches('/'));
     let deadline = Instant::now() + Duration::from_secs(cfg.join_timeout_s);
     let answer: JoinResponse = loop {
@@ -262,7 +243,7 @@ pub async fn join(
     let snapshot = match &answer.snapshot {
         None => None,
         Some(offer) => {
-            let http = client(&answer.endorsed_certificate, &own.key_pem, &service_cert_pem)?;
+            let http = node_client(&answer.endorsed_certificate, &own.key_pem, &service_cert_pem)?;
             let url = format!(
                 "{}/node/snapshot?seqno={}",
                 offer.url.trim_end_matches('/'),

@@ -16,9 +16,6 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use synod_core::cert;
 
 use super::{ApiError, AppState, Peer};
 use crate::consensus::raft_id;
@@ -39,15 +36,7 @@ pub fn node_client(
     node_key_pem: &str,
     service_cert_pem: &str,
 ) -> anyhow::Result<reqwest::Client> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(cert::pem_to_der(service_cert_pem)?))?;
-    let chain = vec![CertificateDer::from(cert::pem_to_der(node_cert_pem)?)];
-    let key = PrivateKeyDer::from_pem_slice(node_key_pem.as_bytes())?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
+    let tls = crate::channels::node_client_config(node_cert_pem, node_key_pem, service_cert_pem)?;
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))
