@@ -55,6 +55,9 @@ pub struct ProposalInfo {
     /// How each member voted when it closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_votes: Option<BTreeMap<String, bool>>,
+    /// Ballots stored earlier that failed at the last resolution, by member: left out of the count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vote_failures: Option<BTreeMap<String, Failure>>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
@@ -71,6 +74,9 @@ impl ProposalInfo {
         });
         if let Some(votes) = &self.final_votes {
             v["finalVotes"] = json!(votes);
+        }
+        if let Some(failures) = &self.vote_failures {
+            v["voteFailures"] = json!(failures);
         }
         if let Some(f) = &self.failure {
             v["failure"] = json!(f);
@@ -317,9 +323,10 @@ impl<'t> Governance<'t> {
             state: ProposalState::Open,
             ballots: BTreeMap::new(),
             final_votes: None,
+            vote_failures: None,
             failure: None,
         };
-        self.resolve(&id, body, &mut info, &e)?;
+        self.resolve(&id, body, &mut info, &e, None)?;
         put_json(self.tx, maps::PROPOSALS_INFO, &id, &info);
         Ok((id, info))
     }
@@ -356,7 +363,7 @@ impl<'t> Governance<'t> {
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| GovError::NotFound(format!("proposal {proposal_id} has no body")))?;
         let e = engine(self.tx)?;
-        self.resolve(proposal_id, &proposal, &mut info, &e)?;
+        self.resolve(proposal_id, &proposal, &mut info, &e, Some(req.member_id))?;
         put_json(self.tx, maps::PROPOSALS_INFO, proposal_id, &info);
         Ok(info)
     }
@@ -443,40 +450,39 @@ impl<'t> Governance<'t> {
         Ok(())
     }
 
+    /// Counts the ballots and asks the constitution. `submitter`'s ballot failing refuses the request; another
+    /// member's stored ballot failing now (it reads state that has changed) is recorded and left out of the count,
+    /// as CCF does, so that one member's ballot cannot hold a proposal hostage.
     fn resolve(
         &mut self,
         id: &str,
         proposal: &str,
         info: &mut ProposalInfo,
         e: &Engine,
+        submitter: Option<&str>,
     ) -> Result<(), GovError> {
         let mut votes = Vec::new();
         let mut by_member = BTreeMap::new();
+        let mut failures = BTreeMap::new();
         for (member, script) in &info.ballots {
-            let ballot = ballot_engine(member, script)?;
-            let vote = self
-                .call(
-                    &ballot,
-                    KvPolicy::ReadOnly,
-                    BALLOT_MODULE,
-                    "vote",
-                    &[json!(proposal), json!(info.proposer_id)],
-                )
-                .map_err(|err| {
-                    bad(
-                        "BallotFailed",
-                        format!("the ballot of member {member} failed: {err}"),
-                    )
-                })?;
-            let vote = vote.as_bool().ok_or_else(|| {
-                bad(
-                    "BallotFailed",
-                    format!("the ballot of member {member} returned {vote}, not a boolean"),
-                )
-            })?;
-            votes.push(json!({ "member_id": member, "vote": vote }));
-            by_member.insert(member.clone(), vote);
+            match self.run_ballot(member, script, proposal, &info.proposer_id) {
+                Ok(vote) => {
+                    votes.push(json!({ "member_id": member, "vote": vote }));
+                    by_member.insert(member.clone(), vote);
+                }
+                Err(err) if submitter == Some(member.as_str()) => return Err(err),
+                Err(err) => {
+                    failures.insert(
+                        member.clone(),
+                        Failure {
+                            reason: err.to_string(),
+                            trace: None,
+                        },
+                    );
+                }
+            }
         }
+        info.vote_failures = (!failures.is_empty()).then_some(failures);
         let outcome = self
             .call(
                 e,
@@ -528,6 +534,37 @@ impl<'t> Governance<'t> {
 
     /// An accepted change of the constitution drops every other open proposal; a change of the allowed code drops
     /// the open proposals that also change the allowed code.
+    /// One member's ballot on `proposal`: its vote, or why it failed.
+    fn run_ballot(
+        &mut self,
+        member: &str,
+        script: &str,
+        proposal: &str,
+        proposer_id: &str,
+    ) -> Result<bool, GovError> {
+        let ballot = ballot_engine(member, script)?;
+        let vote = self
+            .call(
+                &ballot,
+                KvPolicy::ReadOnly,
+                BALLOT_MODULE,
+                "vote",
+                &[json!(proposal), json!(proposer_id)],
+            )
+            .map_err(|err| {
+                bad(
+                    "BallotFailed",
+                    format!("the ballot of member {member} failed: {err}"),
+                )
+            })?;
+        vote.as_bool().ok_or_else(|| {
+            bad(
+                "BallotFailed",
+                format!("the ballot of member {member} returned {vote}, not a boolean"),
+            )
+        })
+    }
+
     fn drop_affected(&mut self, accepted: &str, proposal: &str) {
         let names = |p: &str| -> Vec<String> {
             serde_json::from_str::<serde_json::Value>(p)

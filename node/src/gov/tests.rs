@@ -392,3 +392,37 @@ fn a_ballot_cannot_write_anything_or_tamper_with_the_constitution() {
         "one vote against of three decides nothing"
     );
 }
+
+#[test]
+fn a_stored_ballot_that_fails_later_is_left_out_instead_of_blocking_the_proposal() {
+    let mut fx = Fixture::new(3);
+    let (id, _) = fx.propose(0, set_user_action()).expect("propose");
+    // Member 1's ballot says yes while there are no users, and throws once there are.
+    let fragile = json!({"ballot": "export function vote (proposal, proposerId) {\n          if (ccf.kv[\"public:ccf.gov.users.certs\"].size > 0) { throw new Error(\"users changed\"); }\n          return true; }"})
+    .to_string();
+    fx.send(1, fragile.as_bytes(), |g, r| g.ballot(r, &id, Some(&id)))
+        .expect("the ballot runs when submitted");
+    let (other, _) = fx.propose(2, set_user_action()).expect("propose");
+    fx.vote(0, &other, true).expect("vote");
+    assert_eq!(
+        fx.vote(2, &other, true).expect("vote").state,
+        ProposalState::Accepted,
+        "a user now exists"
+    );
+    // Member 1's stored ballot now throws: the others still decide, and the failure is reported.
+    let info = fx.vote(2, &id, true).expect("another member votes");
+    assert_eq!(info.state, ProposalState::Open, "one valid vote of three");
+    let failures = info.vote_failures.as_ref().expect("failures recorded");
+    assert!(
+        failures[&fx.members[1]].reason.contains("users changed"),
+        "{failures:?}"
+    );
+    let api = info.to_api(&id);
+    assert!(api["voteFailures"][&fx.members[1]]["reason"].is_string(), "{api}");
+    let info = fx.vote(0, &id, true).expect("a second valid vote");
+    assert_eq!(info.state, ProposalState::Accepted);
+    let voters: Vec<String> = info.final_votes.expect("final votes").into_keys().collect();
+    let mut counted = vec![fx.members[0].clone(), fx.members[2].clone()];
+    counted.sort();
+    assert_eq!(voters, counted, "the failed ballot is not a vote");
+}
