@@ -203,8 +203,6 @@ pub enum Event {
     },
     /// The nodes table or the Raft configuration changed: refresh peer addresses.
     NodesChanged,
-    /// This node became primary (true) or stopped being primary (false).
-    Role(bool),
 }
 
 /// A snapshot this node installed from the primary (Raft caught it up with one).
@@ -342,8 +340,12 @@ impl History {
         self.frame_lens[from as usize..].iter().map(|&l| l as u64).sum()
     }
 
+    /// Every signature entry is in `sigs` (and the snapshot base is one), so this is a lookup, not a scan.
     fn last_signature(&self) -> u64 {
-        self.last_flagged(FLAG_SIGNATURE)
+        self.sigs
+            .keys()
+            .next_back()
+            .map_or(self.base(), |&s| s.max(self.base()))
     }
 }
 
@@ -362,7 +364,6 @@ pub struct Core {
     /// The primary's own uncommitted writes, by seqno (with the view they were made in).
     own: BTreeMap<u64, (u64, Arc<Writes>)>,
     commit: TxId,
-    unsigned: u64,
     /// Snapshot evidence seen committed by Raft, waiting for a signature: evidence seqno → evidence.
     evidence: BTreeMap<u64, SnapshotEvidence>,
     /// A snapshot received from the primary, decoded, to hand to the shell with the next ready.
@@ -376,7 +377,15 @@ pub struct Core {
     events: Vec<Event>,
 }
 
-fn writes_of(le: &LedgerEntry, tx: &Transaction, sealer: &Sealer) -> Result<Writes, CoreError> {
+/// Maps an error about the entry at `seqno` to [`CoreError::BadEntry`].
+fn bad_entry<E: std::fmt::Display>(seqno: u64) -> impl Fn(E) -> CoreError {
+    move |e| CoreError::BadEntry {
+        seqno,
+        reason: e.to_string(),
+    }
+}
+
+fn writes_of(tx: &Transaction, sealer: &Sealer) -> Result<Writes, CoreError> {
     let bad = |reason: String| CoreError::BadEntry {
         seqno: tx.seqno,
         reason,
@@ -390,7 +399,6 @@ fn writes_of(le: &LedgerEntry, tx: &Transaction, sealer: &Sealer) -> Result<Writ
             .map_err(|e| bad(format!("private writes: {e}")))?;
         WriteSet::decode(clear.as_slice()).map_err(|e| bad(format!("private writes: {e}")))?
     };
-    let _ = le;
     Ok(Writes { public, private })
 }
 
@@ -483,7 +491,6 @@ impl Core {
             lineage: 0,
             own: BTreeMap::new(),
             commit: TxId::default(),
-            unsigned: 0,
             evidence: BTreeMap::new(),
             installing: None,
             installed_index: 0,
@@ -663,10 +670,7 @@ impl Core {
         };
         let mut entries: Vec<(LedgerEntry, Transaction)> = Vec::new();
         for le in r.ledger {
-            let tx = le.decode_transaction().map_err(|e| CoreError::BadEntry {
-                seqno: 0,
-                reason: e.to_string(),
-            })?;
+            let tx = le.decode_transaction().map_err(bad_entry(0))?;
             entries.push((le, tx));
         }
         let ledger_last = history.base() + entries.len() as u64;
@@ -682,10 +686,7 @@ impl Core {
                 .log
                 .entry(idx)
                 .ok_or_else(|| CoreError::Invariant(format!("log entry {idx} missing")))?;
-            let (le, tx) = ledger_entry_of(e, &sealer).map_err(|e| CoreError::BadEntry {
-                seqno: idx,
-                reason: e.to_string(),
-            })?;
+            let (le, tx) = ledger_entry_of(e, &sealer).map_err(bad_entry(idx))?;
             entries.push((le, tx));
         }
         let service_der = keys.service_cert_der.clone();
@@ -708,7 +709,7 @@ impl Core {
             let (le, tx) = entries
                 .get(i)
                 .ok_or_else(|| CoreError::Invariant(format!("no entry {seqno} to replay")))?;
-            let writes = writes_of(le, tx, &sealer)?;
+            let writes = writes_of(tx, &sealer)?;
             state
                 .apply(seqno, writes.maps())
                 .map_err(|e| CoreError::Invariant(e.to_string()))?;
@@ -742,10 +743,7 @@ impl Core {
         for seqno in (r.log.conf_index() + 1).max(history.base() + 1)..=commit_index {
             let i = (seqno - history.base() - 1) as usize;
             let Some((_, tx)) = entries.get(i) else { continue };
-            let public = tx.public_write_set().map_err(|e| CoreError::BadEntry {
-                seqno,
-                reason: e.to_string(),
-            })?;
+            let public = tx.public_write_set().map_err(bad_entry(seqno))?;
             let cc_bytes = public
                 .maps
                 .iter()
@@ -753,10 +751,7 @@ impl Core {
                 .and_then(|m| m.writes.first())
                 .and_then(|w| w.value.clone());
             if let Some(bytes) = cc_bytes {
-                let cc = ConfChange::parse_from_bytes(&bytes).map_err(|e| CoreError::BadEntry {
-                    seqno,
-                    reason: e.to_string(),
-                })?;
+                let cc = ConfChange::parse_from_bytes(&bytes).map_err(bad_entry(seqno))?;
                 pending_conf.push((seqno, cc));
             }
         }
@@ -807,9 +802,9 @@ impl Core {
         } else if tx.kind != KIND_TX {
             return Err(bad(format!("unknown transaction kind {}", tx.kind)));
         }
-        let leaf = le.leaf().map_err(|e| bad(e.to_string()))?;
+        let (write_set, leaf) = le.write_set_digest_and_leaf().map_err(|e| bad(e.to_string()))?;
         let frame_len = (FRAME_HEADER + le.encoded_len()) as u32;
-        history.append(tx_id, leaf, le.write_set_digest(), frame_len, flags_of(tx));
+        history.append(tx_id, leaf, write_set, frame_len, flags_of(tx));
         Ok(())
     }
 
@@ -904,12 +899,6 @@ impl Core {
             self.state = self.committed_state.clone();
             self.state.new_lineage(self.lineage);
             self.own.clear();
-            self.unsigned = if is_leader {
-                self.history.last() - self.history.last_signature()
-            } else {
-                0
-            };
-            self.events.push(Event::Role(is_leader));
             tracing::info!(view = self.raft.raft.term, primary = is_leader, "role changed");
         }
         if self.is_leader {
@@ -976,10 +965,7 @@ impl Core {
                     .raft_log
                     .slice(keep + 1, last + 1, None, GetEntriesContext::empty(false))?;
             for e in &ents {
-                let (le, tx) = ledger_entry_of(e, &self.sealer).map_err(|err| CoreError::BadEntry {
-                    seqno: e.index,
-                    reason: err.to_string(),
-                })?;
+                let (le, tx) = ledger_entry_of(e, &self.sealer).map_err(bad_entry(e.index))?;
                 Self::append_history(&mut self.history, &le, &tx, &self.keys.service_cert_der)?;
             }
         }
@@ -1000,20 +986,12 @@ impl Core {
             .raft_log
             .slice(from, last + 1, None, GetEntriesContext::empty(false))?;
         for e in &ents {
-            let (le, tx) = ledger_entry_of(e, &self.sealer).map_err(|err| CoreError::BadEntry {
-                seqno: e.index,
-                reason: err.to_string(),
-            })?;
-            let writes = writes_of(&le, &tx, &self.sealer)?;
+            let (_, tx) = ledger_entry_of(e, &self.sealer).map_err(bad_entry(e.index))?;
+            let writes = writes_of(&tx, &self.sealer)?;
             self.state
                 .apply(e.index, writes.maps())
                 .map_err(|err| CoreError::Invariant(err.to_string()))?;
             self.own.insert(e.index, (e.term, Arc::new(writes)));
-            if tx.kind == KIND_SIGNATURE {
-                self.unsigned = 0;
-            } else {
-                self.unsigned += 1;
-            }
         }
         Ok(())
     }
@@ -1025,23 +1003,17 @@ impl Core {
             if e.index <= self.committed_state.version() {
                 continue; // covered by an installed snapshot
             }
-            let (le, tx) = ledger_entry_of(&e, &self.sealer).map_err(|err| CoreError::BadEntry {
-                seqno: e.index,
-                reason: err.to_string(),
-            })?;
+            let (le, tx) = ledger_entry_of(&e, &self.sealer).map_err(bad_entry(e.index))?;
             let writes = match self.own.remove(&e.index) {
                 Some((view, w)) if view == e.term => w,
-                _ => Arc::new(writes_of(&le, &tx, &self.sealer)?),
+                _ => Arc::new(writes_of(&tx, &self.sealer)?),
             };
             self.committed_state
                 .apply(e.index, writes.maps())
                 .map_err(|err| CoreError::Invariant(format!("applying committed {}: {err}", e.index)))?;
             let tx_id = TxId::new(e.term, e.index);
             if matches!(e.get_entry_type(), EntryType::EntryConfChange) {
-                let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| CoreError::BadEntry {
-                    seqno: e.index,
-                    reason: err.to_string(),
-                })?;
+                let cc = ConfChange::parse_from_bytes(&e.data).map_err(bad_entry(e.index))?;
                 let cs = self.raft.apply_conf_change(&cc)?;
                 self.raft.mut_store().set_conf_state(cs.clone());
                 self.raft.mut_store().set_conf_index(e.index);
@@ -1122,8 +1094,7 @@ impl Core {
         tx.validate(&self.state)?;
         let (public, private) = tx.into_write_sets();
         let tx_id = self.propose_entry(KIND_TX, Writes { public, private }, false, false)?;
-        self.unsigned += 1;
-        if self.unsigned >= self.cfg.sig_tx_interval {
+        if self.unsigned() >= self.cfg.sig_tx_interval {
             self.emit_signature(now_secs)?;
         }
         Ok(Outcome::Written(tx_id))
@@ -1190,7 +1161,7 @@ impl Core {
 
     /// Orders a signature transaction over the current root if anything is unsigned (primary only).
     pub fn emit_signature(&mut self, now_secs: i64) -> Result<Option<TxId>, CoreError> {
-        if !self.is_leader || self.unsigned == 0 {
+        if self.unsigned() == 0 {
             return Ok(None);
         }
         let root = self
@@ -1244,7 +1215,6 @@ impl Core {
                 "signature ordered as {appended}, expected {tx_id}"
             )));
         }
-        self.unsigned = 0;
         Ok(Some(tx_id))
     }
 
@@ -1479,9 +1449,13 @@ impl Core {
         self.history.base() + 1
     }
 
-    /// Ordered transactions not covered by a signature yet (primary).
+    /// Ordered transactions not covered by a signature yet (primary; 0 on a backup, which never signs).
     pub fn unsigned(&self) -> u64 {
-        self.unsigned
+        if self.is_leader {
+            self.history.last() - self.history.last_signature()
+        } else {
+            0
+        }
     }
 
     /// The Raft configuration: (voters, learners).
@@ -1547,10 +1521,8 @@ impl Core {
             seqno: 0,
             reason: format!("snapshot: {e}"),
         })?;
-        let cs = ConfState::parse_from_bytes(&decoded.file.conf_state).map_err(|e| CoreError::BadEntry {
-            seqno: decoded.file.seqno,
-            reason: e.to_string(),
-        })?;
+        let cs =
+            ConfState::parse_from_bytes(&decoded.file.conf_state).map_err(bad_entry(decoded.file.seqno))?;
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = decoded.file.seqno;
         snap.mut_metadata().term = decoded.file.view;

@@ -970,7 +970,6 @@ impl Node {
                 let core = self.shared.lock();
                 refresh_directory(&self.directory, core.committed_state(), core.raft_id());
             }
-            Event::Role(_) => {}
         }
         Ok(())
     }

@@ -127,9 +127,15 @@ impl LedgerEntry {
 
     /// The Merkle leaf of this entry.
     pub fn leaf(&self) -> Result<Digest, LedgerError> {
+        Ok(self.write_set_digest_and_leaf()?.1)
+    }
+
+    /// (write set digest, Merkle leaf), hashing the transaction once for both.
+    pub fn write_set_digest_and_leaf(&self) -> Result<(Digest, Digest), LedgerError> {
         let ce = digest32(&self.commit_evidence_digest, "commit evidence digest")?;
         let claims = digest32(&self.claims_digest, "claims digest")?;
-        Ok(leaf_hash(&self.write_set_digest(), &ce, &claims))
+        let write_set = self.write_set_digest();
+        Ok((write_set, leaf_hash(&write_set, &ce, &claims)))
     }
 
     /// Decodes the transaction.
