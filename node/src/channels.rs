@@ -47,8 +47,9 @@ pub struct PeerFrame {
     pub payload: Vec<u8>,
 }
 
-/// Where a peer is and who it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a peer is and who it is (also how the join answer lists the service's nodes: the field names are its
+/// JSON).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerInfo {
     /// Hex node id.
     pub node_id: String,

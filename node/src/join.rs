@@ -41,19 +41,6 @@ pub struct JoinRequest {
     pub quote_info: QuoteInfo,
 }
 
-/// A node as the join answer lists it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeEntry {
-    /// Node id.
-    pub node_id: String,
-    /// Node-to-node address.
-    pub node_address: String,
-    /// Client-facing address.
-    pub rpc_address: String,
-    /// Status.
-    pub status: String,
-}
-
 /// A committed snapshot a joining node can start from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnapshotOffer {
@@ -82,7 +69,7 @@ pub struct JoinResponse {
     /// Base64 ledger secret.
     pub ledger_secret: String,
     /// The nodes of the service.
-    pub nodes: Vec<NodeEntry>,
+    pub nodes: Vec<PeerInfo>,
     /// The snapshot to start from, if the service has one.
     pub snapshot: Option<SnapshotOffer>,
 }
@@ -272,14 +259,8 @@ pub async fn join(
     };
     let peers = answer
         .nodes
-        .iter()
+        .into_iter()
         .filter(|n| n.node_id != node_id)
-        .map(|n| PeerInfo {
-            node_id: n.node_id.clone(),
-            node_address: n.node_address.clone(),
-            rpc_address: n.rpc_address.clone(),
-            status: n.status.clone(),
-        })
         .collect();
     Ok(Joined {
         ids: Identities {

@@ -17,8 +17,9 @@ use synod_core::maps;
 
 use super::{extract, ApiError, AppState, Peer};
 use crate::attestation;
+use crate::channels::PeerInfo;
 use crate::core::CoreError;
-use crate::join::{JoinRequest, JoinResponse, NodeEntry, SnapshotOffer, SnapshotResponse};
+use crate::join::{JoinRequest, JoinResponse, SnapshotOffer, SnapshotResponse};
 use crate::service::{committed_snapshots, node_info, now_secs};
 
 pub fn routes() -> Router<AppState> {
@@ -157,7 +158,7 @@ async fn join(
         .flat_map(|m| m.iter())
         .filter_map(|(k, e)| {
             let info: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
-            Some(NodeEntry {
+            Some(PeerInfo {
                 node_id: String::from_utf8_lossy(k).to_string(),
                 node_address: info["node_address"].as_str()?.to_string(),
                 rpc_address: info["rpc_address"].as_str()?.to_string(),
