@@ -86,71 +86,84 @@ async fn join(
             ),
         ));
     }
-    let existing: Option<serde_json::Value> = state
+    let mut existing: Option<serde_json::Value> = state
         .get(maps::NODES_INFO, node_id.as_bytes())
         .and_then(|v| serde_json::from_slice(v).ok());
     // With a consortium, a new node waits (Pending) until the members trust it by vote; without one, the start
     // configuration (the allowed code ids) is what decides.
     let governed = state.map(maps::MEMBERS_CERTS).is_some_and(|m| !m.is_empty());
-    let info = match existing {
-        Some(info) if info["status"] == "Retired" => {
-            return Err(forbidden(
-                "NodeRetired",
-                format!("node {node_id} was retired and cannot rejoin"),
-            ))
-        }
-        Some(info) if info["status"] == "Pending" => {
-            return Ok(Json(pending_answer(&node_id)).into_response());
-        }
-        // Trusted, and already endorsed and added: a retried join gets the same answer again.
-        Some(info) if info["endorsed"] == true => info,
-        // Trusted by the members since it asked: only now is its key endorsed and does it enter Raft.
-        Some(mut info) => {
-            let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
-            info["cert"] = json!(endorsed);
-            info["endorsed"] = json!(true);
-            app.node
-                .with_core(|c| c.add_node(&node_id, &info, now_secs()))
-                .map_err(core_error)?;
-            tracing::info!(node_id, "a trusted node was endorsed and added");
-            info
-        }
-        None if governed => {
-            let mut info = node_info(
-                &req.node_name,
-                &cert::der_to_pem(&der),
-                "Pending",
-                rpc,
-                node_address,
-                &verified.measurement,
-            );
-            info["endorsed"] = json!(false);
-            app.node
-                .execute(|tx| {
-                    tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
-                    Ok::<_, ApiError>(())
-                })
-                .map_err(ApiError::from)?;
-            tracing::info!(node_id, name = %req.node_name, "a node asked to join: Pending until trusted by vote");
-            return Ok(Json(pending_answer(&node_id)).into_response());
-        }
-        None => {
-            let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
-            let mut info = node_info(
-                &req.node_name,
-                &endorsed,
-                "Trusted",
-                rpc,
-                node_address,
-                &verified.measurement,
-            );
-            info["endorsed"] = json!(true);
-            app.node
-                .with_core(|c| c.add_node(&node_id, &info, now_secs()))
-                .map_err(core_error)?;
-            tracing::info!(node_id, name = %req.node_name, "a node joined");
-            info
-        }
+    // Decided on `existing`; a join that finds, inside its transaction, that the node appeared meanwhile decides
+    // again on what is there (at most once more: that record is never absent).
+    let info = loop {
+        break match existing {
+            Some(info) if info["status"] == "Retired" => {
+                return Err(forbidden(
+                    "NodeRetired",
+                    format!("node {node_id} was retired and cannot rejoin"),
+                ))
+            }
+            Some(info) if info["status"] == "Pending" => {
+                return Ok(Json(pending_answer(&node_id)).into_response());
+            }
+            // Trusted, and already endorsed and added: a retried join gets the same answer again.
+            Some(info) if info["endorsed"] == true => info,
+            // Trusted by the members since it asked: only now is its key endorsed and does it enter Raft.
+            Some(mut info) => {
+                let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
+                info["cert"] = json!(endorsed);
+                info["endorsed"] = json!(true);
+                app.node
+                    .with_core(|c| c.add_node(&node_id, &info, now_secs()))
+                    .map_err(core_error)?;
+                tracing::info!(node_id, "a trusted node was endorsed and added");
+                info
+            }
+            None if governed => {
+                let mut info = node_info(
+                    &req.node_name,
+                    &cert::der_to_pem(&der),
+                    "Pending",
+                    rpc,
+                    node_address,
+                    &verified.measurement,
+                );
+                info["endorsed"] = json!(false);
+                // Another join, or governance (say, retiring it), may have written this node since `state`
+                // was read: never overwrite it.
+                let (current, _) = app.node.execute(|tx| {
+                    let current = tx
+                        .get(maps::NODES_INFO, node_id.as_bytes())
+                        .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok());
+                    if current.is_none() {
+                        tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
+                    }
+                    Ok::<_, ApiError>(current)
+                })?;
+                if current.is_some() {
+                    existing = current;
+                    continue;
+                }
+                tracing::info!(node_id, name = %req.node_name, "a node asked to join: Pending until trusted by vote");
+                return Ok(Json(pending_answer(&node_id)).into_response());
+            }
+            None => {
+                let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
+                let mut info = node_info(
+                    &req.node_name,
+                    &endorsed,
+                    "Trusted",
+                    rpc,
+                    node_address,
+                    &verified.measurement,
+                );
+                info["endorsed"] = json!(true);
+                app.node
+                    .with_core(|c| c.add_node(&node_id, &info, now_secs()))
+                    .map_err(core_error)?;
+                tracing::info!(node_id, name = %req.node_name, "a node joined");
+                info
+            }
+        };
     };
     let nodes = state
         .map(maps::NODES_INFO)
