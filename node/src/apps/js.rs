@@ -324,8 +324,8 @@ fn caller(
             "member_cert" => app
                 .authenticate_member(peer)
                 .map(|u| (u.id, maps::MEMBERS_CERTS, maps::MEMBERS_INFO, "member_data")),
-            "any_cert" => match &peer.cert_der {
-                Some(der) => Ok((synod_core::cert::cert_fingerprint_hex(der), "", "", "")),
+            "any_cert" => match &peer.cert_id {
+                Some(id) => Ok((id.clone(), "", "", "")),
                 None => Err(ApiError::unauthorized(
                     "this endpoint requires a TLS client certificate",
                 )),

@@ -47,9 +47,9 @@ pub fn node_client(
 /// The caller a request speaks for: its own TLS certificate, or — when a trusted node forwarded it — the
 /// certificate that node vouches for.
 pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::HeaderMap) -> Peer {
-    let Some(value) = headers.get(FORWARDED_CALLER).or_else(|| headers.get(FORWARDED)) else {
+    if !headers.contains_key(FORWARDED_CALLER) && !headers.contains_key(FORWARDED) {
         return connection.clone();
-    };
+    }
     // Only a Trusted node of the service vouches for callers: a retired node still holds an endorsed certificate.
     // The endorsement was verified at the handshake; trust status can change, so it is read per request.
     let from_node = connection.endorsed_node.as_ref().is_some_and(|id| {
@@ -57,10 +57,7 @@ pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::H
         directory.get(&raft_id(id)).is_some_and(|p| p.status == "Trusted")
     });
     if !from_node {
-        return Peer {
-            forwarded: false,
-            ..connection.clone()
-        }; // a client cannot claim to be forwarded
+        return connection.clone(); // a client cannot claim to be forwarded
     }
     let caller = headers
         .get(FORWARDED_CALLER)
@@ -68,12 +65,20 @@ pub fn resolve_peer(state: &AppState, connection: &Peer, headers: &axum::http::H
         .filter(|v| !v.is_empty())
         .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
         .map(Arc::new);
-    let _ = value;
     Peer {
-        cert_der: caller,
         forwarded: true,
-        endorsed_node: None,
+        ..Peer::with_cert(caller)
     }
+}
+
+/// What forwarding needs of the original request (kept instead of a copy of all of it).
+struct Original {
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    content_type: Option<HeaderValue>,
+    accept: Option<HeaderValue>,
+    /// The caller's certificate, vouched for to the primary.
+    caller: Option<Arc<Vec<u8>>>,
 }
 
 /// Middleware: runs the request here, and forwards it to the primary if the handler asks to.
@@ -84,13 +89,21 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
-    let local = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
+    let peer = parts.extensions.get::<Peer>();
+    let forwarded = peer.is_some_and(|p| p.forwarded);
+    let original = Original {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        content_type: parts.headers.get(axum::http::header::CONTENT_TYPE).cloned(),
+        accept: parts.headers.get(axum::http::header::ACCEPT).cloned(),
+        caller: peer.and_then(|p| p.cert_der.clone()),
+    };
+    let local = Request::from_parts(parts, Body::from(bytes.clone()));
     let response = next.run(local).await;
     if response.extensions().get::<ForwardToPrimary>().is_none() {
         return response;
     }
-    if peer.forwarded {
+    if forwarded {
         // The primary moved on since the backup forwarded this: let the client retry.
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -99,18 +112,13 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         )
         .into_response();
     }
-    match forward(&state, &parts, bytes, &peer).await {
+    match forward(&state, &original, bytes).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn forward(
-    state: &AppState,
-    parts: &axum::http::request::Parts,
-    body: bytes::Bytes,
-    peer: &Peer,
-) -> Result<Response, ApiError> {
+async fn forward(state: &AppState, original: &Original, body: bytes::Bytes) -> Result<Response, ApiError> {
     let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m);
     let primary = state.node.core().primary();
     let address = state
@@ -124,19 +132,22 @@ async fn forward(
         .ok_or_else(|| {
             unavailable("no primary is known right now (an election may be under way); retry".into())
         })?;
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = original.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let url = format!("https://{address}{path}");
     let mut request = state
         .forward_client
-        .request(parts.method.clone(), &url)
+        .request(original.method.clone(), &url)
         .body(body);
-    for name in [axum::http::header::CONTENT_TYPE, axum::http::header::ACCEPT] {
-        if let Some(v) = parts.headers.get(&name) {
+    for (name, value) in [
+        (axum::http::header::CONTENT_TYPE, &original.content_type),
+        (axum::http::header::ACCEPT, &original.accept),
+    ] {
+        if let Some(v) = value {
             request = request.header(name, v.clone());
         }
     }
-    let caller = peer
-        .cert_der
+    let caller = original
+        .caller
         .as_ref()
         .map(|d| base64::engine::general_purpose::STANDARD.encode(d.as_slice()))
         .unwrap_or_default();

@@ -78,10 +78,25 @@ impl AppState {
 pub struct Peer {
     /// DER of the caller's certificate.
     pub cert_der: Option<Arc<Vec<u8>>>,
+    /// Hex SHA-256 of `cert_der` (how users and members are known): computed once with it, not per request.
+    pub cert_id: Option<String>,
     /// Whether a node forwarded this request.
     pub forwarded: bool,
     /// Key id of the connection's certificate if the service endorsed it: checked once per TLS connection, not per request.
     pub endorsed_node: Option<String>,
+}
+
+impl Peer {
+    /// A caller known by `cert_der` (if any), not forwarded.
+    pub fn with_cert(cert_der: Option<Arc<Vec<u8>>>) -> Peer {
+        let cert_id = cert_der.as_deref().map(|der| cert::cert_fingerprint_hex(der));
+        Peer {
+            cert_der,
+            cert_id,
+            forwarded: false,
+            endorsed_node: None,
+        }
+    }
 }
 
 /// An authenticated user.
@@ -98,10 +113,9 @@ impl AppState {
 
     /// [`AppState::authenticate_user`] against a state the caller already holds.
     pub fn authenticate_user_in(&self, state: &synod_kv::State, peer: &Peer) -> Result<User, ApiError> {
-        let der = peer.cert_der.as_ref().ok_or_else(|| {
+        let id = peer.cert_id.as_deref().ok_or_else(|| {
             ApiError::unauthorized("this endpoint requires a user's TLS client certificate")
         })?;
-        let id = cert::cert_fingerprint_hex(der);
         if state.get(maps::USERS_CERTS, id.as_bytes()).is_none() {
             return Err(ApiError::unauthorized(format!(
                 "the client certificate (id {id}) is not a known user"
@@ -114,15 +128,14 @@ impl AppState {
                 "the service is not open yet: its members must accept a transition_service_to_open proposal",
             ));
         }
-        Ok(User { id })
+        Ok(User { id: id.to_string() })
     }
 
     /// Requires a client certificate registered in `public:ccf.gov.members.certs`.
     pub fn authenticate_member(&self, peer: &Peer) -> Result<User, ApiError> {
-        let der = peer.cert_der.as_ref().ok_or_else(|| {
+        let id = peer.cert_id.as_deref().ok_or_else(|| {
             ApiError::unauthorized("this endpoint requires a member's TLS client certificate")
         })?;
-        let id = cert::cert_fingerprint_hex(der);
         if self
             .node
             .core()
@@ -134,7 +147,7 @@ impl AppState {
                 "the client certificate (id {id}) is not a known member"
             )));
         }
-        Ok(User { id })
+        Ok(User { id: id.to_string() })
     }
 }
 
@@ -330,9 +343,8 @@ pub async fn serve(
                 cert::public_key_id_hex(der).ok()
             });
             let connection = Peer {
-                cert_der,
-                forwarded: false,
                 endorsed_node,
+                ..Peer::with_cert(cert_der)
             };
             let service =
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
