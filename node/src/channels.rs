@@ -223,7 +223,6 @@ async fn connect(
 
 async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, config: Arc<ClientConfig>) {
     let mut backoff = 50;
-    let mut pending: Option<Vec<u8>> = None;
     loop {
         let stream = match connect(to, &directory, &config).await {
             Ok(s) => {
@@ -234,7 +233,6 @@ async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, 
                 tracing::debug!(peer = to, "cannot connect: {e:#}");
                 // Drop what queued up meanwhile: Raft will resend what still matters.
                 while rx.try_recv().is_ok() {}
-                pending = None;
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX_MS);
                 if rx.is_closed() {
@@ -245,12 +243,8 @@ async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, 
         };
         let mut out = BufWriter::new(stream);
         loop {
-            let frame = match pending.take() {
-                Some(f) => f,
-                None => match rx.recv().await {
-                    Some(f) => f,
-                    None => return,
-                },
+            let Some(frame) = rx.recv().await else {
+                return;
             };
             let mut batch = vec![frame];
             while let Ok(f) = rx.try_recv() {
