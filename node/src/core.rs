@@ -617,14 +617,8 @@ impl Core {
             .iter()
             .map(|v| (v.view, v.first_seqno))
             .collect();
-        let conf_state =
-            ConfState::parse_from_bytes(&decoded.file.conf_state).map_err(|e| bad(e.to_string()))?;
-        let mut meta = SnapshotMetadata {
-            index: seqno,
-            term: decoded.file.view,
-            ..Default::default()
-        };
-        meta.set_conf_state(conf_state);
+        let meta = snapshot::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
+            .map_err(|e| bad(e.to_string()))?;
         let mut history = History::new(tree, views);
         // The snapshot point is a signature: its record is in the state, so receipts and commit work from it.
         if let Some(record) = decoded.state.get(maps::SIGNATURES, b"") {
@@ -1515,18 +1509,15 @@ impl Core {
             .map(|s| s.get_metadata().index)
     }
 
-    /// Offers a committed snapshot to followers whose next entry was compacted away.
+    /// Offers a committed snapshot to followers whose next entry was compacted away. Reads only the snapshot's
+    /// header: this runs under the core lock, and the caller wrote or checked the bytes.
     pub fn offer_snapshot(&mut self, bytes: Vec<u8>) -> Result<(), CoreError> {
-        let decoded = snapshot::decode(&bytes, &self.sealer).map_err(|e| CoreError::BadEntry {
+        let meta = snapshot::raft_metadata_of(&bytes).map_err(|e| CoreError::BadEntry {
             seqno: 0,
             reason: format!("snapshot: {e}"),
         })?;
-        let cs =
-            ConfState::parse_from_bytes(&decoded.file.conf_state).map_err(bad_entry(decoded.file.seqno))?;
         let mut snap = Snapshot::default();
-        snap.mut_metadata().index = decoded.file.seqno;
-        snap.mut_metadata().term = decoded.file.view;
-        snap.mut_metadata().set_conf_state(cs);
+        snap.set_metadata(meta);
         snap.data = bytes.into();
         self.raft.mut_store().set_snapshot(snap);
         Ok(())

@@ -326,10 +326,36 @@ fn install_snapshot_on_disk(
     storage: &Storage,
     sealer: &Sealer,
     bytes: &[u8],
-    ledger: Option<&mut LedgerWriter>,
-) -> anyhow::Result<(State, SnapshotMetadata)> {
+) -> anyhow::Result<State> {
     let decoded = snapshot::decode(bytes, sealer).context("decoding the snapshot")?;
     let seqno = decoded.file.seqno;
+    let meta = snapshot::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
+        .context("snapshot configuration")?;
+    let log = persist::load(storage)?;
+    let hs = raft::eraftpb::HardState {
+        term: decoded.file.view.max(log.hard_state().term),
+        vote: log.hard_state().vote,
+        commit: seqno,
+        ..Default::default()
+    };
+    reset_log_to_snapshot(paths, storage, bytes, &meta, &hs)?;
+    storage.replace_state(&decoded.state, sealer)?;
+    LedgerWriter::open(&paths.ledger())?
+        .writer
+        .reset_after_snapshot(seqno)?;
+    Ok(decoded.state)
+}
+
+/// Keeps the snapshot file (as `.received` unless already on disk) and resets the Raft log to start after it,
+/// with `hs` in the same write so a crash right after never leaves the commit behind the log's start.
+fn reset_log_to_snapshot(
+    paths: &Paths,
+    storage: &Storage,
+    bytes: &[u8],
+    meta: &SnapshotMetadata,
+    hs: &raft::eraftpb::HardState,
+) -> anyhow::Result<()> {
+    let seqno = meta.index;
     std::fs::create_dir_all(paths.snapshots())?;
     if find_snapshot(paths, seqno).is_none() {
         write_private(
@@ -337,44 +363,18 @@ fn install_snapshot_on_disk(
             bytes,
         )?;
     }
-    let cs = raft::eraftpb::ConfState::parse_from_bytes(&decoded.file.conf_state)
-        .context("snapshot configuration")?;
-    let mut meta = SnapshotMetadata {
-        index: seqno,
-        term: decoded.file.view,
-        ..Default::default()
-    };
-    meta.set_conf_state(cs.clone());
-    let hs = raft::eraftpb::HardState {
-        term: decoded.file.view,
-        commit: seqno,
-        ..Default::default()
-    };
-    let log = persist::load(storage)?;
-    let hs = raft::eraftpb::HardState {
-        term: hs.term.max(log.hard_state().term),
-        vote: log.hard_state().vote,
-        ..hs
-    };
     persist::write(
         storage,
         &LogWrite {
             clear: true,
-            compacted: Some(&meta),
-            conf_state: Some(&cs),
+            compacted: Some(meta),
+            conf_state: Some(meta.get_conf_state()),
             conf_index: Some(seqno),
-            hard_state: Some(&hs),
+            hard_state: Some(hs),
             ..Default::default()
         },
     )?;
-    storage.replace_state(&decoded.state, sealer)?;
-    match ledger {
-        Some(w) => w.reset_after_snapshot(seqno)?,
-        None => LedgerWriter::open(&paths.ledger())?
-            .writer
-            .reset_after_snapshot(seqno)?,
-    }
-    Ok((decoded.state, meta))
+    Ok(())
 }
 
 impl Node {
@@ -403,7 +403,8 @@ impl Node {
         }
         let ccfg = core_config(cfg);
         let mut peers = Vec::new();
-        let (ids, core, replay) = match boot {
+        // Each arm also hands over the ledger writer (Resume already opened and read the ledger).
+        let (ids, core, replay, mut ledger) = match boot {
             Boot::NewService { users, members } => {
                 if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
                     bail!(
@@ -449,7 +450,7 @@ impl Node {
                 let sealer = Sealer::new(&ids.secret);
                 let core = Core::new_service(keys, sealer, ccfg, &genesis, now_secs())?;
                 tracing::info!(dir = %paths.dir.display(), "created a new service");
-                (ids, core, Vec::new())
+                (ids, core, Vec::new(), LedgerWriter::open(&paths.ledger())?.writer)
             }
             Boot::Joined {
                 ids,
@@ -459,11 +460,11 @@ impl Node {
                 save_identities(&paths, &ids)?;
                 let sealer = Sealer::new(&ids.secret);
                 if let Some(bytes) = &snapshot {
-                    install_snapshot_on_disk(&paths, &storage, &sealer, bytes, None)?;
+                    install_snapshot_on_disk(&paths, &storage, &sealer, bytes)?;
                 }
                 peers = p;
                 let core = Core::joining(keys_of(&ids)?, sealer, ccfg, snapshot.as_deref())?;
-                (ids, core, Vec::new())
+                (ids, core, Vec::new(), LedgerWriter::open(&paths.ledger())?.writer)
             }
             Boot::Resume => {
                 let ids = load_identities(&paths).context("this data directory holds no node identity")?;
@@ -485,7 +486,7 @@ impl Node {
                     })?;
                     let bytes = std::fs::read(&path)?;
                     drop(opened);
-                    state = install_snapshot_on_disk(&paths, &storage, &sealer, &bytes, None)?.0;
+                    state = install_snapshot_on_disk(&paths, &storage, &sealer, &bytes)?;
                     log = persist::load(&storage)?;
                     opened = LedgerWriter::open(&paths.ledger()).context("reading the ledger")?;
                 }
@@ -501,7 +502,6 @@ impl Node {
                 } else {
                     None
                 };
-                drop(opened.writer);
                 let restore = Restore {
                     log,
                     state,
@@ -521,7 +521,7 @@ impl Node {
                     )?;
                 }
                 tracing::info!(committed = %core.committed(), last = core.last_seqno(), "resumed");
-                (ids, core, replay)
+                (ids, core, replay, opened.writer)
             }
         };
         let sealer = Sealer::new(&ids.secret);
@@ -563,7 +563,6 @@ impl Node {
         write_atomically(&paths.file("node_address"), node_address.to_string().as_bytes())?;
 
         // The applier owns the ledger writer; what the stores missed before a restart is written first.
-        let mut ledger = LedgerWriter::open(&paths.ledger())?.writer;
         ledger.append(&replay)?;
         ledger.sync()?;
         persist_state(&storage, &sealer, &replay)?;
@@ -594,7 +593,16 @@ impl Node {
         // Offer the newest committed snapshot to followers that fall behind.
         if let Some((_, _, path)) = committed_snapshots(&paths).first() {
             if let Ok(bytes) = std::fs::read(path) {
-                if let Err(e) = node.shared.lock().offer_snapshot(bytes) {
+                // A file damaged on disk is not offered: it is checked whole once, here, outside the core lock.
+                let offered = snapshot::decode(&bytes, &sealer)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| {
+                        node.shared
+                            .lock()
+                            .offer_snapshot(bytes)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = offered {
                     tracing::warn!("cannot offer snapshot {}: {e}", path.display());
                 }
             }
@@ -857,15 +865,6 @@ impl Node {
         if let Some(installed) = rd.installed {
             // Everything before the snapshot is superseded: the applier finishes what it has, then resets.
             let seqno = installed.meta.index;
-            std::fs::create_dir_all(self.paths.snapshots())?;
-            if find_snapshot(&self.paths, seqno).is_none() {
-                write_private(
-                    &self.paths.snapshots().join(format!("snapshot_{seqno}.received")),
-                    &installed.bytes,
-                )?;
-            }
-            let cs = installed.meta.get_conf_state().clone();
-            // The hard state goes with the reset, so a crash right after never leaves commit behind the log's start.
             let hs = {
                 let mut hs = rd
                     .hard_state
@@ -875,17 +874,7 @@ impl Node {
                 hs.term = hs.term.max(installed.meta.term);
                 hs
             };
-            persist::write(
-                &self.storage,
-                &LogWrite {
-                    clear: true,
-                    compacted: Some(&installed.meta),
-                    conf_state: Some(&cs),
-                    conf_index: Some(seqno),
-                    hard_state: Some(&hs),
-                    ..Default::default()
-                },
-            )?;
+            reset_log_to_snapshot(&self.paths, &self.storage, &installed.bytes, &installed.meta, &hs)?;
             let (done_tx, done_rx) = mpsc::sync_channel(1);
             apply
                 .send(ApplyJob::Reset {
@@ -1103,11 +1092,7 @@ fn flush(
     }
     ledger.append(batch)?;
     ledger.sync()?;
-    let rows: Vec<_> = batch
-        .iter()
-        .map(|c| (c.tx_id.seqno, &c.writes.public, &c.writes.private))
-        .collect();
-    storage.apply_committed(&rows, sealer)?;
+    persist_state(storage, sealer, batch)?;
     shared
         .ledger_durable
         .store(ledger.last_seqno(), Ordering::Release);

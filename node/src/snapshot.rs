@@ -12,6 +12,8 @@
 //! (S, map, key)), so every node writes the same bytes and one digest names the snapshot everywhere.
 
 use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, SnapshotMetadata};
 use synod_core::hash::Digest;
 use synod_core::maps;
 use synod_kv::seal::Sealer;
@@ -85,6 +87,25 @@ pub fn encode(
         file.maps.push(map);
     }
     Ok(file.encode_to_vec())
+}
+
+/// Raft's metadata for a snapshot at `seqno` in `view` with configuration `conf_state` (protobuf).
+pub fn raft_metadata(seqno: u64, view: u64, conf_state: &[u8]) -> Result<SnapshotMetadata, SnapshotError> {
+    let cs = ConfState::parse_from_bytes(conf_state)
+        .map_err(|e| SnapshotError::Malformed(format!("configuration: {e}")))?;
+    let mut meta = SnapshotMetadata {
+        index: seqno,
+        term: view,
+        ..Default::default()
+    };
+    meta.set_conf_state(cs);
+    Ok(meta)
+}
+
+/// Raft's metadata for a snapshot file, read from its header alone (the state is neither decoded nor unsealed).
+pub fn raft_metadata_of(bytes: &[u8]) -> Result<SnapshotMetadata, SnapshotError> {
+    let h = SnapshotHeader::decode(bytes).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+    raft_metadata(h.seqno, h.view, &h.conf_state)
 }
 
 /// Decodes and opens a snapshot.

@@ -69,6 +69,21 @@ pub struct SnapshotFile {
     pub maps: Vec<SnapshotMap>,
 }
 
+/// The fields of a [`SnapshotFile`] that precede its state: decoding this reads a snapshot's point and
+/// configuration without decoding (or unsealing) its maps, which prost skips.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotHeader {
+    /// Seqno of the snapshot point.
+    #[prost(uint64, tag = "1")]
+    pub seqno: u64,
+    /// View of the snapshot point.
+    #[prost(uint64, tag = "2")]
+    pub view: u64,
+    /// Raft configuration at the snapshot point.
+    #[prost(bytes = "vec", tag = "3")]
+    pub conf_state: Vec<u8>,
+}
+
 /// The evidence the primary records after taking a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotEvidence {
