@@ -44,7 +44,10 @@ async fn bind(cfg: &NodeConfig) -> anyhow::Result<(TcpListener, std::net::TcpLis
 }
 
 fn holds_a_node(cfg: &NodeConfig) -> anyhow::Result<bool> {
-    let db = cfg.data_dir.join("db");
+    let db = service::Paths {
+        dir: cfg.data_dir.clone(),
+    }
+    .db();
     if !db.exists() {
         return Ok(false);
     }

@@ -42,9 +42,8 @@ pub fn write(storage: &Storage, w: &LogWrite<'_>) -> Result<(), StorageError> {
     let (log_cf, state_cf) = (storage.cf(CF_RAFT_LOG)?, storage.cf(CF_RAFT_STATE)?);
     let mut batch = WriteBatch::default();
     if w.clear {
-        for item in storage.db().iterator_cf(log_cf, IteratorMode::Start) {
-            batch.delete_cf(log_cf, item?.0);
-        }
+        // Keys are 8-byte big-endian indexes: a 9-byte 0xff.. end is past all of them.
+        batch.delete_range_cf::<&[u8]>(log_cf, &[], &[0xff; 9]);
     }
     if let Some(meta) = w.compacted {
         batch.delete_range_cf(log_cf, 0u64.to_be_bytes(), (meta.index + 1).to_be_bytes());
@@ -216,5 +215,22 @@ mod tests {
         assert_eq!(log.term(2).expect("compacted term"), 1);
         assert_eq!(log.hard_state(), &hs);
         assert_eq!(log.conf_state().voters, vec![7]);
+        // Installing a snapshot behind the log's end clears every stored entry, not only those it covers.
+        let installed = SnapshotMetadata {
+            index: 3,
+            term: 1,
+            ..Default::default()
+        };
+        write(
+            &storage,
+            &LogWrite {
+                clear: true,
+                compacted: Some(&installed),
+                ..Default::default()
+            },
+        )
+        .expect("clear");
+        let log = load(&storage).expect("load");
+        assert_eq!((log.first(), log.last()), (4, 3), "empty after the snapshot");
     }
 }
