@@ -112,14 +112,8 @@ pub fn raft_metadata_of(bytes: &[u8]) -> Result<SnapshotMetadata, SnapshotError>
 pub fn decode(bytes: &[u8], sealer: &Sealer) -> Result<Decoded, SnapshotError> {
     let file = SnapshotFile::decode(bytes).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
     let frontier = file
-        .frontier
-        .iter()
-        .map(|d| {
-            d.as_slice()
-                .try_into()
-                .map_err(|_| SnapshotError::Malformed("frontier digest".into()))
-        })
-        .collect::<Result<Vec<Digest>, _>>()?;
+        .frontier_digests()
+        .ok_or_else(|| SnapshotError::Malformed("frontier digest".into()))?;
     let mut state = State::with_version(file.seqno);
     for map in &file.maps {
         state.load_map(&map.name);

@@ -10,7 +10,7 @@ use crate::cose;
 use crate::hash::Digest;
 use crate::ledger::{self, decode_frames, parse_signature_write_set, FrameError, KIND_SIGNATURE, KIND_TX};
 use crate::merkle::MerkleTree;
-use crate::snapshot::{self, SnapshotEvidence, SnapshotFile, SNAPSHOT_EVIDENCE};
+use crate::snapshot::{self, SnapshotEvidence, SnapshotFile};
 use crate::txid::TxId;
 
 /// What a clean audit saw.
@@ -90,15 +90,6 @@ impl Auditor<'_> {
 /// ledger that starts after a snapshot (a node that joined from one) is audited from that snapshot, looked for in
 /// `dir/../snapshots/`.
 pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<AuditReport, AuditError> {
-    audit_ledger_from(dir, service_cert_der, None)
-}
-
-/// [`audit_ledger`], with the snapshot the ledger continues given explicitly (its file's bytes).
-pub fn audit_ledger_from(
-    dir: &Path,
-    service_cert_der: Option<&[u8]>,
-    snapshot_bytes: Option<&[u8]>,
-) -> Result<AuditReport, AuditError> {
     let layout_err = |reason: String| AuditError {
         file: dir.to_path_buf(),
         offset: 0,
@@ -128,23 +119,17 @@ pub fn audit_ledger_from(
     // be proven by an evidence transaction in the audited entries.
     let mut base: Option<(u64, Digest, bool)> = None;
     if first_start != 1 {
-        let owned;
-        let bytes = match snapshot_bytes {
-            Some(b) => b,
-            None => {
-                let snapshots = dir.parent().map(|p| p.join("snapshots")).unwrap_or_default();
-                let path = snapshot::find_in(&snapshots, first_start - 1).ok_or_else(|| {
-                    layout_err(format!(
-                        "ledger starts at seqno {first_start}: it continues snapshot {}, not found in {}",
-                        first_start - 1,
-                        snapshots.display()
-                    ))
-                })?;
-                owned = std::fs::read(&path).map_err(|e| layout_err(format!("{}: {e}", path.display())))?;
-                &owned
-            }
-        };
-        let file = SnapshotFile::decode(bytes).map_err(|e| layout_err(format!("snapshot: {e}")))?;
+        let snapshots = dir.parent().map(|p| p.join("snapshots")).unwrap_or_default();
+        let path = snapshot::find_in(&snapshots, first_start - 1).ok_or_else(|| {
+            layout_err(format!(
+                "ledger starts at seqno {first_start}: it continues snapshot {}, not found in {}",
+                first_start - 1,
+                snapshots.display()
+            ))
+        })?;
+        let bytes = std::fs::read(&path).map_err(|e| layout_err(format!("{}: {e}", path.display())))?;
+        let file =
+            SnapshotFile::decode(bytes.as_slice()).map_err(|e| layout_err(format!("snapshot: {e}")))?;
         if file.seqno + 1 != first_start {
             return Err(layout_err(format!(
                 "snapshot {} does not precede seqno {first_start}",
@@ -152,20 +137,14 @@ pub fn audit_ledger_from(
             )));
         }
         let frontier = file
-            .frontier
-            .iter()
-            .map(|d| {
-                d.as_slice()
-                    .try_into()
-                    .map_err(|_| layout_err("snapshot frontier digest".into()))
-            })
-            .collect::<Result<Vec<Digest>, _>>()?;
+            .frontier_digests()
+            .ok_or_else(|| layout_err("snapshot frontier digest".into()))?;
         a.tree = MerkleTree::from_frontier(file.seqno, &frontier).map_err(|e| layout_err(e.to_string()))?;
         a.view = file.view;
         a.report.last_seqno = file.seqno;
         a.last_sig_seqno_in_tree = file.seqno;
         a.report.base_snapshot = Some(file.seqno);
-        base = Some((file.seqno, snapshot::digest(bytes), false));
+        base = Some((file.seqno, snapshot::digest(&bytes), false));
     }
     let count = chunks.len();
     for (i, (name, path)) in chunks.iter().enumerate() {
@@ -221,12 +200,7 @@ pub fn audit_ledger_from(
                 }
                 KIND_TX => {
                     if let Some((seqno, digest, proven)) = base.as_mut() {
-                        let evidence = public
-                            .maps
-                            .iter()
-                            .find(|m| m.name == SNAPSHOT_EVIDENCE)
-                            .and_then(|m| m.writes.first())
-                            .and_then(|w| w.value.as_ref())
+                        let evidence = SnapshotEvidence::recorded_in(&public)
                             .and_then(|v| serde_json::from_slice::<SnapshotEvidence>(v).ok());
                         if let Some(ev) = evidence.filter(|ev| ev.seqno == *seqno) {
                             if ev.digest != hex::encode(*digest) {

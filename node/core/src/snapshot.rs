@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{sha256, Digest};
+use crate::ledger::WriteSet;
 
 /// Map recording the digest of each snapshot, written by the primary after it took one.
 pub const SNAPSHOT_EVIDENCE: &str = "public:ccf.internal.snapshot_evidence";
@@ -69,6 +70,16 @@ pub struct SnapshotFile {
     pub maps: Vec<SnapshotMap>,
 }
 
+impl SnapshotFile {
+    /// The Merkle frontier as digests; `None` if one is not 32 bytes.
+    pub fn frontier_digests(&self) -> Option<Vec<Digest>> {
+        self.frontier
+            .iter()
+            .map(|d| d.as_slice().try_into().ok())
+            .collect()
+    }
+}
+
 /// The fields of a [`SnapshotFile`] that precede its state: decoding this reads a snapshot's point and
 /// configuration without decoding (or unsealing) its maps, which prost skips.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -91,6 +102,18 @@ pub struct SnapshotEvidence {
     pub seqno: u64,
     /// Hex SHA-256 of the snapshot file.
     pub digest: String,
+}
+
+impl SnapshotEvidence {
+    /// The raw evidence a transaction's public writes record, if it records one.
+    pub fn recorded_in(public: &WriteSet) -> Option<&[u8]> {
+        public
+            .maps
+            .iter()
+            .find(|m| m.name == SNAPSHOT_EVIDENCE)
+            .and_then(|m| m.writes.first())
+            .and_then(|w| w.value.as_deref())
+    }
 }
 
 /// SHA-256 of a snapshot file: the digest its evidence records.
