@@ -1,6 +1,6 @@
 //! Confidentiality of private maps: AES-256-GCM under keys derived from the ledger secret.
 //!
-//! Three keys are derived with HMAC-SHA256 from the one ledger secret, so no key serves two purposes:
+//! Four keys are derived with HMAC-SHA256 from the one ledger secret, so no key serves two purposes:
 //! - the ledger key seals a transaction's private write set (AAD = view ‖ seqno, so a sealed blob cannot be
 //!   moved to another transaction);
 //! - the at-rest key seals private values in RocksDB (AAD = map ‖ key);
@@ -127,28 +127,39 @@ fn tx_aad(tx_id: TxId) -> [u8; 16] {
     aad
 }
 
-fn rest_aad(map: &str, key: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(4 + map.len() + key.len());
-    aad.extend_from_slice(&(map.len() as u32).to_be_bytes());
-    aad.extend_from_slice(map.as_bytes());
-    aad.extend_from_slice(key);
-    aad
+/// `len(map) ‖ map ‖ key`: names one key of one map unambiguously (RocksDB keys and at-rest AAD).
+pub(crate) fn map_key(map: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + map.len() + key.len());
+    k.extend_from_slice(&(map.len() as u32).to_be_bytes());
+    k.extend_from_slice(map.as_bytes());
+    k.extend_from_slice(key);
+    k
 }
 
 fn snapshot_aad(seqno: u64, map: &str, key: &[u8]) -> Vec<u8> {
     let mut aad = seqno.to_be_bytes().to_vec();
-    aad.extend(rest_aad(map, key));
+    aad.extend(map_key(map, key));
     aad
 }
 
 fn seal_with(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
     let mut nonce = [0u8; NONCE_BYTES];
     getrandom::getrandom(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
+    seal_with_nonce(cipher, &nonce, aad, plaintext)
+}
+
+/// `nonce ‖ ciphertext`, the layout [`unseal_with`] opens.
+fn seal_with_nonce(
+    cipher: &Aes256Gcm,
+    nonce: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(Nonce::from_slice(nonce), Payload { msg: plaintext, aad })
         .map_err(|_| SealError::Seal)?;
     let mut out = Vec::with_capacity(NONCE_BYTES + ct.len());
-    out.extend_from_slice(&nonce);
+    out.extend_from_slice(nonce);
     out.extend_from_slice(&ct);
     Ok(out)
 }
@@ -188,12 +199,12 @@ impl Sealer {
 
     /// Seals a private map's value for storage at rest, bound to its map and key.
     pub fn seal_at_rest(&self, map: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, SealError> {
-        seal_with(&self.at_rest, &rest_aad(map, key), value)
+        seal_with(&self.at_rest, &map_key(map, key), value)
     }
 
     /// Opens a value sealed by [`Sealer::seal_at_rest`] for the same map and key.
     pub fn unseal_at_rest(&self, map: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
-        unseal_with(&self.at_rest, &rest_aad(map, key), sealed)
+        unseal_with(&self.at_rest, &map_key(map, key), sealed)
     }
 
     /// Seals a private value for the snapshot at `seqno`, deterministically (see the module docs).
@@ -209,21 +220,7 @@ impl Sealer {
             .expect("HMAC takes any key length");
         mac.update(&aad);
         let digest = mac.finalize().into_bytes();
-        let nonce = &digest[..NONCE_BYTES];
-        let ct = self
-            .snapshot
-            .encrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: value,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| SealError::Seal)?;
-        let mut out = Vec::with_capacity(NONCE_BYTES + ct.len());
-        out.extend_from_slice(nonce);
-        out.extend_from_slice(&ct);
-        Ok(out)
+        seal_with_nonce(&self.snapshot, &digest[..NONCE_BYTES], &aad, value)
     }
 
     /// Opens a value sealed by [`Sealer::seal_snapshot_value`] for the same snapshot, map and key.

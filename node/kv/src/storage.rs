@@ -7,6 +7,7 @@
 //! The ledger is the record: batches are written without fsync, since RocksDB's WAL keeps each batch atomic and
 //! anything lost in a power failure is replayed from the ledger after `applied_seqno` on restart.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOp
 use synod_core::ledger::WriteSet;
 use synod_core::maps;
 
-use crate::seal::{SealError, Sealer};
+use crate::seal::{map_key as state_key, SealError, Sealer};
 use crate::{Bytes, Entry, State};
 
 const CF_STATE: &str = "state";
@@ -54,12 +55,28 @@ pub struct Storage {
     db: Arc<DB>,
 }
 
-fn state_key(map: &str, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + map.len() + key.len());
-    k.extend_from_slice(&(map.len() as u32).to_be_bytes());
-    k.extend_from_slice(map.as_bytes());
-    k.extend_from_slice(key);
-    k
+/// The meta-column key recording that map `name` exists (so empty maps survive a restart).
+fn map_marker(name: &str) -> Vec<u8> {
+    let mut marker = MAP_PREFIX.to_vec();
+    marker.extend_from_slice(name.as_bytes());
+    marker
+}
+
+/// `version ‖ value`, the value sealed at rest if the map is private.
+fn stored_value(
+    version: u64,
+    map: &str,
+    key: &[u8],
+    value: &[u8],
+    sealer: &Sealer,
+) -> Result<Vec<u8>, StorageError> {
+    let mut stored = version.to_be_bytes().to_vec();
+    if maps::is_public(map) {
+        stored.extend_from_slice(value);
+    } else {
+        stored.extend(sealer.seal_at_rest(map, key, value)?);
+    }
+    Ok(stored)
 }
 
 fn split_state_key(k: &[u8]) -> Option<(&str, &[u8])> {
@@ -150,31 +167,28 @@ impl Storage {
         let (state_cf, meta_cf) = (self.cf(CF_STATE)?, self.cf(CF_META)?);
         let mut batch = WriteBatch::default();
         let mut last = applied;
+        let mut written_maps = BTreeSet::new();
         for &&(seqno, public, private) in &rows {
             if seqno <= last {
                 return Err(StorageError::OutOfOrder { seqno, applied: last });
             }
             last = seqno;
             for mw in public.maps.iter().chain(private.maps.iter()) {
-                let mut marker = MAP_PREFIX.to_vec();
-                marker.extend_from_slice(mw.name.as_bytes());
-                batch.put_cf(meta_cf, marker, []);
+                written_maps.insert(mw.name.as_str());
                 for w in &mw.writes {
                     let k = state_key(&mw.name, &w.key);
                     match &w.value {
                         None => batch.delete_cf(state_cf, k),
                         Some(v) => {
-                            let mut stored = seqno.to_be_bytes().to_vec();
-                            if maps::is_public(&mw.name) {
-                                stored.extend_from_slice(v);
-                            } else {
-                                stored.extend(sealer.seal_at_rest(&mw.name, &w.key, v)?);
-                            }
-                            batch.put_cf(state_cf, k, stored);
+                            batch.put_cf(state_cf, k, stored_value(seqno, &mw.name, &w.key, v, sealer)?)
                         }
                     }
                 }
             }
+        }
+        // One marker per map per batch, not one per transaction that writes it.
+        for name in written_maps {
+            batch.put_cf(meta_cf, map_marker(name), []);
         }
         batch.put_cf(meta_cf, APPLIED_SEQNO, last.to_be_bytes());
         let mut opts = WriteOptions::default();
@@ -193,16 +207,9 @@ impl Storage {
             }
         }
         for name in state.map_names() {
-            let mut marker = MAP_PREFIX.to_vec();
-            marker.extend_from_slice(name.as_bytes());
-            batch.put_cf(meta_cf, marker, []);
+            batch.put_cf(meta_cf, map_marker(name), []);
             for (key, entry) in state.map(name).into_iter().flat_map(|m| m.iter()) {
-                let mut stored = entry.version.to_be_bytes().to_vec();
-                if maps::is_public(name) {
-                    stored.extend_from_slice(&entry.value);
-                } else {
-                    stored.extend(sealer.seal_at_rest(name, key, &entry.value)?);
-                }
+                let stored = stored_value(entry.version, name, key, &entry.value, sealer)?;
                 batch.put_cf(state_cf, state_key(name, key), stored);
             }
         }
