@@ -21,9 +21,10 @@ use crate::Method;
 /// Default location of network.json (the sandbox writes it there).
 pub const DEFAULT_NETWORK: &str = "./workspace/network.json";
 
-/// How to reach a network: `network.json`, or `--url` with certificates to bypass it.
+/// Where a network is: `network.json`, or `--url` and `--service-cert` to bypass it. Shared by `synod`,
+/// `synod-load` and `synod-gov` (which rewords the help of these options with `mut_arg`).
 #[derive(Clone, Debug, Args)]
-pub struct ConnectArgs {
+pub struct NetworkArgs {
     /// network.json describing the nodes, the service certificate and the users
     #[arg(long, global = true, env = "SYNOD_NETWORK", default_value = DEFAULT_NETWORK, value_name = "FILE")]
     pub network: PathBuf,
@@ -36,24 +37,16 @@ pub struct ConnectArgs {
     /// Service certificate to pin and to verify receipts and ledgers with (default: network.json's)
     #[arg(long, global = true, value_name = "PEM")]
     pub service_cert: Option<PathBuf>,
-    /// Client certificate to authenticate with (default: the user's in network.json)
-    #[arg(long, global = true, value_name = "PEM", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// Private key of --cert (PKCS#8 PEM)
-    #[arg(long, global = true, value_name = "PEM", requires = "cert")]
-    pub key: Option<PathBuf>,
-    /// User of network.json to authenticate as (default: the first)
-    #[arg(long, global = true, value_name = "NAME", conflicts_with = "cert")]
-    pub user: Option<String>,
 }
 
-fn read(path: &Path, what: &str) -> anyhow::Result<String> {
+/// Reads a text file; the error names it as `what` (e.g. "service certificate") and gives its path.
+pub fn read(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
-impl ConnectArgs {
+impl NetworkArgs {
     /// network.json: required without `--url`; with `--url`, used for defaults only if the file exists.
-    fn network(&self) -> anyhow::Result<Option<Network>> {
+    pub fn network(&self) -> anyhow::Result<Option<Network>> {
         if self.url.is_some() && !self.network.exists() {
             return Ok(None);
         }
@@ -66,30 +59,63 @@ impl ConnectArgs {
         })
     }
 
-    /// The service certificate PEM: `--service-cert`, else network.json's.
-    pub fn service_cert_pem(&self) -> anyhow::Result<String> {
-        if let Some(path) = &self.service_cert {
-            return read(path, "service certificate");
+    /// The service certificate PEM: `--service-cert`, else `network`'s; None with neither.
+    fn service_cert_of(&self, network: Option<&Network>) -> anyhow::Result<Option<String>> {
+        match (&self.service_cert, network) {
+            (Some(path), _) => read(path, "service certificate").map(Some),
+            (None, Some(net)) => read(&net.service_cert, "service certificate").map(Some),
+            (None, None) => Ok(None),
         }
-        let network = self.network()?.ok_or_else(|| {
-            anyhow!("no service certificate: pass --service-cert PEM (or a network.json with --network)")
-        })?;
-        read(&network.service_cert, "service certificate")
     }
 
-    /// A client for the selected node and identity.
-    pub fn client(&self) -> anyhow::Result<Client> {
-        let network = self.network()?;
-        let urls = match (&self.url, &network) {
+    /// The node URLs in failover order (`--url`, else `network`'s nodes starting at `--node`) and the service
+    /// certificate PEM (`--service-cert`, else `network`'s), `network` being what [`NetworkArgs::network`] read.
+    pub fn urls_and_service_cert(&self, network: Option<&Network>) -> anyhow::Result<(Vec<String>, String)> {
+        let urls = match (&self.url, network) {
             (Some(url), _) => vec![url.clone()],
             (None, Some(net)) => net.urls_starting_at(self.node.as_deref())?,
             (None, None) => bail!("no node: pass --url or --network"),
         };
-        let service_cert = match (&self.service_cert, &network) {
-            (Some(path), _) => read(path, "service certificate")?,
-            (None, Some(net)) => read(&net.service_cert, "service certificate")?,
-            (None, None) => bail!("no service certificate: pass --service-cert PEM with --url"),
+        let service_cert = self
+            .service_cert_of(network)?
+            .ok_or_else(|| anyhow!("no service certificate: pass --service-cert PEM with --url"))?;
+        Ok((urls, service_cert))
+    }
+
+    /// The service certificate PEM: `--service-cert` (network.json is then not read), else network.json's.
+    pub fn service_cert_pem(&self) -> anyhow::Result<String> {
+        let network = match self.service_cert {
+            Some(_) => None,
+            None => self.network()?,
         };
+        self.service_cert_of(network.as_ref())?.ok_or_else(|| {
+            anyhow!("no service certificate: pass --service-cert PEM (or a network.json with --network)")
+        })
+    }
+}
+
+/// How to reach a network ([`NetworkArgs`]) and whom to authenticate as.
+#[derive(Clone, Debug, Args)]
+pub struct ConnectArgs {
+    /// Where the network is.
+    #[command(flatten)]
+    pub net: NetworkArgs,
+    /// Client certificate to authenticate with (default: the user's in network.json)
+    #[arg(long, global = true, value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert (PKCS#8 PEM)
+    #[arg(long, global = true, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// User of network.json to authenticate as (default: the first)
+    #[arg(long, global = true, value_name = "NAME", conflicts_with = "cert")]
+    pub user: Option<String>,
+}
+
+impl ConnectArgs {
+    /// A client for the selected node and identity.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let network = self.net.network()?;
+        let (urls, service_cert) = self.net.urls_and_service_cert(network.as_ref())?;
         let identity = match (&self.cert, &self.key, &network) {
             (Some(cert), Some(key), _) => Some((read(cert, "client certificate")?, read(key, "client key")?)),
             (Some(_), None, _) | (None, Some(_), _) => bail!("--cert and --key go together"),
@@ -306,12 +332,16 @@ async fn run_call(cli: &Cli, args: &CallArgs, out: &mut (dyn Write + Send)) -> a
         .await
         .with_context(|| format!("{method} {} failed", args.path))?;
     let failed = response.status.is_client_error() || response.status.is_server_error();
-    let tx_id = response.tx_id().ok();
+    let wait = args.wait && !failed;
+    let tx_id = match response.tx_id() {
+        Ok(tx) => Some(tx),
+        Err(e) if wait => {
+            return Err(anyhow::Error::new(e).context("--wait: the response names no transaction"))
+        }
+        Err(_) => None,
+    };
     let mut committed = None;
-    if args.wait && !failed {
-        let tx = response
-            .tx_id()
-            .context("--wait: the response names no transaction")?;
+    if let Some(tx) = tx_id.filter(|_| wait) {
         client
             .wait_for_commit(tx, timeout)
             .await
@@ -354,7 +384,7 @@ async fn run_call(cli: &Cli, args: &CallArgs, out: &mut (dyn Write + Send)) -> a
 fn run_audit(cli: &Cli, dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
     // The service certificate is used only when given explicitly: a stale network.json must not fail an audit of
     // another network's ledger.
-    let service_der = match &cli.connect.service_cert {
+    let service_der = match &cli.connect.net.service_cert {
         Some(path) => Some(
             synod_core::cert::pem_to_der(&read(path, "service certificate")?)
                 .with_context(|| format!("service certificate {}", path.display()))?,
@@ -451,7 +481,7 @@ fn run_audit(cli: &Cli, dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Res
 }
 
 fn run_verify(cli: &Cli, file: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
-    let pem = cli.connect.service_cert_pem()?;
+    let pem = cli.connect.net.service_cert_pem()?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read the receipt {}", file.display()))?;
     match crate::verify_receipt_bytes(&bytes, &pem) {
         Ok(v) => {
@@ -486,14 +516,6 @@ fn run_verify(cli: &Cli, file: &Path, out: &mut (dyn Write + Send)) -> anyhow::R
             Ok(1)
         }
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Runs a parsed `synod` command line, writing results to `out`; returns the exit code (errors are returned for
@@ -569,7 +591,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot get the receipt of {txid}"))?;
             let verified = crate::verify_receipt_bytes(&receipt, client.service_cert_pem())
                 .with_context(|| format!("the node sent a receipt for {txid} that does not verify"))?;
-            write_atomically(file, &receipt)?;
+            crate::network::write_atomically(file, &receipt)?;
             if cli.json {
                 let doc = json!({
                     "transaction_id": txid, "file": file, "root": hex::encode(verified.root), "cose": cose,
@@ -677,16 +699,17 @@ fn synod_targets(cli: &LoadCli, timeout: Duration) -> anyhow::Result<Vec<SynodTa
     let node_names: Vec<Option<String>> = if cli.spread {
         let network = cli
             .connect
+            .net
             .network()?
             .ok_or_else(|| anyhow!("--spread needs a network.json listing the nodes"))?;
         network.nodes.iter().map(|n| Some(n.name.clone())).collect()
     } else {
-        vec![cli.connect.node.clone()]
+        vec![cli.connect.net.node.clone()]
     };
     let mut targets = Vec::new();
     for (_, node) in (0..cli.clients).zip(node_names.iter().cycle()) {
         let mut connect = cli.connect.clone();
-        connect.node = node.clone();
+        connect.net.node = node.clone();
         // One client (so one connection pool) per worker.
         let client = connect.client()?.with_request_timeout(timeout);
         targets.push(SynodTarget::new(client, &cli.path));
@@ -825,7 +848,7 @@ mod tests {
             Command::Receipt(ReceiptCommand::Get { cose: true, ref out, .. }) if out == Path::new("r.cose")
         ));
         let cli = parse(&["synod", "receipt", "verify", "r.json", "--service-cert", "s.pem"]);
-        assert_eq!(cli.connect.service_cert.as_deref(), Some(Path::new("s.pem")));
+        assert_eq!(cli.connect.net.service_cert.as_deref(), Some(Path::new("s.pem")));
         assert!(matches!(
             cli.command,
             Command::Receipt(ReceiptCommand::Verify { .. })
@@ -858,7 +881,7 @@ mod tests {
             "k.pem",
             "commit",
         ]);
-        assert_eq!(cli.connect.url.as_deref(), Some("https://127.0.0.1:8000"));
+        assert_eq!(cli.connect.net.url.as_deref(), Some("https://127.0.0.1:8000"));
         assert_eq!(cli.connect.key.as_deref(), Some(Path::new("k.pem")));
         let cli = parse(&[
             "synod",
@@ -870,8 +893,8 @@ mod tests {
             "--user",
             "user1",
         ]);
-        assert_eq!(cli.connect.network, Path::new("/n.json"));
-        assert_eq!(cli.connect.node.as_deref(), Some("n1"));
+        assert_eq!(cli.connect.net.network, Path::new("/n.json"));
+        assert_eq!(cli.connect.net.node.as_deref(), Some("n1"));
         assert_eq!(cli.connect.user.as_deref(), Some("user1"));
     }
 
@@ -923,7 +946,7 @@ mod tests {
         assert_eq!(cli.path, "/app/log/public");
         assert!(cli.json);
         assert_eq!(cli.duration_s, 5);
-        assert_eq!(cli.connect.node.as_deref(), Some("n1"));
+        assert_eq!(cli.connect.net.node.as_deref(), Some("n1"));
         let defaults = LoadCli::try_parse_from(["synod-load"]).unwrap();
         assert_eq!(
             (defaults.clients, defaults.value_bytes, defaults.path.as_str()),

@@ -253,7 +253,7 @@ fn tls_config(service_cert_pem: &str, identity: Option<(&str, &str)>) -> Result<
     Ok(config)
 }
 
-fn check_url(url: &str) -> Result<String> {
+pub(crate) fn check_url(url: &str) -> Result<String> {
     let parsed =
         reqwest::Url::parse(url).map_err(|e| Error::Config(format!("invalid node URL {url:?}: {e}")))?;
     if parsed.scheme() != "https" {

@@ -60,6 +60,15 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))
 }
 
+/// Writes a file atomically: `<path>.tmp` first, then renamed over `path`.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("write", path, e))
+}
+
 fn pick<'a, T>(
     items: &'a [T],
     name: Option<&str>,
@@ -97,15 +106,8 @@ impl Network {
             return Err(Error::Config("the network lists no nodes".into()));
         }
         for node in &net.nodes {
-            let url = reqwest::Url::parse(&node.url).map_err(|e| {
-                Error::Config(format!("node {:?}: invalid url {:?}: {e}", node.name, node.url))
-            })?;
-            if url.scheme() != "https" {
-                return Err(Error::Config(format!(
-                    "node {:?}: url {:?} is not https",
-                    node.name, node.url
-                )));
-            }
+            crate::client::check_url(&node.url)
+                .map_err(|e| Error::Config(format!("node {:?}: {e}", node.name)))?;
         }
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() && !p.as_os_str().is_empty() {
@@ -128,11 +130,7 @@ impl Network {
         let path = path.as_ref();
         let json = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::Config(format!("cannot serialise the network: {e}")))?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, json).map_err(|e| Error::io("write", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("write", path, e))
+        write_atomically(path, &json)
     }
 
     /// The node with this name, or the first node.
@@ -249,6 +247,7 @@ mod tests {
             r#"{"nodes": [], "service_cert": "/s.pem"}"#,
             r#"{"nodes": [{"name": "n0", "url": "http://127.0.0.1:1"}], "service_cert": "/s.pem"}"#,
             r#"{"nodes": [{"name": "n0", "url": "not a url"}], "service_cert": "/s.pem"}"#,
+            r#"{"nodes": [{"name": "n0", "url": "https://127.0.0.1:1/?q"}], "service_cert": "/s.pem"}"#,
             r#"{"nodes": [{"name": "n0", "url": "https://127.0.0.1:1"}]}"#,
         ] {
             assert!(

@@ -1,6 +1,6 @@
 //! The command line of `synod-gov`, in the library so it can be tested in-process.
 //!
-//! Connection options mirror the `synod` CLI's ([`synod_client::cli::ConnectArgs`]: `--network`, `--node`,
+//! Connection options are the `synod` CLI's ([`synod_client::cli::NetworkArgs`]: `--network`, `--node`,
 //! `--url`, `--service-cert`), but the identity is a member's (`--member NAME` from network.json, or
 //! `--member-cert PEM --member-key PEM`) and it signs requests rather than authenticating TLS.
 //!
@@ -13,29 +13,28 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde_json::{json, Value};
+use synod_client::cli::{read, NetworkArgs};
 use synod_client::{Client, KeyFiles, Network};
 
 use crate::client::{self as gov, GovClient, ProposalInfo};
 use crate::cose::{self, KeyKind, MemberKey, MsgType};
 
-/// Default location of network.json (the sandbox writes it there).
-pub const DEFAULT_NETWORK: &str = "./workspace/network.json";
+pub use synod_client::cli::DEFAULT_NETWORK;
 
-/// How to reach the network and whom to sign as.
+/// How to reach the network ([`NetworkArgs`], with help worded for members) and whom to sign as.
 #[derive(Clone, Debug, Args)]
+#[command(
+    mut_arg("network", |a| a.help("network.json describing the nodes, the service certificate and the members")),
+    mut_arg("node", |a| a.help(
+        "Node of network.json to talk to first (default: the first; the others are tried if it is down)"
+    )),
+    mut_arg("url", |a| a.help("Node URL (https://host:port), instead of the nodes of network.json")),
+    mut_arg("service_cert", |a| a.help("Service certificate to pin (default: network.json's)")),
+)]
 pub struct GovConnectArgs {
-    /// network.json describing the nodes, the service certificate and the members
-    #[arg(long, global = true, env = "SYNOD_NETWORK", default_value = DEFAULT_NETWORK, value_name = "FILE")]
-    pub network: PathBuf,
-    /// Node of network.json to talk to first (default: the first; the others are tried if it is down)
-    #[arg(long, global = true, value_name = "NAME", conflicts_with = "url")]
-    pub node: Option<String>,
-    /// Node URL (https://host:port), instead of the nodes of network.json
-    #[arg(long, global = true, value_name = "URL")]
-    pub url: Option<String>,
-    /// Service certificate to pin (default: network.json's)
-    #[arg(long, global = true, value_name = "PEM")]
-    pub service_cert: Option<PathBuf>,
+    /// Where the network is.
+    #[command(flatten)]
+    pub net: NetworkArgs,
     /// Member of network.json to sign as (default: the first member)
     #[arg(long, global = true, value_name = "NAME", conflicts_with = "member_cert")]
     pub member: Option<String>,
@@ -50,41 +49,14 @@ pub struct GovConnectArgs {
     pub timeout_ms: u64,
 }
 
-fn read(path: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} {}", path.display()))
-}
-
 impl GovConnectArgs {
-    /// network.json: required without `--url`; with `--url`, used for defaults only if the file exists.
-    fn network(&self) -> anyhow::Result<Option<Network>> {
-        if self.url.is_some() && !self.network.exists() {
-            return Ok(None);
-        }
-        Network::load(&self.network).map(Some).with_context(|| {
-            format!(
-                "cannot use the network file {} (pass --network FILE or set SYNOD_NETWORK, \
-                 or give --url and --service-cert)",
-                self.network.display()
-            )
-        })
-    }
-
     /// The request timeout and retry budget.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
 
     fn client_for(&self, network: Option<&Network>) -> anyhow::Result<Client> {
-        let urls = match (&self.url, network) {
-            (Some(url), _) => vec![url.clone()],
-            (None, Some(net)) => net.urls_starting_at(self.node.as_deref())?,
-            (None, None) => bail!("no node: pass --url or --network"),
-        };
-        let service_cert = match (&self.service_cert, network) {
-            (Some(path), _) => read(path, "service certificate")?,
-            (None, Some(net)) => read(&net.service_cert, "service certificate")?,
-            (None, None) => bail!("no service certificate: pass --service-cert PEM with --url"),
-        };
+        let (urls, service_cert) = self.net.urls_and_service_cert(network)?;
         Ok(Client::with_urls(&urls, &service_cert, None)
             .context("cannot set up the HTTPS client")?
             .with_request_timeout(self.timeout()))
@@ -92,7 +64,7 @@ impl GovConnectArgs {
 
     /// An HTTPS client of the selected node(s), without identity: enough for reads.
     pub fn client(&self) -> anyhow::Result<Client> {
-        self.client_for(self.network()?.as_ref())
+        self.client_for(self.net.network()?.as_ref())
     }
 
     fn member_pems_for(&self, network: Option<&Network>) -> anyhow::Result<(String, String)> {
@@ -103,7 +75,7 @@ impl GovConnectArgs {
                 let member = net.member(self.member.as_deref())?.ok_or_else(|| {
                     anyhow!(
                         "{} lists no members: pass --member-cert PEM --member-key PEM",
-                        self.network.display()
+                        self.net.network.display()
                     )
                 })?;
                 member
@@ -122,12 +94,12 @@ impl GovConnectArgs {
             // No network.json needed (offline signing).
             return self.member_pems_for(None);
         }
-        self.member_pems_for(self.network()?.as_ref())
+        self.member_pems_for(self.net.network()?.as_ref())
     }
 
     /// A governance client signing as the selected member.
     pub fn gov_client(&self) -> anyhow::Result<GovClient> {
-        let network = self.network()?;
+        let network = self.net.network()?;
         let client = self.client_for(network.as_ref())?;
         let (cert_pem, key_pem) = self.member_pems_for(network.as_ref())?;
         Ok(GovClient::new(client, &cert_pem, &key_pem)
@@ -662,8 +634,8 @@ mod tests {
             "list",
         ])
         .unwrap();
-        assert_eq!(cli.connect.network, PathBuf::from("/w/network.json"));
-        assert_eq!(cli.connect.node.as_deref(), Some("n1"));
+        assert_eq!(cli.connect.net.network, PathBuf::from("/w/network.json"));
+        assert_eq!(cli.connect.net.node.as_deref(), Some("n1"));
         assert_eq!(cli.connect.member.as_deref(), Some("member1"));
         assert!(matches!(cli.command, Command::List));
         // Global options go after the subcommand too.
