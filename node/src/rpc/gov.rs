@@ -102,10 +102,7 @@ async fn verified(
     }
     let raw = extract::body_bytes(body, app.max_body_bytes).await?;
     let parsed = cose::parse(&raw).map_err(envelope_error)?;
-    let cert = app
-        .node
-        .core()
-        .snapshot()
+    let cert = snapshot(app)
         .get(maps::MEMBERS_CERTS, parsed.kid.as_bytes())
         .map(<[u8]>::to_vec)
         .ok_or_else(|| ApiError::unauthorized(format!("{} is not a member of this service", parsed.kid)))?;
@@ -223,31 +220,45 @@ async fn state_digest(
     )))
 }
 
-fn read_json(app: &AppState, map: &str, key: &str) -> Option<serde_json::Value> {
-    app.node
-        .core()
-        .snapshot()
+/// The current state (the core lock is held only to take it): each read handler takes one.
+fn snapshot(app: &AppState) -> synod_kv::State {
+    app.node.core().snapshot()
+}
+
+fn read_json(state: &synod_kv::State, map: &str, key: &str) -> Option<serde_json::Value> {
+    state
         .get(map, key.as_bytes())
         .and_then(|v| serde_json::from_slice(v).ok())
 }
 
-fn entries(app: &AppState, map: &str) -> Vec<(String, Vec<u8>)> {
-    let state = app.node.core().snapshot();
+/// A map's entries: key (as text) and value.
+fn entries<'a>(state: &'a synod_kv::State, map: &str) -> impl Iterator<Item = (String, &'a [u8])> + 'a {
     state
         .map(map)
-        .map(|m| {
-            m.iter()
-                .map(|(k, e)| (String::from_utf8_lossy(k).to_string(), e.value.to_vec()))
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|m| m.iter())
+        .map(|(k, e)| (String::from_utf8_lossy(k).to_string(), &e.value[..]))
+}
+
+fn proposal_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "ProposalNotFound",
+        format!("no proposal {id}"),
+    )
+}
+
+fn proposal_info(app: &AppState, id: &str) -> Result<ProposalInfo, ApiError> {
+    read_json(&snapshot(app), maps::PROPOSALS_INFO, id)
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| proposal_not_found(id))
 }
 
 async fn list(State(app): State<AppState>) -> Response {
-    let value: Vec<_> = entries(&app, maps::PROPOSALS_INFO)
-        .into_iter()
+    let state = snapshot(&app);
+    let value: Vec<_> = entries(&state, maps::PROPOSALS_INFO)
         .filter_map(|(id, v)| {
-            serde_json::from_slice::<ProposalInfo>(&v)
+            serde_json::from_slice::<ProposalInfo>(v)
                 .ok()
                 .map(|i| i.to_api(&id))
         })
@@ -256,26 +267,12 @@ async fn list(State(app): State<AppState>) -> Response {
 }
 
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let info: ProposalInfo = read_json(&app, maps::PROPOSALS_INFO, &id)
-        .and_then(|v| serde_json::from_value(v).ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "ProposalNotFound",
-                format!("no proposal {id}"),
-            )
-        })?;
+    let info = proposal_info(&app, &id)?;
     Ok(Json(info.to_api(&id)).into_response())
 }
 
 async fn actions(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let body = read_json(&app, maps::PROPOSALS, &id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "ProposalNotFound",
-            format!("no proposal {id}"),
-        )
-    })?;
+    let body = read_json(&snapshot(&app), maps::PROPOSALS, &id).ok_or_else(|| proposal_not_found(&id))?;
     Ok(Json(body).into_response())
 }
 
@@ -283,15 +280,7 @@ async fn show_ballot(
     State(app): State<AppState>,
     Path((id, member)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let info: ProposalInfo = read_json(&app, maps::PROPOSALS_INFO, &id)
-        .and_then(|v| serde_json::from_value(v).ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "ProposalNotFound",
-                format!("no proposal {id}"),
-            )
-        })?;
+    let info = proposal_info(&app, &id)?;
     let ballot = info.ballots.get(&member).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -303,13 +292,13 @@ async fn show_ballot(
 }
 
 async fn show_digest(State(app): State<AppState>, Path(member): Path<String>) -> Result<Response, ApiError> {
-    let ack = read_json(&app, maps::MEMBERS_ACKS, &member)
+    let ack = read_json(&snapshot(&app), maps::MEMBERS_ACKS, &member)
         .ok_or_else(|| ApiError::not_found(format!("no state digest for member {member}")))?;
     Ok(Json(json!({ "digest": ack["state_digest"], "acked": ack["acked"] == true })).into_response())
 }
 
 async fn service_info(State(app): State<AppState>) -> Response {
-    let info = read_json(&app, maps::SERVICE_INFO, "").unwrap_or_default();
+    let info = read_json(&snapshot(&app), maps::SERVICE_INFO, "").unwrap_or_default();
     let core = app.node.core();
     Json(json!({
         "status": info["status"],
@@ -320,8 +309,8 @@ async fn service_info(State(app): State<AppState>) -> Response {
     .into_response()
 }
 
-fn member_json(app: &AppState, id: &str, cert: &[u8]) -> serde_json::Value {
-    let info = read_json(app, maps::MEMBERS_INFO, id).unwrap_or_default();
+fn member_json(state: &synod_kv::State, id: &str, cert: &[u8]) -> serde_json::Value {
+    let info = read_json(state, maps::MEMBERS_INFO, id).unwrap_or_default();
     json!({
         "memberId": id,
         "certificate": String::from_utf8_lossy(cert),
@@ -331,22 +320,19 @@ fn member_json(app: &AppState, id: &str, cert: &[u8]) -> serde_json::Value {
 }
 
 async fn members(State(app): State<AppState>) -> Response {
-    let value: Vec<_> = entries(&app, maps::MEMBERS_CERTS)
-        .into_iter()
-        .map(|(id, cert)| member_json(&app, &id, &cert))
+    let state = snapshot(&app);
+    let value: Vec<_> = entries(&state, maps::MEMBERS_CERTS)
+        .map(|(id, cert)| member_json(&state, &id, cert))
         .collect();
     Json(json!({ "value": value })).into_response()
 }
 
 async fn member(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let cert = app
-        .node
-        .core()
-        .snapshot()
+    let state = snapshot(&app);
+    let cert = state
         .get(maps::MEMBERS_CERTS, id.as_bytes())
-        .map(<[u8]>::to_vec)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "MemberNotFound", format!("no member {id}")))?;
-    Ok(Json(member_json(&app, &id, &cert)).into_response())
+    Ok(Json(member_json(&state, &id, cert)).into_response())
 }
 
 fn node_json(id: &str, info: &serde_json::Value) -> serde_json::Value {
@@ -362,10 +348,10 @@ fn node_json(id: &str, info: &serde_json::Value) -> serde_json::Value {
 }
 
 async fn nodes(State(app): State<AppState>) -> Response {
-    let value: Vec<_> = entries(&app, maps::NODES_INFO)
-        .into_iter()
+    let state = snapshot(&app);
+    let value: Vec<_> = entries(&state, maps::NODES_INFO)
         .filter_map(|(id, v)| {
-            serde_json::from_slice::<serde_json::Value>(&v)
+            serde_json::from_slice::<serde_json::Value>(v)
                 .ok()
                 .map(|i| node_json(&id, &i))
         })
@@ -374,16 +360,13 @@ async fn nodes(State(app): State<AppState>) -> Response {
 }
 
 async fn node(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let info = read_json(&app, maps::NODES_INFO, &id)
+    let info = read_json(&snapshot(&app), maps::NODES_INFO, &id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NodeNotFound", format!("no node {id}")))?;
     Ok(Json(node_json(&id, &info)).into_response())
 }
 
 async fn constitution(State(app): State<AppState>) -> Response {
-    let text = app
-        .node
-        .core()
-        .snapshot()
+    let text = snapshot(&app)
         .get(maps::CONSTITUTION, b"")
         .map(|v| String::from_utf8_lossy(v).to_string())
         .unwrap_or_else(|| crate::gov::DEFAULT_CONSTITUTION.to_string());
@@ -391,7 +374,7 @@ async fn constitution(State(app): State<AppState>) -> Response {
 }
 
 async fn javascript_app(State(app): State<AppState>) -> Response {
-    let app_json = read_json(&app, maps::JS_APP, "");
+    let app_json = read_json(&snapshot(&app), maps::JS_APP, "");
     let endpoints = app_json
         .as_ref()
         .map(|a| a["bundle"]["metadata"]["endpoints"].clone())
@@ -400,10 +383,8 @@ async fn javascript_app(State(app): State<AppState>) -> Response {
 }
 
 async fn join_policy(State(app): State<AppState>) -> Response {
-    let measurements: Vec<String> = entries(&app, maps::NODES_CODE_IDS)
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let state = snapshot(&app);
+    let measurements: Vec<String> = entries(&state, maps::NODES_CODE_IDS).map(|(k, _)| k).collect();
     Json(json!({
         "virtual": { "measurements": measurements },
         "sgx": { "measurements": [] },
