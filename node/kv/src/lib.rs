@@ -242,10 +242,15 @@ impl Tx {
         if let Some(w) = self.own_write(map, key) {
             return w.clone();
         }
+        self.read_entry(map, key).map(|e| e.value.to_vec())
+    }
+
+    /// The snapshot's entry at `key`, recording the read (its version, or absence) for validation.
+    fn read_entry(&mut self, map: &str, key: &[u8]) -> Option<&Entry> {
         let entry = self.base.entry(map, key);
         self.reads
             .insert((map.to_string(), key.to_vec()), entry.map(|e| e.version));
-        entry.map(|e| e.value.to_vec())
+        entry
     }
 
     /// The version (seqno of its last write) of `key` in the snapshot, recorded as a read; `None` when absent or
@@ -254,9 +259,7 @@ impl Tx {
         if self.own_write(map, key).is_some() {
             return None;
         }
-        let version = self.base.entry(map, key).map(|e| e.version);
-        self.reads.insert((map.to_string(), key.to_vec()), version);
-        version
+        self.read_entry(map, key).map(|e| e.version)
     }
 
     /// The stored value of `key` in the snapshot (shared, not copied), recorded as a read; `None` when absent or
@@ -265,10 +268,7 @@ impl Tx {
         if self.own_write(map, key).is_some() {
             return None;
         }
-        let entry = self.base.entry(map, key);
-        self.reads
-            .insert((map.to_string(), key.to_vec()), entry.map(|e| e.version));
-        entry.map(|e| e.value.clone())
+        self.read_entry(map, key).map(|e| e.value.clone())
     }
 
     /// Whether `key` is present in `map`.
@@ -362,7 +362,7 @@ impl Tx {
         } else {
             to.map_or(Bound::Unbounded, |t| Bound::Excluded(Bytes::from(t)))
         };
-        let seen = self.base_range_versions(map, &from_b, &stop);
+        let seen = range_versions(&self.base, map, &from_b, &stop);
         self.ranges.push(RangeRead {
             map: map.to_string(),
             from: from_b,
@@ -370,10 +370,6 @@ impl Tx {
             seen,
         });
         out
-    }
-
-    fn base_range_versions(&self, map: &str, from: &Bound<Bytes>, to: &Bound<Bytes>) -> Vec<(Bytes, u64)> {
-        range_versions(&self.base, map, from, to)
     }
 
     /// Checks every read against `latest`; Ok means committing now is equivalent to running on `latest`.
