@@ -79,14 +79,15 @@ fn service_status(app: &AppState) -> String {
         .unwrap_or_else(|| "Opening".into())
 }
 
-fn primary_node_id(app: &AppState) -> Option<String> {
+/// The primary's node id and client-facing address, if a primary is known.
+fn primary_peer(app: &AppState) -> Option<(String, String)> {
     let core = app.node.core();
     let primary = core.primary();
     if primary == 0 {
         return None;
     }
     if primary == core.raft_id() {
-        return Some(core.node_id().to_string());
+        return Some((core.node_id().to_string(), app.node.rpc_address.to_string()));
     }
     drop(core);
     app.node
@@ -94,7 +95,11 @@ fn primary_node_id(app: &AppState) -> Option<String> {
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(&primary)
-        .map(|p| p.node_id.clone())
+        .map(|p| (p.node_id.clone(), p.rpc_address.clone()))
+}
+
+fn primary_node_id(app: &AppState) -> Option<String> {
+    primary_peer(app).map(|(node_id, _)| node_id)
 }
 
 async fn network(State(app): State<AppState>) -> Response {
@@ -143,7 +148,7 @@ async fn network_nodes(State(app): State<AppState>) -> Response {
 }
 
 async fn primary(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let primary = primary_node_id(&app).ok_or_else(|| {
+    let (primary, address) = primary_peer(&app).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "NoPrimary",
@@ -151,15 +156,6 @@ async fn primary(State(app): State<AppState>) -> Result<Response, ApiError> {
         )
     })?;
     let core = app.node.core();
-    let address = if primary == core.node_id() {
-        app.node.rpc_address.to_string()
-    } else {
-        let directory = app.node.directory.read().unwrap_or_else(|p| p.into_inner());
-        directory
-            .get(&raft_id(&primary))
-            .map(|p| p.rpc_address.clone())
-            .unwrap_or_default()
-    };
     Ok(Json(json!({
         "primary_id": primary,
         "url": format!("https://{address}"),
