@@ -151,13 +151,17 @@ fn member_status(tx: &mut Tx, member_id: &str) -> Option<String> {
     info["status"].as_str().map(str::to_string)
 }
 
+/// The member's status; a signer that is not a member is refused.
+fn require_member(tx: &mut Tx, member_id: &str) -> Result<String, GovError> {
+    member_status(tx, member_id).ok_or_else(|| GovError::Unauthorized(format!("{member_id} is not a member")))
+}
+
 fn require_active(tx: &mut Tx, member_id: &str) -> Result<(), GovError> {
-    match member_status(tx, member_id).as_deref() {
-        Some("Active") => Ok(()),
-        Some(status) => Err(GovError::Forbidden(format!(
+    match require_member(tx, member_id)?.as_str() {
+        "Active" => Ok(()),
+        status => Err(GovError::Forbidden(format!(
             "member {member_id} is {status}: it must acknowledge the state digest (synod-gov ack) before it can take part"
         ))),
-        None => Err(GovError::Unauthorized(format!("{member_id} is not a member"))),
     }
 }
 
@@ -269,8 +273,7 @@ impl<'t> Governance<'t> {
         f: &str,
         args: &[serde_json::Value],
     ) -> Result<serde_json::Value, JsError> {
-        Ok(e.call(self.tx, policy, self.last_committed, module, f, args)?
-            .value)
+        e.call(self.tx, policy, self.last_committed, module, f, args)
     }
 
     /// `proposals:create`: validates, stores and resolves a proposal. Returns its id and info.
@@ -284,7 +287,12 @@ impl<'t> Governance<'t> {
             .range(maps::PROPOSALS_INFO, b"", None, usize::MAX)
             .iter()
             .filter(|(_, v)| {
-                serde_json::from_slice::<ProposalInfo>(v).is_ok_and(|i| i.state == ProposalState::Open)
+                // Only the state is read: the ballots of every proposal ever made need not be decoded.
+                #[derive(Deserialize)]
+                struct StateOnly {
+                    state: ProposalState,
+                }
+                serde_json::from_slice::<StateOnly>(v).is_ok_and(|i| i.state == ProposalState::Open)
             })
             .count();
         if open >= OPEN_PROPOSALS_MAX {
@@ -392,12 +400,7 @@ impl<'t> Governance<'t> {
     /// `state-digests/{member}:update`: records (and returns) the digest the member must acknowledge: the root
     /// of the last signature.
     pub fn update_state_digest(&mut self, req: &Request<'_>) -> Result<String, GovError> {
-        if member_status(self.tx, req.member_id).is_none() {
-            return Err(GovError::Unauthorized(format!(
-                "{} is not a member",
-                req.member_id
-            )));
-        }
+        require_member(self.tx, req.member_id)?;
         check_replay(self.tx, req, self.now)?;
         let record: serde_json::Value = get_json(self.tx, maps::SIGNATURES, "").ok_or_else(|| {
             GovError::Conflict("NoSignature", "the service has not signed anything yet".into())
@@ -414,8 +417,7 @@ impl<'t> Governance<'t> {
 
     /// `state-digests/{member}:ack`: the member acknowledges the digest it was given and becomes Active.
     pub fn ack_state_digest(&mut self, req: &Request<'_>) -> Result<(), GovError> {
-        let status = member_status(self.tx, req.member_id)
-            .ok_or_else(|| GovError::Unauthorized(format!("{} is not a member", req.member_id)))?;
+        let status = require_member(self.tx, req.member_id)?;
         check_replay(self.tx, req, self.now)?;
         let body: serde_json::Value =
             serde_json::from_slice(req.payload).map_err(|e| bad("InvalidInput", format!("ack body: {e}")))?;

@@ -48,6 +48,11 @@ pub fn is_framework_table(map: &str) -> bool {
     map.starts_with("public:ccf.") || map.starts_with("ccf.")
 }
 
+/// Tables only the framework reads: its private tables and `public:ccf.internal.*` (signatures, evidence).
+pub fn is_internal_table(map: &str) -> bool {
+    map.starts_with("ccf.") || map.starts_with("public:ccf.internal.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +63,8 @@ mod tests {
         assert!(is_framework_table(SIGNATURES));
         assert!(is_framework_table("ccf.internal.secrets"));
         assert!(!is_framework_table("public:records"));
+        assert!(is_internal_table(SIGNATURES) && is_internal_table("ccf.internal.secrets"));
+        assert!(!is_internal_table(USERS_CERTS) && !is_internal_table("records"));
         assert!(!is_public("records"));
         assert!(!is_public("publicrecords"));
     }

@@ -60,11 +60,9 @@ pub enum KvPolicy {
 impl KvPolicy {
     fn check_read(self, map: &str) -> Result<(), String> {
         match self {
-            KvPolicy::Application if map.starts_with("ccf.") || map.starts_with("public:ccf.internal.") => {
-                Err(format!(
-                    "{map} is internal to the framework and cannot be read by applications"
-                ))
-            }
+            KvPolicy::Application if maps::is_internal_table(map) => Err(format!(
+                "{map} is internal to the framework and cannot be read by applications"
+            )),
             _ => Ok(()),
         }
     }
@@ -150,15 +148,6 @@ pub struct HandlerResponse {
     /// The body's bytes.
     pub body: Vec<u8>,
     /// `ccf.rpc.setApplyWrites`, if the handler called it.
-    pub apply_writes: Option<bool>,
-}
-
-#[derive(Debug)]
-/// The result of a call: its value as JSON, and whether its writes should apply (`ccf.rpc.setApplyWrites`).
-pub struct CallResult {
-    /// The returned value, JSON-encoded (`null` for undefined).
-    pub value: serde_json::Value,
-    /// Whether the script asked its writes to be applied regardless of its status (apps only).
     pub apply_writes: Option<bool>,
 }
 
@@ -340,7 +329,8 @@ impl Engine {
         })
     }
 
-    /// Calls `function` exported by module `module` with JSON `args`, against `tx` (moved in and back out).
+    /// Calls `function` exported by module `module` with JSON `args`, against `tx` (moved in and back out), and
+    /// returns its value as JSON (`null` for undefined).
     pub fn call(
         &self,
         tx: &mut Tx,
@@ -349,8 +339,8 @@ impl Engine {
         module: &str,
         function: &str,
         args: &[serde_json::Value],
-    ) -> Result<CallResult, JsError> {
-        let (value, apply_writes) = self.with_tx(tx, policy, last_committed, |ctx| {
+    ) -> Result<serde_json::Value, JsError> {
+        let (value, _) = self.with_tx(tx, policy, last_committed, |ctx| {
             let f = self.function(ctx, module, function)?;
             let caught = |e: rquickjs::Error| self.exception(ctx, e);
             let mut js_args = rquickjs::function::Args::new(ctx.clone(), args.len());
@@ -369,7 +359,7 @@ impl Engine {
                 }
             }
         })?;
-        Ok(CallResult { value, apply_writes })
+        Ok(value)
     }
 
     /// Calls an HTTP handler `function(request)` of `module` (see [`HandlerRequest`]).

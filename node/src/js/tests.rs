@@ -22,7 +22,7 @@ fn call(
     policy: KvPolicy,
     f: &str,
     args: &[serde_json::Value],
-) -> Result<CallResult, JsError> {
+) -> Result<serde_json::Value, JsError> {
     e.call(tx, policy, (2, 10), "main.js", f, args)
 }
 
@@ -46,7 +46,7 @@ fn scripts_read_and_write_the_transaction_through_ccf_kv() {
     let mut tx = Tx::new(State::default());
     for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
         let r = call(&e, &mut tx, KvPolicy::Application, "put", &[k.into(), v.into()]).expect("put");
-        assert_eq!(r.value, "ok");
+        assert_eq!(r, "ok");
     }
     assert_eq!(
         tx.get("records", b"b"),
@@ -54,39 +54,27 @@ fn scripts_read_and_write_the_transaction_through_ccf_kv() {
         "writes land in the Rust transaction"
     );
     assert_eq!(
-        call(&e, &mut tx, KvPolicy::Application, "get", &["c".into()])
-            .expect("get")
-            .value,
+        call(&e, &mut tx, KvPolicy::Application, "get", &["c".into()]).expect("get"),
         3
     );
     assert_eq!(
-        call(&e, &mut tx, KvPolicy::Application, "get", &["z".into()])
-            .expect("get")
-            .value,
+        call(&e, &mut tx, KvPolicy::Application, "get", &["z".into()]).expect("get"),
         serde_json::Value::Null
     );
     assert_eq!(
-        call(&e, &mut tx, KvPolicy::Application, "count", &[])
-            .expect("count")
-            .value,
+        call(&e, &mut tx, KvPolicy::Application, "count", &[]).expect("count"),
         serde_json::json!([3, 3, 6])
     );
     assert_eq!(
-        call(&e, &mut tx, KvPolicy::Application, "page", &[])
-            .expect("page")
-            .value,
+        call(&e, &mut tx, KvPolicy::Application, "page", &[]).expect("page"),
         serde_json::json!(["b"])
     );
     assert_eq!(
-        call(&e, &mut tx, KvPolicy::Application, "txid", &[])
-            .expect("txid")
-            .value,
+        call(&e, &mut tx, KvPolicy::Application, "txid", &[]).expect("txid"),
         serde_json::json!({"view": 2, "seqno": 10})
     );
     assert_eq!(
-        call(&e, &mut tx, KvPolicy::Application, "digest", &[])
-            .expect("digest")
-            .value,
+        call(&e, &mut tx, KvPolicy::Application, "digest", &[]).expect("digest"),
         serde_json::json!([0xba, 0x78])
     );
 }
@@ -160,9 +148,7 @@ fn runaway_scripts_are_stopped_and_the_engine_keeps_working() {
     }
     e.collect();
     assert_eq!(
-        call(&e, &mut tx, KvPolicy::Application, "ok", &[])
-            .expect("still serving")
-            .value,
+        call(&e, &mut tx, KvPolicy::Application, "ok", &[]).expect("still serving"),
         1
     );
 }
@@ -191,8 +177,7 @@ fn engines_built_from_bytecode_behave_like_engines_built_from_source() {
             "f",
             &[21.into()]
         )
-        .expect("call")
-        .value,
+        .expect("call"),
         42
     );
     let err = compile(&[("bad.js".to_string(), "export function (".to_string())]).expect_err("syntax error");
