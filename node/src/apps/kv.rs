@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use synod_core::maps;
 
-use crate::apps::logging::page_limit;
+use crate::apps::logging::{page_limit, split_page};
 use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
 
 /// The routes of the range-read endpoint.
@@ -58,12 +58,7 @@ async fn range(
         }
         Ok(tx.range(&map, &from, to.as_deref(), limit + 1))
     })?;
-    let next = if rows.len() > limit {
-        rows.get(limit).map(|(k, _)| hex::encode(k))
-    } else {
-        None
-    };
-    rows.truncate(limit);
+    let next = split_page(&mut rows, limit).map(hex::encode);
     let entries: Vec<_> = rows
         .iter()
         .map(|(k, v)| {

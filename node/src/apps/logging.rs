@@ -50,6 +50,19 @@ struct IdQuery {
     id: u64,
 }
 
+/// The map and record id a read or a removal is about, once the caller is known to be a user.
+fn record_of(
+    app: &AppState,
+    peer: &Peer,
+    visibility: &str,
+    query: Option<String>,
+) -> Result<(&'static str, u64), ApiError> {
+    let map = map_of(visibility)?;
+    app.authenticate_user(peer)?;
+    let q: IdQuery = extract::query(query)?;
+    Ok((map, q.id))
+}
+
 async fn write(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
@@ -76,12 +89,10 @@ async fn read(
     Path(visibility): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let map = map_of(&visibility)?;
-    app.authenticate_user(&peer)?;
-    let q: IdQuery = extract::query(q)?;
+    let (map, id) = record_of(&app, &peer, &visibility, q)?;
     let (msg, outcome) = app.node.execute(|tx| {
-        tx.get(map, &key_of(q.id))
-            .ok_or_else(|| ApiError::not_found(format!("no record with id {}", q.id)))
+        tx.get(map, &key_of(id))
+            .ok_or_else(|| ApiError::not_found(format!("no record with id {id}")))
     })?;
     Ok(with_tx_id(
         outcome.tx_id(),
@@ -95,13 +106,11 @@ async fn remove(
     Path(visibility): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let map = map_of(&visibility)?;
-    app.authenticate_user(&peer)?;
-    let q: IdQuery = extract::query(q)?;
+    let (map, id) = record_of(&app, &peer, &visibility, q)?;
     let ((), outcome) = app.node.execute(|tx| {
-        let key = key_of(q.id);
+        let key = key_of(id);
         if !tx.has(map, &key) {
-            return Err(ApiError::not_found(format!("no record with id {}", q.id)));
+            return Err(ApiError::not_found(format!("no record with id {id}")));
         }
         tx.delete(map, &key);
         Ok(())
@@ -128,6 +137,14 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
+/// Range reads ask for `limit + 1` rows: cuts `rows` to the page and returns the key the next page starts at
+/// (the extra row's), if there is more.
+pub fn split_page(rows: &mut Vec<(Vec<u8>, Vec<u8>)>, limit: usize) -> Option<Vec<u8>> {
+    let next = rows.get(limit).map(|(k, _)| k.clone());
+    rows.truncate(limit);
+    next
+}
+
 async fn range(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
@@ -144,12 +161,7 @@ async fn range(
         .node
         .execute(|tx| Ok::<_, ApiError>(tx.range(map, &from, to.as_ref().map(|k| &k[..]), limit + 1)))?;
     let id_of = |key: &[u8]| key.try_into().map(u64::from_be_bytes).ok();
-    let next = if rows.len() > limit {
-        rows.get(limit).and_then(|(k, _)| id_of(k))
-    } else {
-        None
-    };
-    rows.truncate(limit);
+    let next = split_page(&mut rows, limit).and_then(|k| id_of(&k));
     let entries: Vec<_> = rows
         .iter()
         .filter_map(|(k, v)| id_of(k).map(|id| json!({ "id": id, "msg": String::from_utf8_lossy(v) })))
