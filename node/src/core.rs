@@ -174,6 +174,19 @@ pub struct CommittedEntry {
     pub chunk_end: bool,
 }
 
+impl CommittedEntry {
+    fn new(le: &LedgerEntry, tx: &Transaction, writes: Arc<Writes>) -> CommittedEntry {
+        CommittedEntry {
+            tx_id: tx.tx_id(),
+            frame: encode_frame(le),
+            writes,
+            is_signature: tx.kind == KIND_SIGNATURE,
+            // A snapshot point always ends its chunk (as `flags_of` records it).
+            chunk_end: tx.chunk_end || tx.snapshot_point,
+        }
+    }
+}
+
 /// Everything a snapshot at a snapshot point needs; serializing it is the shell's (slow) job.
 pub struct SnapshotJob {
     /// The state at the snapshot point (an O(1) clone).
@@ -707,13 +720,7 @@ impl Core {
             state
                 .apply(seqno, writes.maps())
                 .map_err(|e| CoreError::Invariant(e.to_string()))?;
-            replay.push(CommittedEntry {
-                tx_id: tx.tx_id(),
-                frame: encode_frame(le),
-                writes: Arc::new(writes),
-                is_signature: tx.kind == KIND_SIGNATURE,
-                chunk_end: tx.chunk_end || tx.snapshot_point,
-            });
+            replay.push(CommittedEntry::new(le, tx, Arc::new(writes)));
         }
         // Entries between the ledger files' end and the commit index that the state already reflected still
         // need writing to the ledger.
@@ -721,13 +728,7 @@ impl Core {
         for seqno in (ledger_last + 1)..first_replay.min(commit_index + 1) {
             let i = (seqno - history.base() - 1) as usize;
             if let Some((le, tx)) = entries.get(i) {
-                ledger_catch_up.push(CommittedEntry {
-                    tx_id: tx.tx_id(),
-                    frame: encode_frame(le),
-                    writes: Arc::new(Writes::default()),
-                    is_signature: tx.kind == KIND_SIGNATURE,
-                    chunk_end: tx.chunk_end || tx.snapshot_point,
-                });
+                ledger_catch_up.push(CommittedEntry::new(le, tx, Arc::new(Writes::default())));
             }
         }
         ledger_catch_up.extend(replay);
@@ -1061,13 +1062,7 @@ impl Core {
                     conf_state: self.raft.store().conf_state().clone(),
                 }));
             }
-            out.committed.push(CommittedEntry {
-                tx_id,
-                frame: encode_frame(&le),
-                writes,
-                is_signature: tx.kind == KIND_SIGNATURE,
-                chunk_end: tx.chunk_end || tx.snapshot_point,
-            });
+            out.committed.push(CommittedEntry::new(&le, &tx, writes));
         }
         if let Some(applied) = last_applied {
             self.raft.advance_apply_to(applied);
