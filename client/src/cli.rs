@@ -111,9 +111,29 @@ pub struct ConnectArgs {
     pub user: Option<String>,
 }
 
+/// What a client of [`ConnectArgs`] is made of, read once: network.json (if used), the node URLs, the service
+/// certificate and the identity.
+struct ClientParts {
+    network: Option<Network>,
+    urls: Vec<String>,
+    service_cert: String,
+    identity: Option<(String, String)>,
+}
+
+impl ClientParts {
+    /// A client of `urls` (in failover order) with the service certificate and identity read.
+    fn client(&self, urls: &[String]) -> anyhow::Result<Client> {
+        Client::with_urls(
+            urls,
+            &self.service_cert,
+            self.identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+        .context("cannot set up the HTTPS client")
+    }
+}
+
 impl ConnectArgs {
-    /// A client for the selected node and identity.
-    pub fn client(&self) -> anyhow::Result<Client> {
+    fn client_parts(&self) -> anyhow::Result<ClientParts> {
         let network = self.net.network()?;
         let (urls, service_cert) = self.net.urls_and_service_cert(network.as_ref())?;
         let identity = match (&self.cert, &self.key, &network) {
@@ -129,12 +149,18 @@ impl ConnectArgs {
             (None, None, None) if self.user.is_some() => bail!("--user needs a network.json"),
             (None, None, None) => None,
         };
-        Client::with_urls(
-            &urls,
-            &service_cert,
-            identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
-        )
-        .context("cannot set up the HTTPS client")
+        Ok(ClientParts {
+            network,
+            urls,
+            service_cert,
+            identity,
+        })
+    }
+
+    /// A client for the selected node and identity.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let parts = self.client_parts()?;
+        parts.client(&parts.urls)
     }
 }
 
@@ -696,22 +722,25 @@ pub struct LoadCli {
 /// One Synod client per load client: all on the selected node, or with `--spread` client i on node i mod N
 /// (its failover order starting there).
 fn synod_targets(cli: &LoadCli, timeout: Duration) -> anyhow::Result<Vec<SynodTarget>> {
-    let node_names: Vec<Option<String>> = if cli.spread {
-        let network = cli
-            .connect
-            .net
-            .network()?
+    // network.json and the PEM files are read once, not once per client.
+    let parts = cli.connect.client_parts()?;
+    let node_urls: Vec<Vec<String>> = if cli.spread {
+        let network = parts
+            .network
+            .as_ref()
             .ok_or_else(|| anyhow!("--spread needs a network.json listing the nodes"))?;
-        network.nodes.iter().map(|n| Some(n.name.clone())).collect()
+        network
+            .nodes
+            .iter()
+            .map(|n| network.urls_starting_at(Some(&n.name)))
+            .collect::<crate::Result<_>>()?
     } else {
-        vec![cli.connect.net.node.clone()]
+        vec![parts.urls.clone()]
     };
     let mut targets = Vec::new();
-    for (_, node) in (0..cli.clients).zip(node_names.iter().cycle()) {
-        let mut connect = cli.connect.clone();
-        connect.net.node = node.clone();
+    for (_, urls) in (0..cli.clients).zip(node_urls.iter().cycle()) {
         // One client (so one connection pool) per worker.
-        let client = connect.client()?.with_request_timeout(timeout);
+        let client = parts.client(urls)?.with_request_timeout(timeout);
         targets.push(SynodTarget::new(client, &cli.path));
     }
     Ok(targets)

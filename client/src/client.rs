@@ -304,11 +304,23 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn classify(e: reqwest::Error, url: &str, timeout: Duration) -> Error {
+    if is_tls_failure(&e) {
+        Error::Tls {
+            url: url.to_string(),
+            reason: chain_message(&e),
+        }
+    } else {
+        classify_transport(e, url, timeout)
+    }
+}
+
+/// Classifies a failed HTTP exchange that is not a TLS failure (or, for plain HTTP, whatever it is): a bad request
+/// or redirect loop, no connection (safe to retry), a timeout, or a connection lost after sending (a write may
+/// have been applied).
+pub(crate) fn classify_transport(e: reqwest::Error, url: &str, timeout: Duration) -> Error {
     let url = url.to_string();
     let reason = chain_message(&e);
-    if is_tls_failure(&e) {
-        Error::Tls { url, reason }
-    } else if e.is_builder() || e.is_redirect() {
+    if e.is_builder() || e.is_redirect() {
         Error::Transport { url, reason }
     } else if e.is_connect() {
         Error::Unreachable { url, reason }
@@ -317,6 +329,32 @@ fn classify(e: reqwest::Error, url: &str, timeout: Duration) -> Error {
     } else {
         Error::ConnectionLost { url, reason }
     }
+}
+
+/// Reads the whole body of `response`, refusing one larger than `limit` bytes (announced or actual) with
+/// [`Error::UnexpectedResponse`] "`{what}` larger than `limit` bytes"; `classify` turns a failed read into an error.
+pub(crate) async fn read_body_capped(
+    response: &mut reqwest::Response,
+    limit: usize,
+    what: &str,
+    classify: impl Fn(reqwest::Error) -> Error,
+) -> Result<Vec<u8>> {
+    let status = response.status();
+    let too_large = || Error::UnexpectedResponse {
+        status,
+        message: format!("{what} larger than {limit} bytes"),
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(&classify)? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -457,25 +495,10 @@ impl Client {
         let mut response = request.send().await.map_err(|e| classify(e, &url, timeout))?;
         let status = response.status();
         let headers = std::mem::take(response.headers_mut());
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-        {
-            return Err(Error::UnexpectedResponse {
-                status,
-                message: format!("body larger than {MAX_RESPONSE_BYTES} bytes"),
-            });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| classify(e, &url, timeout))? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(Error::UnexpectedResponse {
-                    status,
-                    message: format!("body larger than {MAX_RESPONSE_BYTES} bytes"),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_body_capped(&mut response, MAX_RESPONSE_BYTES, "body", |e| {
+            classify(e, &url, timeout)
+        })
+        .await?;
         Ok(Response {
             status,
             headers,

@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use synod_core::txid::TxId;
 
-use crate::client::{Body, Client};
+use crate::client::{classify_transport, read_body_capped, Body, Client};
 use crate::error::{Error, Result};
 use crate::Method;
 
@@ -101,26 +103,8 @@ pub fn etcd_key(key: u64) -> String {
 
 /// The JSON body of the etcd put of `value` under key id `key` (key and value base64, as the gateway wants bytes).
 pub fn etcd_put_body(key: u64, value: &[u8]) -> serde_json::Value {
-    json!({ "key": base64_encode(etcd_key(key).as_bytes()), "value": base64_encode(value) })
-}
-
-const BASE64_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (RFC 4648 section 4), what protobuf's JSON mapping uses for `bytes`.
-pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(BASE64_ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    // Standard base64 with padding (RFC 4648 section 4), what protobuf's JSON mapping uses for `bytes`.
+    json!({ "key": BASE64.encode(etcd_key(key)), "value": BASE64.encode(value) })
 }
 
 /// The name of a gRPC status code, as the etcd gateway reports them in `{"code": N}`.
@@ -174,30 +158,6 @@ fn etcd_error(status: reqwest::StatusCode, body: &[u8]) -> Error {
                 String::from_utf8_lossy(&body[..body.len().min(300)])
             ),
         },
-    }
-}
-
-/// An HTTP failure talking to etcd, classified like the Synod client's (connect failures are safe to retry; a
-/// timeout or lost connection may have applied the write).
-fn etcd_transport_error(e: reqwest::Error, url: &str, timeout: Duration) -> Error {
-    let url = url.to_string();
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !reason.contains(&text) {
-            reason = format!("{reason}: {text}");
-        }
-        source = cause.source();
-    }
-    if e.is_builder() || e.is_redirect() {
-        Error::Transport { url, reason }
-    } else if e.is_connect() {
-        Error::Unreachable { url, reason }
-    } else if e.is_timeout() {
-        Error::Timeout { url, after: timeout }
-    } else {
-        Error::ConnectionLost { url, reason }
     }
 }
 
@@ -256,22 +216,12 @@ impl EtcdTarget {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| etcd_transport_error(e, url, self.timeout))?;
+            .map_err(|e| classify_transport(e, url, self.timeout))?;
         let status = response.status();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| etcd_transport_error(e, url, self.timeout))?
-        {
-            if bytes.len() + chunk.len() > MAX_ETCD_RESPONSE_BYTES {
-                return Err(Error::UnexpectedResponse {
-                    status,
-                    message: format!("etcd answer larger than {MAX_ETCD_RESPONSE_BYTES} bytes"),
-                });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = read_body_capped(&mut response, MAX_ETCD_RESPONSE_BYTES, "etcd answer", |e| {
+            classify_transport(e, url, self.timeout)
+        })
+        .await?;
         Ok((status, bytes))
     }
 }
@@ -936,14 +886,14 @@ pub(crate) mod tests {
             ("fooba", "Zm9vYmE="),
             ("foobar", "Zm9vYmFy"),
         ] {
-            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+            assert_eq!(BASE64.encode(plain), encoded);
             assert_eq!(
                 mock_etcd::base64_decode(encoded).as_deref(),
                 Some(plain.as_bytes())
             );
         }
         let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(mock_etcd::base64_decode(&base64_encode(&all)), Some(all));
+        assert_eq!(mock_etcd::base64_decode(&BASE64.encode(&all)), Some(all));
         assert_eq!(mock_etcd::base64_decode("Zm9"), None);
     }
 
@@ -996,25 +946,8 @@ pub(crate) mod tests {
 
         /// Decodes standard padded base64 (the gateway's encoding of bytes); None if malformed.
         pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
-            let text = text.as_bytes();
-            if !text.len().is_multiple_of(4) {
-                return None;
-            }
-            let mut out = Vec::new();
-            for quad in text.chunks(4) {
-                let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-                let mut n = 0u32;
-                for (i, &c) in quad.iter().enumerate() {
-                    let v = if i >= 4 - pad {
-                        0
-                    } else {
-                        super::BASE64_ALPHABET.iter().position(|&a| a == c)? as u32
-                    };
-                    n = (n << 6) | v;
-                }
-                out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
-            }
-            Some(out)
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(text).ok()
         }
 
         /// What one mock member saw.
