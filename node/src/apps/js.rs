@@ -322,7 +322,7 @@ fn caller(
                 .authenticate_user_in(state, peer)
                 .map(|u| (u.id, maps::USERS_CERTS, maps::USERS_INFO, "user_data")),
             "member_cert" => app
-                .authenticate_member(peer)
+                .authenticate_member_in(state, peer)
                 .map(|u| (u.id, maps::MEMBERS_CERTS, maps::MEMBERS_INFO, "member_data")),
             "any_cert" => match &peer.cert_id {
                 Some(id) => Ok((id.clone(), "", "", "")),

@@ -113,14 +113,7 @@ impl AppState {
 
     /// [`AppState::authenticate_user`] against a state the caller already holds.
     pub fn authenticate_user_in(&self, state: &synod_kv::State, peer: &Peer) -> Result<User, ApiError> {
-        let id = peer.cert_id.as_deref().ok_or_else(|| {
-            ApiError::unauthorized("this endpoint requires a user's TLS client certificate")
-        })?;
-        if state.get(maps::USERS_CERTS, id.as_bytes()).is_none() {
-            return Err(ApiError::unauthorized(format!(
-                "the client certificate (id {id}) is not a known user"
-            )));
-        }
+        let id = registered(state, peer, maps::USERS_CERTS, "user")?;
         if !service_open(state) {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -133,22 +126,32 @@ impl AppState {
 
     /// Requires a client certificate registered in `public:ccf.gov.members.certs`.
     pub fn authenticate_member(&self, peer: &Peer) -> Result<User, ApiError> {
-        let id = peer.cert_id.as_deref().ok_or_else(|| {
-            ApiError::unauthorized("this endpoint requires a member's TLS client certificate")
-        })?;
-        if self
-            .node
-            .core()
-            .snapshot()
-            .get(maps::MEMBERS_CERTS, id.as_bytes())
-            .is_none()
-        {
-            return Err(ApiError::unauthorized(format!(
-                "the client certificate (id {id}) is not a known member"
-            )));
-        }
+        self.authenticate_member_in(&self.node.core().snapshot(), peer)
+    }
+
+    /// [`AppState::authenticate_member`] against a state the caller already holds.
+    pub fn authenticate_member_in(&self, state: &synod_kv::State, peer: &Peer) -> Result<User, ApiError> {
+        let id = registered(state, peer, maps::MEMBERS_CERTS, "member")?;
         Ok(User { id: id.to_string() })
     }
+}
+
+/// The caller's certificate id, if `certs` (the users' or members' table) holds it; `who` names the table's kind.
+fn registered<'a>(
+    state: &synod_kv::State,
+    peer: &'a Peer,
+    certs: &str,
+    who: &str,
+) -> Result<&'a str, ApiError> {
+    let id = peer.cert_id.as_deref().ok_or_else(|| {
+        ApiError::unauthorized(format!("this endpoint requires a {who}'s TLS client certificate"))
+    })?;
+    if state.get(certs, id.as_bytes()).is_none() {
+        return Err(ApiError::unauthorized(format!(
+            "the client certificate (id {id}) is not a known {who}"
+        )));
+    }
+    Ok(id)
 }
 
 /// Whether the service is open. The answer is cached by the stored value itself (the same shared bytes until
