@@ -67,6 +67,18 @@ struct Metadata {
 struct Deployed {
     bundle: BundleSpec,
     version: String,
+    /// The endpoints' path templates in the order requests are matched against them (set by [`parse`]).
+    #[serde(skip)]
+    templates: Vec<String>,
+}
+
+fn parse(raw: &[u8]) -> Result<Deployed, ApiError> {
+    let mut deployed: Deployed = serde_json::from_slice(raw)
+        .map_err(|e| ApiError::internal(format!("the deployed JavaScript app does not parse: {e}")))?;
+    // Templates without parameters first, so `/accounts/total` wins over `/accounts/{id}`.
+    deployed.templates = deployed.bundle.metadata.endpoints.keys().cloned().collect();
+    deployed.templates.sort_by_key(|t| t.matches('{').count());
+    Ok(deployed)
 }
 
 thread_local! {
@@ -139,10 +151,7 @@ fn find(
     path: &str,
 ) -> Result<(String, EndpointSpec, BTreeMap<String, String>), bool> {
     let mut path_exists = false;
-    // Templates without parameters first, so `/accounts/total` wins over `/accounts/{id}`.
-    let mut templates: Vec<&String> = deployed.bundle.metadata.endpoints.keys().collect();
-    templates.sort_by_key(|t| t.matches('{').count());
-    for template in templates {
+    for template in &deployed.templates {
         let Some(params) = matches(template, path) else {
             continue;
         };
@@ -170,10 +179,7 @@ fn load(tx: &mut Tx) -> Result<Option<Arc<Deployed>>, ApiError> {
     let Some(raw) = tx.get(maps::JS_APP, b"") else {
         return Ok(None);
     };
-    let deployed: Arc<Deployed> = Arc::new(
-        serde_json::from_slice(&raw)
-            .map_err(|e| ApiError::internal(format!("the deployed JavaScript app does not parse: {e}")))?,
-    );
+    let deployed = Arc::new(parse(&raw)?);
     if let Some(v) = version {
         *PARSED.lock().unwrap_or_else(|p| p.into_inner()) = Some((v, deployed.clone()));
     }
@@ -528,5 +534,26 @@ mod tests {
         assert!(matches("/log/{id}", "/log").is_none());
         assert!(matches("/log/private", "/log/public").is_none());
         assert!(matches("/a/b", "/a/b").is_some());
+    }
+
+    #[test]
+    fn templates_without_parameters_match_first() {
+        // "/log/{id}" sorts before "/log/~" by bytes: the literal template must still win.
+        let raw = json!({
+            "bundle": {
+                "metadata": { "endpoints": {
+                    "/log/{id}": { "get": { "js_module": "m", "js_function": "byId" } },
+                    "/log/~": { "get": { "js_module": "m", "js_function": "tilde" } },
+                } },
+                "modules": [],
+            },
+            "version": "1",
+        });
+        let deployed = parse(raw.to_string().as_bytes()).unwrap();
+        let found = |path: &str| find(&deployed, &Method::GET, path).map(|(_, spec, _)| spec.js_function);
+        assert_eq!(found("/log/~"), Ok("tilde".to_string()));
+        assert_eq!(found("/log/7"), Ok("byId".to_string()));
+        assert_eq!(find(&deployed, &Method::POST, "/log/7").err(), Some(true));
+        assert_eq!(find(&deployed, &Method::GET, "/nowhere").err(), Some(false));
     }
 }
