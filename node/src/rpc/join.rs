@@ -242,8 +242,14 @@ async fn snapshot(
         .find(|(s, _, _)| q.seqno.is_none_or(|want| want == *s))
         .ok_or_else(|| ApiError::not_found("no committed snapshot here"))?;
     let (seqno, evidence_seqno, path) = found;
-    let bytes =
-        std::fs::read(&path).map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+    // Snapshots can be large: read and encode on a blocking thread, not on the async runtime.
+    let snapshot = tokio::task::spawn_blocking(move || {
+        std::fs::read(&path)
+            .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
+            .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("reading the snapshot: {e}")))??;
     let core = app.node.core();
     let evidence = core.ledger_entry(evidence_seqno).ok_or_else(|| {
         ApiError::not_found(format!("the evidence of snapshot {seqno} is no longer held here"))
@@ -256,7 +262,7 @@ async fn snapshot(
     Ok(Json(SnapshotResponse {
         seqno,
         evidence_seqno,
-        snapshot: b64(&bytes),
+        snapshot,
         evidence_entry: b64(&evidence.encode_to_vec()),
         receipt,
     })
