@@ -160,9 +160,7 @@ pub async fn join(
     let own = cert::generate_self_signed(&cfg.node.node_name, false)?;
     let own_der = cert::pem_to_der(&own.cert_pem)?;
     let node_id = cert::public_key_id_hex(&own_der)?;
-    let report_data: [u8; 32] = hex::decode(&node_id)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("node id"))?;
+    let report_data = synod_core::hash::digest_from_hex(&node_id).context("node id")?;
     let request = JoinRequest {
         node_name: cfg.node.node_name.clone(),
         rpc_address: rpc.to_string(),
