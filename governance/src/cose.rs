@@ -569,20 +569,7 @@ fn parse_protected(protected: &[u8], payload: Vec<u8>, signature: Vec<u8>) -> Re
         Some(Value::Text(_)) => return Err(GovError::invalid(HEADER_PROPOSAL_ID, "empty")),
         Some(_) => return Err(GovError::invalid(HEADER_PROPOSAL_ID, "not a text string")),
     };
-    match (msg_type.needs_proposal_id(), &proposal_id) {
-        (true, None) => {
-            return Err(GovError::MissingHeader {
-                header: format!("{HEADER_PROPOSAL_ID} (required for a {msg_type})"),
-            })
-        }
-        (false, Some(_)) => {
-            return Err(GovError::invalid(
-                HEADER_PROPOSAL_ID,
-                format!("only ballots and withdrawals name a proposal, not a {msg_type}"),
-            ))
-        }
-        _ => {}
-    }
+    check_proposal_id(msg_type, proposal_id.as_deref())?;
 
     Ok(GovRequest {
         msg_type,
@@ -593,6 +580,22 @@ fn parse_protected(protected: &[u8], payload: Vec<u8>, signature: Vec<u8>) -> Re
         payload,
         signature,
     })
+}
+
+/// The proposal id rule: required (and not empty) for ballots and withdrawals, forbidden for every other message
+/// type. [`sign`] checks it before signing; a parsed request has had an empty id refused already.
+fn check_proposal_id(msg_type: MsgType, proposal_id: Option<&str>) -> Result<(), GovError> {
+    match (msg_type.needs_proposal_id(), proposal_id) {
+        (true, None) => Err(GovError::MissingHeader {
+            header: format!("{HEADER_PROPOSAL_ID} (required for a {msg_type})"),
+        }),
+        (true, Some("")) => Err(GovError::invalid(HEADER_PROPOSAL_ID, "empty")),
+        (false, Some(_)) => Err(GovError::invalid(
+            HEADER_PROPOSAL_ID,
+            format!("only ballots and withdrawals name a proposal, not a {msg_type}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Parses a governance request (tagged or untagged COSE_Sign1) and checks its structure and headers, but not its
@@ -876,21 +879,7 @@ pub fn sign(
     proposal_id: Option<&str>,
     payload: &[u8],
 ) -> Result<Vec<u8>, GovError> {
-    match (msg_type.needs_proposal_id(), proposal_id) {
-        (true, None) => {
-            return Err(GovError::MissingHeader {
-                header: format!("{HEADER_PROPOSAL_ID} (required for a {msg_type})"),
-            })
-        }
-        (true, Some("")) => return Err(GovError::invalid(HEADER_PROPOSAL_ID, "empty")),
-        (false, Some(_)) => {
-            return Err(GovError::invalid(
-                HEADER_PROPOSAL_ID,
-                format!("only ballots and withdrawals name a proposal, not a {msg_type}"),
-            ))
-        }
-        _ => {}
-    }
+    check_proposal_id(msg_type, proposal_id)?;
     let kid = member_id(member_cert_der);
     if !key.matches_cert(member_cert_der)? {
         return Err(GovError::KeyCertMismatch { member_id: kid });
