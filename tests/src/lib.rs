@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use synod_client::Client;
+use anyhow::{bail, ensure, Context as _};
+use synod_client::{Body, Client, Method, TxId};
 use synod_core::cert;
 use synod_governance::client::{GovClient, ProposalState};
 
@@ -257,6 +257,46 @@ pub fn synod_cli(args: &[&str]) -> anyhow::Result<Output> {
         .args(args)
         .output()
         .context("running synod")
+}
+
+/// `synod ledger audit <ledger> --service-cert <cert>`: its output, whether it passed or not.
+pub fn audit_ledger(ledger: &Path, service_cert: &Path) -> anyhow::Result<Output> {
+    synod_cli(&[
+        "ledger",
+        "audit",
+        &ledger.display().to_string(),
+        "--service-cert",
+        &service_cert.display().to_string(),
+    ])
+}
+
+/// Fails unless `ledger` audits clean with the `synod` CLI.
+pub fn ensure_audits_clean(ledger: &Path, service_cert: &Path) -> anyhow::Result<()> {
+    let out = audit_ledger(ledger, service_cert)?;
+    ensure!(
+        out.status.success(),
+        "{} does not audit clean: {}{}",
+        ledger.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// POSTs `{"id", "msg"}` to the logging app's private table, retried for `retry_for` while an election settles
+/// (a node that just restarted may not know the primary yet); returns the transaction id of the 201.
+pub async fn post_log(client: &Client, id: u64, msg: &str, retry_for: Duration) -> anyhow::Result<TxId> {
+    let body = Body::Json(serde_json::json!({"id": id, "msg": msg}));
+    let r = client
+        .call_with_retry(Method::POST, "/app/log/private", Some(body), &[], retry_for)
+        .await?;
+    ensure!(
+        r.status == 201,
+        "POST /app/log/private: {} {}",
+        r.status,
+        r.text()
+    );
+    Ok(r.tx_id()?)
 }
 
 /// One node with one user, in a temporary directory.
@@ -522,6 +562,14 @@ impl Network {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Stops every node (SIGTERM, then waits for it), so that their files can be read.
+    pub fn stop_all(&mut self) -> anyhow::Result<()> {
+        for n in &mut self.nodes {
+            n.terminate()?;
+        }
+        Ok(())
     }
 
     /// A client for node `i` as the user.

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 use synod_client::TxStatus;
 use synod_governance::cose::MsgType;
-use synod_tests::{bounded, IdentityFiles, Network};
+use synod_tests::{bounded, post_log, IdentityFiles, Network};
 
 fn cli_json(out: std::process::Output) -> anyhow::Result<Value> {
     ensure!(
@@ -23,18 +23,8 @@ fn cli_json(out: std::process::Output) -> anyhow::Result<Value> {
 /// A user write through any live node (retried past dead ones); returns once it is Committed.
 async fn committed_write(net: &Network, id: u64, msg: &str) -> anyhow::Result<()> {
     let c = net.failover_client()?;
-    let body = synod_client::Body::Json(json!({"id": id, "msg": msg}));
-    let r = c
-        .call_with_retry(
-            synod_client::Method::POST,
-            "/app/log/private",
-            Some(body),
-            &[],
-            Duration::from_secs(30),
-        )
-        .await?;
-    ensure!(r.status == 201, "{} {}", r.status, r.text());
-    ensure!(c.wait_for_commit(r.tx_id()?, Duration::from_secs(30)).await? == TxStatus::Committed);
+    let tx = post_log(&c, id, msg, Duration::from_secs(30)).await?;
+    ensure!(c.wait_for_commit(tx, Duration::from_secs(30)).await? == TxStatus::Committed);
     Ok(())
 }
 

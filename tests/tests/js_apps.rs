@@ -8,18 +8,27 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 use synod_client::{Body, Client, Method, TxStatus};
-use synod_tests::{bounded, synod_cli, Network};
+use synod_tests::{bounded, ensure_audits_clean, post_log, Network};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
 /// Deploys the bundle in `dir` by vote (through node 0: any node forwards governance to the primary).
-async fn deploy(net: &Network, dir: &Path) -> anyhow::Result<()> {
+/// Deploys the bundle in `dir` by vote, and returns once every node serves it: backups answer from their
+/// committed state, so this waits for a later write to be committed everywhere.
+async fn deploy(net: &mut Network, dir: &Path) -> anyhow::Result<()> {
     let action = synod_governance::bundle::set_js_app_action(dir)?;
     let name = action["name"].as_str().context("action name")?.to_string();
     net.pass(0, &name, action["args"].clone()).await?;
-    Ok(())
+    let after = post_log(
+        &net.user_client(0)?,
+        1_000_000,
+        "after the deployment",
+        Duration::from_secs(20),
+    )
+    .await?;
+    net.wait_committed_everywhere(after).await
 }
 
 async fn call(c: &Client, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
@@ -43,7 +52,7 @@ async fn the_logging_bundle_is_deployed_by_vote_and_served_by_every_node() -> an
         let c0 = net.user_client(0)?;
         let (status, _) = call(&c0, Method::GET, "/app/js/log/private?id=1", None).await?;
         ensure!(status == 404, "no app before the vote: {status}");
-        deploy(&net, &repo("js-apps/logging")).await?;
+        deploy(&mut net, &repo("js-apps/logging")).await?;
         let mut last = None;
         for i in 0..3usize {
             let c = net.user_client(i)?;
@@ -105,24 +114,14 @@ async fn the_logging_bundle_is_deployed_by_vote_and_served_by_every_node() -> an
             .await?;
         c0.wait_for_commit(r2.tx_id()?, Duration::from_secs(20)).await?;
         ensure!(r.status == 201);
-        for n in net.nodes.iter_mut() {
-            n.terminate()?;
-        }
+        net.stop_all()?;
         let mut ledger = Vec::new();
         for e in std::fs::read_dir(net.nodes[0].dir.join("ledger"))? {
             ledger.extend(std::fs::read(e?.path()).unwrap_or_default());
         }
         let contains = |needle: &[u8]| ledger.windows(needle.len()).any(|w| w == needle);
         ensure!(contains(b"js-public-marker") && !contains(b"js-private-marker"));
-        let out = synod_cli(&[
-            "ledger",
-            "audit",
-            &net.nodes[0].dir.join("ledger").display().to_string(),
-            "--service-cert",
-            &net.service_cert.display().to_string(),
-        ])?;
-        ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
+        ensure_audits_clean(&net.nodes[0].dir.join("ledger"), &net.service_cert)
     })
     .await
 }
@@ -132,8 +131,8 @@ async fn the_logging_bundle_is_deployed_by_vote_and_served_by_every_node() -> an
 #[tokio::test]
 async fn replacing_the_app_is_atomic() -> anyhow::Result<()> {
     bounded(240, async {
-        let net = Network::start(3, &[]).await?;
-        deploy(&net, &repo("tests/js/versioned/v1")).await?;
+        let mut net = Network::start(3, &[]).await?;
+        deploy(&mut net, &repo("tests/js/versioned/v1")).await?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut readers = Vec::new();
         for i in 0..3usize {
@@ -150,15 +149,8 @@ async fn replacing_the_app_is_atomic() -> anyhow::Result<()> {
             }));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        deploy(&net, &repo("tests/js/versioned/v2")).await?;
+        deploy(&mut net, &repo("tests/js/versioned/v2")).await?;
         let c0 = net.user_client(0)?;
-        // After acceptance (the primary answers on the new state at once; wait for the others to apply it).
-        let after = c0
-            .post_json("/app/log/private", &json!({"id": 1, "msg": "after"}))
-            .await?
-            .tx_id()?;
-        let mut net = net;
-        net.wait_committed_everywhere(after).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut all = Vec::new();
@@ -196,8 +188,9 @@ async fn replacing_the_app_is_atomic() -> anyhow::Result<()> {
 #[tokio::test]
 async fn misbehaving_handlers_are_stopped_without_hurting_others() -> anyhow::Result<()> {
     bounded(240, async {
-        let net = Network::start(1, &["--js-time-ms-max", "300", "--js-heap-bytes-max", "33554432"]).await?;
-        deploy(&net, &repo("tests/js/misbehaving")).await?;
+        let mut net =
+            Network::start(1, &["--js-time-ms-max", "300", "--js-heap-bytes-max", "33554432"]).await?;
+        deploy(&mut net, &repo("tests/js/misbehaving")).await?;
         let c = net.user_client(0)?;
         let (status, v) = call(&c, Method::POST, "/app/bad/gov", None).await?;
         ensure!(
@@ -270,8 +263,8 @@ async fn misbehaving_handlers_are_stopped_without_hurting_others() -> anyhow::Re
 #[tokio::test]
 async fn smallbank_transfers_are_atomic_under_concurrency() -> anyhow::Result<()> {
     bounded(240, async {
-        let net = Network::start(3, &[]).await?;
-        deploy(&net, &repo("js-apps/smallbank")).await?;
+        let mut net = Network::start(3, &[]).await?;
+        deploy(&mut net, &repo("js-apps/smallbank")).await?;
         let c = net.user_client(0)?;
         for a in 0..5 {
             let (status, v) = call(

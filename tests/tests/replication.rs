@@ -8,46 +8,23 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use serde_json::json;
 use synod_client::{Body, Client, Method, TxId, TxStatus};
-use synod_tests::{bounded, committed_chunks, synod_cli, Network};
+use synod_tests::{bounded, committed_chunks, ensure_audits_clean, post_log, Network};
 use tokio::sync::Mutex;
 
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 async fn post(client: &Client, id: u64, msg: &str) -> anyhow::Result<TxId> {
-    // Retried while an election settles (a node that just restarted may not know the primary yet).
-    let body = Body::Json(json!({"id": id, "msg": msg}));
-    let r = client
-        .call_with_retry(
-            Method::POST,
-            "/app/log/private",
-            Some(body),
-            &[],
-            Duration::from_secs(20),
-        )
-        .await?;
-    ensure!(r.status == 201, "POST: {} {}", r.status, r.text());
-    Ok(r.tx_id()?)
+    post_log(client, id, msg, Duration::from_secs(20)).await
 }
 
-/// Every node's ledger audits clean, and chunks with the same name are byte-identical on every node.
-fn check_ledgers(net: &Network) -> anyhow::Result<()> {
+/// Stops every node; then every node's ledger audits clean, and chunks with the same name are byte-identical on
+/// every node.
+fn stop_and_check_ledgers(net: &mut Network) -> anyhow::Result<()> {
+    net.stop_all()?;
     let mut reference: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
     for n in &net.nodes {
         let ledger = n.dir.join("ledger");
-        let out = synod_cli(&[
-            "ledger",
-            "audit",
-            &ledger.display().to_string(),
-            "--service-cert",
-            &net.service_cert.display().to_string(),
-        ])?;
-        ensure!(
-            out.status.success(),
-            "{} does not audit clean: {}{}",
-            ledger.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ensure_audits_clean(&ledger, &net.service_cert)?;
         for (name, bytes) in committed_chunks(&ledger)? {
             match reference.get(&name) {
                 Some((other, b)) => ensure!(
@@ -116,10 +93,7 @@ async fn three_nodes_commit_writes_sent_to_any_node() -> anyhow::Result<()> {
             .get_json::<serde_json::Value>("/node/network/nodes")
             .await?;
         ensure!(info["nodes"].as_array().map_or(0, |a| a.len()) == 3, "{info}");
-        for n in net.nodes.iter_mut() {
-            n.terminate()?;
-        }
-        check_ledgers(&net)
+        stop_and_check_ledgers(&mut net)
     })
     .await
 }
@@ -226,10 +200,7 @@ async fn killing_the_primary_under_load_loses_no_committed_write() -> anyhow::Re
         net.wait_committed_everywhere(last).await?;
         let r = net.user_client(old)?.get("/app/log/private?id=7").await?;
         ensure!(r.status == 200, "{}", r.text());
-        for n in net.nodes.iter_mut() {
-            n.terminate()?;
-        }
-        check_ledgers(&net)
+        stop_and_check_ledgers(&mut net)
     })
     .await
 }
@@ -255,10 +226,7 @@ async fn a_killed_backup_restarts_and_catches_up() -> anyhow::Result<()> {
         net.wait_committed_everywhere(last).await?;
         let r = net.user_client(b)?.get("/app/log/private?id=49").await?;
         ensure!(r.status == 200, "{}", r.text());
-        for n in net.nodes.iter_mut() {
-            n.terminate()?;
-        }
-        check_ledgers(&net)
+        stop_and_check_ledgers(&mut net)
     })
     .await
 }
@@ -303,10 +271,7 @@ async fn a_node_joins_from_a_snapshot() -> anyhow::Result<()> {
             .filter_map(|e| e.ok())
             .collect();
         ensure!(!snapshots.is_empty(), "the snapshot it started from is kept");
-        for n in net.nodes.iter_mut() {
-            n.terminate()?;
-        }
-        check_ledgers(&net)
+        stop_and_check_ledgers(&mut net)
     })
     .await
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use serde_json::json;
 use synod_client::{Body, Client, Method, TxId, TxStatus};
-use synod_tests::{bounded, synod_cli, SingleNode};
+use synod_tests::{audit_ledger, bounded, committed_chunks, ensure_audits_clean, synod_cli, SingleNode};
 use tokio::sync::Mutex;
 
 const COMMIT_WAIT: Duration = Duration::from_secs(20);
@@ -310,26 +310,9 @@ async fn ledger_audits_clean_and_a_changed_byte_is_named() -> anyhow::Result<()>
         net.node.terminate()?;
         let ledger = net.node.dir.join("ledger");
         let cert = net.node.dir.join("service_cert.pem");
-        let audit = |dir: &std::path::Path| {
-            synod_cli(&[
-                "ledger",
-                "audit",
-                &dir.display().to_string(),
-                "--service-cert",
-                &cert.display().to_string(),
-            ])
-        };
-        let out = audit(&ledger)?;
-        ensure!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let committed_chunks = std::fs::read_dir(&ledger)?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".committed"))
-            .count();
+        let audit = |dir: &std::path::Path| audit_ledger(dir, &cert);
+        ensure_audits_clean(&ledger, &cert)?;
+        let committed_chunks = committed_chunks(&ledger)?.len();
         ensure!(
             committed_chunks >= 2,
             "expected several committed chunks, got {committed_chunks}: {:?}",
