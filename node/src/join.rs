@@ -16,7 +16,6 @@ use base64::Engine as _;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use synod_core::cert::{self, Identity};
-use synod_core::hash::sha256;
 use synod_core::ledger::LedgerEntry;
 use synod_core::receipt::JsonReceipt;
 use synod_kv::seal::LedgerSecret;
@@ -26,7 +25,7 @@ use crate::channels::PeerInfo;
 use crate::config::JoinConfig;
 use crate::rpc::forward::node_client;
 use crate::service::Identities;
-use crate::snapshot::{SnapshotEvidence, SNAPSHOT_EVIDENCE};
+use crate::snapshot::{self, SnapshotEvidence};
 
 /// `POST /node/join` body.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -127,21 +126,15 @@ pub fn verify_snapshot(answer: &SnapshotResponse, service_cert_pem: &str) -> any
     );
     let tx = entry.decode_transaction()?;
     let ws = tx.public_write_set()?;
-    let value = ws
-        .maps
-        .iter()
-        .find(|m| m.name == SNAPSHOT_EVIDENCE)
-        .and_then(|m| m.writes.first())
-        .and_then(|w| w.value.clone())
-        .context("the evidence transaction records no snapshot")?;
-    let evidence: SnapshotEvidence = serde_json::from_slice(&value)?;
+    let value = SnapshotEvidence::recorded_in(&ws).context("the evidence transaction records no snapshot")?;
+    let evidence: SnapshotEvidence = serde_json::from_slice(value)?;
     ensure!(
         evidence.seqno == answer.seqno,
         "the evidence is for snapshot {}",
         evidence.seqno
     );
     ensure!(
-        evidence.digest == hex::encode(sha256(&bytes)),
+        evidence.digest == hex::encode(snapshot::digest(&bytes)),
         "the snapshot's digest differs from its committed evidence"
     );
     Ok(bytes)
