@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use synod_client::{Body, Client, Method, TxId};
-use synod_core::cert;
 use synod_governance::client::{GovClient, ProposalState};
 
 /// Directory holding the workspace's built binaries (the test executable lives in `<dir>/deps/`).
@@ -57,18 +56,14 @@ pub struct IdentityFiles {
 }
 
 impl IdentityFiles {
-    /// Generates a self-signed Ed25519 identity named `name` into `dir`.
+    /// Generates a self-signed Ed25519 identity named `name` into `dir`, as `synod keygen` does.
     pub fn generate(dir: &Path, name: &str) -> anyhow::Result<IdentityFiles> {
-        let id = cert::generate_self_signed(name, false)?;
-        let cert = dir.join(format!("{name}_cert.pem"));
-        let key = dir.join(format!("{name}_privk.pem"));
-        std::fs::write(&cert, &id.cert_pem)?;
-        std::fs::write(&key, &id.key_pem)?;
+        let files = synod_client::keygen(name, dir)?;
         Ok(IdentityFiles {
-            cert,
-            key,
-            cert_pem: id.cert_pem,
-            key_pem: id.key_pem,
+            cert_pem: std::fs::read_to_string(&files.cert)?,
+            key_pem: std::fs::read_to_string(&files.key)?,
+            cert: files.cert,
+            key: files.key,
         })
     }
 }
