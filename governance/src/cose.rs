@@ -916,7 +916,7 @@ pub fn generate_member(name: &str, kind: KeyKind) -> Result<Identity, GovError> 
     let cert = params.self_signed(&key).map_err(gen)?;
     Ok(Identity {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: synod_core::cert::key_pem(&key),
     })
 }
 

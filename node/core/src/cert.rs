@@ -52,6 +52,30 @@ fn named_params(common_name: &str, dns: Vec<String>) -> Result<CertificateParams
     Ok(params)
 }
 
+/// RFC 8410 PKCS#8 v1 prefix of an Ed25519 private key: the 32-byte seed follows.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The PKCS#8 PEM ("PRIVATE KEY") of `key`. Ed25519 keys are written as v1 documents (the seed alone): ring writes
+/// v2 (with the public key), which OpenSSL 3.0 — and so Debian 12's curl — refuses to load. Every reader here
+/// (rustls, ring, ed25519-dalek, rcgen) takes both.
+pub fn key_pem(key: &KeyPair) -> String {
+    let Ok(signing) = SigningKey::from_pkcs8_der(key.serialized_der()) else {
+        return key.serialize_pem(); // not Ed25519: ring's encoding is the standard one
+    };
+    let mut der = ED25519_PKCS8_V1_PREFIX.to_vec();
+    der.extend_from_slice(&signing.to_bytes());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
+}
+
 /// A self-signed Ed25519 certificate: the service identity (`is_ca`) or a user/member identity.
 pub fn generate_self_signed(common_name: &str, is_ca: bool) -> Result<Identity, CertError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(gen_err)?;
@@ -67,7 +91,7 @@ pub fn generate_self_signed(common_name: &str, is_ca: bool) -> Result<Identity, 
     let cert = params.self_signed(&key).map_err(gen_err)?;
     Ok(Identity {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: key_pem(&key),
     })
 }
 
@@ -89,7 +113,7 @@ pub fn generate_endorsed(
     let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
     Ok(Identity {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: key_pem(&key),
     })
 }
 
@@ -270,5 +294,26 @@ mod tests {
         );
         assert!(!same_public_key(&endorsed_der, &node_der).unwrap());
         assert!(signing_key_from_pem("garbage").is_err());
+    }
+
+    #[test]
+    fn ed25519_keys_are_written_as_pkcs8_v1_and_still_sign_for_their_certificate() {
+        let id = generate_self_signed("user", false).unwrap();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(
+                id.key_pem
+                    .lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
+            .unwrap();
+        assert_eq!(der.len(), 48, "version 0, algorithm, seed: no public key");
+        assert_eq!(der[..16], ED25519_PKCS8_V1_PREFIX);
+        let key = signing_key_from_pem(&id.key_pem).unwrap();
+        let vk = ed25519_verifying_key(&pem_to_der(&id.cert_pem).unwrap()).unwrap();
+        vk.verify_strict(b"m", &key.sign(b"m")).unwrap();
+        // rcgen (and so ring, which rustls uses) loads it back as the same key.
+        let reloaded = KeyPair::from_pem(&id.key_pem).unwrap();
+        assert_eq!(reloaded.public_key_raw(), vk.as_bytes());
     }
 }
