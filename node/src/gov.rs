@@ -26,9 +26,14 @@ use crate::js::{Engine, JsError, JsLimits, KvPolicy};
 pub const DEFAULT_CONSTITUTION: &str = include_str!("../../governance/constitution/default.js");
 /// How far a request's `created_at` may be from the node's clock, in seconds.
 pub const REQUEST_WINDOW_SECS: u64 = 300;
+/// How far ahead of the real time a node's clock may run, beyond the window, without honest requests being
+/// refused as older than what the service still remembers (see `check_replay`).
+pub const REPLAY_SKEW_MARGIN_SECS: u64 = REQUEST_WINDOW_SECS;
 /// Open proposals at most (a bound on what one member can pile up).
 pub const OPEN_PROPOSALS_MAX: usize = 256;
 const CONSTITUTION_MODULE: &str = "constitution.js";
+/// The functions a constitution must export.
+const CONSTITUTION_EXPORTS: [&str; 3] = ["validate", "resolve", "apply"];
 const BALLOT_MODULE: &str = "ballot.js";
 
 pub use synod_governance::proposal::ProposalState;
@@ -166,12 +171,46 @@ fn require_active(tx: &mut Tx, member_id: &str) -> Result<(), GovError> {
 }
 
 /// Refuses a request outside the time window or seen before, and records it.
+///
+/// Replay protection must not depend on the clock of the node that happens to be primary: after a failover
+/// the new primary's clock may be minutes ahead of or behind the old one's. So the clock decides only freshness
+/// (`|created_at − now| ≤ REQUEST_WINDOW_SECS`); what is remembered and forgotten is decided by the recorded
+/// timestamps alone:
+///
+/// - `newest` is the largest `created_at` ever recorded, `floor = newest − REQUEST_WINDOW_SECS −
+///   REPLAY_SKEW_MARGIN_SECS`. Entries older than `floor` are pruned, and requests older than `floor` are refused.
+/// - The entry holding `newest` is never pruned (`floor < newest`), so the largest timestamp in the table is the
+///   largest ever recorded: `newest`, and with it `floor`, never decrease, whatever the clocks did.
+/// - Hence every request ever recorded is either still in the table (refused by its digest) or older than a past
+///   floor, so older than today's (refused by the floor): no node, whatever its clock, accepts a replay, and no
+///   node's clock makes another forget an entry its window would still accept.
+/// - Liveness: `newest` is at most the fastest node's clock plus the window (no node records a request further
+///   ahead), so an honest request signed now is refused by the floor only if some node's clock ran more than
+///   `REPLAY_SKEW_MARGIN_SECS` ahead. The table keeps about `window + margin` seconds of requests.
 fn check_replay(tx: &mut Tx, req: &Request<'_>, now: u64) -> Result<(), GovError> {
     if req.created_at.abs_diff(now) > REQUEST_WINDOW_SECS {
         return Err(bad(
             "StaleRequest",
             format!(
                 "created_at {} is more than {REQUEST_WINDOW_SECS} s away from the service's clock ({now}); sign a fresh request",
+                req.created_at
+            ),
+        ));
+    }
+    let recorded: Vec<(Vec<u8>, Option<u64>)> = tx
+        .range(maps::GOV_RECENT_REQUESTS, b"", None, usize::MAX)
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::from_slice::<u64>(&v).ok()))
+        .collect();
+    let forget_before = |newest: u64| newest.saturating_sub(REQUEST_WINDOW_SECS + REPLAY_SKEW_MARGIN_SECS);
+    let newest = recorded.iter().filter_map(|(_, t)| *t).max().unwrap_or(0);
+    let floor = forget_before(newest);
+    if req.created_at < floor {
+        return Err(bad(
+            "StaleRequest",
+            format!(
+                "created_at {} is older than {floor}, the oldest time this service still remembers requests from \
+                 (its newest recorded request was created at {newest}); sign a fresh request",
                 req.created_at
             ),
         ));
@@ -183,15 +222,13 @@ fn check_replay(tx: &mut Tx, req: &Request<'_>, now: u64) -> Result<(), GovError
             "this exact signed request was already submitted",
         ));
     }
-    // Requests older than the window can no longer be replayed (their created_at is refused): forget them.
-    let old: Vec<Vec<u8>> = tx
-        .range(maps::GOV_RECENT_REQUESTS, b"", None, usize::MAX)
-        .into_iter()
-        .filter(|(_, v)| serde_json::from_slice::<u64>(v).is_ok_and(|t| t + 2 * REQUEST_WINDOW_SECS < now))
-        .map(|(k, _)| k)
-        .collect();
-    for k in old {
-        tx.delete(maps::GOV_RECENT_REQUESTS, &k);
+    // Entries below the (possibly raised) floor can never be accepted again: forget them. Unreadable entries are
+    // kept: nothing says they are old.
+    let floor = forget_before(newest.max(req.created_at));
+    for (k, t) in recorded {
+        if t.is_some_and(|t| t < floor) {
+            tx.delete(maps::GOV_RECENT_REQUESTS, &k);
+        }
     }
     put_json(tx, maps::GOV_RECENT_REQUESTS, &key, &req.created_at);
     tx.put(maps::GOV_HISTORY, req.member_id.as_bytes(), req.raw);
@@ -504,26 +541,36 @@ impl<'t> Governance<'t> {
             Some("Accepted") => {
                 info.final_votes = Some(by_member);
                 let before = self.tx.clone();
-                match self.call(
-                    e,
-                    KvPolicy::Governance,
-                    CONSTITUTION_MODULE,
-                    "apply",
-                    &[json!(proposal), json!(id)],
-                ) {
-                    Ok(_) => {
+                let old_constitution = self.tx.get(maps::CONSTITUTION, b"");
+                let applied = self
+                    .call(
+                        e,
+                        KvPolicy::Governance,
+                        CONSTITUTION_MODULE,
+                        "apply",
+                        &[json!(proposal), json!(id)],
+                    )
+                    .map_err(|err| match err {
+                        JsError::Exception { message, stack } => Failure {
+                            reason: message,
+                            trace: stack,
+                        },
+                        other => Failure {
+                            reason: other.to_string(),
+                            trace: None,
+                        },
+                    })
+                    .and_then(|_| self.check_new_constitution(old_constitution.as_deref()));
+                match applied {
+                    Ok(()) => {
                         info.state = ProposalState::Accepted;
                         self.drop_affected(id, proposal);
                     }
-                    Err(err) => {
+                    Err(failure) => {
                         // Nothing of a failed application is kept.
                         *self.tx = before;
-                        let (reason, trace) = match err {
-                            JsError::Exception { message, stack } => (message, stack),
-                            other => (other.to_string(), None),
-                        };
                         info.state = ProposalState::Failed;
-                        info.failure = Some(Failure { reason, trace });
+                        info.failure = Some(failure);
                     }
                 }
                 Ok(())
@@ -534,8 +581,40 @@ impl<'t> Governance<'t> {
         }
     }
 
-    /// An accepted change of the constitution drops every other open proposal; a change of the allowed code drops
-    /// the open proposals that also change the allowed code.
+    /// If `apply` changed the constitution (it was `old`), checks that the new one can govern: it compiles, its
+    /// top-level code runs, and it exports `validate`, `resolve` and `apply` functions. A constitution that cannot
+    /// would refuse every later proposal, including the one that would replace it: governance would be stuck.
+    fn check_new_constitution(&mut self, old: Option<&[u8]>) -> Result<(), Failure> {
+        let new = self.tx.get(maps::CONSTITUTION, b"");
+        if new.as_deref() == old {
+            return Ok(());
+        }
+        let refused = |reason: String| Failure {
+            reason: format!("the new constitution cannot govern, so it is not applied: {reason}"),
+            trace: None,
+        };
+        let refused_js = |e: JsError| match e {
+            JsError::Exception { message, stack } => Failure {
+                trace: stack,
+                ..refused(message)
+            },
+            other => refused(other.to_string()),
+        };
+        let new = new.ok_or_else(|| refused("the proposal removes it".into()))?;
+        let source = String::from_utf8(new).map_err(|_| refused("it is not UTF-8 text".into()))?;
+        let engine = Engine::new(JsLimits::default(), &[(CONSTITUTION_MODULE.to_string(), source)])
+            .map_err(refused_js)?;
+        engine
+            .check_exports(
+                self.tx,
+                KvPolicy::ReadOnly,
+                self.last_committed,
+                CONSTITUTION_MODULE,
+                &CONSTITUTION_EXPORTS,
+            )
+            .map_err(refused_js)
+    }
+
     /// One member's ballot on `proposal`: its vote, or why it failed.
     fn run_ballot(
         &mut self,
@@ -567,6 +646,8 @@ impl<'t> Governance<'t> {
         })
     }
 
+    /// An accepted change of the constitution drops every other open proposal; a change of the allowed code drops
+    /// the open proposals that also change the allowed code.
     fn drop_affected(&mut self, accepted: &str, proposal: &str) {
         let names = |p: &str| -> Vec<String> {
             serde_json::from_str::<serde_json::Value>(p)

@@ -351,3 +351,105 @@ async fn a_new_constitution_applies_and_governance_survives_restarts_and_failove
     })
     .await
 }
+
+/// A member's ballot used to read private application maps, and could leak them through its error text.
+#[tokio::test]
+async fn ballot_cannot_read_private_maps() -> anyhow::Result<()> {
+    bounded(120, async {
+        let net = Network::start_with_members(1, 1, &[]).await?;
+        let r = net
+            .user_client(0)?
+            .post_json("/app/log/private", &json!({"id": 1, "msg": "a private record"}))
+            .await?;
+        ensure!(r.status == 201, "{} {}", r.status, r.text());
+        let gov = net.gov_client(0, 0)?;
+        let p = gov
+            .propose_action("set_recovery_threshold", json!({"recovery_threshold": 1}))
+            .await?;
+        let ballot = r#"export function vote (proposal, proposerId) {
+            const found = [];
+            ccf.kv["records"].forEach((v) => found.push(ccf.bufToStr(v)));
+            throw new Error("leaked: " + found.join(",")); }"#;
+        let path = format!(
+            "/gov/members/proposals/{}/ballots/{}:submit",
+            p.proposal_id,
+            gov.member_id()
+        );
+        let r = gov
+            .post_cose(
+                &path,
+                MsgType::Ballot,
+                Some(&p.proposal_id),
+                json!({ "ballot": ballot }).to_string().as_bytes(),
+            )
+            .await?;
+        ensure!(
+            r.status == 400 && r.text().contains("private") && !r.text().contains("a private record"),
+            "a ballot read a private map: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(gov.show(&p.proposal_id).await?.state == synod_governance::ProposalState::Open);
+        Ok(())
+    })
+    .await
+}
+
+/// `/app/kv/{map}` follows the JavaScript sandbox's rule: users read the governance tables, but not the internal
+/// tables nor the members' signed requests.
+#[tokio::test]
+async fn users_cannot_read_internal_tables_or_signed_member_requests() -> anyhow::Result<()> {
+    bounded(120, async {
+        let net = Network::start_with_members(1, 1, &[]).await?;
+        let user = net.user_client(0)?;
+        for map in [
+            "public:ccf.gov.history",
+            "public:ccf.gov.cose_recent_requests",
+            "public:ccf.internal.signatures",
+        ] {
+            let r = user.get(&format!("/app/kv/{map}")).await?;
+            ensure!(
+                r.status == 403 && r.api_error().context("error")?.code == "Forbidden",
+                "{map}: {} {}",
+                r.status,
+                r.text()
+            );
+        }
+        let r = user.get("/app/kv/public:ccf.gov.users.certs").await?;
+        ensure!(
+            r.status == 200,
+            "governance tables stay readable: {} {}",
+            r.status,
+            r.text()
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// An accepted `set_constitution` used to be applied unchecked: one without `resolve` would block governance for
+/// good. Now it fails, and the old constitution stays in force.
+#[tokio::test]
+async fn a_constitution_without_its_functions_fails_and_the_old_one_stays() -> anyhow::Result<()> {
+    bounded(120, async {
+        let net = Network::start_with_members(1, 1, &[]).await?;
+        let gov = net.gov_client(0, 0)?;
+        let old = gov.constitution().await?;
+        let bad = "export function validate(input) { return { valid: true, description: \"OK\" }; }";
+        let p = gov
+            .propose_action("set_constitution", json!({ "constitution": bad }))
+            .await?;
+        let info = gov.vote(&p.proposal_id, true).await?;
+        let reason = info.extra["failure"]["reason"].as_str().unwrap_or("");
+        ensure!(
+            info.state == synod_governance::ProposalState::Failed && reason.contains("resolve"),
+            "{info:?}"
+        );
+        ensure!(gov.constitution().await? == old, "the old constitution stays");
+        net.pass(0, "set_recovery_threshold", json!({"recovery_threshold": 1}))
+            .await
+            .context("governance goes on")?;
+        Ok(())
+    })
+    .await
+}

@@ -182,9 +182,9 @@ async fn replacing_the_app_is_atomic() -> anyhow::Result<()> {
     .await
 }
 
-/// Sandboxing: writing a governance table is refused, a handler that loops or exhausts memory is stopped with a
-/// 500, an exception returns 500 with its message, a non-2xx answer writes nothing — and the node keeps
-/// serving other requests meanwhile.
+/// Sandboxing: writing a governance table is refused, a handler that loops or exhausts memory (its own or buffers
+/// made by the natives) is stopped with a 500, an exception returns 500 with its message, a non-2xx answer writes
+/// nothing — and the node keeps serving other requests meanwhile.
 #[tokio::test]
 async fn misbehaving_handlers_are_stopped_without_hurting_others() -> anyhow::Result<()> {
     bounded(240, async {
@@ -229,6 +229,19 @@ async fn misbehaving_handlers_are_stopped_without_hurting_others() -> anyhow::Re
         ensure!(
             status == 500 && v["error"]["message"].as_str().unwrap_or("").contains("heap"),
             "{status} {v}"
+        );
+        // Buffers made by the natives (strToBuf, kv.get) count against the heap limit.
+        for path in ["/app/bad/buffers", "/app/bad/kvbuffers"] {
+            let (status, v) = call(&c, Method::POST, path, None).await?;
+            ensure!(
+                status == 500 && v["error"]["message"].as_str().unwrap_or("").contains("heap"),
+                "{path}: {status} {v}"
+            );
+        }
+        let (status, _) = call(&c, Method::GET, "/app/bad/history", None).await?;
+        ensure!(
+            status == 403,
+            "the members' signed requests are not readable: {status}"
         );
         let (status, v) = call(&c, Method::POST, "/app/bad/throw", None).await?;
         ensure!(

@@ -37,6 +37,8 @@ pub const GOV_RECENT_REQUESTS: &str = "public:ccf.gov.cose_recent_requests";
 pub const JS_APP: &str = "public:ccf.gov.js_app";
 /// Snapshot / ledger-chunk triggers set by governance.
 pub const GOV_TRIGGERS: &str = "public:ccf.gov.triggers";
+/// Development mode (no members): hex SHA-256 of the join token joining nodes present, at key "".
+pub const JOIN_TOKEN_DIGEST: &str = "public:ccf.internal.join_token_digest";
 
 /// Public maps are written in clear in the ledger; all others are sealed.
 pub fn is_public(map: &str) -> bool {
@@ -53,6 +55,36 @@ pub fn is_internal_table(map: &str) -> bool {
     map.starts_with("ccf.") || map.starts_with("public:ccf.internal.")
 }
 
+/// Governance tables holding members' signed requests (every request's COSE envelope, and the digests and
+/// timestamps of recent ones). They are governance's own evidence, not application data.
+pub fn is_signed_request_table(map: &str) -> bool {
+    map == GOV_HISTORY || map == GOV_RECENT_REQUESTS
+}
+
+/// The one rule for what applications may read, shared by the JavaScript sandbox and `/app/kv/{map}`.
+///
+/// As in CCF, applications read their own maps and the public governance tables (`public:ccf.gov.*`: members,
+/// users, nodes, the constitution, proposals), but never the framework's internal tables ([`is_internal_table`]).
+/// Unlike CCF, the members' signed requests ([`is_signed_request_table`]) are withheld too: they are the
+/// consortium's evidence (auditors find every one in the ledger), and users have no business replaying or
+/// mining them.
+pub fn is_readable_by_applications(map: &str) -> bool {
+    !is_internal_table(map) && !is_signed_request_table(map)
+}
+
+/// What governance scripts (ballots, and the constitution's `validate`, `resolve` and `apply`) may read: public
+/// maps only, framework and application ones, as in CCF. Private maps are sealed in the ledger for a reason: a
+/// member's ballot must not be able to read them and leak them through its error text.
+pub fn is_readable_by_governance(map: &str) -> bool {
+    is_public(map)
+}
+
+/// What the constitution's `apply` may write: the governance tables (`public:ccf.gov.*`) only, as in CCF, and of
+/// them not the signed requests, which only the framework records (replay protection depends on them).
+pub fn is_writable_by_governance(map: &str) -> bool {
+    map.starts_with("public:ccf.gov.") && !is_signed_request_table(map)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +99,32 @@ mod tests {
         assert!(!is_internal_table(USERS_CERTS) && !is_internal_table("records"));
         assert!(!is_public("records"));
         assert!(!is_public("publicrecords"));
+    }
+
+    #[test]
+    fn applications_read_governance_tables_but_not_internal_ones_or_signed_requests() {
+        assert!(is_readable_by_applications(USERS_CERTS));
+        assert!(is_readable_by_applications(PROPOSALS_INFO));
+        assert!(is_readable_by_applications("records") && is_readable_by_applications("public:records"));
+        for hidden in [
+            SIGNATURES,
+            COSE_SIGNATURES,
+            "ccf.internal.secrets",
+            GOV_HISTORY,
+            GOV_RECENT_REQUESTS,
+        ] {
+            assert!(!is_readable_by_applications(hidden), "{hidden}");
+        }
+    }
+
+    #[test]
+    fn governance_sees_public_maps_only_and_writes_governance_tables_only() {
+        assert!(is_readable_by_governance(USERS_CERTS) && is_readable_by_governance("public:records"));
+        assert!(is_readable_by_governance(SIGNATURES));
+        assert!(!is_readable_by_governance("records") && !is_readable_by_governance("ccf.internal.secrets"));
+        assert!(is_writable_by_governance(USERS_CERTS) && is_writable_by_governance(CONSTITUTION));
+        assert!(!is_writable_by_governance(SIGNATURES) && !is_writable_by_governance("public:records"));
+        assert!(!is_writable_by_governance("records"));
+        assert!(!is_writable_by_governance(GOV_HISTORY) && !is_writable_by_governance(GOV_RECENT_REQUESTS));
     }
 }

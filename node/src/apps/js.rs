@@ -369,37 +369,63 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<JobResult>,
 }
 
+/// Requests waiting for one JavaScript worker at most. Each waits for those before it (each bounded by
+/// --js-time-ms-max); beyond this a client is better told to come back than kept waiting, and the node's memory
+/// must not grow with a flood of requests.
+const JS_QUEUE_PER_WORKER: usize = 16;
+/// `Retry-After` when every worker's queue is full, in seconds.
+const JS_BUSY_RETRY_AFTER_S: u32 = 1;
+
 /// JavaScript workers: a fixed set of threads, each with its engine (kept across requests until the app changes).
 /// Handlers are bounded by --js-time-ms-max, so a stuck handler holds one worker for at most that long; native
 /// endpoints and consensus never wait for them.
-struct Pool {
-    /// One queue per worker (round-robin): no lock is shared between workers waiting for work.
-    workers: Vec<std::sync::Mutex<std::sync::mpsc::Sender<Job>>>,
+struct Pool<J> {
+    /// One bounded queue per worker (round-robin): no lock is shared between workers waiting for work.
+    workers: Vec<std::sync::mpsc::SyncSender<J>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
-impl Pool {
-    fn send(&self, job: Job) -> Result<(), ApiError> {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.workers.len().max(1);
-        let worker = self
-            .workers
-            .get(i)
-            .ok_or_else(|| ApiError::internal("no JavaScript worker"))?;
-        worker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| ApiError::internal("the JavaScript workers stopped"))
+impl<J> Pool<J> {
+    /// Queues `job` for the next worker, or the first one after it with room; `503 ServiceBusy` with
+    /// `Retry-After` when every queue is full.
+    fn send(&self, job: J) -> Result<(), ApiError> {
+        let n = self.workers.len();
+        if n == 0 {
+            return Err(ApiError::internal("no JavaScript worker"));
+        }
+        let first = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+        let mut job = job;
+        let mut stopped = 0;
+        for i in (first..n).chain(0..first) {
+            match self.workers[i].try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::TrySendError::Full(j)) => job = j,
+                Err(std::sync::mpsc::TrySendError::Disconnected(j)) => {
+                    stopped += 1;
+                    job = j;
+                }
+            }
+        }
+        if stopped == n {
+            return Err(ApiError::internal("the JavaScript workers stopped"));
+        }
+        Err(ApiError::busy(
+            "ServiceBusy",
+            format!(
+                "every JavaScript worker has {JS_QUEUE_PER_WORKER} requests waiting; retry after {JS_BUSY_RETRY_AFTER_S} s"
+            ),
+            JS_BUSY_RETRY_AFTER_S,
+        ))
     }
 }
 
-fn pool() -> &'static Pool {
-    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+fn pool() -> &'static Pool<Job> {
+    static POOL: std::sync::OnceLock<Pool<Job>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let count = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 2;
         let mut workers = Vec::new();
         for i in 0..count {
-            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(JS_QUEUE_PER_WORKER);
             let spawned = std::thread::Builder::new()
                 .name(format!("js-{i}"))
                 .spawn(move || {
@@ -416,7 +442,7 @@ fn pool() -> &'static Pool {
                     }
                 });
             match spawned {
-                Ok(_) => workers.push(std::sync::Mutex::new(tx)),
+                Ok(_) => workers.push(tx),
                 Err(e) => tracing::error!("cannot start JavaScript worker {i}: {e}"),
             }
         }
@@ -555,5 +581,29 @@ mod tests {
         assert_eq!(found("/log/7"), Ok("byId".to_string()));
         assert_eq!(find(&deployed, &Method::POST, "/log/7").err(), Some(true));
         assert_eq!(find(&deployed, &Method::GET, "/nowhere").err(), Some(false));
+    }
+
+    #[test]
+    fn full_js_worker_queues_answer_busy_instead_of_growing() {
+        // Two workers that never take their work (as when every handler runs to its time limit).
+        let (queues, _stalled): (Vec<_>, Vec<_>) = (0..2)
+            .map(|_| std::sync::mpsc::sync_channel::<u32>(JS_QUEUE_PER_WORKER))
+            .unzip();
+        let pool = Pool {
+            workers: queues,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        };
+        for job in 0..2 * JS_QUEUE_PER_WORKER as u32 {
+            pool.send(job).expect("room in some queue");
+        }
+        let err = pool.send(0).expect_err("every queue is full");
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.code, "ServiceBusy");
+        assert_eq!(err.retry_after_s, Some(JS_BUSY_RETRY_AFTER_S));
+        let response = err.into_response();
+        assert_eq!(
+            response.headers().get(axum::http::header::RETRY_AFTER),
+            Some(&HeaderValue::from(JS_BUSY_RETRY_AFTER_S))
+        );
     }
 }

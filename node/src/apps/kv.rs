@@ -1,5 +1,7 @@
-//! Ordered range reads over any public map, etcd-style: `GET /app/kv/{map}?from=HEX&to=HEX&limit=N`, paginated
-//! by passing `next` back as `from`. Private maps are reachable only through their app's own logic.
+//! Ordered range reads over public maps, etcd-style: `GET /app/kv/{map}?from=HEX&to=HEX&limit=N`, paginated
+//! by passing `next` back as `from`. Private maps are reachable only through their app's own logic; framework
+//! tables follow the same rule as JavaScript apps ([`maps::is_readable_by_applications`]): the governance tables
+//! are readable, the internal ones and the members' signed requests are not.
 
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -42,6 +44,11 @@ async fn range(
     if !maps::is_public(&map) {
         return Err(ApiError::forbidden(format!(
             "{map} is not a public map; only public maps can be read directly"
+        )));
+    }
+    if !maps::is_readable_by_applications(&map) {
+        return Err(ApiError::forbidden(format!(
+            "{map} is internal to the framework and cannot be read by applications"
         )));
     }
     let q: RangeQuery = extract::query(q)?;

@@ -64,8 +64,17 @@ impl Fixture {
 
     /// Runs `f` on a transaction and commits it (as the node would on success).
     fn run<T>(&mut self, f: impl FnOnce(&mut Governance<'_>) -> Result<T, GovError>) -> Result<T, GovError> {
+        self.run_at(NOW, f)
+    }
+
+    /// [`Fixture::run`] on a node whose clock reads `now`.
+    fn run_at<T>(
+        &mut self,
+        now: u64,
+        f: impl FnOnce(&mut Governance<'_>) -> Result<T, GovError>,
+    ) -> Result<T, GovError> {
         let mut tx = Tx::new(self.state.clone());
-        let out = f(&mut Governance::new(&mut tx, NOW, (2, 5)))?;
+        let out = f(&mut Governance::new(&mut tx, now, (2, 5)))?;
         let (public, private) = tx.into_write_sets();
         let seqno = self.state.version() + 1;
         self.state
@@ -110,6 +119,19 @@ impl Fixture {
         self.send(member, ballot.as_bytes(), |g, r| {
             g.ballot(r, proposal, Some(proposal))
         })
+    }
+
+    /// Commits `value` at `key` of `map` (an application's write, outside governance).
+    fn write(&mut self, map: &str, key: &[u8], value: &[u8]) {
+        let seqno = self.state.version() + 1;
+        let writes = [MapWrites {
+            name: map.into(),
+            writes: vec![KeyWrite {
+                key: key.to_vec(),
+                value: Some(value.to_vec()),
+            }],
+        }];
+        self.state.apply(seqno, &writes).expect("apply");
     }
 
     fn get(&self, map: &str, key: &str) -> Option<serde_json::Value> {
@@ -425,4 +447,124 @@ fn a_stored_ballot_that_fails_later_is_left_out_instead_of_blocking_the_proposal
     let mut counted = vec![fx.members[0].clone(), fx.members[2].clone()];
     counted.sort();
     assert_eq!(voters, counted, "the failed ballot is not a vote");
+}
+
+#[test]
+fn ballot_cannot_read_private_maps() {
+    let mut fx = Fixture::new(3);
+    fx.write("records", &1u64.to_be_bytes(), b"a private record");
+    let (id, _) = fx.propose(0, set_user_action()).expect("propose");
+    // A ballot that reads the application's private map and throws what it found.
+    let leak = json!({"ballot": r#"export function vote (proposal, proposerId) {
+          const found = [];
+          ccf.kv["records"].forEach((v) => found.push(ccf.bufToStr(v)));
+          throw new Error("leaked: " + found.join(",")); }"#})
+    .to_string();
+    let err = fx
+        .send(1, leak.as_bytes(), |g, r| g.ballot(r, &id, Some(&id)))
+        .expect_err("a ballot reading a private map fails");
+    let text = err.to_string();
+    assert!(matches!(err, GovError::BadRequest("BallotFailed", _)), "{err:?}");
+    assert!(
+        !text.contains("a private record"),
+        "the private record leaked: {text}"
+    );
+    assert!(text.contains("private"), "{text}");
+}
+
+#[test]
+fn a_constitution_without_validate_resolve_and_apply_is_refused_and_the_old_one_stays() {
+    let mut fx = Fixture::new(1);
+    let broken = [
+        ("export function validate(p) { return { valid: true }; }", "resolve"),
+        ("export function validate(p) { return { valid: true }; }\nexport const resolve = 1;\nexport function apply() {}", "resolve"),
+        ("export function validate(", "cannot govern"),
+        ("throw new Error(\"refuses to load\");", "refuses to load"),
+    ];
+    for (constitution, why) in broken {
+        let (id, _) = fx
+            .propose(
+                0,
+                json!([{"name": "set_constitution", "args": {"constitution": constitution}}]),
+            )
+            .expect("propose");
+        let info = fx.vote(0, &id, true).expect("vote");
+        assert_eq!(info.state, ProposalState::Failed, "{constitution}");
+        let reason = info.failure.expect("failure").reason;
+        assert!(
+            reason.contains("cannot govern") && reason.contains(why),
+            "{constitution}: {reason}"
+        );
+        assert!(
+            fx.state.get(maps::CONSTITUTION, b"").is_none(),
+            "the old constitution stays"
+        );
+    }
+    // Governance goes on under the old constitution.
+    let (id, _) = fx.propose(0, set_user_action()).expect("propose");
+    assert_eq!(
+        fx.vote(0, &id, true).expect("vote").state,
+        ProposalState::Accepted
+    );
+    // A good constitution is still accepted.
+    let (id, _) = fx
+        .propose(
+            0,
+            json!([{"name": "set_constitution", "args": {"constitution": DEFAULT_CONSTITUTION}}]),
+        )
+        .expect("propose");
+    assert_eq!(
+        fx.vote(0, &id, true).expect("vote").state,
+        ProposalState::Accepted
+    );
+}
+
+/// Pruning the replay table by the local clock let a node whose clock runs ahead forget a request that a node
+/// whose clock runs behind still accepts: after two failovers, the request could be replayed.
+#[test]
+fn replay_protection_survives_failovers_between_skewed_clocks() {
+    let mut fx = Fixture::new(1);
+    let m = fx.members[0].clone();
+    let request = |created_at: u64, digest: u8| Request {
+        member_id: &m,
+        created_at,
+        signature_digest: [digest; 32],
+        raw: b"raw",
+        payload: b"",
+    };
+    let update = |g: &mut Governance<'_>, r: &Request<'_>| g.update_state_digest(r);
+    // Recorded by a node with an accurate clock, 420 s before now.
+    let old = request(NOW - 420, 1);
+    fx.run_at(NOW - 420, |g| update(g, &old)).expect("recorded");
+    // Now: the primary's clock runs 200 s ahead; a fresh request is recorded (it used to prune the old one).
+    fx.run_at(NOW + 200, |g| update(g, &request(NOW, 2)))
+        .expect("fresh request on a fast clock");
+    // Failover to a node whose clock runs 150 s behind: the old request is inside its window, and still known.
+    assert!(matches!(
+        fx.run_at(NOW - 150, |g| update(g, &old)),
+        Err(GovError::BadRequest("ReplayedRequest", _))
+    ));
+    // Much later, a fresh request lets the old ones go...
+    fx.run_at(NOW + 1000, |g| update(g, &request(NOW + 1000, 3)))
+        .expect("a fresh request");
+    let remembered = fx.state.map(maps::GOV_RECENT_REQUESTS).map_or(0, |m| m.len());
+    assert_eq!(
+        remembered, 1,
+        "only the request inside the window and margin is kept"
+    );
+    // ... and they stay refused even by a node whose clock would accept them.
+    for (clock, created_at, digest) in [(NOW - 420, NOW - 420, 1), (NOW, NOW, 2)] {
+        assert!(
+            matches!(
+                fx.run_at(clock, |g| update(g, &request(created_at, digest))),
+                Err(GovError::BadRequest("StaleRequest", _))
+            ),
+            "a forgotten request replayed at a node whose clock reads {clock}"
+        );
+    }
+    // Honest requests from clocks a few minutes apart still get in.
+    fx.run_at(NOW + 1000, |g| update(g, &request(NOW + 750, 4)))
+        .expect("a member clock 250 s behind");
+    fx.run_at(NOW + 1200, |g| update(g, &request(NOW + 1000, 5)))
+        .expect("a node clock 200 s ahead");
 }

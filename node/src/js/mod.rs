@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Every call is bounded: a heap limit (allocation fails with an exception) and a wall-clock deadline checked by
-//! QuickJS's interrupt handler (a loop that never ends is stopped). What a script may touch is a [`KvPolicy`].
+//! QuickJS's interrupt handler (a loop that never ends is stopped). Buffers the natives return are allocated by
+//! QuickJS, so they count against the heap limit; what the natives add to the transaction (on the Rust heap) is
+//! bounded by the same number of bytes (`TxBudget`). What a script may touch is a [`KvPolicy`].
 
 mod prelude;
 
@@ -49,20 +51,25 @@ impl Default for JsLimits {
 /// What scripts may read and write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvPolicy {
-    /// The constitution: every map.
+    /// The constitution's `apply`: reads public maps, writes the governance tables
+    /// ([`maps::is_writable_by_governance`]).
     Governance,
-    /// Applications: their own maps; the public governance tables read-only; no internal tables at all.
+    /// Applications: their own maps; the public governance tables read-only; no internal tables at all
+    /// ([`maps::is_readable_by_applications`]).
     Application,
-    /// Reading only (ballots, and the constitution's validate and resolve): any write is refused.
+    /// Ballots, and the constitution's `validate` and `resolve`: public maps, read-only.
     ReadOnly,
 }
 
 impl KvPolicy {
     fn check_read(self, map: &str) -> Result<(), String> {
         match self {
-            KvPolicy::Application if maps::is_internal_table(map) => Err(format!(
+            KvPolicy::Application if !maps::is_readable_by_applications(map) => Err(format!(
                 "{map} is internal to the framework and cannot be read by applications"
             )),
+            KvPolicy::Governance | KvPolicy::ReadOnly if !maps::is_readable_by_governance(map) => Err(
+                format!("{map} is private: ballots and the constitution read public maps only"),
+            ),
             _ => Ok(()),
         }
     }
@@ -72,6 +79,9 @@ impl KvPolicy {
             KvPolicy::ReadOnly => Err(format!("this script may only read: writing {map} is refused")),
             KvPolicy::Application if maps::is_framework_table(map) => Err(format!(
                 "{map} belongs to the framework: applications may not write it"
+            )),
+            KvPolicy::Governance if !maps::is_writable_by_governance(map) => Err(format!(
+                "{map} is not a governance table: the constitution writes public:ccf.gov.* only"
             )),
             _ => Ok(()),
         }
@@ -95,6 +105,14 @@ pub enum JsError {
     /// The call ran out of heap.
     #[error("script stopped: it exceeded its {0}-byte heap limit")]
     OutOfMemory(usize),
+    /// A module does not export the function asked for.
+    #[error("module {module} does not export a function {function}")]
+    MissingExport {
+        /// The module.
+        module: String,
+        /// The function.
+        function: String,
+    },
     /// The script returned something unexpected.
     #[error("script returned an unexpected value: {0}")]
     BadReturn(String),
@@ -109,6 +127,94 @@ struct CallState {
     policy: KvPolicy,
     last_committed: (u64, u64),
     apply_writes: Option<bool>,
+    budget: TxBudget,
+}
+
+/// Why a native refused.
+enum Refusal {
+    /// A policy or argument error (a `TypeError`).
+    Refused(String),
+    /// The call's transaction would outgrow its budget (an `InternalError` "out of memory", like QuickJS's own).
+    OutOfMemory(String),
+}
+
+impl From<String> for Refusal {
+    fn from(m: String) -> Refusal {
+        Refusal::Refused(m)
+    }
+}
+
+/// Bytes one key of the transaction costs beyond its map name, key and value (tree nodes, vector headers, the
+/// budget's own entry). An estimate: it only has to keep the order of magnitude honest.
+const TX_ENTRY_OVERHEAD: usize = 64;
+/// Bytes the transaction keeps per entry a range read returned (the key's handle and version, for validation).
+const TX_RANGE_ENTRY: usize = 40;
+
+/// What the natives add to the transaction during one call. The transaction lives on the Rust heap, out of
+/// QuickJS's sight: without this bound a script could grow its write set (or its read set, with ever new keys, or
+/// its recorded ranges, with `size` in a loop) to gigabytes within its time limit while its JS heap stays small.
+/// It is bounded by the same number of bytes as the heap ([`JsLimits::heap_bytes_max`]).
+struct TxBudget {
+    limit: usize,
+    used: usize,
+    /// What each (map, key) touched is charged now, by a hash of it: reading or rewriting a key again costs
+    /// nothing more, as the transaction keeps one entry per key.
+    per_key: std::collections::HashMap<u64, usize>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Set once a charge was refused: the call fails even if the script caught the exception.
+    exceeded: bool,
+}
+
+impl TxBudget {
+    fn new(limit: usize) -> TxBudget {
+        TxBudget {
+            limit,
+            used: 0,
+            per_key: Default::default(),
+            hasher: Default::default(),
+            exceeded: false,
+        }
+    }
+
+    fn check(&mut self, used: usize) -> Result<(), Refusal> {
+        if self.exceeded || used > self.limit {
+            self.exceeded = true;
+            return Err(Refusal::OutOfMemory(format!(
+                "out of memory: this call's transaction would grow past the {}-byte heap limit",
+                self.limit
+            )));
+        }
+        self.used = used;
+        Ok(())
+    }
+
+    /// Refuses everything once the budget was exceeded (for operations charged after they ran).
+    fn still_open(&mut self) -> Result<(), Refusal> {
+        self.check(self.used)
+    }
+
+    /// Charges a read (`value` None) or a write of `value` bytes at `key` of `map`, before it happens.
+    fn key(&mut self, map: &str, key: &[u8], value: Option<usize>) -> Result<(), Refusal> {
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one((map, key));
+        let old = self.per_key.get(&h).copied().unwrap_or(0);
+        let base = map.len() + key.len() + TX_ENTRY_OVERHEAD;
+        // A write replaces the key's value; a read adds an entry only the first time.
+        let new = match value {
+            Some(v) => base.saturating_add(v),
+            None => old.max(base),
+        };
+        self.check(self.used.saturating_sub(old).saturating_add(new))?;
+        self.per_key.insert(h, new);
+        Ok(())
+    }
+
+    /// Charges a range read that returned `entries` (every range read stays recorded in the transaction).
+    fn range(&mut self, map: &str, bounds: usize, entries: usize) -> Result<(), Refusal> {
+        let cost =
+            (map.len() + bounds + TX_ENTRY_OVERHEAD).saturating_add(entries.saturating_mul(TX_RANGE_ENTRY));
+        self.check(self.used.saturating_add(cost))
+    }
 }
 
 type Shared = Rc<RefCell<Option<CallState>>>;
@@ -382,7 +488,7 @@ impl Engine {
             let g = ctx.globals();
             let make_request: Function = g.get("__synod_request").map_err(caught)?;
             let make_response: Function = g.get("__synod_response").map_err(caught)?;
-            let buf = ArrayBuffer::new(ctx.clone(), body.to_vec()).map_err(caught)?;
+            let buf = js_buf(ctx, body).map_err(caught)?;
             let request: Value = make_request.call((request_json, buf)).map_err(caught)?;
             let out: Value = f.call((request,)).map_err(caught)?;
             let out = self.settle(ctx, out)?;
@@ -415,6 +521,24 @@ impl Engine {
         Ok(response)
     }
 
+    /// Checks that `module` loads and exports a function under each of `names`. Its top-level code runs, bounded
+    /// like a call, against `tx` under `policy`.
+    pub fn check_exports(
+        &self,
+        tx: &mut Tx,
+        policy: KvPolicy,
+        last_committed: (u64, u64),
+        module: &str,
+        names: &[&str],
+    ) -> Result<(), JsError> {
+        self.with_tx(tx, policy, last_committed, |ctx| {
+            names
+                .iter()
+                .try_for_each(|name| self.function(ctx, module, name).map(drop))
+        })?;
+        Ok(())
+    }
+
     fn function<'js>(&self, ctx: &Ctx<'js>, module: &str, function: &str) -> Result<Function<'js>, JsError> {
         let key = (module.to_string(), function.to_string());
         if let Some(saved) = self.functions.borrow().get(&key) {
@@ -432,8 +556,9 @@ impl Engine {
         let promise = Module::import(ctx, module).map_err(caught)?;
         let namespace: Object = promise.finish().map_err(caught)?;
         let f: Value = namespace.get(function).map_err(caught)?;
-        f.into_function().ok_or_else(|| {
-            JsError::BadReturn(format!("module {module} does not export a function {function}"))
+        f.into_function().ok_or_else(|| JsError::MissingExport {
+            module: module.to_string(),
+            function: function.to_string(),
         })
     }
 
@@ -457,6 +582,7 @@ impl Engine {
             policy,
             last_committed,
             apply_writes: None,
+            budget: TxBudget::new(self.limits.heap_bytes_max),
         });
         self.interrupted.store(false, Ordering::Relaxed);
         let deadline = self.epoch.elapsed() + Duration::from_millis(self.limits.time_ms_max);
@@ -466,11 +592,15 @@ impl Engine {
         self.deadline_ms.store(u64::MAX, Ordering::Relaxed);
         let call = self.state.borrow_mut().take();
         let apply_writes = call.as_ref().and_then(|c| c.apply_writes);
+        let exceeded = call.as_ref().is_some_and(|c| c.budget.exceeded);
         if let Some(call) = call {
             *tx = call.tx;
         }
         if self.interrupted.load(Ordering::Relaxed) {
             return Err(JsError::Timeout(self.limits.time_ms_max));
+        }
+        if exceeded {
+            return Err(JsError::OutOfMemory(self.limits.heap_bytes_max));
         }
         Ok((result?, apply_writes))
     }
@@ -521,16 +651,26 @@ impl Engine {
     }
 }
 
+/// An ArrayBuffer holding a copy of `bytes`, allocated by QuickJS so that it counts against the heap limit.
+/// (`ArrayBuffer::new` would hand QuickJS a Rust-owned vector its allocator never sees: a script could keep
+/// gigabytes of them under a heap limit of megabytes.)
+fn js_buf<'js>(ctx: &Ctx<'js>, bytes: &[u8]) -> rquickjs::Result<ArrayBuffer<'js>> {
+    ArrayBuffer::new_copy(ctx.clone(), bytes)
+}
+
 fn with_state<T>(
     ctx: &Ctx<'_>,
     shared: &Shared,
-    f: impl FnOnce(&mut CallState) -> Result<T, String>,
+    f: impl FnOnce(&mut CallState) -> Result<T, Refusal>,
 ) -> rquickjs::Result<T> {
     let mut guard = shared.borrow_mut();
     let state = guard
         .as_mut()
         .ok_or_else(|| throw(ctx, "the key-value store is only available during a call"))?;
-    f(state).map_err(|m| throw(ctx, &m))
+    f(state).map_err(|r| match r {
+        Refusal::Refused(m) => throw(ctx, &m),
+        Refusal::OutOfMemory(m) => Exception::throw_internal(ctx, &m),
+    })
 }
 
 fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
@@ -546,9 +686,10 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
                     let key = buf_bytes(&key).ok_or_else(|| throw(&ctx, "detached key"))?;
                     let value = with_state(&ctx, &s, |st| {
                         st.policy.check_read(&map)?;
+                        st.budget.key(&map, &key, None)?;
                         Ok(st.tx.get(&map, &key))
                     })?;
-                    value.map(|v| ArrayBuffer::new(ctx.clone(), v)).transpose()
+                    value.map(|v| js_buf(&ctx, &v)).transpose()
                 },
             )?,
         )?;
@@ -564,6 +705,7 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
                     let value = buf_bytes(&value).ok_or_else(|| throw(&ctx, "detached value"))?;
                     with_state(&ctx, &s, |st| {
                         st.policy.check_write(&map)?;
+                        st.budget.key(&map, &key, Some(value.len()))?;
                         st.tx.put(&map, &key, &value);
                         Ok(())
                     })
@@ -581,6 +723,7 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
                     let key = buf_bytes(&key).ok_or_else(|| throw(&ctx, "detached key"))?;
                     with_state(&ctx, &s, |st| {
                         st.policy.check_write(&map)?;
+                        st.budget.key(&map, &key, Some(0))?;
                         let had = st.tx.has(&map, &key);
                         st.tx.delete(&map, &key);
                         Ok(had)
@@ -605,13 +748,17 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
                     let limit = limit.map_or(usize::MAX, |l| l as usize);
                     let rows = with_state(&ctx, &s, |st| {
                         st.policy.check_read(&map)?;
-                        Ok(st.tx.range(&map, &from, to.as_deref(), limit))
+                        st.budget.still_open()?;
+                        let rows = st.tx.range(&map, &from, to.as_deref(), limit);
+                        let bounds = from.len() + to.as_ref().map_or(0, Vec::len);
+                        st.budget.range(&map, bounds, rows.len())?;
+                        Ok(rows)
                     })?;
                     let out = rquickjs::Array::new(ctx.clone())?;
                     for (i, (k, v)) in rows.into_iter().enumerate() {
                         let pair = rquickjs::Array::new(ctx.clone())?;
-                        pair.set(0, ArrayBuffer::new(ctx.clone(), k)?)?;
-                        pair.set(1, ArrayBuffer::new(ctx.clone(), v)?)?;
+                        pair.set(0, js_buf(&ctx, &k)?)?;
+                        pair.set(1, js_buf(&ctx, &v)?)?;
                         out.set(i, pair)?;
                     }
                     Ok::<_, rquickjs::Error>(out)
@@ -621,9 +768,7 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
     }
     natives.set(
         "strToBuf",
-        Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String| {
-            ArrayBuffer::new(ctx, s.into_bytes())
-        })?,
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String| js_buf(&ctx, s.as_bytes()))?,
     )?;
     natives.set(
         "bufToStr",
@@ -636,7 +781,7 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
         "sha256",
         Function::new(ctx.clone(), |ctx: Ctx<'js>, b: ArrayBuffer<'js>| {
             let bytes = buf_bytes(&b).ok_or_else(|| throw(&ctx, "detached buffer"))?;
-            ArrayBuffer::new(ctx, sha256(&bytes).to_vec())
+            js_buf(&ctx, &sha256(&bytes))
         })?,
     )?;
     natives.set(

@@ -153,6 +153,122 @@ fn runaway_scripts_are_stopped_and_the_engine_keeps_working() {
     );
 }
 
+/// ArrayBuffers the natives make used to be handed to QuickJS as Rust-owned vectors, which its allocator (and so
+/// the heap limit) never saw: a script could keep gigabytes of them under a heap limit of megabytes.
+#[test]
+fn buffers_made_by_natives_count_against_the_heap_limit() {
+    let e = engine(&[(
+        "main.js",
+        r#"
+        const big = () => "x".repeat(1 << 20);
+        // Keeps 128 MiB of buffers from each native under a 16 MiB heap limit (the string is made once).
+        function hoard(make) { const s = big(); const kept = []; for (let i = 0; i < 128; i++) kept.push(make(s)); return kept.length; }
+        export function strToBuf() { return hoard((s) => ccf.strToBuf(s)); }
+        export function json() { return hoard((s) => ccf.jsonCompatibleToBuf(s)); }
+        export function kvGet() { return hoard(() => ccf.kv["blob"].get(ccf.strToBuf("k"))); }
+        export function kvRange() { return hoard(() => ccf.kv["blob"].range()[0][1]); }
+        export function small() { return ccf.bufToStr(ccf.strToBuf(big())).length; }"#,
+    )]);
+    let mut tx = Tx::new(State::default());
+    tx.put("blob", b"k", &vec![7; 1 << 20]);
+    for f in ["strToBuf", "json", "kvGet", "kvRange"] {
+        let out = call(&e, &mut tx, KvPolicy::Application, f, &[]);
+        assert!(matches!(out, Err(JsError::OutOfMemory(_))), "{f}: {out:?}");
+    }
+    // Within the limit, the same natives work (and the engine survived).
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "small", &[]).expect("small"),
+        1 << 20
+    );
+}
+
+/// The transaction lives on the Rust heap too: a script could grow its write set (or its read set, with ever new
+/// keys) to gigabytes while its JS heap stayed small.
+#[test]
+fn a_call_cannot_grow_its_transaction_past_the_heap_limit() {
+    let e = engine(&[(
+        "main.js",
+        r#"
+        const mib = () => ccf.strToBuf("x".repeat(1 << 20));
+        export function writes() { const v = mib(); for (let i = 0; i < 128; i++) ccf.kv["big"].set(ccf.strToBuf("k" + i), v); }
+        export function caught() { const v = mib(); try { for (let i = 0; i < 128; i++) ccf.kv["big"].set(ccf.strToBuf("k" + i), v); } catch (e) {} return "swallowed"; }
+        export function reads() { const key = new Uint8Array(1 << 20); for (let i = 0; i < 128; i++) { key[0] = i; ccf.kv["big"].get(key); } }
+        export function rewrites() {
+          const v = mib(); for (let i = 0; i < 32; i++) ccf.kv["big"].set(ccf.strToBuf("same"), v);
+          const key = new ArrayBuffer(64 << 10); for (let i = 0; i < 512; i++) ccf.kv["big"].get(key);
+          return "ok"; }"#,
+    )]);
+    for f in ["writes", "caught", "reads"] {
+        let mut tx = Tx::new(State::default());
+        let out = call(&e, &mut tx, KvPolicy::Application, f, &[]);
+        assert!(matches!(out, Err(JsError::OutOfMemory(_))), "{f}: {out:?}");
+    }
+    // Rewriting and rereading one key does not grow the transaction, and is not charged as if it did.
+    let mut tx = Tx::new(State::default());
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "rewrites", &[]).expect("rewrites"),
+        "ok"
+    );
+}
+
+/// Ballots and the constitution used to read every map: a member's ballot could read a private application map
+/// and leak it through its error text.
+#[test]
+fn governance_scripts_cannot_read_private_maps() {
+    let e = engine(&[(
+        "main.js",
+        r#"export function r(m) { const b = ccf.kv[m].get(ccf.strToBuf("k")); return b === undefined ? null : ccf.bufToStr(b); }
+           export function each(m) { const all = []; ccf.kv[m].forEach((v) => all.push(ccf.bufToStr(v))); return all; }
+           export function w(m) { ccf.kv[m].set(ccf.strToBuf("k"), ccf.strToBuf("v")); }"#,
+    )]);
+    let mut tx = Tx::new(State::default());
+    tx.put("records", b"k", b"the secret");
+    tx.put("public:records", b"k", b"public");
+    for policy in [KvPolicy::ReadOnly, KvPolicy::Governance] {
+        for f in ["r", "each"] {
+            let err = call(&e, &mut tx, policy, f, &["records".into()]).expect_err("private");
+            assert!(
+                err.to_string().contains("private") && !err.to_string().contains("the secret"),
+                "{policy:?} {f}: {err}"
+            );
+        }
+        assert_eq!(
+            call(&e, &mut tx, policy, "r", &["public:records".into()]).expect("public"),
+            "public"
+        );
+    }
+    // Applications read their own private maps.
+    assert_eq!(
+        call(&e, &mut tx, KvPolicy::Application, "r", &["records".into()]).expect("own map"),
+        "the secret"
+    );
+    // The constitution writes the governance tables only.
+    for map in ["records", "public:records", "public:ccf.internal.signatures"] {
+        let err = call(&e, &mut tx, KvPolicy::Governance, "w", &[map.into()]).expect_err("not governance");
+        assert!(err.to_string().contains("governance table"), "{map}: {err}");
+    }
+}
+
+/// The members' signed requests are governance's evidence: applications cannot read them (the same rule as
+/// `/app/kv/{map}`).
+#[test]
+fn applications_cannot_read_signed_member_requests() {
+    let e = engine(&[("main.js", r#"export function n(m) { return ccf.kv[m].size; }"#)]);
+    let mut tx = Tx::new(State::default());
+    for map in [maps::GOV_HISTORY, maps::GOV_RECENT_REQUESTS] {
+        let err = call(&e, &mut tx, KvPolicy::Application, "n", &[map.into()]).expect_err("hidden");
+        assert!(err.to_string().contains("internal"), "{map}: {err}");
+    }
+    call(
+        &e,
+        &mut tx,
+        KvPolicy::Application,
+        "n",
+        &[maps::PROPOSALS_INFO.into()],
+    )
+    .expect("other governance tables are readable");
+}
+
 #[test]
 fn engines_built_from_bytecode_behave_like_engines_built_from_source() {
     let modules = vec![

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub message: String,
     /// The request must run on the primary: the forwarding layer sends it there instead of answering.
     pub forward: bool,
+    /// Seconds a client should wait before retrying (`Retry-After`, sent with 503/429 when a bound is reached).
+    pub retry_after_s: Option<u32>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             code,
             message: message.into(),
             forward: false,
+            retry_after_s: None,
         }
     }
     /// 400 InvalidInput.
@@ -56,6 +59,21 @@ impl ApiError {
             )
         }
     }
+    /// 503 with `Retry-After`: a bounded queue or resource is full; the request did nothing and can be retried
+    /// (CCF's clients retry 503s after `Retry-After`).
+    pub fn busy(code: &'static str, message: impl Into<String>, retry_after_s: u32) -> ApiError {
+        ApiError {
+            retry_after_s: Some(retry_after_s),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+    /// 429 TooManyRequests with `Retry-After`: this client exceeded a per-client rate limit.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_s: u32) -> ApiError {
+        ApiError {
+            retry_after_s: Some(retry_after_s),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message)
+        }
+    }
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
@@ -74,6 +92,11 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if self.forward {
             response.extensions_mut().insert(super::forward::ForwardToPrimary);
+        }
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
         }
         response
     }
