@@ -273,10 +273,15 @@ pub enum ReceiptCommand {
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
     /// Re-check every entry, the Merkle tree and every signature of a ledger directory; name the first bad entry.
-    /// With --service-cert, node endorsements and COSE signatures are checked too.
+    /// With --service-cert, node endorsements and COSE signatures are checked too. Entries after the last
+    /// signature (an unsigned tail) fail the audit unless --allow-unsigned-tail is given.
     Audit {
         /// Ledger directory (a node's DATA_DIR/ledger)
         dir: PathBuf,
+        /// Accept entries after the last signature (still reported): a running node's open chunk ends with
+        /// committed entries whose signature is not written yet. Nothing vouches for them.
+        #[arg(long)]
+        allow_unsigned_tail: bool,
     },
 }
 
@@ -407,7 +412,17 @@ async fn run_call(cli: &Cli, args: &CallArgs, out: &mut (dyn Write + Send)) -> a
     Ok(u8::from(failed))
 }
 
-fn run_audit(cli: &Cli, dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
+// `unsigned_tail_range` of the JSON output: the seqnos nothing signed, or null.
+fn tail_range_json(tail: Option<&synod_core::audit::UnsignedTail>) -> serde_json::Value {
+    tail.map_or(serde_json::Value::Null, |t| json!({ "from": t.from, "to": t.to }))
+}
+
+fn run_audit(
+    cli: &Cli,
+    dir: &Path,
+    allow_unsigned_tail: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<u8> {
     // The service certificate is used only when given explicitly: a stale network.json must not fail an audit of
     // another network's ledger.
     let service_der = match &cli.connect.net.service_cert {
@@ -420,7 +435,8 @@ fn run_audit(cli: &Cli, dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Res
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
-    match synod_core::audit::audit_ledger(dir, service_der.as_deref()) {
+    let options = synod_core::audit::AuditOptions { allow_unsigned_tail };
+    match synod_core::audit::audit_ledger_with(dir, service_der.as_deref(), options) {
         Ok(report) if report.chunks == 0 => {
             if cli.json {
                 println(
@@ -439,6 +455,7 @@ fn run_audit(cli: &Cli, dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Res
             Ok(1)
         }
         Ok(report) => {
+            let tail = report.unsigned_tail.as_ref();
             if cli.json {
                 let doc = json!({
                     "ok": true,
@@ -447,7 +464,8 @@ fn run_audit(cli: &Cli, dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Res
                     "chunks": report.chunks,
                     "last_seqno": report.last_seqno,
                     "last_signed": report.last_signed,
-                    "unsigned_tail": report.unsigned_tail,
+                    "unsigned_tail": report.unsigned_entries(),
+                    "unsigned_tail_range": tail_range_json(tail),
                     "torn_tail_offset": report.torn_tail_offset,
                     "service_cert_checked": service_der.is_some(),
                 });
@@ -464,10 +482,19 @@ fn run_audit(cli: &Cli, dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Res
                     .last_signed
                     .map_or_else(|| "none".into(), |t| t.to_string());
                 println(out, format!("  last signed tx:  {last_signed}"))?;
-                println(
-                    out,
-                    format!("  unsigned tail:   {} entries", report.unsigned_tail),
-                )?;
+                let tail_text = tail.map_or_else(
+                    || "0 entries".to_string(),
+                    |t| {
+                        format!(
+                            "{} entries (seqno {} to {}), accepted by --allow-unsigned-tail: no signature vouches \
+                             for them",
+                            t.count(),
+                            t.from,
+                            t.to
+                        )
+                    },
+                );
+                println(out, format!("  unsigned tail:   {tail_text}"))?;
                 let torn = report.torn_tail_offset.map_or_else(
                     || "none".into(),
                     |o| format!("partial entry at offset {o} of the last chunk (a crash mid-write)"),
@@ -484,9 +511,13 @@ fn run_audit(cli: &Cli, dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Res
         }
         Err(e) => {
             if cli.json {
-                let doc = json!({
+                let mut doc = json!({
                     "ok": false, "file": e.file, "offset": e.offset, "seqno": e.seqno, "reason": e.reason,
                 });
+                if let Some(tail) = &e.unsigned_tail {
+                    doc["unsigned_tail"] = json!(tail.count());
+                    doc["unsigned_tail_range"] = tail_range_json(Some(tail));
+                }
                 println(out, serde_json::to_string_pretty(&doc)?)?;
             } else {
                 println(out, "ledger audit FAILED")?;
@@ -500,6 +531,13 @@ fn run_audit(cli: &Cli, dir: &Path, out: &mut (dyn Write + Send)) -> anyhow::Res
                     ),
                 )?;
                 println(out, format!("  reason:  {}", e.reason))?;
+                if e.unsigned_tail.is_some() {
+                    println(
+                        out,
+                        "  note:    a running node's open chunk may end with entries not signed yet; \
+                         --allow-unsigned-tail accepts (and still reports) them",
+                    )?;
+                }
             }
             Ok(1)
         }
@@ -637,7 +675,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Receipt(ReceiptCommand::Verify { file }) => run_verify(&cli, file, out),
-        Command::Ledger(LedgerCommand::Audit { dir }) => run_audit(&cli, dir, out),
+        Command::Ledger(LedgerCommand::Audit {
+            dir,
+            allow_unsigned_tail,
+        }) => run_audit(&cli, dir, *allow_unsigned_tail, out),
     }
 }
 

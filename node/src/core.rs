@@ -24,10 +24,9 @@ use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, Snapshot, SnapshotMetadata,
 };
 use raft::{GetEntriesContext, RawNode, StateRole};
-use synod_core::cert;
 use synod_core::hash::Digest;
 use synod_core::ledger::{
-    encode_frame, make_entry, parse_signature_write_set, signature_write_set, LedgerEntry, MapWrites,
+    encode_frame, make_entry, signature_write_set, verify_signature_transaction, LedgerEntry, MapWrites,
     SignatureRecord, Transaction, WriteSet, FRAME_HEADER, KIND_SIGNATURE, KIND_TX,
 };
 use synod_core::maps;
@@ -429,28 +428,64 @@ fn flags_of(tx: &Transaction) -> u8 {
     f
 }
 
-/// Reads a signature transaction's record and checks it against the root it must sign.
+/// Reads a signature transaction's record and checks it against the root it must sign, with the auditor's check:
+/// node signature, the node's endorsement and the service's COSE signature (so a receipt built from it verifies).
 fn check_signature(
     tx_id: TxId,
     public: &WriteSet,
     expected_root: Option<Digest>,
     service_cert_der: &[u8],
 ) -> Result<SigInfo, String> {
-    let (record, cose) = parse_signature_write_set(public).map_err(|e| e.to_string())?;
-    if record.view != tx_id.view || record.seqno != tx_id.seqno {
-        return Err(format!("signature record names {}.{}", record.view, record.seqno));
-    }
-    let (root, node_der) = record.verify_node_signature()?;
-    if Some(root) != expected_root {
-        return Err("signed root differs from the Merkle root of this node's log".into());
-    }
-    cert::verify_endorsement(&node_der, service_cert_der).map_err(|e| format!("signing node: {e}"))?;
+    let expected_root = expected_root.ok_or("signature over an empty log")?;
+    let checked = verify_signature_transaction(public, tx_id, &expected_root, service_cert_der)
+        .map_err(|e| e.to_string())?;
     Ok(SigInfo {
         tx_id,
-        root,
-        record,
-        cose,
+        root: checked.root,
+        record: checked.record,
+        cose: checked.cose_sign1,
     })
+}
+
+#[cfg(test)]
+mod check_signature_tests {
+    use super::*;
+    use synod_core::cert;
+
+    // A signature write set as the primary makes it, with `mutate` applied to its COSE Sign1.
+    fn signature(tx_id: TxId, root: &Digest, mutate: impl FnOnce(&mut Vec<u8>)) -> (WriteSet, Vec<u8>) {
+        let service = cert::generate_self_signed("service", true).unwrap();
+        let node = cert::generate_endorsed("n0", &[], &["localhost".into()], &service).unwrap();
+        let service_der = cert::pem_to_der(&service.cert_pem).unwrap();
+        let node_der = cert::pem_to_der(&node.cert_pem).unwrap();
+        let node_key = cert::signing_key_from_pem(&node.key_pem).unwrap();
+        let service_key = cert::signing_key_from_pem(&service.key_pem).unwrap();
+        let record = SignatureRecord::sign(
+            &node_key,
+            &cert::public_key_id_hex(&node_der).unwrap(),
+            &node.cert_pem,
+            tx_id,
+            root,
+        );
+        let mut cose = synod_core::cose::sign_root(root, &service_key, &service_der, tx_id, 1).unwrap();
+        mutate(&mut cose);
+        (signature_write_set(&record, &cose).unwrap(), service_der)
+    }
+
+    #[test]
+    fn node_refuses_a_signature_whose_cose_signature_is_forged() {
+        let (tx_id, root) = (TxId::new(2, 9), [7u8; 32]);
+        let (genuine, service_der) = signature(tx_id, &root, |_| {});
+        let info = check_signature(tx_id, &genuine, Some(root), &service_der).unwrap();
+        assert_eq!(info.root, root);
+        // The node signature is intact; only the service's COSE signature over the root is wrong.
+        let (forged, service_der) = signature(tx_id, &root, |cose| {
+            let last = cose.len() - 1;
+            cose[last] ^= 0x01;
+        });
+        let err = check_signature(tx_id, &forged, Some(root), &service_der).unwrap_err();
+        assert!(err.contains("COSE"), "{err}");
+    }
 }
 
 /// What starting a new service records in its first transaction.

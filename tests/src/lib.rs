@@ -254,18 +254,22 @@ pub fn synod_cli(args: &[&str]) -> anyhow::Result<Output> {
         .context("running synod")
 }
 
-/// `synod ledger audit <ledger> --service-cert <cert>`: its output, whether it passed or not.
+/// `synod ledger audit <ledger> --service-cert <cert>`: its output, whether it passed or not. An unsigned tail
+/// fails it: this is the audit of a stopped node's ledger, which ends on a signature.
 pub fn audit_ledger(ledger: &Path, service_cert: &Path) -> anyhow::Result<Output> {
-    synod_cli(&[
-        "ledger",
-        "audit",
-        &ledger.display().to_string(),
-        "--service-cert",
-        &service_cert.display().to_string(),
-    ])
+    audit_ledger_args(ledger, service_cert, &[])
 }
 
-/// Fails unless `ledger` audits clean with the `synod` CLI.
+/// [`audit_ledger`] with more arguments, e.g. `--allow-unsigned-tail` for a running or crashed node's ledger.
+pub fn audit_ledger_args(ledger: &Path, service_cert: &Path, extra: &[&str]) -> anyhow::Result<Output> {
+    let (ledger, cert) = (ledger.display().to_string(), service_cert.display().to_string());
+    let mut args = vec!["ledger", "audit", &ledger, "--service-cert", &cert];
+    args.extend_from_slice(extra);
+    synod_cli(&args)
+}
+
+/// Fails unless `ledger` audits clean with the `synod` CLI, every entry covered by a signature (a node stopped
+/// with SIGTERM signs what it ordered before it exits).
 pub fn ensure_audits_clean(ledger: &Path, service_cert: &Path) -> anyhow::Result<()> {
     let out = audit_ledger(ledger, service_cert)?;
     ensure!(

@@ -524,3 +524,181 @@ fn client_cli_has_no_server_dependencies() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// One decoded entry of a ledger directory: its chunk, where it sits and what it is.
+struct LedgerPos {
+    chunk: std::path::PathBuf,
+    start: u64,
+    offset: u64,
+    seqno: u64,
+    signature: bool,
+}
+
+fn ledger_positions(ledger: &std::path::Path) -> anyhow::Result<Vec<LedgerPos>> {
+    let mut out = Vec::new();
+    for (name, path) in synod_core::ledger::list_chunks(ledger)? {
+        let bytes = std::fs::read(&path)?;
+        for frame in synod_core::ledger::decode_frames(&bytes) {
+            let frame = frame?;
+            let tx = frame.entry.decode_transaction()?;
+            out.push(LedgerPos {
+                chunk: path.clone(),
+                start: name.start,
+                offset: frame.offset,
+                seqno: tx.seqno,
+                signature: tx.kind == synod_core::ledger::KIND_SIGNATURE,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Copies `ledger` into `to` without the entry at `seqno` and everything after it, as a node's ledger would look
+/// had it stopped there: that chunk becomes the open one.
+fn copy_cut_before(ledger: &std::path::Path, to: &std::path::Path, seqno: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    let positions = ledger_positions(ledger)?;
+    let cut = positions.iter().find(|p| p.seqno == seqno).context("cut point")?;
+    for (name, path) in synod_core::ledger::list_chunks(ledger)? {
+        if name.start < cut.start {
+            std::fs::copy(&path, to.join(name.file_name()))?;
+        }
+    }
+    let bytes = std::fs::read(&cut.chunk)?;
+    let open = synod_core::ledger::ChunkName {
+        start: cut.start,
+        end: None,
+        committed: false,
+    };
+    std::fs::write(to.join(open.file_name()), &bytes[..cut.offset as usize])?;
+    Ok(())
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Security issue item 8: `synod ledger audit` vouches only for what a signature covers. A real ledger cut right
+/// before a signature fails the audit and names its unsigned tail (`--allow-unsigned-tail` accepts it and still
+/// reports it), and the evidence of the snapshot a ledger continues proves nothing until a signature covers it.
+#[tokio::test]
+async fn ledger_audit_refuses_unsigned_tail_and_unsigned_snapshot_evidence() -> anyhow::Result<()> {
+    bounded(90, async {
+        let mut net = SingleNode::start(&["--sig-tx-interval", "5", "--snapshot-tx-interval", "20"])?;
+        let c = net.user_client()?;
+        let mut last = TxId::default();
+        for i in 0..40u64 {
+            last = post(&c, "/app/log/public", json!({"id": i, "msg": "x"})).await?;
+        }
+        c.wait_for_commit(last, COMMIT_WAIT).await?;
+        // A snapshot is committed once its evidence is; the node names the file after the evidence's seqno.
+        let snapshots = net.node.dir.join("snapshots");
+        let committed_snapshot = || -> Option<(std::path::PathBuf, u64, u64)> {
+            std::fs::read_dir(&snapshots)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .find_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let (s, ev) = synod_core::snapshot::parse_committed_name(&name)?;
+                    Some((e.path(), s, ev))
+                })
+        };
+        while committed_snapshot().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        net.node.terminate()?;
+        let ledger = net.node.dir.join("ledger");
+        let cert = net.node.dir.join("service_cert.pem");
+        ensure_audits_clean(&ledger, &cert)?;
+
+        // Cut a copy right before its last signature that follows a transaction: that transaction and any before
+        // it back to the previous signature are the unsigned tail.
+        let positions = ledger_positions(&ledger)?;
+        let sig = positions
+            .windows(2)
+            .filter(|w| w[1].signature && !w[0].signature)
+            .map(|w| w[1].seqno)
+            .next_back()
+            .context("a signature after a transaction")?;
+        let previous = positions
+            .iter()
+            .filter(|p| p.signature && p.seqno < sig)
+            .map(|p| p.seqno)
+            .next_back()
+            .context("an earlier signature")?;
+        let (from, to) = (previous + 1, sig - 1);
+        let cut = net.tmp.path().join("cut").join("ledger");
+        copy_cut_before(&ledger, &cut, sig)?;
+        let out = audit_ledger(&cut, &cert)?;
+        let text = output_text(&out);
+        ensure!(!out.status.success(), "an unsigned tail audited clean: {text}");
+        ensure!(
+            text.contains(&format!(
+                "unsigned tail: {} entries (seqno {from} to {to})",
+                to - from + 1
+            )),
+            "the audit does not name the unsigned tail: {text}"
+        );
+        let out = synod_tests::audit_ledger_args(&cut, &cert, &["--allow-unsigned-tail"])?;
+        let text = output_text(&out);
+        ensure!(out.status.success(), "--allow-unsigned-tail refused: {text}");
+        ensure!(
+            text.contains(&format!(
+                "unsigned tail:   {} entries (seqno {from} to {to})",
+                to - from + 1
+            )),
+            "an accepted unsigned tail is not reported: {text}"
+        );
+
+        // The ledger as a node that joined from the snapshot keeps it: chunks after the snapshot point, and the
+        // snapshot next to them. It audits clean; cut before the signature that covers the evidence, it does not.
+        let (snapshot, at, evidence) = committed_snapshot().context("committed snapshot")?;
+        let joined = net.tmp.path().join("joined");
+        std::fs::create_dir_all(joined.join("ledger"))?;
+        std::fs::create_dir_all(joined.join("snapshots"))?;
+        std::fs::copy(
+            &snapshot,
+            joined
+                .join("snapshots")
+                .join(snapshot.file_name().context("name")?),
+        )?;
+        for (name, path) in synod_core::ledger::list_chunks(&ledger)? {
+            if name.start > at {
+                std::fs::copy(&path, joined.join("ledger").join(name.file_name()))?;
+            }
+        }
+        ensure_audits_clean(&joined.join("ledger"), &cert)?;
+        let covering = positions
+            .iter()
+            .find(|p| p.signature && p.seqno > evidence)
+            .context("a signature after the evidence")?
+            .seqno;
+        let unsigned = net.tmp.path().join("unsigned-evidence");
+        std::fs::create_dir_all(unsigned.join("snapshots"))?;
+        std::fs::copy(
+            &snapshot,
+            unsigned
+                .join("snapshots")
+                .join(snapshot.file_name().context("name")?),
+        )?;
+        copy_cut_before(&joined.join("ledger"), &unsigned.join("ledger"), covering)?;
+        let out =
+            synod_tests::audit_ledger_args(&unsigned.join("ledger"), &cert, &["--allow-unsigned-tail"])?;
+        let text = output_text(&out);
+        ensure!(
+            !out.status.success(),
+            "unsigned snapshot evidence was accepted: {text}"
+        );
+        ensure!(
+            text.contains(&format!("the evidence for snapshot {at}"))
+                && text.contains("not covered by any signature"),
+            "the audit does not say the evidence is unsigned: {text}"
+        );
+        Ok(())
+    })
+    .await
+}

@@ -1,14 +1,19 @@
 //! Offline ledger audit: re-reads every chunk, rebuilds the Merkle tree and checks every signature over it. Names
 //! the first entry that is wrong, so an operator knows where a ledger was damaged or altered.
+//!
+//! Only what a signature covers is vouched for: entries after the last signature (the unsigned tail) fail the
+//! audit unless [`AuditOptions::allow_unsigned_tail`] accepts them (a live node's open chunk), and the evidence of
+//! the snapshot a ledger starts from counts only when a signature after it verifies.
 
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 
-use crate::cert;
-use crate::cose;
 use crate::hash::Digest;
-use crate::ledger::{self, decode_frames, parse_signature_write_set, FrameError, KIND_SIGNATURE, KIND_TX};
+use crate::ledger::{
+    self, decode_frames, verify_signature_transaction, verify_signature_transaction_node_only, FrameError,
+    SignatureCheckError, KIND_SIGNATURE, KIND_TX,
+};
 use crate::merkle::MerkleTree;
 use crate::snapshot::{self, SnapshotEvidence, SnapshotFile};
 use crate::txid::TxId;
@@ -24,14 +29,50 @@ pub struct AuditReport {
     pub last_seqno: u64,
     /// The last signature transaction.
     pub last_signed: Option<TxId>,
-    /// Entries after the last signature (not yet committed when the ledger was copied).
-    pub unsigned_tail: u64,
+    /// Entries after the last signature, which nothing vouches for (only with
+    /// [`AuditOptions::allow_unsigned_tail`]; otherwise the audit fails on them).
+    pub unsigned_tail: Option<UnsignedTail>,
     /// Chunk files read.
     pub chunks: usize,
     /// Offset of a partial frame at the end of the last open chunk (a torn write from a crash), if any.
     pub torn_tail_offset: Option<u64>,
     /// The snapshot the ledger continues (its seqno), when it does not start at 1.
     pub base_snapshot: Option<u64>,
+}
+
+impl AuditReport {
+    /// Number of entries in the unsigned tail (0 when the ledger ends on a signature).
+    pub fn unsigned_entries(&self) -> u64 {
+        self.unsigned_tail.as_ref().map_or(0, UnsignedTail::count)
+    }
+}
+
+/// The entries after the last signature: no signature covers them, so they could have been written by anyone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsignedTail {
+    /// First unsigned seqno.
+    pub from: u64,
+    /// Last unsigned seqno (the ledger's last entry).
+    pub to: u64,
+    /// The chunk holding the first unsigned entry.
+    pub file: PathBuf,
+    /// Byte offset of the first unsigned entry's frame in that chunk.
+    pub offset: u64,
+}
+
+impl UnsignedTail {
+    /// Number of unsigned entries.
+    pub fn count(&self) -> u64 {
+        self.to - self.from + 1
+    }
+}
+
+/// What the audit accepts beyond a fully signed ledger.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// Accept entries after the last signature (reported in [`AuditReport::unsigned_tail`]): a running node's open
+    /// chunk legitimately ends with committed entries whose signature is not written yet.
+    pub allow_unsigned_tail: bool,
 }
 
 /// The first problem found.
@@ -46,6 +87,30 @@ pub struct AuditError {
     pub seqno: Option<u64>,
     /// What is wrong.
     pub reason: String,
+    /// Set when the audit failed only because of the unsigned tail it names.
+    pub unsigned_tail: Option<UnsignedTail>,
+}
+
+impl AuditError {
+    fn at(file: &Path, offset: u64, seqno: Option<u64>, reason: String) -> AuditError {
+        AuditError {
+            file: file.to_path_buf(),
+            offset,
+            seqno,
+            reason,
+            unsigned_tail: None,
+        }
+    }
+}
+
+// The snapshot a ledger continues, and where (if anywhere) its evidence was found.
+struct BaseSnapshot {
+    seqno: u64,
+    digest: Digest,
+    // (chunk, offset, seqno) of the evidence transaction.
+    evidence: Option<(PathBuf, u64, u64)>,
+    // A verified signature after the evidence covers it.
+    signed: bool,
 }
 
 struct Auditor<'a> {
@@ -54,48 +119,45 @@ struct Auditor<'a> {
     view: u64,
     last_sig: Option<TxId>,
     last_sig_seqno_in_tree: u64,
+    // (chunk, offset, seqno) of the first entry after the last signature.
+    tail_start: Option<(PathBuf, u64, u64)>,
     report: AuditReport,
 }
 
 impl Auditor<'_> {
-    // Checks one signature transaction against the tree over every entry before it.
+    // Checks one signature transaction against the tree over every entry before it, with the node's own check.
     fn check_signature(&self, tx_id: TxId, public: &ledger::WriteSet) -> Result<(), String> {
-        let (record, cose_sign1) = parse_signature_write_set(public).map_err(|e| e.to_string())?;
-        if record.view != tx_id.view || record.seqno != tx_id.seqno {
-            return Err(format!("signature record names {}.{}", record.view, record.seqno));
-        }
-        let root = record.root_digest().map_err(|e| e.to_string())?;
         let expected = self.tree.root().ok_or("signature over an empty ledger")?;
-        if root != expected {
-            return Err(format!(
+        let checked = match self.service_cert_der {
+            Some(service) => verify_signature_transaction(public, tx_id, &expected, service),
+            None => verify_signature_transaction_node_only(public, tx_id, &expected),
+        };
+        match checked {
+            Ok(_) => Ok(()),
+            Err(SignatureCheckError::RootMismatch { .. }) => Err(format!(
                 "signed root does not match the ledger: an entry between seqno {} and {} was altered",
                 self.last_sig_seqno_in_tree + 1,
                 tx_id.seqno - 1
-            ));
+            )),
+            Err(e) => Err(e.to_string()),
         }
-        let (_, node_der) = record.verify_node_signature()?;
-        if let Some(service) = self.service_cert_der {
-            cert::verify_endorsement(&node_der, service).map_err(|e| format!("signing node: {e}"))?;
-            let signed_txid = cose::verify_signature(&cose_sign1, &root, service)
-                .map_err(|e| format!("COSE signature: {e}"))?;
-            if signed_txid != tx_id {
-                return Err(format!("COSE signature names tx {signed_txid}"));
-            }
-        }
-        Ok(())
     }
+}
+
+/// Audits every chunk in `dir` and fails on an unsigned tail; see [`audit_ledger_with`].
+pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<AuditReport, AuditError> {
+    audit_ledger_with(dir, service_cert_der, AuditOptions::default())
 }
 
 /// Audits every chunk in `dir`; with `service_cert_der`, also checks node endorsements and COSE signatures. A
 /// ledger that starts after a snapshot (a node that joined from one) is audited from that snapshot, looked for in
-/// `dir/../snapshots/`.
-pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<AuditReport, AuditError> {
-    let layout_err = |reason: String| AuditError {
-        file: dir.to_path_buf(),
-        offset: 0,
-        seqno: None,
-        reason,
-    };
+/// `dir/../snapshots/`, whose evidence must be in the ledger and covered by a signature.
+pub fn audit_ledger_with(
+    dir: &Path,
+    service_cert_der: Option<&[u8]>,
+    options: AuditOptions,
+) -> Result<AuditReport, AuditError> {
+    let layout_err = |reason: String| AuditError::at(dir, 0, None, reason);
     let chunks = ledger::list_chunks(dir).map_err(|e| layout_err(e.to_string()))?;
     let mut a = Auditor {
         service_cert_der,
@@ -103,12 +165,13 @@ pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<Audit
         view: 0,
         last_sig: None,
         last_sig_seqno_in_tree: 0,
+        tail_start: None,
         report: AuditReport {
             entries: 0,
             signatures: 0,
             last_seqno: 0,
             last_signed: None,
-            unsigned_tail: 0,
+            unsigned_tail: None,
             chunks: chunks.len(),
             torn_tail_offset: None,
             base_snapshot: None,
@@ -116,8 +179,8 @@ pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<Audit
     };
     let first_start = chunks.first().map_or(1, |c| c.0.start);
     // A ledger continuing a snapshot: the tree restarts from the snapshot's frontier, and the snapshot itself must
-    // be proven by an evidence transaction in the audited entries.
-    let mut base: Option<(u64, Digest, bool)> = None;
+    // be proven by a signed evidence transaction in the audited entries.
+    let mut base: Option<BaseSnapshot> = None;
     if first_start != 1 {
         let snapshots = dir.parent().map(|p| p.join("snapshots")).unwrap_or_default();
         let path = snapshot::find_in(&snapshots, first_start - 1).ok_or_else(|| {
@@ -144,16 +207,17 @@ pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<Audit
         a.report.last_seqno = file.seqno;
         a.last_sig_seqno_in_tree = file.seqno;
         a.report.base_snapshot = Some(file.seqno);
-        base = Some((file.seqno, snapshot::digest(&bytes), false));
+        base = Some(BaseSnapshot {
+            seqno: file.seqno,
+            digest: snapshot::digest(&bytes),
+            evidence: None,
+            signed: false,
+        });
     }
     let count = chunks.len();
     for (i, (name, path)) in chunks.iter().enumerate() {
-        let err = |offset: u64, seqno: Option<u64>, reason: String| AuditError {
-            file: path.clone(),
-            offset,
-            seqno,
-            reason,
-        };
+        let err =
+            |offset: u64, seqno: Option<u64>, reason: String| AuditError::at(path, offset, seqno, reason);
         let bytes = std::fs::read(path).map_err(|e| err(0, None, format!("cannot read: {e}")))?;
         let expected_start = a.report.last_seqno + 1;
         if name.start != expected_start {
@@ -196,20 +260,28 @@ pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<Audit
                 KIND_SIGNATURE => {
                     a.check_signature(tx.tx_id(), &public).map_err(fail)?;
                     a.last_sig = Some(tx.tx_id());
+                    a.tail_start = None;
                     a.report.signatures += 1;
+                    if let Some(b) = base.as_mut() {
+                        b.signed |= b.evidence.is_some();
+                    }
                 }
                 KIND_TX => {
-                    if let Some((seqno, digest, proven)) = base.as_mut() {
+                    if let Some(b) = base.as_mut().filter(|b| b.evidence.is_none()) {
                         let evidence = SnapshotEvidence::recorded_in(&public)
                             .and_then(|v| serde_json::from_slice::<SnapshotEvidence>(v).ok());
-                        if let Some(ev) = evidence.filter(|ev| ev.seqno == *seqno) {
-                            if ev.digest != hex::encode(*digest) {
+                        if let Some(ev) = evidence.filter(|ev| ev.seqno == b.seqno) {
+                            if ev.digest != hex::encode(b.digest) {
                                 return Err(fail(format!(
-                                    "the ledger's evidence for snapshot {seqno} names another digest"
+                                    "the ledger's evidence for snapshot {} names another digest",
+                                    b.seqno
                                 )));
                             }
-                            *proven = true;
+                            b.evidence = Some((path.clone(), frame.offset, tx.seqno));
                         }
+                    }
+                    if a.tail_start.is_none() {
+                        a.tail_start = Some((path.clone(), frame.offset, tx.seqno));
                     }
                 }
                 other => return Err(fail(format!("unknown transaction kind {other}"))),
@@ -245,22 +317,62 @@ pub fn audit_ledger(dir: &Path, service_cert_der: Option<&[u8]>) -> Result<Audit
             }
         }
     }
-    if let Some((seqno, _, false)) = base {
-        return Err(layout_err(format!(
-            "snapshot {seqno} that the ledger starts from is not proven by an evidence transaction in it"
-        )));
+    if let Some(b) = base.filter(|b| !b.signed) {
+        return Err(match b.evidence {
+            // Unsigned evidence is no evidence: anyone can append an entry naming the digest of the snapshot
+            // they placed next to the ledger.
+            Some((file, offset, at)) => AuditError::at(
+                &file,
+                offset,
+                Some(at),
+                format!(
+                    "the evidence for snapshot {} that the ledger starts from is not covered by any signature",
+                    b.seqno
+                ),
+            ),
+            None => layout_err(format!(
+                "snapshot {} that the ledger starts from is not proven by an evidence transaction in it",
+                b.seqno
+            )),
+        });
     }
     a.report.last_signed = a.last_sig;
-    let first_unsigned_base = a
-        .last_sig
-        .map_or(a.report.base_snapshot.unwrap_or(0), |t| t.seqno);
-    a.report.unsigned_tail = a.report.last_seqno - first_unsigned_base;
+    a.report.unsigned_tail = a.tail_start.map(|(file, offset, from)| UnsignedTail {
+        from,
+        to: a.report.last_seqno,
+        file,
+        offset,
+    });
+    if let Some(tail) = a
+        .report
+        .unsigned_tail
+        .as_ref()
+        .filter(|_| !options.allow_unsigned_tail)
+    {
+        let after = a.last_sig.map_or_else(
+            || "no signature at all".to_string(),
+            |t| format!("the last signature, {t}"),
+        );
+        return Err(AuditError {
+            file: tail.file.clone(),
+            offset: tail.offset,
+            seqno: Some(tail.from),
+            reason: format!(
+                "unsigned tail: {} entries (seqno {} to {}) after {after}: no signature covers them",
+                tail.count(),
+                tail.from,
+                tail.to
+            ),
+            unsigned_tail: Some(tail.clone()),
+        });
+    }
     Ok(a.report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cert;
     use crate::testing::write_sample_ledger;
 
     #[test]
@@ -274,7 +386,7 @@ mod tests {
             report.signatures,
             sample.entries.iter().filter(|e| e.is_signature).count() as u64
         );
-        assert_eq!(report.unsigned_tail, 0);
+        assert_eq!(report.unsigned_tail, None);
         assert!(report.chunks > 1);
         assert_eq!(report.last_signed.unwrap().seqno, report.last_seqno);
 
@@ -295,7 +407,11 @@ mod tests {
                 let mut bad = original.clone();
                 bad[i as usize] ^= 0x20;
                 std::fs::write(path, &bad).unwrap();
-                let err = match audit_ledger(dir.path(), Some(&service)) {
+                // The unsigned tail is allowed so that a torn final signature shows as the torn tail it is.
+                let allow = AuditOptions {
+                    allow_unsigned_tail: true,
+                };
+                let err = match audit_ledger_with(dir.path(), Some(&service), allow) {
                     Err(err) => err,
                     // A grown length field on the very last frame of an open chunk is indistinguishable from a
                     // torn write; the report then names that frame as the torn tail.

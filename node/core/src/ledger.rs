@@ -449,6 +449,111 @@ pub fn parse_signature_write_set(public: &WriteSet) -> Result<(SignatureRecord, 
     Ok((record, value(maps::COSE_SIGNATURES)?))
 }
 
+/// Why a signature transaction does not vouch for the entries before it.
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureCheckError {
+    /// The write set does not hold a well-formed signature record and COSE signature.
+    #[error(transparent)]
+    Malformed(#[from] LedgerError),
+    /// The record was made for another transaction than the one it sits in.
+    #[error("signature record names {0}")]
+    WrongTxId(TxId),
+    /// The signed root is not the Merkle root over the entries before the signature.
+    #[error("signed root {signed} differs from the Merkle root {expected} of the entries before it")]
+    RootMismatch {
+        /// Hex root the record signs.
+        signed: String,
+        /// Hex root recomputed by the verifier.
+        expected: String,
+    },
+    /// The node's certificate, id or Ed25519 signature over the root is wrong.
+    #[error("{0}")]
+    NodeSignature(String),
+    /// The signing node's certificate is not endorsed by the service.
+    #[error("signing node: {0}")]
+    Endorsement(crate::cert::CertError),
+    /// The service's COSE Sign1 over the root does not verify.
+    #[error("COSE signature: {0}")]
+    Cose(crate::cose::CoseError),
+    /// The COSE signature is valid but was made for another transaction.
+    #[error("COSE signature names tx {0}")]
+    CoseTxId(TxId),
+}
+
+/// A signature transaction whose checks passed.
+#[derive(Clone, Debug)]
+pub struct VerifiedSignature {
+    /// The node's signature record.
+    pub record: SignatureRecord,
+    /// The root it signs.
+    pub root: Digest,
+    /// The service's COSE Sign1 over the root (tagged CBOR, as stored).
+    pub cose_sign1: Vec<u8>,
+}
+
+/// The one check of a signature transaction, shared by the node (on every signature it appends) and the offline
+/// auditor: the record names `tx_id`, signs `expected_root`, the node's Ed25519 signature verifies with its
+/// certificate, the certificate is endorsed by the service, and the service's COSE Sign1 over the root verifies
+/// and names `tx_id`. Costs two Ed25519 verifications plus the endorsement's.
+pub fn verify_signature_transaction(
+    public: &WriteSet,
+    tx_id: TxId,
+    expected_root: &Digest,
+    service_cert_der: &[u8],
+) -> Result<VerifiedSignature, SignatureCheckError> {
+    check_signature_transaction(public, tx_id, expected_root, Some(service_cert_der))
+}
+
+/// [`verify_signature_transaction`] without the service certificate: only the record and the node's signature are
+/// checked, so anyone holding a node key could have made it. For audits run without the service certificate.
+pub fn verify_signature_transaction_node_only(
+    public: &WriteSet,
+    tx_id: TxId,
+    expected_root: &Digest,
+) -> Result<VerifiedSignature, SignatureCheckError> {
+    check_signature_transaction(public, tx_id, expected_root, None)
+}
+
+fn check_signature_transaction(
+    public: &WriteSet,
+    tx_id: TxId,
+    expected_root: &Digest,
+    service_cert_der: Option<&[u8]>,
+) -> Result<VerifiedSignature, SignatureCheckError> {
+    let (record, cose_sign1) = parse_signature_write_set(public)?;
+    if record.view != tx_id.view || record.seqno != tx_id.seqno {
+        return Err(SignatureCheckError::WrongTxId(TxId::new(
+            record.view,
+            record.seqno,
+        )));
+    }
+    // The root is compared before any signature is verified: a mismatch is the common tampering case and
+    // needs no cryptography to name.
+    let root = record.root_digest()?;
+    if root != *expected_root {
+        return Err(SignatureCheckError::RootMismatch {
+            signed: hex::encode(root),
+            expected: hex::encode(expected_root),
+        });
+    }
+    let (_, node_der) = record
+        .verify_node_signature()
+        .map_err(SignatureCheckError::NodeSignature)?;
+    if let Some(service) = service_cert_der {
+        crate::cert::verify_endorsement(&node_der, service).map_err(SignatureCheckError::Endorsement)?;
+        let signed_txid =
+            crate::cose::verify_signature(&cose_sign1, &root, service).map_err(SignatureCheckError::Cose)?;
+        if signed_txid != tx_id {
+            return Err(SignatureCheckError::CoseTxId(signed_txid));
+        }
+    }
+    Ok(VerifiedSignature {
+        record,
+        root,
+        cose_sign1,
+    })
+}
+
 /// Builds the ledger entry of a transaction from its commit evidence and claims digest.
 pub fn make_entry(transaction: &Transaction, commit_evidence: &str, claims_digest: &Digest) -> LedgerEntry {
     LedgerEntry {
@@ -508,6 +613,77 @@ mod tests {
         let results: Vec<_> = decode_frames(&bad).collect();
         assert_eq!(results.len(), 2);
         assert!(matches!(results[1], Err(FrameError::Corrupt { offset, .. }) if offset == frames[1].offset));
+    }
+
+    // (signature write set, service certificate DER) as a primary writes them, the COSE Sign1 passed to `mutate`.
+    fn signed(tx_id: TxId, root: &Digest, mutate: impl FnOnce(&mut Vec<u8>)) -> (WriteSet, Vec<u8>) {
+        signed_for(tx_id, tx_id, root, mutate)
+    }
+
+    // As `signed`, with the COSE signature made for `cose_tx_id`.
+    fn signed_for(
+        tx_id: TxId,
+        cose_tx_id: TxId,
+        root: &Digest,
+        mutate: impl FnOnce(&mut Vec<u8>),
+    ) -> (WriteSet, Vec<u8>) {
+        let service = crate::cert::generate_self_signed("service", true).unwrap();
+        let node = crate::cert::generate_endorsed("n0", &[], &["localhost".into()], &service).unwrap();
+        let service_der = crate::cert::pem_to_der(&service.cert_pem).unwrap();
+        let node_der = crate::cert::pem_to_der(&node.cert_pem).unwrap();
+        let node_key = crate::cert::signing_key_from_pem(&node.key_pem).unwrap();
+        let service_key = crate::cert::signing_key_from_pem(&service.key_pem).unwrap();
+        let node_id = crate::cert::public_key_id_hex(&node_der).unwrap();
+        let record = SignatureRecord::sign(&node_key, &node_id, &node.cert_pem, tx_id, root);
+        let mut cose = crate::cose::sign_root(root, &service_key, &service_der, cose_tx_id, 1).unwrap();
+        mutate(&mut cose);
+        (signature_write_set(&record, &cose).unwrap(), service_der)
+    }
+
+    #[test]
+    fn signature_check_refuses_any_changed_byte_of_the_cose_signature() {
+        let (tx_id, root) = (TxId::new(3, 12), [5u8; 32]);
+        let (genuine, service_der) = signed(tx_id, &root, |_| {});
+        let ok = verify_signature_transaction(&genuine, tx_id, &root, &service_der).unwrap();
+        assert_eq!(ok.root, root);
+        let (_, cose) = parse_signature_write_set(&genuine).unwrap();
+        assert_eq!(ok.cose_sign1, cose);
+        for i in 0..cose.len() {
+            let mut bad_cose = cose.clone();
+            bad_cose[i] ^= 0x01;
+            let mut forged = genuine.clone();
+            forged.maps[0].writes[0].value = Some(bad_cose);
+            assert_eq!(forged.maps[0].name, maps::COSE_SIGNATURES);
+            let err = verify_signature_transaction(&forged, tx_id, &root, &service_der).unwrap_err();
+            assert!(matches!(err, SignatureCheckError::Cose(_)), "byte {i}: {err}");
+            // Without the service certificate nothing can check the COSE signature: the node-only check is
+            // exactly that, and says so in its name.
+            verify_signature_transaction_node_only(&forged, tx_id, &root).unwrap();
+        }
+    }
+
+    #[test]
+    fn signature_check_refuses_other_roots_txids_and_services() {
+        let (tx_id, root) = (TxId::new(3, 12), [5u8; 32]);
+        let (ws, service_der) = signed(tx_id, &root, |_| {});
+        let err = verify_signature_transaction(&ws, tx_id, &[6; 32], &service_der).unwrap_err();
+        assert!(matches!(err, SignatureCheckError::RootMismatch { .. }), "{err}");
+        let err = verify_signature_transaction(&ws, TxId::new(3, 13), &root, &service_der).unwrap_err();
+        assert!(
+            matches!(err, SignatureCheckError::WrongTxId(t) if t == tx_id),
+            "{err}"
+        );
+        let other = crate::cert::generate_self_signed("other", true).unwrap();
+        let other_der = crate::cert::pem_to_der(&other.cert_pem).unwrap();
+        let err = verify_signature_transaction(&ws, tx_id, &root, &other_der).unwrap_err();
+        assert!(matches!(err, SignatureCheckError::Endorsement(_)), "{err}");
+        // A COSE signature made for another transaction of the same service is not this one's.
+        let (moved, service_der) = signed_for(tx_id, TxId::new(3, 20), &root, |_| {});
+        let err = verify_signature_transaction(&moved, tx_id, &root, &service_der).unwrap_err();
+        assert!(
+            matches!(err, SignatureCheckError::CoseTxId(t) if t == TxId::new(3, 20)),
+            "{err}"
+        );
     }
 
     #[test]
