@@ -232,7 +232,7 @@ Try (any node takes writes: backups forward them to the primary):
   synod call -X POST /app/log/public --data '{"id": 1, "msg": "hi"}' --wait
   synod receipt get <transaction_id> --out receipt.json
   synod receipt verify receipt.json --service-cert $W/service_cert.pem
-  synod ledger audit $W/n0/ledger --service-cert $W/service_cert.pem
+  synod ledger audit $W/n0/ledger --service-cert $W/service_cert.pem --allow-unsigned-tail   # a live node
   synod-load --clients 32 --requests 20000      # benchmark
   synod-gov list                                   # governance: proposals
   synod call -X POST /app/js/log/private --data '{"id": 1, "msg": "hi"}'   # with --js-app js-apps/logging

@@ -156,8 +156,8 @@ d['elapsed_s'], 1e6 * cpu / max(ok, 1)))" "$W/$name.json" "$name" "$cpu_before" 
 
 if ((RUN_SYNOD)); then
     read -r -a PORTS <<<"$(free_ports 6)"
-    # A service without members opens at once and trusts joining nodes by their measurement alone: enough for a
-    # benchmark (with members, ./sandbox.sh shows the governed way).
+    # A service without members (development mode) opens at once and trusts joining nodes that present the join
+    # token n0 wrote: enough for a benchmark (with members, ./sandbox.sh shows the governed way).
     "$BIN/synod" keygen --name user0 --out "$W" >/dev/null
     NODES_JSON=""
     for i in 0 1 2; do
@@ -171,6 +171,7 @@ if ((RUN_SYNOD)); then
         else
             RUST_LOG=info "$BIN/synod-node" join "${common[@]}" \
                 --target "https://127.0.0.1:${PORTS[0]}" --service-cert "$W/service_cert.pem" \
+                --join-token-file "$W/n0/join_token" \
                 >>"$W/n$i.log" 2>&1 &
         fi
         SYNOD_PIDS+=($!)

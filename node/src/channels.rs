@@ -270,14 +270,17 @@ async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, 
     }
 }
 
-/// Accepts peers' connections and hands their messages to `deliver`.
+/// Accepts peers' connections and hands their messages to `deliver`. Anyone can connect to this port: at most
+/// `connections_max` connections (TLS handshakes included) are open at once, and newcomers past it are closed.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     directory: Directory,
     deliver: Arc<dyn Fn(Message) + Send + Sync>,
+    connections_max: usize,
 ) {
     let acceptor = TlsAcceptor::from(config);
+    let slots = crate::rpc::limits::Slots::new(connections_max);
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
@@ -287,13 +290,34 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(slot) = slots.try_take() else {
+            tracing::debug!(%addr, "node-to-node connection cap reached: closing a new connection");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (acceptor, directory, deliver) = (acceptor.clone(), directory.clone(), deliver.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = read_peer(acceptor, tcp, directory, deliver).await {
                 tracing::debug!(%addr, "node-to-node connection: {e:#}");
             }
         });
+    }
+}
+
+/// Why a peer may not (or no longer) send consensus messages on a channel, if it may not.
+fn refuse_peer(directory: &Directory, peer: u64) -> Option<String> {
+    let status = directory
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&peer)
+        .map(|p| p.status.clone());
+    match status.as_deref() {
+        None => Some(format!("node {peer} is not in the nodes table")),
+        Some("Trusted") => None,
+        Some(other) => Some(format!(
+            "node {peer} is {other}: only Trusted nodes take part in consensus"
+        )),
     }
 }
 
@@ -307,20 +331,18 @@ async fn read_peer(
         tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), acceptor.accept(tcp)).await??;
     let peer = peer_raft_id(tls.get_ref().1.peer_certificates())
         .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
-    let status = directory
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&peer)
-        .map(|p| p.status.clone());
-    match status.as_deref() {
-        None => anyhow::bail!("node {peer} is not in the nodes table"),
-        Some("Trusted") => {}
-        Some(other) => anyhow::bail!("node {peer} is {other}: only Trusted nodes take part in consensus"),
+    if let Some(reason) = refuse_peer(&directory, peer) {
+        anyhow::bail!(reason);
     }
     let mut len = [0u8; 4];
     loop {
         if tls.read_exact(&mut len).await.is_err() {
             return Ok(()); // closed
+        }
+        // Checked per frame, not only at the handshake: a node retired (or removed) since it connected must not
+        // keep a say in consensus over the connection it already has.
+        if let Some(reason) = refuse_peer(&directory, peer) {
+            anyhow::bail!("closing the channel: {reason}");
         }
         let n = u32::from_be_bytes(len) as usize;
         if n > FRAME_BYTES_MAX {
@@ -337,5 +359,95 @@ async fn read_peer(
             anyhow::bail!("node {peer} sent a message claiming to be from {}", msg.from);
         }
         deliver(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(service: &cert::Identity, name: &str) -> (cert::Identity, u64) {
+        let node = cert::generate_endorsed(name, &["127.0.0.1".parse().expect("ip")], &[], service)
+            .expect("node identity");
+        let der = cert::pem_to_der(&node.cert_pem).expect("der");
+        let id = raft_id(&cert::public_key_id_hex(&der).expect("id"));
+        (node, id)
+    }
+
+    fn frame(from: u64, to: u64) -> Vec<u8> {
+        let msg = Message {
+            from,
+            to,
+            ..Default::default()
+        };
+        let body = PeerFrame {
+            from,
+            payload: msg.write_to_bytes().expect("encode"),
+        }
+        .encode_to_vec();
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_retired_nodes_open_channel_is_closed_at_its_next_frame() {
+        let service = cert::generate_self_signed("service", true).expect("service");
+        let (server_node, server_id) = identity(&service, "server");
+        let (peer_node, peer_id) = identity(&service, "peer");
+        let directory: Directory = Arc::new(RwLock::new(HashMap::new()));
+        let info = |status: &str| PeerInfo {
+            node_id: String::new(),
+            node_address: String::new(),
+            rpc_address: String::new(),
+            status: status.into(),
+        };
+        directory.write().expect("lock").insert(peer_id, info("Trusted"));
+        let server_tls = ChannelTls {
+            node_cert_pem: server_node.cert_pem.clone(),
+            node_key_pem: server_node.key_pem.clone(),
+            service_cert_pem: service.cert_pem.clone(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (delivered_tx, mut delivered) = mpsc::unbounded_channel::<u64>();
+        let deliver: Arc<dyn Fn(Message) + Send + Sync> = Arc::new(move |m: Message| {
+            let _ = delivered_tx.send(m.from);
+        });
+        tokio::spawn(serve(
+            listener,
+            server_tls.server_config().expect("server config"),
+            directory.clone(),
+            deliver,
+            4,
+        ));
+
+        let client = node_client_config(&peer_node.cert_pem, &peer_node.key_pem, &service.cert_pem)
+            .expect("client config");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::IpAddress(addr.ip().into());
+        let mut tls = TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        tls.write_all(&frame(peer_id, server_id)).await.expect("send");
+        tls.flush().await.expect("flush");
+        let first = tokio::time::timeout(Duration::from_secs(10), delivered.recv()).await;
+        assert_eq!(first.expect("delivered in time"), Some(peer_id));
+
+        // Governance retires the peer; the connection it opened while Trusted stays open until it speaks again.
+        directory.write().expect("lock").insert(peer_id, info("Retired"));
+        tls.write_all(&frame(peer_id, server_id)).await.expect("send");
+        tls.flush().await.expect("flush");
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the server closes the retired node's channel"
+        );
+        assert!(
+            delivered.try_recv().is_err(),
+            "nothing from a retired node reaches Raft"
+        );
     }
 }

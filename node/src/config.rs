@@ -43,6 +43,54 @@ pub struct NodeConfig {
     /// Raft tick, in milliseconds (an election takes 10 to 20 ticks without a heartbeat).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub tick_ms: u64,
+    /// Bounds on what clients, joiners and peers can make this node hold (docs/SECURITY.md lists them all).
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Resource bounds, each with its flag (see docs/SECURITY.md). Hitting one answers a clear error (HTTP 503 or
+/// 429 with `Retry-After`, or a closed connection); none of them can stop the node.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Limits {
+    /// Client (HTTPS) connections open at once; more are closed at accept. Clamped so that file descriptors stay
+    /// free for the ledger, snapshots and RocksDB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rpc_connections_max: u64,
+    /// Client connections in their TLS handshake at once (unauthenticated, so kept well below the cap above).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rpc_handshakes_max: u64,
+    /// Time a client has to complete its TLS handshake, in milliseconds.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_handshake_timeout_ms: u64,
+    /// Time a client has to send a request's headers, in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_ms: u64,
+    /// A connection with no traffic for this long is closed, in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_idle_timeout_ms: u64,
+    /// Time to read a request's body and answer it, in milliseconds (past it: 503 RequestTimeout).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_request_timeout_ms: u64,
+    /// Inbound node-to-node connections open at once (TLS handshakes included: anyone can connect).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_connections_max: u64,
+    /// Nodes waiting for the members' vote (Pending) at once; further joins get 503 until some are decided or
+    /// expire.
+    #[arg(long, default_value_t = 32)]
+    pub pending_joins_max: u64,
+    /// A Pending join never trusted is removed after this many seconds (a joiner still polling re-asks).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pending_join_ttl_s: u64,
+    /// New Pending joins one client address may record per minute (a burst of as many is allowed).
+    #[arg(long, default_value_t = 6)]
+    pub joins_per_min: u64,
+    /// Snapshot downloads served at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_downloads_max: u64,
+    /// Bytes of ordered but not yet committed entries the primary holds before it answers writes with 503
+    /// (at least 2 MiB: more than one replication message).
+    #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range((2 << 20) + 1..))]
+    pub uncommitted_bytes_max: u64,
 }
 
 /// `synod-node start`.
@@ -54,9 +102,14 @@ pub struct StartConfig {
     /// Certificate of a user allowed to call the app (repeatable; read only when the service is created).
     #[arg(long = "user-cert")]
     pub user_certs: Vec<PathBuf>,
-    /// Certificate of a consortium member (repeatable; read only when the service is created).
+    /// Certificate of a consortium member (repeatable; read only when the service is created). Without any, the
+    /// service runs in development mode: it opens at once and trusts joiners that present the join token.
     #[arg(long = "member-cert")]
     pub member_certs: Vec<PathBuf>,
+    /// Development mode only (no --member-cert): the join token joining nodes must present. Created with a
+    /// fresh random token if missing (default DATA_DIR/join_token); read only when the service is created.
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
 }
 
 /// `synod-node join`.
@@ -74,4 +127,7 @@ pub struct JoinConfig {
     /// How long to keep retrying the join (and waiting to be trusted by the members), in seconds.
     #[arg(long, default_value_t = 600)]
     pub join_timeout_s: u64,
+    /// The join token of a service in development mode (no members): the file `synod-node start` wrote.
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
 }

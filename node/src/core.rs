@@ -52,6 +52,10 @@ pub enum CoreError {
     /// Only the primary orders writes.
     #[error("this node is not the primary")]
     NotPrimary,
+    /// The primary holds as many ordered but uncommitted bytes as it may (`--uncommitted-bytes-max`): nothing
+    /// was ordered; retry once replication catches up.
+    #[error("too many ordered transactions are waiting to commit")]
+    Busy,
     /// Sealing or unsealing private writes failed.
     #[error("sealing: {0}")]
     Seal(String),
@@ -502,6 +506,8 @@ pub struct Genesis {
     pub code_ids: Vec<String>,
     /// The constitution (JavaScript module).
     pub constitution: String,
+    /// Development mode (no members): hex SHA-256 of the join token joining nodes must present.
+    pub join_token_digest: Option<String>,
 }
 
 /// Where a restored core comes from.
@@ -604,6 +610,9 @@ impl Core {
         );
         for code in &genesis.code_ids {
             tx.put(maps::NODES_CODE_IDS, code.as_bytes(), br#""AllowedToJoin""#);
+        }
+        if let Some(digest) = &genesis.join_token_digest {
+            tx.put(maps::JOIN_TOKEN_DIGEST, b"", digest.as_bytes());
         }
         core.commit_tx(tx, now_secs)?;
         core.emit_signature(now_secs)?;
@@ -1158,6 +1167,14 @@ impl Core {
         let body = entry.encode_to_vec();
         if let Err(e) = self.raft.propose(Vec::new(), body) {
             return Err(match e {
+                // raft-rs drops a leader's proposal during a leadership transfer, or when it would take the
+                // uncommitted entries past max_uncommitted_size: only the latter is back-pressure.
+                raft::Error::ProposalDropped
+                    if self.raft.raft.state == StateRole::Leader
+                        && self.raft.raft.lead_transferee.is_none() =>
+                {
+                    CoreError::Busy
+                }
                 raft::Error::ProposalDropped => CoreError::NotPrimary,
                 other => CoreError::Raft(other),
             });
@@ -1225,7 +1242,7 @@ impl Core {
         let chunk_end = snapshot_point
             || self.history.bytes_since_chunk_end() >= self.cfg.ledger_chunk_bytes
             || triggered(b"ledger_chunk", self.history.last_flagged(FLAG_CHUNK_END));
-        let appended = self.propose_entry(
+        let proposed = self.propose_entry(
             KIND_SIGNATURE,
             Writes {
                 public,
@@ -1233,7 +1250,14 @@ impl Core {
             },
             chunk_end,
             snapshot_point,
-        )?;
+        );
+        let appended = match proposed {
+            Ok(tx_id) => tx_id,
+            // Nothing was ordered: the next signature timer tries again (once replication made room, or under
+            // the next primary).
+            Err(CoreError::Busy | CoreError::NotPrimary) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         if appended != tx_id {
             return Err(CoreError::Invariant(format!(
                 "signature ordered as {appended}, expected {tx_id}"
@@ -1262,7 +1286,19 @@ impl Core {
             b"",
             &serde_json::to_vec(&evidence).map_err(|e| CoreError::Invariant(e.to_string()))?,
         );
-        Ok(Some(self.commit_tx(tx, now_secs)?.tx_id()))
+        match self.commit_tx(tx, now_secs) {
+            Ok(outcome) => Ok(Some(outcome.tx_id())),
+            // Not ordered (leadership moving, or the uncommitted bound reached): this snapshot stays
+            // uncommitted and the next snapshot point makes another.
+            Err(CoreError::Busy | CoreError::NotPrimary) => {
+                tracing::warn!(
+                    seqno,
+                    "could not order the snapshot's evidence now; it is skipped"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     // ---- reconfiguration (primary) ----

@@ -38,6 +38,50 @@ pub struct JoinRequest {
     pub node_address: String,
     /// Attestation evidence; its report data is the node id (SHA-256 of the TLS public key).
     pub quote_info: QuoteInfo,
+    /// Development mode (a service without members): the operator's join token, which the primary checks
+    /// against the digest recorded at genesis. Absent (and ignored) with members: they trust nodes by vote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+}
+
+/// Longest wait between join attempts, whatever `Retry-After` says.
+const JOIN_RETRY_AFTER_S_MAX: u64 = 30;
+
+/// Shortest join token accepted: the digest is in the (public) ledger, so the token must not be guessable.
+pub const JOIN_TOKEN_CHARS_MIN: usize = 32;
+
+/// The hex SHA-256 of a join token, as recorded at genesis.
+pub fn join_token_digest(token: &str) -> String {
+    hex::encode(synod_core::hash::sha256(token.as_bytes()))
+}
+
+/// Reads a join token file (surrounding whitespace ignored).
+pub fn read_join_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the join token {}", path.display()))?
+        .trim()
+        .to_string();
+    ensure!(
+        token.len() >= JOIN_TOKEN_CHARS_MIN,
+        "the join token in {} is shorter than {JOIN_TOKEN_CHARS_MIN} characters",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// The join token in `path`, or a fresh random one written there (mode 0600) if the file does not exist.
+pub fn load_or_create_join_token(path: &std::path::Path) -> anyhow::Result<String> {
+    if path.exists() {
+        return read_join_token(path);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("generating a join token: {e}"))?;
+    let token = hex::encode(bytes);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::service::write_private(path, token.as_bytes())?;
+    Ok(token)
 }
 
 /// A committed snapshot a joining node can start from.
@@ -73,15 +117,18 @@ pub struct JoinResponse {
     pub snapshot: Option<SnapshotOffer>,
 }
 
-/// `GET /node/snapshot` answer.
+/// `GET /node/snapshot` answer: a committed snapshot and the proof that it is committed; its bytes are at
+/// `GET /node/snapshot/{name}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnapshotResponse {
     /// Snapshot seqno.
     pub seqno: u64,
     /// Evidence seqno.
     pub evidence_seqno: u64,
-    /// Base64 snapshot file.
-    pub snapshot: String,
+    /// Size of the snapshot file, in bytes.
+    pub size: u64,
+    /// The file's name (`snapshot_<seqno>_<evidence seqno>.committed`), the last segment of its URL.
+    pub name: String,
     /// Base64 ledger entry of the evidence transaction.
     pub evidence_entry: String,
     /// JSON receipt of the evidence transaction.
@@ -98,10 +145,13 @@ pub struct Joined {
     pub peers: Vec<PeerInfo>,
 }
 
-/// Checks a snapshot against the proof that it is committed; returns its bytes.
-pub fn verify_snapshot(answer: &SnapshotResponse, service_cert_pem: &str) -> anyhow::Result<Vec<u8>> {
+/// Checks a snapshot's bytes against the proof that it is committed.
+pub fn verify_snapshot(
+    answer: &SnapshotResponse,
+    bytes: &[u8],
+    service_cert_pem: &str,
+) -> anyhow::Result<()> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s);
-    let bytes = b64(&answer.snapshot).context("snapshot is not base64")?;
     let entry = LedgerEntry::decode(
         b64(&answer.evidence_entry)
             .context("evidence is not base64")?
@@ -134,8 +184,60 @@ pub fn verify_snapshot(answer: &SnapshotResponse, service_cert_pem: &str) -> any
         evidence.seqno
     );
     ensure!(
-        evidence.digest == hex::encode(snapshot::digest(&bytes)),
+        evidence.digest == hex::encode(snapshot::digest(bytes)),
         "the snapshot's digest differs from its committed evidence"
+    );
+    Ok(())
+}
+
+/// `GET url`, failing with `what` and the node's answer unless it is a success.
+async fn get_ok(http: &reqwest::Client, url: &str, what: &str) -> anyhow::Result<reqwest::Response> {
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("fetching {url}"))?;
+    ensure!(
+        r.status().is_success(),
+        "fetching {what}: {} {}",
+        r.status(),
+        r.text().await.unwrap_or_default()
+    );
+    Ok(r)
+}
+
+/// Fetches the committed snapshot `offer` names and checks it against its proof.
+async fn fetch_snapshot(
+    http: &reqwest::Client,
+    offer: &SnapshotOffer,
+    service_cert_pem: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let base = offer.url.trim_end_matches('/');
+    let url = format!("{base}/node/snapshot?seqno={}", offer.seqno);
+    let r = get_ok(http, &url, "the snapshot's proof").await?;
+    let answer: SnapshotResponse = r.json().await.context("snapshot answer")?;
+    ensure!(
+        snapshot::parse_committed_name(&answer.name) == Some((answer.seqno, answer.evidence_seqno)),
+        "the snapshot is named {:?}",
+        answer.name
+    );
+    let url = format!("{base}/node/snapshot/{}", answer.name);
+    let mut r = get_ok(http, &url, "the snapshot").await?;
+    // Read no more than the size announced with the proof (the digest check catches any other difference).
+    let mut bytes = Vec::with_capacity(usize::try_from(answer.size.min(1 << 30)).unwrap_or(0));
+    while let Some(chunk) = r.chunk().await.context("downloading the snapshot")? {
+        ensure!(
+            bytes.len() as u64 + chunk.len() as u64 <= answer.size,
+            "the snapshot is larger than the {} bytes announced",
+            answer.size
+        );
+        bytes.extend_from_slice(&chunk);
+    }
+    verify_snapshot(&answer, &bytes, service_cert_pem)?;
+    tracing::info!(
+        seqno = answer.seqno,
+        bytes = bytes.len(),
+        "starting from a committed snapshot"
     );
     Ok(bytes)
 }
@@ -154,11 +256,13 @@ pub async fn join(
     let own_der = cert::pem_to_der(&own.cert_pem)?;
     let node_id = cert::public_key_id_hex(&own_der)?;
     let report_data = synod_core::hash::digest_from_hex(&node_id).context("node id")?;
+    let join_token = cfg.join_token_file.as_deref().map(read_join_token).transpose()?;
     let request = JoinRequest {
         node_name: cfg.node.node_name.clone(),
         rpc_address: rpc.to_string(),
         node_address: node.to_string(),
         quote_info: platform.evidence(&report_data),
+        join_token,
     };
     let http = node_client(&own.cert_pem, &own.key_pem, &service_cert_pem)?;
     let url = format!("{}/node/join", cfg.target.trim_end_matches('/'));
@@ -175,8 +279,22 @@ pub async fn join(
                     answer.node_id
                 )
             }
-            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
-                r.text().await.unwrap_or_default()
+            // The service is busy (an election, or a bound such as the Pending joins or this address's join
+            // rate): wait as long as it asks, then try again.
+            Ok(r)
+                if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                let wait_s = r
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    .min(JOIN_RETRY_AFTER_S_MAX);
+                let text = r.text().await.unwrap_or_default();
+                tokio::time::sleep(Duration::from_secs(wait_s)).await;
+                text
             }
             Ok(r) => {
                 let status = r.status();
@@ -222,30 +340,7 @@ pub async fn join(
         None => None,
         Some(offer) => {
             let http = node_client(&answer.endorsed_certificate, &own.key_pem, &service_cert_pem)?;
-            let url = format!(
-                "{}/node/snapshot?seqno={}",
-                offer.url.trim_end_matches('/'),
-                offer.seqno
-            );
-            let r = http
-                .get(&url)
-                .send()
-                .await
-                .with_context(|| format!("fetching {url}"))?;
-            ensure!(
-                r.status().is_success(),
-                "fetching the snapshot: {} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            );
-            let s: SnapshotResponse = r.json().await.context("snapshot answer")?;
-            let bytes = verify_snapshot(&s, &service_cert_pem)?;
-            tracing::info!(
-                seqno = s.seqno,
-                bytes = bytes.len(),
-                "starting from a committed snapshot"
-            );
-            Some(bytes)
+            Some(fetch_snapshot(&http, offer, &service_cert_pem).await?)
         }
     };
     let peers = answer

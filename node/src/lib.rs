@@ -64,9 +64,26 @@ pub async fn run_start(cfg: StartConfig) -> anyhow::Result<()> {
         }
         Boot::Resume
     } else {
+        let join_token_digest = if cfg.member_certs.is_empty() {
+            let path = (cfg.join_token_file.clone()).unwrap_or_else(|| cfg.node.data_dir.join("join_token"));
+            let token = join::load_or_create_join_token(&path)?;
+            tracing::warn!(
+                join_token = %path.display(),
+                "creating a service without members"
+            );
+            Some(join::join_token_digest(&token))
+        } else {
+            if cfg.join_token_file.is_some() {
+                tracing::warn!(
+                    "--join-token-file is for services without members; the members trust nodes by vote"
+                );
+            }
+            None
+        };
         Boot::NewService {
             users: cfg.user_certs.clone(),
             members: cfg.member_certs.clone(),
+            join_token_digest,
         }
     };
     serve(cfg.node, boot, rpc, node_listener).await
@@ -101,8 +118,15 @@ async fn serve(
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || Node::start(&cfg, boot, addr, node_listener, runtime)).await??
     };
+    if node.development_mode() {
+        tracing::warn!(
+            "DEVELOPMENT MODE: this service has no members. Nothing is decided by a consortium: it opened without a \
+             vote and any node presenting the join token (and an allowed measurement) receives the service's \
+             secrets. Do not keep real data in it; create services with --member-cert (docs/SECURITY.md)."
+        );
+    }
     let tls = rpc::tls_config(&node)?;
-    let state = rpc::AppState::new(node.clone(), cfg.max_body_bytes)?;
+    let state = rpc::AppState::new(node.clone())?;
     let router = rpc::router(state.clone());
     write_atomically(&cfg.data_dir.join("rpc_address"), addr.to_string().as_bytes())?;
     tracing::info!(node_address = %node.node_address, "listening on https://{addr}");

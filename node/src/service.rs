@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,6 +46,15 @@ use crate::snapshot;
 pub const CONFLICT_RETRIES_MAX: usize = 64;
 /// Committed snapshots kept on disk.
 const SNAPSHOTS_KEPT: usize = 2;
+/// Events queued for the event loop (peers' Raft messages, wake-ups). When full, Raft messages are dropped (Raft
+/// retransmits) and wake-ups are redundant: the loop is busy with what is queued.
+const INBOX_EVENTS_MAX: usize = 16 * 1024;
+/// Batches of committed entries queued for the applier. When full, the event loop waits for the disk: slow
+/// storage slows ordering down (max_uncommitted_size then turns writes away with 503) instead of growing memory.
+const APPLY_BATCHES_MAX: usize = 64;
+/// Snapshots queued for the snapshotter. Each holds a version of the whole state; one more due while one is
+/// queued is skipped (the next snapshot point comes `--snapshot-tx-interval` later).
+const SNAPSHOT_JOBS_MAX: usize = 1;
 
 /// Why running a transaction failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +65,9 @@ pub enum ExecError<E> {
     /// The transaction writes and this node is not the primary: forward it.
     #[error("this node is not the primary")]
     NotPrimary,
+    /// The primary holds as many uncommitted transactions as it may: nothing was ordered; retry shortly.
+    #[error("too many ordered transactions are waiting to commit (--uncommitted-bytes-max); retry")]
+    Busy,
     /// The transaction kept conflicting with concurrent ones.
     #[error("transaction conflicted {CONFLICT_RETRIES_MAX} times in a row")]
     TooManyConflicts,
@@ -147,6 +159,8 @@ pub enum Boot {
         users: Vec<PathBuf>,
         /// Member certificates (PEM paths) recorded at genesis.
         members: Vec<PathBuf>,
+        /// Development mode (no members): the digest of the join token joiners must present.
+        join_token_digest: Option<String>,
     },
     /// Joined an existing service: identities from the join, and the snapshot it started from, if any.
     Joined {
@@ -181,11 +195,12 @@ pub struct Node {
     /// This node's address for peers.
     pub node_address: SocketAddr,
     channels: Arc<Channels>,
-    inbox: Mutex<Sender<LoopEvent>>,
+    inbox: Mutex<SyncSender<LoopEvent>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     cfg: NodeConfig,
     storage: Storage,
     sealer: Sealer,
+    ledger_secret: LedgerSecret,
     /// First seqno this run of the node ordered or received.
     startup_seqno: u64,
 }
@@ -237,7 +252,10 @@ fn core_config(cfg: &NodeConfig) -> CoreConfig {
         sig_tx_interval: cfg.sig_tx_interval,
         ledger_chunk_bytes: cfg.ledger_chunk_bytes,
         snapshot_tx_interval: cfg.snapshot_tx_interval,
-        timing: RaftTiming::default(),
+        timing: RaftTiming {
+            uncommitted_bytes_max: cfg.limits.uncommitted_bytes_max,
+            ..RaftTiming::default()
+        },
     }
 }
 
@@ -293,7 +311,8 @@ fn load_identities(paths: &Paths) -> anyhow::Result<Identities> {
             cert_pem: read(&paths.file("node_cert.pem"))?,
             key_pem: read(&paths.file("node_key.pem"))?,
         },
-        secret: LedgerSecret::load_or_create(&paths.file("ledger_secret"))?,
+        secret: LedgerSecret::load(&paths.file("ledger_secret"))
+            .context("the ledger secret is missing or damaged: refusing to start (a new one would not read this node's ledger)")?,
     })
 }
 
@@ -405,7 +424,11 @@ impl Node {
         let mut peers = Vec::new();
         // Each arm also hands over the ledger writer (Resume already opened and read the ledger).
         let (ids, core, replay, mut ledger) = match boot {
-            Boot::NewService { users, members } => {
+            Boot::NewService {
+                users,
+                members,
+                join_token_digest,
+            } => {
                 if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
                     bail!(
                         "{} holds a ledger but no Raft state: refusing to create a new service over it",
@@ -446,6 +469,7 @@ impl Node {
                     node_info: info,
                     code_ids: vec![platform.measurement()],
                     constitution: crate::gov::DEFAULT_CONSTITUTION.to_string(),
+                    join_token_digest,
                 };
                 let sealer = Sealer::new(&ids.secret);
                 let core = Core::new_service(keys, sealer, ccfg, &genesis, now_secs())?;
@@ -542,14 +566,17 @@ impl Node {
             service_cert_pem: ids.service.cert_pem.clone(),
         };
         let channels = Arc::new(Channels::new(self_id, directory.clone(), &tls, runtime.clone())?);
-        let (inbox_tx, inbox_rx) = mpsc::channel::<LoopEvent>();
+        let (inbox_tx, inbox_rx) = mpsc::sync_channel::<LoopEvent>(INBOX_EVENTS_MAX);
         {
             let deliver_tx = Mutex::new(inbox_tx.clone());
             let deliver: Arc<dyn Fn(Message) + Send + Sync> = Arc::new(move |m| {
-                let _ = deliver_tx
+                let sent = deliver_tx
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .send(LoopEvent::Raft(m));
+                    .try_send(LoopEvent::Raft(m));
+                if let Err(TrySendError::Full(_)) = sent {
+                    tracing::debug!("event loop inbox full: dropping a Raft message (it is retransmitted)");
+                }
             });
             node_listener.set_nonblocking(true)?;
             let server_config = tls.server_config()?;
@@ -558,7 +585,13 @@ impl Node {
                 let _guard = runtime.enter();
                 tokio::net::TcpListener::from_std(node_listener)?
             };
-            runtime.spawn(crate::channels::serve(listener, server_config, dir, deliver));
+            runtime.spawn(crate::channels::serve(
+                listener,
+                server_config,
+                dir,
+                deliver,
+                cfg.limits.node_connections_max as usize,
+            ));
         }
         write_atomically(&paths.file("node_address"), node_address.to_string().as_bytes())?;
 
@@ -588,6 +621,7 @@ impl Node {
             cfg: cfg.clone(),
             storage: storage.clone(),
             sealer: sealer.clone(),
+            ledger_secret: ids.secret.clone(),
             startup_seqno,
         });
         // Offer the newest committed snapshot to followers that fall behind.
@@ -608,8 +642,8 @@ impl Node {
             }
         }
 
-        let (apply_tx, apply_rx) = mpsc::channel::<ApplyJob>();
-        let (snap_tx, snap_rx) = mpsc::channel::<SnapshotJob>();
+        let (apply_tx, apply_rx) = mpsc::sync_channel::<ApplyJob>(APPLY_BATCHES_MAX);
+        let (snap_tx, snap_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_JOBS_MAX);
         let mut threads = Vec::new();
         {
             let shared = shared.clone();
@@ -652,16 +686,29 @@ impl Node {
     }
 
     fn wake(&self) {
+        // Never blocks (callers include async handlers): a full inbox means the loop has work anyway.
         let _ = self
             .inbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send(LoopEvent::Wake);
+            .try_send(LoopEvent::Wake);
     }
 
     /// Locks the core for reading its state (status, receipts, commit).
     pub fn core(&self) -> MutexGuard<'_, Core> {
         self.shared.lock()
+    }
+
+    /// Whether the service has no members (development mode: see docs/SECURITY.md).
+    /// (A node that joined and has not yet received any state does not know: false.)
+    pub fn development_mode(&self) -> bool {
+        let state = self.shared.lock().snapshot();
+        state.version() > 0 && state.map(maps::MEMBERS_CERTS).is_none_or(|m| m.is_empty())
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
     }
 
     /// The reason the node stopped working, if it did.
@@ -692,9 +739,9 @@ impl Node {
         &self.sealer
     }
 
-    /// Reads the ledger secret back from the data directory (to hand to a joining node).
-    pub fn ledger_secret(&self) -> anyhow::Result<LedgerSecret> {
-        Ok(LedgerSecret::load_or_create(&self.paths.file("ledger_secret"))?)
+    /// The ledger secret (to hand to a joining node).
+    pub fn ledger_secret(&self) -> &LedgerSecret {
+        &self.ledger_secret
     }
 
     /// Runs `f` as a transaction, re-running it on conflicts, and orders its writes (primary only: a write on a
@@ -731,6 +778,7 @@ impl Node {
                 }
                 Err(CoreError::Conflict(_)) => continue,
                 Err(CoreError::NotPrimary) => return Err(ExecError::NotPrimary),
+                Err(CoreError::Busy) => return Err(ExecError::Busy),
                 Err(e) => {
                     self.shared.die(format!("ordering a transaction: {e}"));
                     return Err(ExecError::Unavailable(e.to_string()));
@@ -750,8 +798,8 @@ impl Node {
     fn event_loop(
         &self,
         inbox: Receiver<LoopEvent>,
-        apply: Sender<ApplyJob>,
-        snapshots: Sender<SnapshotJob>,
+        apply: SyncSender<ApplyJob>,
+        snapshots: SyncSender<SnapshotJob>,
     ) -> anyhow::Result<()> {
         let tick = Duration::from_millis(self.cfg.tick_ms);
         let sig_every = Duration::from_millis(self.cfg.sig_ms_interval);
@@ -839,8 +887,8 @@ impl Node {
 
     fn process_ready(
         &self,
-        apply: &Sender<ApplyJob>,
-        snapshots: &Sender<SnapshotJob>,
+        apply: &SyncSender<ApplyJob>,
+        snapshots: &SyncSender<SnapshotJob>,
         pending_compaction: &mut Option<u64>,
         pending_commits: &mut HashMap<u64, (u64, String)>,
     ) -> anyhow::Result<()> {
@@ -858,7 +906,7 @@ impl Node {
         }
     }
 
-    fn handle_ready(&self, rd: CoreReady, apply: &Sender<ApplyJob>) -> anyhow::Result<()> {
+    fn handle_ready(&self, rd: CoreReady, apply: &SyncSender<ApplyJob>) -> anyhow::Result<()> {
         for m in &rd.messages {
             self.channels.send(m);
         }
@@ -914,13 +962,19 @@ impl Node {
     fn handle_event(
         &self,
         event: Event,
-        snapshots: &Sender<SnapshotJob>,
+        snapshots: &SyncSender<SnapshotJob>,
         pending_compaction: &mut Option<u64>,
         pending_commits: &mut HashMap<u64, (u64, String)>,
     ) -> anyhow::Result<()> {
         match event {
             Event::SnapshotDue(job) => {
-                let _ = snapshots.send(job);
+                let seqno = job.state.version();
+                if let Err(TrySendError::Full(_)) = snapshots.try_send(job) {
+                    tracing::warn!(
+                        seqno,
+                        "the snapshotter is still busy with the previous snapshot: skipping this one"
+                    );
+                }
             }
             Event::SnapshotCommitted {
                 seqno,
@@ -931,8 +985,15 @@ impl Node {
                 let bytes = match std::fs::read(&written) {
                     Ok(b) => b,
                     Err(_) => {
-                        // This node's snapshotter is behind: finish when it has written the file.
+                        // This node's snapshotter is behind: finish when it has written the file. Only the newest
+                        // few are remembered (a skipped snapshot is never written).
                         pending_commits.insert(seqno, (evidence_seqno, digest));
+                        while pending_commits.len() > SNAPSHOT_JOBS_MAX + 1 {
+                            let Some(oldest) = pending_commits.keys().min().copied() else {
+                                break;
+                            };
+                            pending_commits.remove(&oldest);
+                        }
                         return Ok(());
                     }
                 };
@@ -980,11 +1041,9 @@ impl Node {
             &bytes,
         )?;
         tracing::info!(seqno, bytes = bytes.len(), "wrote a snapshot");
-        let _ = self
-            .inbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(LoopEvent::SnapshotWritten { seqno, digest });
+        // Must not be lost, so it waits for room, without holding the lock wake() takes.
+        let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _ = inbox.send(LoopEvent::SnapshotWritten { seqno, digest });
         Ok(())
     }
 
@@ -1001,6 +1060,7 @@ impl Node {
 
 fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
     let mut fresh = HashMap::new();
+    let mut knows_self = false;
     if let Some(m) = state.map(maps::NODES_INFO) {
         for (k, e) in m.iter() {
             let Ok(node_id) = std::str::from_utf8(k) else {
@@ -1011,6 +1071,7 @@ fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
             };
             let id = raft_id(node_id);
             if id == self_id {
+                knows_self = true;
                 continue;
             }
             fresh.insert(
@@ -1025,9 +1086,12 @@ fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
         }
     }
     let mut d = directory.write().unwrap_or_else(|p| p.into_inner());
-    // Peers learnt at join time stay until the nodes table (which lags behind while catching up) knows them.
-    for (id, info) in d.drain() {
-        fresh.entry(id).or_insert(info);
+    // Peers learnt at join time stay while the nodes table lags behind (it does not know this node yet). Once it
+    // does, it is the whole truth: nodes it no longer holds (expired Pending joins) leave the directory.
+    if !knows_self {
+        for (id, info) in d.drain() {
+            fresh.entry(id).or_insert(info);
+        }
     }
     *d = fresh;
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
+use base64::Engine as _;
 use synod_client::{Body, Client, Method, TxId};
 use synod_governance::client::{GovClient, ProposalState};
 
@@ -223,6 +224,11 @@ impl NodeProc {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
         self.launch()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Whether the process is still running.
@@ -604,6 +610,87 @@ impl Network {
             );
         }
         Ok(())
+    }
+}
+
+/// An attacker's would-be node: a fresh key and self-signed certificate, as `openssl req -x509` would make.
+pub struct Forger {
+    /// Its key and self-signed certificate.
+    pub identity: synod_core::cert::Identity,
+    /// The node id its key would have.
+    pub node_id: String,
+}
+
+impl Forger {
+    /// A fresh key.
+    pub fn new() -> anyhow::Result<Forger> {
+        let identity = synod_core::cert::generate_self_signed("forged", false)?;
+        let node_id =
+            synod_core::cert::public_key_id_hex(&synod_core::cert::pem_to_der(&identity.cert_pem)?)?;
+        Ok(Forger { identity, node_id })
+    }
+
+    /// A client of `node` that presents this key.
+    pub fn client(&self, node: &NodeProc) -> anyhow::Result<Client> {
+        self.client_at(&node.url(), &node.service_cert_pem()?)
+    }
+
+    fn client_at(&self, url: &str, service_cert_pem: &str) -> anyhow::Result<Client> {
+        Ok(Client::new(
+            url,
+            service_cert_pem,
+            Some((&self.identity.cert_pem, &self.identity.key_pem)),
+        )?)
+    }
+
+    /// `POST /node/join` with `virtual` evidence naming the measurement the service publishes and binding this
+    /// key: everything the unsigned evidence format lets anyone claim.
+    pub async fn join(
+        &self,
+        node: &NodeProc,
+        name: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<synod_client::Response> {
+        self.join_with(&node.url(), &node.service_cert_pem()?, name, token)
+            .await
+    }
+
+    /// [`Forger::join`] at a node known by its URL and service certificate.
+    pub async fn join_at(
+        &self,
+        url: &str,
+        service_cert_pem: &str,
+        name: &str,
+    ) -> anyhow::Result<synod_client::Response> {
+        self.join_with(url, service_cert_pem, name, None).await
+    }
+
+    async fn join_with(
+        &self,
+        url: &str,
+        service_cert_pem: &str,
+        name: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<synod_client::Response> {
+        let client = self.client_at(url, service_cert_pem)?;
+        let policy: serde_json::Value = client.get_json("/gov/service/join-policy").await?;
+        let measurement = policy["virtual"]["measurements"][0]
+            .as_str()
+            .context("the service publishes its measurement")?;
+        let statement = serde_json::json!({"measurement": measurement, "report_data": self.node_id});
+        let mut body = serde_json::json!({
+            "node_name": name,
+            "rpc_address": "127.0.0.1:1",
+            "node_address": "127.0.0.1:2",
+            "quote_info": {
+                "format": "Virtual",
+                "quote": base64::engine::general_purpose::STANDARD.encode(statement.to_string()),
+            },
+        });
+        if let Some(token) = token {
+            body["join_token"] = serde_json::json!(token);
+        }
+        Ok(client.post_json("/node/join", &body).await?)
     }
 }
 

@@ -66,26 +66,18 @@ impl LedgerSecret {
         Ok(LedgerSecret(bytes))
     }
 
-    /// Reads the secret at `path`, or creates it (mode 0600, synced) if the file does not exist.
-    pub fn load_or_create(path: &Path) -> Result<LedgerSecret, SealError> {
-        let io = |source| SealError::Io {
+    /// Reads the secret at `path`. A missing file is an error, never a reason to make a new secret: a node
+    /// that did so would seal its writes under a key no other node holds and could no longer read its own
+    /// stored private state.
+    pub fn load(path: &Path) -> Result<LedgerSecret, SealError> {
+        let bytes = std::fs::read(path).map_err(|source| SealError::Io {
             path: path.display().to_string(),
             source,
-        };
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let arr: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| SealError::BadSecret(path.display().to_string()))?;
-                Ok(LedgerSecret(arr))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let secret = LedgerSecret::generate()?;
-                secret.save(path).map_err(io)?;
-                Ok(secret)
-            }
-            Err(e) => Err(io(e)),
-        }
+        })?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| SealError::BadSecret(path.display().to_string()))?;
+        Ok(LedgerSecret(arr))
     }
 
     /// Writes the secret to `path` atomically with mode 0600.
@@ -334,21 +326,20 @@ mod tests {
     }
 
     #[test]
-    fn secret_file_is_created_once_and_reloaded() {
+    fn a_missing_secret_file_is_an_error_not_a_new_secret() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ledger_secret");
-        let a = LedgerSecret::load_or_create(&path).expect("create");
-        let b = LedgerSecret::load_or_create(&path).expect("load");
-        assert_eq!(a.0, b.0);
+        assert!(matches!(LedgerSecret::load(&path), Err(SealError::Io { .. })));
+        assert!(!path.exists(), "loading must not create a secret");
+        let a = LedgerSecret::generate().expect("generate");
+        a.save(&path).expect("save");
+        assert_eq!(LedgerSecret::load(&path).expect("load").0, a.0);
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(
             std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
             0o600
         );
         std::fs::write(&path, b"short").expect("write");
-        assert!(matches!(
-            LedgerSecret::load_or_create(&path),
-            Err(SealError::BadSecret(_))
-        ));
+        assert!(matches!(LedgerSecret::load(&path), Err(SealError::BadSecret(_))));
     }
 }

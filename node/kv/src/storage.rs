@@ -25,6 +25,8 @@ pub const CF_RAFT_LOG: &str = "raft_log";
 /// Column family of Raft's hard state, configuration and compaction point.
 pub const CF_RAFT_STATE: &str = "raft_state";
 const APPLIED_SEQNO: &[u8] = b"applied_seqno";
+/// Table files RocksDB keeps open at once.
+pub const STORAGE_OPEN_FILES_MAX: i32 = 256;
 const MAP_PREFIX: &[u8] = b"map:";
 
 /// Storage errors.
@@ -95,6 +97,9 @@ impl Storage {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // A bounded number of table files open at once: the node reserves file descriptors for RocksDB, the
+        // ledger and snapshots before it sizes its client connection cap (docs/SECURITY.md).
+        opts.set_max_open_files(STORAGE_OPEN_FILES_MAX);
         let cfs = [CF_STATE, CF_META, CF_RAFT_LOG, CF_RAFT_STATE]
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;

@@ -27,6 +27,8 @@ pub struct RaftTiming {
     pub election_ticks: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
+    /// Bytes of uncommitted entries a leader holds before it drops proposals (raft-rs `max_uncommitted_size`).
+    pub uncommitted_bytes_max: u64,
 }
 
 impl Default for RaftTiming {
@@ -34,6 +36,7 @@ impl Default for RaftTiming {
         RaftTiming {
             election_ticks: 10,
             heartbeat_ticks: 2,
+            uncommitted_bytes_max: 64 << 20,
         }
     }
 }
@@ -60,6 +63,7 @@ pub fn raft_config(id: u64, applied: u64, timing: RaftTiming) -> raft::Config {
         check_quorum: true,
         pre_vote: true,
         max_committed_size_per_ready: 16 << 20,
+        max_uncommitted_size: timing.uncommitted_bytes_max,
         ..Default::default()
     }
 }

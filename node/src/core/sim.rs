@@ -47,6 +47,10 @@ fn keys_for(service: &Identity, name: &str) -> Keys {
 
 impl Sim {
     fn new(snapshot_tx_interval: u64) -> Sim {
+        Sim::with_timing(snapshot_tx_interval, RaftTiming::default())
+    }
+
+    fn with_timing(snapshot_tx_interval: u64, timing: RaftTiming) -> Sim {
         let service = cert::generate_self_signed("sim service", true).expect("service");
         let sealer = Sealer::new(&LedgerSecret([5; 32]));
         let cfg = CoreConfig {
@@ -56,6 +60,7 @@ impl Sim {
             timing: RaftTiming {
                 election_ticks: 10,
                 heartbeat_ticks: 2,
+                ..timing
             },
         };
         let keys = keys_for(&service, "n0");
@@ -66,6 +71,7 @@ impl Sim {
             node_info: serde_json::json!({"status": "Trusted"}),
             code_ids: vec![],
             constitution: String::new(),
+            join_token_digest: None,
         };
         let core = Core::new_service(keys, sealer.clone(), cfg, &genesis, NOW).expect("genesis");
         let mut sim = Sim {
@@ -420,4 +426,47 @@ fn governance_triggers_end_a_chunk_and_take_a_snapshot_at_the_next_signature() {
     sim.write(b"k", b"v");
     sim.run(10);
     assert_eq!(sim.nodes[p].snapshots.len(), before + 1);
+}
+
+#[test]
+fn a_primary_that_cannot_commit_turns_writes_away_instead_of_holding_them_all() {
+    let mut sim = Sim::with_timing(
+        0,
+        RaftTiming {
+            uncommitted_bytes_max: (2 << 20) + 1,
+            ..RaftTiming::default()
+        },
+    );
+    sim.join("n1", None);
+    sim.join("n2", None);
+    sim.run(30);
+    let p = sim.primary().expect("a primary");
+    // Both backups are cut off: nothing the primary orders can commit.
+    for i in 0..sim.nodes.len() {
+        if i != p {
+            sim.cut.insert(sim.nodes[i].core.raft_id());
+        }
+    }
+    let value = vec![7u8; 64 * 1024];
+    let mut ordered = 0u32;
+    let busy = loop {
+        let core = &mut sim.nodes[p].core;
+        let mut tx = Tx::new(core.snapshot());
+        tx.put("records", &ordered.to_be_bytes(), &value);
+        match core.commit_tx(tx, NOW) {
+            Ok(_) => ordered += 1,
+            Err(e) => break e,
+        }
+        assert!(ordered < 1000, "the uncommitted bound never applied");
+    };
+    assert!(matches!(busy, CoreError::Busy), "{busy}");
+    assert!(ordered >= 8, "writes were ordered up to the bound, got {ordered}");
+    // A signature that does not fit is skipped, not a fatal error: the timer tries again later.
+    assert!(sim.nodes[p].core.emit_signature(NOW).is_ok());
+    // Once the backups are back, everything ordered commits and writes are taken again.
+    sim.cut.clear();
+    sim.run(20);
+    let primary = sim.primary().expect("a primary");
+    assert!(sim.nodes[primary].core.committed().seqno > u64::from(ordered));
+    sim.write(b"after", b"v");
 }

@@ -108,6 +108,7 @@ impl<E: Into<ApiError> + std::fmt::Display> From<ExecError<E>> for ApiError {
         match e {
             ExecError::Handler(e) => e.into(),
             ExecError::NotPrimary => ApiError::not_primary(),
+            ExecError::Busy => ApiError::busy("ServiceBusy", e.to_string(), 1),
             ExecError::TooManyConflicts => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "TransactionConflict",

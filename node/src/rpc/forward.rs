@@ -25,6 +25,9 @@ pub const FORWARDED_CALLER: &str = "x-synod-forwarded-caller";
 /// Header marking a forwarded request (it is never forwarded again).
 pub const FORWARDED: &str = "x-synod-forwarded";
 const FORWARD_TIMEOUT_MS: u64 = 30_000;
+/// Requests a backup forwards to the primary at once (each may hold a connection, so a file descriptor, of its
+/// own); past it, 503 with Retry-After.
+pub const FORWARDS_MAX: usize = 256;
 
 /// Response extension: this request must run on the primary.
 #[derive(Clone, Copy, Debug)]
@@ -120,6 +123,13 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
 
 async fn forward(state: &AppState, original: &Original, body: bytes::Bytes) -> Result<Response, ApiError> {
     let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m);
+    let _slot = state.forwards.try_take().ok_or_else(|| {
+        ApiError::busy(
+            "ServiceBusy",
+            format!("{FORWARDS_MAX} requests are being forwarded to the primary already; retry"),
+            1,
+        )
+    })?;
     let primary = state.node.core().primary();
     let address = state
         .node

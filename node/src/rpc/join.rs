@@ -26,11 +26,13 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/node/join", post(join))
         .route("/node/snapshot", get(snapshot))
+        .route("/node/snapshot/{name}", get(snapshot_file))
 }
 
 fn core_error(e: CoreError) -> ApiError {
     match e {
         CoreError::NotPrimary => ApiError::not_primary(),
+        CoreError::Busy => ApiError::busy("ServiceBusy", e.to_string(), 1),
         CoreError::Refused(m) => ApiError::new(StatusCode::FORBIDDEN, "NodeRetired", m),
         other => ApiError::internal(other.to_string()),
     }
@@ -46,6 +48,98 @@ fn forbidden(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, code, message)
 }
 
+/// Longest node name accepted from a joiner (it is recorded in the ledger).
+pub const NODE_NAME_CHARS_MAX: usize = 64;
+/// Largest TLS certificate a joiner may present (it is recorded in the ledger while Pending).
+pub const NODE_CERT_BYTES_MAX: usize = 8 * 1024;
+/// Seconds a client is told to wait when the Pending joins are at their bound.
+const PENDING_FULL_RETRY_S: u32 = 60;
+
+fn check_node_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= NODE_NAME_CHARS_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_input(format!(
+            "node_name must be 1 to {NODE_NAME_CHARS_MAX} characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+        )))
+    }
+}
+
+/// Whether `token` is the development-mode join token whose digest genesis recorded.
+fn join_token_matches(state: &synod_kv::State, token: Option<&str>) -> bool {
+    let (Some(recorded), Some(token)) = (state.get(maps::JOIN_TOKEN_DIGEST, b""), token) else {
+        return false;
+    };
+    let presented = crate::join::join_token_digest(token);
+    // Compared without an early exit, so the time taken says nothing about how much of the digest matched.
+    recorded.len() == presented.len()
+        && recorded
+            .iter()
+            .zip(presented.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Records a new Pending node, within the bounds: expired Pending records (never trusted within
+/// `--pending-join-ttl-s`) are removed in the same transaction, and at `--pending-joins-max` the join is refused
+/// with 503. Answers what is there instead if the node appeared meanwhile.
+fn record_pending(
+    app: &AppState,
+    node_id: &str,
+    info: &serde_json::Value,
+    now: i64,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let limits = &app.node.config().limits;
+    let ttl = i64::try_from(limits.pending_join_ttl_s).unwrap_or(i64::MAX);
+    let (current, _) = app.node.execute(|tx| {
+        // Another join, or governance (say, retiring it), may have written this node since the caller read the
+        // state: never overwrite it.
+        let current = tx
+            .get(maps::NODES_INFO, node_id.as_bytes())
+            .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok());
+        if current.is_some() {
+            return Ok(current);
+        }
+        let mut pending = 0u64;
+        let mut expired = Vec::new();
+        for (key, value) in tx.range(maps::NODES_INFO, b"", None, usize::MAX) {
+            let Ok(record) = serde_json::from_slice::<serde_json::Value>(&value) else {
+                continue;
+            };
+            if record["status"] != "Pending" {
+                continue;
+            }
+            let asked = record["joined_at"].as_i64().unwrap_or(0);
+            if asked.saturating_add(ttl) <= now {
+                expired.push(key);
+            } else {
+                pending += 1;
+            }
+        }
+        for key in &expired {
+            tx.delete(maps::NODES_INFO, key);
+        }
+        if pending >= limits.pending_joins_max {
+            return Err(ApiError::busy(
+                "TooManyPendingJoins",
+                format!(
+                    "{pending} nodes are already waiting for the members' decision (the bound is \
+                     --pending-joins-max); retry later"
+                ),
+                PENDING_FULL_RETRY_S,
+            ));
+        }
+        tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
+        Ok(None)
+    })?;
+    Ok(current)
+}
+
 async fn join(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
@@ -55,7 +149,13 @@ async fn join(
         .cert_der
         .clone()
         .ok_or_else(|| ApiError::unauthorized("joining requires the node's TLS client certificate"))?;
+    if der.len() > NODE_CERT_BYTES_MAX {
+        return Err(ApiError::invalid_input(format!(
+            "the node's certificate is larger than {NODE_CERT_BYTES_MAX} bytes"
+        )));
+    }
     let req: JoinRequest = extract::json_body(body, app.max_body_bytes).await?;
+    check_node_name(&req.node_name)?;
     let verified =
         attestation::verify(&req.quote_info).map_err(|e| forbidden("InvalidQuote", e.to_string()))?;
     let node_id = cert::public_key_id_hex(&der).map_err(|e| ApiError::invalid_input(e.to_string()))?;
@@ -89,9 +189,18 @@ async fn join(
     let mut existing: Option<serde_json::Value> = state
         .get(maps::NODES_INFO, node_id.as_bytes())
         .and_then(|v| serde_json::from_slice(v).ok());
-    // With a consortium, a new node waits (Pending) until the members trust it by vote; without one, the start
-    // configuration (the allowed code ids) is what decides.
+    // With a consortium, a new node waits (Pending) until the members trust it by vote. Without one
+    // (development mode), only the operator's join token admits a node: evidence of the `virtual` platform is
+    // unsigned, so an allowed measurement alone proves nothing.
     let governed = state.map(maps::MEMBERS_CERTS).is_some_and(|m| !m.is_empty());
+    if !governed && !join_token_matches(&state, req.join_token.as_deref()) {
+        return Err(forbidden(
+            "InvalidJoinToken",
+            "this service has no members: a joining node must present its join token (synod-node join \
+             --join-token-file)"
+                .into(),
+        ));
+    }
     // Decided on `existing`; a join that finds, inside its transaction, that the node appeared meanwhile decides
     // again on what is there (at most once more: that record is never absent).
     let info = loop {
@@ -119,6 +228,18 @@ async fn join(
                 info
             }
             None if governed => {
+                // Recording a Pending node is the one ledger write an unauthenticated caller can cause: bounded
+                // per client address here (a forwarding node applied it to the client it saw), and in number
+                // and age by record_pending.
+                if let Some(addr) = peer.addr {
+                    let now_ms = u64::try_from(now_secs()).unwrap_or(0).saturating_mul(1000);
+                    app.join_limiter.take(addr.ip(), now_ms).map_err(|wait_s| {
+                        ApiError::too_many_requests(
+                            format!("{} asked to join as too many new nodes; retry later", addr.ip()),
+                            wait_s,
+                        )
+                    })?;
+                }
                 let mut info = node_info(
                     &req.node_name,
                     &cert::der_to_pem(&der),
@@ -128,19 +249,9 @@ async fn join(
                     &verified.measurement,
                 );
                 info["endorsed"] = json!(false);
-                // Another join, or governance (say, retiring it), may have written this node since `state`
-                // was read: never overwrite it.
-                let (current, _) = app.node.execute(|tx| {
-                    let current = tx
-                        .get(maps::NODES_INFO, node_id.as_bytes())
-                        .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok());
-                    if current.is_none() {
-                        tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
-                    }
-                    Ok::<_, ApiError>(current)
-                })?;
-                if current.is_some() {
-                    existing = current;
+                info["joined_at"] = json!(now_secs());
+                if let Some(current) = record_pending(&app, &node_id, &info, now_secs())? {
+                    existing = Some(current);
                     continue;
                 }
                 tracing::info!(node_id, name = %req.node_name, "a node asked to join: Pending until trusted by vote");
@@ -160,7 +271,7 @@ async fn join(
                 app.node
                     .with_core(|c| c.add_node(&node_id, &info, now_secs()))
                     .map_err(core_error)?;
-                tracing::info!(node_id, name = %req.node_name, "a node joined");
+                tracing::info!(node_id, name = %req.node_name, "a node joined with the join token");
                 info
             }
         };
@@ -186,10 +297,7 @@ async fn join(
             evidence_seqno: *evidence_seqno,
             url: format!("https://{}", app.node.rpc_address),
         });
-    let secret = app
-        .node
-        .ledger_secret()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let secret = app.node.ledger_secret();
     let answer = JoinResponse {
         node_id,
         status: info["status"].as_str().unwrap_or_default().to_string(),
@@ -216,40 +324,46 @@ struct SnapshotQuery {
     seqno: Option<u64>,
 }
 
+/// Seconds a node is told to wait when every snapshot download slot is taken.
+const DOWNLOADS_BUSY_RETRY_S: u32 = 5;
+
+/// The caller's node id if it is a Trusted node of this service: its TLS certificate is endorsed by the service
+/// (checked at the handshake) and the nodes table says Trusted. A Pending node holds no endorsed certificate.
+fn trusted_node(app: &AppState, peer: &Peer) -> Result<String, ApiError> {
+    let node_id = peer.endorsed_node.clone().ok_or_else(|| {
+        ApiError::unauthorized("snapshots are served to Trusted nodes of this service only")
+    })?;
+    let trusted = app
+        .node
+        .core()
+        .committed_state()
+        .get(maps::NODES_INFO, node_id.as_bytes())
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .is_some_and(|info| info["status"] == "Trusted");
+    if !trusted {
+        return Err(ApiError::forbidden(format!(
+            "node {node_id} is not a Trusted node of this service"
+        )));
+    }
+    Ok(node_id)
+}
+
+/// `GET /node/snapshot[?seqno=S]`: which committed snapshot this node serves, with the proof that it is
+/// committed; its bytes are streamed by `GET /node/snapshot/{name}`.
 async fn snapshot(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let der = peer
-        .cert_der
-        .ok_or_else(|| ApiError::unauthorized("snapshots are served to nodes of this service"))?;
-    let node_id = cert::public_key_id_hex(&der).map_err(|e| ApiError::invalid_input(e.to_string()))?;
-    if app
-        .node
-        .core()
-        .snapshot()
-        .get(maps::NODES_INFO, node_id.as_bytes())
-        .is_none()
-    {
-        return Err(ApiError::unauthorized(format!(
-            "{node_id} is not a node of this service"
-        )));
-    }
+    trusted_node(&app, &peer)?;
     let q: SnapshotQuery = extract::query(q)?;
-    let found = committed_snapshots(&app.node.paths)
+    let (seqno, evidence_seqno, path) = committed_snapshots(&app.node.paths)
         .into_iter()
         .find(|(s, _, _)| q.seqno.is_none_or(|want| want == *s))
         .ok_or_else(|| ApiError::not_found("no committed snapshot here"))?;
-    let (seqno, evidence_seqno, path) = found;
-    // Snapshots can be large: read and encode on a blocking thread, not on the async runtime.
-    let snapshot = tokio::task::spawn_blocking(move || {
-        std::fs::read(&path)
-            .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
-            .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("reading the snapshot: {e}")))??;
+    let size = std::fs::metadata(&path)
+        .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
+        .len();
     let core = app.node.core();
     let evidence = core.ledger_entry(evidence_seqno).ok_or_else(|| {
         ApiError::not_found(format!("the evidence of snapshot {seqno} is no longer held here"))
@@ -258,13 +372,100 @@ async fn snapshot(
     let receipt = core
         .json_receipt(tx)
         .map_err(|e| ApiError::not_found(e.to_string()))?;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    drop(core);
     Ok(Json(SnapshotResponse {
         seqno,
         evidence_seqno,
-        snapshot,
-        evidence_entry: b64(&evidence.encode_to_vec()),
+        size,
+        name: crate::snapshot::file_name(seqno, Some(evidence_seqno)),
+        evidence_entry: base64::engine::general_purpose::STANDARD.encode(evidence.encode_to_vec()),
         receipt,
     })
     .into_response())
+}
+
+/// `GET /node/snapshot/{name}`: the committed snapshot file, streamed (never read whole into memory), to at
+/// most `--snapshot-downloads-max` nodes at once.
+async fn snapshot_file(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    trusted_node(&app, &peer)?;
+    // Only a name this node lists as committed is opened: nothing from the request reaches the file system.
+    let (_, _, path) = committed_snapshots(&app.node.paths)
+        .into_iter()
+        .find(|(s, e, _)| crate::snapshot::file_name(*s, Some(*e)) == name)
+        .ok_or_else(|| ApiError::not_found(format!("no committed snapshot named {name:?} here")))?;
+    let slot = app.snapshot_downloads.try_take().ok_or_else(|| {
+        ApiError::busy(
+            "TooManySnapshotDownloads",
+            format!(
+                "{} snapshot downloads are in progress (--snapshot-downloads-max); retry later",
+                app.snapshot_downloads.max()
+            ),
+            DOWNLOADS_BUSY_RETRY_S,
+        )
+    })?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::internal(format!("opening {}: {e}", path.display())))?;
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
+        .len();
+    // The slot travels with the body: it is freed when the download ends, however it ends.
+    let stream = futures_util::StreamExt::map(tokio_util::io::ReaderStream::new(file), move |chunk| {
+        let _held = &slot;
+        chunk
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+        .header(axum::http::header::CONTENT_LENGTH, size)
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_short_plain_words() {
+        for ok in ["n0", "node-1.eu_west", &"a".repeat(NODE_NAME_CHARS_MAX)] {
+            assert!(check_node_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "<script>",
+            "n\n0",
+            &"a".repeat(NODE_NAME_CHARS_MAX + 1),
+        ] {
+            assert!(check_node_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_recorded_join_token_matches() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let digest = synod_core::ledger::MapWrites {
+            name: maps::JOIN_TOKEN_DIGEST.into(),
+            writes: vec![synod_core::ledger::KeyWrite {
+                key: Vec::new(),
+                value: Some(crate::join::join_token_digest(token).into_bytes()),
+            }],
+        };
+        let mut state = synod_kv::State::default();
+        state.apply(1, [&digest]).expect("apply");
+        assert!(join_token_matches(&state, Some(token)));
+        assert!(!join_token_matches(
+            &state,
+            Some("0123456789abcdef0123456789abcdeF")
+        ));
+        assert!(!join_token_matches(&state, None));
+        // A service with no recorded token (governed) admits nobody by token.
+        assert!(!join_token_matches(&synod_kv::State::default(), Some(token)));
+    }
 }

@@ -6,11 +6,13 @@
 //!      ─▶ forwarding layer ─▶ axum router ─▶ handler ─(writes on a backup)─▶ forwarded to the primary
 //! ```
 
+pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod forward;
 mod gov;
 mod join;
+pub mod limits;
 mod node_endpoints;
 
 use std::sync::Arc;
@@ -39,9 +41,6 @@ pub use error::ApiError;
 /// Header carrying the transaction id of a response (CCF's name).
 pub const TX_ID_HEADER: &str = "x-ms-ccf-transaction-id";
 
-/// Longest a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -53,20 +52,31 @@ pub struct AppState {
     pub forward_client: reqwest::Client,
     /// The service certificate (DER).
     pub service_cert_der: Vec<u8>,
+    /// New Pending joins per client address.
+    pub join_limiter: Arc<limits::RateLimiter>,
+    /// Snapshot downloads in progress.
+    pub snapshot_downloads: limits::Slots,
+    /// Requests being forwarded to the primary.
+    pub forwards: limits::Slots,
 }
 
 impl AppState {
     /// Shared state for the router.
-    pub fn new(node: Arc<Node>, max_body_bytes: usize) -> anyhow::Result<AppState> {
+    pub fn new(node: Arc<Node>) -> anyhow::Result<AppState> {
         let forward_client = forward::node_client(
             &node.node_identity.cert_pem,
             &node.node_identity.key_pem,
             &node.service_cert_pem,
         )?;
         let service_cert_der = cert::pem_to_der(&node.service_cert_pem)?;
+        let cfg = node.config();
+        let joins = cfg.limits.joins_per_min;
         Ok(AppState {
+            max_body_bytes: cfg.max_body_bytes,
+            join_limiter: Arc::new(limits::RateLimiter::new(joins, joins)),
+            snapshot_downloads: limits::Slots::new(cfg.limits.snapshot_downloads_max as usize),
+            forwards: limits::Slots::new(forward::FORWARDS_MAX),
             node,
-            max_body_bytes,
             forward_client,
             service_cert_der,
         })
@@ -84,6 +94,9 @@ pub struct Peer {
     pub forwarded: bool,
     /// Key id of the connection's certificate if the service endorsed it: checked once per TLS connection, not per request.
     pub endorsed_node: Option<String>,
+    /// The client's address (per-client rate limits); `None` on a request a node forwarded (the forwarding node
+    /// applied the limits to the client it saw).
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 impl Peer {
@@ -95,6 +108,7 @@ impl Peer {
             cert_id,
             forwarded: false,
             endorsed_node: None,
+            addr: None,
         }
     }
 }
@@ -300,16 +314,37 @@ pub fn tls_config(node: &Node) -> anyhow::Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Serves HTTPS on `listener` until the task is dropped.
+/// How often a connection's idle watchdog looks at it.
+const IDLE_CHECK_MS: u64 = 1_000;
+
+/// Serves HTTPS on `listener` until the task is dropped, within the bounds of `--rpc-connections-max`,
+/// `--rpc-handshakes-max` and the timeouts (see [`conn`]).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     router: Router,
     state: AppState,
 ) -> anyhow::Result<()> {
+    let limits = state.node.config().limits.clone();
+    let fds = conn::raise_fd_limit();
+    // Besides client connections, descriptors go to inbound node channels and to forwarding's own connections.
+    let others = limits.node_connections_max + forward::FORWARDS_MAX as u64;
+    let cap = conn::connection_cap(limits.rpc_connections_max, fds, others);
+    if cap < limits.rpc_connections_max {
+        tracing::warn!(
+            fds,
+            cap,
+            "the file-descriptor limit cannot hold --rpc-connections-max={} next to the ledger and store: \
+             lowered",
+            limits.rpc_connections_max
+        );
+    }
+    let connections = limits::Slots::new(cap as usize);
+    let handshakes = limits::Slots::new(limits.rpc_handshakes_max as usize);
     let acceptor = TlsAcceptor::from(tls);
+    let mut refused: u64 = 0;
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, addr) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off rather than spin.
@@ -318,13 +353,32 @@ pub async fn serve(
                 continue;
             }
         };
+        // At a bound, the newcomer is closed at once: it costs nothing more, and what is established keeps
+        // working.
+        let slots = connections
+            .try_take()
+            .and_then(|c| Some((c, handshakes.try_take()?)));
+        let Some((connection_slot, handshake_slot)) = slots else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused,
+                    connections = connections.in_use(),
+                    handshakes = handshakes.in_use(),
+                    "connection or handshake cap reached: closing new connections"
+                );
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let state = state.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
+            let _connection_slot = connection_slot;
             let handshake = tokio::time::timeout(
-                Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+                Duration::from_millis(limits.tls_handshake_timeout_ms),
                 acceptor.accept(stream),
             );
             let tls = match handshake.await {
@@ -335,6 +389,7 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
+            drop(handshake_slot);
             let cert_der = tls
                 .get_ref()
                 .1
@@ -347,19 +402,64 @@ pub async fn serve(
             });
             let connection = Peer {
                 endorsed_node,
+                addr: Some(addr),
                 ..Peer::with_cert(cert_der)
             };
+            let request_timeout = Duration::from_millis(limits.http_request_timeout_ms);
             let service =
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let peer = forward::resolve_peer(&state, &connection, req.headers());
                     req.extensions_mut().insert(peer);
-                    router.clone().oneshot(req)
+                    let answer = tokio::time::timeout(request_timeout, router.clone().oneshot(req));
+                    async move {
+                        Ok::<_, std::convert::Infallible>(match answer.await {
+                            Ok(Ok(response)) => response,
+                            Ok(Err(never)) => match never {},
+                            // Whatever the request was doing is abandoned; a write it ordered may still commit,
+                            // so this is not an answer to retry blindly.
+                            Err(_) => ApiError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "RequestTimeout",
+                                format!(
+                                    "the request was not read and answered within {} ms \
+                                     (--http-request-timeout-ms); a write may still commit: check /node/tx",
+                                    request_timeout.as_millis()
+                                ),
+                            )
+                            .into_response(),
+                        })
+                    }
                 });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!("connection: {e}");
+            let activity = conn::Activity::new();
+            let io = TokioIo::new(conn::Tracked::new(tls, activity.clone()));
+            let header_timeout = Duration::from_millis(limits.http_header_timeout_ms);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(io, service);
+            tokio::pin!(connection);
+            let idle_max = Duration::from_millis(limits.http_idle_timeout_ms);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!("connection: {e}");
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(IDLE_CHECK_MS)) => {
+                        match conn::idle_verdict(activity.idle(), idle_max, header_timeout) {
+                            conn::IdleVerdict::Keep => {}
+                            conn::IdleVerdict::CloseGracefully if !closing => {
+                                closing = true;
+                                connection.as_mut().graceful_shutdown();
+                            }
+                            conn::IdleVerdict::CloseGracefully => {}
+                            conn::IdleVerdict::Drop => return,
+                        }
+                    }
+                }
             }
         });
     }
