@@ -36,6 +36,8 @@ pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 const COMMIT_POLL_START: Duration = Duration::from_millis(2);
 const COMMIT_POLL_MAX: Duration = Duration::from_millis(50);
+/// Longest long poll of `/node/tx` (the node caps it at 10 s too).
+const COMMIT_LONG_POLL_MAX: Duration = Duration::from_secs(5);
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(20);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
@@ -590,8 +592,8 @@ impl Client {
         self.get(path_and_query).await?.error_for_status()?.json()
     }
 
-    async fn tx_status_within(&self, tx_id: TxId, budget: Duration) -> Result<TxStatus> {
-        let path = format!("/node/tx?transaction_id={tx_id}");
+    async fn tx_status_within(&self, tx_id: TxId, budget: Duration, wait: Duration) -> Result<TxStatus> {
+        let path = format!("/node/tx?transaction_id={tx_id}&wait_ms={}", wait.as_millis());
         let response = self
             .call_with_retry(Method::GET, &path, None, &[], budget)
             .await?;
@@ -614,17 +616,20 @@ impl Client {
         Ok(self.get_json::<TxIdAnswer>("/node/commit").await?.transaction_id)
     }
 
-    /// Polls `/node/tx` (every 2 ms at first, backing off to 50 ms) until the transaction is Committed, and
-    /// returns `Committed`. Fails with [`Error::TxInvalid`] if it becomes Invalid, and with
-    /// [`Error::CommitTimeout`] after `timeout`. Connection failures and 503s while waiting (a node restarting)
-    /// are retried, on the other nodes too, until the timeout.
+    /// Waits until the transaction is Committed, and returns `Committed`: long polls of `/node/tx` (the node
+    /// answers as soon as the status moves on, or after `wait_ms`), falling back to polling every 2 ms backing
+    /// off to 50 ms against a node that answers at once. Fails with [`Error::TxInvalid`] if it becomes Invalid,
+    /// and with [`Error::CommitTimeout`] after `timeout`. Connection failures and 503s while waiting (a node
+    /// restarting) are retried, on the other nodes too, until the timeout.
     pub async fn wait_for_commit(&self, tx_id: TxId, timeout: Duration) -> Result<TxStatus> {
         let start = Instant::now();
         let mut pause = COMMIT_POLL_START;
         let mut last_status = None;
         loop {
             let remaining = timeout.saturating_sub(start.elapsed());
-            match self.tx_status_within(tx_id, remaining).await {
+            let wait = remaining.min(COMMIT_LONG_POLL_MAX);
+            let asked = Instant::now();
+            match self.tx_status_within(tx_id, remaining, wait).await {
                 Ok(TxStatus::Committed) => return Ok(TxStatus::Committed),
                 Ok(TxStatus::Invalid) => return Err(Error::TxInvalid(tx_id)),
                 Ok(status) => last_status = Some(status),
@@ -638,8 +643,11 @@ impl Client {
                     last_status,
                 });
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(COMMIT_POLL_MAX);
+            // A node that held the request for the wait needs no pause before the next one.
+            if asked.elapsed() < wait / 2 {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(COMMIT_POLL_MAX);
+            }
         }
     }
 

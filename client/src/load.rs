@@ -35,6 +35,12 @@ pub trait LoadTarget: Send + Sync + 'static {
         last: Option<TxId>,
         timeout: Duration,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// A client whose `GET /node/commit` tells when writes commit, for targets whose answers do not already
+    /// mean committed (the commit latency of the others is their request latency).
+    fn commit_probe(&self) -> Option<Client> {
+        None
+    }
 }
 
 /// Synod: writes are `POST {path}` with `{"id": key, "msg": value}` (the logging app), committed once `/node/tx`
@@ -74,6 +80,10 @@ impl LoadTarget for SynodTarget {
             self.client.wait_for_commit(tx_id, timeout).await?;
         }
         Ok(())
+    }
+
+    fn commit_probe(&self) -> Option<Client> {
+        Some(self.client.clone())
     }
 }
 
@@ -316,6 +326,10 @@ pub struct LoadReport {
     pub p99_ms: f64,
     /// Largest latency, milliseconds.
     pub max_ms: f64,
+    /// Median time from sending a write to its being Committed, milliseconds (None if not measured).
+    pub commit_p50_ms: Option<f64>,
+    /// 99th percentile time from sending a write to its being Committed, milliseconds.
+    pub commit_p99_ms: Option<f64>,
     /// The highest transaction id a write returned.
     pub last_tx_id: Option<TxId>,
     /// True when `max_duration` stopped the run before all requests were issued.
@@ -348,6 +362,8 @@ impl LoadReport {
             p50_ms: round3(self.p50_ms),
             p99_ms: round3(self.p99_ms),
             max_ms: round3(self.max_ms),
+            commit_p50_ms: self.commit_p50_ms.map(round3),
+            commit_p99_ms: self.commit_p99_ms.map(round3),
         }
     }
 
@@ -372,6 +388,9 @@ impl LoadReport {
             "latency           p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms\n",
             self.p50_ms, self.p99_ms, self.max_ms
         );
+        if let (Some(p50), Some(p99)) = (self.commit_p50_ms, self.commit_p99_ms) {
+            s += &format!("commit latency    p50 {p50:.3} ms, p99 {p99:.3} ms (send to Committed)\n");
+        }
         match (self.committed_writes_per_s, &self.commit_error) {
             (Some(rate), _) => {
                 s += &format!(
@@ -425,6 +444,13 @@ pub struct LoadSummary {
     pub p99_ms: f64,
     /// Largest request latency, milliseconds.
     pub max_ms: f64,
+    /// Median time from send to Committed, milliseconds (the request latency for targets that answer once
+    /// committed; absent in older outputs).
+    #[serde(default)]
+    pub commit_p50_ms: Option<f64>,
+    /// 99th percentile time from send to Committed, milliseconds.
+    #[serde(default)]
+    pub commit_p99_ms: Option<f64>,
 }
 
 impl LoadSummary {
@@ -488,18 +514,29 @@ pub fn compare(runs: &[LoadSummary]) -> Comparison {
         .max()
         .unwrap_or(0)
         .max(4);
+    let ms = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
     let mut text = format!(
-        "{:<width$}  {:>18}  {:>9}  {:>9}  {:>9}  {:>6}  {:>9}\n",
-        "run", "committed writes/s", "p50 ms", "p99 ms", "max ms", "errors", "÷ last",
+        "{:<width$}  {:>18}  {:>9}  {:>9}  {:>9}  {:>12}  {:>12}  {:>6}  {:>9}\n",
+        "run",
+        "committed writes/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "commit p50",
+        "commit p99",
+        "errors",
+        "÷ last",
     );
     for (run, r) in runs.iter().zip(&ratios) {
         text += &format!(
-            "{:<width$}  {:>18}  {:>9.3}  {:>9.3}  {:>9.3}  {:>6}  {:>9}\n",
+            "{:<width$}  {:>18}  {:>9.3}  {:>9.3}  {:>9.3}  {:>12}  {:>12}  {:>6}  {:>9}\n",
             run.name(),
             fmt_rate(run.committed_writes_per_s),
             run.p50_ms,
             run.p99_ms,
             run.max_ms,
+            ms(run.commit_p50_ms),
+            ms(run.commit_p99_ms),
             run.errors,
             r.map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}x")),
         );
@@ -519,7 +556,8 @@ pub fn compare(runs: &[LoadSummary]) -> Comparison {
     }
     for (run, r) in runs.iter().zip(&ratios).take(runs.len() - 1) {
         text += &format!(
-            "ratio             {} / {}: {} committed writes/s ({} vs {}); p99 {:.3} ms vs {:.3} ms\n",
+            "ratio             {} / {}: {} committed writes/s ({} vs {}); p99 {:.3} ms vs {:.3} ms; \
+             commit p99 {} ms vs {} ms\n",
             run.name(),
             base.name(),
             r.map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}x")),
@@ -527,6 +565,8 @@ pub fn compare(runs: &[LoadSummary]) -> Comparison {
             fmt_rate(base.committed_writes_per_s),
             run.p99_ms,
             base.p99_ms,
+            ms(run.commit_p99_ms),
+            ms(base.commit_p99_ms),
         );
     }
     let clean = runs
@@ -568,6 +608,8 @@ pub fn value_for(index: u64, len: usize) -> Vec<u8> {
 #[derive(Default)]
 struct WorkerStats {
     latencies_us: Vec<u64>,
+    /// When each successful write that returned a transaction id was sent, and that id.
+    written: Vec<(Instant, TxId)>,
     errors: u64,
     first_error: Option<String>,
     last_tx: Option<TxId>,
@@ -599,6 +641,7 @@ async fn worker<T: LoadTarget>(
                     .latencies_us
                     .push(latency.as_micros().try_into().unwrap_or(u64::MAX));
                 if let Some(tx) = tx {
+                    stats.written.push((sent, tx));
                     if stats
                         .last_tx
                         .is_none_or(|last| (tx.seqno, tx.view) > (last.seqno, last.view))
@@ -627,6 +670,51 @@ fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
 }
 
+/// How often the commit probes ask `GET /node/commit`.
+const COMMIT_PROBE_EVERY: Duration = Duration::from_millis(1);
+
+/// Asks `client`'s node for its commit until `stop`, recording (when, commit seqno).
+async fn probe_commits(client: Client, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<(Instant, u64)> {
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(tx) = client.commit().await {
+            samples.push((Instant::now(), tx.seqno));
+        }
+        tokio::time::sleep(COMMIT_PROBE_EVERY).await;
+    }
+    samples
+}
+
+/// Commit latencies (µs, sorted) of `written` from the probes' samples: a write is committed at the first sample,
+/// on any node, at or after which some node's commit reached its seqno (Invalid writes never do; they are left
+/// out).
+fn commit_latencies_us(written: &[(Instant, TxId)], mut samples: Vec<(Instant, u64)>) -> Vec<u64> {
+    samples.sort_by_key(|(t, _)| *t);
+    let mut highest = 0;
+    let reached: Vec<(Instant, u64)> = samples
+        .into_iter()
+        .map(|(t, seqno)| {
+            highest = highest.max(seqno);
+            (t, highest)
+        })
+        .collect();
+    let mut out: Vec<u64> = written
+        .iter()
+        .filter_map(|(sent, tx)| {
+            let i = reached.partition_point(|(_, c)| *c < tx.seqno);
+            let (at, _) = reached.get(i)?;
+            Some(
+                at.saturating_duration_since(*sent)
+                    .as_micros()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// Runs the load: one task per target (so `targets.len()` concurrent clients, each with its own connection; the
 /// targets may point at different nodes of one network), then waits, through the first target, for the highest
 /// returned tx id to be Committed.
@@ -647,6 +735,16 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
     }
     let shared = Arc::new(config.clone());
     let next = Arc::new(AtomicU64::new(0));
+    // One commit probe per node the clients write to.
+    let stop_probes = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut probed: Vec<String> = Vec::new();
+    let mut probes = Vec::new();
+    for probe in targets.iter().filter_map(LoadTarget::commit_probe) {
+        if !probed.contains(&probe.node_url().to_string()) {
+            probed.push(probe.node_url().to_string());
+            probes.push(tokio::spawn(probe_commits(probe, stop_probes.clone())));
+        }
+    }
     let start = Instant::now();
     let deadline = start + config.max_duration;
     let tasks: Vec<_> = targets
@@ -655,6 +753,7 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
         .collect();
     let mut first_target = None;
     let mut latencies = Vec::new();
+    let mut written = Vec::new();
     let (mut errors, mut first_error, mut last_tx) = (0u64, None, None::<TxId>);
     for task in tasks {
         let (target, stats) = task
@@ -662,6 +761,7 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
             .map_err(|e| Error::Config(format!("a load client failed: {e}")))?;
         first_target.get_or_insert(target);
         latencies.extend(stats.latencies_us);
+        written.extend(stats.written);
         errors += stats.errors;
         if first_error.is_none() {
             first_error = stats.first_error;
@@ -681,6 +781,18 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
     };
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
+    stop_probes.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for probe in probes {
+        samples.extend(probe.await.unwrap_or_default());
+    }
+    let commit_latencies = if probed.is_empty() {
+        latencies.clone() // answered once committed
+    } else {
+        commit_latencies_us(&written, samples)
+    };
+    let commit_percentile =
+        |p: f64| (!commit_latencies.is_empty()).then(|| percentile_ms(&commit_latencies, p));
     let (committed_writes_per_s, commit_error) = match commit {
         Ok(()) if elapsed > 0.0 => (Some(successes as f64 / elapsed), None),
         Ok(()) => (None, Some("no time elapsed".to_string())),
@@ -700,6 +812,8 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
         p50_ms: percentile_ms(&latencies, 50.0),
         p99_ms: percentile_ms(&latencies, 99.0),
         max_ms: latencies.last().map_or(0.0, |&us| us as f64 / 1000.0),
+        commit_p50_ms: commit_percentile(50.0),
+        commit_p99_ms: commit_percentile(99.0),
         last_tx_id: last_tx,
         stopped_by_duration,
         first_error,
@@ -799,10 +913,16 @@ pub(crate) mod tests {
             "label",
             "keys",
             "seed",
+            "commit_p50_ms",
+            "commit_p99_ms",
         ] {
             assert!(json.get(key).is_some(), "{key} missing from {json}");
         }
-        assert_eq!(json.as_object().unwrap().len(), 13);
+        assert_eq!(json.as_object().unwrap().len(), 15);
+        assert_eq!(
+            json["commit_p99_ms"], json["p99_ms"],
+            "a target without a commit probe commits when it answers"
+        );
         assert_eq!(json["label"], "memory", "the label defaults to the target");
         assert_eq!(json["keys"], 100);
         let back: LoadSummary = serde_json::from_value(json).unwrap();
@@ -836,7 +956,28 @@ pub(crate) mod tests {
             p50_ms: 1.0,
             p99_ms,
             max_ms: 9.0,
+            commit_p50_ms: Some(2.0),
+            commit_p99_ms: Some(p99_ms * 2.0),
         }
+    }
+
+    #[test]
+    fn a_write_commits_at_the_first_sample_reaching_its_seqno_on_any_node() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let written = [
+            (at(0), TxId::new(2, 10)),
+            (at(1), TxId::new(2, 12)),
+            (at(2), TxId::new(2, 40)),
+        ];
+        // Two nodes' samples, interleaved: node A reaches 11 at 5 ms, node B 12 at 7 ms, nobody 40.
+        let samples = vec![(at(7), 12), (at(3), 9), (at(5), 11), (at(9), 11)];
+        let latencies = commit_latencies_us(&written, samples);
+        assert_eq!(
+            latencies,
+            vec![5_000, 6_000],
+            "the write at 40 never committed and is left out"
+        );
     }
 
     #[test]

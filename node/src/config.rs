@@ -25,6 +25,14 @@ pub struct NodeConfig {
     /// ...or at most this many milliseconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub sig_ms_interval: u64,
+    /// ...and sooner, while fewer than --sig-in-flight-max signatures await commit, but not sooner than this many
+    /// milliseconds after the last one: a lone write commits after one round of replication. At least
+    /// --sig-ms-interval: only the two limits above.
+    #[arg(long, default_value_t = 2)]
+    pub sig_ms_min: u64,
+    /// Signatures the primary lets await commit before it waits for --sig-ms-interval (see --sig-ms-min).
+    #[arg(long, default_value_t = 2)]
+    pub sig_in_flight_max: usize,
     /// The primary ends a ledger chunk at the first signature past this size, in bytes.
     #[arg(long, default_value_t = 5_000_000)]
     pub ledger_chunk_bytes: u64,

@@ -93,6 +93,9 @@ pub enum ReceiptUnavailable {
     /// This node started from a snapshot after the transaction.
     #[error("{0} precedes this node's snapshot at seqno {1}; ask a node that holds it")]
     BeforeSnapshot(TxId, u64),
+    /// The transaction's history was flushed from memory: its receipt is rebuilt from the ledger files.
+    #[error("{0} is no longer in memory; its receipt is read back from the ledger files")]
+    Flushed(TxId),
     /// Building the proof failed (an internal error).
     #[error("{0}")]
     Internal(String),
@@ -123,6 +126,17 @@ pub struct CoreConfig {
     pub snapshot_tx_interval: u64,
     /// Raft timing.
     pub timing: RaftTiming,
+}
+
+/// When the primary signs besides every `sig_tx_interval` transactions (see [`Core::signature_due`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SignatureTiming {
+    /// At least this often while anything is unsigned.
+    pub interval_ms: u64,
+    /// Sooner, while fewer than this many signatures are uncommitted...
+    pub in_flight_max: usize,
+    /// ...but not sooner than this after the last one.
+    pub min_gap_ms: u64,
 }
 
 /// What a signature transaction signed, kept for receipts.
@@ -278,7 +292,10 @@ const FLAG_SIGNATURE: u8 = 1;
 const FLAG_CHUNK_END: u8 = 2;
 const FLAG_SNAPSHOT: u8 = 4;
 
-/// Per-entry history of this node's log: Merkle tree, views, write-set digests and signatures.
+/// Per-entry history of this node's log since its base: Merkle tree, write-set digests, frame sizes, flags and
+/// signatures (plus the views since genesis, one pair per view). The base moves forward as committed history is
+/// flushed ([`History::flush_to`]): what lies before it is read back from the ledger files when needed, so memory
+/// follows the entries since the last flush, not the ledger's length.
 struct History {
     tree: MerkleTree,
     /// (view, first seqno in that view), increasing.
@@ -287,10 +304,15 @@ struct History {
     frame_lens: Vec<u32>,
     flags: Vec<u8>,
     sigs: BTreeMap<u64, SigInfo>,
+    /// The last snapshot point and chunk end at or before the base (the flags before it are gone).
+    flushed_snapshot: u64,
+    flushed_chunk_end: u64,
 }
 
 impl History {
+    /// A history starting after `tree`'s base, which is a snapshot point (or 0).
     fn new(tree: MerkleTree, views: Vec<(u64, u64)>) -> History {
+        let base = tree.base();
         History {
             tree,
             views,
@@ -298,7 +320,34 @@ impl History {
             frame_lens: Vec::new(),
             flags: Vec::new(),
             sigs: BTreeMap::new(),
+            flushed_snapshot: base,
+            flushed_chunk_end: base,
         }
+    }
+
+    /// Forgets the entries up to `seqno` (committed, and a signature, so the new base keeps its signature):
+    /// the tree keeps its frontier, and roots and proofs past `seqno` are unchanged.
+    fn flush_to(&mut self, seqno: u64) {
+        let Some(n) = self
+            .local(seqno)
+            .map(|i| i + 1)
+            .filter(|&n| n <= self.digests.len())
+        else {
+            return;
+        };
+        if let Some(i) = self.flags[..n].iter().rposition(|f| f & FLAG_SNAPSHOT != 0) {
+            self.flushed_snapshot = self.base() + 1 + i as u64;
+        }
+        if let Some(i) = self.flags[..n].iter().rposition(|f| f & FLAG_CHUNK_END != 0) {
+            self.flushed_chunk_end = self.base() + 1 + i as u64;
+        }
+        self.digests.drain(..n);
+        self.frame_lens.drain(..n);
+        self.flags.drain(..n);
+        self.sigs = self.sigs.split_off(&seqno);
+        self.tree.flush(seqno);
+        debug_assert_eq!(self.base(), seqno);
+        debug_assert_eq!(self.digests.len() as u64, self.last() - self.base());
     }
 
     fn base(&self) -> u64 {
@@ -345,10 +394,15 @@ impl History {
     }
 
     fn last_flagged(&self, flag: u8) -> u64 {
+        let flushed = match flag {
+            FLAG_SNAPSHOT => self.flushed_snapshot,
+            FLAG_CHUNK_END => self.flushed_chunk_end,
+            _ => self.base(),
+        };
         self.flags
             .iter()
             .rposition(|f| f & flag != 0)
-            .map_or(self.base(), |i| self.base() + 1 + i as u64)
+            .map_or(flushed, |i| self.base() + 1 + i as u64)
     }
 
     fn bytes_since_chunk_end(&self) -> u64 {
@@ -391,6 +445,14 @@ pub struct Core {
     /// Configuration changes waiting until Raft accepts them (one may be pending at a time).
     conf_queue: VecDeque<ConfChange>,
     events: Vec<Event>,
+    /// The last committed chunk end: history up to it is flushed at the next one (so memory holds about two
+    /// chunks of history, and receipts for the latest chunk never touch the disk).
+    flush_candidate: u64,
+    /// The seqno this node's ledger files start after (0, or the snapshot it joined or was caught up from):
+    /// receipts for flushed transactions after it are rebuilt from those files.
+    ledger_base: u64,
+    /// The last signature seen by [`Core::signature_due`] and when (in the caller's milliseconds).
+    sig_clock: (u64, u64),
 }
 
 /// Maps an error about the entry at `seqno` to [`CoreError::BadEntry`].
@@ -473,7 +535,7 @@ mod check_signature_tests {
         );
         let mut cose = synod_core::cose::sign_root(root, &service_key, &service_der, tx_id, 1).unwrap();
         mutate(&mut cose);
-        (signature_write_set(&record, &cose).unwrap(), service_der)
+        (signature_write_set(&record, &cose, None).unwrap(), service_der)
     }
 
     #[test]
@@ -518,8 +580,11 @@ pub struct Restore {
     pub state: State,
     /// Ledger entries from the ledger files, starting right after `base`.
     pub ledger: Vec<LedgerEntry>,
-    /// The snapshot the ledger starts after, if it does not start at 1: its bytes.
+    /// The snapshot `ledger` starts after, if it does not start at 1: its bytes.
     pub base_snapshot: Option<Vec<u8>>,
+    /// The seqno the ledger files start after (at most the base snapshot's: earlier files are not replayed but
+    /// still serve receipts).
+    pub ledger_base: u64,
 }
 
 impl Core {
@@ -551,6 +616,9 @@ impl Core {
             restored_conf: None,
             conf_queue: VecDeque::new(),
             events: Vec::new(),
+            flush_candidate: 0,
+            ledger_base: 0,
+            sig_clock: (0, 0),
         }
     }
 
@@ -652,6 +720,7 @@ impl Core {
                 let raft = RawNode::new(&raft_config(id, applied, cfg.timing), log, &raft_logger())?;
                 let mut core = Core::assemble(raft, keys, sealer, cfg, history, state);
                 core.commit = core.last_committed_signature();
+                core.ledger_base = applied;
                 Ok(core)
             }
         }
@@ -749,7 +818,7 @@ impl Core {
                     reason: format!("found seqno {}", tx.seqno),
                 });
             }
-            Self::append_history(&mut history, le, tx, &service_der)?;
+            Self::append_history(&mut history, le, tx, &service_der, None)?;
         }
         let commit_index = r.log.hard_state().commit.min(history.last());
         let mut state = r.state;
@@ -805,6 +874,8 @@ impl Core {
             core.restored_conf = Some((cs, seqno));
         }
         core.commit = core.last_committed_signature();
+        core.ledger_base = r.ledger_base;
+        core.flush_candidate = core.history.base();
         if single_voter {
             // Nobody else can be primary: do not wait an election timeout.
             core.raft.campaign()?;
@@ -823,11 +894,14 @@ impl Core {
             .unwrap_or_default()
     }
 
+    /// Appends an entry to the history; a signature is checked, unless it is `own`, the one this node just made
+    /// over its own tree (checking it would only re-verify what it signed).
     fn append_history(
         history: &mut History,
         le: &LedgerEntry,
         tx: &Transaction,
         service_der: &[u8],
+        own: Option<SigInfo>,
     ) -> Result<(), CoreError> {
         let tx_id = tx.tx_id();
         let bad = |reason: String| CoreError::BadEntry {
@@ -835,8 +909,13 @@ impl Core {
             reason,
         };
         if tx.kind == KIND_SIGNATURE {
-            let public = tx.public_write_set().map_err(|e| bad(e.to_string()))?;
-            let info = check_signature(tx_id, &public, history.tree.root(), service_der).map_err(bad)?;
+            let info = match own {
+                Some(info) => info,
+                None => {
+                    let public = tx.public_write_set().map_err(|e| bad(e.to_string()))?;
+                    check_signature(tx_id, &public, history.tree.root(), service_der).map_err(bad)?
+                }
+            };
             history.sigs.insert(tx_id.seqno, info);
         } else if tx.kind != KIND_TX {
             return Err(bad(format!("unknown transaction kind {}", tx.kind)));
@@ -867,6 +946,11 @@ impl Core {
             tracing::debug!("raft dropped a message: {e}");
         }
         self.after_raft()
+    }
+
+    /// Whether [`Core::ready`] has work.
+    pub fn has_ready(&self) -> bool {
+        self.raft.has_ready()
     }
 
     /// Raft's work for the shell, if any. The caller must persist it, send the messages, then call
@@ -955,6 +1039,7 @@ impl Core {
                 self.installed_index = index;
                 let (history, state, meta) = Self::from_snapshot_bytes(&snap.data, &self.sealer)?;
                 self.history = history;
+                self.ledger_base = index;
                 self.committed_state = state.clone();
                 self.state = state.clone();
                 self.own.clear();
@@ -1005,7 +1090,7 @@ impl Core {
                     .slice(keep + 1, last + 1, None, GetEntriesContext::empty(false))?;
             for e in &ents {
                 let (le, tx) = ledger_entry_of(e, &self.sealer).map_err(bad_entry(e.index))?;
-                Self::append_history(&mut self.history, &le, &tx, &self.keys.service_cert_der)?;
+                Self::append_history(&mut self.history, &le, &tx, &self.keys.service_cert_der, None)?;
             }
         }
         Ok(())
@@ -1073,6 +1158,12 @@ impl Core {
                     self.evidence.insert(e.index, ev);
                 }
             }
+            if tx.kind == KIND_SIGNATURE && (tx.chunk_end || tx.snapshot_point) {
+                if self.flush_candidate > self.history.base() {
+                    self.history.flush_to(self.flush_candidate);
+                }
+                self.flush_candidate = tx_id.seqno;
+            }
             if tx.kind == KIND_SIGNATURE {
                 if tx_id.seqno < self.commit.seqno {
                     return Err(CoreError::Invariant(format!(
@@ -1126,7 +1217,7 @@ impl Core {
         }
         tx.validate(&self.state)?;
         let (public, private) = tx.into_write_sets();
-        let tx_id = self.propose_entry(KIND_TX, Writes { public, private }, false, false)?;
+        let tx_id = self.propose_entry(KIND_TX, Writes { public, private }, false, false, None)?;
         if self.unsigned() >= self.cfg.sig_tx_interval {
             self.emit_signature(now_secs)?;
         }
@@ -1139,6 +1230,7 @@ impl Core {
         writes: Writes,
         chunk_end: bool,
         snapshot_point: bool,
+        own_signature: Option<SigInfo>,
     ) -> Result<TxId, CoreError> {
         let tx_id = TxId::new(self.raft.raft.term, self.raft.raft.raft_log.last_index() + 1);
         if self.history.last() + 1 != tx_id.seqno {
@@ -1192,6 +1284,7 @@ impl Core {
             &entry,
             &transaction,
             &self.keys.service_cert_der,
+            own_signature,
         )?;
         self.state
             .apply(tx_id.seqno, writes.maps())
@@ -1226,7 +1319,14 @@ impl Core {
             now_secs,
         )
         .map_err(|e| CoreError::Cose(e.to_string()))?;
-        let public = signature_write_set(&record, &cose)
+        let frontier = self.history.tree.frontier();
+        let own = SigInfo {
+            tx_id,
+            root,
+            record: record.clone(),
+            cose: cose.clone(),
+        };
+        let public = signature_write_set(&record, &cose, Some(&frontier))
             .map_err(|e| CoreError::Invariant(format!("signature record: {e}")))?;
         // Governance's trigger_snapshot / trigger_ledger_chunk: a trigger written after the last snapshot point
         // (or chunk end) takes effect at this signature.
@@ -1250,6 +1350,7 @@ impl Core {
             },
             chunk_end,
             snapshot_point,
+            Some(own),
         );
         let appended = match proposed {
             Ok(tx_id) => tx_id,
@@ -1567,6 +1668,30 @@ impl Core {
         ledger_entry_of(e.first()?, &self.sealer).ok().map(|(le, _)| le)
     }
 
+    /// Whether the primary should sign now, at `now_ms` (any monotonic milliseconds): something is unsigned, and
+    /// either `interval_ms` passed since the last signature, or fewer than `in_flight_max` signatures await commit
+    /// and `min_gap_ms` passed. So a lone write is signed at once and commits after one round of replication,
+    /// while under load signatures follow each other as closely as the gap allows without piling up, and the
+    /// interval bounds the worst case. The caller asks on every turn of its loop; signatures made by the
+    /// transaction count (in [`Core::commit_tx`]) are noticed here and restart the clock.
+    pub fn signature_due(&mut self, now_ms: u64, timing: SignatureTiming) -> bool {
+        let last = self.history.last_signature();
+        if last != self.sig_clock.0 {
+            self.sig_clock = (last, now_ms);
+        }
+        if self.unsigned() == 0 {
+            return false;
+        }
+        let since = now_ms.saturating_sub(self.sig_clock.1);
+        let in_flight = self.history.sigs.range(self.raft_commit() + 1..).count();
+        since >= timing.interval_ms || (in_flight < timing.in_flight_max && since >= timing.min_gap_ms)
+    }
+
+    /// The seqno this node's ledger files start after (see [`Core::history_start`] for what memory holds).
+    pub fn ledger_base(&self) -> u64 {
+        self.ledger_base
+    }
+
     /// Index of the snapshot offered to lagging followers, if any.
     pub fn offered_snapshot_index(&self) -> Option<u64> {
         self.raft
@@ -1611,7 +1736,11 @@ impl Core {
             return Ok((info, None));
         }
         if tx.seqno <= self.history.base() {
-            return Err(ReceiptUnavailable::BeforeSnapshot(tx, self.history.base()));
+            return Err(if tx.seqno > self.ledger_base {
+                ReceiptUnavailable::Flushed(tx)
+            } else {
+                ReceiptUnavailable::BeforeSnapshot(tx, self.ledger_base)
+            });
         }
         let (_, info) = self
             .history
@@ -1633,45 +1762,74 @@ impl Core {
             .local(tx.seqno)
             .and_then(|i| self.history.digests.get(i))
             .ok_or_else(|| ReceiptUnavailable::Internal(format!("no write set digest for {tx}")))?;
-        Ok(LeafComponents {
-            write_set_digest: hex::encode(digest),
-            commit_evidence: self.sealer.commit_evidence(tx),
-            claims_digest: hex::encode(NO_CLAIMS),
-        })
+        Ok(leaf_components(digest, self.sealer.commit_evidence(tx)))
     }
 
     /// CCF's JSON receipt for a committed transaction.
     pub fn json_receipt(&self, tx: TxId) -> Result<JsonReceipt, ReceiptUnavailable> {
         let (info, path) = self.covering_signature(tx)?;
-        let base = JsonReceipt {
-            cert: info.record.cert.clone(),
-            is_signature_transaction: path.is_none(),
-            leaf_components: None,
-            node_id: info.record.node_id.clone(),
-            proof: None,
-            signature: info.record.signature.clone(),
-            root: None,
+        let proof = match path {
+            None => None,
+            Some(path) => Some((path, self.leaf_components(tx)?)),
         };
-        Ok(match path {
-            None => JsonReceipt {
-                root: Some(info.record.root.clone()),
-                ..base
-            },
-            Some(path) => JsonReceipt {
-                leaf_components: Some(self.leaf_components(tx)?),
-                proof: Some(path.iter().map(ProofElement::from).collect()),
-                ..base
-            },
-        })
+        Ok(json_receipt(info, proof))
     }
 
     /// The COSE receipt (CCF profile) for a committed, non-signature transaction.
     pub fn cose_receipt(&self, tx: TxId) -> Result<Vec<u8>, ReceiptUnavailable> {
         let (info, path) = self.covering_signature(tx)?;
         let path = path.ok_or(ReceiptUnavailable::SignatureTransaction(tx))?;
-        synod_core::cose::build_receipt(&info.cose, &self.leaf_components(tx)?, &path)
-            .map_err(|e| ReceiptUnavailable::Internal(e.to_string()))
+        cose_receipt(info, &path, &self.leaf_components(tx)?)
     }
+
+    /// The commit evidence of `tx` (revealed in its receipt).
+    pub fn commit_evidence(&self, tx: TxId) -> String {
+        self.sealer.commit_evidence(tx)
+    }
+}
+
+/// A receipt's leaf components: the transaction's write-set digest, its commit evidence, and no claims.
+pub fn leaf_components(write_set_digest: &Digest, commit_evidence: String) -> LeafComponents {
+    LeafComponents {
+        write_set_digest: hex::encode(write_set_digest),
+        commit_evidence,
+        claims_digest: hex::encode(NO_CLAIMS),
+    }
+}
+
+/// CCF's JSON receipt from the covering signature and, unless the transaction is that signature, the inclusion
+/// proof of its leaf.
+pub fn json_receipt(info: &SigInfo, proof: Option<(Vec<ProofStep>, LeafComponents)>) -> JsonReceipt {
+    let base = JsonReceipt {
+        cert: info.record.cert.clone(),
+        is_signature_transaction: proof.is_none(),
+        leaf_components: None,
+        node_id: info.record.node_id.clone(),
+        proof: None,
+        signature: info.record.signature.clone(),
+        root: None,
+    };
+    match proof {
+        None => JsonReceipt {
+            root: Some(info.record.root.clone()),
+            ..base
+        },
+        Some((path, leaf)) => JsonReceipt {
+            leaf_components: Some(leaf),
+            proof: Some(path.iter().map(ProofElement::from).collect()),
+            ..base
+        },
+    }
+}
+
+/// The COSE receipt (CCF profile) from the covering signature and the inclusion proof of the leaf.
+pub fn cose_receipt(
+    info: &SigInfo,
+    path: &[ProofStep],
+    leaf: &LeafComponents,
+) -> Result<Vec<u8>, ReceiptUnavailable> {
+    synod_core::cose::build_receipt(&info.cose, leaf, path)
+        .map_err(|e| ReceiptUnavailable::Internal(e.to_string()))
 }
 
 #[cfg(test)]

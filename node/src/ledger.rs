@@ -53,6 +53,18 @@ struct OpenChunk {
     start: u64,
 }
 
+/// Renames a closed chunk to its `.committed` name (only committed entries are ever written).
+fn rename_committed(dir: &Path, name: &ChunkName, path: &Path) -> Result<(), LedgerIoError> {
+    let to = dir.join(
+        ChunkName {
+            committed: true,
+            ..name.clone()
+        }
+        .file_name(),
+    );
+    fs::rename(path, &to).map_err(io_err(path))
+}
+
 /// Appends committed frames and closes chunks where the entries say.
 pub struct LedgerWriter {
     dir: PathBuf,
@@ -65,15 +77,22 @@ pub struct LedgerWriter {
 pub struct Opened {
     /// The writer, positioned after the last entry.
     pub writer: LedgerWriter,
-    /// Every entry in the files, in order.
+    /// The entries after the seqno opening was asked to start after, in order.
     pub entries: Vec<LedgerEntry>,
     /// Seqno of the first entry (1, or one past the snapshot the ledger starts after).
     pub start: u64,
 }
 
 impl LedgerWriter {
-    /// Opens `dir` (created if missing), reads its entries and cuts a torn final frame.
+    /// Opens `dir` (created if missing), reads all its entries and cuts a torn final frame.
     pub fn open(dir: &Path) -> Result<Opened, LedgerIoError> {
+        LedgerWriter::open_after(dir, 0)
+    }
+
+    /// Opens `dir` (created if missing) and reads only the entries after seqno `after`: closed chunks that end at
+    /// or before it are checked by their names alone, so a restart reads the ledger suffix it replays, not the
+    /// whole ledger. The open chunk is always read (a torn final frame is cut).
+    pub fn open_after(dir: &Path, after: u64) -> Result<Opened, LedgerIoError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let chunks = list_chunks(dir).map_err(|e| LedgerIoError::Layout(e.to_string()))?;
         let start = chunks.first().map_or(1, |(n, _)| n.start);
@@ -93,6 +112,19 @@ impl LedgerWriter {
                 )));
             }
             let last_chunk = i + 1 == chunks.len();
+            if let Some(end) = name.end.filter(|&end| end <= after && !last_chunk) {
+                if end < name.start {
+                    return Err(LedgerIoError::Layout(format!(
+                        "{} ends before it starts",
+                        name.file_name()
+                    )));
+                }
+                writer.last_seqno = end;
+                if !name.committed {
+                    rename_committed(dir, name, path)?;
+                }
+                continue;
+            }
             let bytes = fs::read(path).map_err(io_err(path))?;
             let mut valid_len = 0u64;
             for frame in decode_frames(&bytes) {
@@ -116,7 +148,9 @@ impl LedgerWriter {
                         }
                         writer.last_seqno = seqno;
                         valid_len = frame.offset + frame.len;
-                        entries.push(frame.entry);
+                        if seqno > after {
+                            entries.push(frame.entry);
+                        }
                     }
                     // A torn write can only be the very end of the open chunk.
                     Err(FrameError::Truncated { .. }) if last_chunk && name.end.is_none() => break,
@@ -158,14 +192,7 @@ impl LedgerWriter {
                         )));
                     }
                     if !name.committed {
-                        let to = dir.join(
-                            ChunkName {
-                                committed: true,
-                                ..name.clone()
-                            }
-                            .file_name(),
-                        );
-                        fs::rename(path, &to).map_err(io_err(path))?;
+                        rename_committed(dir, name, path)?;
                     }
                 }
             }
@@ -361,6 +388,31 @@ mod tests {
             .join("superseded-20")
             .join("ledger_1-4.committed")
             .exists());
+    }
+
+    #[test]
+    fn opening_after_a_seqno_reads_only_the_chunks_it_needs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = LedgerWriter::open(dir.path()).expect("open").writer;
+        let ents: Vec<_> = (1..=10).map(|s| entry(s, s == 4 || s == 8)).collect();
+        w.append(&ents).expect("append");
+        w.sync().expect("sync");
+        drop(w);
+        // A chunk wholly before the start is not even read: damage there goes unnoticed (the auditor's job).
+        let first = dir.path().join("ledger_1-4.committed");
+        fs::write(&first, b"not a ledger chunk").expect("damage");
+        let opened = LedgerWriter::open_after(dir.path(), 6).expect("open after 6");
+        let seqnos: Vec<u64> = opened
+            .entries
+            .iter()
+            .map(|e| e.decode_transaction().expect("tx").seqno)
+            .collect();
+        assert_eq!(seqnos, vec![7, 8, 9, 10]);
+        assert_eq!((opened.start, opened.writer.last_seqno()), (1, 10));
+        let mut w = opened.writer;
+        w.append(&[entry(11, true)]).expect("continues");
+        // Reading everything does find the damage.
+        assert!(LedgerWriter::open(dir.path()).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod consensus;
 pub mod core;
 pub mod gov;
+pub mod historical;
 pub mod join;
 pub mod js;
 pub mod ledger;

@@ -26,6 +26,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, SnapshotMetadata};
 use synod_core::cert::{self, Identity};
 use synod_core::maps;
+use synod_core::txid::TxId;
 use synod_kv::seal::{LedgerSecret, Sealer};
 use synod_kv::storage::Storage;
 use synod_kv::{State, Tx};
@@ -190,6 +191,10 @@ pub struct Node {
     pub platform: Arc<dyn Platform>,
     /// Known peers (shared with the channels and RPC forwarding).
     pub directory: Directory,
+    /// Receipts for transactions flushed from memory, rebuilt from the ledger files.
+    pub historical: crate::historical::Historical,
+    /// The service commit and the view, published whenever they move (long polls on `/node/tx` wait on it).
+    commits: tokio::sync::watch::Sender<(u64, TxId)>,
     /// This node's address for clients.
     pub rpc_address: SocketAddr,
     /// This node's address for peers.
@@ -336,6 +341,34 @@ pub fn committed_snapshots(paths: &Paths) -> Vec<(u64, u64, PathBuf)> {
         .unwrap_or_default();
     found.sort_by_key(|f| std::cmp::Reverse(f.0));
     found
+}
+
+/// Where a restart's history starts: the newest committed snapshot the stored state has reached that lies within
+/// the ledger (so only the ledger after it is read and replayed), else the snapshot the ledger starts after (which
+/// must exist), else genesis. Returns its seqno and bytes.
+fn restore_base(
+    paths: &Paths,
+    ledger_base: u64,
+    state_version: u64,
+) -> anyhow::Result<(u64, Option<Vec<u8>>)> {
+    for (seqno, _, path) in committed_snapshots(paths) {
+        if seqno >= ledger_base && seqno <= state_version && seqno > 0 {
+            match std::fs::read(&path) {
+                Ok(bytes) => return Ok((seqno, Some(bytes))),
+                Err(e) => tracing::warn!("cannot read {}: {e}; trying an older snapshot", path.display()),
+            }
+        }
+    }
+    if ledger_base == 0 {
+        return Ok((0, None));
+    }
+    let path = find_snapshot(paths, ledger_base).with_context(|| {
+        format!(
+            "the ledger starts at {} but snapshot {ledger_base} is missing",
+            ledger_base + 1
+        )
+    })?;
+    Ok((ledger_base, Some(std::fs::read(path)?)))
 }
 
 /// Installs a snapshot on disk: the file, the Raft log reset to it, the stored state and the ledger restart.
@@ -496,8 +529,10 @@ impl Node {
                 let mut log = persist::load(&storage)?;
                 let mut state = storage.load_state(&sealer).context("loading the stored state")?;
                 let compacted = log.compacted().index;
-                let mut opened = LedgerWriter::open(&paths.ledger()).context("reading the ledger")?;
-                let ledger_last = opened.start - 1 + opened.entries.len() as u64;
+                // Only the open chunk is read here: how far the ledger goes is all the next check needs.
+                let mut opened =
+                    LedgerWriter::open_after(&paths.ledger(), u64::MAX).context("reading the ledger")?;
+                let ledger_last = opened.writer.last_seqno();
                 // A snapshot install cut short leaves the state, the commit index or the ledger behind the log's
                 // start: redo it from the snapshot file (every step of the install can be repeated).
                 if compacted > 0
@@ -512,25 +547,24 @@ impl Node {
                     drop(opened);
                     state = install_snapshot_on_disk(&paths, &storage, &sealer, &bytes)?;
                     log = persist::load(&storage)?;
-                    opened = LedgerWriter::open(&paths.ledger()).context("reading the ledger")?;
+                    opened =
+                        LedgerWriter::open_after(&paths.ledger(), u64::MAX).context("reading the ledger")?;
                 }
-                let base_snapshot = if opened.start > 1 {
-                    let path = find_snapshot(&paths, opened.start - 1).with_context(|| {
-                        format!(
-                            "the ledger starts at {} but snapshot {} is missing",
-                            opened.start,
-                            opened.start - 1
-                        )
-                    })?;
-                    Some(std::fs::read(path)?)
-                } else {
-                    None
-                };
+                let ledger_base = opened.start - 1;
+                let (base, base_snapshot) = restore_base(&paths, ledger_base, state.version())?;
+                drop(opened);
+                let opened = LedgerWriter::open_after(&paths.ledger(), base).context("reading the ledger")?;
+                tracing::info!(
+                    from_snapshot = base,
+                    entries = opened.entries.len(),
+                    "replaying the ledger after the newest usable snapshot"
+                );
                 let restore = Restore {
                     log,
                     state,
                     ledger: opened.entries,
                     base_snapshot,
+                    ledger_base,
                 };
                 let (mut core, replay) = Core::restore(keys_of(&ids)?, sealer, ccfg, restore)
                     .context("restoring from the ledger")?;
@@ -613,6 +647,11 @@ impl Node {
             node_identity: ids.node.clone(),
             platform,
             directory,
+            historical: crate::historical::Historical::new(
+                paths.ledger(),
+                cert::pem_to_der(&ids.service.cert_pem)?,
+            ),
+            commits: tokio::sync::watch::Sender::new((0, TxId::default())),
             rpc_address,
             node_address,
             channels,
@@ -803,14 +842,21 @@ impl Node {
     ) -> anyhow::Result<()> {
         let tick = Duration::from_millis(self.cfg.tick_ms);
         let sig_every = Duration::from_millis(self.cfg.sig_ms_interval);
-        let mut next_tick = Instant::now() + tick;
-        let mut next_sig = Instant::now() + sig_every;
+        let started = Instant::now();
+        let mut next_tick = started + tick;
         let mut pending_compaction: Option<u64> = None;
         let mut pending_commits: HashMap<u64, (u64, String)> = HashMap::new();
         self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
+        // Each turn handles what arrived, the timers, the signature decision and at most one Ready, so no stream
+        // of new entries can keep the loop from its timers (it once signed only by transaction count under load).
         while !self.shared.stopping.load(Ordering::Acquire) {
             let now = Instant::now();
-            let deadline = next_tick.min(next_sig);
+            let more_ready = self.shared.lock().has_ready();
+            let deadline = if more_ready {
+                now
+            } else {
+                next_tick.min(now + sig_every)
+            };
             let mut events = Vec::new();
             let mut written = Vec::new();
             match inbox.recv_timeout(deadline.saturating_duration_since(now)) {
@@ -843,9 +889,14 @@ impl Node {
                     core.tick()?;
                     next_tick = now + tick;
                 }
-                if now >= next_sig {
+                let now_ms = u64::try_from(now.duration_since(started).as_millis()).unwrap_or(u64::MAX);
+                let timing = crate::core::SignatureTiming {
+                    interval_ms: self.cfg.sig_ms_interval,
+                    in_flight_max: self.cfg.sig_in_flight_max,
+                    min_gap_ms: self.cfg.sig_ms_min,
+                };
+                if core.signature_due(now_ms, timing) {
                     core.emit_signature(now_secs())?;
-                    next_sig = now + sig_every;
                 }
                 if let Some(s) = pending_compaction {
                     if s <= self.shared.ledger_durable.load(Ordering::Acquire) {
@@ -874,7 +925,7 @@ impl Node {
                     self.handle_event(event, &snapshots, &mut pending_compaction, &mut pending_commits)?;
                 }
             }
-            self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
+            self.process_one_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
         }
         // Stopping: sign what is ordered and let it reach the disk and the peers.
         {
@@ -885,6 +936,7 @@ impl Node {
         Ok(())
     }
 
+    /// Handles every Ready until Raft has none (start-up and stopping).
     fn process_ready(
         &self,
         apply: &SyncSender<ApplyJob>,
@@ -892,18 +944,48 @@ impl Node {
         pending_compaction: &mut Option<u64>,
         pending_commits: &mut HashMap<u64, (u64, String)>,
     ) -> anyhow::Result<()> {
-        loop {
-            let (rd, events) = {
-                let mut core = self.shared.lock();
-                let rd = core.ready()?;
-                (rd, core.take_events())
-            };
-            for event in events {
-                self.handle_event(event, snapshots, pending_compaction, pending_commits)?;
-            }
-            let Some(rd) = rd else { return Ok(()) };
-            self.handle_ready(rd, apply)?;
+        while self.process_one_ready(apply, snapshots, pending_compaction, pending_commits)? {}
+        Ok(())
+    }
+
+    /// Tells long polls that the commit or the view moved (a view change can make a Pending transaction Invalid).
+    fn publish_commit(&self) {
+        let now = {
+            let core = self.shared.lock();
+            (core.view(), core.committed())
+        };
+        self.commits.send_if_modified(|seen| {
+            let moved = *seen != now;
+            *seen = now;
+            moved
+        });
+    }
+
+    /// A receiver that changes whenever the service commit or the view moves.
+    pub fn commit_watch(&self) -> tokio::sync::watch::Receiver<(u64, TxId)> {
+        self.commits.subscribe()
+    }
+
+    /// Handles one Ready, if Raft has one, and the core's events; returns whether there was one.
+    fn process_one_ready(
+        &self,
+        apply: &SyncSender<ApplyJob>,
+        snapshots: &SyncSender<SnapshotJob>,
+        pending_compaction: &mut Option<u64>,
+        pending_commits: &mut HashMap<u64, (u64, String)>,
+    ) -> anyhow::Result<bool> {
+        let (rd, events) = {
+            let mut core = self.shared.lock();
+            let rd = core.ready()?;
+            (rd, core.take_events())
+        };
+        for event in events {
+            self.handle_event(event, snapshots, pending_compaction, pending_commits)?;
         }
+        let Some(rd) = rd else { return Ok(false) };
+        self.handle_ready(rd, apply)?;
+        self.publish_commit();
+        Ok(true)
     }
 
     fn handle_ready(&self, rd: CoreReady, apply: &SyncSender<ApplyJob>) -> anyhow::Result<()> {

@@ -88,8 +88,16 @@ async fn logging_app_writes_reads_and_deletes() -> anyhow::Result<()> {
 #[tokio::test]
 async fn tx_status_goes_pending_then_committed() -> anyhow::Result<()> {
     bounded(60, async {
-        // Signatures only every 5 transactions (and practically never by time): the first write stays Pending.
-        let net = SingleNode::start(&["--sig-tx-interval", "5", "--sig-ms-interval", "3600000"])?;
+        // Signatures only every 5 transactions (and practically never by time, nor when the pipeline drains): the
+        // first write stays Pending.
+        let net = SingleNode::start(&[
+            "--sig-tx-interval",
+            "5",
+            "--sig-ms-interval",
+            "3600000",
+            "--sig-ms-min",
+            "3600000",
+        ])?;
         let c = net.user_client()?;
         let first = post(&c, "/app/log/public", json!({"id": 1, "msg": "a"})).await?;
         ensure!(c.tx_status(first).await? == TxStatus::Pending);

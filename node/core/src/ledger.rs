@@ -414,9 +414,13 @@ impl SignatureRecord {
     }
 }
 
-/// The public write set of a signature transaction: the COSE signature and the node's signature record, in map
-/// name order as every write set is.
-pub fn signature_write_set(record: &SignatureRecord, cose_sign1: &[u8]) -> Result<WriteSet, LedgerError> {
+/// The public write set of a signature transaction: the COSE signature, the node's signature record and the
+/// Merkle frontier of the signed tree (if given), in map name order as every write set is.
+pub fn signature_write_set(
+    record: &SignatureRecord,
+    cose_sign1: &[u8],
+    tree_frontier: Option<&[Digest]>,
+) -> Result<WriteSet, LedgerError> {
     let record_json = serde_json::to_vec(record).map_err(|e| LedgerError::Decode(e.to_string()))?;
     let single = |name: &str, value: Vec<u8>| MapWrites {
         name: name.to_string(),
@@ -425,12 +429,14 @@ pub fn signature_write_set(record: &SignatureRecord, cose_sign1: &[u8]) -> Resul
             value: Some(value),
         }],
     };
-    Ok(WriteSet {
-        maps: vec![
-            single(maps::COSE_SIGNATURES, cose_sign1.to_vec()),
-            single(maps::SIGNATURES, record_json),
-        ],
-    })
+    let mut maps = vec![
+        single(maps::COSE_SIGNATURES, cose_sign1.to_vec()),
+        single(maps::SIGNATURES, record_json),
+    ];
+    if let Some(frontier) = tree_frontier {
+        maps.push(single(maps::TREE, frontier.concat()));
+    }
+    Ok(WriteSet { maps })
 }
 
 /// Extracts the signature record and COSE signature from a signature transaction's public write set.
@@ -447,6 +453,37 @@ pub fn parse_signature_write_set(public: &WriteSet) -> Result<(SignatureRecord, 
     let record: SignatureRecord = serde_json::from_slice(&value(maps::SIGNATURES)?)
         .map_err(|e| LedgerError::Decode(format!("signature record: {e}")))?;
     Ok((record, value(maps::COSE_SIGNATURES)?))
+}
+
+/// The Merkle frontier a signature transaction records (`public:ccf.internal.tree`): the maximal complete
+/// subtrees of the tree it signs, largest first. With it and the entries up to the next signature, a receipt for
+/// any transaction in between is rebuilt from the ledger alone. `None` for signatures that do not record it.
+pub fn signature_tree_frontier(public: &WriteSet) -> Result<Option<Vec<Digest>>, LedgerError> {
+    let Some(bytes) = public
+        .maps
+        .iter()
+        .find(|m| m.name == maps::TREE)
+        .and_then(|m| m.writes.first())
+        .and_then(|w| w.value.as_deref())
+    else {
+        return Ok(None);
+    };
+    if bytes.len() % 32 != 0 {
+        return Err(LedgerError::Decode(format!(
+            "tree frontier of {} bytes is not a list of 32-byte digests",
+            bytes.len()
+        )));
+    }
+    Ok(Some(
+        bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(c);
+                d
+            })
+            .collect(),
+    ))
 }
 
 /// Why a signature transaction does not vouch for the entries before it.
@@ -478,6 +515,9 @@ pub enum SignatureCheckError {
     /// The COSE signature is valid but was made for another transaction.
     #[error("COSE signature names tx {0}")]
     CoseTxId(TxId),
+    /// The recorded Merkle frontier is not the frontier of the tree the signature signs.
+    #[error("the recorded tree frontier does not fold to the signed root: {0}")]
+    TreeFrontier(String),
 }
 
 /// A signature transaction whose checks passed.
@@ -535,6 +575,19 @@ fn check_signature_transaction(
             signed: hex::encode(root),
             expected: hex::encode(expected_root),
         });
+    }
+    // The frontier receipts are rebuilt from must be the signed tree's: it folds to the signed root.
+    if let Some(frontier) = signature_tree_frontier(public)? {
+        let size = tx_id.seqno.saturating_sub(1);
+        let folded = crate::merkle::MerkleTree::from_frontier(size, &frontier)
+            .map_err(|e| SignatureCheckError::TreeFrontier(e.to_string()))?
+            .root();
+        if folded != Some(root) {
+            return Err(SignatureCheckError::TreeFrontier(format!(
+                "it folds to {}",
+                folded.map(hex::encode).unwrap_or_default()
+            )));
+        }
     }
     let (_, node_der) = record
         .verify_node_signature()
@@ -637,7 +690,7 @@ mod tests {
         let record = SignatureRecord::sign(&node_key, &node_id, &node.cert_pem, tx_id, root);
         let mut cose = crate::cose::sign_root(root, &service_key, &service_der, cose_tx_id, 1).unwrap();
         mutate(&mut cose);
-        (signature_write_set(&record, &cose).unwrap(), service_der)
+        (signature_write_set(&record, &cose, None).unwrap(), service_der)
     }
 
     #[test]
@@ -684,6 +737,34 @@ mod tests {
             matches!(err, SignatureCheckError::CoseTxId(t) if t == TxId::new(3, 20)),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_recorded_tree_frontier_must_fold_to_the_signed_root() {
+        let mut tree = crate::merkle::MerkleTree::new();
+        for i in 0..11u8 {
+            tree.append([i; 32]);
+        }
+        let (tx_id, root) = (TxId::new(3, 12), tree.root().unwrap());
+        let (ws, service_der) = signed(tx_id, &root, |_| {});
+        let record = parse_signature_write_set(&ws).unwrap();
+        let with = |frontier: &[Digest]| signature_write_set(&record.0, &record.1, Some(frontier)).unwrap();
+        let frontier = tree.frontier();
+        let good = with(&frontier);
+        verify_signature_transaction(&good, tx_id, &root, &service_der).unwrap();
+        assert_eq!(signature_tree_frontier(&good).unwrap(), Some(frontier.clone()));
+        assert_eq!(
+            signature_tree_frontier(&ws).unwrap(),
+            None,
+            "older signatures record none"
+        );
+        let mut bent = frontier.clone();
+        bent[1][0] ^= 1;
+        let err = verify_signature_transaction(&with(&bent), tx_id, &root, &service_der).unwrap_err();
+        assert!(matches!(err, SignatureCheckError::TreeFrontier(_)), "{err}");
+        let err =
+            verify_signature_transaction(&with(&frontier[1..]), tx_id, &root, &service_der).unwrap_err();
+        assert!(matches!(err, SignatureCheckError::TreeFrontier(_)), "{err}");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 pub const SIGNATURES: &str = "public:ccf.internal.signatures";
 /// Service-key COSE Sign1 over the Merkle root (detached payload) at key "".
 pub const COSE_SIGNATURES: &str = "public:ccf.internal.cose_signatures";
+/// The Merkle frontier of the tree a signature signs (concatenated 32-byte digests) at key "" (CCF keeps its
+/// serialised tree in a table of this name).
+pub const TREE: &str = "public:ccf.internal.tree";
 /// Node information keyed by node id.
 pub const NODES_INFO: &str = "public:ccf.gov.nodes.info";
 /// Service information (certificate, status) at key "".

@@ -236,6 +236,25 @@ impl MerkleTree {
         Ok(steps)
     }
 
+    /// Forgets everything a tree built [`MerkleTree::from_frontier`] at `size` would not hold: afterwards the tree
+    /// is exactly that tree plus the leaves appended past `size`, so roots at sizes `>= size` and proofs of leaves
+    /// `>= size` are unchanged while memory no longer grows with the leaves before `size`. A `size` outside
+    /// `base..=len` changes nothing.
+    pub fn flush(&mut self, size: u64) {
+        if size <= self.base || size > self.len() {
+            return;
+        }
+        for (h, (level, offset)) in self.levels.iter_mut().zip(self.offsets.iter_mut()).enumerate() {
+            // The frontier keeps the last complete node left of `size` at each level where `size` has a bit.
+            let keep_from = (size >> h) - (size >> h & 1);
+            let drop = keep_from.saturating_sub(*offset);
+            let drop = usize::try_from(drop).unwrap_or(usize::MAX).min(level.len());
+            level.drain(..drop);
+            *offset += drop as u64;
+        }
+        self.base = size;
+    }
+
     /// Drops every leaf at or after `size` (a rolled-back suffix); never below the base.
     pub fn truncate(&mut self, size: u64) {
         let size = size.max(self.base);
@@ -445,6 +464,60 @@ mod tests {
         assert!(MerkleTree::from_frontier(5, &[[0; 32]]).is_err());
         let empty = MerkleTree::from_frontier(0, &[]).unwrap();
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn a_flushed_tree_is_the_tree_from_its_frontier() {
+        let all = leaves(90);
+        let mut full = MerkleTree::new();
+        all.iter().for_each(|l| full.append(*l));
+        for flush in [1u64, 2, 3, 7, 8, 13, 32, 33, 47, 64, 65] {
+            let mut tree = MerkleTree::new();
+            all[..70].iter().for_each(|l| tree.append(*l));
+            let before: usize = tree.levels.iter().map(Vec::len).sum();
+            tree.flush(flush);
+            let after: usize = tree.levels.iter().map(Vec::len).sum();
+            assert!(
+                after <= before - flush as usize + 64,
+                "flush {flush}: {before} -> {after} nodes"
+            );
+            assert_eq!(tree.base(), flush);
+            assert_eq!(tree.len(), 70);
+            // Flushing again at or below the base changes nothing.
+            tree.flush(flush);
+            tree.flush(flush / 2);
+            all[70..].iter().for_each(|l| tree.append(*l));
+            for size in flush..=90 {
+                assert_eq!(
+                    tree.root_at(size).unwrap(),
+                    full.root_at(size).unwrap(),
+                    "flush {flush} size {size}"
+                );
+                for index in flush..size {
+                    assert_eq!(tree.path(index, size).unwrap(), full.path(index, size).unwrap());
+                }
+                assert_eq!(tree.frontier_at(size).unwrap(), full.frontier_at(size).unwrap());
+            }
+            if flush > 1 {
+                assert!(
+                    tree.path(flush - 2, 90).is_err(),
+                    "leaves before the flush are gone"
+                );
+            }
+            tree.truncate(flush + 1);
+            assert_eq!(tree.root().unwrap(), full.root_at(flush + 1).unwrap());
+        }
+        // Flushing a tree that started from a frontier, twice.
+        let mut tree = MerkleTree::from_frontier(5, &full.frontier_at(5).unwrap()).unwrap();
+        all[5..40].iter().for_each(|l| tree.append(*l));
+        tree.flush(21);
+        tree.flush(33);
+        for size in 33..=40 {
+            assert_eq!(tree.root_at(size).unwrap(), full.root_at(size).unwrap());
+        }
+        // Past the end: nothing happens.
+        tree.flush(41);
+        assert_eq!(tree.base(), 33);
     }
 
     #[test]

@@ -101,7 +101,8 @@ pub fn write_sample_ledger(dir: &Path, txs: u64, sig_every: u64) -> SampleLedger
             let record = SignatureRecord::sign(&node_key, &node_id, &node.cert_pem, tx_id, &root);
             let cose =
                 cose::sign_root(&root, &service_key, &service_der, tx_id, 1_700_000_000).expect("cose");
-            let ws = signature_write_set(&record, &cose).expect("signature write set");
+            let ws =
+                signature_write_set(&record, &cose, Some(&tree.frontier())).expect("signature write set");
             let tx = Transaction {
                 view: 2,
                 seqno,

@@ -87,7 +87,10 @@ impl Builder {
         let service_key = cert::signing_key_from_pem(&self.service.key_pem).unwrap();
         let mut cose = cose::sign_root(&root, &service_key, &self.service_der(), tx_id, 1).unwrap();
         mutate(&mut cose);
-        self.append(KIND_SIGNATURE, &signature_write_set(&record, &cose).unwrap());
+        self.append(
+            KIND_SIGNATURE,
+            &signature_write_set(&record, &cose, None).unwrap(),
+        );
     }
 
     fn signature(&mut self) {

@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use synod_core::ledger::WriteSet;
 use synod_core::maps;
 
@@ -27,6 +29,12 @@ pub const CF_RAFT_STATE: &str = "raft_state";
 const APPLIED_SEQNO: &[u8] = b"applied_seqno";
 /// Table files RocksDB keeps open at once.
 pub const STORAGE_OPEN_FILES_MAX: i32 = 256;
+/// One column family's memtable, in bytes (flushed to a table file when full).
+const MEMTABLE_BYTES: usize = 8 << 20;
+/// All memtables together, in bytes.
+const MEMTABLES_BYTES_MAX: usize = 32 << 20;
+/// The block cache every column family shares, in bytes.
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
 const MAP_PREFIX: &[u8] = b"map:";
 
 /// Storage errors.
@@ -100,8 +108,22 @@ impl Storage {
         // A bounded number of table files open at once: the node reserves file descriptors for RocksDB, the
         // ledger and snapshots before it sizes its client connection cap (docs/SECURITY.md).
         opts.set_max_open_files(STORAGE_OPEN_FILES_MAX);
+        // Memory RocksDB may hold, whatever the ledger's length: memtables (the Raft log's entries pass through
+        // them) and the block cache, shared by every column family. RocksDB's defaults allow 64 MiB memtables per
+        // column family, which a node under load fills before the first flush.
+        opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
+        let cf_options = || {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(MEMTABLE_BYTES);
+            cf.set_max_write_buffer_number(2);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            cf.set_block_based_table_factory(&table);
+            cf
+        };
         let cfs = [CF_STATE, CF_META, CF_RAFT_LOG, CF_RAFT_STATE]
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Storage { db: Arc::new(db) })
     }

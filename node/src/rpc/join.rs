@@ -364,15 +364,18 @@ async fn snapshot(
     let size = std::fs::metadata(&path)
         .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
         .len();
-    let core = app.node.core();
-    let evidence = core.ledger_entry(evidence_seqno).ok_or_else(|| {
-        ApiError::not_found(format!("the evidence of snapshot {seqno} is no longer held here"))
-    })?;
-    let tx = core.tx_id_at(evidence_seqno);
-    let receipt = core
-        .json_receipt(tx)
-        .map_err(|e| ApiError::not_found(e.to_string()))?;
-    drop(core);
+    let (evidence, tx) = {
+        let core = app.node.core();
+        let evidence = core.ledger_entry(evidence_seqno).ok_or_else(|| {
+            ApiError::not_found(format!("the evidence of snapshot {seqno} is no longer held here"))
+        })?;
+        (evidence, core.tx_id_at(evidence_seqno))
+    };
+    let super::node_endpoints::Receipt::Json(receipt) =
+        super::node_endpoints::receipt_of(&app, tx, false).await?
+    else {
+        return Err(ApiError::internal("a JSON receipt was asked for"));
+    };
     Ok(Json(SnapshotResponse {
         seqno,
         evidence_seqno,

@@ -13,7 +13,7 @@ pub mod forward;
 mod gov;
 mod join;
 pub mod limits;
-mod node_endpoints;
+pub mod node_endpoints;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,7 +14,11 @@ use synod_core::txid::TxStatus;
 use super::{extract, ApiError, AppState, Peer};
 use crate::consensus::raft_id;
 use crate::core::ReceiptUnavailable;
+use crate::historical::HistoricalError;
+use synod_core::receipt::JsonReceipt;
+use synod_core::txid::TxId;
 
+/// The `/node/*` and `/app/receipt` routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/node/tx", get(tx_status))
@@ -31,12 +35,31 @@ pub fn routes() -> Router<AppState> {
 #[derive(Deserialize)]
 struct TxQuery {
     transaction_id: String,
+    /// Long poll: answer as soon as the status is no longer Pending or Unknown, or after this many milliseconds.
+    wait_ms: Option<u64>,
 }
+
+/// Longest `wait_ms` honoured by `GET /node/tx` (well inside the request timeout).
+pub const TX_WAIT_MS_MAX: u64 = 10_000;
 
 async fn tx_status(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let q: TxQuery = extract::query(q)?;
     let tx = extract::tx_id(&q.transaction_id)?;
-    let status = app.node.core().tx_status(tx);
+    let wait = std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(TX_WAIT_MS_MAX));
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the first look, so a commit between the look and the wait is not missed.
+    let mut commits = app.node.commit_watch();
+    let status = loop {
+        let status = app.node.core().tx_status(tx);
+        if !matches!(status, TxStatus::Pending | TxStatus::Unknown) {
+            break status;
+        }
+        match tokio::time::timeout_at(deadline, commits.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out, or the node is stopping: answer what is known.
+            _ => break status,
+        }
+    };
     Ok(Json(json!({ "status": status, "transaction_id": tx })).into_response())
 }
 
@@ -218,14 +241,79 @@ async fn receipt(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("application/cose"));
-    let core = app.node.core();
-    let answer = if wants_cose {
-        core.cose_receipt(tx)
-            .map(|bytes| ([(header::CONTENT_TYPE, "application/cose")], bytes).into_response())
-    } else {
-        core.json_receipt(tx).map(|receipt| Json(receipt).into_response())
+    Ok(match receipt_of(&app, tx, wants_cose).await? {
+        Receipt::Json(receipt) => Json(receipt).into_response(),
+        Receipt::Cose(bytes) => ([(header::CONTENT_TYPE, "application/cose")], bytes).into_response(),
+    })
+}
+
+/// A receipt in either of its encodings.
+pub enum Receipt {
+    /// CCF's JSON receipt.
+    Json(JsonReceipt),
+    /// The COSE receipt (CCF profile).
+    Cose(Vec<u8>),
+}
+
+/// Seconds a client waits when a receipt cannot be rebuilt right now.
+const HISTORICAL_RETRY_S: u32 = 1;
+
+/// The receipt of a committed transaction: from the core's memory, or, for a transaction whose history was
+/// flushed, rebuilt from the ledger files (synchronously, within the bounds of [`crate::historical`]).
+pub async fn receipt_of(app: &AppState, tx: TxId, cose: bool) -> Result<Receipt, ApiError> {
+    let (answer, commit_evidence) = {
+        let core = app.node.core();
+        let answer = if cose {
+            core.cose_receipt(tx).map(Receipt::Cose)
+        } else {
+            core.json_receipt(tx).map(Receipt::Json)
+        };
+        (answer, core.commit_evidence(tx))
     };
-    answer.map_err(|e| match e {
+    match answer {
+        Err(ReceiptUnavailable::Flushed(_)) => historical_receipt(app, tx, cose, commit_evidence).await,
+        other => other.map_err(|e| receipt_error(tx, e)),
+    }
+}
+
+async fn historical_receipt(
+    app: &AppState,
+    tx: TxId,
+    cose: bool,
+    commit_evidence: String,
+) -> Result<Receipt, ApiError> {
+    let node = app.node.clone();
+    let busy =
+        |e: HistoricalError| ApiError::busy("HistoricalReceiptNotReady", e.to_string(), HISTORICAL_RETRY_S);
+    let slot = node.historical.reserve().map_err(busy)?;
+    let range = tokio::task::spawn_blocking(move || node.historical.range_for(tx.seqno, &slot))
+        .await
+        .map_err(|e| ApiError::internal(format!("rebuilding a receipt: {e}")))?
+        .map_err(|e| match e {
+            HistoricalError::Busy | HistoricalError::NotYetWritten(_) => busy(e),
+            HistoricalError::NotInLedger(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "TransactionBeforeSnapshot", e.to_string())
+            }
+            HistoricalError::NoFrontier(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "ReceiptUnavailable", e.to_string())
+            }
+            HistoricalError::Ledger(m) => ApiError::internal(m),
+        })?;
+    let proof = range
+        .proof(tx.seqno)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let proof = proof.map(|(path, digest)| (path, crate::core::leaf_components(&digest, commit_evidence)));
+    match (cose, proof) {
+        (false, proof) => Ok(Receipt::Json(crate::core::json_receipt(&range.sig, proof))),
+        (true, Some((path, leaf))) => crate::core::cose_receipt(&range.sig, &path, &leaf)
+            .map(Receipt::Cose)
+            .map_err(|e| receipt_error(tx, e)),
+        (true, None) => Err(receipt_error(tx, ReceiptUnavailable::SignatureTransaction(tx))),
+    }
+}
+
+fn receipt_error(tx: TxId, e: ReceiptUnavailable) -> ApiError {
+    match e {
         ReceiptUnavailable::NotCommitted(_, TxStatus::Invalid) => ApiError::new(
             StatusCode::NOT_FOUND,
             "TransactionInvalid",
@@ -240,6 +328,6 @@ async fn receipt(
         ReceiptUnavailable::BeforeSnapshot(..) => {
             ApiError::new(StatusCode::NOT_FOUND, "TransactionBeforeSnapshot", e.to_string())
         }
-        ReceiptUnavailable::Internal(message) => ApiError::internal(message),
-    })
+        ReceiptUnavailable::Flushed(_) | ReceiptUnavailable::Internal(_) => ApiError::internal(e.to_string()),
+    }
 }
