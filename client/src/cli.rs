@@ -691,6 +691,9 @@ pub enum LoadTargetKind {
     /// An etcd v3 cluster through its HTTP/JSON gateway (--etcd-endpoints): POST /v3/kv/put of key log/KEY, which
     /// etcd answers once committed
     Etcd,
+    /// An etcd v3 cluster through its native gRPC API (--etcd-endpoints): Put of key log/KEY (needs synod-load built
+    /// with the etcd-grpc feature, as scripts/bench.sh does)
+    EtcdGrpc,
 }
 
 /// `synod-load`: a benchmark of committed writes (not a test).
@@ -714,7 +717,7 @@ pub struct LoadCli {
         long,
         value_delimiter = ',',
         value_name = "URL,...",
-        required_if_eq("target", "etcd")
+        required_if_eq_any([("target", "etcd"), ("target", "etcd-grpc")])
     )]
     pub etcd_endpoints: Vec<String>,
     /// Spread the Synod clients over every node of network.json (client i starts at node i mod N; backups forward
@@ -787,6 +790,26 @@ fn synod_targets(cli: &LoadCli, timeout: Duration) -> anyhow::Result<Vec<SynodTa
     Ok(targets)
 }
 
+/// The load against etcd's gRPC API: one client per load client, client i on endpoint i mod N.
+#[cfg(feature = "etcd-grpc")]
+async fn run_etcd_grpc(cli: &LoadCli, timeout: Duration, config: &LoadConfig) -> anyhow::Result<LoadReport> {
+    if cli.etcd_endpoints.is_empty() {
+        bail!("--target etcd-grpc needs --etcd-endpoints URL,...");
+    }
+    let clients = cli.clients as usize;
+    let mut targets = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let endpoint = cli.etcd_endpoints[i % cli.etcd_endpoints.len()].trim();
+        targets.push(crate::load::EtcdGrpcTarget::connect(endpoint, timeout).await?);
+    }
+    Ok(crate::load::run_load(targets, config).await?)
+}
+
+#[cfg(not(feature = "etcd-grpc"))]
+async fn run_etcd_grpc(_: &LoadCli, _: Duration, _: &LoadConfig) -> anyhow::Result<LoadReport> {
+    bail!("this synod-load was built without the etcd-grpc feature: cargo build --release -p synod-client --features etcd-grpc")
+}
+
 /// One etcd client per load client, client i on endpoint i mod N.
 fn etcd_targets(cli: &LoadCli, timeout: Duration) -> anyhow::Result<Vec<EtcdTarget>> {
     if cli.etcd_endpoints.is_empty() {
@@ -849,6 +872,7 @@ pub async fn run_load(cli: LoadCli, out: &mut (dyn Write + Send)) -> anyhow::Res
     let mut report: LoadReport = match cli.target {
         LoadTargetKind::Synod => crate::load::run_load(synod_targets(&cli, timeout)?, &config).await?,
         LoadTargetKind::Etcd => crate::load::run_load(etcd_targets(&cli, timeout)?, &config).await?,
+        LoadTargetKind::EtcdGrpc => run_etcd_grpc(&cli, timeout, &config).await?,
     };
     report.label = cli.label.clone();
     if cli.json {

@@ -267,6 +267,62 @@ impl LoadTarget for EtcdTarget {
     }
 }
 
+/// etcd v3 through its native gRPC API (the `etcd-client` crate, as etcd's own Go clients talk to it): a write is a
+/// `Put` of `log/<id>`, answered once committed. One gRPC channel per target, so one target is one client
+/// connection, as with [`SynodTarget`]. Built only with the `etcd-grpc` feature (it needs `protoc`).
+#[cfg(feature = "etcd-grpc")]
+pub struct EtcdGrpcTarget {
+    kv: tokio::sync::Mutex<etcd_client::KvClient>,
+    endpoint: String,
+    timeout: Duration,
+}
+
+#[cfg(feature = "etcd-grpc")]
+impl EtcdGrpcTarget {
+    /// A client of the member at `endpoint` (`http://host:port`), each request bounded by `timeout`.
+    pub async fn connect(endpoint: &str, timeout: Duration) -> Result<EtcdGrpcTarget> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(ETCD_CONNECT_TIMEOUT)
+            .with_timeout(timeout);
+        let client = etcd_client::Client::connect([endpoint], Some(options))
+            .await
+            .map_err(|e| Error::Config(format!("cannot connect to etcd at {endpoint}: {e}")))?;
+        Ok(EtcdGrpcTarget {
+            kv: tokio::sync::Mutex::new(client.kv_client()),
+            endpoint: endpoint.to_string(),
+            timeout,
+        })
+    }
+}
+
+#[cfg(feature = "etcd-grpc")]
+impl LoadTarget for EtcdGrpcTarget {
+    fn describe(&self) -> String {
+        format!("etcd-grpc {}", self.endpoint)
+    }
+
+    async fn write(&self, key: u64, value: &[u8]) -> Result<Option<TxId>> {
+        let mut kv = self.kv.lock().await;
+        let put = kv.put(etcd_key(key), value.to_vec(), None);
+        match tokio::time::timeout(self.timeout, put).await {
+            Ok(Ok(_)) => Ok(None),
+            Ok(Err(e)) => Err(Error::UnexpectedResponse {
+                status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("etcd put: {e}"),
+            }),
+            Err(_) => Err(Error::Config(format!(
+                "etcd put did not answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn wait_committed(&self, _last: Option<TxId>, _timeout: Duration) -> Result<()> {
+        // etcd answered each put after its Raft majority committed it.
+        Ok(())
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {

@@ -36,16 +36,93 @@ const PEER_QUEUE_MAX: usize = 8192;
 const CONNECT_TIMEOUT_MS: u64 = 2000;
 const RECONNECT_BACKOFF_MAX_MS: u64 = 1000;
 
-/// One frame on a channel.
+/// One frame on a channel: a Raft message, or a client request a backup forwards to the primary, or its answer.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PeerFrame {
     /// Sender's Raft id.
     #[prost(uint64, tag = "1")]
     pub from: u64,
-    /// raft-rs message (protobuf).
+    /// raft-rs message (protobuf); empty in a forwarding frame.
     #[prost(bytes = "vec", tag = "2")]
     pub payload: Vec<u8>,
+    /// A request forwarded to the primary.
+    #[prost(message, optional, tag = "3")]
+    pub request: Option<ForwardedRequest>,
+    /// The primary's answer to a forwarded request.
+    #[prost(message, optional, tag = "4")]
+    pub response: Option<ForwardedResponse>,
 }
+
+/// A client's request that a backup forwards to the primary over their channel (what forwarding over HTTPS used to
+/// send), with the caller's certificate the backup vouches for.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardedRequest {
+    /// Chosen by the backup to match the answer.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// HTTP method.
+    #[prost(string, tag = "2")]
+    pub method: String,
+    /// Path and query.
+    #[prost(string, tag = "3")]
+    pub path_and_query: String,
+    /// `content-type`, if any.
+    #[prost(string, optional, tag = "4")]
+    pub content_type: Option<String>,
+    /// `accept`, if any.
+    #[prost(string, optional, tag = "5")]
+    pub accept: Option<String>,
+    /// The caller's TLS certificate (DER), if it presented one.
+    #[prost(bytes = "vec", optional, tag = "6")]
+    pub caller_cert: Option<Vec<u8>>,
+    /// The body.
+    #[prost(bytes = "vec", tag = "7")]
+    pub body: Vec<u8>,
+}
+
+/// The primary's answer to a [`ForwardedRequest`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardedResponse {
+    /// The request's id.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// HTTP status.
+    #[prost(uint32, tag = "2")]
+    pub status: u32,
+    /// `content-type`, if any.
+    #[prost(string, optional, tag = "3")]
+    pub content_type: Option<String>,
+    /// The transaction id header, if any.
+    #[prost(string, optional, tag = "4")]
+    pub tx_id: Option<String>,
+    /// `retry-after`, if any.
+    #[prost(string, optional, tag = "5")]
+    pub retry_after: Option<String>,
+    /// The body.
+    #[prost(bytes = "vec", tag = "6")]
+    pub body: Vec<u8>,
+}
+
+/// What runs forwarded requests on the primary: called with the sending peer's Raft id; it answers through
+/// [`Channels::respond`] (installed once the HTTP router exists).
+pub type ForwardHandler = Arc<dyn Fn(u64, ForwardedRequest) + Send + Sync>;
+
+/// Why a request could not be forwarded over a channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The frame could not be queued (peer unknown, or its queue full).
+    #[error("the channel to node {0} is full or down")]
+    Unreachable(u64),
+    /// No answer in time (the primary may still have run it).
+    #[error("node {0} did not answer within {1} ms")]
+    Timeout(u64, u64),
+    /// Too many requests are waiting for answers.
+    #[error("{0} forwarded requests are waiting for answers already")]
+    TooMany(usize),
+}
+
+/// Forwarded requests waiting for an answer at once (each holds a small entry here).
+pub const FORWARDS_PENDING_MAX: usize = 4096;
 
 /// Where a peer is and who it is (also how the join answer lists the service's nodes: the field names are its
 /// JSON).
@@ -64,13 +141,17 @@ pub struct PeerInfo {
 /// Known nodes by Raft id (from the nodes table; shared with the RPC layer for forwarding).
 pub type Directory = Arc<RwLock<HashMap<u64, PeerInfo>>>;
 
-/// The outbound half: one queue and writer task per peer.
+/// The outbound half: one queue and writer task per peer; and the requests forwarded over them waiting for answers.
 pub struct Channels {
     self_id: u64,
     directory: Directory,
     queues: Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>,
     client_config: Arc<ClientConfig>,
     runtime: tokio::runtime::Handle,
+    /// Forwarded requests waiting for an answer: id → (the peer asked, where to deliver it).
+    pending: Mutex<HashMap<u64, (u64, tokio::sync::oneshot::Sender<ForwardedResponse>)>>,
+    next_id: std::sync::atomic::AtomicU64,
+    handler: std::sync::OnceLock<ForwardHandler>,
 }
 
 /// TLS material for channels.
@@ -158,12 +239,14 @@ impl Channels {
             queues: Mutex::new(HashMap::new()),
             client_config: tls.client_config()?,
             runtime,
+            pending: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            handler: std::sync::OnceLock::new(),
         })
     }
 
     /// Queues `msg` for its destination; drops it if the peer is unknown or its queue is full.
     pub fn send(&self, msg: &Message) {
-        let to = msg.to;
         let payload = match msg.write_to_bytes() {
             Ok(p) => p,
             Err(e) => {
@@ -171,11 +254,93 @@ impl Channels {
                 return;
             }
         };
+        self.send_frame(
+            msg.to,
+            PeerFrame {
+                from: self.self_id,
+                payload,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Installs what runs requests other nodes forward here (once; later calls are ignored).
+    pub fn set_forward_handler(&self, handler: ForwardHandler) {
+        let _ = self.handler.set(handler);
+    }
+
+    /// Sends `request` to node `to` and waits up to `timeout_ms` for its answer.
+    pub async fn forward(
+        &self,
+        to: u64,
+        mut request: ForwardedRequest,
+        timeout_ms: u64,
+    ) -> Result<ForwardedResponse, ForwardError> {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        request.id = id;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= FORWARDS_PENDING_MAX {
+                return Err(ForwardError::TooMany(pending.len()));
+            }
+            pending.insert(id, (to, tx));
+        }
         let frame = PeerFrame {
             from: self.self_id,
-            payload,
+            request: Some(request),
+            ..Default::default()
+        };
+        let answer = if self.send_frame(to, frame) {
+            match tokio::time::timeout(Duration::from_millis(timeout_ms), rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                // Dropped unanswered (shutting down) or timed out.
+                _ => Err(ForwardError::Timeout(to, timeout_ms)),
+            }
+        } else {
+            Err(ForwardError::Unreachable(to))
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        answer
+    }
+
+    /// Sends the answer to a request node `to` forwarded here.
+    pub fn respond(&self, to: u64, response: ForwardedResponse) {
+        self.send_frame(
+            to,
+            PeerFrame {
+                from: self.self_id,
+                response: Some(response),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Hands a frame that is not a Raft message to its owner: a forwarded request to the handler, an answer to
+    /// the request waiting for it (only from the node it was sent to).
+    fn receive_forwarding(&self, from: u64, frame: PeerFrame) {
+        if let Some(request) = frame.request {
+            match self.handler.get() {
+                Some(handler) => handler(from, request),
+                None => tracing::debug!(peer = from, "a forwarded request before this node serves: dropped"),
+            }
         }
-        .encode_to_vec();
+        if let Some(response) = frame.response {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.get(&response.id).is_some_and(|(peer, _)| *peer == from) {
+                if let Some((_, tx)) = pending.remove(&response.id) {
+                    let _ = tx.send(response);
+                }
+            }
+        }
+    }
+
+    /// Queues a frame for `to`; false if it was dropped (unknown peer, full queue).
+    fn send_frame(&self, to: u64, frame: PeerFrame) -> bool {
+        let frame = frame.encode_to_vec();
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let queue = queues.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
@@ -186,7 +351,9 @@ impl Channels {
         });
         if queue.try_send(frame).is_err() {
             tracing::debug!(peer = to, "peer queue full or closed; dropping a message");
+            return false;
         }
+        true
     }
 }
 
@@ -275,7 +442,7 @@ async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, 
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    directory: Directory,
+    channels: Arc<Channels>,
     deliver: Arc<dyn Fn(Message) + Send + Sync>,
     connections_max: usize,
 ) {
@@ -295,10 +462,10 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, directory, deliver) = (acceptor.clone(), directory.clone(), deliver.clone());
+        let (acceptor, channels, deliver) = (acceptor.clone(), channels.clone(), deliver.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = read_peer(acceptor, tcp, directory, deliver).await {
+            if let Err(e) = read_peer(acceptor, tcp, channels, deliver).await {
                 tracing::debug!(%addr, "node-to-node connection: {e:#}");
             }
         });
@@ -324,14 +491,15 @@ fn refuse_peer(directory: &Directory, peer: u64) -> Option<String> {
 async fn read_peer(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
-    directory: Directory,
+    channels: Arc<Channels>,
     deliver: Arc<dyn Fn(Message) + Send + Sync>,
 ) -> anyhow::Result<()> {
+    let directory = &channels.directory;
     let mut tls =
         tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), acceptor.accept(tcp)).await??;
     let peer = peer_raft_id(tls.get_ref().1.peer_certificates())
         .ok_or_else(|| anyhow::anyhow!("no client certificate"))?;
-    if let Some(reason) = refuse_peer(&directory, peer) {
+    if let Some(reason) = refuse_peer(directory, peer) {
         anyhow::bail!(reason);
     }
     let mut len = [0u8; 4];
@@ -341,7 +509,7 @@ async fn read_peer(
         }
         // Checked per frame, not only at the handshake: a node retired (or removed) since it connected must not
         // keep a say in consensus over the connection it already has.
-        if let Some(reason) = refuse_peer(&directory, peer) {
+        if let Some(reason) = refuse_peer(directory, peer) {
             anyhow::bail!("closing the channel: {reason}");
         }
         let n = u32::from_be_bytes(len) as usize;
@@ -353,6 +521,10 @@ async fn read_peer(
         let frame = PeerFrame::decode(buf.as_slice())?;
         if frame.from != peer {
             anyhow::bail!("node {peer} sent a frame claiming to be from {}", frame.from);
+        }
+        if frame.request.is_some() || frame.response.is_some() {
+            channels.receive_forwarding(peer, frame);
+            continue;
         }
         let msg = Message::parse_from_bytes(&frame.payload)?;
         if msg.from != peer {
@@ -383,6 +555,7 @@ mod tests {
         let body = PeerFrame {
             from,
             payload: msg.write_to_bytes().expect("encode"),
+            ..Default::default()
         }
         .encode_to_vec();
         let mut out = (body.len() as u32).to_be_bytes().to_vec();
@@ -414,10 +587,19 @@ mod tests {
         let deliver: Arc<dyn Fn(Message) + Send + Sync> = Arc::new(move |m: Message| {
             let _ = delivered_tx.send(m.from);
         });
+        let channels = Arc::new(
+            Channels::new(
+                server_id,
+                directory.clone(),
+                &server_tls,
+                tokio::runtime::Handle::current(),
+            )
+            .expect("channels"),
+        );
         tokio::spawn(serve(
             listener,
             server_tls.server_config().expect("server config"),
-            directory.clone(),
+            channels,
             deliver,
             4,
         ));
@@ -449,5 +631,119 @@ mod tests {
             delivered.try_recv().is_err(),
             "nothing from a retired node reaches Raft"
         );
+    }
+}
+
+#[cfg(test)]
+mod forwarding_tests {
+    use super::*;
+
+    struct TestNode {
+        id: u64,
+        channels: Arc<Channels>,
+    }
+
+    /// Two nodes of one service with channels both ways (a listener each), both Trusted.
+    async fn pair() -> (TestNode, TestNode) {
+        let service = cert::generate_self_signed("service", true).expect("service");
+        let directory: Directory = Arc::new(RwLock::new(HashMap::new()));
+        let mut nodes = Vec::new();
+        for name in ["a", "b"] {
+            let node = cert::generate_endorsed(name, &["127.0.0.1".parse().expect("ip")], &[], &service)
+                .expect("identity");
+            let der = cert::pem_to_der(&node.cert_pem).expect("der");
+            let node_id = cert::public_key_id_hex(&der).expect("id");
+            let id = raft_id(&node_id);
+            let tls = ChannelTls {
+                node_cert_pem: node.cert_pem.clone(),
+                node_key_pem: node.key_pem.clone(),
+                service_cert_pem: service.cert_pem.clone(),
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            directory.write().expect("lock").insert(
+                id,
+                PeerInfo {
+                    node_id,
+                    node_address: listener.local_addr().expect("addr").to_string(),
+                    rpc_address: String::new(),
+                    status: "Trusted".into(),
+                },
+            );
+            let channels = Arc::new(
+                Channels::new(id, directory.clone(), &tls, tokio::runtime::Handle::current())
+                    .expect("channels"),
+            );
+            let deliver: Arc<dyn Fn(Message) + Send + Sync> = Arc::new(|_| {});
+            tokio::spawn(serve(
+                listener,
+                tls.server_config().expect("server config"),
+                channels.clone(),
+                deliver,
+                8,
+            ));
+            nodes.push(TestNode { id, channels });
+        }
+        let b = nodes.pop().expect("b");
+        let a = nodes.pop().expect("a");
+        (a, b)
+    }
+
+    fn request(path: &str) -> ForwardedRequest {
+        ForwardedRequest {
+            id: 0,
+            method: "POST".into(),
+            path_and_query: path.into(),
+            caller_cert: Some(vec![1, 2, 3]),
+            body: b"{}".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forwarded_request_is_answered_over_the_channels() {
+        let (a, b) = pair().await;
+        let responder = b.channels.clone();
+        b.channels.set_forward_handler(Arc::new(move |from, req: ForwardedRequest| {
+            responder.respond(
+                from,
+                ForwardedResponse {
+                    id: req.id,
+                    status: 201,
+                    body: [req.path_and_query.as_bytes(), &req.caller_cert.unwrap_or_default()].concat(),
+                    ..Default::default()
+                },
+            );
+        }));
+        for i in 0..20 {
+            let path = format!("/app/log/{i}");
+            let answer = a.channels.forward(b.id, request(&path), 10_000).await.expect("answered");
+            assert_eq!(answer.status, 201);
+            assert_eq!(answer.body, [path.as_bytes(), &[1, 2, 3]].concat(), "each answer is its own");
+        }
+        assert!(a.channels.pending.lock().expect("lock").is_empty(), "nothing left waiting");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unanswered_forward_times_out_and_a_stray_answer_is_ignored() {
+        let (a, b) = pair().await;
+        // B never answers; instead it sends A an answer to a request A never made to it.
+        let stray = b.channels.clone();
+        let a_id = a.id;
+        b.channels.set_forward_handler(Arc::new(move |_, req: ForwardedRequest| {
+            stray.respond(
+                a_id,
+                ForwardedResponse {
+                    id: req.id + 1000,
+                    status: 200,
+                    ..Default::default()
+                },
+            );
+        }));
+        let err = a.channels.forward(b.id, request("/x"), 300).await.expect_err("no answer");
+        assert!(matches!(err, ForwardError::Timeout(..)), "{err}");
+        assert!(a.channels.pending.lock().expect("lock").is_empty());
+        // A node that is not a peer cannot be forwarded to.
+        let err = a.channels.forward(12345, request("/x"), 300).await.expect_err("unknown peer");
+        assert!(matches!(err, ForwardError::Timeout(..) | ForwardError::Unreachable(_)), "{err}");
     }
 }

@@ -129,6 +129,7 @@ async fn serve(
     let tls = rpc::tls_config(&node)?;
     let state = rpc::AppState::new(node.clone())?;
     let router = rpc::router(state.clone());
+    rpc::forward::serve_forwarded(state.clone(), router.clone());
     write_atomically(&cfg.data_dir.join("rpc_address"), addr.to_string().as_bytes())?;
     tracing::info!(node_address = %node.node_address, "listening on https://{addr}");
 

@@ -614,7 +614,6 @@ impl Node {
             });
             node_listener.set_nonblocking(true)?;
             let server_config = tls.server_config()?;
-            let dir = directory.clone();
             let listener = {
                 let _guard = runtime.enter();
                 tokio::net::TcpListener::from_std(node_listener)?
@@ -622,7 +621,7 @@ impl Node {
             runtime.spawn(crate::channels::serve(
                 listener,
                 server_config,
-                dir,
+                channels.clone(),
                 deliver,
                 cfg.limits.node_connections_max as usize,
             ));
@@ -736,6 +735,11 @@ impl Node {
     /// Locks the core for reading its state (status, receipts, commit).
     pub fn core(&self) -> MutexGuard<'_, Core> {
         self.shared.lock()
+    }
+
+    /// The node-to-node channels (forwarding rides them too).
+    pub fn channels(&self) -> &Arc<Channels> {
+        &self.channels
     }
 
     /// Whether the service has no members (development mode: see docs/SECURITY.md).

@@ -86,9 +86,16 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body: `{"error": {"code", "message"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": { "code": self.code, "message": self.message } })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let body = self.body();
         let mut response = (self.status, Json(body)).into_response();
         if self.forward {
             response.extensions_mut().insert(super::forward::ForwardToPrimary);

@@ -48,8 +48,6 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// Client for forwarding to the primary (authenticated as this node).
-    pub forward_client: reqwest::Client,
     /// The service certificate (DER).
     pub service_cert_der: Vec<u8>,
     /// New Pending joins per client address.
@@ -63,11 +61,6 @@ pub struct AppState {
 impl AppState {
     /// Shared state for the router.
     pub fn new(node: Arc<Node>) -> anyhow::Result<AppState> {
-        let forward_client = forward::node_client(
-            &node.node_identity.cert_pem,
-            &node.node_identity.key_pem,
-            &node.service_cert_pem,
-        )?;
         let service_cert_der = cert::pem_to_der(&node.service_cert_pem)?;
         let cfg = node.config();
         let joins = cfg.limits.joins_per_min;
@@ -77,7 +70,6 @@ impl AppState {
             snapshot_downloads: limits::Slots::new(cfg.limits.snapshot_downloads_max as usize),
             forwards: limits::Slots::new(forward::FORWARDS_MAX),
             node,
-            forward_client,
             service_cert_der,
         })
     }
@@ -408,8 +400,7 @@ pub async fn serve(
             let request_timeout = Duration::from_millis(limits.http_request_timeout_ms);
             let service =
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    let peer = forward::resolve_peer(&state, &connection, req.headers());
-                    req.extensions_mut().insert(peer);
+                    req.extensions_mut().insert(connection.clone());
                     let answer = tokio::time::timeout(request_timeout, router.clone().oneshot(req));
                     async move {
                         Ok::<_, std::convert::Infallible>(match answer.await {
