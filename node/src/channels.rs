@@ -103,6 +103,23 @@ pub struct ForwardedResponse {
     pub body: Vec<u8>,
 }
 
+/// Told whether a Raft snapshot message reached its peer (`true`) or was dropped (`false`), so that Raft can
+/// retry it: without a report the follower would stay paused until the next election.
+pub type SnapshotReport = Arc<dyn Fn(u64, bool) + Send + Sync>;
+
+/// A frame waiting in a peer's queue.
+struct Outgoing {
+    bytes: Vec<u8>,
+    /// A Raft snapshot message: its fate is reported.
+    snapshot: bool,
+}
+
+/// Longest a batch of frames may take to write before the connection is given up and made again; a large frame
+/// (a snapshot) gets more time, in proportion to its size.
+const WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Extra write time per MiB of a batch.
+const WRITE_MS_PER_MIB: u64 = 200;
+
 /// What runs forwarded requests on the primary: called with the sending peer's Raft id; it answers through
 /// [`Channels::respond`] (installed once the HTTP router exists).
 pub type ForwardHandler = Arc<dyn Fn(u64, ForwardedRequest) + Send + Sync>;
@@ -145,13 +162,14 @@ pub type Directory = Arc<RwLock<HashMap<u64, PeerInfo>>>;
 pub struct Channels {
     self_id: u64,
     directory: Directory,
-    queues: Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>,
+    queues: Mutex<HashMap<u64, mpsc::Sender<Outgoing>>>,
     client_config: Arc<ClientConfig>,
     runtime: tokio::runtime::Handle,
     /// Forwarded requests waiting for an answer: id → (the peer asked, where to deliver it).
     pending: Mutex<HashMap<u64, (u64, tokio::sync::oneshot::Sender<ForwardedResponse>)>>,
     next_id: std::sync::atomic::AtomicU64,
     handler: std::sync::OnceLock<ForwardHandler>,
+    snapshot_report: std::sync::OnceLock<SnapshotReport>,
 }
 
 /// TLS material for channels.
@@ -242,7 +260,13 @@ impl Channels {
             pending: Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
             handler: std::sync::OnceLock::new(),
+            snapshot_report: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs what hears whether snapshot messages were delivered (once; later calls are ignored).
+    pub fn set_snapshot_report(&self, report: SnapshotReport) {
+        let _ = self.snapshot_report.set(report);
     }
 
     /// Queues `msg` for its destination; drops it if the peer is unknown or its queue is full.
@@ -254,14 +278,17 @@ impl Channels {
                 return;
             }
         };
-        self.send_frame(
-            msg.to,
-            PeerFrame {
-                from: self.self_id,
-                payload,
-                ..Default::default()
-            },
-        );
+        let snapshot = msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
+        let frame = PeerFrame {
+            from: self.self_id,
+            payload,
+            ..Default::default()
+        };
+        if !self.queue_frame(msg.to, frame, snapshot) && snapshot {
+            if let Some(report) = self.snapshot_report.get() {
+                report(msg.to, false);
+            }
+        }
     }
 
     /// Installs what runs requests other nodes forward here (once; later calls are ignored).
@@ -340,13 +367,21 @@ impl Channels {
 
     /// Queues a frame for `to`; false if it was dropped (unknown peer, full queue).
     fn send_frame(&self, to: u64, frame: PeerFrame) -> bool {
-        let frame = frame.encode_to_vec();
+        self.queue_frame(to, frame, false)
+    }
+
+    fn queue_frame(&self, to: u64, frame: PeerFrame, snapshot: bool) -> bool {
+        let frame = Outgoing {
+            bytes: frame.encode_to_vec(),
+            snapshot,
+        };
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let queue = queues.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
             let directory = self.directory.clone();
             let config = self.client_config.clone();
-            self.runtime.spawn(writer(to, rx, directory, config));
+            let report = self.snapshot_report.get().cloned();
+            self.runtime.spawn(writer(to, rx, directory, config, report));
             tx
         });
         if queue.try_send(frame).is_err() {
@@ -388,7 +423,20 @@ async fn connect(
     Ok(tls)
 }
 
-async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, config: Arc<ClientConfig>) {
+async fn writer(
+    to: u64,
+    mut rx: mpsc::Receiver<Outgoing>,
+    directory: Directory,
+    config: Arc<ClientConfig>,
+    report: Option<SnapshotReport>,
+) {
+    let report_snapshots = |frames: &[Outgoing], ok: bool| {
+        if let Some(report) = &report {
+            for _ in frames.iter().filter(|f| f.snapshot) {
+                report(to, ok);
+            }
+        }
+    };
     let mut backoff = 50;
     loop {
         let stream = match connect(to, &directory, &config).await {
@@ -398,8 +446,10 @@ async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, 
             }
             Err(e) => {
                 tracing::debug!(peer = to, "cannot connect: {e:#}");
-                // Drop what queued up meanwhile: Raft will resend what still matters.
-                while rx.try_recv().is_ok() {}
+                // Drop what queued up meanwhile: Raft will resend what still matters (told, for snapshots).
+                while let Ok(frame) = rx.try_recv() {
+                    report_snapshots(std::slice::from_ref(&frame), false);
+                }
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX_MS);
                 if rx.is_closed() {
@@ -420,17 +470,21 @@ async fn writer(to: u64, mut rx: mpsc::Receiver<Vec<u8>>, directory: Directory, 
                     break;
                 }
             }
-            let mut failed = false;
-            for f in &batch {
-                if out.write_all(&(f.len() as u32).to_be_bytes()).await.is_err()
-                    || out.write_all(f).await.is_err()
-                {
-                    failed = true;
-                    break;
+            // A peer that stopped reading (a half-open connection after a partition) must not stall this queue for
+            // ever: past the timeout the connection is dropped and made again.
+            let bytes: usize = batch.iter().map(|f| f.bytes.len()).sum();
+            let limit = Duration::from_millis(WRITE_TIMEOUT_MS + WRITE_MS_PER_MIB * (bytes as u64 >> 20));
+            let write = async {
+                for f in &batch {
+                    out.write_all(&(f.bytes.len() as u32).to_be_bytes()).await?;
+                    out.write_all(&f.bytes).await?;
                 }
-            }
-            if failed || out.flush().await.is_err() {
-                tracing::debug!(peer = to, "connection lost");
+                out.flush().await
+            };
+            let written = matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())));
+            report_snapshots(&batch, written);
+            if !written {
+                tracing::debug!(peer = to, "connection lost or stalled; reconnecting");
                 break;
             }
         }

@@ -934,6 +934,7 @@ impl Core {
         self.after_raft()?;
         if self.is_leader {
             self.propose_queued_conf_changes();
+            self.add_missing_learners();
             self.promote_caught_up_learners();
             self.remove_retired_nodes();
         }
@@ -945,6 +946,18 @@ impl Core {
         if let Err(e) = self.raft.step(msg) {
             tracing::debug!("raft dropped a message: {e}");
         }
+        self.after_raft()
+    }
+
+    /// The shell's word on a snapshot message sent to `to`: delivered, or dropped (Raft then sends it again
+    /// instead of leaving the follower paused until the next election).
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) -> Result<(), CoreError> {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raft.report_snapshot(to, status);
         self.after_raft()
     }
 
@@ -1450,12 +1463,30 @@ impl Core {
         self.propose_queued_conf_changes();
     }
 
+    /// Whether a queued change still changes anything: the queue may outlive the state it was made for (a change
+    /// queued by a previous term of leadership, a node retired or already added since).
+    fn conf_change_needed(&self, cc: &ConfChange) -> bool {
+        let cs = self.raft.store().conf_state();
+        let in_config = cs.voters.contains(&cc.node_id) || cs.learners.contains(&cc.node_id);
+        // The speculative state: the node record that queued the change may not be committed yet.
+        let status = Self::node_status_in(&self.state, cc.node_id);
+        match cc.get_change_type() {
+            ConfChangeType::AddLearnerNode => !in_config && status.as_deref() == Some("Trusted"),
+            ConfChangeType::AddNode => status.as_deref() != Some("Retired"),
+            ConfChangeType::RemoveNode => in_config,
+        }
+    }
+
     fn propose_queued_conf_changes(&mut self) {
         // Raft takes one configuration change at a time (a second one would be turned into an empty entry): the
         // rest wait until the pending one is applied.
         while let Some(cc) = self.conf_queue.front().cloned() {
             if !self.is_leader || self.raft.raft.has_pending_conf() {
                 return;
+            }
+            if !self.conf_change_needed(&cc) {
+                self.conf_queue.pop_front();
+                continue;
             }
             let before = self.raft.raft.raft_log.last_index();
             if self.raft.propose_conf_change(Vec::new(), cc).is_err() {
@@ -1481,6 +1512,30 @@ impl Core {
                 return;
             }
             self.conf_queue.pop_front();
+        }
+    }
+
+    /// Trusted nodes of the committed nodes table that are not in the configuration become learners. The change
+    /// the primary queued when it added the node lives only in its memory: if leadership moved before it
+    /// committed, the node (already holding the service's secrets) would wait outside the configuration for ever.
+    fn add_missing_learners(&mut self) {
+        let cs = self.raft.store().conf_state().clone();
+        let Some(nodes) = self.committed_state.map(maps::NODES_INFO) else {
+            return;
+        };
+        let missing: Vec<u64> = nodes
+            .iter()
+            .filter_map(|(k, e)| {
+                let id = raft_id(std::str::from_utf8(k).ok()?);
+                let info: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
+                (info["status"] == "Trusted" && !cs.voters.contains(&id) && !cs.learners.contains(&id))
+                    .then_some(id)
+            })
+            .filter(|id| !self.conf_queue.iter().any(|cc| cc.node_id == *id))
+            .collect();
+        for id in missing {
+            tracing::info!(node = id, "a Trusted node is outside the configuration: adding it as a learner");
+            self.queue_conf_change(id, ConfChangeType::AddLearnerNode);
         }
     }
 
@@ -1531,7 +1586,11 @@ impl Core {
     }
 
     fn node_status_by_raft_id(&self, id: u64) -> Option<String> {
-        self.committed_state
+        Self::node_status_in(&self.committed_state, id)
+    }
+
+    fn node_status_in(state: &State, id: u64) -> Option<String> {
+        state
             .map(maps::NODES_INFO)?
             .iter()
             .find_map(|(k, e)| {

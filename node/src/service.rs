@@ -80,6 +80,8 @@ pub enum ExecError<E> {
 enum LoopEvent {
     Raft(Message),
     Wake,
+    /// Whether a snapshot message reached its peer.
+    SnapshotSent { to: u64, delivered: bool },
     SnapshotWritten { seqno: u64, digest: [u8; 32] },
 }
 
@@ -602,6 +604,13 @@ impl Node {
         let channels = Arc::new(Channels::new(self_id, directory.clone(), &tls, runtime.clone())?);
         let (inbox_tx, inbox_rx) = mpsc::sync_channel::<LoopEvent>(INBOX_EVENTS_MAX);
         {
+            let report_tx = Mutex::new(inbox_tx.clone());
+            channels.set_snapshot_report(Arc::new(move |to, delivered| {
+                let _ = report_tx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .try_send(LoopEvent::SnapshotSent { to, delivered });
+            }));
             let deliver_tx = Mutex::new(inbox_tx.clone());
             let deliver: Arc<dyn Fn(Message) + Send + Sync> = Arc::new(move |m| {
                 let sent = deliver_tx
@@ -880,6 +889,12 @@ impl Node {
                     match ev {
                         LoopEvent::Raft(m) => core.step(m)?,
                         LoopEvent::Wake => {}
+                        LoopEvent::SnapshotSent { to, delivered } => {
+                            if !delivered {
+                                tracing::info!(peer = to, "a snapshot message was not delivered: Raft sends it again");
+                            }
+                            core.report_snapshot(to, delivered)?;
+                        }
                         LoopEvent::SnapshotWritten { seqno, digest } => {
                             if let Some(e) = core.snapshot_written(seqno, &digest, now_secs())? {
                                 tracing::info!(seqno, evidence = %e, "recorded snapshot evidence");

@@ -30,6 +30,10 @@ struct Sim {
     /// Raft ids that can neither send nor receive.
     cut: BTreeSet<u64>,
     inflight: VecDeque<Message>,
+    /// Snapshot messages to lose on the way (the next ones sent), and whether the sender hears of it, as the node's
+    /// channels tell Raft (`Core::report_snapshot`).
+    snapshots_to_drop: usize,
+    report_dropped_snapshots: bool,
 }
 
 fn keys_for(service: &Identity, name: &str) -> Keys {
@@ -85,6 +89,8 @@ impl Sim {
             nodes: Vec::new(),
             cut: BTreeSet::new(),
             inflight: VecDeque::new(),
+            snapshots_to_drop: 0,
+            report_dropped_snapshots: true,
         };
         sim.nodes.push(SimNode {
             core,
@@ -185,6 +191,15 @@ impl Sim {
         }
         while let Some(msg) = self.inflight.pop_front() {
             if self.cut.contains(&msg.from) || self.cut.contains(&msg.to) {
+                continue;
+            }
+            if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot && self.snapshots_to_drop > 0 {
+                self.snapshots_to_drop -= 1;
+                if self.report_dropped_snapshots {
+                    if let Some(sender) = self.index_of(msg.from) {
+                        self.nodes[sender].core.report_snapshot(msg.to, false).expect("report");
+                    }
+                }
                 continue;
             }
             if let Some(j) = self.index_of(msg.to) {
@@ -386,9 +401,46 @@ fn a_lagging_follower_is_caught_up_with_a_snapshot_when_the_log_was_compacted() 
     let n = &sim.nodes[lagging].core;
     assert_eq!(n.committed_state().get("records", &[99]), Some(&b"v"[..]));
     assert!(
-        n.history_start() > 1,
+        n.ledger_base() > 0,
         "caught up from a snapshot, not by replaying the log"
     );
+}
+
+/// Compacts the primary's log while node 2 is away; returns the simulation and the last key written.
+fn compacted_while_node_2_was_away(report_dropped: bool) -> Sim {
+    let mut sim = Sim::new(20);
+    sim.report_dropped_snapshots = report_dropped;
+    sim.join("n1", None);
+    sim.join("n2", None);
+    sim.run(30);
+    sim.nodes[2].alive = false;
+    for i in 0..100u8 {
+        sim.write(&[i], b"v");
+        if i % 10 == 0 {
+            sim.run(2);
+        }
+    }
+    sim.run(20);
+    sim.nodes[2].alive = true;
+    sim
+}
+
+#[test]
+fn a_lost_snapshot_message_is_reported_and_sent_again_without_an_election() {
+    let mut sim = compacted_while_node_2_was_away(true);
+    let p = sim.primary().expect("primary");
+    let view = sim.nodes[p].core.view();
+    sim.snapshots_to_drop = 1;
+    sim.run(40);
+    assert_eq!(sim.snapshots_to_drop, 0, "a snapshot message was lost");
+    let n = &sim.nodes[2].core;
+    assert_eq!(n.committed_state().get("records", &[99]), Some(&b"v"[..]), "caught up");
+    assert_eq!(sim.nodes[p].core.view(), view, "without an election");
+    // Without the report, Raft keeps the follower paused, waiting for a snapshot that never comes.
+    let mut sim = compacted_while_node_2_was_away(false);
+    sim.snapshots_to_drop = 1;
+    sim.run(40);
+    assert_eq!(sim.nodes[2].core.committed_state().get("records", &[99]), None);
 }
 
 #[test]
@@ -620,4 +672,56 @@ fn signatures_come_on_time_under_sustained_load_and_at_once_when_idle() {
         sim.step_once(false);
     }
     assert_eq!(sim.nodes[p].core.tx_status(lone), TxStatus::Committed);
+}
+
+#[test]
+fn a_trusted_node_whose_configuration_change_was_lost_with_its_primary_is_added_by_the_next_one() {
+    let mut sim = Sim::new(0);
+    sim.join("n1", None);
+    sim.join("n2", None);
+    sim.run(30);
+    // The members trusted n3 (committed), and the primary endorsed it and queued its configuration change; then
+    // it was cut off before anything of that replicated: the next primary sees a Trusted node outside the
+    // configuration, which already holds the service's secrets and waits.
+    let keys = keys_for(&sim.service, "n3");
+    let node_id = keys.node_id.clone();
+    let p = sim.primary().expect("primary");
+    {
+        let core = &mut sim.nodes[p].core;
+        let mut tx = Tx::new(core.snapshot());
+        tx.put(
+            maps::NODES_INFO,
+            node_id.as_bytes(),
+            br#"{"status":"Trusted","endorsed":false}"#,
+        );
+        core.commit_tx(tx, NOW).expect("trust");
+    }
+    sim.run(10);
+    let n3 = raft_id(&node_id);
+    let core = Core::joining(keys, sim.sealer.clone(), sim.cfg, None).expect("joining core");
+    sim.nodes.push(SimNode {
+        core,
+        alive: true,
+        frames: Vec::new(),
+        snapshots: Vec::new(),
+        committed_snapshots: Vec::new(),
+    });
+    let old = sim.nodes[p].core.raft_id();
+    sim.nodes[p]
+        .core
+        .add_node(&node_id, &serde_json::json!({"status": "Trusted", "endorsed": true}), NOW)
+        .expect("add");
+    sim.cut.insert(old);
+    sim.run(60);
+    let q = sim.primary().expect("a new primary");
+    assert_ne!(sim.nodes[q].core.raft_id(), old);
+    let (voters, learners) = sim.nodes[q].core.configuration();
+    assert!(
+        voters.contains(&n3) || learners.contains(&n3),
+        "the new primary put n3 in the configuration: voters {voters:?} learners {learners:?}"
+    );
+    let last = sim.write(b"after", b"failover");
+    sim.run(20);
+    let joined = sim.nodes.len() - 1;
+    assert_eq!(sim.nodes[joined].core.tx_status(last), TxStatus::Committed, "n3 replicates");
 }
