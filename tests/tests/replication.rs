@@ -324,3 +324,31 @@ async fn retiring_a_backup_by_vote() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// Issue 12: a write sent to a backup was run there first, and one that failed before writing was answered from
+/// the backup's stale state: deleting a record just written through the primary answered 404 and deleted nothing.
+/// Requests that may write now go to the primary before they run.
+#[tokio::test]
+async fn a_delete_sent_to_a_backup_right_after_a_write_deletes_the_record() -> anyhow::Result<()> {
+    bounded(120, async {
+        let mut net = Network::start(3, &[]).await?;
+        let p = net.primary().await?;
+        let (primary, backup) = (net.user_client(p)?, net.user_client((p + 1) % 3)?);
+        for k in 0..40u64 {
+            post(&primary, k, "to be deleted").await?;
+            let r = backup
+                .call(Method::DELETE, &format!("/app/log/private?id={k}"), None, &[])
+                .await?;
+            ensure!(
+                r.status == 200,
+                "DELETE of record {k} through a backup right after its write: {} {}",
+                r.status,
+                r.text()
+            );
+        }
+        let r = primary.get("/app/log/private?id=39").await?;
+        ensure!(r.status == 404, "the record is gone: {} {}", r.status, r.text());
+        Ok(())
+    })
+    .await
+}

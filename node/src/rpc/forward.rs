@@ -1,11 +1,13 @@
-//! Forwarding: a backup runs every request locally; when the transaction would write, the handler answers with a
-//! [`ForwardToPrimary`] marker and this layer sends the original request to the primary over their node-to-node
-//! channel (mutual TLS between service-endorsed nodes, already open for Raft), with the caller's certificate,
-//! which the primary believes because only a Trusted node can send on that channel. The client sees the primary's
-//! answer as if it had called the primary (CCF's behaviour).
+//! Forwarding: a backup sends a request that may write (any method but GET, HEAD, OPTIONS) to the primary before
+//! running it, as CCF forwards write endpoints; it runs reads itself, and if a read's transaction turns out to
+//! write, the handler answers with a [`ForwardToPrimary`] marker and this layer forwards it then. Requests travel
+//! over the node-to-node channel (mutual TLS between service-endorsed nodes, already open for Raft), with the
+//! caller's certificate, which the primary believes because only a Trusted node can send on that channel. The
+//! client sees the primary's answer as if it had called the primary (CCF's behaviour).
 //!
 //! ```text
-//!  client ─▶ backup: buffer body ─▶ handler ─(would write)─▶ marker ─▶ ForwardedRequest ══channel══▶ primary
+//!  client ─▶ backup: buffer body ─(may write)──────────────────▶ ForwardedRequest ══channel══▶ primary
+//!                               └─(read) handler ─(it wrote)─▶ marker ─┘
 //!                                      answer ◀─ ForwardedResponse ◀══channel══ router (as the caller) ◀─┘
 //! ```
 //!
@@ -64,7 +66,19 @@ struct Original {
     caller: Option<Arc<Vec<u8>>>,
 }
 
-/// Middleware: runs the request here, and forwards it to the primary if the handler asks to.
+/// Whether a request may write: anything but GET, HEAD and OPTIONS. A backup sends these to the primary before
+/// running them (as CCF forwards write endpoints): run here first, a request that fails before it writes (a
+/// DELETE of a record this backup has not applied yet, a ballot on a proposal it has not seen) would be answered
+/// from the backup's stale state instead of the primary's.
+fn may_write(method: &axum::http::Method) -> bool {
+    !matches!(
+        *method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    )
+}
+
+/// Middleware: runs the request here, or forwards it to the primary: at once for a request that may write
+/// received by a backup, else if the handler asks to (a read-only method whose transaction wrote).
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     // Every route's body is bounded here (handlers read the buffered copy).
@@ -81,24 +95,38 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         accept: parts.headers.get(axum::http::header::ACCEPT).cloned(),
         caller: peer.and_then(|p| p.cert_der.clone()),
     };
+    if may_write(&original.method) && !state.node.core().is_primary() {
+        if forwarded {
+            return primary_changed();
+        }
+        return match forward(&state, &original, bytes).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     let local = Request::from_parts(parts, Body::from(bytes.clone()));
     let response = next.run(local).await;
     if response.extensions().get::<ForwardToPrimary>().is_none() {
         return response;
     }
     if forwarded {
-        // The primary moved on since the backup forwarded this: let the client retry.
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NotPrimary",
-            "the primary changed; retry",
-        )
-        .into_response();
+        return primary_changed();
     }
     match forward(&state, &original, bytes).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// A forwarded request reached a node that is no longer the primary: it is not run here (that would answer from
+/// a backup's state) nor forwarded again; the client retries.
+fn primary_changed() -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "NotPrimary",
+        "the primary changed; retry",
+    )
+    .into_response()
 }
 
 fn header_text(v: &Option<HeaderValue>) -> Option<String> {
