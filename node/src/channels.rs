@@ -112,7 +112,13 @@ struct Outgoing {
     bytes: Vec<u8>,
     /// A Raft snapshot message: its fate is reported.
     snapshot: bool,
+    /// A forwarded request: if the frame is dropped, the request waiting for its answer fails at once.
+    forward_id: Option<u64>,
 }
+
+/// Forwarded requests waiting for an answer: id → (the peer asked, where to deliver it). Shared with the writers,
+/// which fail a request whose frame they could not deliver.
+type Pending = Arc<Mutex<HashMap<u64, (u64, tokio::sync::oneshot::Sender<ForwardedResponse>)>>>;
 
 /// Longest a batch of frames may take to write before the connection is given up and made again; a large frame
 /// (a snapshot) gets more time, in proportion to its size.
@@ -136,6 +142,9 @@ pub enum ForwardError {
     /// Too many requests are waiting for answers.
     #[error("{0} forwarded requests are waiting for answers already")]
     TooMany(usize),
+    /// The frame could not be delivered, or the node stopped being the primary before it answered.
+    #[error("the request to node {0} was lost (connection down, or it is no longer the primary)")]
+    Lost(u64),
 }
 
 /// Forwarded requests waiting for an answer at once (each holds a small entry here).
@@ -165,8 +174,7 @@ pub struct Channels {
     queues: Mutex<HashMap<u64, mpsc::Sender<Outgoing>>>,
     client_config: Arc<ClientConfig>,
     runtime: tokio::runtime::Handle,
-    /// Forwarded requests waiting for an answer: id → (the peer asked, where to deliver it).
-    pending: Mutex<HashMap<u64, (u64, tokio::sync::oneshot::Sender<ForwardedResponse>)>>,
+    pending: Pending,
     next_id: std::sync::atomic::AtomicU64,
     handler: std::sync::OnceLock<ForwardHandler>,
     snapshot_report: std::sync::OnceLock<SnapshotReport>,
@@ -257,7 +265,7 @@ impl Channels {
             queues: Mutex::new(HashMap::new()),
             client_config: tls.client_config()?,
             runtime,
-            pending: Mutex::new(HashMap::new()),
+            pending: Arc::new(Mutex::new(HashMap::new())),
             next_id: std::sync::atomic::AtomicU64::new(1),
             handler: std::sync::OnceLock::new(),
             snapshot_report: std::sync::OnceLock::new(),
@@ -284,7 +292,7 @@ impl Channels {
             payload,
             ..Default::default()
         };
-        if !self.queue_frame(msg.to, frame, snapshot) && snapshot {
+        if !self.queue_frame(msg.to, frame, snapshot, None) && snapshot {
             if let Some(report) = self.snapshot_report.get() {
                 report(msg.to, false);
             }
@@ -318,20 +326,27 @@ impl Channels {
             request: Some(request),
             ..Default::default()
         };
-        let answer = if self.send_frame(to, frame) {
+        let answer = if self.queue_frame(to, frame, false, Some(id)) {
             match tokio::time::timeout(Duration::from_millis(timeout_ms), rx).await {
                 Ok(Ok(answer)) => Ok(answer),
-                // Dropped unanswered (shutting down) or timed out.
-                _ => Err(ForwardError::Timeout(to, timeout_ms)),
+                // Given up by a writer or by a change of primary (see abandon_forwards).
+                Ok(Err(_)) => Err(ForwardError::Lost(to)),
+                Err(_) => Err(ForwardError::Timeout(to, timeout_ms)),
             }
         } else {
             Err(ForwardError::Unreachable(to))
         };
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        answer
+    }
+
+    /// Fails at once every forwarded request waiting on a node other than `primary`: the primary changed, and a
+    /// request sent to the old one may never be answered (its node may be gone); the client retries.
+    pub fn abandon_forwards(&self, primary: u64) {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        answer
+            .retain(|_, (peer, _)| *peer == primary);
     }
 
     /// Sends the answer to a request node `to` forwarded here.
@@ -352,7 +367,10 @@ impl Channels {
         if let Some(request) = frame.request {
             match self.handler.get() {
                 Some(handler) => handler(from, request),
-                None => tracing::debug!(peer = from, "a forwarded request before this node serves: dropped"),
+                None => tracing::debug!(
+                    peer = from,
+                    "a forwarded request before this node serves: dropped"
+                ),
             }
         }
         if let Some(response) = frame.response {
@@ -367,13 +385,14 @@ impl Channels {
 
     /// Queues a frame for `to`; false if it was dropped (unknown peer, full queue).
     fn send_frame(&self, to: u64, frame: PeerFrame) -> bool {
-        self.queue_frame(to, frame, false)
+        self.queue_frame(to, frame, false, None)
     }
 
-    fn queue_frame(&self, to: u64, frame: PeerFrame, snapshot: bool) -> bool {
+    fn queue_frame(&self, to: u64, frame: PeerFrame, snapshot: bool, forward_id: Option<u64>) -> bool {
         let frame = Outgoing {
             bytes: frame.encode_to_vec(),
             snapshot,
+            forward_id,
         };
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let queue = queues.entry(to).or_insert_with(|| {
@@ -381,7 +400,9 @@ impl Channels {
             let directory = self.directory.clone();
             let config = self.client_config.clone();
             let report = self.snapshot_report.get().cloned();
-            self.runtime.spawn(writer(to, rx, directory, config, report));
+            let pending = self.pending.clone();
+            self.runtime
+                .spawn(writer(to, rx, directory, config, report, pending));
             tx
         });
         if queue.try_send(frame).is_err() {
@@ -429,11 +450,20 @@ async fn writer(
     directory: Directory,
     config: Arc<ClientConfig>,
     report: Option<SnapshotReport>,
+    pending: Pending,
 ) {
+    // What was written or dropped is told to whoever waits on it: Raft for snapshots, the forwarding backup for
+    // requests (a dropped one fails at once instead of waiting out its timeout).
     let report_snapshots = |frames: &[Outgoing], ok: bool| {
         if let Some(report) = &report {
             for _ in frames.iter().filter(|f| f.snapshot) {
                 report(to, ok);
+            }
+        }
+        if !ok {
+            let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+            for id in frames.iter().filter_map(|f| f.forward_id) {
+                pending.remove(&id);
             }
         }
     };
@@ -757,24 +787,40 @@ mod forwarding_tests {
     async fn a_forwarded_request_is_answered_over_the_channels() {
         let (a, b) = pair().await;
         let responder = b.channels.clone();
-        b.channels.set_forward_handler(Arc::new(move |from, req: ForwardedRequest| {
-            responder.respond(
-                from,
-                ForwardedResponse {
-                    id: req.id,
-                    status: 201,
-                    body: [req.path_and_query.as_bytes(), &req.caller_cert.unwrap_or_default()].concat(),
-                    ..Default::default()
-                },
-            );
-        }));
+        b.channels
+            .set_forward_handler(Arc::new(move |from, req: ForwardedRequest| {
+                responder.respond(
+                    from,
+                    ForwardedResponse {
+                        id: req.id,
+                        status: 201,
+                        body: [
+                            req.path_and_query.as_bytes(),
+                            &req.caller_cert.unwrap_or_default(),
+                        ]
+                        .concat(),
+                        ..Default::default()
+                    },
+                );
+            }));
         for i in 0..20 {
             let path = format!("/app/log/{i}");
-            let answer = a.channels.forward(b.id, request(&path), 10_000).await.expect("answered");
+            let answer = a
+                .channels
+                .forward(b.id, request(&path), 10_000)
+                .await
+                .expect("answered");
             assert_eq!(answer.status, 201);
-            assert_eq!(answer.body, [path.as_bytes(), &[1, 2, 3]].concat(), "each answer is its own");
+            assert_eq!(
+                answer.body,
+                [path.as_bytes(), &[1, 2, 3]].concat(),
+                "each answer is its own"
+            );
         }
-        assert!(a.channels.pending.lock().expect("lock").is_empty(), "nothing left waiting");
+        assert!(
+            a.channels.pending.lock().expect("lock").is_empty(),
+            "nothing left waiting"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -783,21 +829,49 @@ mod forwarding_tests {
         // B never answers; instead it sends A an answer to a request A never made to it.
         let stray = b.channels.clone();
         let a_id = a.id;
-        b.channels.set_forward_handler(Arc::new(move |_, req: ForwardedRequest| {
-            stray.respond(
-                a_id,
-                ForwardedResponse {
-                    id: req.id + 1000,
-                    status: 200,
-                    ..Default::default()
-                },
-            );
-        }));
-        let err = a.channels.forward(b.id, request("/x"), 300).await.expect_err("no answer");
+        b.channels
+            .set_forward_handler(Arc::new(move |_, req: ForwardedRequest| {
+                stray.respond(
+                    a_id,
+                    ForwardedResponse {
+                        id: req.id + 1000,
+                        status: 200,
+                        ..Default::default()
+                    },
+                );
+            }));
+        let err = a
+            .channels
+            .forward(b.id, request("/x"), 300)
+            .await
+            .expect_err("no answer");
         assert!(matches!(err, ForwardError::Timeout(..)), "{err}");
         assert!(a.channels.pending.lock().expect("lock").is_empty());
-        // A node that is not a peer cannot be forwarded to.
-        let err = a.channels.forward(12345, request("/x"), 300).await.expect_err("unknown peer");
-        assert!(matches!(err, ForwardError::Timeout(..) | ForwardError::Unreachable(_)), "{err}");
+        // A node that is not a peer cannot be forwarded to: the writer cannot connect and fails the request at
+        // once rather than after the timeout.
+        let err = a
+            .channels
+            .forward(12345, request("/x"), 60_000)
+            .await
+            .expect_err("unknown peer");
+        assert!(matches!(err, ForwardError::Lost(12345)), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_waiting_on_an_old_primary_fail_when_the_primary_changes() {
+        let (a, b) = pair().await;
+        // B swallows requests (a primary that died after reading them).
+        b.channels.set_forward_handler(Arc::new(|_, _| {}));
+        let waiting = {
+            let channels = a.channels.clone();
+            let to = b.id;
+            tokio::spawn(async move { channels.forward(to, request("/x"), 60_000).await })
+        };
+        while a.channels.pending.lock().expect("lock").is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        a.channels.abandon_forwards(a.id);
+        let err = waiting.await.expect("task").expect_err("abandoned");
+        assert!(matches!(err, ForwardError::Lost(_)), "{err}");
     }
 }

@@ -859,6 +859,7 @@ impl Node {
         let mut next_tick = started + tick;
         let mut pending_compaction: Option<u64> = None;
         let mut pending_commits: HashMap<u64, (u64, String)> = HashMap::new();
+        let mut known_primary = 0;
         self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
         // Each turn handles what arrived, the timers, the signature decision and at most one Ready, so no stream
         // of new entries can keep the loop from its timers (it once signed only by transaction count under load).
@@ -945,6 +946,11 @@ impl Node {
                 }
             }
             self.process_one_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
+            let primary = self.shared.lock().primary();
+            if primary != known_primary {
+                known_primary = primary;
+                self.channels.abandon_forwards(primary);
+            }
         }
         // Stopping: sign what is ordered and let it reach the disk and the peers.
         {
