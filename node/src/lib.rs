@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod rpc;
 pub mod service;
 pub mod snapshot;
+pub mod simulation;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -64,8 +64,13 @@ pub fn key_pem(key: &KeyPair) -> String {
     let Ok(signing) = SigningKey::from_pkcs8_der(key.serialized_der()) else {
         return key.serialize_pem(); // not Ed25519: ring's encoding is the standard one
     };
+    ed25519_seed_pem(&signing.to_bytes())
+}
+
+/// The PKCS#8 v1 PEM of the Ed25519 key whose seed is `seed`.
+fn ed25519_seed_pem(seed: &[u8; 32]) -> String {
     let mut der = ED25519_PKCS8_V1_PREFIX.to_vec();
-    der.extend_from_slice(&signing.to_bytes());
+    der.extend_from_slice(seed);
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
     for line in b64.as_bytes().chunks(64) {
@@ -76,9 +81,27 @@ pub fn key_pem(key: &KeyPair) -> String {
     pem
 }
 
+/// The Ed25519 key whose seed is `seed` (deterministic identities for seeded simulations).
+fn key_from_seed(seed: &[u8; 32]) -> Result<KeyPair, CertError> {
+    KeyPair::from_pem(&ed25519_seed_pem(seed)).map_err(|e| CertError::Key(e.to_string()))
+}
+
 /// A self-signed Ed25519 certificate: the service identity (`is_ca`) or a user/member identity.
 pub fn generate_self_signed(common_name: &str, is_ca: bool) -> Result<Identity, CertError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(gen_err)?;
+    self_signed_with(common_name, is_ca, key)
+}
+
+/// [`generate_self_signed`] with the key of `seed`: the same seed gives the same key and so the same id.
+pub fn generate_self_signed_from_seed(
+    common_name: &str,
+    is_ca: bool,
+    seed: &[u8; 32],
+) -> Result<Identity, CertError> {
+    self_signed_with(common_name, is_ca, key_from_seed(seed)?)
+}
+
+fn self_signed_with(common_name: &str, is_ca: bool, key: KeyPair) -> Result<Identity, CertError> {
     let mut params = named_params(common_name, vec![])?;
     if is_ca {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -102,9 +125,30 @@ pub fn generate_endorsed(
     san_dns: &[String],
     issuer: &Identity,
 ) -> Result<Identity, CertError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(gen_err)?;
+    endorsed_with(common_name, san_ips, san_dns, issuer, key)
+}
+
+/// [`generate_endorsed`] with the key of `seed`: the same seed gives the same key and so the same node id.
+pub fn generate_endorsed_from_seed(
+    common_name: &str,
+    san_ips: &[IpAddr],
+    san_dns: &[String],
+    issuer: &Identity,
+    seed: &[u8; 32],
+) -> Result<Identity, CertError> {
+    endorsed_with(common_name, san_ips, san_dns, issuer, key_from_seed(seed)?)
+}
+
+fn endorsed_with(
+    common_name: &str,
+    san_ips: &[IpAddr],
+    san_dns: &[String],
+    issuer: &Identity,
+    key: KeyPair,
+) -> Result<Identity, CertError> {
     let issuer_key = KeyPair::from_pem(&issuer.key_pem).map_err(|e| CertError::Key(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_pem(&issuer.cert_pem, issuer_key).map_err(gen_err)?;
-    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(gen_err)?;
     let mut params = named_params(common_name, san_dns.to_vec())?;
     params
         .subject_alt_names
@@ -241,6 +285,23 @@ pub fn verify_endorsement(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), Cert
 mod tests {
     use super::*;
     use ed25519_dalek::Signer;
+
+    #[test]
+    fn identities_from_the_same_seed_have_the_same_key() {
+        let service = generate_self_signed_from_seed("service", true, &[1; 32]).unwrap();
+        let a = generate_endorsed_from_seed("a", &[], &[], &service, &[2; 32]).unwrap();
+        let b = generate_endorsed_from_seed("a", &[], &[], &service, &[2; 32]).unwrap();
+        let id = |i: &Identity| public_key_id_hex(&pem_to_der(&i.cert_pem).unwrap()).unwrap();
+        assert_eq!(id(&a), id(&b));
+        assert_eq!(a.key_pem, b.key_pem);
+        let c = generate_endorsed_from_seed("a", &[], &[], &service, &[3; 32]).unwrap();
+        assert_ne!(id(&a), id(&c));
+        verify_endorsement(
+            &pem_to_der(&a.cert_pem).unwrap(),
+            &pem_to_der(&service.cert_pem).unwrap(),
+        )
+        .unwrap();
+    }
 
     #[test]
     fn endorse_and_verify() {

@@ -29,6 +29,10 @@ pub struct RaftTiming {
     pub heartbeat_ticks: usize,
     /// Bytes of uncommitted entries a leader holds before it drops proposals (raft-rs `max_uncommitted_size`).
     pub uncommitted_bytes_max: u64,
+    /// Election timeouts are drawn from `election_ticks..election_ticks_max` (0: raft-rs's default, twice
+    /// `election_ticks`). A seeded simulation gives each node a range of one value: raft-rs draws from an
+    /// unseeded random generator, which would make runs unrepeatable.
+    pub election_ticks_max: usize,
 }
 
 impl Default for RaftTiming {
@@ -37,6 +41,7 @@ impl Default for RaftTiming {
             election_ticks: 10,
             heartbeat_ticks: 2,
             uncommitted_bytes_max: 64 << 20,
+            election_ticks_max: 0,
         }
     }
 }
@@ -64,6 +69,8 @@ pub fn raft_config(id: u64, applied: u64, timing: RaftTiming) -> raft::Config {
         pre_vote: true,
         max_committed_size_per_ready: 16 << 20,
         max_uncommitted_size: timing.uncommitted_bytes_max,
+        min_election_tick: timing.election_ticks,
+        max_election_tick: timing.election_ticks_max,
         ..Default::default()
     }
 }

@@ -216,6 +216,11 @@ async fn join(
             }
             // Trusted, and already endorsed and added: a retried join gets the same answer again.
             Some(info) if info["endorsed"] == true => info,
+            // Trusted by the members, but the vote is not committed yet: a view change could still undo it, and the
+            // node would then hold the service's secrets without the consortium's decision. Ask again.
+            Some(_) if !trust_committed(&app, &node_id) => {
+                return Ok(Json(pending_answer(&node_id)).into_response());
+            }
             // Trusted by the members since it asked: only now is its key endorsed and does it enter Raft.
             Some(mut info) => {
                 let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
@@ -309,6 +314,17 @@ async fn join(
         snapshot,
     };
     Ok(Json(answer).into_response())
+}
+
+/// Whether the nodes table says `node_id` is Trusted in the committed state (not only in the primary's speculative
+/// one).
+fn trust_committed(app: &AppState, node_id: &str) -> bool {
+    app.node
+        .core()
+        .committed_state()
+        .get(maps::NODES_INFO, node_id.as_bytes())
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .is_some_and(|info| info["status"] == "Trusted")
 }
 
 fn pending_answer(node_id: &str) -> JoinResponse {
