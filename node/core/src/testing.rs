@@ -177,3 +177,97 @@ pub fn write_sample_ledger(dir: &Path, txs: u64, sig_every: u64) -> SampleLedger
         leaves,
     }
 }
+
+/// Inputs for a mutation fuzzer without coverage feedback (cargo-fuzz needs a nightly toolchain): each input is one
+/// of `seeds`, mutated a few times (bit flips, byte changes, truncation, insertion, splicing with another seed,
+/// duplication of a range), or random bytes; the sequence follows `rng_seed`, so a failing input is found again.
+/// Decoders fed with these must answer an error, never panic.
+pub fn fuzz_inputs(seeds: &[Vec<u8>], count: u64, rng_seed: u64) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let mut state = rng_seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    (0..count).map(move |_| {
+        if seeds.is_empty() || next() % 16 == 0 {
+            let len = (next() % 512) as usize;
+            return (0..len).map(|_| next() as u8).collect();
+        }
+        let mut input = seeds[(next() % seeds.len() as u64) as usize].clone();
+        for _ in 0..1 + next() % 4 {
+            let len = input.len().max(1) as u64;
+            let at = (next() % len) as usize;
+            let last = input.len().saturating_sub(1);
+            match next() % 7 {
+                0 if !input.is_empty() => input[at.min(last)] ^= 1 << (next() % 8),
+                1 if !input.is_empty() => input[at.min(last)] = next() as u8,
+                2 => input.truncate(at),
+                3 => input.insert(at.min(input.len()), next() as u8),
+                4 => {
+                    let other = &seeds[(next() % seeds.len() as u64) as usize];
+                    let from = (next() % other.len().max(1) as u64) as usize;
+                    input.truncate(at);
+                    input.extend_from_slice(other.get(from..).unwrap_or_default());
+                }
+                5 if !input.is_empty() => {
+                    let end = (at + 1 + (next() % 16) as usize).min(input.len());
+                    let range = input[at.min(end)..end].to_vec();
+                    input.splice(at..at, range);
+                }
+                _ => {
+                    // Interesting integers where lengths and counts live.
+                    let v = [0u8, 0x7f, 0x80, 0xff][(next() % 4) as usize];
+                    if !input.is_empty() {
+                        input[at.min(last)] = v;
+                    }
+                }
+            }
+        }
+        input
+    })
+}
+
+/// How many fuzz inputs a target gets: `FUZZ_ITERS` from the environment (long runs), else `default`.
+pub fn fuzz_iterations(default: u64) -> u64 {
+    std::env::var("FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// (COSE receipt, compact JSON receipt) for entry `index` under the first signature after it.
+pub fn receipts_for(sample: &SampleLedger, index: usize) -> (Vec<u8>, Vec<u8>, TxId) {
+    let sig = sample.entries[index..]
+        .iter()
+        .find(|e| e.is_signature)
+        .expect("covering signature");
+    let bytes = std::fs::read(&sample.chunks[sig.chunk]).expect("sample");
+    let frame = crate::ledger::decode_frames(&bytes[sig.offset as usize..])
+        .next()
+        .expect("sample")
+        .expect("sample");
+    let tx = frame.entry.decode_transaction().expect("sample");
+    let (record, cose_sig) =
+        crate::ledger::parse_signature_write_set(&tx.public_write_set().expect("sample")).expect("sample");
+    let size = sig.tx_id.seqno - 1;
+    let path = sample.tree.path(index as u64, size).expect("sample");
+    let leaf = &sample.leaves[index];
+    let cose_receipt = crate::cose::build_receipt(&cose_sig, leaf, &path).expect("sample");
+    let json = crate::receipt::JsonReceipt {
+        cert: record.cert.clone(),
+        is_signature_transaction: false,
+        leaf_components: Some(leaf.clone()),
+        node_id: record.node_id.clone(),
+        proof: Some(path.iter().map(crate::receipt::ProofElement::from).collect()),
+        signature: record.signature.clone(),
+        root: None,
+    };
+    (
+        cose_receipt,
+        serde_json::to_vec(&json).unwrap(),
+        sample.entries[index].tx_id,
+    )
+}

@@ -2,44 +2,8 @@
 //! makes them fail.
 
 use synod_core::cert;
-use synod_core::cose;
-use synod_core::ledger::{decode_frames, parse_signature_write_set};
-use synod_core::receipt::{verify_bytes, JsonReceipt, ProofElement};
-use synod_core::testing::{write_sample_ledger, SampleLedger};
-use synod_core::txid::TxId;
-
-/// (COSE receipt, compact JSON receipt) for entry `index` under the first signature after it.
-pub fn receipts_for(sample: &SampleLedger, index: usize) -> (Vec<u8>, Vec<u8>, TxId) {
-    let sig = sample.entries[index..]
-        .iter()
-        .find(|e| e.is_signature)
-        .expect("covering signature");
-    let bytes = std::fs::read(&sample.chunks[sig.chunk]).unwrap();
-    let frame = decode_frames(&bytes[sig.offset as usize..])
-        .next()
-        .unwrap()
-        .unwrap();
-    let tx = frame.entry.decode_transaction().unwrap();
-    let (record, cose_sig) = parse_signature_write_set(&tx.public_write_set().unwrap()).unwrap();
-    let size = sig.tx_id.seqno - 1;
-    let path = sample.tree.path(index as u64, size).unwrap();
-    let leaf = &sample.leaves[index];
-    let cose_receipt = cose::build_receipt(&cose_sig, leaf, &path).unwrap();
-    let json = JsonReceipt {
-        cert: record.cert.clone(),
-        is_signature_transaction: false,
-        leaf_components: Some(leaf.clone()),
-        node_id: record.node_id.clone(),
-        proof: Some(path.iter().map(ProofElement::from).collect()),
-        signature: record.signature.clone(),
-        root: None,
-    };
-    (
-        cose_receipt,
-        serde_json::to_vec(&json).unwrap(),
-        sample.entries[index].tx_id,
-    )
-}
+use synod_core::receipt::verify_bytes;
+use synod_core::testing::{receipts_for, write_sample_ledger};
 
 #[test]
 fn receipts_verify_and_every_changed_byte_is_refused() {

@@ -1,0 +1,44 @@
+//! Mutation fuzzing of the COSE governance envelope, the one thing any member — or anyone who can reach a node —
+//! sends to the governance endpoints: every mutated request must parse to an error or to a request, never panic,
+//! and never verify unless it is byte for byte the genuine one. `FUZZ_ITERS=1000000 cargo test --release -p
+//! synod-governance --test fuzz` for a long run.
+
+use synod_core::testing::{fuzz_inputs, fuzz_iterations};
+use synod_governance::cose::{self, KeyKind, MemberKey, MsgType};
+
+#[test]
+fn mutated_governance_requests_never_panic_and_never_verify() {
+    let mut seeds = Vec::new();
+    let mut members = Vec::new();
+    for kind in [KeyKind::Ed25519, KeyKind::P384] {
+        let identity = cose::generate_member("fuzzer", kind).expect("member");
+        let der = synod_core::cert::pem_to_der(&identity.cert_pem).expect("der");
+        let key = MemberKey::from_pem(&identity.key_pem).expect("key");
+        for (t, id, payload) in [
+            (
+                MsgType::Proposal,
+                None,
+                br#"{"actions":[{"name":"set_user","args":{}}]}"#.as_slice(),
+            ),
+            (
+                MsgType::Ballot,
+                Some("ab12"),
+                br#"{"ballot":"export function vote() { return true }"}"#,
+            ),
+            (MsgType::Withdrawal, Some("ab12"), b""),
+        ] {
+            let request = cose::sign(&key, &der, t, 1_700_000_000, id, payload).expect("sign");
+            seeds.push(request);
+        }
+        members.push(der);
+    }
+    for input in fuzz_inputs(&seeds, fuzz_iterations(3_000), 3) {
+        let _ = cose::parse(&input);
+        let _ = cose::signature_digest(&input);
+        for der in &members {
+            if cose::verify(&input, der).is_ok() {
+                assert!(seeds.contains(&input), "a mutated request verified");
+            }
+        }
+    }
+}
