@@ -216,10 +216,12 @@ struct InFlight {
 }
 
 /// The final statuses seen for a write, on any node, at any time.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Seen {
     committed: bool,
     invalid: bool,
+    /// Where and when the first of them was seen (for the report).
+    first: Option<String>,
 }
 
 /// A message kept encoded, so that the heap's order never depends on raft-rs's types.
@@ -798,15 +800,38 @@ impl Sim {
             let cores: Vec<&Core> = self.nodes.iter().filter_map(|n| n.core.as_ref()).collect();
             let mut problems = Vec::new();
             for (tx, seen) in self.acked.iter_mut() {
-                for core in &cores {
-                    match core.tx_status(*tx) {
+                for (i, core) in cores.iter().enumerate() {
+                    let status = core.tx_status(*tx);
+                    match status {
                         TxStatus::Committed => seen.committed = true,
                         TxStatus::Invalid => seen.invalid = true,
-                        _ => {}
+                        _ => continue,
                     }
+                    seen.first.get_or_insert_with(|| {
+                        format!(
+                            "first seen {status:?} at step {} on live node {i} (log {}, commit {})",
+                            self.now,
+                            core.tx_id_at(tx.seqno),
+                            core.committed()
+                        )
+                    });
                 }
                 if seen.committed && seen.invalid {
-                    problems.push(format!("{tx} was seen both Committed and Invalid"));
+                    let views: Vec<String> = cores
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{:?} (log {}, commit {})",
+                                c.tx_status(*tx),
+                                c.tx_id_at(tx.seqno),
+                                c.committed()
+                            )
+                        })
+                        .collect();
+                    problems.push(format!(
+                        "{tx} was seen both Committed and Invalid ({}); now {views:?}",
+                        seen.first.as_deref().unwrap_or_default()
+                    ));
                 }
             }
             for p in problems {

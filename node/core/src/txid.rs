@@ -82,8 +82,15 @@ pub enum TxStatus {
     Invalid,
 }
 
-/// CCF's `evaluate_tx_status`. `local_view` is the view of the entry at `target.seqno` in this node's log (None if
-/// the log does not reach that seqno); `committed` is the last committed tx id.
+/// The status of `target` as this node can tell it. `local_view` is the view of the entry at `target.seqno` in
+/// this node's log (None if the log does not reach that seqno); `committed` is the last committed tx id.
+///
+/// Invalid is final, so it is said only when no later primary can commit the transaction: the committed log holds
+/// another entry at its seqno, or the commit is in a later view (every later primary's log holds the committed
+/// entry, and Raft's logs never go back to an earlier view after it, so no earlier-view entry past it can be
+/// committed). CCF also answers Invalid when this node's uncommitted log holds a later view's entry there; under
+/// Raft that is not final: a primary of a later view that never saw that entry can still commit the original one
+/// (found by the seeded simulation, docs/RELIABILITY.md). Such a transaction is Unknown here.
 pub fn evaluate_tx_status(target: TxId, local_view: Option<u64>, committed: TxId) -> TxStatus {
     let is_committed = committed.seqno >= target.seqno;
     let views_match = local_view == Some(target.view);
@@ -95,7 +102,7 @@ pub fn evaluate_tx_status(target: TxId, local_view: Option<u64>, committed: TxId
         }
     } else if views_match {
         TxStatus::Pending
-    } else if local_view.is_some_and(|v| v > target.view) || committed.view > target.view {
+    } else if committed.view > target.view {
         TxStatus::Invalid
     } else {
         TxStatus::Unknown
@@ -145,5 +152,24 @@ mod tests {
         assert_eq!(evaluate_tx_status(TxId::new(1, 12), None, c), Invalid);
         assert_eq!(evaluate_tx_status(TxId::new(2, 12), None, c), Unknown);
         assert_eq!(evaluate_tx_status(TxId::new(3, 12), Some(2), c), Unknown);
+    }
+
+    #[test]
+    fn an_earlier_views_transaction_under_a_later_uncommitted_entry_is_not_yet_invalid() {
+        // This node's log holds view 3's entry at seqno 12, not committed: a primary of view 4 that never saw it
+        // may still commit 2.12 (the seeded simulation's seed 2096 did).
+        assert_eq!(
+            evaluate_tx_status(TxId::new(2, 12), Some(3), TxId::new(2, 10)),
+            TxStatus::Unknown
+        );
+        // Once the commit passes it, or is in a later view, it is final.
+        assert_eq!(
+            evaluate_tx_status(TxId::new(2, 12), Some(3), TxId::new(3, 13)),
+            TxStatus::Invalid
+        );
+        assert_eq!(
+            evaluate_tx_status(TxId::new(2, 12), Some(3), TxId::new(3, 11)),
+            TxStatus::Invalid
+        );
     }
 }
