@@ -1534,7 +1534,10 @@ impl Core {
             .filter(|id| !self.conf_queue.iter().any(|cc| cc.node_id == *id))
             .collect();
         for id in missing {
-            tracing::info!(node = id, "a Trusted node is outside the configuration: adding it as a learner");
+            tracing::info!(
+                node = id,
+                "a Trusted node is outside the configuration: adding it as a learner"
+            );
             self.queue_conf_change(id, ConfChangeType::AddLearnerNode);
         }
     }
@@ -1590,17 +1593,14 @@ impl Core {
     }
 
     fn node_status_in(state: &State, id: u64) -> Option<String> {
-        state
-            .map(maps::NODES_INFO)?
-            .iter()
-            .find_map(|(k, e)| {
-                let node_id = std::str::from_utf8(k).ok()?;
-                if raft_id(node_id) != id {
-                    return None;
-                }
-                let info: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
-                info["status"].as_str().map(str::to_string)
-            })
+        state.map(maps::NODES_INFO)?.iter().find_map(|(k, e)| {
+            let node_id = std::str::from_utf8(k).ok()?;
+            if raft_id(node_id) != id {
+                return None;
+            }
+            let info: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
+            info["status"].as_str().map(str::to_string)
+        })
     }
 
     // ---- reading ----

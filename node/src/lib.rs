@@ -19,8 +19,8 @@ pub mod js;
 pub mod ledger;
 pub mod rpc;
 pub mod service;
-pub mod snapshot;
 pub mod simulation;
+pub mod snapshot;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

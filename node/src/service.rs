@@ -81,8 +81,14 @@ enum LoopEvent {
     Raft(Message),
     Wake,
     /// Whether a snapshot message reached its peer.
-    SnapshotSent { to: u64, delivered: bool },
-    SnapshotWritten { seqno: u64, digest: [u8; 32] },
+    SnapshotSent {
+        to: u64,
+        delivered: bool,
+    },
+    SnapshotWritten {
+        seqno: u64,
+        digest: [u8; 32],
+    },
 }
 
 enum ApplyJob {
@@ -892,7 +898,10 @@ impl Node {
                         LoopEvent::Wake => {}
                         LoopEvent::SnapshotSent { to, delivered } => {
                             if !delivered {
-                                tracing::info!(peer = to, "a snapshot message was not delivered: Raft sends it again");
+                                tracing::info!(
+                                    peer = to,
+                                    "a snapshot message was not delivered: Raft sends it again"
+                                );
                             }
                             core.report_snapshot(to, delivered)?;
                         }

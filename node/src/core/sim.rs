@@ -197,7 +197,10 @@ impl Sim {
                 self.snapshots_to_drop -= 1;
                 if self.report_dropped_snapshots {
                     if let Some(sender) = self.index_of(msg.from) {
-                        self.nodes[sender].core.report_snapshot(msg.to, false).expect("report");
+                        self.nodes[sender]
+                            .core
+                            .report_snapshot(msg.to, false)
+                            .expect("report");
                     }
                 }
                 continue;
@@ -434,7 +437,11 @@ fn a_lost_snapshot_message_is_reported_and_sent_again_without_an_election() {
     sim.run(40);
     assert_eq!(sim.snapshots_to_drop, 0, "a snapshot message was lost");
     let n = &sim.nodes[2].core;
-    assert_eq!(n.committed_state().get("records", &[99]), Some(&b"v"[..]), "caught up");
+    assert_eq!(
+        n.committed_state().get("records", &[99]),
+        Some(&b"v"[..]),
+        "caught up"
+    );
     assert_eq!(sim.nodes[p].core.view(), view, "without an election");
     // Without the report, Raft keeps the follower paused, waiting for a snapshot that never comes.
     let mut sim = compacted_while_node_2_was_away(false);
@@ -709,7 +716,11 @@ fn a_trusted_node_whose_configuration_change_was_lost_with_its_primary_is_added_
     let old = sim.nodes[p].core.raft_id();
     sim.nodes[p]
         .core
-        .add_node(&node_id, &serde_json::json!({"status": "Trusted", "endorsed": true}), NOW)
+        .add_node(
+            &node_id,
+            &serde_json::json!({"status": "Trusted", "endorsed": true}),
+            NOW,
+        )
         .expect("add");
     sim.cut.insert(old);
     sim.run(60);
@@ -723,5 +734,9 @@ fn a_trusted_node_whose_configuration_change_was_lost_with_its_primary_is_added_
     let last = sim.write(b"after", b"failover");
     sim.run(20);
     let joined = sim.nodes.len() - 1;
-    assert_eq!(sim.nodes[joined].core.tx_status(last), TxStatus::Committed, "n3 replicates");
+    assert_eq!(
+        sim.nodes[joined].core.tx_status(last),
+        TxStatus::Committed,
+        "n3 replicates"
+    );
 }
