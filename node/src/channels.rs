@@ -78,6 +78,10 @@ pub struct ForwardedRequest {
     /// The body.
     #[prost(bytes = "vec", tag = "7")]
     pub body: Vec<u8>,
+    /// The client's address as the backup saw it: per-client limits (joins) apply on the primary to the client,
+    /// not to the backup that forwarded it.
+    #[prost(string, optional, tag = "8")]
+    pub client_addr: Option<String>,
 }
 
 /// The primary's answer to a [`ForwardedRequest`].

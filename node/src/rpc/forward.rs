@@ -64,6 +64,8 @@ struct Original {
     accept: Option<HeaderValue>,
     /// The caller's certificate, vouched for to the primary.
     caller: Option<Arc<Vec<u8>>>,
+    /// The client's address, for the primary's per-client limits.
+    client_addr: Option<std::net::SocketAddr>,
 }
 
 /// Whether a request may write: anything but GET, HEAD and OPTIONS. A backup sends these to the primary before
@@ -94,6 +96,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         content_type: parts.headers.get(axum::http::header::CONTENT_TYPE).cloned(),
         accept: parts.headers.get(axum::http::header::ACCEPT).cloned(),
         caller: peer.and_then(|p| p.cert_der.clone()),
+        client_addr: peer.and_then(|p| p.addr),
     };
     if may_write(&original.method) && !state.node.core().is_primary() {
         if forwarded {
@@ -162,6 +165,7 @@ async fn forward(state: &AppState, original: &Original, body: bytes::Bytes) -> R
         accept: header_text(&original.accept),
         caller_cert: original.caller.as_ref().map(|c| c.as_ref().clone()),
         body: body.to_vec(),
+        client_addr: original.client_addr.map(|a| a.to_string()),
     };
     let answer = state
         .node
@@ -241,8 +245,11 @@ fn forwarded_request(request: ForwardedRequest) -> Result<Request, ApiError> {
     let mut req = builder
         .body(Body::from(request.body))
         .map_err(|e| ApiError::invalid_input(format!("forwarded request: {e}")))?;
+    // The sending node is endorsed: the address it saw is the client's.
+    let addr = request.client_addr.as_deref().and_then(|a| a.parse().ok());
     req.extensions_mut().insert(Peer {
         forwarded: true,
+        addr,
         ..Peer::with_cert(request.caller_cert.map(Arc::new))
     });
     Ok(req)

@@ -234,7 +234,7 @@ async fn join(
             }
             None if governed => {
                 // Recording a Pending node is the one ledger write an unauthenticated caller can cause: bounded
-                // per client address here (a forwarding node applied it to the client it saw), and in number
+                // per client address here (a backup forwards the address it saw), and in number
                 // and age by record_pending.
                 if let Some(addr) = peer.addr {
                     let now_ms = u64::try_from(now_secs()).unwrap_or(0).saturating_mul(1000);

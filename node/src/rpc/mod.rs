@@ -86,8 +86,7 @@ pub struct Peer {
     pub forwarded: bool,
     /// Key id of the connection's certificate if the service endorsed it: checked once per TLS connection, not per request.
     pub endorsed_node: Option<String>,
-    /// The client's address (per-client rate limits); `None` on a request a node forwarded (the forwarding node
-    /// applied the limits to the client it saw).
+    /// The client's address (per-client rate limits); on a forwarded request, the address the backup saw.
     pub addr: Option<std::net::SocketAddr>,
 }
 
