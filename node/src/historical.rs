@@ -12,10 +12,13 @@
 //! [`BUILDS_MAX`] are built at once (the caller answers 503 past it), and a build reads at most the chunk holding
 //! the transaction and the last entry of the chunk before. Synchronous: a build takes the time to read one
 //! chunk (a few milliseconds for the default 5 MB chunks).
+//!
+//! It also holds the node's [`LedgerReader`] (historical values and versions, change feeds: `crate::apps::history`)
+//! and the change feeds' slots ([`FEEDS_MAX`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use synod_core::hash::Digest;
 use synod_core::ledger::{
@@ -24,14 +27,18 @@ use synod_core::ledger::{
 };
 use synod_core::merkle::{MerkleTree, ProofStep};
 use synod_core::txid::TxId;
+use synod_kv::seal::Sealer;
 
 use crate::core::SigInfo;
+use crate::ledger_reader::LedgerReader;
 use crate::rpc::limits::{Slot, Slots};
 
 /// Signed ranges kept in memory.
 pub const RANGES_CACHED: usize = 32;
 /// Ranges built at once.
 pub const BUILDS_MAX: usize = 2;
+/// Change feeds (`/app/kv/{map}/changes`) open at once.
+pub const FEEDS_MAX: usize = 16;
 
 /// Why a receipt cannot be rebuilt from the ledger files.
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +95,16 @@ impl SignedRange {
     }
 }
 
-/// Rebuilds and caches signed ranges from a node's ledger directory (see the module docs).
+/// Rebuilds and caches signed ranges from a node's ledger directory (see the module docs); also holds the
+/// node's [`LedgerReader`] (historical values, change feeds) and the change feeds' slots.
 pub struct Historical {
     ledger_dir: PathBuf,
     service_cert_der: Vec<u8>,
     cache: Mutex<VecDeque<Arc<SignedRange>>>,
     builds: Slots,
+    /// Made on first use: it needs the ledger secret, which the node holds.
+    reader: OnceLock<LedgerReader>,
+    feeds: Slots,
 }
 
 struct Decoded {
@@ -124,7 +135,20 @@ impl Historical {
             service_cert_der,
             cache: Mutex::new(VecDeque::new()),
             builds: Slots::new(BUILDS_MAX),
+            reader: OnceLock::new(),
+            feeds: Slots::new(FEEDS_MAX),
         }
+    }
+
+    /// The reader of committed transactions in the ledger files, unsealing with `sealer` (the node's).
+    pub fn reader(&self, sealer: &Sealer) -> &LedgerReader {
+        self.reader
+            .get_or_init(|| LedgerReader::new(self.ledger_dir.clone(), sealer.clone()))
+    }
+
+    /// A change feed's slot, held for the feed's life; `None` when [`FEEDS_MAX`] feeds are open.
+    pub fn feed_slot(&self) -> Option<Slot> {
+        self.feeds.try_take()
     }
 
     fn cached(&self, seqno: u64) -> Option<Arc<SignedRange>> {

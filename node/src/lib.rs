@@ -17,6 +17,7 @@ pub mod historical;
 pub mod join;
 pub mod js;
 pub mod ledger;
+pub mod ledger_reader;
 pub mod rpc;
 pub mod service;
 pub mod simulation;

@@ -792,6 +792,11 @@ impl Node {
         self.startup_seqno
     }
 
+    /// The last seqno the applier made durable in the ledger files (historical reads stop there).
+    pub fn ledger_durable(&self) -> u64 {
+        self.shared.ledger_durable.load(Ordering::Acquire)
+    }
+
     /// The ledger secret's sealer (for the join protocol's answers).
     pub fn sealer(&self) -> &Sealer {
         &self.sealer

@@ -346,3 +346,121 @@ async fn smallbank_transfers_are_atomic_under_concurrency() -> anyhow::Result<()
     })
     .await
 }
+
+/// `ccf.historical` in the logging bundle: a record as of a past transaction (with its receipt) and every version
+/// of a record, read back from the ledger files across chunks, as the native app's historical endpoints do; only
+/// for Committed transactions.
+#[tokio::test]
+async fn the_logging_bundle_reads_the_committed_past_through_ccf_historical() -> anyhow::Result<()> {
+    bounded(240, async {
+        let mut net = Network::start(
+            1,
+            &["--ledger-chunk-bytes", "20000", "--snapshot-tx-interval", "50"],
+        )
+        .await?;
+        deploy(&mut net, &repo("js-apps/logging")).await?;
+        let c = net.user_client(0)?;
+        let cert = std::fs::read_to_string(&net.service_cert)?;
+        // (transaction, id, message) of every write, in order.
+        let mut log = Vec::new();
+        for i in 0..200u64 {
+            let id = i % 4;
+            let msg = format!("js-{i}");
+            let r = c
+                .post_json("/app/js/log/private", &json!({"id": id, "msg": msg}))
+                .await?;
+            ensure!(r.status == 201, "{} {}", r.status, r.text());
+            log.push((r.tx_id()?, id, msg));
+        }
+        let last = log.last().context("a write")?.0;
+        c.wait_for_commit(last, Duration::from_secs(30)).await?;
+        let expected = |id: u64, seqno: u64| {
+            log.iter()
+                .rev()
+                .find(|(tx, i, _)| *i == id && tx.seqno <= seqno)
+                .map(|(tx, _, m)| (tx.seqno, m.clone()))
+        };
+        for (tx, id, _) in log.iter().step_by(9) {
+            for asked in [*id, (id + 1) % 4] {
+                let (status, v) = call(
+                    &c,
+                    Method::GET,
+                    &format!("/app/js/log/private/historical?id={asked}&transaction_id={tx}"),
+                    None,
+                )
+                .await?;
+                match expected(asked, tx.seqno) {
+                    Some((seqno, msg)) => {
+                        ensure!(
+                            status == 200 && v["msg"] == msg.as_str() && v["write_seqno"] == seqno,
+                            "record {asked} as of {tx}: {status} {v}"
+                        );
+                        synod_client::verify_receipt_bytes(&serde_json::to_vec(&v["receipt"])?, &cert)?;
+                    }
+                    None => ensure!(
+                        status == 404 && v["error"]["code"] == "ResourceNotFound",
+                        "{status} {v}"
+                    ),
+                }
+            }
+        }
+        // Every version of record 1, paged.
+        let mut versions = Vec::new();
+        let mut from = 1u64;
+        loop {
+            let (status, v) = call(
+                &c,
+                Method::GET,
+                &format!(
+                    "/app/js/log/private/historical/range?id=1&from_seqno={from}&to_seqno={}&limit=9",
+                    last.seqno
+                ),
+                None,
+            )
+            .await?;
+            ensure!(status == 200, "{status} {v}");
+            for e in v["entries"].as_array().context("entries")? {
+                versions.push((
+                    e["seqno"].as_u64().context("seqno")?,
+                    e["msg"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+            match v["next"].as_u64() {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        let written: Vec<(u64, String)> = log
+            .iter()
+            .filter(|(_, id, _)| *id == 1)
+            .map(|(tx, _, m)| (tx.seqno, m.clone()))
+            .collect();
+        ensure!(versions == written, "versions of record 1: {versions:?}");
+        // Committed transactions only, with the native endpoints' codes.
+        let (status, v) = call(
+            &c,
+            Method::GET,
+            &format!(
+                "/app/js/log/private/historical?id=1&transaction_id={}.{}",
+                last.view,
+                last.seqno + 10_000
+            ),
+            None,
+        )
+        .await?;
+        ensure!(
+            status == 404 && v["error"]["code"] == "TransactionPendingOrUnknown",
+            "{status} {v}"
+        );
+        let (status, v) = call(
+            &c,
+            Method::GET,
+            "/app/js/log/private/historical?id=1&transaction_id=x",
+            None,
+        )
+        .await?;
+        ensure!(status == 400, "{status} {v}");
+        Ok(())
+    })
+    .await
+}

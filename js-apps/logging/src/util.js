@@ -2,7 +2,9 @@
 
 /** An error answer in Synod's shape: {"error": {"code", "message"}}. */
 export function error(statusCode, code, message) {
-  return { statusCode, body: { error: { code, message } } };
+  // A 503 is a bound reached: the client retries (CCF's clients honour Retry-After).
+  const headers = statusCode === 503 ? { "retry-after": "1" } : {};
+  return { statusCode, headers, body: { error: { code, message } } };
 }
 
 /** Parses a query string ("a=1&b=2") into an object. */

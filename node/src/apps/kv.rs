@@ -1,7 +1,9 @@
 //! Ordered range reads over public maps, etcd-style: `GET /app/kv/{map}?from=HEX&to=HEX&limit=N`, paginated
-//! by passing `next` back as `from`. Private maps are reachable only through their app's own logic; framework
-//! tables follow the same rule as JavaScript apps ([`maps::is_readable_by_applications`]): the governance tables
-//! are readable, the internal ones and the members' signed requests are not.
+//! by passing `next` back as `from`; and a change feed, `GET /app/kv/{map}/changes?from_seqno=S`: the map's
+//! committed writes as JSON lines, from the ledger files and then live (see [`crate::apps::history`]). Private
+//! maps are reachable only through their app's own logic; framework tables follow the same rule as JavaScript
+//! apps ([`maps::is_readable_by_applications`]): the governance tables are readable, the internal ones and the
+//! members' signed requests are not.
 
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -18,7 +20,24 @@ use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
 
 /// The routes of the range-read endpoint.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/app/kv/{map}", get(range))
+    Router::new()
+        .route("/app/kv/{map}", get(range))
+        .route("/app/kv/{map}/changes", get(changes))
+}
+
+/// Refuses maps `/app/kv` may not read: private ones and the framework's internal tables.
+fn check_readable(map: &str) -> Result<(), ApiError> {
+    if !maps::is_public(map) {
+        return Err(ApiError::forbidden(format!(
+            "{map} is not a public map; only public maps can be read directly"
+        )));
+    }
+    if !maps::is_readable_by_applications(map) {
+        return Err(ApiError::forbidden(format!(
+            "{map} is internal to the framework and cannot be read by applications"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -41,16 +60,7 @@ async fn range(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     app.authenticate_user(&peer)?;
-    if !maps::is_public(&map) {
-        return Err(ApiError::forbidden(format!(
-            "{map} is not a public map; only public maps can be read directly"
-        )));
-    }
-    if !maps::is_readable_by_applications(&map) {
-        return Err(ApiError::forbidden(format!(
-            "{map} is internal to the framework and cannot be read by applications"
-        )));
-    }
+    check_readable(&map)?;
     let q: RangeQuery = extract::query(q)?;
     let limit = page_limit(q.limit)?;
     let from = hex_param("from", q.from.as_deref())?.unwrap_or_default();
@@ -80,4 +90,31 @@ async fn range(
         outcome.tx_id(),
         Json(json!({ "entries": entries, "next": next })),
     ))
+}
+
+#[derive(Deserialize)]
+struct ChangesQuery {
+    from_seqno: Option<u64>,
+    to_seqno: Option<u64>,
+}
+
+/// `GET /app/kv/{map}/changes?from_seqno=S[&to_seqno=T]`: the committed writes to a public map from seqno S on,
+/// streamed as JSON lines (history first, then live), resumable by seqno.
+async fn changes(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(map): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    app.authenticate_user(&peer)?;
+    check_readable(&map)?;
+    let q: ChangesQuery = extract::query(q)?;
+    crate::apps::history::change_feed(
+        &app.node,
+        crate::apps::history::FeedRequest {
+            map,
+            from: q.from_seqno.unwrap_or(1),
+            to: q.to_seqno,
+        },
+    )
 }

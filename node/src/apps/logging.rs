@@ -1,16 +1,20 @@
 //! The logging app, CCF's canonical sample, written as a native app: records keyed by a numeric id in the private
 //! map `records` (sealed in the ledger) or the public map `public:records` (clear), plus ordered range reads with
-//! pagination, which CCF's maps cannot do.
+//! pagination, which CCF's maps cannot do, and CCF's historical queries: a record as of a committed transaction
+//! (with that transaction's receipt) and every committed version of a record in a range of seqnos, read back
+//! from the ledger files (see [`crate::apps::history`]).
 
 use axum::body::Body;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::apps::history;
+use crate::rpc::node_endpoints::{receipt_of, Receipt};
 use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
 
 /// Most entries one range page returns.
@@ -22,6 +26,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/app/log/{visibility}", get(read).post(write).delete(remove))
         .route("/app/log/{visibility}/range", get(range))
+        .route("/app/log/{visibility}/historical", get(historical))
+        .route("/app/log/{visibility}/historical/range", get(historical_range))
 }
 
 fn map_of(visibility: &str) -> Result<&'static str, ApiError> {
@@ -170,4 +176,97 @@ async fn range(
         outcome.tx_id(),
         Json(json!({ "entries": entries, "next": next })),
     ))
+}
+
+#[derive(Deserialize)]
+struct HistoricalQuery {
+    id: u64,
+    transaction_id: String,
+}
+
+/// CCF's `GET /app/log/{private,public}/historical?id=&transaction_id=`: the record as of that committed
+/// transaction (the value its latest write at or before it set), the seqno of that write, and the
+/// transaction's receipt.
+async fn historical(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(visibility): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let map = map_of(&visibility)?;
+    app.authenticate_user(&peer)?;
+    let q: HistoricalQuery = extract::query(q)?;
+    let (id, tx) = (q.id, extract::tx_id(&q.transaction_id)?);
+    // The receipt first: it answers Pending, Unknown, Invalid and before-snapshot transactions as
+    // /app/receipt does, so the value below is only ever read for a Committed transaction.
+    let receipt = match receipt_of(&app, tx, false).await? {
+        Receipt::Json(receipt) => receipt,
+        Receipt::Cose(_) => return Err(ApiError::internal("a JSON receipt was asked for")),
+    };
+    let found = history::blocking(&app.node, move |node, slot| {
+        history::value_at(node, map, &key_of(id), tx.seqno, slot)
+    })
+    .await?;
+    let Some((written, value)) = found else {
+        return Err(ApiError::not_found(format!(
+            "record {id} had no value as of transaction {tx}"
+        )));
+    };
+    Ok(with_tx_id(
+        tx,
+        Json(json!({
+            "id": id,
+            "msg": String::from_utf8_lossy(&value),
+            "transaction_id": tx,
+            "write_seqno": written.seqno,
+            "write_transaction_id": (written.view > 0).then_some(written),
+            "receipt": receipt,
+        })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct HistoricalRangeQuery {
+    id: u64,
+    from_seqno: Option<u64>,
+    to_seqno: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// CCF's `GET /app/log/{private,public}/historical/range?id=&from_seqno=&to_seqno=[&limit=]`: every committed
+/// version of the record written in `from_seqno..=to_seqno` (default: 1 to the commit), in order, a `msg` of
+/// `null` for a delete; paged by `limit` (≤ [`RANGE_LIMIT_MAX`]), by the seqnos one request scans
+/// ([`crate::ledger_reader::SPAN_MAX`]) and at the commit, with `next` (and CCF's `@nextLink`) to continue.
+async fn historical_range(
+    State(app): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    Path(visibility): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let map = map_of(&visibility)?;
+    app.authenticate_user(&peer)?;
+    let q: HistoricalRangeQuery = extract::query(q)?;
+    let limit = page_limit(q.limit)?;
+    let (id, from) = (q.id, q.from_seqno.unwrap_or(1));
+    let to = q.to_seqno.unwrap_or_else(|| app.node.core().committed().seqno);
+    let page = history::blocking(&app.node, move |node, slot| {
+        history::versions(node, map, &key_of(id), (from, to), limit, slot)
+    })
+    .await?;
+    let entries: Vec<_> = page
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "seqno": v.tx_id.seqno,
+                "transaction_id": v.tx_id,
+                "id": id,
+                "msg": v.value.as_deref().map(String::from_utf8_lossy),
+            })
+        })
+        .collect();
+    let next_link = page.next.map(|n| {
+        format!("/app/log/{visibility}/historical/range?id={id}&from_seqno={n}&to_seqno={to}&limit={limit}")
+    });
+    Ok(Json(json!({ "entries": entries, "next": page.next, "@nextLink": next_link })).into_response())
 }

@@ -4,6 +4,7 @@
 //! ```text
 //!  Tx ─(moved in)─▶ Engine { Runtime (heap limit, interrupt at a deadline), Context (`ccf` global, modules) }
 //!                      ccf.kv[map].get/set/delete/has/clear/forEach/size/range ─▶ natives ─▶ the Tx
+//!                      ccf.historical.getValueAt/getVersions/getReceipt ─▶ the committed past (`historical`)
 //!  Tx ◀─(moved out)── after the call; writes count only if the caller commits the Tx
 //! ```
 //!
@@ -12,7 +13,10 @@
 //! QuickJS, so they count against the heap limit; what the natives add to the transaction (on the Rust heap) is
 //! bounded by the same number of bytes (`TxBudget`). What a script may touch is a [`KvPolicy`].
 
+mod historical;
 mod prelude;
+
+pub use historical::{with_historical, HistoricalRefusal, HistoricalSource, HistoricalVersion, VersionPage};
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -102,6 +106,10 @@ pub enum JsError {
     /// The call ran past its time limit.
     #[error("script stopped: it ran longer than {0} ms")]
     Timeout(u64),
+    /// The call used up the CPU slice it was given ([`Engine::call_handler`] with a slice) before its time
+    /// limit: nothing it did counts, and it may be run again with its full time.
+    #[error("script stopped: it used up its {0}-µs slice")]
+    SliceExpired(u64),
     /// The call ran out of heap.
     #[error("script stopped: it exceeded its {0}-byte heap limit")]
     OutOfMemory(usize),
@@ -128,6 +136,8 @@ struct CallState {
     last_committed: (u64, u64),
     apply_writes: Option<bool>,
     budget: TxBudget,
+    /// The HTTP request's body, for `request.body.*` (shared, not copied: converted only when a handler asks).
+    body: Option<bytes::Bytes>,
 }
 
 /// Why a native refused.
@@ -219,27 +229,109 @@ impl TxBudget {
 
 type Shared = Rc<RefCell<Option<CallState>>>;
 
+/// Exported functions already looked up, by module then name (two levels, so a lookup allocates nothing).
+type FunctionCache = std::collections::HashMap<
+    String,
+    std::collections::HashMap<String, rquickjs::Persistent<Function<'static>>>,
+>;
+
 /// A JavaScript engine: one runtime and context, reusable across calls (not thread-safe: one per thread).
 pub struct Engine {
     /// Exported functions already looked up (dropped before the runtime they live in).
-    functions: RefCell<std::collections::HashMap<(String, String), rquickjs::Persistent<Function<'static>>>>,
+    functions: RefCell<FunctionCache>,
+    /// The prelude's `__synod_request` and `__synod_view_buffer`, looked up once (dropped before the runtime).
+    request_fn: rquickjs::Persistent<Function<'static>>,
+    view_buffer_fn: rquickjs::Persistent<Function<'static>>,
+    /// One small block of each of QuickJS's allocator size classes, kept for the engine's life (see [`BALLAST`]).
+    _ballast: rquickjs::Persistent<rquickjs::Array<'static>>,
     runtime: Runtime,
     context: Context,
     state: Shared,
-    deadline_ms: Arc<AtomicU64>,
-    interrupted: Arc<AtomicBool>,
+    interrupt: Arc<Interrupt>,
     epoch: Instant,
     limits: JsLimits,
 }
 
-/// An HTTP request for a handler: CCF's request object without its body (JSON), and the raw body (offered as
-/// `request.body.text()/json()/arrayBuffer()`).
+/// What QuickJS's interrupt handler checks, and what it found.
+struct Interrupt {
+    /// Wall-clock deadline of the call, in ms since the engine's epoch (`u64::MAX`: none).
+    deadline_ms: AtomicU64,
+    /// CPU time the call's slice lasts, in ns (`u64::MAX`: no slice).
+    slice_ns: AtomicU64,
+    /// When the slice ends, in ns of this thread's CPU time; 0 until the first check of the call. The slice
+    /// starts there rather than when the call does, which saves reading the clock (a system call) in the many
+    /// calls that end before QuickJS first checks for an interrupt; it adds at most one check interval.
+    slice_end_ns: AtomicU64,
+    /// The call was stopped (either deadline).
+    interrupted: AtomicBool,
+    /// The call was stopped by its slice, not by its time limit.
+    sliced: AtomicBool,
+}
+
+/// CPU time this thread has used, in ns; `u64::MAX` if the clock cannot be read (so a slice ends at once, and
+/// the call is retried where it may take its full time).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return u64::MAX;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Who called a handler (CCF's `request.caller`), for an endpoint that authenticates its callers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HandlerCaller {
+    /// The policy that authenticated the caller (`user_cert`, `member_cert`, `any_cert`).
+    pub policy: String,
+    /// The caller's id (its certificate's fingerprint).
+    pub id: String,
+    /// The caller's `user_data` / `member_data`, JSON-encoded; `None` for null.
+    pub data_json: Option<String>,
+    /// The caller's registered certificate (PEM), if any.
+    pub cert: Option<String>,
+}
+
+/// An HTTP request for a handler: the parts of CCF's request object, handed to JavaScript without a JSON
+/// round-trip. The body is offered as `request.body.text()/json()/arrayBuffer()`, converted only when asked.
 #[derive(Clone, Copy, Debug)]
 pub struct HandlerRequest<'a> {
-    /// The request object, JSON-encoded.
-    pub json: &'a str,
+    /// `method`.
+    pub method: &'a str,
+    /// `url` (path and query).
+    pub url: &'a str,
+    /// `path`.
+    pub path: &'a str,
+    /// `query` (without `?`).
+    pub query: &'a str,
+    /// `route`: the endpoint's path template.
+    pub route: &'a str,
+    /// `headers` (a repeated name keeps its last value; values that are not visible ASCII are left out).
+    pub headers: &'a http::HeaderMap,
+    /// `params`: the template's path parameters.
+    pub params: &'a [(String, String)],
+    /// `caller`; `None` for null (an endpoint without authentication).
+    pub caller: Option<&'a HandlerCaller>,
     /// The body.
-    pub body: &'a [u8],
+    pub body: &'a bytes::Bytes,
+}
+
+/// How a handler gave its response body (decides the default content type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body.
+    None,
+    /// A string.
+    Text,
+    /// Anything else but a buffer: sent as JSON.
+    Json,
+    /// An `ArrayBuffer` or typed array.
+    Binary,
 }
 
 /// What an HTTP handler answered.
@@ -249,8 +341,8 @@ pub struct HandlerResponse {
     pub status: u16,
     /// `headers`.
     pub headers: Vec<(String, String)>,
-    /// How the body was given: `none`, `text`, `json` or `binary` (decides the default content type).
-    pub kind: String,
+    /// How the body was given.
+    pub kind: BodyKind,
     /// The body's bytes.
     pub body: Vec<u8>,
     /// `ccf.rpc.setApplyWrites`, if the handler called it.
@@ -269,6 +361,14 @@ fn buf_bytes(buf: &ArrayBuffer<'_>) -> Option<Vec<u8>> {
 fn throw(ctx: &Ctx<'_>, message: &str) -> rquickjs::Error {
     Exception::throw_type(ctx, message)
 }
+
+/// Makes one block of each size class of QuickJS's small-block allocator (an `ArrayBuffer` of `n` bytes takes a
+/// block of `n` + 8). QuickJS hands an arena (4 KiB of blocks of one size) back to `malloc` as soon as its last
+/// block is freed, and builds it again (its free list block by block) at the next allocation of that size: a
+/// handler's objects, all freed when it returns, made it do so several times per call. A block kept in each class
+/// keeps its arena.
+const BALLAST: &str = "[16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 144, 160, 176, 192, 208, \
+                       224, 240, 256, 288, 320, 352, 384, 416, 448, 480, 512].map((size) => new ArrayBuffer(size - 8))";
 
 /// Modules compiled to QuickJS bytecode (name → bytecode), produced by [`compile`].
 pub type Compiled = Vec<(String, Vec<u8>)>;
@@ -404,32 +504,65 @@ impl Engine {
         runtime.set_memory_limit(limits.heap_bytes_max);
         runtime.set_max_stack_size(limits.stack_bytes_max);
         runtime.set_loader(resolver, loader);
-        let deadline_ms = Arc::new(AtomicU64::new(u64::MAX));
-        let interrupted = Arc::new(AtomicBool::new(false));
+        let interrupt = Arc::new(Interrupt {
+            deadline_ms: AtomicU64::new(u64::MAX),
+            slice_ns: AtomicU64::new(u64::MAX),
+            slice_end_ns: AtomicU64::new(0),
+            interrupted: AtomicBool::new(false),
+            sliced: AtomicBool::new(false),
+        });
         let epoch = Instant::now();
         {
-            let (deadline_ms, interrupted) = (deadline_ms.clone(), interrupted.clone());
+            let interrupt = interrupt.clone();
             runtime.set_interrupt_handler(Some(Box::new(move || {
                 let now = epoch.elapsed().as_millis() as u64;
-                let stop = now > deadline_ms.load(Ordering::Relaxed);
-                if stop {
-                    interrupted.store(true, Ordering::Relaxed);
+                let late = now > interrupt.deadline_ms.load(Ordering::Relaxed);
+                let slice = interrupt.slice_ns.load(Ordering::Relaxed);
+                // Reading the CPU clock is a system call: only for calls that have a slice.
+                let sliced = !late && slice != u64::MAX && {
+                    let now = thread_cpu_ns();
+                    match interrupt.slice_end_ns.load(Ordering::Relaxed) {
+                        0 => {
+                            interrupt
+                                .slice_end_ns
+                                .store(now.saturating_add(slice).max(1), Ordering::Relaxed);
+                            now == u64::MAX
+                        }
+                        end => now > end,
+                    }
+                };
+                if late || sliced {
+                    interrupt.interrupted.store(true, Ordering::Relaxed);
+                    interrupt.sliced.store(sliced, Ordering::Relaxed);
                 }
-                stop
+                late || sliced
             })));
         }
         let context = Context::full(&runtime).map_err(engine_error)?;
         let state: Shared = Rc::new(RefCell::new(None));
-        context
-            .with(|ctx| install_ccf(&ctx, &state))
+        let (request_fn, view_buffer_fn, ballast) = context
+            .with(|ctx| {
+                install_ccf(&ctx, &state)?;
+                let g = ctx.globals();
+                let request: Function = g.get("__synod_request")?;
+                let view_buffer: Function = g.get("__synod_view_buffer")?;
+                let ballast: rquickjs::Array = ctx.eval(BALLAST)?;
+                Ok::<_, rquickjs::Error>((
+                    rquickjs::Persistent::save(&ctx, request),
+                    rquickjs::Persistent::save(&ctx, view_buffer),
+                    rquickjs::Persistent::save(&ctx, ballast),
+                ))
+            })
             .map_err(engine_error)?;
         Ok(Engine {
             functions: RefCell::default(),
+            request_fn,
+            view_buffer_fn,
+            _ballast: ballast,
             runtime,
             context,
             state,
-            deadline_ms,
-            interrupted,
+            interrupt,
             epoch,
             limits,
         })
@@ -446,7 +579,7 @@ impl Engine {
         function: &str,
         args: &[serde_json::Value],
     ) -> Result<serde_json::Value, JsError> {
-        let (value, _) = self.with_tx(tx, policy, last_committed, |ctx| {
+        let (value, _) = self.with_tx(tx, policy, last_committed, None, |ctx| {
             let f = self.function(ctx, module, function)?;
             let caught = |e: rquickjs::Error| self.exception(ctx, e);
             let mut js_args = rquickjs::function::Args::new(ctx.clone(), args.len());
@@ -468,7 +601,10 @@ impl Engine {
         Ok(value)
     }
 
-    /// Calls an HTTP handler `function(request)` of `module` (see [`HandlerRequest`]).
+    /// Calls an HTTP handler `function(request)` of `module` (see [`HandlerRequest`]). With a `slice`, the call
+    /// is also stopped once it used that much CPU time ([`JsError::SliceExpired`]), so that a caller that cannot
+    /// wait long (an async worker thread) can hand a long call to a thread that can.
+    #[allow(clippy::too_many_arguments)]
     pub fn call_handler(
         &self,
         tx: &mut Tx,
@@ -477,45 +613,21 @@ impl Engine {
         module: &str,
         function: &str,
         request: HandlerRequest<'_>,
+        slice: Option<Duration>,
     ) -> Result<HandlerResponse, JsError> {
-        let HandlerRequest {
-            json: request_json,
-            body,
-        } = request;
-        let (mut response, apply_writes) = self.with_tx(tx, policy, last_committed, |ctx| {
+        let (mut response, apply_writes) = self.with_tx(tx, policy, last_committed, slice, |ctx| {
             let f = self.function(ctx, module, function)?;
             let caught = |e: rquickjs::Error| self.exception(ctx, e);
-            let g = ctx.globals();
-            let make_request: Function = g.get("__synod_request").map_err(caught)?;
-            let make_response: Function = g.get("__synod_response").map_err(caught)?;
-            let buf = js_buf(ctx, body).map_err(caught)?;
-            let request: Value = make_request.call((request_json, buf)).map_err(caught)?;
-            let out: Value = f.call((request,)).map_err(caught)?;
+            if let Some(call) = self.state.borrow_mut().as_mut() {
+                call.body = Some(request.body.clone());
+            }
+            let make_request = self.request_fn.clone().restore(ctx).map_err(caught)?;
+            let js_request: Value = make_request
+                .call_arg(request_args(ctx, &request).map_err(caught)?)
+                .map_err(caught)?;
+            let out: Value = f.call((js_request,)).map_err(caught)?;
             let out = self.settle(ctx, out)?;
-            let parts: rquickjs::Array = make_response.call((out,)).map_err(caught)?;
-            let status: i32 = parts.get(0).map_err(caught)?;
-            let headers: String = parts.get(1).map_err(caught)?;
-            let kind: String = parts.get(2).map_err(caught)?;
-            let bytes: ArrayBuffer = parts.get(3).map_err(caught)?;
-            let body =
-                buf_bytes(&bytes).ok_or_else(|| JsError::BadReturn("detached response body".into()))?;
-            let headers: Vec<(String, String)> =
-                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&headers)
-                    .map_err(|e| JsError::BadReturn(format!("response headers: {e}")))?
-                    .into_iter()
-                    .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-                    .collect();
-            let status = u16::try_from(status)
-                .ok()
-                .filter(|s| (100..600).contains(s))
-                .ok_or_else(|| JsError::BadReturn(format!("statusCode {status} is not an HTTP status")))?;
-            Ok(HandlerResponse {
-                status,
-                headers,
-                kind,
-                body,
-                apply_writes: None,
-            })
+            self.response(ctx, out)
         })?;
         response.apply_writes = apply_writes;
         Ok(response)
@@ -531,7 +643,7 @@ impl Engine {
         module: &str,
         names: &[&str],
     ) -> Result<(), JsError> {
-        self.with_tx(tx, policy, last_committed, |ctx| {
+        self.with_tx(tx, policy, last_committed, None, |ctx| {
             names
                 .iter()
                 .try_for_each(|name| self.function(ctx, module, name).map(drop))
@@ -540,14 +652,21 @@ impl Engine {
     }
 
     fn function<'js>(&self, ctx: &Ctx<'js>, module: &str, function: &str) -> Result<Function<'js>, JsError> {
-        let key = (module.to_string(), function.to_string());
-        if let Some(saved) = self.functions.borrow().get(&key) {
-            return saved.clone().restore(ctx).map_err(|e| self.exception(ctx, e));
+        let saved = self
+            .functions
+            .borrow()
+            .get(module)
+            .and_then(|m| m.get(function))
+            .cloned();
+        if let Some(saved) = saved {
+            return saved.restore(ctx).map_err(|e| self.exception(ctx, e));
         }
         let f = self.lookup(ctx, module, function)?;
         self.functions
             .borrow_mut()
-            .insert(key, rquickjs::Persistent::save(ctx, f.clone()));
+            .entry(module.to_string())
+            .or_default()
+            .insert(function.to_string(), rquickjs::Persistent::save(ctx, f.clone()));
         Ok(f)
     }
 
@@ -559,6 +678,76 @@ impl Engine {
         f.into_function().ok_or_else(|| JsError::MissingExport {
             module: module.to_string(),
             function: function.to_string(),
+        })
+    }
+
+    /// A handler's answer `{statusCode, headers, body}` (undefined or null: an empty 200), read in place (what
+    /// the prelude did before, without its intermediate array). A string or JSON body is converted once.
+    fn response<'js>(&self, ctx: &Ctx<'js>, out: Value<'js>) -> Result<HandlerResponse, JsError> {
+        let caught = |e: rquickjs::Error| self.exception(ctx, e);
+        let refused = |message: &str| JsError::Exception {
+            message: message.to_string(),
+            stack: None,
+        };
+        if out.is_undefined() || out.is_null() {
+            return Ok(HandlerResponse {
+                status: 200,
+                headers: Vec::new(),
+                kind: BodyKind::None,
+                body: Vec::new(),
+                apply_writes: None,
+            });
+        }
+        let Some(r) = out.into_object().filter(|o| !o.is_function()) else {
+            return Err(refused("a handler returns {statusCode, headers, body}"));
+        };
+        let status: Value = r.get("statusCode").map_err(caught)?;
+        let status: i32 = if status.is_undefined() {
+            200
+        } else {
+            rquickjs::FromJs::from_js(ctx, status).map_err(caught)?
+        };
+        let status = u16::try_from(status)
+            .ok()
+            .filter(|s| (100..600).contains(s))
+            .ok_or_else(|| JsError::BadReturn(format!("statusCode {status} is not an HTTP status")))?;
+        let headers: Value = r.get("headers").map_err(caught)?;
+        if !headers.is_undefined() && (!headers.is_object() || headers.is_function() || headers.is_array()) {
+            return Err(refused("response headers must be an object"));
+        }
+        let headers = response_headers(ctx, headers).map_err(caught)?;
+        let body: Value = r.get("body").map_err(caught)?;
+        let buffer_bytes = |v: Value<'js>| {
+            v.into_object()
+                .and_then(ArrayBuffer::from_object)
+                .and_then(|b| buf_bytes(&b))
+                .ok_or_else(|| JsError::BadReturn("detached response body".into()))
+        };
+        let (kind, body) = if body.is_undefined() || body.is_null() {
+            (BodyKind::None, Vec::new())
+        } else if let Some(text) = body.as_string() {
+            (BodyKind::Text, text.to_string().map_err(caught)?.into_bytes())
+        } else if buffer_kind(&body) == Some(BufferKind::Buffer) {
+            (BodyKind::Binary, buffer_bytes(body)?)
+        } else if buffer_kind(&body) == Some(BufferKind::View) {
+            // A typed array or DataView: the bytes it views.
+            let view_buffer = self.view_buffer_fn.clone().restore(ctx).map_err(caught)?;
+            let buffer: Value = view_buffer.call((body,)).map_err(caught)?;
+            (BodyKind::Binary, buffer_bytes(buffer)?)
+        } else {
+            // Anything else is sent as JSON (`String(JSON.stringify(body))`, as CCF does).
+            let json = match ctx.json_stringify(body).map_err(caught)? {
+                Some(s) => s.to_string().map_err(caught)?,
+                None => "undefined".to_string(),
+            };
+            (BodyKind::Json, json.into_bytes())
+        };
+        Ok(HandlerResponse {
+            status,
+            headers,
+            kind,
+            body,
+            apply_writes: None,
         })
     }
 
@@ -574,6 +763,7 @@ impl Engine {
         tx: &mut Tx,
         policy: KvPolicy,
         last_committed: (u64, u64),
+        slice: Option<Duration>,
         f: impl FnOnce(&Ctx<'_>) -> Result<T, JsError>,
     ) -> Result<(T, Option<bool>), JsError> {
         let taken = std::mem::replace(tx, Tx::new(State::default()));
@@ -583,20 +773,33 @@ impl Engine {
             last_committed,
             apply_writes: None,
             budget: TxBudget::new(self.limits.heap_bytes_max),
+            body: None,
         });
-        self.interrupted.store(false, Ordering::Relaxed);
+        let interrupt = &*self.interrupt;
+        interrupt.interrupted.store(false, Ordering::Relaxed);
+        interrupt.sliced.store(false, Ordering::Relaxed);
         let deadline = self.epoch.elapsed() + Duration::from_millis(self.limits.time_ms_max);
-        self.deadline_ms
+        interrupt
+            .deadline_ms
             .store(deadline.as_millis() as u64, Ordering::Relaxed);
+        let slice_ns = slice.map(|s| u64::try_from(s.as_nanos()).unwrap_or(u64::MAX - 1));
+        interrupt.slice_end_ns.store(0, Ordering::Relaxed);
+        interrupt
+            .slice_ns
+            .store(slice_ns.unwrap_or(u64::MAX), Ordering::Relaxed);
         let result = self.context.with(|ctx| f(&ctx));
-        self.deadline_ms.store(u64::MAX, Ordering::Relaxed);
+        interrupt.deadline_ms.store(u64::MAX, Ordering::Relaxed);
+        interrupt.slice_ns.store(u64::MAX, Ordering::Relaxed);
         let call = self.state.borrow_mut().take();
         let apply_writes = call.as_ref().and_then(|c| c.apply_writes);
         let exceeded = call.as_ref().is_some_and(|c| c.budget.exceeded);
         if let Some(call) = call {
             *tx = call.tx;
         }
-        if self.interrupted.load(Ordering::Relaxed) {
+        if interrupt.sliced.load(Ordering::Relaxed) {
+            return Err(JsError::SliceExpired(slice_ns.unwrap_or(0) / 1000));
+        }
+        if interrupt.interrupted.load(Ordering::Relaxed) {
             return Err(JsError::Timeout(self.limits.time_ms_max));
         }
         if exceeded {
@@ -606,7 +809,8 @@ impl Engine {
     }
 
     fn exception(&self, ctx: &Ctx<'_>, e: rquickjs::Error) -> JsError {
-        if self.interrupted.load(Ordering::Relaxed) {
+        if self.interrupt.interrupted.load(Ordering::Relaxed) {
+            // with_tx tells a slice from the time limit.
             return JsError::Timeout(self.limits.time_ms_max);
         }
         if !matches!(e, rquickjs::Error::Exception) {
@@ -651,6 +855,102 @@ impl Engine {
     }
 }
 
+/// The arguments of the prelude's `__synod_request` for `r`: the request's parts as JavaScript values, built
+/// directly (a JSON text would be written here and parsed again in JavaScript, per request). Objects with fixed
+/// keys (the request, its caller) are literals in the prelude, whose keys are compiled once; only the headers and
+/// path parameters, whose names vary, are built here (and no parameters make `undefined`, for `{}`).
+fn request_args<'js>(
+    ctx: &Ctx<'js>,
+    r: &HandlerRequest<'_>,
+) -> rquickjs::Result<rquickjs::function::Args<'js>> {
+    let pairs = |pairs: &mut dyn Iterator<Item = (&str, &str)>| -> rquickjs::Result<Value<'js>> {
+        let mut pairs = pairs.peekable();
+        if pairs.peek().is_none() {
+            return Ok(Value::new_undefined(ctx.clone()));
+        }
+        let o = Object::new(ctx.clone())?;
+        for (k, v) in pairs {
+            o.set(k, v)?;
+        }
+        Ok(o.into_value())
+    };
+    let mut args = rquickjs::function::Args::new(ctx.clone(), 12);
+    args.push_arg(r.method)?;
+    args.push_arg(r.url)?;
+    args.push_arg(r.path)?;
+    args.push_arg(r.query)?;
+    args.push_arg(r.route)?;
+    let headers = r
+        .headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)));
+    args.push_arg(pairs(&mut headers.into_iter())?)?;
+    args.push_arg(pairs(
+        &mut r.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )?)?;
+    match r.caller {
+        // `policy` undefined: the caller is null.
+        None => args.push_arg(rquickjs::Undefined)?,
+        Some(c) => {
+            args.push_arg(c.policy.as_str())?;
+            args.push_arg(c.id.as_str())?;
+            let data = match &c.data_json {
+                Some(json) => ctx.json_parse(json.as_str())?,
+                None => Value::new_null(ctx.clone()),
+            };
+            args.push_arg(data)?;
+            args.push_arg(c.cert.as_deref())?;
+        }
+    }
+    Ok(args)
+}
+
+/// A response's `headers` object as name/value pairs: strings as they are, other values as their JSON text
+/// (what `JSON.stringify` of the object gave before), `undefined` values left out.
+fn response_headers<'js>(ctx: &Ctx<'js>, headers: Value<'js>) -> rquickjs::Result<Vec<(String, String)>> {
+    let Some(headers) = headers.into_object() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for prop in headers.props::<String, Value>() {
+        let (name, value) = prop?;
+        if let Some(s) = value.as_string() {
+            out.push((name, s.to_string()?));
+        } else if let Some(json) = ctx.json_stringify(value)? {
+            out.push((name, json.to_string()?));
+        }
+    }
+    Ok(out)
+}
+
+/// What kind of binary data a value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BufferKind {
+    /// An `ArrayBuffer`.
+    Buffer,
+    /// A typed array or a `DataView` (`ArrayBuffer.isView`).
+    View,
+}
+
+/// Whether `v` is an ArrayBuffer or a view of one, by its class (rquickjs's own checks throw a TypeError, left
+/// pending, for every value that is not a buffer: thousands of instructions per call for nothing).
+fn buffer_kind(v: &Value<'_>) -> Option<BufferKind> {
+    if !v.is_object() {
+        return None;
+    }
+    let raw = v.as_raw();
+    // SAFETY: these read the class id of the live object `v` holds, nothing else.
+    unsafe {
+        if rquickjs::qjs::JS_IsArrayBuffer(raw) {
+            Some(BufferKind::Buffer)
+        } else if rquickjs::qjs::JS_GetTypedArrayType(raw) >= 0 || rquickjs::qjs::JS_IsDataView(raw) {
+            Some(BufferKind::View)
+        } else {
+            None
+        }
+    }
+}
+
 /// An ArrayBuffer holding a copy of `bytes`, allocated by QuickJS so that it counts against the heap limit.
 /// (`ArrayBuffer::new` would hand QuickJS a Rust-owned vector its allocator never sees: a script could keep
 /// gigabytes of them under a heap limit of megabytes.)
@@ -683,11 +983,12 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
             Function::new(
                 ctx.clone(),
                 move |ctx: Ctx<'js>, map: String, key: ArrayBuffer<'js>| {
-                    let key = buf_bytes(&key).ok_or_else(|| throw(&ctx, "detached key"))?;
+                    // SAFETY: read before any JavaScript runs again (nothing below runs any).
+                    let key = unsafe { key.as_bytes() }.ok_or_else(|| throw(&ctx, "detached key"))?;
                     let value = with_state(&ctx, &s, |st| {
                         st.policy.check_read(&map)?;
-                        st.budget.key(&map, &key, None)?;
-                        Ok(st.tx.get(&map, &key))
+                        st.budget.key(&map, key, None)?;
+                        Ok(st.tx.get(&map, key))
                     })?;
                     value.map(|v| js_buf(&ctx, &v)).transpose()
                 },
@@ -701,12 +1002,14 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
             Function::new(
                 ctx.clone(),
                 move |ctx: Ctx<'js>, map: String, key: ArrayBuffer<'js>, value: ArrayBuffer<'js>| {
-                    let key = buf_bytes(&key).ok_or_else(|| throw(&ctx, "detached key"))?;
-                    let value = buf_bytes(&value).ok_or_else(|| throw(&ctx, "detached value"))?;
+                    // SAFETY: read (and copied into the transaction) before any JavaScript runs again: nothing
+                    // below runs any. One copy instead of two.
+                    let key = unsafe { key.as_bytes() }.ok_or_else(|| throw(&ctx, "detached key"))?;
+                    let value = unsafe { value.as_bytes() }.ok_or_else(|| throw(&ctx, "detached value"))?;
                     with_state(&ctx, &s, |st| {
                         st.policy.check_write(&map)?;
-                        st.budget.key(&map, &key, Some(value.len()))?;
-                        st.tx.put(&map, &key, &value);
+                        st.budget.key(&map, key, Some(value.len()))?;
+                        st.tx.put(&map, key, value);
                         Ok(())
                     })
                 },
@@ -720,12 +1023,13 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
             Function::new(
                 ctx.clone(),
                 move |ctx: Ctx<'js>, map: String, key: ArrayBuffer<'js>| {
-                    let key = buf_bytes(&key).ok_or_else(|| throw(&ctx, "detached key"))?;
+                    // SAFETY: read before any JavaScript runs again (nothing below runs any).
+                    let key = unsafe { key.as_bytes() }.ok_or_else(|| throw(&ctx, "detached key"))?;
                     with_state(&ctx, &s, |st| {
                         st.policy.check_write(&map)?;
-                        st.budget.key(&map, &key, Some(0))?;
-                        let had = st.tx.has(&map, &key);
-                        st.tx.delete(&map, &key);
+                        st.budget.key(&map, key, Some(0))?;
+                        let had = st.tx.has(&map, key);
+                        st.tx.delete(&map, key);
                         Ok(had)
                     })
                 },
@@ -766,9 +1070,37 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
             )?,
         )?;
     }
+    {
+        // `request.body.text()/json()/arrayBuffer()`: the body of the current call, converted on demand.
+        let body_native = |what: u8| {
+            let s = shared.clone();
+            move |ctx: Ctx<'js>| -> rquickjs::Result<Value<'js>> {
+                let body = with_state(&ctx, &s, |st| {
+                    st.body
+                        .clone()
+                        .ok_or_else(|| Refusal::Refused("this call has no request body".into()))
+                })?;
+                if what == 2 {
+                    return js_buf(&ctx, &body).map(ArrayBuffer::into_value);
+                }
+                let text = std::str::from_utf8(&body)
+                    .map_err(|_| throw(&ctx, "the request body is not valid UTF-8"))?;
+                if what == 1 {
+                    return ctx.json_parse(text);
+                }
+                rquickjs::String::from_str(ctx.clone(), text).map(rquickjs::String::into_value)
+            }
+        };
+        natives.set("bodyText", Function::new(ctx.clone(), body_native(0))?)?;
+        natives.set("bodyJson", Function::new(ctx.clone(), body_native(1))?)?;
+        natives.set("bodyBuffer", Function::new(ctx.clone(), body_native(2))?)?;
+    }
     natives.set(
         "strToBuf",
-        Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String| js_buf(&ctx, s.as_bytes()))?,
+        // The string's UTF-8 straight from QuickJS into the buffer (no Rust copy in between).
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, s: rquickjs::String<'js>| {
+            js_buf(&ctx, s.to_cstring()?.as_bytes())
+        })?,
     )?;
     natives.set(
         "bufToStr",
@@ -841,6 +1173,7 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
             })?,
         )?;
     }
+    historical::install(ctx, &natives, shared)?;
     g.set("__synod", natives)?;
     ctx.eval::<(), _>(prelude::PRELUDE)?;
     Ok(())

@@ -1,5 +1,5 @@
 //! The `ccf` global in JavaScript, built over the Rust natives in `__synod` (CCF's API, the subset real apps and
-//! constitutions use, plus ordered range reads).
+//! constitutions use, plus ordered range reads and a synchronous `ccf.historical`).
 
 /// Evaluated once per context, before any module.
 pub const PRELUDE: &str = r#"
@@ -25,9 +25,25 @@ pub const PRELUDE: &str = r#"
     clear() { for (const [k] of n.range(this.name, undefined, undefined, undefined)) n.delete(this.name, k); }
     get size() { return n.range(this.name, undefined, undefined, undefined).length; }
   }
-  const kv = new Proxy({}, {
-    get: (_, name) => (typeof name === "string" ? new KvMap(name) : undefined),
-  });
+  // `ccf.kv[name]`: a handle per name, made by a proxy the first time and then kept as a property of `kv` itself,
+  // so that later lookups are plain property reads (a handle holds nothing but its name). Bounded, as names come
+  // from scripts.
+  let handles = 0;
+  const kv = Object.create(new Proxy(Object.create(null), {
+    get: (_, name, receiver) => {
+      if (typeof name !== "string" || receiver !== kv) return undefined;
+      if (handles >= 256) {
+        for (const k of Object.getOwnPropertyNames(kv)) delete kv[k];
+        handles = 0;
+      }
+      const m = new KvMap(name);
+      Object.defineProperty(kv, name, { value: m, configurable: true });
+      handles++;
+      return m;
+    },
+    set: () => false,
+    defineProperty: () => false,
+  }));
   const strToBuf = (s) => n.strToBuf(String(s));
   const bufToStr = (b) => n.bufToStr(toBuf(b, "buffer"));
   globalThis.ccf = {
@@ -53,29 +69,32 @@ pub const PRELUDE: &str = r#"
       },
     },
     rpc: { setApplyWrites: (v) => n.setApplyWrites(!!v) },
+    historical: {
+      getValueAt: (map, key, seqno) => n.historicalValueAt(String(map), toBuf(key, "key"), Number(seqno)),
+      getVersions: (map, key, fromSeqno, toSeqno, limit) =>
+        n.historicalVersions(String(map), toBuf(key, "key"), Number(fromSeqno), Number(toSeqno),
+                             limit === undefined ? 100 : Number(limit)),
+      getReceipt: (txId) => JSON.parse(n.historicalReceipt(
+        typeof txId === "object" && txId !== null ? `${txId.view}.${txId.seqno}` : String(txId))),
+    },
   };
   const hidden = (name, value) => Object.defineProperty(globalThis, name, { value, enumerable: false });
-  hidden("__synod_request", (json, body) => {
-    const r = JSON.parse(json);
-    r.body = {
-      text: () => bufToStr(body),
-      json: () => JSON.parse(bufToStr(body)),
-      arrayBuffer: () => body.slice(0),
-    };
-    return r;
-  });
-  hidden("__synod_response", (r) => {
-    if (r === undefined || r === null) r = {};
-    if (typeof r !== "object") throw new TypeError("a handler returns {statusCode, headers, body}");
-    const status = r.statusCode === undefined ? 200 : r.statusCode;
-    const headers = r.headers === undefined ? {} : r.headers;
-    let body = r.body;
-    let kind;
-    if (body === undefined || body === null) { kind = "none"; body = new ArrayBuffer(0); }
-    else if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) { kind = "binary"; body = toBuf(body, "body"); }
-    else if (typeof body === "string") { kind = "text"; body = strToBuf(body); }
-    else { kind = "json"; body = strToBuf(JSON.stringify(body)); }
-    return [status, JSON.stringify(headers), kind, body];
-  });
+  // The request object from its parts (built by the node, no JSON text in between); the body is read from the
+  // node when the handler asks for it.
+  class Body {
+    text() { return n.bodyText(); }
+    json() { return n.bodyJson(); }
+    arrayBuffer() { return n.bodyBuffer(); }
+  }
+  hidden("__synod_request", (method, url, path, query, route, headers, params, policy, id, data, cert) => ({
+    headers: headers === undefined ? {} : headers,
+    query, url, method, path,
+    caller: policy === undefined ? null : { policy, id, data, cert },
+    params: params === undefined ? {} : params,
+    route,
+    body: new Body(),
+  }));
+  // The bytes a typed array or DataView of a response body views, as an ArrayBuffer.
+  hidden("__synod_view_buffer", (v) => toBuf(v, "body"));
 })();
 "#;

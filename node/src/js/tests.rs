@@ -300,6 +300,53 @@ fn engines_built_from_bytecode_behave_like_engines_built_from_source() {
     assert!(err.to_string().contains("bad.js"), "{err}");
 }
 
+/// A request as the logging app's clients send it: a user with a certificate, the usual headers, a JSON body.
+fn logging_request<'a>(
+    caller: &'a HandlerCaller,
+    headers: &'a http::HeaderMap,
+    body: &'a bytes::Bytes,
+) -> HandlerRequest<'a> {
+    HandlerRequest {
+        method: "POST",
+        url: "/app/js/log/private",
+        path: "/app/js/log/private",
+        query: "",
+        route: "/js/log/private",
+        headers,
+        params: &[],
+        caller: Some(caller),
+        body,
+    }
+}
+
+fn logging_caller() -> (HandlerCaller, http::HeaderMap) {
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        "MIIBszCCAVmgAwIBAgIUQ".repeat(28)
+    );
+    let caller = HandlerCaller {
+        policy: "user_cert".into(),
+        id: "a3".repeat(32),
+        data_json: None,
+        cert: Some(pem),
+    };
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "*/*"),
+        ("host", "127.0.0.1:8001"),
+        ("content-length", "40"),
+    ]
+    .iter()
+    .map(|(k, v)| {
+        (
+            http::HeaderName::from_static(k),
+            http::HeaderValue::from_static(v),
+        )
+    })
+    .collect();
+    (caller, headers)
+}
+
 /// Not a test of speed (nothing is asserted on time): prints what one handler call costs, for profiling.
 #[test]
 #[ignore]
@@ -316,12 +363,12 @@ fn handler_call_cost() {
     ];
     let compiled = compile(&modules).expect("compile");
     let e = Engine::from_bytecode(JsLimits::default(), &compiled).expect("engine");
-    let request = r#"{"headers":{"content-type":"application/json"},"query":"","url":"/app/js/log/private","method":"POST","path":"/app/js/log/private","caller":null,"params":{},"route":"/js/log/private"}"#;
+    let (caller, headers) = logging_caller();
     let n = 20_000;
     let start = std::time::Instant::now();
     for i in 0..n {
         let mut tx = Tx::new(State::default());
-        let body = format!(r#"{{"id": {i}, "msg": "hello"}}"#);
+        let body = bytes::Bytes::from(format!(r#"{{"id": {i}, "msg": "hello"}}"#));
         let r = e
             .call_handler(
                 &mut tx,
@@ -329,10 +376,8 @@ fn handler_call_cost() {
                 (1, 1),
                 "logging.js",
                 "postPrivate",
-                HandlerRequest {
-                    json: request,
-                    body: body.as_bytes(),
-                },
+                logging_request(&caller, &headers, &body),
+                Some(Duration::from_millis(2)),
             )
             .expect("call");
         assert_eq!(r.status, 201);
@@ -341,4 +386,327 @@ fn handler_call_cost() {
         "{:.1} us per handler call",
         start.elapsed().as_secs_f64() * 1e6 / n as f64
     );
+}
+
+#[test]
+fn handlers_see_ccf_request_objects_and_answer_with_any_body() {
+    let e = engine(&[(
+        "main.js",
+        r#"
+        export function echo(r) {
+            const { body, ...rest } = r;
+            return { statusCode: 202, headers: { "x-n": 7, "x-s": "s", "x-u": undefined },
+                     body: { request: rest, text: body.text(), json: body.json(), bytes: body.arrayBuffer().byteLength } };
+        }
+        export const text = () => ({ body: "pla" + "in".repeat(1) });
+        export const view = () => ({ body: new DataView(new Uint8Array([9, 1, 2, 3, 9]).buffer, 1, 3) });
+        export const number = () => ({ statusCode: 201, body: 5 });
+        export const notAnObject = () => 7;
+        export const binary = () => ({ body: new Uint8Array([1, 2, 3]) });
+        export const empty = () => undefined;
+        export const badHeaders = () => ({ headers: "x" });
+        export const badStatus = () => ({ statusCode: 99 });
+        export function notJson(r) { try { r.body.json(); } catch (e) { return { body: e.name }; } }
+        "#,
+    )]);
+    let (mut caller, headers) = logging_caller();
+    caller.data_json = Some(r#"{"role": "auditor"}"#.into());
+    let params = vec![("id".to_string(), "a b".to_string())];
+    let body = bytes::Bytes::from_static(br#"{"id": 1, "msg": "hi"}"#);
+    let request = HandlerRequest {
+        method: "GET",
+        url: "/app/x/a%20b?k=v",
+        path: "/app/x/a%20b",
+        query: "k=v",
+        route: "/x/{id}",
+        headers: &headers,
+        params: &params,
+        caller: Some(&caller),
+        body: &body,
+    };
+    let mut tx = Tx::new(State::default());
+    let run = |tx: &mut Tx, f: &str, request: HandlerRequest<'_>| {
+        e.call_handler(tx, KvPolicy::Application, (1, 1), "main.js", f, request, None)
+    };
+    let r = run(&mut tx, "echo", request).expect("echo");
+    assert_eq!(r.status, 202);
+    assert_eq!(r.kind, BodyKind::Json);
+    assert_eq!(
+        r.headers,
+        vec![
+            ("x-n".to_string(), "7".to_string()),
+            ("x-s".to_string(), "s".to_string())
+        ]
+    );
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body");
+    assert_eq!(
+        v["request"],
+        serde_json::json!({
+            "headers": {"content-type": "application/json", "accept": "*/*", "host": "127.0.0.1:8001", "content-length": "40"},
+            "query": "k=v", "url": "/app/x/a%20b?k=v", "method": "GET", "path": "/app/x/a%20b",
+            "caller": {"policy": "user_cert", "id": caller.id, "data": {"role": "auditor"}, "cert": caller.cert},
+            "params": {"id": "a b"}, "route": "/x/{id}",
+        })
+    );
+    assert_eq!(v["text"], r#"{"id": 1, "msg": "hi"}"#);
+    assert_eq!(v["json"], serde_json::json!({"id": 1, "msg": "hi"}));
+    assert_eq!(v["bytes"], body.len());
+    let no_caller = HandlerRequest {
+        caller: None,
+        ..request
+    };
+    let r = run(&mut tx, "echo", no_caller).expect("echo");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON body");
+    assert_eq!(v["request"]["caller"], serde_json::Value::Null);
+    let r = run(&mut tx, "text", request).expect("text");
+    assert_eq!(
+        (r.status, r.kind, r.body.as_slice()),
+        (200, BodyKind::Text, &b"plain"[..])
+    );
+    let r = run(&mut tx, "binary", request).expect("binary");
+    assert_eq!((r.kind, r.body.as_slice()), (BodyKind::Binary, &[1u8, 2, 3][..]));
+    let r = run(&mut tx, "view", request).expect("view");
+    assert_eq!((r.kind, r.body.as_slice()), (BodyKind::Binary, &[1u8, 2, 3][..]));
+    let r = run(&mut tx, "number", request).expect("number");
+    assert_eq!(
+        (r.status, r.kind, r.body.as_slice()),
+        (201, BodyKind::Json, &b"5"[..])
+    );
+    assert!(run(&mut tx, "notAnObject", request).is_err());
+    let r = run(&mut tx, "empty", request).expect("empty");
+    assert_eq!((r.status, r.kind, r.body.len()), (200, BodyKind::None, 0));
+    assert!(run(&mut tx, "badHeaders", request).is_err());
+    assert!(matches!(
+        run(&mut tx, "badStatus", request),
+        Err(JsError::BadReturn(_))
+    ));
+    let garbage = bytes::Bytes::from_static(b"{not json");
+    let r = run(
+        &mut tx,
+        "notJson",
+        HandlerRequest {
+            body: &garbage,
+            ..request
+        },
+    )
+    .expect("notJson");
+    assert_eq!(r.body, b"SyntaxError");
+}
+
+#[test]
+fn a_handler_past_its_slice_is_stopped_apart_from_its_time_limit() {
+    let e = Engine::new(
+        JsLimits {
+            time_ms_max: 60_000,
+            ..JsLimits::default()
+        },
+        &[(
+            "main.js".to_string(),
+            r#"export function spin() { ccf.kv["records"].set(ccf.strToBuf("k"), ccf.strToBuf("v")); for (;;) {} }
+               export const quick = () => ({ body: "ok" });"#
+                .to_string(),
+        )],
+    )
+    .expect("engine");
+    let (caller, headers) = logging_caller();
+    let body = bytes::Bytes::new();
+    let mut tx = Tx::new(State::default());
+    let r = e.call_handler(
+        &mut tx,
+        KvPolicy::Application,
+        (1, 1),
+        "main.js",
+        "spin",
+        logging_request(&caller, &headers, &body),
+        Some(Duration::from_millis(1)),
+    );
+    assert!(matches!(r, Err(JsError::SliceExpired(1000))), "{r:?}");
+    // The transaction comes back (the caller drops what the call wrote), and the engine answers again.
+    assert_eq!(tx.get("records", b"k"), Some(b"v".to_vec()));
+    let r = e
+        .call_handler(
+            &mut tx,
+            KvPolicy::Application,
+            (1, 1),
+            "main.js",
+            "quick",
+            logging_request(&caller, &headers, &body),
+            Some(Duration::from_millis(1)),
+        )
+        .expect("quick");
+    assert_eq!(r.body, b"ok");
+}
+
+#[test]
+fn a_runaway_recursion_is_an_exception_on_a_thread_already_deep_in_its_stack() {
+    // Handlers run inline on async workers (2 MiB stacks, part of it used by the server's futures): QuickJS's
+    // stack limit, counted from where each call starts, stops a recursion long before the thread's stack ends.
+    fn deep(
+        levels: usize,
+        f: &dyn Fn() -> Result<HandlerResponse, JsError>,
+    ) -> Result<HandlerResponse, JsError> {
+        let pad = std::hint::black_box([0u8; 4096]);
+        if levels == 0 {
+            return f();
+        }
+        let r = deep(levels - 1, f);
+        std::hint::black_box(&pad);
+        r
+    }
+    let thread = std::thread::Builder::new().stack_size(2 << 20).spawn(|| {
+        let e = Engine::new(
+            JsLimits::default(),
+            &[(
+                "main.js".to_string(),
+                "export function recurse() { const f = (n) => f(n + 1) + 1; return { body: f(0) }; }"
+                    .to_string(),
+            )],
+        )
+        .expect("engine");
+        let (caller, headers) = logging_caller();
+        let body = bytes::Bytes::new();
+        // About 256 KiB of the thread's stack in use before the call.
+        deep(64, &|| {
+            let mut tx = Tx::new(State::default());
+            e.call_handler(
+                &mut tx,
+                KvPolicy::Application,
+                (1, 1),
+                "main.js",
+                "recurse",
+                logging_request(&caller, &headers, &body),
+                None,
+            )
+        })
+    });
+    let r = thread
+        .expect("thread")
+        .join()
+        .expect("the thread did not overflow its stack");
+    assert!(
+        matches!(&r, Err(JsError::Exception { message, .. }) if message.contains("stack")),
+        "{r:?}"
+    );
+}
+
+/// A committed past for `ccf.historical`: key "k" of "records" was "a" at seqno 3 and "b" at 7, deleted at 9.
+struct FakeHistory;
+
+impl HistoricalSource for FakeHistory {
+    fn value_at(
+        &self,
+        map: &str,
+        key: &[u8],
+        seqno: u64,
+    ) -> Result<Option<HistoricalVersion>, HistoricalRefusal> {
+        if seqno > 10 {
+            return Err(HistoricalRefusal {
+                status: 404,
+                code: "TransactionPendingOrUnknown".into(),
+                message: format!("seqno {seqno} is not committed yet"),
+            });
+        }
+        let (page, _) = self.versions(map, key, 1, seqno, 100)?;
+        Ok(page.into_iter().last().filter(|v| v.value.is_some()))
+    }
+
+    fn versions(
+        &self,
+        map: &str,
+        key: &[u8],
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<VersionPage, HistoricalRefusal> {
+        let all = [(3, Some(b"a".to_vec())), (7, Some(b"b".to_vec())), (9, None)];
+        let found: Vec<_> = all
+            .into_iter()
+            .filter(|(s, _)| map == "records" && key == b"k" && (from..=to).contains(s))
+            .map(|(seqno, value)| HistoricalVersion {
+                view: 2,
+                seqno,
+                value,
+            })
+            .collect();
+        let next = (found.len() > limit).then(|| found[limit].seqno);
+        Ok((found.into_iter().take(limit).collect(), next))
+    }
+
+    fn receipt(&self, view: u64, seqno: u64) -> Result<String, HistoricalRefusal> {
+        Ok(format!(r#"{{"tx": "{view}.{seqno}"}}"#))
+    }
+}
+
+#[test]
+fn ccf_historical_reads_the_committed_past_through_its_source() {
+    let e = engine(&[(
+        "main.js",
+        r#"
+        const k = () => ccf.strToBuf("k");
+        const text = (v) => v === undefined ? null : { seqno: v.seqno, id: v.transactionId, msg: v.value === undefined ? null : ccf.bufToStr(v.value) };
+        export function at(map, seqno) { return text(ccf.historical.getValueAt(map, k(), seqno)); }
+        export function all(limit) {
+            const r = ccf.historical.getVersions("records", k(), 1, 10, limit);
+            return { versions: r.versions.map(text), next: r.next === undefined ? null : r.next };
+        }
+        export function receipt() { return ccf.historical.getReceipt({ view: 2, seqno: 7 }); }
+        export function refused() {
+            try { ccf.historical.getValueAt("records", k(), 11); } catch (e) { return [e.code, e.statusCode]; }
+        }
+        "#,
+    )]);
+    let mut tx = Tx::new(State::default());
+    let app = |tx: &mut Tx, f: &str, args: &[serde_json::Value]| call(&e, tx, KvPolicy::Application, f, args);
+    // Without a source (not a JavaScript worker's call), ccf.historical is not there.
+    let err = app(&mut tx, "at", &["records".into(), 5.into()]).unwrap_err();
+    assert!(err.to_string().contains("not available"), "{err}");
+    let source: Rc<dyn HistoricalSource> = Rc::new(FakeHistory);
+    with_historical(source, || {
+        let at = |tx: &mut Tx, seqno: u64| app(tx, "at", &["records".into(), seqno.into()]).expect("at");
+        assert_eq!(at(&mut tx, 2), serde_json::Value::Null);
+        assert_eq!(
+            at(&mut tx, 5),
+            serde_json::json!({"seqno": 3, "id": "2.3", "msg": "a"})
+        );
+        assert_eq!(at(&mut tx, 8)["msg"], "b");
+        assert_eq!(at(&mut tx, 9), serde_json::Value::Null, "deleted then");
+        assert_eq!(
+            app(&mut tx, "all", &[2.into()]).expect("all"),
+            serde_json::json!({
+                "versions": [{"seqno": 3, "id": "2.3", "msg": "a"}, {"seqno": 7, "id": "2.7", "msg": "b"}],
+                "next": 9,
+            })
+        );
+        assert_eq!(
+            app(&mut tx, "all", &[5.into()]).expect("all")["versions"][2]["msg"],
+            serde_json::Value::Null
+        );
+        assert_eq!(
+            app(&mut tx, "receipt", &[]).expect("receipt"),
+            serde_json::json!({"tx": "2.7"})
+        );
+        assert_eq!(
+            app(&mut tx, "refused", &[]).expect("refused"),
+            serde_json::json!(["TransactionPendingOrUnknown", 404])
+        );
+        // The sandbox's read rule holds for the past too, and governance scripts have no ccf.historical.
+        let err = app(
+            &mut tx,
+            "at",
+            &["public:ccf.internal.signatures".into(), 5.into()],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("internal to the framework"), "{err}");
+        let err = call(
+            &e,
+            &mut tx,
+            KvPolicy::ReadOnly,
+            "at",
+            &["public:x".into(), 5.into()],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("application handlers"), "{err}");
+        let err = app(&mut tx, "at", &["records".into(), 0.5.into()]).unwrap_err();
+        assert!(err.to_string().contains("positive integer"), "{err}");
+    });
 }

@@ -283,22 +283,11 @@ async fn historical_receipt(
     commit_evidence: String,
 ) -> Result<Receipt, ApiError> {
     let node = app.node.clone();
-    let busy =
-        |e: HistoricalError| ApiError::busy("HistoricalReceiptNotReady", e.to_string(), HISTORICAL_RETRY_S);
-    let slot = node.historical.reserve().map_err(busy)?;
+    let slot = node.historical.reserve().map_err(historical_error)?;
     let range = tokio::task::spawn_blocking(move || node.historical.range_for(tx.seqno, &slot))
         .await
         .map_err(|e| ApiError::internal(format!("rebuilding a receipt: {e}")))?
-        .map_err(|e| match e {
-            HistoricalError::Busy | HistoricalError::NotYetWritten(_) => busy(e),
-            HistoricalError::NotInLedger(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "TransactionBeforeSnapshot", e.to_string())
-            }
-            HistoricalError::NoFrontier(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "ReceiptUnavailable", e.to_string())
-            }
-            HistoricalError::Ledger(m) => ApiError::internal(m),
-        })?;
+        .map_err(historical_error)?;
     let proof = range
         .proof(tx.seqno)
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -309,6 +298,44 @@ async fn historical_receipt(
             .map(Receipt::Cose)
             .map_err(|e| receipt_error(tx, e)),
         (true, None) => Err(receipt_error(tx, ReceiptUnavailable::SignatureTransaction(tx))),
+    }
+}
+
+fn historical_error(e: HistoricalError) -> ApiError {
+    match e {
+        HistoricalError::Busy | HistoricalError::NotYetWritten(_) => {
+            ApiError::busy("HistoricalReceiptNotReady", e.to_string(), HISTORICAL_RETRY_S)
+        }
+        HistoricalError::NotInLedger(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "TransactionBeforeSnapshot", e.to_string())
+        }
+        HistoricalError::NoFrontier(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "ReceiptUnavailable", e.to_string())
+        }
+        HistoricalError::Ledger(m) => ApiError::internal(m),
+    }
+}
+
+/// [`receipt_of`] in JSON, blocking (for callers already off the async runtime: JavaScript handlers).
+pub fn json_receipt_blocking(node: &crate::service::Node, tx: TxId) -> Result<JsonReceipt, ApiError> {
+    let (answer, commit_evidence) = {
+        let core = node.core();
+        (core.json_receipt(tx), core.commit_evidence(tx))
+    };
+    match answer {
+        Err(ReceiptUnavailable::Flushed(_)) => {
+            let slot = node.historical.reserve().map_err(historical_error)?;
+            let range = node
+                .historical
+                .range_for(tx.seqno, &slot)
+                .map_err(historical_error)?;
+            let proof = range
+                .proof(tx.seqno)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map(|(path, digest)| (path, crate::core::leaf_components(&digest, commit_evidence)));
+            Ok(crate::core::json_receipt(&range.sig, proof))
+        }
+        other => other.map_err(|e| receipt_error(tx, e)),
     }
 }
 
