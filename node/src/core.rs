@@ -710,20 +710,34 @@ impl Core {
                 Ok(Core::assemble(raft, keys, sealer, cfg, history, State::default()))
             }
             Some(bytes) => {
-                let (history, state, meta) = Self::from_snapshot_bytes(bytes, &sealer)?;
-                let mut log = LogStore::default();
-                let mut snap = Snapshot::default();
-                snap.set_metadata(meta);
-                snap.data = bytes.to_vec().into();
-                log.install_snapshot(snap);
-                let applied = state.version();
-                let raft = RawNode::new(&raft_config(id, applied, cfg.timing), log, &raft_logger())?;
-                let mut core = Core::assemble(raft, keys, sealer, cfg, history, state);
-                core.commit = core.last_committed_signature();
-                core.ledger_base = applied;
-                Ok(core)
+                let decoded =
+                    snapshot::decode(bytes, &sealer).map_err(|e| bad_entry(0)(format!("snapshot: {e}")))?;
+                Self::joining_from_snapshot(keys, sealer, cfg, bytes, decoded)
             }
         }
+    }
+
+    /// [`Core::joining`] from a snapshot the caller decoded already (decoding a large one is most of the work).
+    pub fn joining_from_snapshot(
+        keys: Keys,
+        sealer: Sealer,
+        cfg: CoreConfig,
+        bytes: &[u8],
+        decoded: snapshot::Decoded,
+    ) -> Result<Core, CoreError> {
+        let id = raft_id(&keys.node_id);
+        let (history, state, meta) = Self::from_decoded(decoded)?;
+        let mut log = LogStore::default();
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap.data = bytes.to_vec().into();
+        log.install_snapshot(snap);
+        let applied = state.version();
+        let raft = RawNode::new(&raft_config(id, applied, cfg.timing), log, &raft_logger())?;
+        let mut core = Core::assemble(raft, keys, sealer, cfg, history, state);
+        core.commit = core.last_committed_signature();
+        core.ledger_base = applied;
+        Ok(core)
     }
 
     fn from_snapshot_bytes(
@@ -735,6 +749,14 @@ impl Core {
             reason: format!("snapshot: {reason}"),
         };
         let decoded = snapshot::decode(bytes, sealer).map_err(|e| bad(e.to_string()))?;
+        Self::from_decoded(decoded)
+    }
+
+    fn from_decoded(decoded: snapshot::Decoded) -> Result<(History, State, SnapshotMetadata), CoreError> {
+        let bad = |reason: String| CoreError::BadEntry {
+            seqno: 0,
+            reason: format!("snapshot: {reason}"),
+        };
         let seqno = decoded.file.seqno;
         let tree = MerkleTree::from_frontier(seqno, &decoded.frontier).map_err(|e| bad(e.to_string()))?;
         let views = decoded

@@ -98,6 +98,10 @@ enum ApplyJob {
         state: State,
         done: mpsc::SyncSender<anyhow::Result<()>>,
     },
+    /// Store the state of the snapshot a node joined from, before anything applied after it. Done here, not
+    /// before the node serves: storing a million keys takes a second or two, and a crash before it is done is
+    /// repaired at restart (the stored state lags the Raft log's start, so the install is redone).
+    StoreJoinedState(State),
 }
 
 /// A node's files.
@@ -386,8 +390,20 @@ fn install_snapshot_on_disk(
     storage: &Storage,
     sealer: &Sealer,
     bytes: &[u8],
-) -> anyhow::Result<State> {
+) -> anyhow::Result<snapshot::Decoded> {
     let decoded = snapshot::decode(bytes, sealer).context("decoding the snapshot")?;
+    reset_to_snapshot(paths, storage, bytes, &decoded)?;
+    storage.replace_state(&decoded.state, sealer)?;
+    Ok(decoded)
+}
+
+/// [`install_snapshot_on_disk`] but the stored state: the snapshot file, the Raft log and the ledger.
+fn reset_to_snapshot(
+    paths: &Paths,
+    storage: &Storage,
+    bytes: &[u8],
+    decoded: &snapshot::Decoded,
+) -> anyhow::Result<()> {
     let seqno = decoded.file.seqno;
     let meta = snapshot::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
         .context("snapshot configuration")?;
@@ -399,11 +415,10 @@ fn install_snapshot_on_disk(
         ..Default::default()
     };
     reset_log_to_snapshot(paths, storage, bytes, &meta, &hs)?;
-    storage.replace_state(&decoded.state, sealer)?;
     LedgerWriter::open(&paths.ledger())?
         .writer
         .reset_after_snapshot(seqno)?;
-    Ok(decoded.state)
+    Ok(())
 }
 
 /// Keeps the snapshot file (as `.received` unless already on disk) and resets the Raft log to start after it,
@@ -464,6 +479,7 @@ impl Node {
         let ccfg = core_config(cfg);
         let mut peers = Vec::new();
         // Each arm also hands over the ledger writer (Resume already opened and read the ledger).
+        let mut joined_state = None;
         let (ids, core, replay, mut ledger) = match boot {
             Boot::NewService {
                 users,
@@ -524,11 +540,17 @@ impl Node {
             } => {
                 save_identities(&paths, &ids)?;
                 let sealer = Sealer::new(&ids.secret);
-                if let Some(bytes) = &snapshot {
-                    install_snapshot_on_disk(&paths, &storage, &sealer, bytes)?;
-                }
                 peers = p;
-                let core = Core::joining(keys_of(&ids)?, sealer, ccfg, snapshot.as_deref())?;
+                let core = match &snapshot {
+                    // Decoded once (a million keys' values are decrypted here), for the disk and the core.
+                    Some(bytes) => {
+                        let decoded = snapshot::decode(bytes, &sealer).context("decoding the snapshot")?;
+                        reset_to_snapshot(&paths, &storage, bytes, &decoded)?;
+                        joined_state = Some(decoded.state.clone());
+                        Core::joining_from_snapshot(keys_of(&ids)?, sealer, ccfg, bytes, decoded)?
+                    }
+                    None => Core::joining(keys_of(&ids)?, sealer, ccfg, None)?,
+                };
                 (ids, core, Vec::new(), LedgerWriter::open(&paths.ledger())?.writer)
             }
             Boot::Resume => {
@@ -553,7 +575,7 @@ impl Node {
                     })?;
                     let bytes = std::fs::read(&path)?;
                     drop(opened);
-                    state = install_snapshot_on_disk(&paths, &storage, &sealer, &bytes)?;
+                    state = install_snapshot_on_disk(&paths, &storage, &sealer, &bytes)?.state;
                     log = persist::load(&storage)?;
                     opened =
                         LedgerWriter::open_after(&paths.ledger(), u64::MAX).context("reading the ledger")?;
@@ -696,6 +718,11 @@ impl Node {
         }
 
         let (apply_tx, apply_rx) = mpsc::sync_channel::<ApplyJob>(APPLY_BATCHES_MAX);
+        if let Some(state) = joined_state {
+            apply_tx
+                .send(ApplyJob::StoreJoinedState(state))
+                .map_err(|_| anyhow::anyhow!("the applier queue is closed"))?;
+        }
         let (snap_tx, snap_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_JOBS_MAX);
         let mut threads = Vec::new();
         {
@@ -1239,6 +1266,12 @@ fn applier_loop(
         while let Some(job) = next.take() {
             match job {
                 ApplyJob::Apply(entries) => batch.extend(entries),
+                ApplyJob::StoreJoinedState(state) => {
+                    flush(&mut ledger, storage, sealer, &mut batch, shared)?;
+                    storage
+                        .replace_state(&state, sealer)
+                        .context("storing the joined snapshot's state")?;
+                }
                 ApplyJob::Reset { state, done } => {
                     flush(&mut ledger, storage, sealer, &mut batch, shared)?;
                     let result = storage

@@ -593,6 +593,22 @@ impl Network {
         )?)
     }
 
+    /// Deploys the JavaScript bundle in `dir` by vote, and returns once every node serves it: backups answer
+    /// from their committed state, so this waits for a later write to be committed everywhere.
+    pub async fn deploy_bundle(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let action = synod_governance::bundle::set_js_app_action(dir)?;
+        let name = action["name"].as_str().context("action name")?.to_string();
+        self.pass(0, &name, action["args"].clone()).await?;
+        let after = post_log(
+            &self.user_client(0)?,
+            1_000_000,
+            "after the deployment",
+            Duration::from_secs(20),
+        )
+        .await?;
+        self.wait_committed_everywhere(after).await
+    }
+
     /// Waits until `tx` is Committed on every running node.
     pub async fn wait_committed_everywhere(&mut self, tx: synod_client::TxId) -> anyhow::Result<()> {
         for n in self.nodes.iter_mut() {

@@ -8,27 +8,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 use synod_client::{Body, Client, Method, TxStatus};
-use synod_tests::{bounded, ensure_audits_clean, post_log, Network};
+use synod_tests::{bounded, ensure_audits_clean, Network};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
-
-/// Deploys the bundle in `dir` by vote (through node 0: any node forwards governance to the primary).
-/// Deploys the bundle in `dir` by vote, and returns once every node serves it: backups answer from their
-/// committed state, so this waits for a later write to be committed everywhere.
-async fn deploy(net: &mut Network, dir: &Path) -> anyhow::Result<()> {
-    let action = synod_governance::bundle::set_js_app_action(dir)?;
-    let name = action["name"].as_str().context("action name")?.to_string();
-    net.pass(0, &name, action["args"].clone()).await?;
-    let after = post_log(
-        &net.user_client(0)?,
-        1_000_000,
-        "after the deployment",
-        Duration::from_secs(20),
-    )
-    .await?;
-    net.wait_committed_everywhere(after).await
 }
 
 async fn call(c: &Client, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
@@ -52,7 +35,7 @@ async fn the_logging_bundle_is_deployed_by_vote_and_served_by_every_node() -> an
         let c0 = net.user_client(0)?;
         let (status, _) = call(&c0, Method::GET, "/app/js/log/private?id=1", None).await?;
         ensure!(status == 404, "no app before the vote: {status}");
-        deploy(&mut net, &repo("js-apps/logging")).await?;
+        net.deploy_bundle(&repo("js-apps/logging")).await?;
         let mut last = None;
         for i in 0..3usize {
             let c = net.user_client(i)?;
@@ -132,7 +115,7 @@ async fn the_logging_bundle_is_deployed_by_vote_and_served_by_every_node() -> an
 async fn replacing_the_app_is_atomic() -> anyhow::Result<()> {
     bounded(240, async {
         let mut net = Network::start(3, &[]).await?;
-        deploy(&mut net, &repo("tests/js/versioned/v1")).await?;
+        net.deploy_bundle(&repo("tests/js/versioned/v1")).await?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut readers = Vec::new();
         for i in 0..3usize {
@@ -149,7 +132,7 @@ async fn replacing_the_app_is_atomic() -> anyhow::Result<()> {
             }));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        deploy(&mut net, &repo("tests/js/versioned/v2")).await?;
+        net.deploy_bundle(&repo("tests/js/versioned/v2")).await?;
         let c0 = net.user_client(0)?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -190,7 +173,7 @@ async fn misbehaving_handlers_are_stopped_without_hurting_others() -> anyhow::Re
     bounded(240, async {
         let mut net =
             Network::start(1, &["--js-time-ms-max", "300", "--js-heap-bytes-max", "33554432"]).await?;
-        deploy(&mut net, &repo("tests/js/misbehaving")).await?;
+        net.deploy_bundle(&repo("tests/js/misbehaving")).await?;
         let c = net.user_client(0)?;
         let (status, v) = call(&c, Method::POST, "/app/bad/gov", None).await?;
         ensure!(
@@ -277,7 +260,7 @@ async fn misbehaving_handlers_are_stopped_without_hurting_others() -> anyhow::Re
 async fn smallbank_transfers_are_atomic_under_concurrency() -> anyhow::Result<()> {
     bounded(240, async {
         let mut net = Network::start(3, &[]).await?;
-        deploy(&mut net, &repo("js-apps/smallbank")).await?;
+        net.deploy_bundle(&repo("js-apps/smallbank")).await?;
         let c = net.user_client(0)?;
         for a in 0..5 {
             let (status, v) = call(
@@ -358,7 +341,7 @@ async fn the_logging_bundle_reads_the_committed_past_through_ccf_historical() ->
             &["--ledger-chunk-bytes", "20000", "--snapshot-tx-interval", "50"],
         )
         .await?;
-        deploy(&mut net, &repo("js-apps/logging")).await?;
+        net.deploy_bundle(&repo("js-apps/logging")).await?;
         let c = net.user_client(0)?;
         let cert = std::fs::read_to_string(&net.service_cert)?;
         // (transaction, id, message) of every write, in order.
