@@ -69,10 +69,11 @@ for target in "${targets[@]}"; do
     rate=$(python3 -c "import json; print(json.load(open('$W/load-$target.json'))['committed_writes_per_s'])")
     log "after $target writes: RSS $(rss_mb) MB, ledger $(du -sm "$W/n0/ledger" | cut -f1) MB ($rate committed writes/s in this step)"
 done
+WAL_MB=$(du -cm "$W"/n0/db/*.log 2>/dev/null | tail -1 | cut -f1)
 kill "$NODE_PID"
 wait "$NODE_PID" 2>/dev/null || true
 start_node
-log "restart with $done_writes writes in the ledger: serving after $STARTUP_S s, RSS $(rss_mb) MB"
+log "restart with $done_writes writes in the ledger ($WAL_MB MB of RocksDB write-ahead log): serving after $STARTUP_S s, RSS $(rss_mb) MB"
 first=$(curl -s --cacert "$W/service_cert.pem" --cert "$W/user0_cert.pem" --key "$W/user0_privk.pem" \
     "https://127.0.0.1:$PORT/app/log/private?id=0" -o /dev/null -w '%{http_code}')
 t0=$(date +%s.%N)

@@ -33,6 +33,8 @@ pub const STORAGE_OPEN_FILES_MAX: i32 = 256;
 const MEMTABLE_BYTES: usize = 8 << 20;
 /// All memtables together, in bytes.
 const MEMTABLES_BYTES_MAX: usize = 32 << 20;
+/// Write-ahead log files kept, in bytes (see [`Storage::open`]).
+const WAL_BYTES_MAX: u64 = 64 << 20;
 /// The block cache every column family shares, in bytes.
 const BLOCK_CACHE_BYTES: usize = 16 << 20;
 const MAP_PREFIX: &[u8] = b"map:";
@@ -112,6 +114,10 @@ impl Storage {
         // them) and the block cache, shared by every column family. RocksDB's defaults allow 64 MiB memtables per
         // column family, which a node under load fills before the first flush.
         opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        // The write-ahead log is replayed at start: a column family written rarely (the state's metadata) keeps
+        // every log file since its last flush alive, so without this bound a restart after millions of writes
+        // replays gigabytes. Past it, RocksDB flushes the column families that hold the oldest log.
+        opts.set_max_total_wal_size(WAL_BYTES_MAX);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
         let cf_options = || {
             let mut cf = Options::default();
