@@ -740,3 +740,202 @@ fn a_trusted_node_whose_configuration_change_was_lost_with_its_primary_is_added_
         "n3 replicates"
     );
 }
+
+/// Raft scenarios written as text files (`node/src/core/scenarios/*.txt`, CCF's style of driver), run on [`Sim`].
+/// One command per line; `#` starts a comment. Nodes are named by `join`; `n0` is the service's first node.
+///
+/// ```text
+/// join NAME                        a node joins through the primary
+/// run TICKS                        ticks every live node (messages delivered in between)
+/// write KEY VALUE [on NODE] [as TX]  a write on the primary (or NODE, even if it is cut off), named TX
+/// cut NODE / heal NODE             the node neither sends nor receives / again does
+/// stop NODE / start NODE           the node is down (keeps its memory) / up again
+/// expect primary NODE|any|none     who leads (a cut-off node does not count)
+/// expect TX STATUS [on NODE]       committed|pending|invalid|unknown, on every live node or on NODE
+/// expect value KEY VALUE|none      the committed value on every live node
+/// expect voters N                  the primary's configuration
+/// ```
+mod scenarios {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct Driver {
+        sim: Sim,
+        names: HashMap<String, usize>,
+        txs: HashMap<String, TxId>,
+    }
+
+    impl Driver {
+        fn node(&self, name: &str) -> Result<usize, String> {
+            self.names
+                .get(name)
+                .copied()
+                .ok_or_else(|| format!("no node {name}"))
+        }
+
+        fn raft_id(&self, name: &str) -> Result<u64, String> {
+            Ok(self.sim.nodes[self.node(name)?].core.raft_id())
+        }
+
+        fn name_of(&self, i: usize) -> String {
+            self.names
+                .iter()
+                .find(|(_, &j)| j == i)
+                .map_or_else(|| format!("#{i}"), |(n, _)| n.clone())
+        }
+
+        fn line(&mut self, words: &[&str]) -> Result<(), String> {
+            let number = |w: &str| w.parse::<usize>().map_err(|e| format!("{w}: {e}"));
+            match words {
+                ["join", name] => {
+                    let i = self.sim.join(name, None);
+                    self.names.insert(name.to_string(), i);
+                }
+                ["run", ticks] => self.sim.run(number(ticks)?),
+                ["write", key, value, rest @ ..] => {
+                    let (mut on, mut named) = (None, None);
+                    for pair in rest.chunks(2) {
+                        match pair {
+                            ["on", node] => on = Some(self.node(node)?),
+                            ["as", tx] => named = Some(tx.to_string()),
+                            _ => return Err(format!("write: unexpected {pair:?}")),
+                        }
+                    }
+                    let i = match on {
+                        Some(i) => i,
+                        None => self.sim.primary().ok_or("no primary to write to")?,
+                    };
+                    let core = &mut self.sim.nodes[i].core;
+                    let mut tx = Tx::new(core.snapshot());
+                    tx.put("records", key.as_bytes(), value.as_bytes());
+                    let id = core
+                        .commit_tx(tx, NOW)
+                        .map_err(|e| format!("write on {}: {e}", self.name_of(i)))?
+                        .tx_id();
+                    if let Some(named) = named {
+                        self.txs.insert(named, id);
+                    }
+                }
+                ["cut", node] => {
+                    let id = self.raft_id(node)?;
+                    self.sim.cut.insert(id);
+                }
+                ["heal", node] => {
+                    let id = self.raft_id(node)?;
+                    self.sim.cut.remove(&id);
+                }
+                ["stop", node] => {
+                    let i = self.node(node)?;
+                    self.sim.nodes[i].alive = false;
+                }
+                ["start", node] => {
+                    let i = self.node(node)?;
+                    self.sim.nodes[i].alive = true;
+                }
+                ["expect", "primary", who] => {
+                    let primary = self.sim.primary();
+                    let ok = match *who {
+                        "any" => primary.is_some(),
+                        "none" => primary.is_none(),
+                        name => primary == Some(self.node(name)?),
+                    };
+                    if !ok {
+                        return Err(format!(
+                            "expected primary {who}, found {}",
+                            primary.map_or("none".into(), |p| self.name_of(p))
+                        ));
+                    }
+                }
+                ["expect", "value", key, value] => {
+                    for (i, n) in self.sim.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+                        let got = n.core.committed_state().get("records", key.as_bytes());
+                        let want = (*value != "none").then_some(value.as_bytes());
+                        if got != want {
+                            return Err(format!(
+                                "{} has {key} = {:?}, expected {value}",
+                                self.name_of(i),
+                                got.map(String::from_utf8_lossy)
+                            ));
+                        }
+                    }
+                }
+                ["expect", "voters", n] => {
+                    let p = self.sim.primary().ok_or("no primary")?;
+                    let voters = self.sim.nodes[p].core.configuration().0.len();
+                    if voters != number(n)? {
+                        return Err(format!("{voters} voters, expected {n}"));
+                    }
+                }
+                ["expect", tx, status, rest @ ..] => {
+                    let id = *self
+                        .txs
+                        .get(*tx)
+                        .ok_or_else(|| format!("no transaction named {tx}"))?;
+                    let nodes: Vec<usize> = match rest {
+                        [] => (0..self.sim.nodes.len())
+                            .filter(|&i| self.sim.nodes[i].alive)
+                            .collect(),
+                        ["on", node] => vec![self.node(node)?],
+                        _ => return Err(format!("expect {tx}: unexpected {rest:?}")),
+                    };
+                    for i in nodes {
+                        let got = format!("{:?}", self.sim.nodes[i].core.tx_status(id)).to_lowercase();
+                        if got != *status {
+                            return Err(format!(
+                                "{tx} ({id}) is {got} on {}, expected {status}",
+                                self.name_of(i)
+                            ));
+                        }
+                    }
+                }
+                _ => return Err("unknown command".into()),
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs one scenario; panics naming the file, line and what failed.
+    fn run(name: &str, text: &str) {
+        let mut driver = Driver {
+            sim: Sim::new(0),
+            names: HashMap::from([("n0".to_string(), 0)]),
+            txs: HashMap::new(),
+        };
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let Err(e) = driver.line(&words) {
+                panic!("{name}:{}: `{line}`: {e}", n + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn every_scenario_file_passes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core/scenarios");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("scenarios directory")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no scenarios in {}", dir.display());
+        for path in files {
+            let text = std::fs::read_to_string(&path).expect("scenario");
+            run(&path.display().to_string(), &text);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "expected committed")]
+    fn a_failing_expectation_names_its_line() {
+        run(
+            "inline",
+            "join n1\njoin n2\nrun 30\nwrite k v as t\nexpect t committed\n",
+        );
+    }
+}
