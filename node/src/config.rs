@@ -16,6 +16,10 @@ pub struct NodeConfig {
     /// Address for node-to-node traffic (Raft over mutual TLS); port 0 picks one (DATA_DIR/node_address).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub node_address: SocketAddr,
+    /// Address other nodes reach this one at, recorded in the nodes table when it creates or joins the service
+    /// (CCF's `published_address`): behind a proxy or NAT; default: `--node-address` as bound.
+    #[arg(long)]
+    pub node_published_address: Option<SocketAddr>,
     /// Name recorded for this node (and its certificate's common name).
     #[arg(long, default_value = "n0")]
     pub node_name: String,

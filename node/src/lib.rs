@@ -99,7 +99,11 @@ pub async fn run_join(cfg: JoinConfig) -> anyhow::Result<()> {
         Boot::Resume
     } else {
         let platform = VirtualPlatform::measure_self()?;
-        let joined = join::join(&cfg, rpc.local_addr()?, node_listener.local_addr()?, &platform).await?;
+        let published = match cfg.node.node_published_address {
+            Some(a) => a,
+            None => node_listener.local_addr()?,
+        };
+        let joined = join::join(&cfg, rpc.local_addr()?, published, &platform).await?;
         Boot::Joined {
             ids: joined.ids,
             snapshot: joined.snapshot,

@@ -466,7 +466,8 @@ impl Node {
         };
         std::fs::create_dir_all(&paths.dir).with_context(|| format!("creating {}", paths.dir.display()))?;
         std::fs::create_dir_all(paths.snapshots())?;
-        let node_address = node_listener.local_addr()?;
+        let bound_node_address = node_listener.local_addr()?;
+        let node_address = cfg.node_published_address.unwrap_or(bound_node_address);
         let platform: Arc<dyn Platform> = Arc::new(VirtualPlatform::measure_self()?);
         let storage = Storage::open(&paths.db()).context("opening the node's database")?;
         let existing = persist::exists(&storage)?;
@@ -663,7 +664,10 @@ impl Node {
                 cfg.limits.node_connections_max as usize,
             ));
         }
-        write_atomically(&paths.file("node_address"), node_address.to_string().as_bytes())?;
+        write_atomically(
+            &paths.file("node_address"),
+            bound_node_address.to_string().as_bytes(),
+        )?;
 
         // The applier owns the ledger writer; what the stores missed before a restart is written first.
         ledger.append(&replay)?;

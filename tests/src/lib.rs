@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
@@ -226,6 +227,16 @@ impl NodeProc {
         self.launch()
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the running process with `kill`.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("the node is not running")?;
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -{signal} {pid}: {status}");
+        Ok(())
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -345,6 +356,9 @@ pub struct Network {
     pub nodes: Vec<NodeProc>,
     /// The service certificate file.
     pub service_cert: PathBuf,
+    /// One proxy in front of each node's node-to-node address (published to the others), for a network started
+    /// with [`Network::start_proxied`]; empty otherwise.
+    pub proxies: Vec<Proxy>,
     args: Vec<String>,
 }
 
@@ -356,6 +370,16 @@ impl Network {
 
     /// Like [`Network::start`], with `m` members (a strict majority of them opens the service and trusts nodes).
     pub async fn start_with_members(n: usize, m: usize, args: &[&str]) -> anyhow::Result<Network> {
+        Network::start_inner(n, m, args, false).await
+    }
+
+    /// Like [`Network::start`], with every node reached by the others through its own [`Proxy`]: cutting one
+    /// isolates its node from everything the others send it.
+    pub async fn start_proxied(n: usize, args: &[&str]) -> anyhow::Result<Network> {
+        Network::start_inner(n, 1, args, true).await
+    }
+
+    async fn start_inner(n: usize, m: usize, args: &[&str], proxied: bool) -> anyhow::Result<Network> {
         let tmp = tempfile::tempdir()?;
         let user = IdentityFiles::generate(tmp.path(), "user0")?;
         let members: Vec<IdentityFiles> = (0..m.max(1))
@@ -368,7 +392,16 @@ impl Network {
         for mem in &members {
             first.extend(["--member-cert".into(), mem.cert.display().to_string()]);
         }
+        let mut proxies = Vec::new();
+        if proxied {
+            let proxy = Proxy::start()?;
+            first.extend(["--node-published-address".into(), proxy.addr.clone()]);
+            proxies.push(proxy);
+        }
         let n0 = NodeProc::start(&tmp.path().join("n0"), &first)?;
+        if let Some(proxy) = proxies.first() {
+            proxy.set_target(&n0.node_addr);
+        }
         let service_cert = tmp.path().join("service_cert.pem");
         std::fs::write(&service_cert, n0.service_cert_pem()?)?;
         let mut net = Network {
@@ -378,6 +411,7 @@ impl Network {
             members,
             nodes: vec![n0],
             service_cert,
+            proxies,
             args,
         };
         net.pass(0, "transition_service_to_open", serde_json::json!({}))
@@ -480,11 +514,19 @@ impl Network {
             self.service_cert.display().to_string(),
         ]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        self.nodes.push(NodeProc::spawn_detached(
-            "join",
-            &self.tmp.path().join(format!("n{i}")),
-            &args,
-        )?);
+        let proxy = if self.proxies.is_empty() {
+            None
+        } else {
+            let proxy = Proxy::start()?;
+            args.extend(["--node-published-address".into(), proxy.addr.clone()]);
+            Some(proxy)
+        };
+        let node = NodeProc::spawn_detached("join", &self.tmp.path().join(format!("n{i}")), &args)?;
+        if let Some(proxy) = proxy {
+            proxy.set_target(&node.node_addr);
+            self.proxies.push(proxy);
+        }
+        self.nodes.push(node);
         Ok(i)
     }
 
@@ -591,6 +633,31 @@ impl Network {
             &pem,
             Some((self.user.cert_pem.as_str(), self.user.key_pem.as_str())),
         )?)
+    }
+
+    /// Stops every node; then every node's ledger audits clean, and chunks with the same name are byte-identical
+    /// on every node.
+    pub fn stop_and_check_ledgers(&mut self) -> anyhow::Result<()> {
+        self.stop_all()?;
+        let mut reference: std::collections::BTreeMap<String, (String, Vec<u8>)> = Default::default();
+        for n in &self.nodes {
+            let ledger = n.dir.join("ledger");
+            ensure_audits_clean(&ledger, &self.service_cert)?;
+            for (name, bytes) in committed_chunks(&ledger)? {
+                match reference.get(&name) {
+                    Some((other, b)) => ensure!(
+                        b == &bytes,
+                        "{name} differs between {other} and {}",
+                        n.dir.display()
+                    ),
+                    None => {
+                        reference.insert(name, (n.dir.display().to_string(), bytes));
+                    }
+                }
+            }
+        }
+        ensure!(!reference.is_empty(), "no committed chunk anywhere");
+        Ok(())
     }
 
     /// Deploys the JavaScript bundle in `dir` by vote, and returns once every node serves it: backups answer
@@ -721,4 +788,75 @@ pub fn committed_chunks(ledger: &Path) -> anyhow::Result<std::collections::BTree
         }
     }
     Ok(out)
+}
+
+/// A TCP proxy on 127.0.0.1 in front of one node's node-to-node address. Cut, it drops its connections and every
+/// new one, so nothing the other nodes send reaches that node (what it sends still leaves through the others'
+/// proxies: a one-way partition, as a broken route or firewall makes); healed, connections go through again.
+pub struct Proxy {
+    /// `host:port` it listens on (the node's published address).
+    pub addr: String,
+    target: Arc<std::sync::Mutex<Option<String>>>,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on a free port; forwards once [`Proxy::set_target`] names the node. Needs a Tokio runtime.
+    pub fn start() -> anyhow::Result<Proxy> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?.to_string();
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let target: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let task = {
+            let (target, cut) = (target.clone(), cut.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let mut cut_rx = cut.subscribe();
+                    let to = target.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let Some(to) = to.filter(|_| !*cut_rx.borrow()) else {
+                        continue; // dropped: the connection is refused in effect
+                    };
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut_rx.wait_for(|cut| *cut) => {}
+                        }
+                    });
+                }
+            })
+        };
+        Ok(Proxy {
+            addr,
+            target,
+            cut,
+            task,
+        })
+    }
+
+    /// The node's real node-to-node address.
+    pub fn set_target(&self, target: &str) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.to_string());
+    }
+
+    /// Drops every connection through the proxy, and every new one until [`Proxy::heal`].
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

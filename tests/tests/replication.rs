@@ -8,38 +8,13 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use serde_json::json;
 use synod_client::{Body, Client, Method, TxId, TxStatus};
-use synod_tests::{bounded, committed_chunks, ensure_audits_clean, post_log, Network};
+use synod_tests::{bounded, post_log, Network};
 use tokio::sync::Mutex;
 
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 async fn post(client: &Client, id: u64, msg: &str) -> anyhow::Result<TxId> {
     post_log(client, id, msg, Duration::from_secs(20)).await
-}
-
-/// Stops every node; then every node's ledger audits clean, and chunks with the same name are byte-identical on
-/// every node.
-fn stop_and_check_ledgers(net: &mut Network) -> anyhow::Result<()> {
-    net.stop_all()?;
-    let mut reference: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
-    for n in &net.nodes {
-        let ledger = n.dir.join("ledger");
-        ensure_audits_clean(&ledger, &net.service_cert)?;
-        for (name, bytes) in committed_chunks(&ledger)? {
-            match reference.get(&name) {
-                Some((other, b)) => ensure!(
-                    b == &bytes,
-                    "{name} differs between {other} and {}",
-                    n.dir.display()
-                ),
-                None => {
-                    reference.insert(name, (n.dir.display().to_string(), bytes));
-                }
-            }
-        }
-    }
-    ensure!(!reference.is_empty(), "no committed chunk anywhere");
-    Ok(())
 }
 
 /// Steps 1, 2 and 5: a 3-node network commits once a majority has the write; a write sent to a backup is
@@ -93,7 +68,7 @@ async fn three_nodes_commit_writes_sent_to_any_node() -> anyhow::Result<()> {
             .get_json::<serde_json::Value>("/node/network/nodes")
             .await?;
         ensure!(info["nodes"].as_array().map_or(0, |a| a.len()) == 3, "{info}");
-        stop_and_check_ledgers(&mut net)
+        net.stop_and_check_ledgers()
     })
     .await
 }
@@ -200,7 +175,7 @@ async fn killing_the_primary_under_load_loses_no_committed_write() -> anyhow::Re
         net.wait_committed_everywhere(last).await?;
         let r = net.user_client(old)?.get("/app/log/private?id=7").await?;
         ensure!(r.status == 200, "{}", r.text());
-        stop_and_check_ledgers(&mut net)
+        net.stop_and_check_ledgers()
     })
     .await
 }
@@ -226,7 +201,7 @@ async fn a_killed_backup_restarts_and_catches_up() -> anyhow::Result<()> {
         net.wait_committed_everywhere(last).await?;
         let r = net.user_client(b)?.get("/app/log/private?id=49").await?;
         ensure!(r.status == 200, "{}", r.text());
-        stop_and_check_ledgers(&mut net)
+        net.stop_and_check_ledgers()
     })
     .await
 }
@@ -271,7 +246,7 @@ async fn a_node_joins_from_a_snapshot() -> anyhow::Result<()> {
             .filter_map(|e| e.ok())
             .collect();
         ensure!(!snapshots.is_empty(), "the snapshot it started from is kept");
-        stop_and_check_ledgers(&mut net)
+        net.stop_and_check_ledgers()
     })
     .await
 }
