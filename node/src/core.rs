@@ -463,6 +463,14 @@ fn bad_entry<E: std::fmt::Display>(seqno: u64) -> impl Fn(E) -> CoreError {
     }
 }
 
+/// A snapshot the core cannot start from, as [`CoreError::BadEntry`].
+fn bad_snapshot(reason: impl std::fmt::Display) -> CoreError {
+    CoreError::BadEntry {
+        seqno: 0,
+        reason: format!("snapshot: {reason}"),
+    }
+}
+
 fn writes_of(tx: &Transaction, sealer: &Sealer) -> Result<Writes, CoreError> {
     let bad = |reason: String| CoreError::BadEntry {
         seqno: tx.seqno,
@@ -710,8 +718,7 @@ impl Core {
                 Ok(Core::assemble(raft, keys, sealer, cfg, history, State::default()))
             }
             Some(bytes) => {
-                let decoded =
-                    snapshot::decode(bytes, &sealer).map_err(|e| bad_entry(0)(format!("snapshot: {e}")))?;
+                let decoded = snapshot::decode(bytes, &sealer).map_err(bad_snapshot)?;
                 Self::joining_from_snapshot(keys, sealer, cfg, bytes, decoded)
             }
         }
@@ -744,21 +751,13 @@ impl Core {
         bytes: &[u8],
         sealer: &Sealer,
     ) -> Result<(History, State, SnapshotMetadata), CoreError> {
-        let bad = |reason: String| CoreError::BadEntry {
-            seqno: 0,
-            reason: format!("snapshot: {reason}"),
-        };
-        let decoded = snapshot::decode(bytes, sealer).map_err(|e| bad(e.to_string()))?;
+        let decoded = snapshot::decode(bytes, sealer).map_err(bad_snapshot)?;
         Self::from_decoded(decoded)
     }
 
     fn from_decoded(decoded: snapshot::Decoded) -> Result<(History, State, SnapshotMetadata), CoreError> {
-        let bad = |reason: String| CoreError::BadEntry {
-            seqno: 0,
-            reason: format!("snapshot: {reason}"),
-        };
         let seqno = decoded.file.seqno;
-        let tree = MerkleTree::from_frontier(seqno, &decoded.frontier).map_err(|e| bad(e.to_string()))?;
+        let tree = MerkleTree::from_frontier(seqno, &decoded.frontier).map_err(bad_snapshot)?;
         let views = decoded
             .file
             .views
@@ -766,7 +765,7 @@ impl Core {
             .map(|v| (v.view, v.first_seqno))
             .collect();
         let meta = snapshot::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(bad_snapshot)?;
         let mut history = History::new(tree, views);
         // The snapshot point is a signature: its record is in the state, so receipts and commit work from it.
         if let Some(record) = decoded.state.get(maps::SIGNATURES, b"") {

@@ -224,10 +224,15 @@ impl Sim {
 
     fn write(&mut self, key: &[u8], value: &[u8]) -> TxId {
         let p = self.primary().expect("a primary");
-        let core = &mut self.nodes[p].core;
+        self.write_on(p, key, value).expect("commit")
+    }
+
+    /// A write of `records[key]` on node `i`, whatever it believes of its role.
+    fn write_on(&mut self, i: usize, key: &[u8], value: &[u8]) -> Result<TxId, CoreError> {
+        let core = &mut self.nodes[i].core;
         let mut tx = Tx::new(core.snapshot());
         tx.put("records", key, value);
-        core.commit_tx(tx, NOW).expect("commit").tx_id()
+        Ok(core.commit_tx(tx, NOW)?.tx_id())
     }
 
     fn status_everywhere(&self, tx: TxId) -> Vec<TxStatus> {
@@ -806,13 +811,10 @@ mod scenarios {
                         Some(i) => i,
                         None => self.sim.primary().ok_or("no primary to write to")?,
                     };
-                    let core = &mut self.sim.nodes[i].core;
-                    let mut tx = Tx::new(core.snapshot());
-                    tx.put("records", key.as_bytes(), value.as_bytes());
-                    let id = core
-                        .commit_tx(tx, NOW)
-                        .map_err(|e| format!("write on {}: {e}", self.name_of(i)))?
-                        .tx_id();
+                    let id = self
+                        .sim
+                        .write_on(i, key.as_bytes(), value.as_bytes())
+                        .map_err(|e| format!("write on {}: {e}", self.name_of(i)))?;
                     if let Some(named) = named {
                         self.txs.insert(named, id);
                     }
