@@ -34,14 +34,7 @@ fn committed_snapshots(dir: &Path) -> anyhow::Result<Vec<u64>> {
     let mut seqnos = Vec::new();
     for entry in std::fs::read_dir(dir.join("snapshots"))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        // snapshot_<seqno>_<evidence seqno>.committed
-        let Some(rest) = name
-            .strip_prefix("snapshot_")
-            .and_then(|r| r.strip_suffix(".committed"))
-        else {
-            continue;
-        };
-        if let Some(seqno) = rest.split('_').next().and_then(|s| s.parse().ok()) {
+        if let Some((seqno, _)) = synod_core::snapshot::parse_committed_name(&name) {
             seqnos.push(seqno);
         }
     }
