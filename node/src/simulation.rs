@@ -44,39 +44,8 @@ const WARMUP_MS: u64 = 500;
 /// The map the simulated clients write.
 const MAP: &str = "public:sim";
 
-/// A deterministic random source (SplitMix64): the simulation's only source of choices.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator for `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-
-    /// True with probability `per_million` / 1,000,000.
-    pub fn chance(&mut self, per_million: u64) -> bool {
-        self.below(1_000_000) < per_million
-    }
-}
+/// The simulation's only source of choices.
+pub use synod_core::testing::Rng;
 
 /// A fault the harness itself can inject into the node's I/O, to show that the invariants catch what they
 /// should (docs/RELIABILITY.md).

@@ -10,6 +10,7 @@
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, Storage as _, StorageError};
+use synod_core::testing::Rng;
 use synod_kv::storage::Storage;
 use synod_node::consensus::log_store::LogStore;
 use synod_node::consensus::persist::{self, LogWrite};
@@ -195,23 +196,6 @@ fn installing_a_snapshot_replaces_the_log_and_keeps_state_monotonic() {
     s.append(&[entry(9, 9)]).expect("appends after the snapshot");
 }
 
-/// SplitMix64: a reproducible stream from a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// What the log must hold: the compaction point and (index, term) of every held entry.
 #[derive(Debug, Default)]
 struct Model {
@@ -267,7 +251,7 @@ fn run_seed(seed: u64, steps: usize) {
     let storage = Storage::open(dir.path()).expect("open");
     let mut s = LogStore::default();
     let mut m = Model::default();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut term = 1;
     for step in 0..steps {
         let what = format!("seed {seed} step {step}");

@@ -16,21 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure};
 use serde_json::json;
 use synod_client::{Body, Method, TxId, TxStatus};
+use synod_core::testing::Rng;
 use synod_tests::{bounded, post_log, Network};
 use tokio::sync::Mutex;
-
-/// SplitMix64: the schedule from one seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n.max(1)
-    }
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -53,7 +41,7 @@ async fn a_network_under_partitions_kills_and_stops_loses_and_forks_nothing() ->
     bounded(300, async {
         let seed = env_u64("CAMPAIGN_SEED", 1);
         let rounds = env_u64("CAMPAIGN_ROUNDS", 6);
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut net = Network::start_proxied(3, &["--ledger-chunk-bytes", "20000"]).await?;
         let history: Arc<Mutex<History>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));

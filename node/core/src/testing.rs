@@ -178,19 +178,48 @@ pub fn write_sample_ledger(dir: &Path, txs: u64, sig_every: u64) -> SampleLedger
     }
 }
 
+/// A deterministic random source (SplitMix64): seeded simulations, fault schedules and fuzzers draw every choice
+/// from one, so a failing seed replays.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+
+    /// True with probability `per_million` / 1,000,000.
+    pub fn chance(&mut self, per_million: u64) -> bool {
+        self.below(1_000_000) < per_million
+    }
+}
+
 /// Inputs for a mutation fuzzer without coverage feedback (cargo-fuzz needs a nightly toolchain): each input is one
 /// of `seeds`, mutated a few times (bit flips, byte changes, truncation, insertion, splicing with another seed,
 /// duplication of a range), or random bytes; the sequence follows `rng_seed`, so a failing input is found again.
 /// Decoders fed with these must answer an error, never panic.
 pub fn fuzz_inputs(seeds: &[Vec<u8>], count: u64, rng_seed: u64) -> impl Iterator<Item = Vec<u8>> + '_ {
-    let mut state = rng_seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = Rng::new(rng_seed);
+    let mut next = move || rng.next_u64();
     (0..count).map(move |_| {
         if seeds.is_empty() || next() % 16 == 0 {
             let len = (next() % 512) as usize;

@@ -4,23 +4,8 @@
 //! validates must behave exactly as if run alone, in commit order, on a sequential model: its reads give the same
 //! answers there and its writes are the same; and the final state equals the model's.
 
+use synod_core::testing::Rng;
 use synod_kv::{State, Tx};
-
-/// A deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const MAPS: [&str; 2] = ["a", "public:b"];
 
@@ -33,7 +18,7 @@ struct Program {
 
 impl Program {
     fn run(&self, tx: &mut Tx) -> Vec<String> {
-        let mut rng = Rng(self.seed);
+        let mut rng = Rng::new(self.seed);
         let mut seen = Vec::new();
         let mut acc = 0u64;
         for _ in 0..1 + rng.below(5) {
@@ -67,7 +52,7 @@ impl Program {
 #[test]
 fn concurrent_optimistic_transactions_are_equivalent_to_running_them_one_by_one() {
     for seed in 0..300u64 {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut latest = State::default();
         let mut model = State::default();
         let mut seqno = 0u64;
@@ -76,7 +61,7 @@ fn concurrent_optimistic_transactions_are_equivalent_to_running_them_one_by_one(
         let mut committed = 0;
         for _ in 0..60 {
             if running.len() < 4 || rng.below(2) == 0 {
-                running.push((Program { seed: rng.next() }, latest.clone()));
+                running.push((Program { seed: rng.next_u64() }, latest.clone()));
                 continue;
             }
             let (program, snapshot) = running.remove(rng.below(running.len() as u64) as usize);
