@@ -182,6 +182,8 @@ pub struct Channels {
     next_id: std::sync::atomic::AtomicU64,
     handler: std::sync::OnceLock<ForwardHandler>,
     snapshot_report: std::sync::OnceLock<SnapshotReport>,
+    /// Local address outgoing connections bind to (`--node-source-address`).
+    source: Option<std::net::IpAddr>,
 }
 
 /// TLS material for channels.
@@ -273,7 +275,14 @@ impl Channels {
             next_id: std::sync::atomic::AtomicU64::new(1),
             handler: std::sync::OnceLock::new(),
             snapshot_report: std::sync::OnceLock::new(),
+            source: None,
         })
+    }
+
+    /// Outgoing connections leave from `source` (None: the system picks).
+    pub fn with_source_address(mut self, source: Option<std::net::IpAddr>) -> Channels {
+        self.source = source;
+        self
     }
 
     /// Installs what hears whether snapshot messages were delivered (once; later calls are ignored).
@@ -405,8 +414,9 @@ impl Channels {
             let config = self.client_config.clone();
             let report = self.snapshot_report.get().cloned();
             let pending = self.pending.clone();
+            let source = self.source;
             self.runtime
-                .spawn(writer(to, rx, directory, config, report, pending));
+                .spawn(writer(to, rx, directory, config, report, pending, source));
             tx
         });
         if queue.try_send(frame).is_err() {
@@ -421,6 +431,7 @@ async fn connect(
     to: u64,
     directory: &Directory,
     config: &Arc<ClientConfig>,
+    source: Option<std::net::IpAddr>,
 ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let info = directory
         .read()
@@ -429,11 +440,24 @@ async fn connect(
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("peer {to} is not in the nodes table"))?;
     let addr: SocketAddr = info.node_address.parse()?;
-    let tcp = tokio::time::timeout(
-        Duration::from_millis(CONNECT_TIMEOUT_MS),
-        TcpStream::connect(addr),
-    )
-    .await??;
+    let tcp = match source {
+        None => {
+            tokio::time::timeout(
+                Duration::from_millis(CONNECT_TIMEOUT_MS),
+                TcpStream::connect(addr),
+            )
+            .await??
+        }
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), socket.connect(addr)).await??
+        }
+    };
     tcp.set_nodelay(true)?;
     let name = ServerName::IpAddress(addr.ip().into());
     let tls = tokio::time::timeout(
@@ -455,6 +479,7 @@ async fn writer(
     config: Arc<ClientConfig>,
     report: Option<SnapshotReport>,
     pending: Pending,
+    source: Option<std::net::IpAddr>,
 ) {
     // What was written or dropped is told to whoever waits on it: Raft for snapshots, the forwarding backup for
     // requests (a dropped one fails at once instead of waiting out its timeout).
@@ -473,7 +498,7 @@ async fn writer(
     };
     let mut backoff = 50;
     loop {
-        let stream = match connect(to, &directory, &config).await {
+        let stream = match connect(to, &directory, &config, source).await {
             Ok(s) => {
                 backoff = 50;
                 s

@@ -20,6 +20,10 @@ pub struct NodeConfig {
     /// (CCF's `published_address`): behind a proxy or NAT; default: `--node-address` as bound.
     #[arg(long)]
     pub node_published_address: Option<SocketAddr>,
+    /// Local address this node's connections to other nodes leave from (multi-homed hosts; the fault campaign
+    /// gives each node its own loopback address so that a proxy can cut one node's traffic both ways).
+    #[arg(long)]
+    pub node_source_address: Option<std::net::IpAddr>,
     /// Name recorded for this node (and its certificate's common name).
     #[arg(long, default_value = "n0")]
     pub node_name: String,

@@ -1,23 +1,27 @@
-//! The node's I/O shell around the pure [`Core`]: start-up (new service, join, resume), the Raft event loop, the
-//! applier (committed entries → ledger chunks + RocksDB) and the snapshotter.
+//! The node's I/O shell around the [`Replica`] (the one owner of the pure [`Core`]): start-up (new service, join,
+//! resume), the Raft thread that owns the replica and executes its commands, the store thread (Raft log writes,
+//! in order), the applier (committed entries → ledger chunks + RocksDB) and the snapshotter.
 //!
 //! ```text
-//!  peers ══TLS══▶ inbox ─▶ event loop ─▶ Mutex<Core>: step / tick / signature timer
-//!  rpc handlers ─execute()─▶ Mutex<Core>::commit_tx ─wake─▶ │
-//!                                       ready ─▶ send messages; persist Raft log (RocksDB, fsync); send the rest
-//!                                             ─▶ committed entries ─▶ applier thread ─▶ ledger files + RocksDB
-//!                                             ─▶ snapshot points   ─▶ snapshotter ─▶ snapshots/ ─▶ evidence
+//!  peers ══TLS══▶ inbox ─▶ Raft thread: Replica::handle / calls / turn ─▶ commands
+//!  rpc handlers ─ask()──▶ inbox (bounded; full → 503)       │ read the published View without asking
+//!                                 Send ─▶ channels           │
+//!                                 Persist / Install / Compact / Apply ─▶ store thread (fsync) ─▶ Persisted
+//!                                                                       └─▶ applier ─▶ ledger files + RocksDB
+//!                                 WriteSnapshot ─▶ snapshotter ─▶ snapshots/ ─▶ SnapshotWritten ─▶ evidence
 //! ```
 //!
-//! Any I/O failure on the ledger or the stores stops the node: continuing could report a write Committed that is
-//! not on disk.
+//! Handlers never touch the core: they read the [`View`] the Raft thread publishes after every turn (and before
+//! it answers calls, so a client that saw its write acknowledged reads it), and send what needs the core itself
+//! (ordering a transaction, receipts, statuses) as a call through the bounded inbox. Any I/O failure on the
+//! ledger or the stores stops the node: continuing could report a write Committed that is not on disk.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,10 +41,10 @@ use crate::config::NodeConfig;
 use crate::consensus::persist::{self, LogWrite};
 use crate::consensus::{raft_id, RaftTiming};
 use crate::core::{
-    CommittedEntry, Core, CoreConfig, CoreError, CoreReady, Event, Genesis, Keys, Outcome, Restore,
-    SnapshotJob,
+    CommittedEntry, Core, CoreConfig, CoreError, Genesis, Keys, Outcome, Restore, SnapshotJob,
 };
 use crate::ledger::LedgerWriter;
+use crate::replica::{Command, Input, PersistJob, Replica, ReplicaTiming};
 use crate::snapshot;
 
 /// How often a transaction that conflicts is run again before the request fails.
@@ -50,6 +54,9 @@ const SNAPSHOTS_KEPT: usize = 2;
 /// Events queued for the event loop (peers' Raft messages, wake-ups). When full, Raft messages are dropped (Raft
 /// retransmits) and wake-ups are redundant: the loop is busy with what is queued.
 const INBOX_EVENTS_MAX: usize = 16 * 1024;
+/// Jobs queued for the store thread (Raft log writes, snapshot installs, compactions, committed batches). When
+/// full, the Raft thread waits for the disk.
+const STORE_JOBS_MAX: usize = 64;
 /// Batches of committed entries queued for the applier. When full, the event loop waits for the disk: slow
 /// storage slows ordering down (max_uncommitted_size then turns writes away with 503) instead of growing memory.
 const APPLY_BATCHES_MAX: usize = 64;
@@ -77,9 +84,33 @@ pub enum ExecError<E> {
     Unavailable(String),
 }
 
+/// Why a call to the replica did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// The Raft thread's inbox is full: nothing ran; retry shortly.
+    #[error("the node is busy (its Raft thread's queue is full); retry")]
+    Busy,
+    /// The node is stopping or broken.
+    #[error("the node is stopping")]
+    Stopped,
+}
+
+impl<E> From<AskError> for ExecError<E> {
+    fn from(e: AskError) -> ExecError<E> {
+        match e {
+            AskError::Busy => ExecError::Busy,
+            AskError::Stopped => ExecError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A call run on the Raft thread; what it returns answers the caller once the view is published.
+type Call = Box<dyn FnOnce(&mut Core) -> Box<dyn FnOnce() + Send> + Send>;
+
 enum LoopEvent {
     Raft(Message),
     Wake,
+    Call(Call),
     /// Whether a snapshot message reached its peer.
     SnapshotSent {
         to: u64,
@@ -89,6 +120,90 @@ enum LoopEvent {
         seqno: u64,
         digest: [u8; 32],
     },
+}
+
+/// Work for the store thread, in the order the replica handed it out.
+enum StoreJob {
+    Install {
+        snapshot: crate::core::InstalledSnapshot,
+        hard_state: raft::eraftpb::HardState,
+    },
+    Persist(PersistJob),
+    Compact(SnapshotMetadata),
+    Apply(Vec<CommittedEntry>),
+}
+
+/// One run of a transaction's function.
+enum Attempt<T> {
+    /// It only read: done.
+    Done(T, Outcome),
+    /// It wrote: this transaction is to be ordered.
+    Order(T, Tx),
+}
+
+/// What handlers read without asking the replica (see the module doc).
+#[derive(Clone, Default)]
+pub struct View {
+    /// The state transactions run on: the speculative one on the primary, the committed one elsewhere.
+    pub state: State,
+    /// The id of the version `state` is at.
+    pub read_id: TxId,
+    /// The committed state.
+    pub committed_state: State,
+    /// Whether this node is the primary.
+    pub is_primary: bool,
+    /// Raft id of the primary this node knows of (0: none).
+    pub primary: u64,
+    /// The current view (Raft term).
+    pub view: u64,
+    /// The service commit.
+    pub committed: TxId,
+    /// Whether this node is in the Raft configuration.
+    pub is_member: bool,
+    /// Voters and learners.
+    pub configuration: (Vec<u64>, Vec<u64>),
+    /// The seqno the ledger in memory starts after (historical reads before it need another node).
+    pub ledger_base: u64,
+}
+
+impl View {
+    fn of(core: &Core) -> View {
+        let state = core.snapshot();
+        View {
+            read_id: core.tx_id_at(state.version()),
+            state,
+            committed_state: core.committed_state().clone(),
+            is_primary: core.is_primary(),
+            primary: core.primary(),
+            view: core.view(),
+            committed: core.committed(),
+            is_member: core.is_member(),
+            configuration: core.configuration(),
+            ledger_base: core.ledger_base(),
+        }
+    }
+
+    fn same(&self, other: &View) -> bool {
+        self.read_id == other.read_id
+            && self.state.version() == other.state.version()
+            && self.committed_state.version() == other.committed_state.version()
+            && (
+                self.is_primary,
+                self.primary,
+                self.view,
+                self.committed,
+                self.is_member,
+                self.ledger_base,
+            ) == (
+                other.is_primary,
+                other.primary,
+                other.view,
+                other.committed,
+                other.is_member,
+                other.ledger_base,
+            )
+            && self.configuration == other.configuration
+    }
 }
 
 enum ApplyJob {
@@ -131,17 +246,24 @@ impl Paths {
 }
 
 struct Shared {
-    core: Mutex<Core>,
+    view: RwLock<Arc<View>>,
     stopping: AtomicBool,
     fatal: Mutex<Option<String>>,
     ledger_durable: AtomicU64,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        // A panic while holding the lock is a bug elsewhere; every mutation of the core completes before the
-        // guard drops, so its state is still consistent.
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Publishes the core's view if it changed.
+    fn publish(&self, core: &Core) {
+        let fresh = View::of(core);
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        if !view.same(&fresh) {
+            *view = Arc::new(fresh);
+        }
     }
 
     fn die(&self, reason: String) {
@@ -220,6 +342,10 @@ pub struct Node {
     ledger_secret: LedgerSecret,
     /// First seqno this run of the node ordered or received.
     startup_seqno: u64,
+    /// This node's id.
+    node_id: String,
+    /// This node's Raft id.
+    raft_id: u64,
 }
 
 /// Seconds since the epoch (for COSE `iat`).
@@ -481,7 +607,7 @@ impl Node {
         let mut peers = Vec::new();
         // Each arm also hands over the ledger writer (Resume already opened and read the ledger).
         let mut joined_state = None;
-        let (ids, core, replay, mut ledger) = match boot {
+        let (ids, mut core, replay, mut ledger) = match boot {
             Boot::NewService {
                 users,
                 members,
@@ -630,7 +756,10 @@ impl Node {
             node_key_pem: ids.node.key_pem.clone(),
             service_cert_pem: ids.service.cert_pem.clone(),
         };
-        let channels = Arc::new(Channels::new(self_id, directory.clone(), &tls, runtime.clone())?);
+        let channels = Arc::new(
+            Channels::new(self_id, directory.clone(), &tls, runtime.clone())?
+                .with_source_address(cfg.node_source_address),
+        );
         let (inbox_tx, inbox_rx) = mpsc::sync_channel::<LoopEvent>(INBOX_EVENTS_MAX);
         {
             let report_tx = Mutex::new(inbox_tx.clone());
@@ -673,8 +802,20 @@ impl Node {
         ledger.append(&replay)?;
         ledger.sync()?;
         persist_state(&storage, &sealer, &replay)?;
+        // Offer the newest committed snapshot to followers that fall behind.
+        if let Some((_, _, path)) = committed_snapshots(&paths).first() {
+            if let Ok(bytes) = std::fs::read(path) {
+                // A file damaged on disk is not offered: it is checked whole once, here.
+                let offered = snapshot::decode(&bytes, &sealer)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| core.offer_snapshot(bytes).map_err(|e| e.to_string()));
+                if let Err(e) = offered {
+                    tracing::warn!("cannot offer snapshot {}: {e}", path.display());
+                }
+            }
+        }
         let shared = Arc::new(Shared {
-            core: Mutex::new(core),
+            view: RwLock::new(Arc::new(View::of(&core))),
             stopping: AtomicBool::new(false),
             fatal: Mutex::new(None),
             ledger_durable: AtomicU64::new(ledger.last_seqno()),
@@ -702,24 +843,9 @@ impl Node {
             sealer: sealer.clone(),
             ledger_secret: ids.secret.clone(),
             startup_seqno,
+            node_id: core.node_id().to_string(),
+            raft_id: self_id,
         });
-        // Offer the newest committed snapshot to followers that fall behind.
-        if let Some((_, _, path)) = committed_snapshots(&paths).first() {
-            if let Ok(bytes) = std::fs::read(path) {
-                // A file damaged on disk is not offered: it is checked whole once, here, outside the core lock.
-                let offered = snapshot::decode(&bytes, &sealer)
-                    .map_err(|e| e.to_string())
-                    .and_then(|_| {
-                        node.shared
-                            .lock()
-                            .offer_snapshot(bytes)
-                            .map_err(|e| e.to_string())
-                    });
-                if let Err(e) = offered {
-                    tracing::warn!("cannot offer snapshot {}: {e}", path.display());
-                }
-            }
-        }
 
         let (apply_tx, apply_rx) = mpsc::sync_channel::<ApplyJob>(APPLY_BATCHES_MAX);
         if let Some(state) = joined_state {
@@ -728,7 +854,18 @@ impl Node {
                 .map_err(|_| anyhow::anyhow!("the applier queue is closed"))?;
         }
         let (snap_tx, snap_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_JOBS_MAX);
+        let (store_tx, store_rx) = mpsc::sync_channel::<StoreJob>(STORE_JOBS_MAX);
+        // Unbounded, but never longer than the store queue: one answer per Persist job.
+        let (persisted_tx, persisted_rx) = mpsc::channel::<u64>();
         let mut threads = Vec::new();
+        {
+            let node2 = node.clone();
+            threads.push(std::thread::Builder::new().name("store".into()).spawn(move || {
+                if let Err(e) = node2.store_loop(store_rx, &apply_tx, &persisted_tx) {
+                    node2.shared.die(format!("store: {e:#}"));
+                }
+            })?);
+        }
         {
             let shared = shared.clone();
             let storage = storage.clone();
@@ -759,8 +896,18 @@ impl Node {
         }
         {
             let node2 = node.clone();
+            let timing = ReplicaTiming {
+                tick_ms: cfg.tick_ms,
+                signature: crate::core::SignatureTiming {
+                    interval_ms: cfg.sig_ms_interval,
+                    in_flight_max: cfg.sig_in_flight_max,
+                    min_gap_ms: cfg.sig_ms_min,
+                },
+            };
+            let replica = Replica::new(core, timing, 0, node.ledger_durable());
             threads.push(std::thread::Builder::new().name("raft".into()).spawn(move || {
-                if let Err(e) = node2.event_loop(inbox_rx, apply_tx, snap_tx) {
+                let result = node2.event_loop(replica, inbox_rx, persisted_rx, store_tx, snap_tx);
+                if let Err(e) = result {
                     node2.shared.die(format!("event loop: {e:#}"));
                 }
             })?);
@@ -778,9 +925,68 @@ impl Node {
             .try_send(LoopEvent::Wake);
     }
 
-    /// Locks the core for reading its state (status, receipts, commit).
-    pub fn core(&self) -> MutexGuard<'_, Core> {
-        self.shared.lock()
+    /// What the Raft thread last published: states, roles, commit (never waits for the Raft thread).
+    pub fn view(&self) -> Arc<View> {
+        self.shared.view()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// This node's Raft id.
+    pub fn raft_id(&self) -> u64 {
+        self.raft_id
+    }
+
+    /// Queues `f` for the Raft thread, which answers through `answer` once the view is published.
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> T + Send + 'static,
+        answer: impl FnOnce(T) + Send + 'static,
+    ) -> Result<(), AskError> {
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(AskError::Stopped);
+        }
+        let call: Call = Box::new(move |core| {
+            let value = f(core);
+            Box::new(move || answer(value))
+        });
+        match self
+            .inbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_send(LoopEvent::Call(call))
+        {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(AskError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(AskError::Stopped),
+        }
+    }
+
+    /// Runs `f` on the core, on the Raft thread, and waits for its answer (from threads that may block).
+    pub fn ask<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> T + Send + 'static,
+    ) -> Result<T, AskError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(f, move |v| {
+            let _ = tx.send(v);
+        })?;
+        rx.recv().map_err(|_| AskError::Stopped)
+    }
+
+    /// [`Node::ask`] for async handlers: waits without blocking the runtime's thread.
+    pub async fn ask_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> T + Send + 'static,
+    ) -> Result<T, AskError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(f, move |v| {
+            let _ = tx.send(v);
+        })?;
+        rx.await.map_err(|_| AskError::Stopped)
     }
 
     /// The node-to-node channels (forwarding rides them too).
@@ -791,7 +997,7 @@ impl Node {
     /// Whether the service has no members (development mode: see docs/SECURITY.md).
     /// (A node that joined and has not yet received any state does not know: false.)
     pub fn development_mode(&self) -> bool {
-        let state = self.shared.lock().snapshot();
+        let state = &self.view().state;
         state.version() > 0 && state.map(maps::MEMBERS_CERTS).is_none_or(|m| m.is_empty())
     }
 
@@ -839,83 +1045,115 @@ impl Node {
     }
 
     /// Runs `f` as a transaction, re-running it on conflicts, and orders its writes (primary only: a write on a
-    /// backup answers [`ExecError::NotPrimary`] so the caller can forward it).
+    /// backup answers [`ExecError::NotPrimary`] so the caller can forward it). Blocks the calling thread while
+    /// the Raft thread orders it: for threads that may block (JavaScript workers); async handlers use
+    /// [`Node::execute_async`].
     pub fn execute<T, E>(
         &self,
         mut f: impl FnMut(&mut Tx) -> Result<T, E>,
     ) -> Result<(T, Outcome), ExecError<E>> {
         for _ in 0..CONFLICT_RETRIES_MAX {
-            if let Some(reason) = self.fatal_error() {
-                return Err(ExecError::Unavailable(reason));
-            }
-            if self.shared.stopping.load(Ordering::Acquire) {
-                return Err(ExecError::Unavailable("the node is stopping".into()));
-            }
-            let (mut tx, read_id, primary) = {
-                let core = self.shared.lock();
-                let snapshot = core.snapshot();
-                let read_id = core.tx_id_at(snapshot.version());
-                (Tx::new(snapshot), read_id, core.is_primary())
+            let (value, tx) = match self.run_on_view(&mut f)? {
+                Attempt::Done(value, outcome) => return Ok((value, outcome)),
+                Attempt::Order(value, tx) => (value, tx),
             };
-            let value = f(&mut tx).map_err(ExecError::Handler)?;
-            if tx.is_read_only() {
-                return Ok((value, Outcome::ReadOnly(read_id)));
-            }
-            if !primary {
-                return Err(ExecError::NotPrimary);
-            }
-            let result = self.shared.lock().commit_tx(tx, now_secs());
-            match result {
-                Ok(outcome) => {
-                    self.wake();
-                    return Ok((value, outcome));
-                }
-                Err(CoreError::Conflict(_)) => continue,
-                Err(CoreError::NotPrimary) => return Err(ExecError::NotPrimary),
-                Err(CoreError::Busy) => return Err(ExecError::Busy),
-                Err(e) => {
-                    self.shared.die(format!("ordering a transaction: {e}"));
-                    return Err(ExecError::Unavailable(e.to_string()));
-                }
+            let now = now_secs();
+            let ordered = self.ask(move |core| core.commit_tx(tx, now))?;
+            if let Some(outcome) = self.ordered(ordered)? {
+                return Ok((value, outcome));
             }
         }
         Err(ExecError::TooManyConflicts)
     }
 
-    /// Runs `f` on the core (primary operations: adding or retiring nodes) and wakes the event loop.
-    pub fn with_core<T>(&self, f: impl FnOnce(&mut Core) -> Result<T, CoreError>) -> Result<T, CoreError> {
-        let result = f(&mut self.shared.lock());
-        self.wake();
-        result
+    /// [`Node::execute`] for async handlers: waits for the Raft thread without blocking the runtime's thread.
+    pub async fn execute_async<T, E>(
+        &self,
+        mut f: impl FnMut(&mut Tx) -> Result<T, E>,
+    ) -> Result<(T, Outcome), ExecError<E>> {
+        for _ in 0..CONFLICT_RETRIES_MAX {
+            let (value, tx) = match self.run_on_view(&mut f)? {
+                Attempt::Done(value, outcome) => return Ok((value, outcome)),
+                Attempt::Order(value, tx) => (value, tx),
+            };
+            let now = now_secs();
+            let ordered = self.ask_async(move |core| core.commit_tx(tx, now)).await?;
+            if let Some(outcome) = self.ordered(ordered)? {
+                return Ok((value, outcome));
+            }
+        }
+        Err(ExecError::TooManyConflicts)
     }
 
+    /// Runs `f` on the published view: done if it only read, else its transaction to order.
+    fn run_on_view<T, E>(
+        &self,
+        f: &mut impl FnMut(&mut Tx) -> Result<T, E>,
+    ) -> Result<Attempt<T>, ExecError<E>> {
+        if let Some(reason) = self.fatal_error() {
+            return Err(ExecError::Unavailable(reason));
+        }
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(ExecError::Unavailable("the node is stopping".into()));
+        }
+        // The published view is at most one turn old; a transaction that read something changed since
+        // conflicts at commit_tx and runs again.
+        let view = self.view();
+        let mut tx = Tx::new(view.state.clone());
+        let value = f(&mut tx).map_err(ExecError::Handler)?;
+        if tx.is_read_only() {
+            return Ok(Attempt::Done(value, Outcome::ReadOnly(view.read_id)));
+        }
+        if !view.is_primary {
+            return Err(ExecError::NotPrimary);
+        }
+        Ok(Attempt::Order(value, tx))
+    }
+
+    /// What ordering answered: the outcome, None for a conflict (run again), or why it failed.
+    fn ordered<E>(&self, result: Result<Outcome, CoreError>) -> Result<Option<Outcome>, ExecError<E>> {
+        match result {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(CoreError::Conflict(_)) => Ok(None),
+            Err(CoreError::NotPrimary) => Err(ExecError::NotPrimary),
+            Err(CoreError::Busy) => Err(ExecError::Busy),
+            Err(e) => {
+                self.shared.die(format!("ordering a transaction: {e}"));
+                Err(ExecError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// A receiver that changes whenever the service commit or the view moves.
+    pub fn commit_watch(&self) -> tokio::sync::watch::Receiver<(u64, TxId)> {
+        self.commits.subscribe()
+    }
+
+    /// The Raft thread: owns the replica, feeds it what arrives, answers calls and executes its commands.
     fn event_loop(
         &self,
+        mut replica: Replica,
         inbox: Receiver<LoopEvent>,
-        apply: SyncSender<ApplyJob>,
+        persisted: Receiver<u64>,
+        store: SyncSender<StoreJob>,
         snapshots: SyncSender<SnapshotJob>,
     ) -> anyhow::Result<()> {
-        let tick = Duration::from_millis(self.cfg.tick_ms);
-        let sig_every = Duration::from_millis(self.cfg.sig_ms_interval);
         let started = Instant::now();
-        let mut next_tick = started + tick;
-        let mut pending_compaction: Option<u64> = None;
-        let mut pending_commits: HashMap<u64, (u64, String)> = HashMap::new();
-        let mut known_primary = 0;
-        self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
-        // Each turn handles what arrived, the timers, the signature decision and at most one Ready, so no stream
-        // of new entries can keep the loop from its timers (it once signed only by transaction count under load).
+        let clock = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        while replica.turn(clock(), now_secs())? {
+            self.execute_commands(&mut replica, &store, &snapshots)?;
+        }
+        self.execute_commands(&mut replica, &store, &snapshots)?;
+        let mut answers: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         while !self.shared.stopping.load(Ordering::Acquire) {
-            let now = Instant::now();
-            let more_ready = self.shared.lock().has_ready();
-            let deadline = if more_ready {
+            let now = clock();
+            let deadline = if replica.has_ready() {
                 now
             } else {
-                next_tick.min(now + sig_every)
+                replica.next_deadline_ms(now)
             };
             let mut events = Vec::new();
-            let mut written = Vec::new();
-            match inbox.recv_timeout(deadline.saturating_duration_since(now)) {
+            match inbox.recv_timeout(Duration::from_millis(deadline.saturating_sub(now))) {
                 Ok(ev) => events.push(ev),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -926,251 +1164,247 @@ impl Node {
                     Err(_) => break,
                 }
             }
-            {
-                let mut core = self.shared.lock();
-                for ev in events {
-                    match ev {
-                        LoopEvent::Raft(m) => core.step(m)?,
-                        LoopEvent::Wake => {}
-                        LoopEvent::SnapshotSent { to, delivered } => {
-                            if !delivered {
-                                tracing::info!(
-                                    peer = to,
-                                    "a snapshot message was not delivered: Raft sends it again"
-                                );
-                            }
-                            core.report_snapshot(to, delivered)?;
-                        }
-                        LoopEvent::SnapshotWritten { seqno, digest } => {
-                            if let Some(e) = core.snapshot_written(seqno, &digest, now_secs())? {
-                                tracing::info!(seqno, evidence = %e, "recorded snapshot evidence");
-                            }
-                            written.push(seqno);
-                        }
+            while let Ok(number) = persisted.try_recv() {
+                replica.handle(Input::Persisted(number), now_secs())?;
+            }
+            for ev in events {
+                let input = match ev {
+                    LoopEvent::Raft(m) => Input::Raft(m),
+                    LoopEvent::Wake => continue,
+                    LoopEvent::Call(call) => {
+                        answers.push(call(replica.core_mut()));
+                        continue;
                     }
-                }
-                let now = Instant::now();
-                if now >= next_tick {
-                    core.tick()?;
-                    next_tick = now + tick;
-                }
-                let now_ms = u64::try_from(now.duration_since(started).as_millis()).unwrap_or(u64::MAX);
-                let timing = crate::core::SignatureTiming {
-                    interval_ms: self.cfg.sig_ms_interval,
-                    in_flight_max: self.cfg.sig_in_flight_max,
-                    min_gap_ms: self.cfg.sig_ms_min,
+                    LoopEvent::SnapshotSent { to, delivered } => Input::SnapshotSent { to, delivered },
+                    LoopEvent::SnapshotWritten { seqno, digest } => Input::SnapshotWritten { seqno, digest },
                 };
-                if core.signature_due(now_ms, timing) {
-                    core.emit_signature(now_secs())?;
-                }
-                if let Some(s) = pending_compaction {
-                    if s <= self.shared.ledger_durable.load(Ordering::Acquire) {
-                        pending_compaction = None;
-                        if let Some(meta) = core.compact_log(s)? {
-                            drop(core);
-                            persist::write(
-                                &self.storage,
-                                &LogWrite {
-                                    compacted: Some(&meta),
-                                    ..Default::default()
-                                },
-                            )?;
-                            tracing::info!(seqno = s, "compacted the Raft log up to a committed snapshot");
-                        }
-                    }
+                replica.handle(input, now_secs())?;
+            }
+            if !answers.is_empty() {
+                // Published before answering: a client told its write was ordered reads it at once.
+                self.shared.publish(replica.core());
+                for answer in answers.drain(..) {
+                    answer();
                 }
             }
-            for seqno in written {
-                if let Some((evidence_seqno, digest)) = pending_commits.remove(&seqno) {
-                    let event = Event::SnapshotCommitted {
+            replica.set_ledger_durable(self.shared.ledger_durable.load(Ordering::Acquire));
+            replica.turn(clock(), now_secs())?;
+            self.execute_commands(&mut replica, &store, &snapshots)?;
+        }
+        // Stopping: sign what is ordered and let it reach the disk and the peers.
+        replica.drain(now_secs())?;
+        self.execute_commands(&mut replica, &store, &snapshots)?;
+        Ok(())
+    }
+
+    /// Executes the replica's commands (see `replica.rs` for what each asks).
+    fn execute_commands(
+        &self,
+        replica: &mut Replica,
+        store: &SyncSender<StoreJob>,
+        snapshots: &SyncSender<SnapshotJob>,
+    ) -> anyhow::Result<()> {
+        let mut published = false;
+        loop {
+            let commands = replica.take_commands();
+            if commands.is_empty() {
+                break;
+            }
+            for command in commands {
+                let job = match command {
+                    Command::Send(messages) => {
+                        for m in &messages {
+                            self.channels.send(m);
+                        }
+                        continue;
+                    }
+                    Command::Install { snapshot, hard_state } => StoreJob::Install { snapshot, hard_state },
+                    Command::Persist(job) => StoreJob::Persist(job),
+                    Command::Compact(meta) => StoreJob::Compact(meta),
+                    Command::Apply(entries) => StoreJob::Apply(entries),
+                    Command::WriteSnapshot(job) => {
+                        let seqno = job.state.version();
+                        if let Err(TrySendError::Full(_)) = snapshots.try_send(job) {
+                            tracing::warn!(
+                                seqno,
+                                "the snapshotter is still busy with the previous snapshot: skipping this one"
+                            );
+                        }
+                        continue;
+                    }
+                    Command::CommitSnapshot {
                         seqno,
                         evidence_seqno,
                         digest,
-                    };
-                    self.handle_event(event, &snapshots, &mut pending_compaction, &mut pending_commits)?;
-                }
+                    } => {
+                        if let Some(input) = self.commit_snapshot_file(seqno, evidence_seqno, digest)? {
+                            replica.handle(input, now_secs())?;
+                        }
+                        continue;
+                    }
+                    Command::RefreshPeers => {
+                        let core = replica.core();
+                        refresh_directory(&self.directory, core.committed_state(), core.raft_id());
+                        continue;
+                    }
+                    Command::PrimaryChanged(primary) => {
+                        self.channels.abandon_forwards(primary);
+                        continue;
+                    }
+                    Command::CommitMoved { view, committed } => {
+                        if !published {
+                            self.shared.publish(replica.core());
+                            published = true;
+                        }
+                        self.commits.send_if_modified(|seen| {
+                            let moved = *seen != (view, committed);
+                            *seen = (view, committed);
+                            moved
+                        });
+                        continue;
+                    }
+                };
+                // Waits for room: slow storage slows ordering down instead of growing memory.
+                store
+                    .send(job)
+                    .map_err(|_| anyhow::anyhow!("the store thread stopped"))?;
             }
-            self.process_one_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
-            let primary = self.shared.lock().primary();
-            if primary != known_primary {
-                known_primary = primary;
-                self.channels.abandon_forwards(primary);
-            }
         }
-        // Stopping: sign what is ordered and let it reach the disk and the peers.
-        {
-            let mut core = self.shared.lock();
-            core.emit_signature(now_secs())?;
-        }
-        self.process_ready(&apply, &snapshots, &mut pending_compaction, &mut pending_commits)?;
-        Ok(())
-    }
-
-    /// Handles every Ready until Raft has none (start-up and stopping).
-    fn process_ready(
-        &self,
-        apply: &SyncSender<ApplyJob>,
-        snapshots: &SyncSender<SnapshotJob>,
-        pending_compaction: &mut Option<u64>,
-        pending_commits: &mut HashMap<u64, (u64, String)>,
-    ) -> anyhow::Result<()> {
-        while self.process_one_ready(apply, snapshots, pending_compaction, pending_commits)? {}
-        Ok(())
-    }
-
-    /// Tells long polls that the commit or the view moved (a view change can make a Pending transaction Invalid).
-    fn publish_commit(&self) {
-        let now = {
-            let core = self.shared.lock();
-            (core.view(), core.committed())
-        };
-        self.commits.send_if_modified(|seen| {
-            let moved = *seen != now;
-            *seen = now;
-            moved
-        });
-    }
-
-    /// A receiver that changes whenever the service commit or the view moves.
-    pub fn commit_watch(&self) -> tokio::sync::watch::Receiver<(u64, TxId)> {
-        self.commits.subscribe()
-    }
-
-    /// Handles one Ready, if Raft has one, and the core's events; returns whether there was one.
-    fn process_one_ready(
-        &self,
-        apply: &SyncSender<ApplyJob>,
-        snapshots: &SyncSender<SnapshotJob>,
-        pending_compaction: &mut Option<u64>,
-        pending_commits: &mut HashMap<u64, (u64, String)>,
-    ) -> anyhow::Result<bool> {
-        let (rd, events) = {
-            let mut core = self.shared.lock();
-            let rd = core.ready()?;
-            (rd, core.take_events())
-        };
-        for event in events {
-            self.handle_event(event, snapshots, pending_compaction, pending_commits)?;
-        }
-        let Some(rd) = rd else { return Ok(false) };
-        self.handle_ready(rd, apply)?;
-        self.publish_commit();
-        Ok(true)
-    }
-
-    fn handle_ready(&self, rd: CoreReady, apply: &SyncSender<ApplyJob>) -> anyhow::Result<()> {
-        for m in &rd.messages {
-            self.channels.send(m);
-        }
-        if let Some(installed) = rd.installed {
-            // Everything before the snapshot is superseded: the applier finishes what it has, then resets.
-            let seqno = installed.meta.index;
-            let hs = {
-                let mut hs = rd
-                    .hard_state
-                    .clone()
-                    .unwrap_or_else(|| self.shared.lock().stored_hard_state());
-                hs.commit = hs.commit.max(seqno);
-                hs.term = hs.term.max(installed.meta.term);
-                hs
-            };
-            reset_log_to_snapshot(&self.paths, &self.storage, &installed.bytes, &installed.meta, &hs)?;
-            let (done_tx, done_rx) = mpsc::sync_channel(1);
-            apply
-                .send(ApplyJob::Reset {
-                    state: installed.state,
-                    done: done_tx,
-                })
-                .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
-            done_rx
-                .recv()
-                .map_err(|_| anyhow::anyhow!("the applier stopped"))??;
-            self.shared.ledger_durable.store(seqno, Ordering::Release);
-            tracing::info!(seqno, "installed a snapshot from the primary");
-        }
-        persist::write(
-            &self.storage,
-            &LogWrite {
-                entries: &rd.entries,
-                previous_last: rd.previous_last,
-                hard_state: rd.hard_state.as_ref(),
-                conf_state: rd.conf_state.as_ref(),
-                conf_index: rd.conf_index,
-                ..Default::default()
-            },
-        )?;
-        for m in &rd.persisted_messages {
-            self.channels.send(m);
-        }
-        self.shared.lock().on_persisted(rd.number)?;
-        if !rd.committed.is_empty() {
-            apply
-                .send(ApplyJob::Apply(rd.committed))
-                .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+        if !published {
+            self.shared.publish(replica.core());
         }
         Ok(())
     }
 
-    fn handle_event(
+    /// Marks this node's snapshot file at `seqno` committed, if it is written and matches the evidence.
+    fn commit_snapshot_file(
         &self,
-        event: Event,
-        snapshots: &SyncSender<SnapshotJob>,
-        pending_compaction: &mut Option<u64>,
-        pending_commits: &mut HashMap<u64, (u64, String)>,
-    ) -> anyhow::Result<()> {
-        match event {
-            Event::SnapshotDue(job) => {
-                let seqno = job.state.version();
-                if let Err(TrySendError::Full(_)) = snapshots.try_send(job) {
-                    tracing::warn!(
-                        seqno,
-                        "the snapshotter is still busy with the previous snapshot: skipping this one"
-                    );
-                }
-            }
-            Event::SnapshotCommitted {
+        seqno: u64,
+        evidence_seqno: u64,
+        digest: String,
+    ) -> anyhow::Result<Option<Input>> {
+        let written = self.paths.snapshots().join(snapshot::file_name(seqno, None));
+        let Ok(bytes) = std::fs::read(&written) else {
+            // This node's snapshotter is behind: finish when it has written the file.
+            return Ok(Some(Input::SnapshotNotWritten {
                 seqno,
                 evidence_seqno,
                 digest,
-            } => {
-                let written = self.paths.snapshots().join(snapshot::file_name(seqno, None));
-                let bytes = match std::fs::read(&written) {
-                    Ok(b) => b,
-                    Err(_) => {
-                        // This node's snapshotter is behind: finish when it has written the file. Only the newest
-                        // few are remembered (a skipped snapshot is never written).
-                        pending_commits.insert(seqno, (evidence_seqno, digest));
-                        while pending_commits.len() > SNAPSHOT_JOBS_MAX + 1 {
-                            let Some(oldest) = pending_commits.keys().min().copied() else {
+            }));
+        };
+        if hex::encode(snapshot::digest(&bytes)) != digest {
+            tracing::error!(
+                seqno,
+                "this node's snapshot differs from the primary's evidence; not using it"
+            );
+            return Ok(None);
+        }
+        let committed = self
+            .paths
+            .snapshots()
+            .join(snapshot::file_name(seqno, Some(evidence_seqno)));
+        std::fs::rename(&written, &committed)?;
+        tracing::info!(seqno, evidence = evidence_seqno, "snapshot committed");
+        for (_, _, old) in committed_snapshots(&self.paths).into_iter().skip(SNAPSHOTS_KEPT) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(Some(Input::SnapshotFileCommitted { seqno, bytes }))
+    }
+
+    /// The store thread: Raft log writes, snapshot installs and compactions in the replica's order, each synced;
+    /// committed batches passed on to the applier after the writes before them.
+    fn store_loop(
+        &self,
+        jobs: Receiver<StoreJob>,
+        apply: &SyncSender<ApplyJob>,
+        persisted: &mpsc::Sender<u64>,
+    ) -> anyhow::Result<()> {
+        /// Raft log writes made durable with one sync at most.
+        const PERSISTS_PER_SYNC_MAX: usize = 256;
+        let mut next = None;
+        loop {
+            let job = match next.take() {
+                Some(job) => job,
+                None => match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            match job {
+                StoreJob::Install { snapshot, hard_state } => {
+                    let seqno = snapshot.meta.index;
+                    reset_log_to_snapshot(
+                        &self.paths,
+                        &self.storage,
+                        &snapshot.bytes,
+                        &snapshot.meta,
+                        &hard_state,
+                    )?;
+                    let (done_tx, done_rx) = mpsc::sync_channel(1);
+                    apply
+                        .send(ApplyJob::Reset {
+                            state: snapshot.state,
+                            done: done_tx,
+                        })
+                        .map_err(|_| anyhow::anyhow!("the applier stopped"))?;
+                    done_rx
+                        .recv()
+                        .map_err(|_| anyhow::anyhow!("the applier stopped"))??;
+                    self.shared.ledger_durable.store(seqno, Ordering::Release);
+                    tracing::info!(seqno, "installed a snapshot from the primary");
+                }
+                StoreJob::Persist(first) => {
+                    // Whatever else waits is written with it, in order, under one sync.
+                    let mut batch = vec![first];
+                    while batch.len() < PERSISTS_PER_SYNC_MAX {
+                        match jobs.try_recv() {
+                            Ok(StoreJob::Persist(job)) => batch.push(job),
+                            Ok(other) => {
+                                next = Some(other);
                                 break;
-                            };
-                            pending_commits.remove(&oldest);
+                            }
+                            Err(_) => break,
                         }
-                        return Ok(());
                     }
-                };
-                if hex::encode(snapshot::digest(&bytes)) != digest {
-                    tracing::error!(
-                        seqno,
-                        "this node's snapshot differs from the primary's evidence; not using it"
+                    let writes: Vec<LogWrite<'_>> = batch
+                        .iter()
+                        .map(|job| LogWrite {
+                            entries: &job.entries,
+                            previous_last: job.previous_last,
+                            hard_state: job.hard_state.as_ref(),
+                            conf_state: job.conf_state.as_ref(),
+                            conf_index: job.conf_index,
+                            ..Default::default()
+                        })
+                        .collect();
+                    persist::write_all(&self.storage, &writes)?;
+                    drop(writes);
+                    for job in batch {
+                        for m in &job.then_send {
+                            self.channels.send(m);
+                        }
+                        if persisted.send(job.number).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    self.wake();
+                }
+                StoreJob::Compact(meta) => {
+                    persist::write(
+                        &self.storage,
+                        &LogWrite {
+                            compacted: Some(&meta),
+                            ..Default::default()
+                        },
+                    )?;
+                    tracing::info!(
+                        seqno = meta.index,
+                        "compacted the Raft log up to a committed snapshot"
                     );
-                    return Ok(());
                 }
-                let committed = self
-                    .paths
-                    .snapshots()
-                    .join(snapshot::file_name(seqno, Some(evidence_seqno)));
-                std::fs::rename(&written, &committed)?;
-                tracing::info!(seqno, evidence = evidence_seqno, "snapshot committed");
-                self.shared.lock().offer_snapshot(bytes)?;
-                *pending_compaction = Some(seqno);
-                for (_, _, old) in committed_snapshots(&self.paths).into_iter().skip(SNAPSHOTS_KEPT) {
-                    let _ = std::fs::remove_file(old);
-                }
-            }
-            Event::NodesChanged => {
-                let core = self.shared.lock();
-                refresh_directory(&self.directory, core.committed_state(), core.raft_id());
+                StoreJob::Apply(entries) => apply
+                    .send(ApplyJob::Apply(entries))
+                    .map_err(|_| anyhow::anyhow!("the applier stopped"))?,
             }
         }
         Ok(())

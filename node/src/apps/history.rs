@@ -130,12 +130,14 @@ pub fn value_at(
     slot: &Slot,
 ) -> Result<Option<(TxId, Vec<u8>)>, ApiError> {
     let (committed, current) = {
-        let core = node.core();
-        let current = core
-            .committed_state()
-            .entry(map, key)
-            .map(|e| (core.tx_id_at(e.version), e.value.to_vec()));
-        (core.committed(), current)
+        let (map, key) = (map.to_string(), key.to_vec());
+        node.ask(move |core| {
+            let current = core
+                .committed_state()
+                .entry(&map, &key)
+                .map(|e| (core.tx_id_at(e.version), e.value.to_vec()));
+            (core.committed(), current)
+        })?
     };
     if seqno > committed.seqno {
         return Err(not_committed(seqno, committed));
@@ -172,7 +174,7 @@ pub fn versions(
             "from_seqno must be at least 1 and to_seqno at least from_seqno",
         ));
     }
-    let committed = node.core().committed();
+    let committed = node.view().committed;
     let end = to.min(committed.seqno);
     if end < from {
         return Ok(Versions {
@@ -271,7 +273,7 @@ pub fn change_feed(node: &Arc<Node>, request: FeedRequest) -> Result<Response, A
         ));
     }
     debug_assert!(maps::is_public(&request.map));
-    let base = node.core().ledger_base();
+    let base = node.view().ledger_base;
     if request.from <= base {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -375,7 +377,7 @@ async fn feed(
                 .await;
             return;
         }
-        let committed = node.core().committed();
+        let committed = node.view().committed;
         let durable = node.ledger_durable();
         let upto = committed.seqno.min(durable).min(request.to.unwrap_or(u64::MAX));
         if next <= upto {
@@ -457,7 +459,7 @@ async fn feed(
             _ = out.closed() => return,
         }
         if last_sent.elapsed() >= heartbeat {
-            let committed = node.core().committed();
+            let committed = node.view().committed;
             if out
                 .send(send(
                     json!({"heartbeat": committed.to_string(), "next_seqno": next}),

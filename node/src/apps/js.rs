@@ -761,8 +761,8 @@ pub async fn dispatch(State(app): State<AppState>, request: Request) -> Result<R
         // The snapshot is dropped before the handler runs: holding it would keep every version the primary
         // makes meanwhile alive, and make this task free them.
         let (state, primary, committed) = {
-            let core = app.node.core();
-            (core.snapshot(), core.is_primary(), core.committed())
+            let view = app.node.view();
+            (view.state.clone(), view.is_primary, view.committed)
         };
         // Match once here (for the authentication policy); the transaction re-matches only if the app changed
         // since.

@@ -65,16 +65,19 @@ async fn range(
     let limit = page_limit(q.limit)?;
     let from = hex_param("from", q.from.as_deref())?.unwrap_or_default();
     let to = hex_param("to", q.to.as_deref())?;
-    let (mut rows, outcome) = app.node.execute(|tx| {
-        if !tx.map_exists(&map) {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "UnknownMap",
-                format!("no map named {map}"),
-            ));
-        }
-        Ok(tx.range(&map, &from, to.as_deref(), limit + 1))
-    })?;
+    let (mut rows, outcome) = app
+        .node
+        .execute_async(|tx| {
+            if !tx.map_exists(&map) {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "UnknownMap",
+                    format!("no map named {map}"),
+                ));
+            }
+            Ok(tx.range(&map, &from, to.as_deref(), limit + 1))
+        })
+        .await?;
     let next = split_page(&mut rows, limit).map(hex::encode);
     let entries: Vec<_> = rows
         .iter()

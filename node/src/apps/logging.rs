@@ -78,10 +78,13 @@ async fn write(
     let map = map_of(&visibility)?;
     app.authenticate_user(&peer)?;
     let entry: LogEntry = extract::json_body(body, app.max_body_bytes).await?;
-    let ((), outcome) = app.node.execute(|tx| {
-        tx.put(map, &key_of(entry.id), entry.msg.as_bytes());
-        Ok::<_, ApiError>(())
-    })?;
+    let ((), outcome) = app
+        .node
+        .execute_async(|tx| {
+            tx.put(map, &key_of(entry.id), entry.msg.as_bytes());
+            Ok::<_, ApiError>(())
+        })
+        .await?;
     let tx_id = outcome.tx_id();
     Ok(with_tx_id(
         tx_id,
@@ -96,10 +99,13 @@ async fn read(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let (map, id) = record_of(&app, &peer, &visibility, q)?;
-    let (msg, outcome) = app.node.execute(|tx| {
-        tx.get(map, &key_of(id))
-            .ok_or_else(|| ApiError::not_found(format!("no record with id {id}")))
-    })?;
+    let (msg, outcome) = app
+        .node
+        .execute_async(|tx| {
+            tx.get(map, &key_of(id))
+                .ok_or_else(|| ApiError::not_found(format!("no record with id {id}")))
+        })
+        .await?;
     Ok(with_tx_id(
         outcome.tx_id(),
         Json(json!({ "msg": String::from_utf8_lossy(&msg) })),
@@ -113,14 +119,17 @@ async fn remove(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let (map, id) = record_of(&app, &peer, &visibility, q)?;
-    let ((), outcome) = app.node.execute(|tx| {
-        let key = key_of(id);
-        if !tx.has(map, &key) {
-            return Err(ApiError::not_found(format!("no record with id {id}")));
-        }
-        tx.delete(map, &key);
-        Ok(())
-    })?;
+    let ((), outcome) = app
+        .node
+        .execute_async(|tx| {
+            let key = key_of(id);
+            if !tx.has(map, &key) {
+                return Err(ApiError::not_found(format!("no record with id {id}")));
+            }
+            tx.delete(map, &key);
+            Ok(())
+        })
+        .await?;
     let tx_id = outcome.tx_id();
     Ok(with_tx_id(tx_id, Json(json!({ "transaction_id": tx_id }))))
 }
@@ -165,7 +174,8 @@ async fn range(
     let to = q.to.map(key_of);
     let (mut rows, outcome) = app
         .node
-        .execute(|tx| Ok::<_, ApiError>(tx.range(map, &from, to.as_ref().map(|k| &k[..]), limit + 1)))?;
+        .execute_async(|tx| Ok::<_, ApiError>(tx.range(map, &from, to.as_ref().map(|k| &k[..]), limit + 1)))
+        .await?;
     let id_of = |key: &[u8]| key.try_into().map(u64::from_be_bytes).ok();
     let next = split_page(&mut rows, limit).and_then(|k| id_of(&k));
     let entries: Vec<_> = rows
@@ -248,7 +258,7 @@ async fn historical_range(
     let q: HistoricalRangeQuery = extract::query(q)?;
     let limit = page_limit(q.limit)?;
     let (id, from) = (q.id, q.from_seqno.unwrap_or(1));
-    let to = q.to_seqno.unwrap_or_else(|| app.node.core().committed().seqno);
+    let to = q.to_seqno.unwrap_or_else(|| app.node.view().committed.seqno);
     let page = history::blocking(&app.node, move |node, slot| {
         history::versions(node, map, &key_of(id), (from, to), limit, slot)
     })

@@ -109,6 +109,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A call the Raft thread did not take.
+impl From<crate::service::AskError> for ApiError {
+    fn from(e: crate::service::AskError) -> ApiError {
+        match e {
+            crate::service::AskError::Busy => ApiError::busy("ServiceBusy", e.to_string(), 1),
+            crate::service::AskError::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
 /// A failed transaction: the handler's own error (anything that converts to an [`ApiError`]), or why it could not run.
 impl<E: Into<ApiError> + std::fmt::Display> From<ExecError<E>> for ApiError {
     fn from(e: ExecError<E>) -> ApiError {

@@ -98,7 +98,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         caller: peer.and_then(|p| p.cert_der.clone()),
         client_addr: peer.and_then(|p| p.addr),
     };
-    if may_write(&original.method) && !state.node.core().is_primary() {
+    if may_write(&original.method) && !state.node.view().is_primary {
         if forwarded {
             return primary_changed();
         }
@@ -145,10 +145,7 @@ async fn forward(state: &AppState, original: &Original, body: bytes::Bytes) -> R
             1,
         )
     })?;
-    let (primary, me) = {
-        let core = state.node.core();
-        (core.primary(), core.raft_id())
-    };
+    let (primary, me) = (state.node.view().primary, state.node.raft_id());
     if primary == 0 || primary == me {
         return Err(unavailable(
             "no primary is known right now (an election may be under way); retry".into(),

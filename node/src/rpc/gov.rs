@@ -129,7 +129,7 @@ async fn run<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     let node = app.node.clone();
     let now = now_secs().max(0) as u64;
-    let committed = node.core().committed();
+    let committed = node.view().committed;
     let joined = tokio::task::spawn_blocking(move || {
         let digest = v.request.signature_digest();
         let req = Request {
@@ -222,7 +222,7 @@ async fn state_digest(
 
 /// The current state (the core lock is held only to take it): each read handler takes one.
 fn snapshot(app: &AppState) -> synod_kv::State {
-    app.node.core().snapshot()
+    app.node.view().state.clone()
 }
 
 fn read_json(state: &synod_kv::State, map: &str, key: &str) -> Option<serde_json::Value> {
@@ -299,12 +299,11 @@ async fn show_digest(State(app): State<AppState>, Path(member): Path<String>) ->
 
 async fn service_info(State(app): State<AppState>) -> Response {
     let info = read_json(&snapshot(&app), maps::SERVICE_INFO, "").unwrap_or_default();
-    let core = app.node.core();
     Json(json!({
         "status": info["status"],
         "certificate": app.node.service_cert_pem,
         "recoveryThreshold": info["recovery_threshold"],
-        "currentView": core.view(),
+        "currentView": app.node.view().view,
     }))
     .into_response()
 }

@@ -173,7 +173,7 @@ async fn join(
         .node_address
         .parse()
         .map_err(|e| ApiError::invalid_input(format!("node_address: {e}")))?;
-    let state = app.node.core().snapshot();
+    let state = app.node.view().state.clone();
     if state
         .get(maps::NODES_CODE_IDS, verified.measurement.as_bytes())
         .is_none()
@@ -226,8 +226,10 @@ async fn join(
                 let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
                 info["cert"] = json!(endorsed);
                 info["endorsed"] = json!(true);
+                let (id, added) = (node_id.clone(), info.clone());
                 app.node
-                    .with_core(|c| c.add_node(&node_id, &info, now_secs()))
+                    .ask_async(move |c| c.add_node(&id, &added, now_secs()))
+                    .await?
                     .map_err(core_error)?;
                 tracing::info!(node_id, "a trusted node was endorsed and added");
                 info
@@ -273,8 +275,10 @@ async fn join(
                     &verified.measurement,
                 );
                 info["endorsed"] = json!(true);
+                let (id, added) = (node_id.clone(), info.clone());
                 app.node
-                    .with_core(|c| c.add_node(&node_id, &info, now_secs()))
+                    .ask_async(move |c| c.add_node(&id, &added, now_secs()))
+                    .await?
                     .map_err(core_error)?;
                 tracing::info!(node_id, name = %req.node_name, "a node joined with the join token");
                 info
@@ -320,8 +324,8 @@ async fn join(
 /// one).
 fn trust_committed(app: &AppState, node_id: &str) -> bool {
     app.node
-        .core()
-        .committed_state()
+        .view()
+        .committed_state
         .get(maps::NODES_INFO, node_id.as_bytes())
         .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
         .is_some_and(|info| info["status"] == "Trusted")
@@ -351,8 +355,8 @@ fn trusted_node(app: &AppState, peer: &Peer) -> Result<String, ApiError> {
     })?;
     let trusted = app
         .node
-        .core()
-        .committed_state()
+        .view()
+        .committed_state
         .get(maps::NODES_INFO, node_id.as_bytes())
         .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
         .is_some_and(|info| info["status"] == "Trusted");
@@ -380,13 +384,13 @@ async fn snapshot(
     let size = std::fs::metadata(&path)
         .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
         .len();
-    let (evidence, tx) = {
-        let core = app.node.core();
-        let evidence = core.ledger_entry(evidence_seqno).ok_or_else(|| {
-            ApiError::not_found(format!("the evidence of snapshot {seqno} is no longer held here"))
-        })?;
-        (evidence, core.tx_id_at(evidence_seqno))
-    };
+    let (evidence, tx) = app
+        .node
+        .ask_async(move |core| (core.ledger_entry(evidence_seqno), core.tx_id_at(evidence_seqno)))
+        .await?;
+    let evidence = evidence.ok_or_else(|| {
+        ApiError::not_found(format!("the evidence of snapshot {seqno} is no longer held here"))
+    })?;
     let super::node_endpoints::Receipt::Json(receipt) =
         super::node_endpoints::receipt_of(&app, tx, false).await?
     else {

@@ -113,7 +113,7 @@ pub struct User {
 impl AppState {
     /// Requires a client certificate registered in `public:ccf.gov.users.certs`, and the service open.
     pub fn authenticate_user(&self, peer: &Peer) -> Result<User, ApiError> {
-        self.authenticate_user_in(&self.node.core().snapshot(), peer)
+        self.authenticate_user_in(&self.node.view().state.clone(), peer)
     }
 
     /// [`AppState::authenticate_user`] against a state the caller already holds.
@@ -131,7 +131,7 @@ impl AppState {
 
     /// Requires a client certificate registered in `public:ccf.gov.members.certs`.
     pub fn authenticate_member(&self, peer: &Peer) -> Result<User, ApiError> {
-        self.authenticate_member_in(&self.node.core().snapshot(), peer)
+        self.authenticate_member_in(&self.node.view().state.clone(), peer)
     }
 
     /// [`AppState::authenticate_member`] against a state the caller already holds.

@@ -50,7 +50,7 @@ async fn tx_status(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result
     // Subscribed before the first look, so a commit between the look and the wait is not missed.
     let mut commits = app.node.commit_watch();
     let status = loop {
-        let status = app.node.core().tx_status(tx);
+        let status = app.node.ask_async(move |core| core.tx_status(tx)).await?;
         if !matches!(status, TxStatus::Pending | TxStatus::Unknown) {
             break status;
         }
@@ -64,17 +64,21 @@ async fn tx_status(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result
 }
 
 async fn commit(State(app): State<AppState>) -> Response {
-    let committed = app.node.core().committed();
+    let committed = app.node.view().committed;
     super::with_tx_id(committed, Json(json!({ "transaction_id": committed })))
 }
 
-async fn node_state(State(app): State<AppState>) -> Response {
-    let core = app.node.core();
-    let state = if core.is_member() {
+async fn node_state(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let (last_signed, history_start) = app
+        .node
+        .ask_async(|core| (core.last_signed_seqno(), core.history_start()))
+        .await?;
+    let view = app.node.view();
+    let state = if view.is_member {
         "PartOfNetwork"
-    } else if core
-        .committed_state()
-        .get(maps::NODES_INFO, core.node_id().as_bytes())
+    } else if view
+        .committed_state
+        .get(maps::NODES_INFO, app.node.node_id().as_bytes())
         .is_some_and(|v| {
             serde_json::from_slice::<serde_json::Value>(v).is_ok_and(|i| i["status"] == "Retired")
         })
@@ -83,19 +87,20 @@ async fn node_state(State(app): State<AppState>) -> Response {
     } else {
         "Pending"
     };
-    Json(json!({
-        "node_id": core.node_id(),
+    Ok(Json(json!({
+        "node_id": app.node.node_id(),
         "state": state,
-        "last_signed_seqno": core.last_signed_seqno(),
+        "last_signed_seqno": last_signed,
         "startup_seqno": app.node.startup_seqno(),
-        "history_start_seqno": core.history_start(),
+        "history_start_seqno": history_start,
     }))
-    .into_response()
+    .into_response())
 }
 
 fn service_status(app: &AppState) -> String {
-    let core = app.node.core();
-    core.committed_state()
+    app.node
+        .view()
+        .committed_state
         .get(maps::SERVICE_INFO, b"")
         .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
         .and_then(|v| v["status"].as_str().map(str::to_string))
@@ -104,15 +109,13 @@ fn service_status(app: &AppState) -> String {
 
 /// The primary's node id and client-facing address, if a primary is known.
 fn primary_peer(app: &AppState) -> Option<(String, String)> {
-    let core = app.node.core();
-    let primary = core.primary();
+    let primary = app.node.view().primary;
     if primary == 0 {
         return None;
     }
-    if primary == core.raft_id() {
-        return Some((core.node_id().to_string(), app.node.rpc_address.to_string()));
+    if primary == app.node.raft_id() {
+        return Some((app.node.node_id().to_string(), app.node.rpc_address.to_string()));
     }
-    drop(core);
     app.node
         .directory
         .read()
@@ -128,11 +131,10 @@ fn primary_node_id(app: &AppState) -> Option<String> {
 async fn network(State(app): State<AppState>) -> Response {
     let status = service_status(&app);
     let primary = primary_node_id(&app);
-    let core = app.node.core();
     Json(json!({
         "service_certificate": app.node.service_cert_pem,
         "service_status": status,
-        "current_view": core.view(),
+        "current_view": app.node.view().view,
         "primary_id": primary,
     }))
     .into_response()
@@ -140,10 +142,10 @@ async fn network(State(app): State<AppState>) -> Response {
 
 async fn network_nodes(State(app): State<AppState>) -> Response {
     let primary = primary_node_id(&app);
-    let core = app.node.core();
-    let (voters, learners) = core.configuration();
+    let view = app.node.view();
+    let (voters, learners) = &view.configuration;
     let mut nodes = Vec::new();
-    if let Some(m) = core.committed_state().map(maps::NODES_INFO) {
+    if let Some(m) = view.committed_state.map(maps::NODES_INFO) {
         for (k, e) in m.iter() {
             let node_id = String::from_utf8_lossy(k).to_string();
             let info: serde_json::Value = serde_json::from_slice(&e.value).unwrap_or_default();
@@ -178,49 +180,50 @@ async fn primary(State(app): State<AppState>) -> Result<Response, ApiError> {
             "no primary is known right now; retry",
         )
     })?;
-    let core = app.node.core();
     Ok(Json(json!({
         "primary_id": primary,
         "url": format!("https://{address}"),
-        "current_view": core.view(),
-        "is_this_node": primary == core.node_id(),
+        "current_view": app.node.view().view,
+        "is_this_node": primary == app.node.node_id(),
     }))
     .into_response())
 }
 
 /// CCF's `HEAD /node/primary`: 200 on the primary, 404 elsewhere (load balancers use it).
 async fn primary_head(State(app): State<AppState>) -> StatusCode {
-    if app.node.core().is_primary() {
+    if app.node.view().is_primary {
         StatusCode::OK
     } else {
         StatusCode::NOT_FOUND
     }
 }
 
-async fn consensus(State(app): State<AppState>) -> Response {
-    let core = app.node.core();
-    let (voters, learners) = core.configuration();
-    let progress: Vec<_> = core
-        .progress()
-        .into_iter()
-        .map(|(id, matched)| json!({ "raft_id": id, "matched": matched }))
-        .collect();
-    Json(json!({
-        "details": {
-            "node_id": core.node_id(),
-            "raft_id": core.raft_id(),
-            "role": if core.is_primary() { "Leader" } else { "Follower" },
-            "current_view": core.view(),
-            "primary_raft_id": core.primary(),
-            "last_seqno": core.last_seqno(),
-            "raft_commit_seqno": core.raft_commit(),
-            "committed": core.committed(),
-            "voters": voters,
-            "learners": learners,
-            "progress": progress,
-        }
-    }))
-    .into_response()
+async fn consensus(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let details = app
+        .node
+        .ask_async(|core| {
+            let (voters, learners) = core.configuration();
+            let progress: Vec<_> = core
+                .progress()
+                .into_iter()
+                .map(|(id, matched)| json!({ "raft_id": id, "matched": matched }))
+                .collect();
+            json!({
+                "node_id": core.node_id(),
+                "raft_id": core.raft_id(),
+                "role": if core.is_primary() { "Leader" } else { "Follower" },
+                "current_view": core.view(),
+                "primary_raft_id": core.primary(),
+                "last_seqno": core.last_seqno(),
+                "raft_commit_seqno": core.raft_commit(),
+                "committed": core.committed(),
+                "voters": voters,
+                "learners": learners,
+                "progress": progress,
+            })
+        })
+        .await?;
+    Ok(Json(json!({ "details": details })).into_response())
 }
 
 async fn version() -> Response {
@@ -261,15 +264,17 @@ const HISTORICAL_RETRY_S: u32 = 1;
 /// The receipt of a committed transaction: from the core's memory, or, for a transaction whose history was
 /// flushed, rebuilt from the ledger files (synchronously, within the bounds of [`crate::historical`]).
 pub async fn receipt_of(app: &AppState, tx: TxId, cose: bool) -> Result<Receipt, ApiError> {
-    let (answer, commit_evidence) = {
-        let core = app.node.core();
-        let answer = if cose {
-            core.cose_receipt(tx).map(Receipt::Cose)
-        } else {
-            core.json_receipt(tx).map(Receipt::Json)
-        };
-        (answer, core.commit_evidence(tx))
-    };
+    let (answer, commit_evidence) = app
+        .node
+        .ask_async(move |core| {
+            let answer = if cose {
+                core.cose_receipt(tx).map(Receipt::Cose)
+            } else {
+                core.json_receipt(tx).map(Receipt::Json)
+            };
+            (answer, core.commit_evidence(tx))
+        })
+        .await?;
     match answer {
         Err(ReceiptUnavailable::Flushed(_)) => historical_receipt(app, tx, cose, commit_evidence).await,
         other => other.map_err(|e| receipt_error(tx, e)),
@@ -318,10 +323,8 @@ fn historical_error(e: HistoricalError) -> ApiError {
 
 /// [`receipt_of`] in JSON, blocking (for callers already off the async runtime: JavaScript handlers).
 pub fn json_receipt_blocking(node: &crate::service::Node, tx: TxId) -> Result<JsonReceipt, ApiError> {
-    let (answer, commit_evidence) = {
-        let core = node.core();
-        (core.json_receipt(tx), core.commit_evidence(tx))
-    };
+    let (answer, commit_evidence) =
+        node.ask(move |core| (core.json_receipt(tx), core.commit_evidence(tx)))?;
     match answer {
         Err(ReceiptUnavailable::Flushed(_)) => {
             let slot = node.historical.reserve().map_err(historical_error)?;
