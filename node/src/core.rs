@@ -40,6 +40,18 @@ use crate::consensus::log_store::LogStore;
 use crate::consensus::{ledger_entry_of, raft_config, raft_id, raft_logger, RaftTiming};
 use crate::snapshot::{self, SnapshotEvidence, SNAPSHOT_EVIDENCE};
 
+/// `cs` with its id lists sorted. raft-rs builds them from hash sets, so their order depends on how a node came by
+/// its configuration (a joiner's differed from the others'); snapshot files must be byte-identical on every node,
+/// or a node's own snapshot never matches the primary's evidence and is never committed (found by `synod-sim`).
+fn canonical_conf_state(cs: &ConfState) -> ConfState {
+    let mut cs = cs.clone();
+    cs.voters.sort_unstable();
+    cs.learners.sort_unstable();
+    cs.voters_outgoing.sort_unstable();
+    cs.learners_next.sort_unstable();
+    cs
+}
+
 /// Claims digest of a transaction that registers no application claims (CCF's "no claims" is all zeroes).
 pub const NO_CLAIMS: Digest = [0u8; 32];
 
@@ -1228,7 +1240,7 @@ impl Core {
                     view: e.term,
                     frontier,
                     views: self.history.views.clone(),
-                    conf_state: self.raft.store().conf_state().clone(),
+                    conf_state: canonical_conf_state(self.raft.store().conf_state()),
                 }));
             }
             out.committed.push(CommittedEntry::new(&le, &tx, writes));
@@ -1799,6 +1811,24 @@ impl Core {
     pub fn compact_log(&mut self, index: u64) -> Result<Option<SnapshotMetadata>, CoreError> {
         if index > self.committed_state.version() || index < self.raft.store().first() {
             return Ok(None);
+        }
+        // raft-rs refuses a snapshot whose configuration leaves the receiving node out. A node added after the
+        // snapshot point (a learner catching up) could then only be caught up by the entries after its own
+        // start: keep them until a snapshot that includes it commits (found by synod-sim).
+        if let Some(offered) = self.raft.store().offered_snapshot() {
+            let meta = offered.get_metadata();
+            let cs = meta.get_conf_state();
+            let in_snapshot = |id: &u64| {
+                cs.voters.contains(id) || cs.learners.contains(id) || cs.voters_outgoing.contains(id)
+            };
+            let now = self.raft.store().conf_state();
+            if meta.index == index && !now.voters.iter().chain(&now.learners).all(in_snapshot) {
+                tracing::info!(
+                    seqno = index,
+                    "not compacting the Raft log: a node joined after this snapshot point"
+                );
+                return Ok(None);
+            }
         }
         self.raft
             .mut_store()

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Message};
+use raft::eraftpb::{ConfState, Entry, HardState, Message, SnapshotMetadata};
 use synod_core::cert::{self, Identity};
 use synod_core::hash::sha256;
 use synod_core::ledger::{decode_frames, LedgerEntry, KIND_SIGNATURE};
@@ -32,12 +32,22 @@ use synod_kv::{State, Tx};
 
 use crate::consensus::log_store::LogStore;
 use crate::consensus::{raft_id, RaftTiming};
-use crate::core::{Core, CoreConfig, Genesis, Keys, Restore, SignatureTiming};
+use crate::core::{Core, CoreConfig, CoreError, Genesis, Keys, Restore, SignatureTiming};
+use crate::replica::{Command, Input, PersistJob, Replica, ReplicaTiming};
 
 /// The COSE `iat` every simulated signature carries (no wall clock inside a simulation).
 const NOW_SECS: i64 = 1_700_000_000;
-/// Simulated milliseconds per Raft tick.
-const TICK_MS: u64 = 10;
+/// The replicas' timers, in simulated milliseconds.
+const REPLICA_TIMING: ReplicaTiming = ReplicaTiming {
+    tick_ms: 10,
+    signature: SignatureTiming {
+        interval_ms: 10,
+        in_flight_max: 2,
+        min_gap_ms: 2,
+    },
+};
+/// Transactions between snapshots: several per run, so followers that fall behind are caught up with one.
+const SNAPSHOT_TX_INTERVAL: u64 = 150;
 /// Milliseconds without faults at the start: a service whose genesis is not durable anywhere yet does not exist,
 /// and a crash then would only end the run.
 const WARMUP_MS: u64 = 500;
@@ -54,6 +64,9 @@ pub enum Mutation {
     /// Report Raft log writes persisted before they are durable (skip the fsync): a crash then loses entries a
     /// majority acknowledged.
     SkipFsync,
+    /// Never tell Raft whether a snapshot message reached its peer (the bug `report_snapshot` fixed): a leader
+    /// whose snapshot was lost waits in Snapshot state for that follower until the next election.
+    SkipSnapshotReport,
 }
 
 /// What to simulate.
@@ -122,19 +135,27 @@ pub struct SimReport {
     pub writes_acked: u64,
     /// Writes seen Committed and checked present at the end.
     pub writes_committed: u64,
+    /// Snapshots committed on some node (its own file matched the primary's evidence).
+    pub snapshots_committed: u64,
+    /// Snapshots installed from a primary (followers caught up after compaction).
+    pub snapshots_installed: u64,
     /// Invariant violations, named, in the order found (the run stops at the first few).
     pub violations: Vec<String>,
 }
 
-/// A Raft log write handed out by a Ready, in flight to the simulated disk.
+/// A Raft log write handed out by the replica, in flight to the simulated disk.
 struct PendingWrite {
     due: u64,
-    number: u64,
-    entries: Vec<Entry>,
-    hard_state: Option<HardState>,
-    conf_state: Option<ConfState>,
-    conf_index: Option<u64>,
-    persisted_messages: Vec<Message>,
+    job: PersistJob,
+}
+
+/// A snapshot file on the simulated disk.
+struct SnapshotFile {
+    bytes: Vec<u8>,
+    /// The seqno of its evidence once committed; None while only written.
+    evidence: Option<u64>,
+    /// Received from the primary (an install), not written by this node.
+    received: bool,
 }
 
 /// What a node has on its simulated disk: survives a crash.
@@ -143,20 +164,36 @@ struct Disk {
     hard_state: HardState,
     conf_state: ConfState,
     conf_index: u64,
+    /// Where the stored Raft log starts after (a compaction or an installed snapshot).
+    compacted: SnapshotMetadata,
+    /// Stored Raft log entries, from `compacted.index + 1`.
     log: Vec<Entry>,
-    /// Committed ledger frames synced to the ledger files.
+    /// The seqno the ledger files start after (an installed snapshot's).
+    ledger_base: u64,
+    /// Committed ledger frames synced to the ledger files, from `ledger_base + 1`.
     ledger: Vec<Vec<u8>>,
     /// The stored state and how far it reflects the ledger.
     state: State,
+    /// Snapshot files by seqno.
+    snapshots: BTreeMap<u64, SnapshotFile>,
+}
+
+impl Disk {
+    /// The last seqno of the synced ledger.
+    fn ledger_last(&self) -> u64 {
+        self.ledger_base + self.ledger.len() as u64
+    }
 }
 
 struct SimNode {
     keys_seed: [u8; 32],
     cfg: CoreConfig,
-    core: Option<Core>,
+    replica: Option<Replica>,
     disk: Disk,
     /// Raft log writes not durable yet (lost in a crash).
     writes: Vec<PendingWrite>,
+    /// Snapshot files being written (lost in a crash): due, seqno, bytes.
+    snapshot_writes: Vec<(u64, u64, Vec<u8>)>,
     /// Committed frames applied but not yet synced to the ledger files (lost in a crash).
     unsynced: Vec<(Vec<u8>, Arc<crate::core::Writes>)>,
     next_ledger_sync: u64,
@@ -170,10 +207,18 @@ struct SimNode {
     trust_tx: Option<TxId>,
     /// The commit this life of the node has reported (it never goes back within a life).
     commit: TxId,
-    /// Its next tick.
-    next_tick: u64,
-    /// How much of its committed ledger has been checked against the canonical one already.
+    /// Up to which seqno its committed ledger has been checked against the canonical one already.
     checked: usize,
+}
+
+impl SimNode {
+    fn core(&self) -> Option<&Core> {
+        self.replica.as_ref().map(Replica::core)
+    }
+
+    fn core_mut(&mut self) -> Option<&mut Core> {
+        self.replica.as_mut().map(Replica::core_mut)
+    }
 }
 
 /// An in-flight message with its delivery time (ordered by time, then by sending order).
@@ -198,6 +243,8 @@ struct Seen {
 struct MessageBytes {
     to: u64,
     from: u64,
+    /// A snapshot message (the channel tells the sender whether it was delivered).
+    snapshot: bool,
     bytes: Vec<u8>,
 }
 
@@ -234,6 +281,13 @@ struct Sim {
     /// Acknowledged writes, and which final statuses were seen for them.
     acked: BTreeMap<TxId, Seen>,
     violations: Vec<String>,
+    /// Snapshot messages' fates for their senders, as the node-to-node channel reports them: (from, to,
+    /// delivered).
+    snapshot_reports: Vec<(u64, u64, bool)>,
+    /// Snapshots committed on a node (its own file matched the evidence).
+    snapshots_committed: u64,
+    /// Snapshots installed from a primary.
+    snapshots_installed: u64,
 }
 
 fn keys_seed(seed: u64, index: usize) -> [u8; 32] {
@@ -279,6 +333,9 @@ impl Sim {
             canonical: Vec::new(),
             acked: BTreeMap::new(),
             violations: Vec::new(),
+            snapshot_reports: Vec::new(),
+            snapshots_committed: 0,
+            snapshots_installed: 0,
         };
         for i in 0..sim.cfg.nodes {
             let seed = keys_seed(sim.cfg.seed, i);
@@ -289,7 +346,7 @@ impl Sim {
             let ccfg = CoreConfig {
                 sig_tx_interval: 100,
                 ledger_chunk_bytes: 20_000,
-                snapshot_tx_interval: 0,
+                snapshot_tx_interval: SNAPSHOT_TX_INTERVAL,
                 timing: RaftTiming {
                     election_ticks: election,
                     election_ticks_max: election + 1,
@@ -300,9 +357,10 @@ impl Sim {
             sim.nodes.push(SimNode {
                 keys_seed: seed,
                 cfg: ccfg,
-                core: None,
+                replica: None,
                 disk: Disk::default(),
                 writes: Vec::new(),
+                snapshot_writes: Vec::new(),
                 unsynced: Vec::new(),
                 next_ledger_sync: 0,
                 restart_at: 0,
@@ -310,7 +368,6 @@ impl Sim {
                 join_at: 0,
                 trust_tx: None,
                 commit: TxId::default(),
-                next_tick: 0,
                 checked: 0,
             });
         }
@@ -327,7 +384,7 @@ impl Sim {
         };
         let core = Core::new_service(keys, sim.sealer.clone(), sim.nodes[0].cfg, &genesis, NOW_SECS)
             .map_err(|e| e.to_string())?;
-        sim.nodes[0].core = Some(core);
+        sim.nodes[0].replica = Some(Replica::new(core, REPLICA_TIMING, 0, 0));
         sim.nodes[0].started = true;
         // Two more join at once; the rest during the faults, as members trust them and primaries add them.
         for i in 1..sim.cfg.nodes {
@@ -348,7 +405,7 @@ impl Sim {
     fn primary(&mut self) -> Option<&mut Core> {
         self.nodes
             .iter_mut()
-            .filter_map(|n| n.core.as_mut())
+            .filter_map(|n| n.core_mut())
             .find(|c| c.is_primary())
     }
 
@@ -382,10 +439,43 @@ impl Sim {
             return Ok(false);
         }
         let keys = keys_of(&self.service, &format!("n{i}"), &self.nodes[i].keys_seed)?;
+        // The join answer offers the primary's newest committed snapshot; the node starts from it, as `join.rs`
+        // does, and Raft catches it up from there.
+        let offer = self
+            .nodes
+            .iter()
+            .find(|n| n.core().is_some_and(Core::is_primary))
+            .and_then(|p| p.disk.snapshots.values().rev().find(|f| f.evidence.is_some()))
+            .map(|f| f.bytes.clone());
         let n = &mut self.nodes[i];
-        n.core = Some(Core::joining(keys, self.sealer.clone(), n.cfg, None).map_err(|e| e.to_string())?);
+        let core = match offer {
+            None => Core::joining(keys, self.sealer.clone(), n.cfg, None).map_err(|e| e.to_string())?,
+            Some(bytes) => {
+                let decoded = crate::snapshot::decode(&bytes, &self.sealer).map_err(|e| e.to_string())?;
+                let seqno = decoded.file.seqno;
+                let meta = crate::snapshot::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
+                    .map_err(|e| e.to_string())?;
+                let hard_state = HardState {
+                    term: meta.term,
+                    commit: seqno,
+                    ..Default::default()
+                };
+                install(
+                    &mut n.disk,
+                    crate::core::InstalledSnapshot {
+                        bytes: bytes.clone(),
+                        state: decoded.state.clone(),
+                        meta,
+                    },
+                    hard_state,
+                );
+                Core::joining_from_snapshot(keys, self.sealer.clone(), n.cfg, &bytes, decoded)
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let durable = n.disk.ledger_last();
+        n.replica = Some(Replica::new(core, REPLICA_TIMING, self.now, durable));
         n.started = true;
-        n.next_tick = self.now;
         Ok(true)
     }
 
@@ -431,16 +521,23 @@ impl Sim {
         msgs.sort_by_key(|m| (m.to, m.get_msg_type() as i32, m.index, m.term));
         for m in msgs {
             let Ok(bytes) = m.write_to_bytes() else { continue };
+            let snapshot = m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
             let faults = self.cfg.faults && self.now < self.cfg.steps && self.now >= WARMUP_MS;
             if self
                 .cut
                 .get(&(m.from, m.to))
                 .is_some_and(|&until| until > self.now)
             {
+                if snapshot {
+                    self.snapshot_reports.push((m.from, m.to, false));
+                }
                 continue;
             }
             if faults && self.rng.chance(20_000) {
                 self.faults.dropped += 1;
+                if snapshot {
+                    self.snapshot_reports.push((m.from, m.to, false));
+                }
                 continue;
             }
             let copies = if faults && self.rng.chance(10_000) {
@@ -463,6 +560,7 @@ impl Sim {
                     msg: MessageBytes {
                         to: m.to,
                         from: m.from,
+                        snapshot,
                         bytes: bytes.clone(),
                     },
                 });
@@ -497,10 +595,10 @@ impl Sim {
             let down = self
                 .nodes
                 .iter()
-                .filter(|n| n.started && n.core.is_none())
+                .filter(|n| n.started && n.replica.is_none())
                 .count();
             let i = self.rng.below(self.nodes.len() as u64) as usize;
-            if self.nodes[i].core.is_some() && (down + 1) * 2 < started {
+            if self.nodes[i].replica.is_some() && (down + 1) * 2 < started {
                 self.crash(i);
                 self.nodes[i].restart_at = self.now + 50 + self.rng.below(950);
                 self.faults.crashes += 1;
@@ -511,34 +609,59 @@ impl Sim {
     /// Loses everything not durable: the core, Raft log writes in flight, ledger frames not synced.
     fn crash(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        n.core = None;
+        n.replica = None;
         n.writes.clear();
+        n.snapshot_writes.clear();
         n.unsynced.clear();
         n.commit = TxId::default();
     }
 
+    /// Restarts node `i` from its disk, as the node's start-up does: the Raft log, the stored state, the newest
+    /// usable committed snapshot and the ledger after it, through [`Core::restore`].
     fn restart(&mut self, i: usize) -> Result<(), String> {
         let keys = keys_of(&self.service, &format!("n{i}"), &self.nodes[i].keys_seed)?;
         let n = &mut self.nodes[i];
         let mut log = LogStore::restore(
             n.disk.hard_state.clone(),
             n.disk.conf_state.clone(),
-            Default::default(),
+            n.disk.compacted.clone(),
             n.disk.log.clone(),
         );
         log.set_conf_index(n.disk.conf_index);
+        let ledger_base = n.disk.ledger_base;
+        let version = n.disk.state.version();
+        // The newest committed snapshot within the ledger that the stored state has reached, else the one the
+        // ledger starts after, else genesis (the node's restore_base).
+        let base = n
+            .disk
+            .snapshots
+            .iter()
+            .rev()
+            .find(|(&s, f)| f.evidence.is_some() && s >= ledger_base && s <= version && s > 0)
+            .map(|(&s, f)| (s, Some(f.bytes.clone())));
+        let (base, base_snapshot) = match base {
+            Some(b) => b,
+            None if ledger_base == 0 => (0, None),
+            None => {
+                let f = n.disk.snapshots.get(&ledger_base).ok_or_else(|| {
+                    format!("node {i}: the ledger starts after snapshot {ledger_base}, which is missing")
+                })?;
+                (ledger_base, Some(f.bytes.clone()))
+            }
+        };
         let ledger: Vec<LedgerEntry> = n
             .disk
             .ledger
             .iter()
+            .skip((base - ledger_base) as usize)
             .filter_map(|f| Some(decode_frames(f).next()?.ok()?.entry))
             .collect();
         let restore = Restore {
             log,
             state: n.disk.state.clone(),
             ledger,
-            base_snapshot: None,
-            ledger_base: 0,
+            base_snapshot,
+            ledger_base,
         };
         let (mut core, replay) =
             Core::restore(keys, self.sealer.clone(), n.cfg, restore).map_err(|e| format!("restore: {e}"))?;
@@ -549,7 +672,7 @@ impl Sim {
         // What the stores missed is written again, as the node's start-up does.
         for c in replay {
             let seqno = c.tx_id.seqno;
-            if seqno as usize > n.disk.ledger.len() {
+            if seqno > n.disk.ledger_last() {
                 n.disk.ledger.push(c.frame.clone());
             }
             if seqno > n.disk.state.version() {
@@ -559,14 +682,19 @@ impl Sim {
                     .apply(seqno, c.writes.public.maps.iter().chain(&c.writes.private.maps));
             }
         }
-        n.core = Some(core);
-        n.next_tick = self.now;
+        // The newest committed snapshot is offered to followers that fall behind, as the node does.
+        if let Some(f) = n.disk.snapshots.values().rev().find(|f| f.evidence.is_some()) {
+            core.offer_snapshot(f.bytes.clone())
+                .map_err(|e| format!("offer snapshot: {e}"))?;
+        }
+        n.replica = Some(Replica::new(core, REPLICA_TIMING, self.now, n.disk.ledger_last()));
         Ok(())
     }
 
-    /// One simulated millisecond of node `i`: restart if due, tick, sign, finish due disk writes, one Ready.
+    /// One simulated millisecond of node `i`: restart if due; the disk writes and snapshot files that became
+    /// durable reported; one turn of its replica; its commands executed on the simulated disk and network.
     fn step_node(&mut self, i: usize) -> Result<(), String> {
-        if self.nodes[i].core.is_none() {
+        if self.nodes[i].replica.is_none() {
             if self.nodes[i].started && self.nodes[i].restart_at <= self.now {
                 self.restart(i)?;
             } else {
@@ -576,67 +704,169 @@ impl Sim {
         let now = self.now;
         let skip_fsync = self.cfg.mutation == Some(Mutation::SkipFsync);
         let mut out: Vec<Message> = Vec::new();
+        let mut problems = Vec::new();
         {
             let n = &mut self.nodes[i];
-            let Some(core) = n.core.as_mut() else {
+            let Some(replica) = n.replica.as_mut() else {
                 return Ok(());
             };
-            if now >= n.next_tick {
-                core.tick().map_err(|e| format!("tick: {e}"))?;
-                n.next_tick = now + TICK_MS;
-            }
-            let timing = SignatureTiming {
-                interval_ms: 10,
-                in_flight_max: 2,
-                min_gap_ms: 2,
-            };
-            if core.signature_due(now, timing) {
-                core.emit_signature(NOW_SECS)
-                    .map_err(|e| format!("signature: {e}"))?;
-            }
-            // Disk writes that became durable: on_persisted, then the messages that waited for them.
+            let err = |what: &str, e: CoreError| format!("{what}: {e}");
+            // Disk writes that became durable: Persisted, then the messages that waited for them.
             let (done, waiting): (Vec<PendingWrite>, Vec<PendingWrite>) = std::mem::take(&mut n.writes)
                 .into_iter()
                 .partition(|w| w.due <= now);
             n.writes = waiting;
             for w in done {
+                persist(&mut n.disk, &w.job);
                 if !skip_fsync {
-                    persist(&mut n.disk, &w);
-                    core.on_persisted(w.number)
-                        .map_err(|e| format!("persisted: {e}"))?;
-                    out.extend(w.persisted_messages);
-                } else {
-                    persist(&mut n.disk, &w);
+                    replica
+                        .handle(Input::Persisted(w.job.number), NOW_SECS)
+                        .map_err(|e| err("persisted", e))?;
+                    out.extend(w.job.then_send);
                 }
             }
-            if let Some(rd) = core.ready().map_err(|e| format!("ready: {e}"))? {
-                out.extend(rd.messages);
-                let write = PendingWrite {
-                    due: now + 1 + (n.keys_seed[0] as u64 % 3),
-                    number: rd.number,
-                    entries: rd.entries,
-                    hard_state: rd.hard_state,
-                    conf_state: rd.conf_state,
-                    conf_index: rd.conf_index,
-                    persisted_messages: rd.persisted_messages,
-                };
-                if skip_fsync {
-                    // The bug: acknowledged at once, durable only later.
-                    core.on_persisted(write.number)
-                        .map_err(|e| format!("persisted: {e}"))?;
-                    out.extend(write.persisted_messages.iter().cloned());
+            let (written, writing): (Vec<_>, Vec<_>) = std::mem::take(&mut n.snapshot_writes)
+                .into_iter()
+                .partition(|w| w.0 <= now);
+            n.snapshot_writes = writing;
+            for (_, seqno, bytes) in written {
+                let digest = crate::snapshot::digest(&bytes);
+                n.disk.snapshots.insert(
+                    seqno,
+                    SnapshotFile {
+                        bytes,
+                        evidence: None,
+                        received: false,
+                    },
+                );
+                replica
+                    .handle(Input::SnapshotWritten { seqno, digest }, NOW_SECS)
+                    .map_err(|e| err("snapshot written", e))?;
+            }
+            replica.set_ledger_durable(n.disk.ledger_last());
+            replica.turn(now, NOW_SECS).map_err(|e| err("turn", e))?;
+            loop {
+                let commands = replica.take_commands();
+                if commands.is_empty() {
+                    break;
                 }
-                n.writes.push(write);
-                for c in rd.committed {
-                    n.unsynced.push((c.frame, c.writes));
+                for command in commands {
+                    let input = match command {
+                        Command::Send(messages) => {
+                            out.extend(messages);
+                            None
+                        }
+                        Command::Persist(job) => {
+                            if skip_fsync {
+                                // The bug: reported durable at once, durable only later.
+                                replica
+                                    .handle(Input::Persisted(job.number), NOW_SECS)
+                                    .map_err(|e| err("persisted", e))?;
+                                out.extend(job.then_send.iter().cloned());
+                            }
+                            let due = now + 1 + (n.keys_seed[0] as u64 % 3);
+                            n.writes.push(PendingWrite { due, job });
+                            None
+                        }
+                        Command::Install { snapshot, hard_state } => {
+                            // The store thread runs it after the writes before it: they become durable first.
+                            for w in std::mem::take(&mut n.writes) {
+                                persist(&mut n.disk, &w.job);
+                                if !skip_fsync {
+                                    replica
+                                        .handle(Input::Persisted(w.job.number), NOW_SECS)
+                                        .map_err(|e| err("persisted", e))?;
+                                    out.extend(w.job.then_send);
+                                }
+                            }
+                            install(&mut n.disk, snapshot, hard_state);
+                            self.snapshots_installed += 1;
+                            n.unsynced.clear();
+                            None
+                        }
+                        Command::Apply(entries) => {
+                            n.unsynced
+                                .extend(entries.into_iter().map(|c| (c.frame, c.writes)));
+                            None
+                        }
+                        Command::WriteSnapshot(job) => {
+                            let conf = job.conf_state.write_to_bytes().map_err(|e| e.to_string())?;
+                            let bytes = crate::snapshot::encode(
+                                &job.state,
+                                job.view,
+                                conf,
+                                &job.frontier,
+                                &job.views,
+                                &self.sealer,
+                            )
+                            .map_err(|e| format!("snapshot: {e}"))?;
+                            // One file at a time, as the node's snapshotter queue (a second one is skipped).
+                            if n.snapshot_writes.is_empty() {
+                                n.snapshot_writes.push((
+                                    now + 2 + (n.keys_seed[1] as u64 % 5),
+                                    job.state.version(),
+                                    bytes,
+                                ));
+                            }
+                            None
+                        }
+                        Command::CommitSnapshot {
+                            seqno,
+                            evidence_seqno,
+                            digest,
+                        } => Some(match n.disk.snapshots.get_mut(&seqno) {
+                            Some(f) if f.evidence.is_none() && !f.received => {
+                                if hex::encode(crate::snapshot::digest(&f.bytes)) != digest {
+                                    problems.push(format!(
+                                        "snapshot files differ: node {i}'s snapshot {seqno} is not the one the primary's evidence records"
+                                    ));
+                                    continue;
+                                }
+                                self.snapshots_committed += 1;
+                                f.evidence = Some(evidence_seqno);
+                                Input::SnapshotFileCommitted {
+                                    seqno,
+                                    bytes: f.bytes.clone(),
+                                }
+                            }
+                            Some(_) => continue,
+                            None => Input::SnapshotNotWritten {
+                                seqno,
+                                evidence_seqno,
+                                digest,
+                            },
+                        }),
+                        Command::Compact(meta) => {
+                            let drop = meta.index.saturating_sub(n.disk.compacted.index) as usize;
+                            n.disk.log.drain(..drop.min(n.disk.log.len()));
+                            n.disk.compacted = meta;
+                            // The node keeps its two newest committed snapshots.
+                            let committed: Vec<u64> = n
+                                .disk
+                                .snapshots
+                                .iter()
+                                .filter(|(_, f)| f.evidence.is_some())
+                                .map(|(&s, _)| s)
+                                .collect();
+                            for s in committed.iter().rev().skip(2) {
+                                n.disk.snapshots.remove(s);
+                            }
+                            None
+                        }
+                        Command::RefreshPeers | Command::PrimaryChanged(_) | Command::CommitMoved { .. } => {
+                            None
+                        }
+                    };
+                    if let Some(input) = input {
+                        replica.handle(input, NOW_SECS).map_err(|e| err("snapshot", e))?;
+                    }
                 }
             }
-            let _ = core.take_events();
             // The ledger is synced every few milliseconds, as the applier does.
             if now >= n.next_ledger_sync {
                 for (frame, writes) in std::mem::take(&mut n.unsynced) {
                     let seqno = frame_tx(&frame).map_or(0, |t| t.seqno);
-                    if seqno as usize == n.disk.ledger.len() + 1 {
+                    if seqno == n.disk.ledger_last() + 1 {
                         n.disk.ledger.push(frame);
                         let _ = n
                             .disk
@@ -648,27 +878,48 @@ impl Sim {
             }
         }
         self.send(out);
+        for p in problems {
+            self.violation(p);
+        }
         Ok(())
     }
 
     fn deliver(&mut self) -> Result<(), String> {
         while self.net.peek().is_some_and(|m| m.due <= self.now) {
             let Some(m) = self.net.pop() else { break };
-            if self
+            let cut = self
                 .cut
                 .get(&(m.msg.from, m.msg.to))
-                .is_some_and(|&until| until > self.now)
-            {
-                continue;
-            }
-            let Some(j) = self.index_of(m.msg.to) else {
-                continue;
-            };
-            let Some(core) = self.nodes[j].core.as_mut() else {
+                .is_some_and(|&until| until > self.now);
+            let receiver = self
+                .index_of(m.msg.to)
+                .filter(|&j| self.nodes[j].replica.is_some());
+            let (Some(j), false) = (receiver, cut) else {
+                if m.msg.snapshot {
+                    self.snapshot_reports.push((m.msg.from, m.msg.to, false));
+                }
                 continue;
             };
             let msg = Message::parse_from_bytes(&m.msg.bytes).map_err(|e| e.to_string())?;
-            core.step(msg).map_err(|e| format!("step: {e}"))?;
+            if let Some(replica) = self.nodes[j].replica.as_mut() {
+                replica
+                    .handle(Input::Raft(msg), NOW_SECS)
+                    .map_err(|e| format!("step: {e}"))?;
+            }
+            if m.msg.snapshot {
+                self.snapshot_reports.push((m.msg.from, m.msg.to, true));
+            }
+        }
+        for (from, to, delivered) in std::mem::take(&mut self.snapshot_reports) {
+            if self.cfg.mutation == Some(Mutation::SkipSnapshotReport) {
+                continue;
+            }
+            let Some(replica) = self.index_of(from).and_then(|i| self.nodes[i].replica.as_mut()) else {
+                continue;
+            };
+            replica
+                .handle(Input::SnapshotSent { to, delivered }, NOW_SECS)
+                .map_err(|e| format!("report snapshot: {e}"))?;
         }
         Ok(())
     }
@@ -697,7 +948,7 @@ impl Sim {
         // Election safety: one primary per view.
         let mut found = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if let Some(core) = &n.core {
+            if let Some(core) = n.core() {
                 if core.is_primary() {
                     found.push((core.view(), self.ids[i]));
                 }
@@ -714,28 +965,30 @@ impl Sim {
             }
         }
         // Committed ledgers: one history, never rewritten (a node's synced ledger only grows, so only what it
-        // added since the last check is compared).
+        // added since the last check is compared). A node that installed a snapshot holds the ledger after it.
         let mut problems = Vec::new();
         for (i, n) in self.nodes.iter_mut().enumerate() {
-            let ledger = &n.disk.ledger;
-            if ledger.len() < n.checked {
+            let (base, ledger) = (n.disk.ledger_base as usize, &n.disk.ledger);
+            let last = base + ledger.len();
+            if last < n.checked {
                 problems.push(format!(
-                    "durability: node {i}'s committed ledger shrank to {}",
-                    ledger.len()
+                    "durability: node {i}'s committed ledger shrank to seqno {last}"
                 ));
-                n.checked = ledger.len();
+                n.checked = last;
             }
-            let common = ledger.len().min(self.canonical.len());
-            if let Some(at) = (n.checked..common).find(|&k| ledger[k] != self.canonical[k]) {
+            let common = last.min(self.canonical.len());
+            if let Some(at) = (n.checked.max(base)..common).find(|&k| ledger[k - base] != self.canonical[k]) {
                 problems.push(format!(
                     "state machine safety: node {i}'s committed entry {} differs from another node's",
                     at + 1
                 ));
             }
-            if ledger.len() > self.canonical.len() {
-                self.canonical.extend_from_slice(&ledger[self.canonical.len()..]);
+            // The canonical ledger grows from a node whose ledger continues it (not one that skipped ahead).
+            if last > self.canonical.len() && base <= self.canonical.len() {
+                let from = self.canonical.len() - base;
+                self.canonical.extend_from_slice(&ledger[from..]);
             }
-            n.checked = ledger.len();
+            n.checked = last;
         }
         for p in problems {
             self.violation(p);
@@ -743,7 +996,7 @@ impl Sim {
         // Commit: forward only within a life, always on a signature this node holds or will hold.
         let mut problems = Vec::new();
         for (i, n) in self.nodes.iter_mut().enumerate() {
-            let Some(core) = &n.core else { continue };
+            let Some(core) = n.core() else { continue };
             let commit = core.committed();
             if commit.seqno < n.commit.seqno {
                 problems.push(format!(
@@ -766,7 +1019,7 @@ impl Sim {
         }
         // Statuses: Committed and Invalid never both.
         if self.now.is_multiple_of(50) {
-            let cores: Vec<&Core> = self.nodes.iter().filter_map(|n| n.core.as_ref()).collect();
+            let cores: Vec<&Core> = self.nodes.iter().filter_map(|n| n.core()).collect();
             let mut problems = Vec::new();
             for (tx, seen) in self.acked.iter_mut() {
                 for (i, core) in cores.iter().enumerate() {
@@ -832,6 +1085,8 @@ impl Sim {
             faults: self.faults,
             writes_acked: self.acked.len() as u64,
             writes_committed,
+            snapshots_committed: self.snapshots_committed,
+            snapshots_installed: self.snapshots_installed,
             violations: self.violations,
         })
     }
@@ -841,7 +1096,7 @@ impl Sim {
         let commits: Vec<Option<TxId>> = self
             .nodes
             .iter()
-            .map(|n| n.core.as_ref().map(|c| c.committed()))
+            .map(|n| n.core().map(|c| c.committed()))
             .collect();
         let best = commits.iter().flatten().map(|c| c.seqno).max().unwrap_or(0);
         for (i, c) in commits.iter().enumerate() {
@@ -863,7 +1118,7 @@ impl Sim {
             let now: Vec<TxStatus> = self
                 .nodes
                 .iter()
-                .filter_map(|n| n.core.as_ref())
+                .filter_map(|n| n.core())
                 .map(|c| c.tx_status(tx))
                 .collect();
             if committed && now.iter().any(|s| *s != TxStatus::Committed) {
@@ -884,7 +1139,7 @@ impl Sim {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (i, n.disk.ledger.len()))
+            .map(|(i, n)| (i, n.disk.ledger_last() as usize))
             .filter(|(_, len)| (*len as u64) < best)
             .collect();
         for (i, len) in short {
@@ -896,9 +1151,10 @@ impl Sim {
 }
 
 /// Makes a Raft log write durable on the simulated disk.
-fn persist(disk: &mut Disk, w: &PendingWrite) {
+fn persist(disk: &mut Disk, w: &PersistJob) {
     if let Some(first) = w.entries.first() {
-        disk.log.truncate(first.index.saturating_sub(1) as usize);
+        let keep = first.index.saturating_sub(disk.compacted.index + 1) as usize;
+        disk.log.truncate(keep);
         disk.log.extend(w.entries.iter().cloned());
     }
     if let Some(hs) = &w.hard_state {
@@ -910,6 +1166,25 @@ fn persist(disk: &mut Disk, w: &PendingWrite) {
     if let Some(index) = w.conf_index {
         disk.conf_index = index;
     }
+}
+
+/// Installs a snapshot from the primary on the simulated disk: the file, the Raft log reset to start after it, the
+/// ledger restarted after it and the stored state replaced (the node's store thread and applier).
+fn install(disk: &mut Disk, snapshot: crate::core::InstalledSnapshot, hard_state: HardState) {
+    let seqno = snapshot.meta.index;
+    disk.snapshots.entry(seqno).or_insert(SnapshotFile {
+        bytes: snapshot.bytes,
+        evidence: None,
+        received: true,
+    });
+    disk.log.clear();
+    disk.conf_state = snapshot.meta.get_conf_state().clone();
+    disk.conf_index = seqno;
+    disk.compacted = snapshot.meta;
+    disk.hard_state = hard_state;
+    disk.ledger.clear();
+    disk.ledger_base = seqno;
+    disk.state = snapshot.state;
 }
 
 /// Runs one seed. A panic inside a node (raft-rs asserts its own invariants, e.g. that it never commits past its
@@ -934,6 +1209,8 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
                 faults: FaultCounts::default(),
                 writes_acked: 0,
                 writes_committed: 0,
+                snapshots_committed: 0,
+                snapshots_installed: 0,
                 violations: vec![format!("a node stopped on a broken invariant: {what}")],
             })
         }
@@ -943,8 +1220,15 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
 /// A short digest of a report, to compare two runs of the same seed.
 pub fn fingerprint(r: &SimReport) -> String {
     format!(
-        "{}:{}:{:?}:{}:{}:{:?}",
-        r.seed, r.steps, r.faults, r.writes_acked, r.writes_committed, r.violations
+        "{}:{}:{:?}:{}:{}:{}:{}:{:?}",
+        r.seed,
+        r.steps,
+        r.faults,
+        r.writes_acked,
+        r.writes_committed,
+        r.snapshots_committed,
+        r.snapshots_installed,
+        r.violations
     )
 }
 
@@ -995,6 +1279,10 @@ mod trace {
             .unwrap_or(5);
         let mut cfg = SimConfig::new(seed);
         cfg.nodes = nodes;
+        if let Some(steps) = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()) {
+            cfg.steps = steps;
+            cfg.heal_steps = steps.max(2_000);
+        }
         let mut sim = Sim::new(cfg).expect("sim");
         let total = sim.cfg.steps + sim.cfg.heal_steps;
         while sim.now < total {
@@ -1006,11 +1294,11 @@ mod trace {
             sim.joins().expect("joins");
             sim.client().expect("client");
             sim.check();
-            if sim.now.is_multiple_of(500) {
+            if sim.now.is_multiple_of(250) {
                 let st: Vec<String> = sim
                     .nodes
                     .iter()
-                    .map(|n| match &n.core {
+                    .map(|n| match n.core() {
                         None => format!(
                             "down(started {} trust {:?} join_at {})",
                             n.started, n.trust_tx, n.join_at

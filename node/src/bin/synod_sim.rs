@@ -1,7 +1,7 @@
 //! `synod-sim`: runs the seeded whole-cluster simulation (node/src/simulation.rs) over many seeds and prints
 //! `seeds, steps, faults, violations`; a failing seed prints itself and replays exactly with `--seed`.
 //!
-//!   synod-sim --seeds 1000 [--first 1] [--nodes 3..7] [--steps 3000] [--mutate skip-fsync]
+//!   synod-sim --seeds 1000 [--first 1] [--nodes 3..7] [--steps 3000] [--mutate skip-fsync|skip-snapshot-report]
 //!   synod-sim --seed 42 --nodes 5
 
 use anyhow::{bail, Context as _};
@@ -60,13 +60,15 @@ fn main() -> anyhow::Result<()> {
     let mutation = match cli.mutate.as_deref() {
         None => None,
         Some("skip-fsync") => Some(Mutation::SkipFsync),
-        Some(other) => bail!("unknown --mutate {other}: skip-fsync"),
+        Some("skip-snapshot-report") => Some(Mutation::SkipSnapshotReport),
+        Some(other) => bail!("unknown --mutate {other}: skip-fsync, skip-snapshot-report"),
     };
     let seeds: Vec<u64> = match cli.seed {
         Some(s) => vec![s],
         None => (cli.first..cli.first + cli.seeds).collect(),
     };
     let (mut steps, mut faults, mut writes, mut failed) = (0u64, 0u64, 0u64, Vec::new());
+    let (mut snapshots, mut installs) = (0u64, 0u64);
     let started = std::time::Instant::now();
     for &seed in &seeds {
         let mut cfg = SimConfig::new(seed);
@@ -79,6 +81,8 @@ fn main() -> anyhow::Result<()> {
         steps += report.steps;
         faults += report.faults.total();
         writes += report.writes_committed;
+        snapshots += report.snapshots_committed;
+        installs += report.snapshots_installed;
         if !report.violations.is_empty() {
             println!(
                 "seed {seed} ({} nodes) FAILED: {}",
@@ -92,7 +96,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "seeds {}, steps {steps}, faults {faults}, committed writes checked {writes}, violations {} ({} s)",
+        "seeds {}, steps {steps}, faults {faults}, committed writes checked {writes}, snapshots committed \
+         {snapshots}, installed {installs}, violations {} ({} s)",
         seeds.len(),
         failed.len(),
         started.elapsed().as_secs()
