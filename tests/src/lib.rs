@@ -396,6 +396,7 @@ impl Network {
         if proxied {
             let proxy = Proxy::start()?;
             first.extend(["--node-published-address".into(), proxy.addr.clone()]);
+            first.extend(["--node-source-address".into(), source_ip(0).to_string()]);
             proxies.push(proxy);
         }
         let n0 = NodeProc::start(&tmp.path().join("n0"), &first)?;
@@ -519,6 +520,7 @@ impl Network {
         } else {
             let proxy = Proxy::start()?;
             args.extend(["--node-published-address".into(), proxy.addr.clone()]);
+            args.extend(["--node-source-address".into(), source_ip(i).to_string()]);
             Some(proxy)
         };
         let node = NodeProc::spawn_detached("join", &self.tmp.path().join(format!("n{i}")), &args)?;
@@ -790,14 +792,46 @@ pub fn committed_chunks(ledger: &Path) -> anyhow::Result<std::collections::BTree
     Ok(out)
 }
 
+/// The loopback address node `i` of a proxied network connects to the others from (`--node-source-address`), so
+/// that their proxies can tell its connections apart.
+pub fn source_ip(i: usize) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 10 + (i % 200) as u8))
+}
+
+impl Network {
+    /// Partitions node `i` from the others both ways (its proxy drops what they send it; theirs drop what it
+    /// sends them), or only inbound when `one_way`.
+    pub fn isolate(&self, i: usize, one_way: bool) {
+        self.proxies[i].cut();
+        if !one_way {
+            for (j, p) in self.proxies.iter().enumerate() {
+                if j != i {
+                    p.block_source(source_ip(i));
+                }
+            }
+        }
+    }
+
+    /// Ends [`Network::isolate`].
+    pub fn reconnect(&self, i: usize) {
+        self.proxies[i].heal();
+        for p in &self.proxies {
+            p.unblock_source(source_ip(i));
+        }
+    }
+}
+
 /// A TCP proxy on 127.0.0.1 in front of one node's node-to-node address. Cut, it drops its connections and every
-/// new one, so nothing the other nodes send reaches that node (what it sends still leaves through the others'
-/// proxies: a one-way partition, as a broken route or firewall makes); healed, connections go through again.
+/// new one, so nothing the other nodes send reaches that node; with a source blocked, it drops connections from
+/// that address (one node's outbound traffic, when nodes connect from distinct loopback addresses). A cut alone is
+/// a one-way partition, as a broken route or firewall makes; with the node's source blocked at the other proxies,
+/// a symmetric one. Healed, connections go through again.
 pub struct Proxy {
     /// `host:port` it listens on (the node's published address).
     pub addr: String,
     target: Arc<std::sync::Mutex<Option<String>>>,
     cut: tokio::sync::watch::Sender<bool>,
+    blocked: tokio::sync::watch::Sender<std::collections::BTreeSet<std::net::IpAddr>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -810,13 +844,17 @@ impl Proxy {
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let target: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         let (cut, _) = tokio::sync::watch::channel(false);
+        let (blocked, _) = tokio::sync::watch::channel(std::collections::BTreeSet::new());
         let task = {
-            let (target, cut) = (target.clone(), cut.clone());
+            let (target, cut, blocked) = (target.clone(), cut.clone(), blocked.clone());
             tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                while let Ok((mut inbound, from)) = listener.accept().await {
                     let mut cut_rx = cut.subscribe();
+                    let mut blocked_rx = blocked.subscribe();
+                    let source = from.ip();
                     let to = target.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    let Some(to) = to.filter(|_| !*cut_rx.borrow()) else {
+                    let open = !*cut_rx.borrow() && !blocked_rx.borrow().contains(&source);
+                    let Some(to) = to.filter(|_| open) else {
                         continue; // dropped: the connection is refused in effect
                     };
                     tokio::spawn(async move {
@@ -826,6 +864,7 @@ impl Proxy {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                             _ = cut_rx.wait_for(|cut| *cut) => {}
+                            _ = blocked_rx.wait_for(|b| b.contains(&source)) => {}
                         }
                     });
                 }
@@ -835,6 +874,7 @@ impl Proxy {
             addr,
             target,
             cut,
+            blocked,
             task,
         })
     }
@@ -852,6 +892,20 @@ impl Proxy {
     /// Lets connections through again.
     pub fn heal(&self) {
         self.cut.send_replace(false);
+    }
+
+    /// Drops every connection from `source`, and every new one until [`Proxy::unblock_source`].
+    pub fn block_source(&self, source: std::net::IpAddr) {
+        self.blocked.send_modify(|b| {
+            b.insert(source);
+        });
+    }
+
+    /// Lets connections from `source` through again.
+    pub fn unblock_source(&self, source: std::net::IpAddr) {
+        self.blocked.send_modify(|b| {
+            b.remove(&source);
+        });
     }
 }
 

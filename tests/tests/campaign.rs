@@ -1,6 +1,6 @@
 //! Priority 7: a fault campaign on real processes. A 3-node network, each node reached by the others through a TCP
-//! proxy the test controls, takes writes from clients spread over the nodes while a seeded schedule cuts nodes
-//! off (one-way partitions), kills them with `kill -9` and restarts them, and stops them with SIGSTOP past an
+//! proxy the test controls, takes writes from clients spread over the nodes while a seeded schedule partitions
+//! nodes (both ways, or inbound only), kills them with `kill -9` and restarts them, and stops them with SIGSTOP past an
 //! election timeout. Then everything heals and the recorded history is checked: every write a client saw
 //! Committed is Committed on every node with its value, no transaction is Committed on one node and Invalid on
 //! another, the network converges, and every ledger audits clean with identical committed chunks.
@@ -82,10 +82,15 @@ async fn a_network_under_partitions_kills_and_stops_loses_and_forks_nothing() ->
             let mut hold = Duration::from_millis(1500 + rng.below(1500));
             let fault = match rng.below(3) {
                 0 => {
-                    net.proxies[target].cut();
+                    let one_way = rng.below(2) == 0;
+                    net.isolate(target, one_way);
                     tokio::time::sleep(hold).await;
-                    net.proxies[target].heal();
-                    "cut off for"
+                    net.reconnect(target);
+                    if one_way {
+                        "cut off (inbound only) for"
+                    } else {
+                        "partitioned (both ways) for"
+                    }
                 }
                 1 => {
                     hold /= 2;
