@@ -183,26 +183,15 @@ impl View {
         }
     }
 
-    fn same(&self, other: &View) -> bool {
-        self.read_id == other.read_id
-            && self.state.version() == other.state.version()
-            && self.committed_state.version() == other.committed_state.version()
-            && (
-                self.is_primary,
-                self.primary,
-                self.view,
-                self.committed,
-                self.is_member,
-                self.ledger_base,
-            ) == (
-                other.is_primary,
-                other.primary,
-                other.view,
-                other.committed,
-                other.is_member,
-                other.ledger_base,
-            )
-            && self.configuration == other.configuration
+    /// Whether this view still describes `core` (checked without building a new one: the Raft thread asks after
+    /// every turn). Every configuration change is a committed entry, so the committed state's version covers it.
+    fn describes(&self, core: &Core) -> bool {
+        self.is_primary == core.is_primary()
+            && self.state.version() == core.snapshot().version()
+            && self.committed_state.version() == core.committed_state().version()
+            && (self.primary, self.view, self.committed, self.ledger_base)
+                == (core.primary(), core.view(), core.committed(), core.ledger_base())
+            && self.is_member == core.is_member()
     }
 }
 
@@ -259,11 +248,11 @@ impl Shared {
 
     /// Publishes the core's view if it changed.
     fn publish(&self, core: &Core) {
-        let fresh = View::of(core);
-        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-        if !view.same(&fresh) {
-            *view = Arc::new(fresh);
+        if self.view().describes(core) {
+            return;
         }
+        let fresh = Arc::new(View::of(core));
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = fresh;
     }
 
     fn die(&self, reason: String) {
