@@ -450,6 +450,9 @@ pub struct Core {
     evidence: BTreeMap<u64, SnapshotEvidence>,
     /// A snapshot received from the primary, decoded, to hand to the shell with the next ready.
     installing: Option<InstalledSnapshot>,
+    /// A member can only be caught up with a snapshot newer than any taken: the next signature is a snapshot
+    /// point, even on an idle service.
+    snapshot_wanted: bool,
     /// Index of the last snapshot received from the primary and decoded.
     installed_index: u64,
     /// A configuration restore brought up to date, for the shell to persist.
@@ -632,6 +635,7 @@ impl Core {
             commit: TxId::default(),
             evidence: BTreeMap::new(),
             installing: None,
+            snapshot_wanted: false,
             installed_index: 0,
             restored_conf: None,
             conf_queue: VecDeque::new(),
@@ -968,6 +972,7 @@ impl Core {
         if self.is_leader {
             self.propose_queued_conf_changes();
             self.add_missing_learners();
+            self.want_snapshot_for_stranded_members();
             self.promote_caught_up_learners();
             self.remove_retired_nodes();
         }
@@ -1040,6 +1045,13 @@ impl Core {
     /// The shell persisted the ready numbered `number` (and every one before it).
     pub fn on_persisted(&mut self, number: u64) -> Result<(), CoreError> {
         self.raft.on_persist_ready(number);
+        // An installed snapshot is applied (its state is the committed state) once it is durable: tell raft-rs, or
+        // it counts the entries the snapshot replaced as unapplied and reads them — compacted — before it
+        // campaigns, and stops (found by synod-sim).
+        let log = &self.raft.raft.raft_log;
+        if self.installed_index > log.applied && self.installed_index <= log.persisted.min(log.committed) {
+            self.raft.advance_apply_to(self.installed_index);
+        }
         self.after_raft()
     }
 
@@ -1341,7 +1353,7 @@ impl Core {
 
     /// Orders a signature transaction over the current root if anything is unsigned (primary only).
     pub fn emit_signature(&mut self, now_secs: i64) -> Result<Option<TxId>, CoreError> {
-        if self.unsigned() == 0 {
+        if self.unsigned() == 0 && !self.snapshot_wanted {
             return Ok(None);
         }
         let root = self
@@ -1384,7 +1396,8 @@ impl Core {
         let last_snapshot = self.history.last_flagged(FLAG_SNAPSHOT);
         let snapshot_point = (self.cfg.snapshot_tx_interval > 0
             && tx_id.seqno - last_snapshot >= self.cfg.snapshot_tx_interval)
-            || triggered(b"snapshot", last_snapshot);
+            || triggered(b"snapshot", last_snapshot)
+            || self.snapshot_wanted;
         let chunk_end = snapshot_point
             || self.history.bytes_since_chunk_end() >= self.cfg.ledger_chunk_bytes
             || triggered(b"ledger_chunk", self.history.last_flagged(FLAG_CHUNK_END));
@@ -1409,6 +1422,9 @@ impl Core {
             return Err(CoreError::Invariant(format!(
                 "signature ordered as {appended}, expected {tx_id}"
             )));
+        }
+        if snapshot_point {
+            self.snapshot_wanted = false;
         }
         Ok(Some(tx_id))
     }
@@ -1572,6 +1588,39 @@ impl Core {
                 "a Trusted node is outside the configuration: adding it as a learner"
             );
             self.queue_conf_change(id, ConfChangeType::AddLearnerNode);
+        }
+    }
+
+    /// raft-rs refuses a snapshot whose configuration leaves the receiving node out. A member added after the
+    /// newest snapshot point, whose next entries this log no longer holds (it joined from an older snapshot, or
+    /// without one, and the log was compacted meanwhile), can only be caught up with a snapshot taken since its
+    /// configuration change: ask for one (found by synod-sim: such a learner waited for ever on an idle service).
+    fn want_snapshot_for_stranded_members(&mut self) {
+        if self.snapshot_wanted || self.history.last_flagged(FLAG_SNAPSHOT) >= self.raft.store().conf_index()
+        {
+            return;
+        }
+        let first = self.raft.store().first();
+        let offered = self
+            .raft
+            .store()
+            .offered_snapshot()
+            .map(|s| s.get_metadata().get_conf_state().clone())
+            .unwrap_or_default();
+        let named = |id: &u64| offered.voters.contains(id) || offered.learners.contains(id);
+        let stranded = self
+            .raft
+            .raft
+            .prs()
+            .iter()
+            .find(|(id, pr)| **id != self.id && pr.matched + 1 < first && !named(id))
+            .map(|(id, _)| *id);
+        if let Some(id) = stranded {
+            tracing::info!(
+                node = id,
+                "a member needs entries this log no longer holds: taking a snapshot at the next signature"
+            );
+            self.snapshot_wanted = true;
         }
     }
 
@@ -1771,7 +1820,7 @@ impl Core {
         if last != self.sig_clock.0 {
             self.sig_clock = (last, now_ms);
         }
-        if self.unsigned() == 0 {
+        if self.unsigned() == 0 && !(self.snapshot_wanted && self.is_leader) {
             return false;
         }
         let since = now_ms.saturating_sub(self.sig_clock.1);
@@ -1809,7 +1858,12 @@ impl Core {
     /// Drops Raft log entries up to `index` (a committed snapshot's seqno, already in the ledger files). Returns
     /// the new compaction point to persist, if anything was dropped.
     pub fn compact_log(&mut self, index: u64) -> Result<Option<SnapshotMetadata>, CoreError> {
-        if index > self.committed_state.version() || index < self.raft.store().first() {
+        // Never past what raft-rs has applied: it reads the entries it has not applied yet again (the core skips
+        // those its state already holds), and a compacted one stops it.
+        if index > self.committed_state.version()
+            || index > self.raft.raft.raft_log.applied
+            || index < self.raft.store().first()
+        {
             return Ok(None);
         }
         // raft-rs refuses a snapshot whose configuration leaves the receiving node out. A node added after the

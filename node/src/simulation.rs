@@ -770,15 +770,7 @@ impl Sim {
                         }
                         Command::Install { snapshot, hard_state } => {
                             // The store thread runs it after the writes before it: they become durable first.
-                            for w in std::mem::take(&mut n.writes) {
-                                persist(&mut n.disk, &w.job);
-                                if !skip_fsync {
-                                    replica
-                                        .handle(Input::Persisted(w.job.number), NOW_SECS)
-                                        .map_err(|e| err("persisted", e))?;
-                                    out.extend(w.job.then_send);
-                                }
-                            }
+                            durable_now(&mut n.disk, &mut n.writes, replica, &mut out, skip_fsync)?;
                             install(&mut n.disk, snapshot, hard_state);
                             self.snapshots_installed += 1;
                             n.unsynced.clear();
@@ -837,6 +829,8 @@ impl Sim {
                             },
                         }),
                         Command::Compact(meta) => {
+                            // Likewise after the writes before it (the hard state that committed the entries).
+                            durable_now(&mut n.disk, &mut n.writes, replica, &mut out, skip_fsync)?;
                             let drop = meta.index.saturating_sub(n.disk.compacted.index) as usize;
                             n.disk.log.drain(..drop.min(n.disk.log.len()));
                             n.disk.compacted = meta;
@@ -1148,6 +1142,27 @@ impl Sim {
             ));
         }
     }
+}
+
+/// Makes every Raft log write in flight durable now, in order, as the store thread has before it runs what the
+/// replica handed out after them (an install or a compaction).
+fn durable_now(
+    disk: &mut Disk,
+    writes: &mut Vec<PendingWrite>,
+    replica: &mut Replica,
+    out: &mut Vec<Message>,
+    skip_fsync: bool,
+) -> Result<(), String> {
+    for w in std::mem::take(writes) {
+        persist(disk, &w.job);
+        if !skip_fsync {
+            replica
+                .handle(Input::Persisted(w.job.number), NOW_SECS)
+                .map_err(|e| format!("persisted: {e}"))?;
+            out.extend(w.job.then_send);
+        }
+    }
+    Ok(())
 }
 
 /// Makes a Raft log write durable on the simulated disk.
