@@ -113,12 +113,22 @@ pub struct FaultCounts {
     pub partitions: u64,
     /// Crashes (each restarts later).
     pub crashes: u64,
+    /// Crashes in which part of what was in flight to the disk reached it (a torn write).
+    pub torn_writes: u64,
+    /// Periods in which a node's disk was slow (writes taking 20–200 ms).
+    pub slow_disks: u64,
 }
 
 impl FaultCounts {
     /// All faults.
     pub fn total(&self) -> u64 {
-        self.dropped + self.duplicated + self.delayed + self.partitions + self.crashes
+        self.dropped
+            + self.duplicated
+            + self.delayed
+            + self.partitions
+            + self.crashes
+            + self.torn_writes
+            + self.slow_disks
     }
 }
 
@@ -139,6 +149,8 @@ pub struct SimReport {
     pub snapshots_committed: u64,
     /// Snapshots installed from a primary (followers caught up after compaction).
     pub snapshots_installed: u64,
+    /// Receipts verified against the service certificate and the committed ledger.
+    pub receipts_checked: u64,
     /// Invariant violations, named, in the order found (the run stops at the first few).
     pub violations: Vec<String>,
 }
@@ -209,9 +221,28 @@ struct SimNode {
     commit: TxId,
     /// Up to which seqno its committed ledger has been checked against the canonical one already.
     checked: usize,
+    /// Its clock's rate, in millionths of the simulation's (clock skew: timers run fast or slow per node).
+    clock_ppm: u64,
+    /// Until when its disk is slow, and by how much each write is late meanwhile.
+    slow_disk: (u64, u64),
 }
 
 impl SimNode {
+    /// The node's own clock at simulated time `now`.
+    fn clock(&self, now: u64) -> u64 {
+        now * self.clock_ppm / 1_000_000
+    }
+
+    /// How late a disk write started at `now` is.
+    fn disk_delay(&self, now: u64) -> u64 {
+        let base = 1 + (self.keys_seed[0] as u64 % 3);
+        if now < self.slow_disk.0 {
+            base + self.slow_disk.1
+        } else {
+            base
+        }
+    }
+
     fn core(&self) -> Option<&Core> {
         self.replica.as_ref().map(Replica::core)
     }
@@ -288,6 +319,10 @@ struct Sim {
     snapshots_committed: u64,
     /// Snapshots installed from a primary.
     snapshots_installed: u64,
+    /// The service certificate (DER), receipts' trust anchor.
+    service_der: Vec<u8>,
+    /// Receipts verified.
+    receipts_checked: u64,
 }
 
 fn keys_seed(seed: u64, index: usize) -> [u8; 32] {
@@ -336,7 +371,10 @@ impl Sim {
             snapshot_reports: Vec::new(),
             snapshots_committed: 0,
             snapshots_installed: 0,
+            service_der: Vec::new(),
+            receipts_checked: 0,
         };
+        sim.service_der = cert::pem_to_der(&sim.service.cert_pem).map_err(|e| e.to_string())?;
         for i in 0..sim.cfg.nodes {
             let seed = keys_seed(sim.cfg.seed, i);
             let keys = keys_of(&sim.service, &format!("n{i}"), &seed)?;
@@ -369,6 +407,9 @@ impl Sim {
                 trust_tx: None,
                 commit: TxId::default(),
                 checked: 0,
+                // Within 5% of the simulation's clock, fixed per node by its seed.
+                clock_ppm: 950_000 + u64::from(u16::from_le_bytes([seed[2], seed[3]])) % 100_001,
+                slow_disk: (0, 0),
             });
         }
         // Node 0 creates the service; the others join as trusted nodes it adds.
@@ -474,7 +515,7 @@ impl Sim {
             }
         };
         let durable = n.disk.ledger_last();
-        n.replica = Some(Replica::new(core, REPLICA_TIMING, self.now, durable));
+        n.replica = Some(Replica::new(core, REPLICA_TIMING, n.clock(self.now), durable));
         n.started = true;
         Ok(true)
     }
@@ -588,6 +629,13 @@ impl Sim {
             }
             self.faults.partitions += 1;
         }
+        // A slow disk: one node's writes take 20–200 ms more, for up to 2 s.
+        if self.rng.chance(500) {
+            let i = self.rng.below(self.nodes.len() as u64) as usize;
+            let (until, extra) = (self.now + 200 + self.rng.below(1_800), 20 + self.rng.below(180));
+            self.nodes[i].slow_disk = (until, extra);
+            self.faults.slow_disks += 1;
+        }
         // A crash of one live node (never more than a minority of the started ones down at once), restarted
         // within 1 s.
         if self.rng.chance(800) {
@@ -606,8 +654,29 @@ impl Sim {
         }
     }
 
-    /// Loses everything not durable: the core, Raft log writes in flight, ledger frames not synced.
+    /// Loses everything not durable: the core, Raft log writes in flight, ledger frames not synced — except,
+    /// sometimes, a prefix of them that reached the disk before the crash (a torn write: never more than the
+    /// disk had been given, always in order).
     fn crash(&mut self, i: usize) {
+        if self.rng.chance(300_000) {
+            let n = &mut self.nodes[i];
+            let writes = self.rng.below(n.writes.len() as u64 + 1) as usize;
+            for w in n.writes.drain(..writes) {
+                persist(&mut n.disk, &w.job);
+            }
+            let frames = self.rng.below(n.unsynced.len() as u64 + 1) as usize;
+            for (frame, writes) in n.unsynced.drain(..frames) {
+                let seqno = frame_tx(&frame).map_or(0, |t| t.seqno);
+                if seqno == n.disk.ledger_last() + 1 {
+                    n.disk.ledger.push(frame);
+                    let _ = n
+                        .disk
+                        .state
+                        .apply(seqno, writes.public.maps.iter().chain(&writes.private.maps));
+                }
+            }
+            self.faults.torn_writes += 1;
+        }
         let n = &mut self.nodes[i];
         n.replica = None;
         n.writes.clear();
@@ -687,7 +756,12 @@ impl Sim {
             core.offer_snapshot(f.bytes.clone())
                 .map_err(|e| format!("offer snapshot: {e}"))?;
         }
-        n.replica = Some(Replica::new(core, REPLICA_TIMING, self.now, n.disk.ledger_last()));
+        n.replica = Some(Replica::new(
+            core,
+            REPLICA_TIMING,
+            n.clock(self.now),
+            n.disk.ledger_last(),
+        ));
         Ok(())
     }
 
@@ -707,6 +781,7 @@ impl Sim {
         let mut problems = Vec::new();
         {
             let n = &mut self.nodes[i];
+            let (clock, disk_delay) = (n.clock(now), n.disk_delay(now));
             let Some(replica) = n.replica.as_mut() else {
                 return Ok(());
             };
@@ -744,7 +819,7 @@ impl Sim {
                     .map_err(|e| err("snapshot written", e))?;
             }
             replica.set_ledger_durable(n.disk.ledger_last());
-            replica.turn(now, NOW_SECS).map_err(|e| err("turn", e))?;
+            replica.turn(clock, NOW_SECS).map_err(|e| err("turn", e))?;
             loop {
                 let commands = replica.take_commands();
                 if commands.is_empty() {
@@ -764,7 +839,8 @@ impl Sim {
                                     .map_err(|e| err("persisted", e))?;
                                 out.extend(job.then_send.iter().cloned());
                             }
-                            let due = now + 1 + (n.keys_seed[0] as u64 % 3);
+                            // In order, as the store thread writes them: never before the one queued earlier.
+                            let due = n.writes.last().map_or(0, |w| w.due).max(now + disk_delay);
                             n.writes.push(PendingWrite { due, job });
                             None
                         }
@@ -795,7 +871,7 @@ impl Sim {
                             // One file at a time, as the node's snapshotter queue (a second one is skipped).
                             if n.snapshot_writes.is_empty() {
                                 n.snapshot_writes.push((
-                                    now + 2 + (n.keys_seed[1] as u64 % 5),
+                                    now + disk_delay + 1 + (n.keys_seed[1] as u64 % 5),
                                     job.state.version(),
                                     bytes,
                                 ));
@@ -1056,17 +1132,79 @@ impl Sim {
         }
     }
 
+    /// Every 100 ms, a receipt for a write seen Committed, from a live node that holds it Committed, must verify
+    /// against the service certificate and prove the entry the committed ledger holds at its seqno.
+    fn check_receipt(&mut self) {
+        if !self.now.is_multiple_of(100) {
+            return;
+        }
+        let committed: Vec<TxId> = self
+            .acked
+            .iter()
+            .filter(|(_, seen)| seen.committed)
+            .map(|(tx, _)| *tx)
+            .collect();
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].replica.is_some())
+            .collect();
+        if committed.is_empty() || live.is_empty() {
+            return;
+        }
+        let tx = committed[self.rng.below(committed.len() as u64) as usize];
+        let i = live[self.rng.below(live.len() as u64) as usize];
+        let Some(core) = self.nodes[i].core() else { return };
+        if core.tx_status(tx) != TxStatus::Committed {
+            return;
+        }
+        // A receipt whose proof left memory is rebuilt from the ledger files by the node's shell, not the core.
+        let Ok(receipt) = core.json_receipt(tx) else {
+            return;
+        };
+        let expected = self
+            .canonical
+            .get(tx.seqno as usize - 1)
+            .and_then(|f| decode_frames(f).next()?.ok())
+            .and_then(|f| f.entry.write_set_digest_and_leaf().ok())
+            .map(|(_, leaf)| leaf);
+        let problem = match synod_core::receipt::verify_json(&receipt, &self.service_der) {
+            Err(e) => Some(format!(
+                "receipts: node {i}'s receipt for {tx} does not verify: {e}"
+            )),
+            Ok(v) if expected.is_some() && v.leaf != expected => Some(format!(
+                "receipts: node {i}'s receipt for {tx} proves another entry than the committed ledger's"
+            )),
+            Ok(_) => None,
+        };
+        if let Some(p) = problem {
+            self.violation(p);
+        } else {
+            self.receipts_checked += 1;
+        }
+    }
+
+    /// One simulated millisecond of the whole cluster.
+    fn one_step(&mut self) -> Result<(), String> {
+        self.inject_faults();
+        for i in 0..self.nodes.len() {
+            self.step_node(i)?;
+        }
+        self.deliver()?;
+        self.joins()?;
+        self.client()?;
+        self.check();
+        self.check_receipt();
+        Ok(())
+    }
+
     fn run(mut self) -> Result<SimReport, String> {
         let total = self.cfg.steps + self.cfg.heal_steps;
         while self.now < total && self.violations.is_empty() {
-            self.inject_faults();
-            for i in 0..self.nodes.len() {
-                self.step_node(i)?;
+            // A node that refuses to step or to restart (its core found its own state broken) is a violation of
+            // the seed, named with its reason.
+            if let Err(e) = self.one_step() {
+                self.violation(format!("a node stopped: {e}"));
+                break;
             }
-            self.deliver()?;
-            self.joins()?;
-            self.client()?;
-            self.check();
             self.now += 1;
         }
         if self.violations.is_empty() {
@@ -1081,6 +1219,7 @@ impl Sim {
             writes_committed,
             snapshots_committed: self.snapshots_committed,
             snapshots_installed: self.snapshots_installed,
+            receipts_checked: self.receipts_checked,
             violations: self.violations,
         })
     }
@@ -1226,6 +1365,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
                 writes_committed: 0,
                 snapshots_committed: 0,
                 snapshots_installed: 0,
+                receipts_checked: 0,
                 violations: vec![format!("a node stopped on a broken invariant: {what}")],
             })
         }
@@ -1301,14 +1441,7 @@ mod trace {
         let mut sim = Sim::new(cfg).expect("sim");
         let total = sim.cfg.steps + sim.cfg.heal_steps;
         while sim.now < total {
-            sim.inject_faults();
-            for i in 0..sim.nodes.len() {
-                sim.step_node(i).expect("step");
-            }
-            sim.deliver().expect("deliver");
-            sim.joins().expect("joins");
-            sim.client().expect("client");
-            sim.check();
+            sim.one_step().expect("step");
             if sim.now.is_multiple_of(250) {
                 let st: Vec<String> = sim
                     .nodes

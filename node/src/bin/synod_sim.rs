@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         None => (cli.first..cli.first + cli.seeds).collect(),
     };
     let (mut steps, mut faults, mut writes, mut failed) = (0u64, 0u64, 0u64, Vec::new());
-    let (mut snapshots, mut installs) = (0u64, 0u64);
+    let (mut snapshots, mut installs, mut receipts) = (0u64, 0u64, 0u64);
     let started = std::time::Instant::now();
     for &seed in &seeds {
         let mut cfg = SimConfig::new(seed);
@@ -83,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         writes += report.writes_committed;
         snapshots += report.snapshots_committed;
         installs += report.snapshots_installed;
+        receipts += report.receipts_checked;
         if !report.violations.is_empty() {
             println!(
                 "seed {seed} ({} nodes) FAILED: {}",
@@ -97,7 +98,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "seeds {}, steps {steps}, faults {faults}, committed writes checked {writes}, snapshots committed \
-         {snapshots}, installed {installs}, violations {} ({} s)",
+         {snapshots}, installed {installs}, receipts verified {receipts}, violations {} ({} s)",
         seeds.len(),
         failed.len(),
         started.elapsed().as_secs()
