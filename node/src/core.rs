@@ -453,6 +453,8 @@ pub struct Core {
     /// A member can only be caught up with a snapshot newer than any taken: the next signature is a snapshot
     /// point, even on an idle service.
     snapshot_wanted: bool,
+    /// The number of a Ready that installs a snapshot and is not durable yet.
+    install_in_flight: Option<u64>,
     /// Index of the last snapshot received from the primary and decoded.
     installed_index: u64,
     /// A configuration restore brought up to date, for the shell to persist.
@@ -636,6 +638,7 @@ impl Core {
             evidence: BTreeMap::new(),
             installing: None,
             snapshot_wanted: false,
+            install_in_flight: None,
             installed_index: 0,
             restored_conf: None,
             conf_queue: VecDeque::new(),
@@ -967,7 +970,12 @@ impl Core {
 
     /// Advances Raft's logical clock by one tick (elections, heartbeats), and retries queued reconfigurations.
     pub fn tick(&mut self) -> Result<(), CoreError> {
-        self.raft.tick();
+        // A node whose snapshot install is not durable yet does not campaign: raft-rs already counts the
+        // snapshot as stored but not as applied, and before campaigning it would read the entries the snapshot
+        // replaced, which are gone, and stop (found by synod-sim).
+        if self.install_in_flight.is_none() {
+            self.raft.tick();
+        }
         self.after_raft()?;
         if self.is_leader {
             self.propose_queued_conf_changes();
@@ -981,6 +989,10 @@ impl Core {
 
     /// Hands a message from a peer to Raft. Messages Raft refuses (stale, unknown peer) are dropped.
     pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
+        if self.install_in_flight.is_some() && msg.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow
+        {
+            return Ok(()); // a leadership transfer would campaign too (see `tick`)
+        }
         if let Err(e) = self.raft.step(msg) {
             tracing::debug!("raft dropped a message: {e}");
         }
@@ -1017,6 +1029,7 @@ impl Core {
             ..Default::default()
         };
         if !rd.snapshot().is_empty() {
+            self.install_in_flight = Some(rd.number());
             let snap = rd.snapshot().clone();
             self.raft.mut_store().install_snapshot(snap);
             out.installed = self.installing.take();
@@ -1045,6 +1058,9 @@ impl Core {
     /// The shell persisted the ready numbered `number` (and every one before it).
     pub fn on_persisted(&mut self, number: u64) -> Result<(), CoreError> {
         self.raft.on_persist_ready(number);
+        if self.install_in_flight.is_some_and(|n| n <= number) {
+            self.install_in_flight = None;
+        }
         // An installed snapshot is applied (its state is the committed state) once it is durable: tell raft-rs, or
         // it counts the entries the snapshot replaced as unapplied and reads them — compacted — before it
         // campaigns, and stops (found by synod-sim).
