@@ -820,7 +820,8 @@ impl Core {
         r: Restore,
     ) -> Result<(Core, Vec<CommittedEntry>), CoreError> {
         let id = raft_id(&keys.node_id);
-        let (mut history, _, _) = match &r.base_snapshot {
+        let base_snapshot = r.base_snapshot;
+        let (mut history, _, _) = match &base_snapshot {
             Some(bytes) => Self::from_snapshot_bytes(bytes, &sealer)?,
             None => (
                 History::new(MerkleTree::new(), Vec::new()),
@@ -906,6 +907,12 @@ impl Core {
         let single_voter = r.log.conf_state().voters == vec![id] && r.log.conf_state().learners.is_empty();
         let raft = RawNode::new(&raft_config(id, commit_index, cfg.timing), r.log, &raft_logger())?;
         let mut core = Core::assemble(raft, keys, sealer, cfg, history, state);
+        // The snapshot history starts from is committed (this node's own, or one a primary sent): offer it, so
+        // that a follower behind this log's start is sent a snapshot it can continue from. The shell offers a
+        // newer committed one if it has one.
+        if let Some(bytes) = base_snapshot {
+            core.offer_snapshot(bytes)?;
+        }
         for (seqno, cc) in pending_conf {
             let cs = core.raft.apply_conf_change(&cc)?;
             core.raft.mut_store().set_conf_state(cs.clone());
@@ -1194,12 +1201,33 @@ impl Core {
         Ok(())
     }
 
+    /// Applies a committed configuration change to Raft and hands the new configuration out to persist.
+    fn apply_conf_entry(&mut self, e: &Entry, out: &mut CoreReady) -> Result<(), CoreError> {
+        let cc = ConfChange::parse_from_bytes(&e.data).map_err(bad_entry(e.index))?;
+        let cs = self.raft.apply_conf_change(&cc)?;
+        self.raft.mut_store().set_conf_state(cs.clone());
+        self.raft.mut_store().set_conf_index(e.index);
+        out.conf_index = Some(e.index);
+        tracing::info!(seqno = e.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
+        out.conf_state = Some(cs);
+        self.events.push(Event::NodesChanged);
+        Ok(())
+    }
+
     fn apply_committed(&mut self, entries: Vec<Entry>, out: &mut CoreReady) -> Result<(), CoreError> {
         let mut last_applied = None;
         for e in entries {
             last_applied = Some(e.index);
             if e.index <= self.committed_state.version() {
-                continue; // covered by an installed snapshot
+                // Covered by an installed snapshot or by the stored state, whose writes are in already. A
+                // configuration change in it that Raft has not applied yet (the state can be stored ahead of the
+                // hard state that committed it) still must be, in order, exactly once.
+                if matches!(e.get_entry_type(), EntryType::EntryConfChange)
+                    && e.index > self.raft.store().conf_index()
+                {
+                    self.apply_conf_entry(&e, out)?;
+                }
+                continue;
             }
             let (le, tx) = ledger_entry_of(&e, &self.sealer).map_err(bad_entry(e.index))?;
             let writes = match self.own.remove(&e.index) {
@@ -1211,14 +1239,7 @@ impl Core {
                 .map_err(|err| CoreError::Invariant(format!("applying committed {}: {err}", e.index)))?;
             let tx_id = TxId::new(e.term, e.index);
             if matches!(e.get_entry_type(), EntryType::EntryConfChange) {
-                let cc = ConfChange::parse_from_bytes(&e.data).map_err(bad_entry(e.index))?;
-                let cs = self.raft.apply_conf_change(&cc)?;
-                self.raft.mut_store().set_conf_state(cs.clone());
-                self.raft.mut_store().set_conf_index(e.index);
-                out.conf_index = Some(e.index);
-                tracing::info!(seqno = e.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
-                out.conf_state = Some(cs);
-                self.events.push(Event::NodesChanged);
+                self.apply_conf_entry(&e, out)?;
             }
             if writes.touches(maps::NODES_INFO) {
                 self.events.push(Event::NodesChanged);
@@ -1864,6 +1885,15 @@ impl Core {
             seqno: 0,
             reason: format!("snapshot: {e}"),
         })?;
+        // Never an older one than offered: a follower behind this log's start needs one at least that new.
+        if self
+            .raft
+            .store()
+            .offered_snapshot()
+            .is_some_and(|s| s.get_metadata().index > meta.index)
+        {
+            return Ok(());
+        }
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
         snap.data = bytes.into();
