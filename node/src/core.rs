@@ -52,6 +52,9 @@ fn canonical_conf_state(cs: &ConfState) -> ConfState {
     cs
 }
 
+/// Ticks between snapshot points forced for a member no offered snapshot can catch up (50 ticks: 2.5 s by default).
+const FORCED_SNAPSHOT_TICKS: u32 = 50;
+
 /// Claims digest of a transaction that registers no application claims (CCF's "no claims" is all zeroes).
 pub const NO_CLAIMS: Digest = [0u8; 32];
 
@@ -455,6 +458,8 @@ pub struct Core {
     snapshot_wanted: bool,
     /// The number of a Ready that installs a snapshot and is not durable yet.
     install_in_flight: Option<u64>,
+    /// Ticks before another snapshot point may be forced for a stranded member.
+    forced_snapshot_wait: u32,
     /// Index of the last snapshot received from the primary and decoded.
     installed_index: u64,
     /// A configuration restore brought up to date, for the shell to persist.
@@ -639,6 +644,7 @@ impl Core {
             installing: None,
             snapshot_wanted: false,
             install_in_flight: None,
+            forced_snapshot_wait: 0,
             installed_index: 0,
             restored_conf: None,
             conf_queue: VecDeque::new(),
@@ -1633,8 +1639,13 @@ impl Core {
     /// without one, and the log was compacted meanwhile), can only be caught up with a snapshot taken since its
     /// configuration change: ask for one (found by synod-sim: such a learner waited for ever on an idle service).
     fn want_snapshot_for_stranded_members(&mut self) {
-        if self.snapshot_wanted || self.history.last_flagged(FLAG_SNAPSHOT) >= self.raft.store().conf_index()
-        {
+        // At most once per FORCED_SNAPSHOT_TICKS: a snapshot point taken since may still be on its way to being
+        // offered, or may never be (a node that skipped writing it).
+        if self.snapshot_wanted {
+            return;
+        }
+        if self.forced_snapshot_wait > 0 {
+            self.forced_snapshot_wait -= 1;
             return;
         }
         let first = self.raft.store().first();
@@ -1658,6 +1669,7 @@ impl Core {
                 "a member needs entries this log no longer holds: taking a snapshot at the next signature"
             );
             self.snapshot_wanted = true;
+            self.forced_snapshot_wait = FORCED_SNAPSHOT_TICKS;
         }
     }
 
