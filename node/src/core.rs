@@ -233,6 +233,17 @@ pub struct SnapshotJob {
     pub conf_state: ConfState,
 }
 
+impl SnapshotJob {
+    /// The snapshot file's bytes (deterministic: every node writes the same file for the same point).
+    pub fn encode(&self, sealer: &Sealer) -> Result<Vec<u8>, snapshot::SnapshotError> {
+        let conf = self
+            .conf_state
+            .write_to_bytes()
+            .map_err(|e| snapshot::SnapshotError::Malformed(format!("configuration: {e}")))?;
+        snapshot::encode(&self.state, self.view, conf, &self.frontier, &self.views, sealer)
+    }
+}
+
 /// Things the shell reacts to, besides a `Ready`.
 pub enum Event {
     /// Take a snapshot (every node does, at the same seqnos).

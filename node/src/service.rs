@@ -26,7 +26,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use protobuf::Message as _;
 use raft::eraftpb::{Message, SnapshotMetadata};
 use synod_core::cert::{self, Identity};
 use synod_core::maps;
@@ -1401,15 +1400,7 @@ impl Node {
 
     fn write_snapshot(&self, job: SnapshotJob) -> anyhow::Result<()> {
         let seqno = job.state.version();
-        let conf = job.conf_state.write_to_bytes()?;
-        let bytes = snapshot::encode(
-            &job.state,
-            job.view,
-            conf,
-            &job.frontier,
-            &job.views,
-            &self.sealer,
-        )?;
+        let bytes = job.encode(&self.sealer)?;
         let digest = snapshot::digest(&bytes);
         write_private(
             &self.paths.snapshots().join(snapshot::file_name(seqno, None)),

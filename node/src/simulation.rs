@@ -191,6 +191,18 @@ struct Disk {
 }
 
 impl Disk {
+    /// A committed frame reaches the ledger files and the stored state, if it is the next one (what a crash lost
+    /// before it is written again at restart, in order).
+    fn sync_frame(&mut self, frame: Vec<u8>, writes: &crate::core::Writes) {
+        let seqno = frame_tx(&frame).map_or(0, |t| t.seqno);
+        if seqno == self.ledger_last() + 1 {
+            self.ledger.push(frame);
+            let _ = self
+                .state
+                .apply(seqno, writes.public.maps.iter().chain(&writes.private.maps));
+        }
+    }
+
     /// The last seqno of the synced ledger.
     fn ledger_last(&self) -> u64 {
         self.ledger_base + self.ledger.len() as u64
@@ -666,14 +678,7 @@ impl Sim {
             }
             let frames = self.rng.below(n.unsynced.len() as u64 + 1) as usize;
             for (frame, writes) in n.unsynced.drain(..frames) {
-                let seqno = frame_tx(&frame).map_or(0, |t| t.seqno);
-                if seqno == n.disk.ledger_last() + 1 {
-                    n.disk.ledger.push(frame);
-                    let _ = n
-                        .disk
-                        .state
-                        .apply(seqno, writes.public.maps.iter().chain(&writes.private.maps));
-                }
+                n.disk.sync_frame(frame, &writes);
             }
             self.faults.torn_writes += 1;
         }
@@ -792,13 +797,7 @@ impl Sim {
                 .partition(|w| w.due <= now);
             n.writes = waiting;
             for w in done {
-                persist(&mut n.disk, &w.job);
-                if !skip_fsync {
-                    replica
-                        .handle(Input::Persisted(w.job.number), NOW_SECS)
-                        .map_err(|e| err("persisted", e))?;
-                    out.extend(w.job.then_send);
-                }
+                made_durable(&mut n.disk, w, replica, &mut out, skip_fsync)?;
             }
             let (written, writing): (Vec<_>, Vec<_>) = std::mem::take(&mut n.snapshot_writes)
                 .into_iter()
@@ -858,16 +857,7 @@ impl Sim {
                             None
                         }
                         Command::WriteSnapshot(job) => {
-                            let conf = job.conf_state.write_to_bytes().map_err(|e| e.to_string())?;
-                            let bytes = crate::snapshot::encode(
-                                &job.state,
-                                job.view,
-                                conf,
-                                &job.frontier,
-                                &job.views,
-                                &self.sealer,
-                            )
-                            .map_err(|e| format!("snapshot: {e}"))?;
+                            let bytes = job.encode(&self.sealer).map_err(|e| format!("snapshot: {e}"))?;
                             // One file at a time, as the node's snapshotter queue (a second one is skipped).
                             if n.snapshot_writes.is_empty() {
                                 n.snapshot_writes.push((
@@ -935,14 +925,7 @@ impl Sim {
             // The ledger is synced every few milliseconds, as the applier does.
             if now >= n.next_ledger_sync {
                 for (frame, writes) in std::mem::take(&mut n.unsynced) {
-                    let seqno = frame_tx(&frame).map_or(0, |t| t.seqno);
-                    if seqno == n.disk.ledger_last() + 1 {
-                        n.disk.ledger.push(frame);
-                        let _ = n
-                            .disk
-                            .state
-                            .apply(seqno, writes.public.maps.iter().chain(&writes.private.maps));
-                    }
+                    n.disk.sync_frame(frame, &writes);
                 }
                 n.next_ledger_sync = now + 5;
             }
@@ -1293,13 +1276,26 @@ fn durable_now(
     skip_fsync: bool,
 ) -> Result<(), String> {
     for w in std::mem::take(writes) {
-        persist(disk, &w.job);
-        if !skip_fsync {
-            replica
-                .handle(Input::Persisted(w.job.number), NOW_SECS)
-                .map_err(|e| format!("persisted: {e}"))?;
-            out.extend(w.job.then_send);
-        }
+        made_durable(disk, w, replica, out, skip_fsync)?;
+    }
+    Ok(())
+}
+
+/// A Raft log write reaches the disk: the replica hears it is persisted and the messages that waited for it
+/// leave (with the skip-fsync mutation it heard so when the write was handed out).
+fn made_durable(
+    disk: &mut Disk,
+    w: PendingWrite,
+    replica: &mut Replica,
+    out: &mut Vec<Message>,
+    skip_fsync: bool,
+) -> Result<(), String> {
+    persist(disk, &w.job);
+    if !skip_fsync {
+        replica
+            .handle(Input::Persisted(w.job.number), NOW_SECS)
+            .map_err(|e| format!("persisted: {e}"))?;
+        out.extend(w.job.then_send);
     }
     Ok(())
 }
