@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  peers ══TLS══▶ inbox ─▶ Raft thread: Replica::handle / calls / turn ─▶ commands
-//!  rpc handlers ─ask()──▶ inbox (bounded; full → 503)       │ read the published View without asking
+//!  rpc handlers ─ask()──▶ calls (bounded; full → 503)       │ read the published View without asking
 //!                                 Send ─▶ channels           │
 //!                                 Persist / Install / Compact / Apply ─▶ store thread (fsync) ─▶ Persisted
 //!                                                                       └─▶ applier ─▶ ledger files + RocksDB
@@ -13,7 +13,8 @@
 //!
 //! Handlers never touch the core: they read the [`View`] the Raft thread publishes after every turn (and before
 //! it answers calls, so a client that saw its write acknowledged reads it), and send what needs the core itself
-//! (ordering a transaction, receipts, statuses) as a call through the bounded inbox. Any I/O failure on the
+//! (ordering a transaction, receipts, statuses) as a call through the bounded call queue (separate from the peers'
+//! inbox, so that clients, whom anyone can be, never crowd out Raft messages). Any I/O failure on the
 //! ledger or the stores stops the node: continuing could report a write Committed that is not on disk.
 
 use std::collections::HashMap;
@@ -53,6 +54,11 @@ const SNAPSHOTS_KEPT: usize = 2;
 /// Events queued for the event loop (peers' Raft messages, wake-ups). When full, Raft messages are dropped (Raft
 /// retransmits) and wake-ups are redundant: the loop is busy with what is queued.
 const INBOX_EVENTS_MAX: usize = 16 * 1024;
+/// Handlers' calls queued for the Raft thread, in a queue of their own so that a flood of client requests (which
+/// anyone can send) never takes the places of peers' Raft messages. When full, handlers answer 503.
+const CALLS_MAX: usize = 4 * 1024;
+/// Calls the Raft thread runs between two looks at its peers' messages and its timers.
+const CALLS_PER_TURN: usize = 1024;
 /// Jobs queued for the store thread (Raft log writes, snapshot installs, compactions, committed batches). When
 /// full, the Raft thread waits for the disk.
 const STORE_JOBS_MAX: usize = 64;
@@ -109,7 +115,6 @@ type Call = Box<dyn FnOnce(&mut Core) -> Box<dyn FnOnce() + Send> + Send>;
 enum LoopEvent {
     Raft(Message),
     Wake,
-    Call(Call),
     /// Whether a snapshot message reached its peer.
     SnapshotSent {
         to: u64,
@@ -240,6 +245,62 @@ struct Shared {
     ledger_durable: AtomicU64,
 }
 
+/// Handlers' calls for the Raft thread: a bounded queue of their own, and at most one wake-up in the peers' inbox
+/// however many calls wait, so that no number of client requests can fill the inbox.
+struct CallQueue {
+    calls: Mutex<SyncSender<Call>>,
+    inbox: Mutex<SyncSender<LoopEvent>>,
+    wake_pending: AtomicBool,
+}
+
+impl CallQueue {
+    fn new(inbox: SyncSender<LoopEvent>, max: usize) -> (CallQueue, Receiver<Call>) {
+        let (tx, rx) = mpsc::sync_channel(max);
+        let queue = CallQueue {
+            calls: Mutex::new(tx),
+            inbox: Mutex::new(inbox),
+            wake_pending: AtomicBool::new(false),
+        };
+        (queue, rx)
+    }
+
+    /// Queues `call` and wakes the Raft thread, or says why not (full: busy; closed: stopped).
+    fn push(&self, call: Call) -> Result<(), AskError> {
+        match self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_send(call)
+        {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(AskError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(AskError::Stopped),
+        }
+        // `take` clears the flag before it looks at the queue: a call queued after that finds it clear and wakes.
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
+            // A full inbox needs no wake-up: the loop has work and takes calls on every turn.
+            let _ = self
+                .inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_send(LoopEvent::Wake);
+        }
+        Ok(())
+    }
+
+    /// Runs up to `max` queued calls through `run`; true when more are left.
+    fn take(&self, queued: &Receiver<Call>, max: usize, mut run: impl FnMut(Call)) -> bool {
+        self.wake_pending.store(false, Ordering::SeqCst);
+        for (taken, call) in queued.try_iter().enumerate() {
+            run(call);
+            if taken + 1 == max {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 impl Shared {
     fn view(&self) -> Arc<View> {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -323,6 +384,7 @@ pub struct Node {
     pub node_address: SocketAddr,
     channels: Arc<Channels>,
     inbox: Mutex<SyncSender<LoopEvent>>,
+    calls: CallQueue,
     threads: Mutex<Vec<JoinHandle<()>>>,
     cfg: NodeConfig,
     storage: Storage,
@@ -808,6 +870,7 @@ impl Node {
             fatal: Mutex::new(None),
             ledger_durable: AtomicU64::new(ledger.last_seqno()),
         });
+        let (calls, calls_rx) = CallQueue::new(inbox_tx.clone(), CALLS_MAX);
         let node = Arc::new(Node {
             shared: shared.clone(),
             paths: paths.clone(),
@@ -825,6 +888,7 @@ impl Node {
             node_address,
             channels,
             inbox: Mutex::new(inbox_tx.clone()),
+            calls,
             threads: Mutex::new(Vec::new()),
             cfg: cfg.clone(),
             storage: storage.clone(),
@@ -894,7 +958,7 @@ impl Node {
             };
             let replica = Replica::new(core, timing, 0, node.ledger_durable());
             threads.push(std::thread::Builder::new().name("raft".into()).spawn(move || {
-                let result = node2.event_loop(replica, inbox_rx, persisted_rx, store_tx, snap_tx);
+                let result = node2.event_loop(replica, inbox_rx, calls_rx, persisted_rx, store_tx, snap_tx);
                 if let Err(e) = result {
                     node2.shared.die(format!("event loop: {e:#}"));
                 }
@@ -941,16 +1005,7 @@ impl Node {
             let value = f(core);
             Box::new(move || answer(value))
         });
-        match self
-            .inbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .try_send(LoopEvent::Call(call))
-        {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(AskError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(AskError::Stopped),
-        }
+        self.calls.push(call)
     }
 
     /// Runs `f` on the core, on the Raft thread, and waits for its answer (from threads that may block).
@@ -1122,6 +1177,7 @@ impl Node {
         &self,
         mut replica: Replica,
         inbox: Receiver<LoopEvent>,
+        calls: Receiver<Call>,
         persisted: Receiver<u64>,
         store: SyncSender<StoreJob>,
         snapshots: SyncSender<SnapshotJob>,
@@ -1133,9 +1189,10 @@ impl Node {
         }
         self.execute_commands(&mut replica, &store, &snapshots)?;
         let mut answers: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        let mut calls_left = false;
         while !self.shared.stopping.load(Ordering::Acquire) {
             let now = clock();
-            let deadline = if replica.has_ready() {
+            let deadline = if replica.has_ready() || calls_left {
                 now
             } else {
                 replica.next_deadline_ms(now)
@@ -1159,15 +1216,14 @@ impl Node {
                 let input = match ev {
                     LoopEvent::Raft(m) => Input::Raft(m),
                     LoopEvent::Wake => continue,
-                    LoopEvent::Call(call) => {
-                        answers.push(call(replica.core_mut()));
-                        continue;
-                    }
                     LoopEvent::SnapshotSent { to, delivered } => Input::SnapshotSent { to, delivered },
                     LoopEvent::SnapshotWritten { seqno, digest } => Input::SnapshotWritten { seqno, digest },
                 };
                 replica.handle(input, now_secs())?;
             }
+            calls_left = self.calls.take(&calls, CALLS_PER_TURN, |call| {
+                answers.push(call(replica.core_mut()));
+            });
             if !answers.is_empty() {
                 // Published before answering: a client told its write was ordered reads it at once.
                 self.shared.publish(replica.core());
@@ -1542,4 +1598,43 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noop_call() -> Call {
+        Box::new(|_| Box::new(|| {}))
+    }
+
+    /// A flood of calls (which any client can cause) fills only the call queue: it answers busy, and the peers'
+    /// inbox holds one wake-up and room for every Raft message.
+    #[test]
+    fn calls_never_crowd_peers_out_of_the_inbox() {
+        let (inbox_tx, inbox_rx) = mpsc::sync_channel::<LoopEvent>(4);
+        let (calls, queued) = CallQueue::new(inbox_tx.clone(), 8);
+        for _ in 0..8 {
+            assert!(calls.push(noop_call()).is_ok());
+        }
+        assert!(matches!(calls.push(noop_call()), Err(AskError::Busy)));
+        for _ in 0..3 {
+            assert!(inbox_tx.try_send(LoopEvent::Raft(Message::default())).is_ok());
+        }
+        let wakes = inbox_rx
+            .try_iter()
+            .filter(|e| matches!(e, LoopEvent::Wake))
+            .count();
+        assert_eq!(wakes, 1);
+
+        // The loop takes at most `max` per turn and says more are left; a call queued later wakes it again.
+        let mut ran = 0;
+        assert!(calls.take(&queued, 5, |_| ran += 1));
+        assert!(!calls.take(&queued, 5, |_| ran += 1));
+        assert_eq!(ran, 8);
+        assert!(calls.push(noop_call()).is_ok());
+        assert!(matches!(inbox_rx.try_recv(), Ok(LoopEvent::Wake)));
+        drop(queued);
+        assert!(matches!(calls.push(noop_call()), Err(AskError::Stopped)));
+    }
 }
