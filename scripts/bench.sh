@@ -7,11 +7,14 @@
 # time; both fsync as in production (their defaults).
 #
 #   scripts/bench.sh [--clients 32] [--requests 20000] [--value-bytes 64] [--keys 10000] [--workspace DIR]
-#                    [--synod-only | --etcd-only]
+#                    [--synod-only | --etcd-only] [--wait-commit]
 #
 # etcd is measured through its native gRPC API (ETCD_TARGET=etcd: through its HTTP/JSON gateway, as before);
 # Synod's report includes commit latency (send to Committed), etcd's is its put latency.
 #
+# --wait-commit: each client waits until its write is Committed before its next one (synod-load --wait-commit),
+# as a client that needs durability does and as etcd's clients do (a put answers once committed).
+# SYNOD_NODE_ARGS adds flags to every Synod node (e.g. "--sig-ms-interval 5" to compare signature settings).
 # Defaults can also be set with CLIENTS, REQUESTS, VALUE_BYTES, KEYS, BENCH_WORKSPACE. LOAD_TIMEOUT_S (default 600)
 # bounds each synod-load run. The workspace (default target/bench, emptied first) keeps data, logs and the --json
 # summaries (synod-spread.json, synod-primary.json, etcd-spread.json, etcd-leader.json).
@@ -27,7 +30,8 @@ LOAD_TIMEOUT_S="${LOAD_TIMEOUT_S:-600}"
 WORKSPACE="${BENCH_WORKSPACE:-}"
 RUN_SYNOD=1
 RUN_ETCD=1
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+WAIT_COMMIT=0
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
     case "$1" in
         --clients) CLIENTS="$2"; shift 2 ;;
@@ -36,6 +40,7 @@ while (($#)); do
         --keys) KEYS="$2"; shift 2 ;;
         --workspace) WORKSPACE="$2"; shift 2 ;;
         --synod-only) RUN_ETCD=0; shift ;;
+        --wait-commit) WAIT_COMMIT=1; shift ;;
         --etcd-only) RUN_SYNOD=0; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "bench: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -128,6 +133,7 @@ synod_json() {
 
 LOAD_ARGS=(--clients "$CLIENTS" --requests "$REQUESTS" --value-bytes "$VALUE_BYTES" --keys "$KEYS"
     --duration-s "$LOAD_TIMEOUT_S" --json)
+((WAIT_COMMIT)) && LOAD_ARGS+=(--wait-commit)
 
 # CPU seconds (user + system) used so far by the processes SERVER_PIDS names.
 SERVER_PIDS=()
@@ -178,6 +184,8 @@ if ((RUN_SYNOD)); then
         mkdir -p "$dir"
         common=(--data-dir "$dir" --node-name "n$i" --rpc-address "127.0.0.1:${PORTS[$i]}"
             --node-address "127.0.0.1:${PORTS[$((i + 3))]}")
+        read -r -a extra <<<"${SYNOD_NODE_ARGS:-}"
+        common+=("${extra[@]}")
         if ((i == 0)); then
             RUST_LOG=info "$BIN/synod-node" start "${common[@]}" \
                 --user-cert "$W/user0_cert.pem" >>"$W/n$i.log" 2>&1 &

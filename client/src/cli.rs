@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -14,6 +15,7 @@ use serde_json::json;
 use synod_core::txid::{TxId, TxStatus};
 
 use crate::client::{Body, Client, Response};
+use crate::commit::CommitFollower;
 use crate::load::{EtcdTarget, LoadConfig, LoadReport, LoadSummary, SynodTarget};
 use crate::network::Network;
 use crate::Method;
@@ -751,6 +753,11 @@ pub struct LoadCli {
     /// How long to wait for the last write to be Committed, in seconds
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub commit_timeout_s: u64,
+    /// Each client waits until its write is Committed before sending the next (what a client that needs
+    /// durability does, and what an etcd client does: its put answers once committed). Synod clients of one node
+    /// share one long poll of its commit (`CommitFollower`); commit latency is then what each client waited
+    #[arg(long)]
+    pub wait_commit: bool,
     /// Name of this run in the report and in --compare tables (e.g. synod-3 or etcd-3)
     #[arg(long, value_name = "NAME")]
     pub label: Option<String>,
@@ -781,11 +788,26 @@ fn synod_targets(cli: &LoadCli, timeout: Duration) -> anyhow::Result<Vec<SynodTa
     } else {
         vec![parts.urls.clone()]
     };
+    // With --wait-commit, the clients of one node share one follower of its commit.
+    let followers: Vec<Option<Arc<CommitFollower>>> = node_urls
+        .iter()
+        .map(|urls| -> anyhow::Result<_> {
+            Ok(cli
+                .wait_commit
+                .then(|| parts.client(urls))
+                .transpose()?
+                .map(|c| Arc::new(CommitFollower::start(c))))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let mut targets = Vec::new();
-    for (_, urls) in (0..cli.clients).zip(node_urls.iter().cycle()) {
+    for (_, (urls, follower)) in (0..cli.clients).zip(node_urls.iter().zip(&followers).cycle()) {
         // One client (so one connection pool) per worker.
         let client = parts.client(urls)?.with_request_timeout(timeout);
-        targets.push(SynodTarget::new(client, &cli.path));
+        let target = SynodTarget::new(client, &cli.path);
+        targets.push(match follower {
+            Some(f) => target.with_follower(f.clone()),
+            None => target,
+        });
     }
     Ok(targets)
 }
@@ -868,6 +890,7 @@ pub async fn run_load(cli: LoadCli, out: &mut (dyn Write + Send)) -> anyhow::Res
         seed: cli.seed,
         max_duration: Duration::from_secs(cli.duration_s),
         commit_timeout: Duration::from_secs(cli.commit_timeout_s),
+        wait_commit: cli.wait_commit,
     };
     let mut report: LoadReport = match cli.target {
         LoadTargetKind::Synod => crate::load::run_load(synod_targets(&cli, timeout)?, &config).await?,

@@ -616,6 +616,16 @@ impl Client {
         Ok(self.get_json::<TxIdAnswer>("/node/commit").await?.transaction_id)
     }
 
+    /// The commit once it passes `after_seqno` (`GET /node/commit?after_seqno=…&wait_ms=…`, a long poll), or the
+    /// commit as it stands after `wait`: follow the commit by asking again with the seqno seen.
+    pub async fn commit_after(&self, after_seqno: u64, wait: Duration) -> Result<TxId> {
+        let path = format!(
+            "/node/commit?after_seqno={after_seqno}&wait_ms={}",
+            wait.as_millis()
+        );
+        Ok(self.get_json::<TxIdAnswer>(&path).await?.transaction_id)
+    }
+
     /// Waits until the transaction is Committed, and returns `Committed`: long polls of `/node/tx` (the node
     /// answers as soon as the status moves on, or after `wait_ms`), falling back to polling every 2 ms backing
     /// off to 50 ms against a node that answers at once. Fails with [`Error::TxInvalid`] if it becomes Invalid,

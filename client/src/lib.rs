@@ -22,6 +22,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod commit;
 pub mod error;
 pub mod keys;
 pub mod load;
@@ -30,6 +31,7 @@ pub mod network;
 use std::path::Path;
 
 pub use client::{ApiErrorBody, Body, Client, Response, TX_ID_HEADER};
+pub use commit::CommitFollower;
 pub use error::{Error, Result};
 pub use keys::{keygen, keygen_with, KeyFiles};
 pub use network::{NamedIdentity, Network, NetworkNode};

@@ -17,6 +17,7 @@ use serde_json::json;
 use synod_core::txid::TxId;
 
 use crate::client::{classify_transport, read_body_capped, Body, Client};
+use crate::commit::CommitFollower;
 use crate::error::{Error, Result};
 use crate::Method;
 
@@ -41,14 +42,22 @@ pub trait LoadTarget: Send + Sync + 'static {
     fn commit_probe(&self) -> Option<Client> {
         None
     }
+
+    /// Waits until the write that returned `tx` is committed (`--wait-commit`: a client that needs durability
+    /// sends its next write only then). Targets that answer once committed never return a `tx` to wait for.
+    fn wait_write_committed(&self, tx: TxId, timeout: Duration) -> impl Future<Output = Result<()>> + Send {
+        let _ = (tx, timeout);
+        async { Ok(()) }
+    }
 }
 
 /// Synod: writes are `POST {path}` with `{"id": key, "msg": value}` (the logging app), committed once `/node/tx`
 /// says so.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SynodTarget {
     client: Client,
     path: String,
+    follower: Option<Arc<CommitFollower>>,
 }
 
 impl SynodTarget {
@@ -57,7 +66,14 @@ impl SynodTarget {
         SynodTarget {
             client,
             path: path.to_string(),
+            follower: None,
         }
+    }
+
+    /// Waits for each write's commit through `follower` (shared by the clients of one node).
+    pub fn with_follower(mut self, follower: Arc<CommitFollower>) -> SynodTarget {
+        self.follower = Some(follower);
+        self
     }
 }
 
@@ -84,6 +100,14 @@ impl LoadTarget for SynodTarget {
 
     fn commit_probe(&self) -> Option<Client> {
         Some(self.client.clone())
+    }
+
+    async fn wait_write_committed(&self, tx: TxId, timeout: Duration) -> Result<()> {
+        match &self.follower {
+            Some(follower) => follower.wait(tx, timeout).await?,
+            None => self.client.wait_for_commit(tx, timeout).await?,
+        };
+        Ok(())
     }
 }
 
@@ -338,6 +362,9 @@ pub struct LoadConfig {
     pub max_duration: Duration,
     /// Bound on waiting for the last write to be committed.
     pub commit_timeout: Duration,
+    /// Each client waits for its write to be Committed before it sends the next (as an etcd client, whose put
+    /// answers once committed); commit latency is then what each client waited.
+    pub wait_commit: bool,
 }
 
 impl Default for LoadConfig {
@@ -349,6 +376,7 @@ impl Default for LoadConfig {
             seed: 1,
             max_duration: Duration::from_secs(300),
             commit_timeout: Duration::from_secs(30),
+            wait_commit: false,
         }
     }
 }
@@ -664,6 +692,8 @@ pub fn value_for(index: u64, len: usize) -> Vec<u8> {
 #[derive(Default)]
 struct WorkerStats {
     latencies_us: Vec<u64>,
+    /// Send to Committed, for the writes a client waited for (`wait_commit`).
+    commit_latencies_us: Vec<u64>,
     /// When each successful write that returned a transaction id was sent, and that id.
     written: Vec<(Instant, TxId)>,
     errors: u64,
@@ -689,13 +719,17 @@ async fn worker<T: LoadTarget>(
         let key = key_for(config.seed, index, config.keys);
         let value = value_for(index, config.value_bytes);
         let sent = Instant::now();
-        let outcome = target.write(key, &value).await;
+        let mut outcome = target.write(key, &value).await;
         let latency = sent.elapsed();
+        if let (true, Ok(Some(tx))) = (config.wait_commit, &outcome) {
+            match target.wait_write_committed(*tx, config.commit_timeout).await {
+                Ok(()) => stats.commit_latencies_us.push(micros(sent.elapsed())),
+                Err(e) => outcome = Err(e),
+            }
+        }
         match outcome {
             Ok(tx) => {
-                stats
-                    .latencies_us
-                    .push(latency.as_micros().try_into().unwrap_or(u64::MAX));
+                stats.latencies_us.push(micros(latency));
                 if let Some(tx) = tx {
                     stats.written.push((sent, tx));
                     if stats
@@ -717,6 +751,10 @@ async fn worker<T: LoadTarget>(
     (target, stats)
 }
 
+fn micros(d: Duration) -> u64 {
+    d.as_micros().try_into().unwrap_or(u64::MAX)
+}
+
 fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     if sorted_us.is_empty() {
         return 0.0;
@@ -726,17 +764,25 @@ fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
 }
 
-/// How often the commit probes ask `GET /node/commit`.
-const COMMIT_PROBE_EVERY: Duration = Duration::from_millis(1);
+/// How long one commit long poll waits (the probe stops at most this long after the load).
+const COMMIT_PROBE_WAIT: Duration = Duration::from_millis(100);
+/// Pause after a failed probe, so a node that refuses does not turn the probe into a busy loop.
+const COMMIT_PROBE_RETRY: Duration = Duration::from_millis(5);
 
-/// Asks `client`'s node for its commit until `stop`, recording (when, commit seqno).
+/// Follows `client`'s node's commit until `stop` with long polls of `GET /node/commit?after_seqno=` (an answer
+/// comes as soon as the commit moves: one request per advance, so probing costs the node little and misses no
+/// moment), recording (when, commit seqno).
 async fn probe_commits(client: Client, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<(Instant, u64)> {
     let mut samples = Vec::new();
+    let mut seen = 0;
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(tx) = client.commit().await {
-            samples.push((Instant::now(), tx.seqno));
+        match client.commit_after(seen, COMMIT_PROBE_WAIT).await {
+            Ok(tx) => {
+                samples.push((Instant::now(), tx.seqno));
+                seen = seen.max(tx.seqno);
+            }
+            Err(_) => tokio::time::sleep(COMMIT_PROBE_RETRY).await,
         }
-        tokio::time::sleep(COMMIT_PROBE_EVERY).await;
     }
     samples
 }
@@ -795,7 +841,13 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
     let stop_probes = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut probed: Vec<String> = Vec::new();
     let mut probes = Vec::new();
-    for probe in targets.iter().filter_map(LoadTarget::commit_probe) {
+    // Clients that wait for their own commits measure commit latency themselves.
+    let probe_targets = if config.wait_commit {
+        &targets[..0]
+    } else {
+        &targets[..]
+    };
+    for probe in probe_targets.iter().filter_map(LoadTarget::commit_probe) {
         if !probed.contains(&probe.node_url().to_string()) {
             probed.push(probe.node_url().to_string());
             probes.push(tokio::spawn(probe_commits(probe, stop_probes.clone())));
@@ -809,6 +861,7 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
         .collect();
     let mut first_target = None;
     let mut latencies = Vec::new();
+    let mut waited = Vec::new();
     let mut written = Vec::new();
     let (mut errors, mut first_error, mut last_tx) = (0u64, None, None::<TxId>);
     for task in tasks {
@@ -817,6 +870,7 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
             .map_err(|e| Error::Config(format!("a load client failed: {e}")))?;
         first_target.get_or_insert(target);
         latencies.extend(stats.latencies_us);
+        waited.extend(stats.commit_latencies_us);
         written.extend(stats.written);
         errors += stats.errors;
         if first_error.is_none() {
@@ -842,7 +896,10 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
     for probe in probes {
         samples.extend(probe.await.unwrap_or_default());
     }
-    let commit_latencies = if probed.is_empty() {
+    let commit_latencies = if config.wait_commit && !waited.is_empty() {
+        waited.sort_unstable();
+        waited
+    } else if probed.is_empty() {
         latencies.clone() // answered once committed
     } else {
         commit_latencies_us(&written, samples)
@@ -888,6 +945,7 @@ pub(crate) mod tests {
         seqno: Arc<AtomicU64>,
         written: Arc<Mutex<Vec<(u64, usize)>>>,
         waited_for: Arc<Mutex<Option<TxId>>>,
+        each_waited: Arc<Mutex<Vec<TxId>>>,
     }
 
     impl LoadTarget for Memory {
@@ -907,6 +965,33 @@ pub(crate) mod tests {
             *self.waited_for.lock().unwrap() = last;
             Ok(())
         }
+
+        async fn wait_write_committed(&self, tx: TxId, _timeout: Duration) -> Result<()> {
+            self.each_waited.lock().unwrap().push(tx);
+            tokio::task::yield_now().await;
+            Ok(())
+        }
+    }
+
+    /// `--wait-commit`: every successful write is waited for before the client's next one, and commit latency is
+    /// what the clients waited (never less than the answer's latency).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_wait_for_commit_measure_it_themselves() {
+        let target = Memory::default();
+        let config = LoadConfig {
+            requests: 200,
+            keys: 100,
+            wait_commit: true,
+            ..LoadConfig::default()
+        };
+        let report = run_load(vec![target.clone(); 4], &config).await.unwrap();
+        let waited = target.each_waited.lock().unwrap().clone();
+        assert_eq!(waited.len() as u64, report.successes());
+        let mut seqnos: Vec<u64> = waited.iter().map(|t| t.seqno).collect();
+        seqnos.sort_unstable();
+        assert_eq!(seqnos, (1..=report.successes()).collect::<Vec<_>>());
+        assert!(report.commit_p50_ms.unwrap() >= report.p50_ms);
+        assert!(report.commit_p99_ms.unwrap() >= report.p99_ms);
     }
 
     #[test]

@@ -105,9 +105,36 @@ async fn tx_status_goes_pending_then_committed() -> anyhow::Result<()> {
         ensure!(c.tx_status(TxId::new(first.view - 1, first.seqno)).await? == TxStatus::Invalid);
         let r = c.receipt(first, false).await;
         ensure!(r.is_err(), "no receipt for a Pending tx");
+        // The commit long poll: nothing commits, so it answers the standing commit once its wait is over.
+        let before = c.commit().await?;
+        ensure!(before.seqno < first.seqno);
+        let polled = c.commit_after(before.seqno, Duration::from_millis(200)).await?;
+        ensure!(polled == before, "{polled} vs {before}");
+        ensure!(
+            c.commit_after(0, Duration::from_secs(5)).await? == before,
+            "past the seqno: at once"
+        );
+        let r = c.get("/node/commit?after_seqno=soon").await?;
+        ensure!(
+            r.status == 400 && r.api_error().context("error")?.code == "InvalidInput",
+            "{}",
+            r.text()
+        );
+        // A follower started now wakes its waiter when the signature after the 5th write commits the first.
+        let follower = synod_client::CommitFollower::start(c.clone());
+        let waiter = {
+            let follower = Arc::new(follower);
+            let f = follower.clone();
+            (
+                tokio::spawn(async move { f.wait(first, COMMIT_WAIT).await }),
+                follower,
+            )
+        };
         for i in 2..=5 {
             post(&c, "/app/log/public", json!({"id": i, "msg": "b"})).await?;
         }
+        ensure!(waiter.0.await?? == TxStatus::Committed);
+        ensure!(waiter.1.commit().is_some_and(|t| t.seqno > first.seqno));
         ensure!(c.wait_for_commit(first, COMMIT_WAIT).await? == TxStatus::Committed);
         let committed = c.commit().await?;
         ensure!(

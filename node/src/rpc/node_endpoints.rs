@@ -63,9 +63,34 @@ async fn tx_status(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result
     Ok(Json(json!({ "status": status, "transaction_id": tx })).into_response())
 }
 
-async fn commit(State(app): State<AppState>) -> Response {
-    let committed = app.node.view().committed;
-    super::with_tx_id(committed, Json(json!({ "transaction_id": committed })))
+#[derive(Deserialize)]
+struct CommitQuery {
+    /// Long poll: answer as soon as the commit is past this seqno, or after `wait_ms`.
+    after_seqno: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// The last committed transaction; with `after_seqno`, a long poll that answers once the commit passes it (a
+/// commit-following client asks again with what it saw: one request per commit advance, none in between).
+async fn commit(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let q: CommitQuery = extract::query(q)?;
+    let wait = std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(TX_WAIT_MS_MAX));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut commits = app.node.commit_watch();
+    let committed = loop {
+        let committed = app.node.view().committed;
+        if q.after_seqno.is_none_or(|after| committed.seqno > after) {
+            break committed;
+        }
+        match tokio::time::timeout_at(deadline, commits.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => break committed,
+        }
+    };
+    Ok(super::with_tx_id(
+        committed,
+        Json(json!({ "transaction_id": committed })),
+    ))
 }
 
 async fn node_state(State(app): State<AppState>) -> Result<Response, ApiError> {
