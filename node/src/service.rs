@@ -137,8 +137,8 @@ enum StoreJob {
     Apply(Vec<CommittedEntry>),
 }
 
-/// One run of a transaction's function.
-enum Attempt<T> {
+/// One run of a transaction's function ([`Node::attempt`]).
+pub enum Attempt<T> {
     /// It only read: done.
     Done(T, Outcome),
     /// It wrote: this transaction is to be ordered.
@@ -1096,7 +1096,7 @@ impl Node {
         mut f: impl FnMut(&mut Tx) -> Result<T, E>,
     ) -> Result<(T, Outcome), ExecError<E>> {
         for _ in 0..CONFLICT_RETRIES_MAX {
-            let (value, tx) = match self.run_on_view(&mut f)? {
+            let (value, tx) = match self.attempt(&mut f)? {
                 Attempt::Done(value, outcome) => return Ok((value, outcome)),
                 Attempt::Order(value, tx) => (value, tx),
             };
@@ -1109,27 +1109,35 @@ impl Node {
         Err(ExecError::TooManyConflicts)
     }
 
+    /// Orders `tx` (a write [`Node::attempt`] returned), waiting for the Raft thread without blocking the
+    /// runtime's thread: its outcome, or None when it conflicted (attempt it again).
+    pub async fn order_async<E>(&self, tx: Tx) -> Result<Option<Outcome>, ExecError<E>> {
+        let now = now_secs();
+        let ordered = self.ask_async(move |core| core.commit_tx(tx, now)).await?;
+        self.ordered(ordered)
+    }
+
     /// [`Node::execute`] for async handlers: waits for the Raft thread without blocking the runtime's thread.
     pub async fn execute_async<T, E>(
         &self,
         mut f: impl FnMut(&mut Tx) -> Result<T, E>,
     ) -> Result<(T, Outcome), ExecError<E>> {
         for _ in 0..CONFLICT_RETRIES_MAX {
-            let (value, tx) = match self.run_on_view(&mut f)? {
+            let (value, tx) = match self.attempt(&mut f)? {
                 Attempt::Done(value, outcome) => return Ok((value, outcome)),
                 Attempt::Order(value, tx) => (value, tx),
             };
-            let now = now_secs();
-            let ordered = self.ask_async(move |core| core.commit_tx(tx, now)).await?;
-            if let Some(outcome) = self.ordered(ordered)? {
+            if let Some(outcome) = self.order_async(tx).await? {
                 return Ok((value, outcome));
             }
         }
         Err(ExecError::TooManyConflicts)
     }
 
-    /// Runs `f` on the published view: done if it only read, else its transaction to order.
-    fn run_on_view<T, E>(
+    /// Runs `f` once on the published view: done if it only read, else its transaction to order
+    /// ([`Node::order_async`]; [`Node::execute_async`] does both, re-running on conflicts). For callers whose
+    /// `f` cannot be held across an await (a JavaScript engine lives on its thread).
+    pub fn attempt<T, E>(
         &self,
         f: &mut impl FnMut(&mut Tx) -> Result<T, E>,
     ) -> Result<Attempt<T>, ExecError<E>> {

@@ -41,7 +41,7 @@ use crate::js::{
     HistoricalSource, HistoricalVersion, JsError, JsLimits, KvPolicy, VersionPage,
 };
 use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
-use crate::service::ExecError;
+use crate::service::{Attempt, ExecError};
 
 /// CPU time a handler may use on the async worker that received its request before it is handed to a JS worker.
 /// Short enough that the async worker's other connections barely notice; long enough for what handlers usually
@@ -716,38 +716,55 @@ fn pool() -> &'static Pool<Job> {
 
 /// Runs `call` on this (async worker) thread within [`INLINE_SLICE`]; `None` when it must run on a JS worker
 /// instead: its handler used up its slice (its endpoint is then demoted) or read history, or the bundle is not
-/// compiled yet.
-fn run_inline(
+/// compiled yet. The handler runs synchronously (its engine lives on this thread); ordering its writes is awaited,
+/// so the async worker serves other connections meanwhile.
+async fn run_inline(
     node: &Arc<crate::service::Node>,
     call: &Call,
     limits: JsLimits,
     committed: (u64, u64),
 ) -> Option<JobResult> {
-    let deferred = Rc::new(Cell::new(false));
-    let mode = Mode::Inline {
-        deferred: deferred.clone(),
-    };
-    let result = crate::js::with_historical(Rc::new(DeferHistorical(deferred.clone())), || {
-        node.execute(|tx| run_in_tx(tx, call, limits, committed, &mode))
-    });
-    match result {
-        Err(ExecError::Handler(RunError::Defer { demote })) => {
-            if let Some(endpoint) = demote {
-                // The handler used up its slice: its endpoint's next requests go straight to the workers for a
-                // while.
-                let until = uptime_ms().saturating_add(DEMOTION_MS);
-                if endpoint.demoted_until_ms.swap(until, Ordering::Relaxed) < uptime_ms() {
-                    tracing::info!(
-                        module = %endpoint.spec.js_module,
-                        function = %endpoint.spec.js_function,
-                        "a JavaScript handler used up its {} µs inline slice: its endpoint runs on the JS workers for {DEMOTION_MS} ms",
-                        INLINE_SLICE.as_micros()
-                    );
+    for _ in 0..crate::service::CONFLICT_RETRIES_MAX {
+        // Everything that is not Send (the engine, the deferral flag) lives and dies inside this block.
+        let attempt = {
+            let deferred = Rc::new(Cell::new(false));
+            let mode = Mode::Inline {
+                deferred: deferred.clone(),
+            };
+            crate::js::with_historical(Rc::new(DeferHistorical(deferred.clone())), || {
+                node.attempt(&mut |tx: &mut Tx| run_in_tx(tx, call, limits, committed, &mode))
+            })
+        };
+        let (response, tx) = match attempt {
+            Ok(Attempt::Done(response, outcome)) => return Some(Ok((response, outcome))),
+            Ok(Attempt::Order(response, tx)) => (response, tx),
+            Err(ExecError::Handler(RunError::Defer { demote })) => {
+                if let Some(endpoint) = demote {
+                    demote_endpoint(&endpoint);
                 }
+                return None;
             }
-            None
+            Err(e) => return Some(Err(e)),
+        };
+        match node.order_async(tx).await {
+            Ok(Some(outcome)) => return Some(Ok((response, outcome))),
+            Ok(None) => continue,
+            Err(e) => return Some(Err(e)),
         }
-        other => Some(other),
+    }
+    Some(Err(ExecError::TooManyConflicts))
+}
+
+/// The handler used up its slice: its endpoint's next requests go straight to the workers for a while.
+fn demote_endpoint(endpoint: &Endpoint) {
+    let until = uptime_ms().saturating_add(DEMOTION_MS);
+    if endpoint.demoted_until_ms.swap(until, Ordering::Relaxed) < uptime_ms() {
+        tracing::info!(
+            module = %endpoint.spec.js_module,
+            function = %endpoint.spec.js_function,
+            "a JavaScript handler used up its {} µs inline slice: its endpoint runs on the JS workers for {DEMOTION_MS} ms",
+            INLINE_SLICE.as_micros()
+        );
     }
 }
 
@@ -813,9 +830,11 @@ pub async fn dispatch(State(app): State<AppState>, request: Request) -> Result<R
         primary,
         matched: version.zip(matched),
     };
-    let inline = inline
-        .then(|| run_inline(&node, &call, limits, committed))
-        .flatten();
+    let inline = if inline {
+        run_inline(&node, &call, limits, committed).await
+    } else {
+        None
+    };
     let result = match inline {
         Some(result) => result,
         None => {

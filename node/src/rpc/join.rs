@@ -88,7 +88,7 @@ fn join_token_matches(state: &synod_kv::State, token: Option<&str>) -> bool {
 /// Records a new Pending node, within the bounds: expired Pending records (never trusted within
 /// `--pending-join-ttl-s`) are removed in the same transaction, and at `--pending-joins-max` the join is refused
 /// with 503. Answers what is there instead if the node appeared meanwhile.
-fn record_pending(
+async fn record_pending(
     app: &AppState,
     node_id: &str,
     info: &serde_json::Value,
@@ -96,47 +96,50 @@ fn record_pending(
 ) -> Result<Option<serde_json::Value>, ApiError> {
     let limits = &app.node.config().limits;
     let ttl = i64::try_from(limits.pending_join_ttl_s).unwrap_or(i64::MAX);
-    let (current, _) = app.node.execute(|tx| {
-        // Another join, or governance (say, retiring it), may have written this node since the caller read the
-        // state: never overwrite it.
-        let current = tx
-            .get(maps::NODES_INFO, node_id.as_bytes())
-            .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok());
-        if current.is_some() {
-            return Ok(current);
-        }
-        let mut pending = 0u64;
-        let mut expired = Vec::new();
-        for (key, value) in tx.range(maps::NODES_INFO, b"", None, usize::MAX) {
-            let Ok(record) = serde_json::from_slice::<serde_json::Value>(&value) else {
-                continue;
-            };
-            if record["status"] != "Pending" {
-                continue;
+    let (current, _) = app
+        .node
+        .execute_async(|tx| {
+            // Another join, or governance (say, retiring it), may have written this node since the caller read the
+            // state: never overwrite it.
+            let current = tx
+                .get(maps::NODES_INFO, node_id.as_bytes())
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok());
+            if current.is_some() {
+                return Ok(current);
             }
-            let asked = record["joined_at"].as_i64().unwrap_or(0);
-            if asked.saturating_add(ttl) <= now {
-                expired.push(key);
-            } else {
-                pending += 1;
+            let mut pending = 0u64;
+            let mut expired = Vec::new();
+            for (key, value) in tx.range(maps::NODES_INFO, b"", None, usize::MAX) {
+                let Ok(record) = serde_json::from_slice::<serde_json::Value>(&value) else {
+                    continue;
+                };
+                if record["status"] != "Pending" {
+                    continue;
+                }
+                let asked = record["joined_at"].as_i64().unwrap_or(0);
+                if asked.saturating_add(ttl) <= now {
+                    expired.push(key);
+                } else {
+                    pending += 1;
+                }
             }
-        }
-        for key in &expired {
-            tx.delete(maps::NODES_INFO, key);
-        }
-        if pending >= limits.pending_joins_max {
-            return Err(ApiError::busy(
-                "TooManyPendingJoins",
-                format!(
-                    "{pending} nodes are already waiting for the members' decision (the bound is \
+            for key in &expired {
+                tx.delete(maps::NODES_INFO, key);
+            }
+            if pending >= limits.pending_joins_max {
+                return Err(ApiError::busy(
+                    "TooManyPendingJoins",
+                    format!(
+                        "{pending} nodes are already waiting for the members' decision (the bound is \
                      --pending-joins-max); retry later"
-                ),
-                PENDING_FULL_RETRY_S,
-            ));
-        }
-        tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
-        Ok(None)
-    })?;
+                    ),
+                    PENDING_FULL_RETRY_S,
+                ));
+            }
+            tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
+            Ok(None)
+        })
+        .await?;
     Ok(current)
 }
 
@@ -257,7 +260,7 @@ async fn join(
                 );
                 info["endorsed"] = json!(false);
                 info["joined_at"] = json!(now_secs());
-                if let Some(current) = record_pending(&app, &node_id, &info, now_secs())? {
+                if let Some(current) = record_pending(&app, &node_id, &info, now_secs()).await? {
                     existing = Some(current);
                     continue;
                 }
