@@ -3,6 +3,7 @@
 //! signatures and receipts, and the ledger audit. Deliberately free of server dependencies (no RocksDB, no async
 //! runtime, no JavaScript engine) so the `synod` CLI and third-party verifiers stay small.
 
+pub mod attestation;
 pub mod audit;
 pub mod cert;
 pub mod cose;
