@@ -23,24 +23,14 @@ pub struct QuoteInfo {
     pub endorsements: String,
 }
 
-/// What verified evidence states.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verified {
-    /// Hex code measurement.
-    pub measurement: String,
-    /// The report data the evidence binds.
-    pub report_data: Digest,
-}
+pub use synod_core::attestation::{PlatformKind, Verified};
 
 /// Attestation errors.
 #[derive(Debug, thiserror::Error)]
 pub enum AttestationError {
-    /// A format this node cannot verify.
-    #[error("unsupported attestation format {0:?}")]
-    UnsupportedFormat(String),
-    /// Evidence that does not parse or verify.
-    #[error("invalid evidence: {0}")]
-    Invalid(String),
+    /// Evidence that is refused, with the check that failed.
+    #[error(transparent)]
+    Refused(#[from] synod_core::attestation::AttestationError),
     /// Reading the node binary for its measurement failed.
     #[error("cannot measure the node binary: {0}")]
     Measure(String),
@@ -52,12 +42,6 @@ pub trait Platform: Send + Sync {
     fn evidence(&self, report_data: &Digest) -> QuoteInfo;
     /// This node's own measurement (hex).
     fn measurement(&self) -> String;
-}
-
-#[derive(Serialize, Deserialize)]
-struct VirtualStatement {
-    measurement: String,
-    report_data: String,
 }
 
 /// The `virtual` platform (see the module docs).
@@ -84,13 +68,13 @@ impl VirtualPlatform {
 
 impl Platform for VirtualPlatform {
     fn evidence(&self, report_data: &Digest) -> QuoteInfo {
-        let statement = VirtualStatement {
+        let statement = synod_core::attestation::VirtualStatement {
             measurement: hex::encode(self.measurement),
             report_data: hex::encode(report_data),
         };
         let json = serde_json::to_vec(&statement).unwrap_or_default();
         QuoteInfo {
-            format: "Virtual".into(),
+            format: PlatformKind::Virtual.format().into(),
             quote: base64::engine::general_purpose::STANDARD.encode(json),
             endorsements: String::new(),
         }
@@ -101,29 +85,25 @@ impl Platform for VirtualPlatform {
     }
 }
 
-/// Verifies evidence of any supported format.
+/// Verifies evidence as it travels in a join request (base64 evidence and endorsements, CCF's format names), as of
+/// now.
 pub fn verify(quote: &QuoteInfo) -> Result<Verified, AttestationError> {
-    match quote.format.as_str() {
-        "Virtual" => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(&quote.quote)
-                .map_err(|e| AttestationError::Invalid(format!("quote is not base64: {e}")))?;
-            let s: VirtualStatement = serde_json::from_slice(&bytes)
-                .map_err(|e| AttestationError::Invalid(format!("virtual statement: {e}")))?;
-            let report_data = synod_core::hash::digest_from_hex(&s.report_data)
-                .ok_or_else(|| AttestationError::Invalid("report_data is not 32 hex bytes".into()))?;
-            if synod_core::hash::digest_from_hex(&s.measurement).is_none() {
-                return Err(AttestationError::Invalid(
-                    "measurement is not 32 hex bytes".into(),
-                ));
-            }
-            Ok(Verified {
-                measurement: s.measurement.to_lowercase(),
-                report_data,
-            })
-        }
-        other => Err(AttestationError::UnsupportedFormat(other.to_string())),
-    }
+    use synod_core::attestation::AttestationError as Refused;
+    let platform = PlatformKind::from_format(&quote.format)
+        .ok_or_else(|| Refused::UnsupportedFormat(quote.format.clone()))?;
+    let decode = |what: &str, b64: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| Refused::Malformed(format!("{what} is not base64: {e}")))
+    };
+    let evidence = decode("quote", &quote.quote)?;
+    let endorsements = decode("endorsements", &quote.endorsements)?;
+    Ok(synod_core::attestation::verify(
+        platform,
+        &evidence,
+        &endorsements,
+        synod_core::attestation::now_secs(),
+    )?)
 }
 
 #[cfg(test)]
@@ -135,10 +115,10 @@ mod tests {
         let p = VirtualPlatform::with_measurement([3; 32]);
         let q = p.evidence(&[7; 32]);
         let v = verify(&q).expect("verifies");
-        assert_eq!(v.report_data, [7; 32]);
+        assert!(v.binds(&[7; 32]));
         assert_eq!(v.measurement, p.measurement());
         assert!(verify(&QuoteInfo {
-            format: "SGX_ECDSA".into(),
+            format: "TDX_v9".into(),
             ..q.clone()
         })
         .is_err());

@@ -763,14 +763,30 @@ impl Forger {
             .as_str()
             .context("the service publishes its measurement")?;
         let statement = serde_json::json!({"measurement": measurement, "report_data": self.node_id});
+        let quote_info = serde_json::json!({
+            "format": "Virtual",
+            "quote": base64::engine::general_purpose::STANDARD.encode(statement.to_string()),
+        });
+        self.join_with_evidence(url, service_cert_pem, name, token, quote_info)
+            .await
+    }
+
+    /// Asks to join with `quote_info` as the evidence (CCF's shape: `format`, base64 `quote` and
+    /// `endorsements`).
+    pub async fn join_with_evidence(
+        &self,
+        url: &str,
+        service_cert_pem: &str,
+        name: &str,
+        token: Option<&str>,
+        quote_info: serde_json::Value,
+    ) -> anyhow::Result<synod_client::Response> {
+        let client = self.client_at(url, service_cert_pem)?;
         let mut body = serde_json::json!({
             "node_name": name,
             "rpc_address": "127.0.0.1:1",
             "node_address": "127.0.0.1:2",
-            "quote_info": {
-                "format": "Virtual",
-                "quote": base64::engine::general_purpose::STANDARD.encode(statement.to_string()),
-            },
+            "quote_info": quote_info,
         });
         if let Some(token) = token {
             body["join_token"] = serde_json::json!(token);

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
+use base64::Engine as _;
 use synod_client::{Client, Response};
 use synod_tests::{bounded, post_log, Forger, IdentityFiles, Network, NodeProc, SingleNode};
 
@@ -342,6 +343,52 @@ async fn a_node_without_its_ledger_secret_refuses_to_start() -> anyhow::Result<(
             !net.node.dir.join("ledger_secret").exists(),
             "no new secret was made"
         );
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 13: hardware evidence in a join is verified before anything else: real SGX evidence whose collateral
+/// expired is refused with the date, a real SEV-SNP report that verifies but binds another key is refused for
+/// that, a changed byte of it for its signature, and an unknown format by name. Nothing is recorded.
+#[tokio::test]
+async fn joins_with_hardware_evidence_are_verified_and_bound_to_the_tls_key() -> anyhow::Result<()> {
+    bounded(60, async {
+        let net = SingleNode::start(&[])?;
+        let (url, cert) = (net.node.url(), net.node.service_cert_pem()?);
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/core/tests/fixtures/attestation");
+        let sgx = serde_json::json!({
+            "format": "OE_SGX_v1",
+            "quote": b64(&std::fs::read(fixtures.join("sgx_quote.bin"))?),
+            "endorsements": b64(&std::fs::read(fixtures.join("sgx_quote_collateral.json"))?),
+        });
+        let report = hex::decode(std::fs::read_to_string(fixtures.join("snp_report_milan.hex"))?.trim())?;
+        let snp_endorsements = b64(&std::fs::read(fixtures.join("snp_endorsements_milan.pem"))?);
+        let snp = serde_json::json!({"format": "AMD_SEV_SNP_v1", "quote": b64(&report), "endorsements": snp_endorsements});
+        let mut tampered = report.clone();
+        tampered[0x90] ^= 1;
+        let snp_tampered =
+            serde_json::json!({"format": "AMD_SEV_SNP_v1", "quote": b64(&tampered), "endorsements": snp_endorsements});
+        let unknown = serde_json::json!({"format": "TDX_v9", "quote": ""});
+        for (evidence, expected) in [
+            (sgx, "SGX collateral (TCB info) expired at 2025-07-19T10:56:11Z"),
+            (snp, "report data does not bind the key presented in TLS"),
+            (snp_tampered, "bad signature: the VCEK does not sign the report"),
+            (unknown, "unsupported attestation format \"TDX_v9\""),
+        ] {
+            let r = Forger::new()?
+                .join_with_evidence(&url, &cert, "hw", None, evidence)
+                .await?;
+            let e = r.api_error().context("an error body")?;
+            ensure!(
+                r.status == 403 && e.code == "InvalidQuote" && e.message.contains(expected),
+                "{expected}: {} {}",
+                r.status,
+                r.text()
+            );
+        }
+        ensure!(nodes_with_status(&net.node, "Pending").await? == 0);
         Ok(())
     })
     .await

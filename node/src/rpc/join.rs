@@ -162,7 +162,9 @@ async fn join(
     let verified =
         attestation::verify(&req.quote_info).map_err(|e| forbidden("InvalidQuote", e.to_string()))?;
     let node_id = cert::public_key_id_hex(&der).map_err(|e| ApiError::invalid_input(e.to_string()))?;
-    if hex::encode(verified.report_data) != node_id {
+    let key_digest = synod_core::hash::digest_from_hex(&node_id)
+        .ok_or_else(|| ApiError::internal("a node id is not a SHA-256 digest"))?;
+    if !verified.binds(&key_digest) {
         return Err(forbidden(
             "InvalidQuote",
             "the evidence's report data does not bind the key presented in TLS".into(),
