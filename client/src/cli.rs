@@ -223,6 +223,26 @@ pub enum Command {
     /// Attestation evidence tools
     #[command(subcommand)]
     Attestation(AttestationCommand),
+    /// Verify a node before trusting it: fetch its evidence over TLS (trusting nothing yet), check that it verifies,
+    /// binds the TLS key the node presented, states --measurement (and --min-tcb), and that the service certificate
+    /// endorses the node; only then write the service certificate to --out for later requests. Prints JSON; exit 1
+    /// with the failed check named
+    Attest {
+        /// The node's URL, e.g. https://127.0.0.1:8000
+        url: String,
+        /// The expected measurement (hex)
+        #[arg(long)]
+        measurement: String,
+        /// The expected platform (sgx, snp or virtual); default: any
+        #[arg(long)]
+        platform: Option<synod_core::attestation::PlatformKind>,
+        /// Minimum TCB (see `synod attestation verify --min-tcb`)
+        #[arg(long, value_name = "TCB")]
+        min_tcb: Option<String>,
+        /// Where to write the service certificate once the node is attested
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `synod attestation` commands.
@@ -762,6 +782,29 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Receipt(ReceiptCommand::Verify { file }) => run_verify(&cli, file, out),
+        Command::Attest {
+            url,
+            measurement,
+            platform,
+            min_tcb,
+            out: pin,
+        } => {
+            let (doc, code) =
+                match crate::attest::attest(url, measurement, *platform, min_tcb.as_deref()).await {
+                    Ok(a) => {
+                        if let Some(path) = pin {
+                            std::fs::write(path, &a.service_cert_pem)
+                                .with_context(|| format!("cannot write {}", path.display()))?;
+                        }
+                        let mut doc = serde_json::to_value(&a)?;
+                        doc["ok"] = json!(true);
+                        (doc, 0)
+                    }
+                    Err(e) => (json!({ "ok": false, "error": e.to_string() }), 1),
+                };
+            println(out, serde_json::to_string_pretty(&doc)?)?;
+            Ok(code)
+        }
         Command::Attestation(AttestationCommand::Verify {
             platform,
             evidence,

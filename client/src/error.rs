@@ -31,6 +31,9 @@ pub enum Error {
     /// The TLS configuration could not be built (bad service certificate, client certificate or key).
     #[error("TLS configuration: {0}")]
     TlsConfig(String),
+    /// A node's attestation was refused (`synod attest`): the failed check.
+    #[error("attestation refused: {0}")]
+    Attestation(String),
     /// No connection could be made (refused, reset during connect, connect timeout): the request was not sent, so
     /// it is always safe to retry, here or on another node. A restarting node looks like this.
     #[error("cannot connect to {url}: {reason}")]

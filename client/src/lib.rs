@@ -20,6 +20,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod attest;
 pub mod cli;
 pub mod client;
 pub mod commit;

@@ -693,6 +693,11 @@ impl Node {
                     &platform.measurement(),
                 );
                 info["endorsed"] = serde_json::json!(true);
+                let own_id = synod_core::hash::digest_from_hex(&cert::public_key_id_hex(&cert::pem_to_der(
+                    &ids.node.cert_pem,
+                )?)?)
+                .context("a node id is a SHA-256 digest")?;
+                info["quote_info"] = serde_json::to_value(platform.evidence(&own_id))?;
                 let members = read_identities(&members)?;
                 // With a consortium, the members open the service by vote; without one, it opens at once.
                 let status = if members.is_empty() { "Open" } else { "Opening" };

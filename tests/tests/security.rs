@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _};
 use base64::Engine as _;
 use synod_client::{Client, Response};
-use synod_tests::{bounded, post_log, Forger, IdentityFiles, Network, NodeProc, SingleNode};
+use synod_tests::{bounded, post_log, synod_cli, Forger, IdentityFiles, Network, NodeProc, SingleNode};
 
 const WRITE_WAIT: Duration = Duration::from_secs(20);
 
@@ -389,6 +389,74 @@ async fn joins_with_hardware_evidence_are_verified_and_bound_to_the_tls_key() ->
             );
         }
         ensure!(nodes_with_status(&net.node, "Pending").await? == 0);
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 13: a client verifies a node before trusting it. `GET /node/quotes/self` is the node's fresh evidence,
+/// `GET /node/quotes` what each Trusted node presented; `synod attest` checks the evidence binds the TLS key the
+/// node presented and states the expected measurement, and only then writes the service certificate.
+#[tokio::test]
+async fn a_client_attests_a_node_before_pinning_the_service_certificate() -> anyhow::Result<()> {
+    bounded(60, async {
+        let net = SingleNode::start(&[])?;
+        let c = net.user_client()?;
+        let own: serde_json::Value = c.get_json("/node/quotes/self").await?;
+        ensure!(own["format"] == "Insecure_Virtual", "{own}");
+        let all: serde_json::Value = c.get_json("/node/quotes").await?;
+        let quotes = all["quotes"].as_array().context("quotes")?;
+        ensure!(
+            quotes.len() == 1 && quotes[0]["node_id"] == own["node_id"],
+            "{all}"
+        );
+        let measurement = own["measurement"].as_str().context("measurement")?.to_string();
+
+        let dir = tempfile::tempdir()?;
+        let pinned = dir.path().join("pinned.pem");
+        let url = net.node.url();
+        let pinned_arg = pinned.display().to_string();
+        let out = synod_cli(&[
+            "attest",
+            &url,
+            "--measurement",
+            &measurement,
+            "--out",
+            &pinned_arg,
+        ])?;
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(out.status.success() && doc["ok"] == true, "{doc}");
+        ensure!(
+            doc["node_id"] == own["node_id"] && doc["evidence"]["platform"] == "virtual",
+            "{doc}"
+        );
+        ensure!(std::fs::read_to_string(&pinned)? == net.node.service_cert_pem()?);
+
+        let wrong = "ab".repeat(32);
+        for (args, reason) in [
+            (vec!["--measurement", wrong.as_str()], "is not the expected"),
+            (
+                vec!["--measurement", measurement.as_str(), "--platform", "snp"],
+                "not Some(Snp)",
+            ),
+        ] {
+            let refused = dir.path().join("refused.pem");
+            let refused_arg = refused.display().to_string();
+            let out = synod_cli(
+                &[
+                    &["attest", url.as_str(), "--out", refused_arg.as_str()][..],
+                    &args[..],
+                ]
+                .concat(),
+            )?;
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            ensure!(!out.status.success() && doc["ok"] == false, "{doc}");
+            ensure!(
+                doc["error"].as_str().is_some_and(|e| e.contains(reason)),
+                "{reason}: {doc}"
+            );
+            ensure!(!refused.exists(), "nothing is pinned for a refused node");
+        }
         Ok(())
     })
     .await

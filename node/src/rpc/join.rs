@@ -262,6 +262,7 @@ async fn join(
                 );
                 info["endorsed"] = json!(false);
                 info["joined_at"] = json!(now_secs());
+                info["quote_info"] = json!(req.quote_info);
                 if let Some(current) = record_pending(&app, &node_id, &info, now_secs()).await? {
                     existing = Some(current);
                     continue;
@@ -280,6 +281,7 @@ async fn join(
                     &verified.measurement,
                 );
                 info["endorsed"] = json!(true);
+                info["quote_info"] = json!(req.quote_info);
                 let (id, added) = (node_id.clone(), info.clone());
                 app.node
                     .ask_async(move |c| c.add_node(&id, &added, now_secs()))

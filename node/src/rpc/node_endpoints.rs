@@ -29,6 +29,8 @@ pub fn routes() -> Router<AppState> {
         .route("/node/primary", get(primary).head(primary_head))
         .route("/node/consensus", get(consensus))
         .route("/node/version", get(version))
+        .route("/node/quotes/self", get(quote_self))
+        .route("/node/quotes", get(quotes))
         .route("/app/receipt", get(receipt))
 }
 
@@ -195,6 +197,54 @@ async fn network_nodes(State(app): State<AppState>) -> Response {
         }
     }
     Json(json!({ "nodes": nodes })).into_response()
+}
+
+/// CCF's quote shape: the evidence of one node.
+fn quote_json(
+    node_id: &str,
+    quote_info: &serde_json::Value,
+    measurement: &serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "node_id": node_id,
+        "format": quote_info["format"],
+        "raw": quote_info["quote"],
+        "endorsements": quote_info["endorsements"],
+        "measurement": measurement,
+    })
+}
+
+/// This node's attestation evidence, fresh from its platform, binding its TLS key (`synod attest` checks it).
+async fn quote_self(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let node_id = app.node.node_id();
+    let digest = synod_core::hash::digest_from_hex(node_id)
+        .ok_or_else(|| ApiError::internal("this node's id is not a SHA-256 digest"))?;
+    let evidence = app.node.platform.evidence(&digest);
+    let quote_info = serde_json::to_value(&evidence).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(quote_json(
+        node_id,
+        &quote_info,
+        &json!(app.node.platform.measurement()),
+    ))
+    .into_response())
+}
+
+/// The evidence every Trusted node presented when it joined (the first node: its own at genesis).
+async fn quotes(State(app): State<AppState>) -> Response {
+    let view = app.node.view();
+    let mut quotes = Vec::new();
+    if let Some(nodes) = view.committed_state.map(maps::NODES_INFO) {
+        for (id, value) in nodes.iter() {
+            let Ok(info) = serde_json::from_slice::<serde_json::Value>(&value.value) else {
+                continue;
+            };
+            if info["status"] == "Trusted" && info["quote_info"].is_object() {
+                let node_id = String::from_utf8_lossy(id);
+                quotes.push(quote_json(&node_id, &info["quote_info"], &info["measurement"]));
+            }
+        }
+    }
+    Json(json!({ "quotes": quotes })).into_response()
 }
 
 async fn primary(State(app): State<AppState>) -> Result<Response, ApiError> {
