@@ -60,9 +60,17 @@ impl VirtualPlatform {
         })
     }
 
-    /// A platform with a given measurement (tests).
+    /// A platform with a given measurement (`--virtual-measurement`, tests).
     pub fn with_measurement(measurement: Digest) -> VirtualPlatform {
         VirtualPlatform { measurement }
+    }
+
+    /// The platform a node with `configured` (`--virtual-measurement`) runs on.
+    pub fn for_node(configured: Option<Digest>) -> Result<VirtualPlatform, AttestationError> {
+        match configured {
+            Some(m) => Ok(VirtualPlatform::with_measurement(m)),
+            None => VirtualPlatform::measure_self(),
+        }
     }
 }
 

@@ -168,6 +168,10 @@ pub struct PeerInfo {
     pub status: String,
 }
 
+/// The directory status of a Trusted node whose measurement governance has since removed
+/// (`remove_node_code`): no frame goes to it or is taken from it.
+pub const CODE_NOT_ALLOWED: &str = "CodeNotAllowed";
+
 /// Known nodes by Raft id (from the nodes table; shared with the RPC layer for forwarding).
 pub type Directory = Arc<RwLock<HashMap<u64, PeerInfo>>>;
 
@@ -402,6 +406,15 @@ impl Channels {
     }
 
     fn queue_frame(&self, to: u64, frame: PeerFrame, snapshot: bool, forward_id: Option<u64>) -> bool {
+        let cut_off = self
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+            .is_some_and(|p| p.status == CODE_NOT_ALLOWED);
+        if cut_off {
+            return false;
+        }
         let frame = Outgoing {
             bytes: frame.encode_to_vec(),
             snapshot,
@@ -595,6 +608,9 @@ fn refuse_peer(directory: &Directory, peer: u64) -> Option<String> {
     match status.as_deref() {
         None => Some(format!("node {peer} is not in the nodes table")),
         Some("Trusted") => None,
+        Some(CODE_NOT_ALLOWED) => Some(format!(
+            "node {peer} runs a measurement governance no longer allows: refused"
+        )),
         Some(other) => Some(format!(
             "node {peer} is {other}: only Trusted nodes take part in consensus"
         )),

@@ -27,6 +27,11 @@ pub struct NodeConfig {
     /// Name recorded for this node (and its certificate's common name).
     #[arg(long, default_value = "n0")]
     pub node_name: String,
+    /// The `virtual` platform's measurement (hex SHA-256) instead of the binary's digest. Virtual evidence is
+    /// unsigned, so this claims nothing a virtual node could not claim anyway; it lets one machine run nodes of
+    /// different "code" (tests of code removal, upgrade rehearsals).
+    #[arg(long, value_name = "HEX", value_parser = parse_measurement)]
+    pub virtual_measurement: Option<synod_core::hash::Digest>,
     /// A signature transaction follows at most this many transactions.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub sig_tx_interval: u64,
@@ -146,4 +151,9 @@ pub struct JoinConfig {
     /// The join token of a service in development mode (no members): the file `synod-node start` wrote.
     #[arg(long)]
     pub join_token_file: Option<PathBuf>,
+}
+
+fn parse_measurement(s: &str) -> Result<synod_core::hash::Digest, String> {
+    synod_core::hash::digest_from_hex(s)
+        .ok_or_else(|| "a measurement is 64 hex digits (a SHA-256 digest)".into())
 }

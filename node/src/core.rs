@@ -1258,7 +1258,8 @@ impl Core {
             if matches!(e.get_entry_type(), EntryType::EntryConfChange) {
                 self.apply_conf_entry(&e, out)?;
             }
-            if writes.touches(maps::NODES_INFO) {
+            // The allowed measurements decide which peers the channels talk to, as the nodes table does.
+            if writes.touches(maps::NODES_INFO) || writes.touches(maps::NODES_CODE_IDS) {
                 self.events.push(Event::NodesChanged);
             }
             if writes.touches(SNAPSHOT_EVIDENCE) {

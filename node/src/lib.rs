@@ -99,7 +99,7 @@ pub async fn run_join(cfg: JoinConfig) -> anyhow::Result<()> {
     let boot = if holds_a_node(&cfg.node)? {
         Boot::Resume
     } else {
-        let platform = VirtualPlatform::measure_self()?;
+        let platform = VirtualPlatform::for_node(cfg.node.virtual_measurement)?;
         let published = match cfg.node.node_published_address {
             Some(a) => a,
             None => node_listener.local_addr()?,

@@ -644,7 +644,7 @@ impl Node {
         std::fs::create_dir_all(paths.snapshots())?;
         let bound_node_address = node_listener.local_addr()?;
         let node_address = cfg.node_published_address.unwrap_or(bound_node_address);
-        let platform: Arc<dyn Platform> = Arc::new(VirtualPlatform::measure_self()?);
+        let platform: Arc<dyn Platform> = Arc::new(VirtualPlatform::for_node(cfg.virtual_measurement)?);
         let storage = Storage::open(&paths.db()).context("opening the node's database")?;
         let existing = persist::exists(&storage)?;
         if existing && !matches!(boot, Boot::Resume) {
@@ -1509,13 +1509,21 @@ fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
                 knows_self = true;
                 continue;
             }
+            let mut status = info["status"].as_str().unwrap_or_default().to_string();
+            // Attested channels: a node whose measurement governance removed is cut off, both ways.
+            let code_allowed = info["measurement"]
+                .as_str()
+                .is_none_or(|m| state.get(maps::NODES_CODE_IDS, m.as_bytes()).is_some());
+            if status == "Trusted" && !code_allowed {
+                status = crate::channels::CODE_NOT_ALLOWED.into();
+            }
             fresh.insert(
                 id,
                 PeerInfo {
                     node_id: node_id.to_string(),
                     node_address: info["node_address"].as_str().unwrap_or_default().to_string(),
                     rpc_address: info["rpc_address"].as_str().unwrap_or_default().to_string(),
-                    status: info["status"].as_str().unwrap_or_default().to_string(),
+                    status,
                 },
             );
         }

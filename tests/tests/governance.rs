@@ -453,3 +453,64 @@ async fn a_constitution_without_its_functions_fails_and_the_old_one_stays() -> a
     })
     .await
 }
+
+/// Issue 13: node-to-node channels are attested. A node whose measurement governance removes
+/// (`remove_node_code`) is cut off both ways on its channels: the service goes on committing without it, it
+/// never learns those commits, and a node with that measurement cannot join again.
+#[tokio::test]
+async fn a_node_whose_measurement_is_removed_is_cut_off_and_cannot_rejoin() -> anyhow::Result<()> {
+    bounded(240, async {
+        let mut net = Network::start_with_members(3, 3, &[]).await?;
+        let p = net.primary().await?;
+        let other_code = "ab".repeat(32);
+        let id = propose(&net, p, "add_node_code", json!({"code_id": other_code}))?;
+        vote(&net, p, 0, &id, true)?;
+        ensure!(vote(&net, p, 1, &id, true)? == "Accepted");
+
+        let j = net.spawn_joiner(&["--virtual-measurement", &other_code])?;
+        let node_id = net.wait_pending(j).await?;
+        let id = propose(&net, p, "transition_node_to_trusted", json!({"node_id": node_id}))?;
+        vote(&net, p, 0, &id, true)?;
+        ensure!(vote(&net, p, 1, &id, true)? == "Accepted");
+        net.nodes[j].wait_listening()?;
+        net.wait_for_voters(4).await?;
+        committed_write(&net, 1, "before").await?;
+
+        let id = propose(&net, p, "remove_node_code", json!({"code_id": other_code}))?;
+        vote(&net, p, 0, &id, true)?;
+        ensure!(vote(&net, p, 1, &id, true)? == "Accepted");
+        // Once the removal is committed, every write after it commits on the three others (3 of 4 voters) and
+        // never reaches the cut-off node.
+        let c = net.user_client(p)?;
+        let removal = c.commit().await?;
+        ensure!(c.wait_for_commit(removal, Duration::from_secs(30)).await? == TxStatus::Committed);
+        let after = post_log(&c, 2, "after", Duration::from_secs(30)).await?;
+        ensure!(c.wait_for_commit(after, Duration::from_secs(30)).await? == TxStatus::Committed);
+        for i in 3..6 {
+            committed_write(&net, i, "later").await?;
+        }
+        let cut = net.nodes[j].client(None)?.commit().await?;
+        ensure!(
+            cut.seqno < after.seqno,
+            "the cut-off node learnt commit {cut} past the write {after} made after its code was removed"
+        );
+        // ... and a node with that measurement is refused at the door.
+        let forger = synod_tests::Forger::new()?;
+        let policy_measurement = json!({"measurement": other_code, "report_data": forger.node_id});
+        let evidence = json!({
+            "format": "Insecure_Virtual",
+            "quote": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, policy_measurement.to_string()),
+        });
+        let r = forger
+            .join_with_evidence(&net.nodes[p].url(), &net.nodes[p].service_cert_pem()?, "again", None, evidence)
+            .await?;
+        ensure!(
+            r.status == 403 && r.api_error().context("error")?.code == "CodeIdNotFound",
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        Ok(())
+    })
+    .await
+}
