@@ -32,6 +32,13 @@ pub struct NodeConfig {
     /// different "code" (tests of code removal, upgrade rehearsals).
     #[arg(long, value_name = "HEX", value_parser = parse_measurement)]
     pub virtual_measurement: Option<synod_core::hash::Digest>,
+    /// Run on Intel SGX through Gramine: evidence from --gramine-attestation-dir, with this collateral file
+    /// (QuoteCollateralV3 JSON from a PCCS or Azure THIM, kept fresh by the operator). Without it: `virtual`.
+    #[arg(long, value_name = "FILE", conflicts_with = "virtual_measurement")]
+    pub sgx_collateral: Option<PathBuf>,
+    /// Gramine's attestation interface.
+    #[arg(long, value_name = "DIR", default_value = "/dev/attestation")]
+    pub gramine_attestation_dir: PathBuf,
     /// A signature transaction follows at most this many transactions.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub sig_tx_interval: u64,

@@ -261,7 +261,7 @@ pub async fn join(
         node_name: cfg.node.node_name.clone(),
         rpc_address: rpc.to_string(),
         node_address: node.to_string(),
-        quote_info: platform.evidence(&report_data),
+        quote_info: platform.evidence(&report_data)?,
         join_token,
     };
     let http = node_client(&own.cert_pem, &own.key_pem, &service_cert_pem)?;

@@ -31,7 +31,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::attestation::VirtualPlatform;
 use crate::config::{JoinConfig, NodeConfig, StartConfig};
 use crate::service::{write_atomically, Boot, Node};
 
@@ -99,12 +98,12 @@ pub async fn run_join(cfg: JoinConfig) -> anyhow::Result<()> {
     let boot = if holds_a_node(&cfg.node)? {
         Boot::Resume
     } else {
-        let platform = VirtualPlatform::for_node(cfg.node.virtual_measurement)?;
+        let platform = attestation::for_config(&cfg.node)?;
         let published = match cfg.node.node_published_address {
             Some(a) => a,
             None => node_listener.local_addr()?,
         };
-        let joined = join::join(&cfg, rpc.local_addr()?, published, &platform).await?;
+        let joined = join::join(&cfg, rpc.local_addr()?, published, platform.as_ref()).await?;
         Boot::Joined {
             ids: joined.ids,
             snapshot: joined.snapshot,

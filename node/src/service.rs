@@ -35,7 +35,7 @@ use synod_kv::seal::{LedgerSecret, Sealer};
 use synod_kv::storage::Storage;
 use synod_kv::{State, Tx};
 
-use crate::attestation::{Platform, VirtualPlatform};
+use crate::attestation::Platform;
 use crate::channels::{ChannelTls, Channels, Directory, PeerInfo};
 use crate::config::NodeConfig;
 use crate::consensus::persist::{self, LogWrite};
@@ -644,7 +644,7 @@ impl Node {
         std::fs::create_dir_all(paths.snapshots())?;
         let bound_node_address = node_listener.local_addr()?;
         let node_address = cfg.node_published_address.unwrap_or(bound_node_address);
-        let platform: Arc<dyn Platform> = Arc::new(VirtualPlatform::for_node(cfg.virtual_measurement)?);
+        let platform: Arc<dyn Platform> = crate::attestation::for_config(cfg)?;
         let storage = Storage::open(&paths.db()).context("opening the node's database")?;
         let existing = persist::exists(&storage)?;
         if existing && !matches!(boot, Boot::Resume) {
@@ -697,7 +697,7 @@ impl Node {
                     &ids.node.cert_pem,
                 )?)?)
                 .context("a node id is a SHA-256 digest")?;
-                info["quote_info"] = serde_json::to_value(platform.evidence(&own_id))?;
+                info["quote_info"] = serde_json::to_value(platform.evidence(&own_id)?)?;
                 let members = read_identities(&members)?;
                 // With a consortium, the members open the service by vote; without one, it opens at once.
                 let status = if members.is_empty() { "Open" } else { "Opening" };

@@ -219,7 +219,11 @@ async fn quote_self(State(app): State<AppState>) -> Result<Response, ApiError> {
     let node_id = app.node.node_id();
     let digest = synod_core::hash::digest_from_hex(node_id)
         .ok_or_else(|| ApiError::internal("this node's id is not a SHA-256 digest"))?;
-    let evidence = app.node.platform.evidence(&digest);
+    let evidence = app
+        .node
+        .platform
+        .evidence(&digest)
+        .map_err(|e| ApiError::internal(format!("cannot produce evidence: {e}")))?;
     let quote_info = serde_json::to_value(&evidence).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(quote_json(
         node_id,
