@@ -24,6 +24,12 @@ function checkPem(value, field) {
   checkType(value, "string", field);
   if (!value.includes("-----BEGIN CERTIFICATE-----")) throw new Error(`${field} must be a PEM certificate`);
 }
+function checkMeasurement(value, field) {
+  checkType(value, "string", field);
+  if (!/^([0-9a-f]{64}|[0-9a-f]{96})$/.test(value)) {
+    throw new Error(`${field} must be 64 (SGX MRENCLAVE, virtual) or 96 (SEV-SNP MEASUREMENT) lower-case hex characters`);
+  }
+}
 function checkHex(value, field) {
   checkType(value, "string", field);
   if (!/^[0-9a-f]{64}$/.test(value)) throw new Error(`${field} must be 64 lower-case hex characters`);
@@ -122,11 +128,29 @@ const actions = new Map([
       setJson("public:ccf.gov.nodes.info", args.node_id, info);
     })],
   ["add_node_code", new Action(
-    (args) => checkHex(args.code_id, "code_id"),
+    (args) => checkMeasurement(args.code_id, "code_id"),
     (args) => table("public:ccf.gov.nodes.code_ids").set(key(args.code_id), enc("AllowedToJoin")))],
   ["remove_node_code", new Action(
-    (args) => checkHex(args.code_id, "code_id"),
+    (args) => checkMeasurement(args.code_id, "code_id"),
     (args) => table("public:ccf.gov.nodes.code_ids").delete(key(args.code_id)))],
+  ["add_snp_host_data", new Action(
+    (args) => checkHex(args.host_data, "host_data"),
+    (args) => table("public:ccf.gov.nodes.snp.host_data").set(key(args.host_data), enc("AllowedToJoin")))],
+  ["remove_snp_host_data", new Action(
+    (args) => checkHex(args.host_data, "host_data"),
+    (args) => table("public:ccf.gov.nodes.snp.host_data").delete(key(args.host_data)))],
+  ["set_node_minimum_tcb", new Action(
+    (args) => {
+      if (args.platform !== "sgx" && args.platform !== "snp") throw new Error("platform must be sgx or snp");
+      checkType(args.tcb, "string", "tcb");
+      const sgx = ["UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
+        "OutOfDate", "OutOfDateConfigurationNeeded"];
+      if (args.platform === "sgx" && !sgx.includes(args.tcb)) throw new Error(`tcb must be one of ${sgx.join(", ")}`);
+      if (args.platform === "snp" && !/^bootloader \d+ tee \d+ snp \d+ microcode \d+$/.test(args.tcb)) {
+        throw new Error("tcb must be of the form \"bootloader N tee N snp N microcode N\"");
+      }
+    },
+    (args) => table("public:ccf.gov.nodes.minimum_tcb").set(key(args.platform), enc(args.tcb)))],
   ["set_js_app", new Action(
     (args) => {
       checkType(args.bundle, "object", "bundle");

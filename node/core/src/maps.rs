@@ -19,6 +19,10 @@ pub const MEMBERS_CERTS: &str = "public:ccf.gov.members.certs";
 
 /// Code measurements allowed to join, keyed by measurement (hex), value `"AllowedToJoin"` (CCF's name).
 pub const NODES_CODE_IDS: &str = "public:ccf.gov.nodes.code_ids";
+/// SEV-SNP host data a joining node's report may carry (hex → "AllowedToJoin"; `add_snp_host_data`).
+pub const NODES_SNP_HOST_DATA: &str = "public:ccf.gov.nodes.snp.host_data";
+/// Minimum TCB per platform (`sgx` / `snp` → JSON string; `set_node_minimum_tcb`).
+pub const NODES_MINIMUM_TCB: &str = "public:ccf.gov.nodes.minimum_tcb";
 
 /// Member status and data keyed by member id: `{"status": "Accepted" | "Active", "member_data"}`.
 pub const MEMBERS_INFO: &str = "public:ccf.gov.members.info";

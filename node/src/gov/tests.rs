@@ -568,3 +568,51 @@ fn replay_protection_survives_failovers_between_skewed_clocks() {
     fx.run_at(NOW + 1200, |g| update(g, &request(NOW + 1000, 5)))
         .expect("a node clock 200 s ahead");
 }
+
+/// The join-policy actions: measurements of either length (SGX/virtual 64 hex, SNP 96), SNP host data, a minimum
+/// TCB per platform in the form the join check reads; malformed arguments fail validation.
+#[test]
+fn join_policy_actions_validate_and_record_the_policy() {
+    let mut fx = Fixture::new(1);
+    let snp_measurement = "7a".repeat(48);
+    let actions = json!([
+        {"name": "add_node_code", "args": {"code_id": snp_measurement}},
+        {"name": "add_snp_host_data", "args": {"host_data": "00".repeat(32)}},
+        {"name": "set_node_minimum_tcb", "args": {"platform": "snp", "tcb": "bootloader 3 tee 0 snp 8 microcode 115"}},
+        {"name": "set_node_minimum_tcb", "args": {"platform": "sgx", "tcb": "SWHardeningNeeded"}},
+    ]);
+    let (id, _) = fx.propose(0, actions).expect("propose");
+    assert_eq!(
+        fx.vote(0, &id, true).expect("vote").state,
+        ProposalState::Accepted
+    );
+    assert!(fx
+        .state
+        .get(maps::NODES_CODE_IDS, snp_measurement.as_bytes())
+        .is_some());
+    assert!(fx
+        .state
+        .get(maps::NODES_SNP_HOST_DATA, "00".repeat(32).as_bytes())
+        .is_some());
+    assert_eq!(
+        fx.get(maps::NODES_MINIMUM_TCB, "snp"),
+        Some(json!("bootloader 3 tee 0 snp 8 microcode 115"))
+    );
+    assert_eq!(
+        fx.get(maps::NODES_MINIMUM_TCB, "sgx"),
+        Some(json!("SWHardeningNeeded"))
+    );
+    for bad in [
+        json!([{"name": "add_node_code", "args": {"code_id": "7a".repeat(40)}}]),
+        json!([{"name": "add_snp_host_data", "args": {"host_data": "zz"}}]),
+        json!([{"name": "set_node_minimum_tcb", "args": {"platform": "tdx", "tcb": "UpToDate"}}]),
+        json!([{"name": "set_node_minimum_tcb", "args": {"platform": "sgx", "tcb": "Fine"}}]),
+        json!([{"name": "set_node_minimum_tcb", "args": {"platform": "snp", "tcb": "snp 8"}}]),
+    ] {
+        let err = fx.propose(0, bad.clone()).expect_err("invalid");
+        assert!(
+            matches!(err, GovError::BadRequest("ProposalFailedToValidate", _)),
+            "{bad}: {err:?}"
+        );
+    }
+}

@@ -12,8 +12,10 @@ use base64::Engine as _;
 use prost::Message as _;
 use serde::Deserialize;
 use serde_json::json;
+use synod_core::attestation::{PlatformKind, Verified};
 use synod_core::cert;
 use synod_core::maps;
+use synod_kv::State as KvState;
 
 use super::{extract, ApiError, AppState, Peer};
 use crate::attestation;
@@ -143,6 +145,47 @@ async fn record_pending(
     Ok(current)
 }
 
+/// The service's join policy, set by governance, applied to verified evidence: an allowed measurement
+/// (`add_node_code`), on SEV-SNP allowed host data (`add_snp_host_data`: the launch's security policy digest), and
+/// the platform's minimum TCB if one is set (`set_node_minimum_tcb`). The refusal's code and message.
+pub fn join_policy(state: &KvState, v: &Verified) -> Result<(), (&'static str, String)> {
+    if state
+        .get(maps::NODES_CODE_IDS, v.measurement.as_bytes())
+        .is_none()
+    {
+        return Err((
+            "CodeIdNotFound",
+            format!(
+                "measurement {} is not allowed to join this service",
+                v.measurement
+            ),
+        ));
+    }
+    if let Some(host_data) = v.host_data.as_deref() {
+        if state
+            .get(maps::NODES_SNP_HOST_DATA, host_data.as_bytes())
+            .is_none()
+        {
+            return Err((
+                "HostDataNotAllowed",
+                format!("SNP host data {host_data} is not allowed to join this service (add_snp_host_data)"),
+            ));
+        }
+    }
+    let platform = match v.platform {
+        PlatformKind::Sgx => "sgx",
+        PlatformKind::Snp => "snp",
+        PlatformKind::Virtual => return Ok(()),
+    };
+    let minimum = state
+        .get(maps::NODES_MINIMUM_TCB, platform.as_bytes())
+        .and_then(|b| serde_json::from_slice::<String>(b).ok());
+    if let Some(minimum) = minimum {
+        synod_core::attestation::check_minimum_tcb(v, &minimum).map_err(|e| ("TcbTooLow", e.to_string()))?;
+    }
+    Ok(())
+}
+
 async fn join(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,
@@ -179,18 +222,7 @@ async fn join(
         .parse()
         .map_err(|e| ApiError::invalid_input(format!("node_address: {e}")))?;
     let state = app.node.view().state.clone();
-    if state
-        .get(maps::NODES_CODE_IDS, verified.measurement.as_bytes())
-        .is_none()
-    {
-        return Err(forbidden(
-            "CodeIdNotFound",
-            format!(
-                "measurement {} is not allowed to join this service",
-                verified.measurement
-            ),
-        ));
-    }
+    join_policy(&state, &verified).map_err(|(code, message)| forbidden(code, message))?;
     let mut existing: Option<serde_json::Value> = state
         .get(maps::NODES_INFO, node_id.as_bytes())
         .and_then(|v| serde_json::from_slice(v).ok());
@@ -460,6 +492,95 @@ async fn snapshot_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use synod_core::attestation::{parse_rfc3339, verify};
+    use synod_core::ledger::{KeyWrite, MapWrites};
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("core/tests/fixtures/attestation");
+        std::fs::read(dir.join(name)).expect("fixture")
+    }
+
+    fn with(state: &mut KvState, map: &str, key: &str, value: &str) {
+        let write = MapWrites {
+            name: map.into(),
+            writes: vec![KeyWrite {
+                key: key.as_bytes().to_vec(),
+                value: Some(value.as_bytes().to_vec()),
+            }],
+        };
+        state.apply(state.version() + 1, &[write]).expect("apply");
+    }
+
+    /// Governance's join policy on real evidence: SNP needs its measurement and host data allowed and meets the
+    /// minimum TCB if one is set; SGX the same without host data; virtual only the measurement.
+    #[test]
+    fn the_join_policy_checks_measurement_host_data_and_minimum_tcb() {
+        let at = |s: &str| parse_rfc3339(s).expect("time");
+        let report = hex::decode(String::from_utf8(fixture("snp_report_milan.hex")).unwrap().trim()).unwrap();
+        let snp = verify(
+            PlatformKind::Snp,
+            &report,
+            &fixture("snp_endorsements_milan.pem"),
+            at("2025-01-01T00:00:00Z"),
+        )
+        .expect("snp");
+        let mut state = KvState::default();
+        let refusal = |state: &KvState, v: &Verified| join_policy(state, v).err().map(|(code, _)| code);
+        assert_eq!(refusal(&state, &snp), Some("CodeIdNotFound"));
+        with(
+            &mut state,
+            maps::NODES_CODE_IDS,
+            &snp.measurement,
+            "\"AllowedToJoin\"",
+        );
+        assert_eq!(refusal(&state, &snp), Some("HostDataNotAllowed"));
+        with(
+            &mut state,
+            maps::NODES_SNP_HOST_DATA,
+            &"0".repeat(64),
+            "\"AllowedToJoin\"",
+        );
+        assert_eq!(refusal(&state, &snp), None);
+        with(
+            &mut state,
+            maps::NODES_MINIMUM_TCB,
+            "snp",
+            "\"bootloader 3 tee 0 snp 9 microcode 115\"",
+        );
+        let (code, message) = join_policy(&state, &snp).unwrap_err();
+        assert_eq!(
+            (code, message.as_str()),
+            ("TcbTooLow", "TCB below minimum: snp 8 < 9")
+        );
+        with(
+            &mut state,
+            maps::NODES_MINIMUM_TCB,
+            "snp",
+            "\"bootloader 3 tee 0 snp 8 microcode 115\"",
+        );
+        assert_eq!(refusal(&state, &snp), None);
+
+        let sgx = verify(
+            PlatformKind::Sgx,
+            &fixture("sgx_quote.bin"),
+            &fixture("sgx_quote_collateral.json"),
+            at("2025-07-01T00:00:00Z"),
+        )
+        .expect("sgx");
+        with(
+            &mut state,
+            maps::NODES_CODE_IDS,
+            &sgx.measurement,
+            "\"AllowedToJoin\"",
+        );
+        assert_eq!(
+            refusal(&state, &sgx),
+            None,
+            "the SNP minimum does not apply to SGX"
+        );
+        with(&mut state, maps::NODES_MINIMUM_TCB, "sgx", "\"UpToDate\"");
+        assert_eq!(refusal(&state, &sgx), Some("TcbTooLow"));
+    }
 
     #[test]
     fn node_names_are_short_plain_words() {
