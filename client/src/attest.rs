@@ -134,9 +134,7 @@ pub async fn attest(
     };
     let evidence = attestation::verify(kind, &b64("raw")?, &b64("endorsements")?, attestation::now_secs())
         .map_err(|e| refused(e.to_string()))?;
-    let node_id = synod_core::cert::public_key_id_hex(&node_cert).map_err(|e| refused(e.to_string()))?;
-    let key_digest = synod_core::hash::digest_from_hex(&node_id)
-        .ok_or_else(|| refused("the node's key digest is not 32 bytes".into()))?;
+    let key_digest = synod_core::cert::public_key_id(&node_cert).map_err(|e| refused(e.to_string()))?;
     if !evidence.binds(&key_digest) {
         return Err(refused(
             "report data does not bind the TLS key the node presented".into(),
@@ -162,7 +160,7 @@ pub async fn attest(
         ))
     })?;
     Ok(Attested {
-        node_id,
+        node_id: hex::encode(key_digest),
         evidence,
         service_cert_pem,
     })

@@ -842,12 +842,8 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
     let mut probed: Vec<String> = Vec::new();
     let mut probes = Vec::new();
     // Clients that wait for their own commits measure commit latency themselves.
-    let probe_targets = if config.wait_commit {
-        &targets[..0]
-    } else {
-        &targets[..]
-    };
-    for probe in probe_targets.iter().filter_map(LoadTarget::commit_probe) {
+    let probed_targets = targets.iter().filter(|_| !config.wait_commit);
+    for probe in probed_targets.filter_map(LoadTarget::commit_probe) {
         if !probed.contains(&probe.node_url().to_string()) {
             probed.push(probe.node_url().to_string());
             probes.push(tokio::spawn(probe_commits(probe, stop_probes.clone())));

@@ -31,6 +31,9 @@ pub enum AttestationError {
     /// Evidence that is refused, with the check that failed.
     #[error(transparent)]
     Refused(#[from] synod_core::attestation::AttestationError),
+    /// The platform's attestation device is missing or failed (not evidence anyone sent: this node's own).
+    #[error("attestation device: {0}")]
+    Device(String),
     /// Reading the node binary for its measurement failed.
     #[error("cannot measure the node binary: {0}")]
     Measure(String),
@@ -110,41 +113,36 @@ impl GramineSgxPlatform {
     /// Opens Gramine's attestation interface at `dir` (`/dev/attestation` inside an enclave) with the collateral
     /// in `collateral_file`; learns its own MRENCLAVE from a first quote.
     pub fn open(dir: &std::path::Path, collateral_file: &std::path::Path) -> Result<Self, AttestationError> {
-        let refused =
-            |m: String| AttestationError::Refused(synod_core::attestation::AttestationError::Invalid(m));
         let kind = std::fs::read_to_string(dir.join("attestation_type")).map_err(|e| {
-            refused(format!(
+            AttestationError::Device(format!(
                 "{}: {e} (not inside a Gramine SGX enclave?)",
                 dir.display()
             ))
         })?;
         if kind.trim() != "dcap" {
-            return Err(refused(format!(
+            return Err(AttestationError::Device(format!(
                 "Gramine attestation type is {:?}, not \"dcap\" (sgx.remote_attestation = \"dcap\" in the manifest)",
                 kind.trim()
             )));
         }
-        let collateral = std::fs::read(collateral_file)
-            .map_err(|e| refused(format!("SGX collateral {}: {e}", collateral_file.display())))?;
+        let collateral = std::fs::read(collateral_file).map_err(|e| {
+            AttestationError::Device(format!("SGX collateral {}: {e}", collateral_file.display()))
+        })?;
         let mut platform = GramineSgxPlatform {
             dir: dir.to_path_buf(),
             collateral,
             measurement: String::new(),
         };
         let quote = platform.quote(&[0; 32])?;
-        platform.measurement = quote
-            .get(QUOTE_MRENCLAVE)
-            .map(hex::encode)
-            .ok_or_else(|| refused(format!("a quote of {} bytes has no MRENCLAVE", quote.len())))?;
+        platform.measurement = quote.get(QUOTE_MRENCLAVE).map(hex::encode).ok_or_else(|| {
+            AttestationError::Device(format!("a quote of {} bytes has no MRENCLAVE", quote.len()))
+        })?;
         Ok(platform)
     }
 
     fn quote(&self, report_data: &Digest) -> Result<Vec<u8>, AttestationError> {
         let io = |what: &str, e: std::io::Error| {
-            AttestationError::Refused(synod_core::attestation::AttestationError::Invalid(format!(
-                "{}/{what}: {e}",
-                self.dir.display()
-            )))
+            AttestationError::Device(format!("{}/{what}: {e}", self.dir.display()))
         };
         let mut data = [0u8; 64];
         data[..32].copy_from_slice(report_data);

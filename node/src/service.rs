@@ -35,7 +35,7 @@ use synod_kv::seal::{LedgerSecret, Sealer};
 use synod_kv::storage::Storage;
 use synod_kv::{State, Tx};
 
-use crate::attestation::Platform;
+use crate::attestation::{Platform, QuoteInfo};
 use crate::channels::{ChannelTls, Channels, Directory, PeerInfo};
 use crate::config::NodeConfig;
 use crate::consensus::persist::{self, LogWrite};
@@ -372,6 +372,9 @@ pub struct Node {
     pub node_identity: Identity,
     /// The attestation platform.
     pub platform: Arc<dyn Platform>,
+    /// This node's evidence, binding its TLS key: produced once at start (`GET /node/quotes/self` serves it, so
+    /// no request makes the platform produce a quote).
+    pub evidence: QuoteInfo,
     /// Known peers (shared with the channels and RPC forwarding).
     pub directory: Directory,
     /// Receipts for transactions flushed from memory, rebuilt from the ledger files.
@@ -461,6 +464,12 @@ fn keys_of(ids: &Identities) -> anyhow::Result<Keys> {
         service_key: cert::signing_key_from_pem(&ids.service.key_pem)?,
         service_cert_der: cert::pem_to_der(&ids.service.cert_pem)?,
     })
+}
+
+/// The evidence of the node whose id (hex SHA-256 of its TLS key) is `node_id`.
+fn own_evidence(platform: &dyn Platform, node_id: &str) -> anyhow::Result<QuoteInfo> {
+    let digest = synod_core::hash::digest_from_hex(node_id).context("a node id is a SHA-256 digest")?;
+    Ok(platform.evidence(&digest)?)
 }
 
 /// This node's entry in the nodes table.
@@ -657,6 +666,8 @@ impl Node {
         let mut peers = Vec::new();
         // Each arm also hands over the ledger writer (Resume already opened and read the ledger).
         let mut joined_state = None;
+        // Genesis records the first node's evidence in the nodes table; the others produce theirs below.
+        let mut evidence = None;
         let (ids, mut core, replay, mut ledger) = match boot {
             Boot::NewService {
                 users,
@@ -693,11 +704,9 @@ impl Node {
                     &platform.measurement(),
                 );
                 info["endorsed"] = serde_json::json!(true);
-                let own_id = synod_core::hash::digest_from_hex(&cert::public_key_id_hex(&cert::pem_to_der(
-                    &ids.node.cert_pem,
-                )?)?)
-                .context("a node id is a SHA-256 digest")?;
-                info["quote_info"] = serde_json::to_value(platform.evidence(&own_id)?)?;
+                let own = own_evidence(platform.as_ref(), &keys.node_id)?;
+                info["quote_info"] = serde_json::to_value(&own)?;
+                evidence = Some(own);
                 let members = read_identities(&members)?;
                 // With a consortium, the members open the service by vote; without one, it opens at once.
                 let status = if members.is_empty() { "Open" } else { "Opening" };
@@ -882,6 +891,10 @@ impl Node {
             service_cert_pem: ids.service.cert_pem.clone(),
             service: ids.service.clone(),
             node_identity: ids.node.clone(),
+            evidence: match evidence {
+                Some(e) => e,
+                None => own_evidence(platform.as_ref(), core.node_id())?,
+            },
             platform,
             directory,
             historical: crate::historical::Historical::new(

@@ -171,9 +171,10 @@ pub struct VirtualStatement {
 fn verify_virtual(evidence: &[u8]) -> Result<Verified, AttestationError> {
     let s: VirtualStatement = serde_json::from_slice(evidence)
         .map_err(|e| AttestationError::Malformed(format!("virtual statement: {e}")))?;
-    let hex32 = |v: &str, what: &str| match hex::decode(v) {
-        Ok(b) if b.len() == 32 => Ok(hex::encode(b)),
-        _ => Err(AttestationError::Malformed(format!("{what} is not 32 hex bytes"))),
+    let hex32 = |v: &str, what: &str| {
+        crate::hash::digest_from_hex(v)
+            .map(hex::encode)
+            .ok_or_else(|| AttestationError::Malformed(format!("{what} is not 32 hex bytes")))
     };
     Ok(Verified {
         platform: PlatformKind::Virtual,

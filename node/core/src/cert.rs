@@ -232,9 +232,14 @@ pub fn cert_fingerprint_hex(cert_der: &[u8]) -> String {
     hex::encode(sha256(cert_der))
 }
 
-/// Hex SHA-256 of the certificate's SubjectPublicKeyInfo DER: how nodes are identified.
+/// SHA-256 of the certificate's SubjectPublicKeyInfo DER: what attestation evidence binds.
+pub fn public_key_id(cert_der: &[u8]) -> Result<crate::hash::Digest, CertError> {
+    Ok(sha256(parse(cert_der)?.public_key().raw))
+}
+
+/// [`public_key_id`] in hex: how nodes are identified.
 pub fn public_key_id_hex(cert_der: &[u8]) -> Result<String, CertError> {
-    Ok(hex::encode(sha256(parse(cert_der)?.public_key().raw)))
+    Ok(hex::encode(public_key_id(cert_der)?))
 }
 
 /// The Ed25519 public key of a certificate.

@@ -204,9 +204,8 @@ async fn join(
     check_node_name(&req.node_name)?;
     let verified =
         attestation::verify(&req.quote_info).map_err(|e| forbidden("InvalidQuote", e.to_string()))?;
-    let node_id = cert::public_key_id_hex(&der).map_err(|e| ApiError::invalid_input(e.to_string()))?;
-    let key_digest = synod_core::hash::digest_from_hex(&node_id)
-        .ok_or_else(|| ApiError::internal("a node id is not a SHA-256 digest"))?;
+    let key_digest = cert::public_key_id(&der).map_err(|e| ApiError::invalid_input(e.to_string()))?;
+    let node_id = hex::encode(key_digest);
     if !verified.binds(&key_digest) {
         return Err(forbidden(
             "InvalidQuote",

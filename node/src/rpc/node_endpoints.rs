@@ -44,24 +44,45 @@ struct TxQuery {
 /// Longest `wait_ms` honoured by `GET /node/tx` (well inside the request timeout).
 pub const TX_WAIT_MS_MAX: u64 = 10_000;
 
-async fn tx_status(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let q: TxQuery = extract::query(q)?;
-    let tx = extract::tx_id(&q.transaction_id)?;
-    let wait = std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(TX_WAIT_MS_MAX));
+/// A long poll: `look`s until `done` accepts what it saw or `wait_ms` (at most [`TX_WAIT_MS_MAX`]) passes, looking
+/// again whenever the service commit or the view moves; answers the last look.
+async fn long_poll<T, F, Fut>(
+    app: &AppState,
+    wait_ms: Option<u64>,
+    mut look: F,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let wait = std::time::Duration::from_millis(wait_ms.unwrap_or(0).min(TX_WAIT_MS_MAX));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first look, so a commit between the look and the wait is not missed.
     let mut commits = app.node.commit_watch();
-    let status = loop {
-        let status = app.node.ask_async(move |core| core.tx_status(tx)).await?;
-        if !matches!(status, TxStatus::Pending | TxStatus::Unknown) {
-            break status;
+    loop {
+        let seen = look().await?;
+        if done(&seen) {
+            return Ok(seen);
         }
         match tokio::time::timeout_at(deadline, commits.changed()).await {
             Ok(Ok(())) => continue,
             // Timed out, or the node is stopping: answer what is known.
-            _ => break status,
+            _ => return Ok(seen),
         }
-    };
+    }
+}
+
+async fn tx_status(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let q: TxQuery = extract::query(q)?;
+    let tx = extract::tx_id(&q.transaction_id)?;
+    let status = long_poll(
+        &app,
+        q.wait_ms,
+        || async { Ok(app.node.ask_async(move |core| core.tx_status(tx)).await?) },
+        |status| !matches!(status, TxStatus::Pending | TxStatus::Unknown),
+    )
+    .await?;
     Ok(Json(json!({ "status": status, "transaction_id": tx })).into_response())
 }
 
@@ -76,19 +97,13 @@ struct CommitQuery {
 /// commit-following client asks again with what it saw: one request per commit advance, none in between).
 async fn commit(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let q: CommitQuery = extract::query(q)?;
-    let wait = std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(TX_WAIT_MS_MAX));
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut commits = app.node.commit_watch();
-    let committed = loop {
-        let committed = app.node.view().committed;
-        if q.after_seqno.is_none_or(|after| committed.seqno > after) {
-            break committed;
-        }
-        match tokio::time::timeout_at(deadline, commits.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => break committed,
-        }
-    };
+    let committed = long_poll(
+        &app,
+        q.wait_ms,
+        || async { Ok(app.node.view().committed) },
+        |committed| q.after_seqno.is_none_or(|after| committed.seqno > after),
+    )
+    .await?;
     Ok(super::with_tx_id(
         committed,
         Json(json!({ "transaction_id": committed })),
@@ -214,19 +229,12 @@ fn quote_json(
     })
 }
 
-/// This node's attestation evidence, fresh from its platform, binding its TLS key (`synod attest` checks it).
+/// This node's attestation evidence (produced at start), binding its TLS key (`synod attest` checks it).
 async fn quote_self(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let node_id = app.node.node_id();
-    let digest = synod_core::hash::digest_from_hex(node_id)
-        .ok_or_else(|| ApiError::internal("this node's id is not a SHA-256 digest"))?;
-    let evidence = app
-        .node
-        .platform
-        .evidence(&digest)
-        .map_err(|e| ApiError::internal(format!("cannot produce evidence: {e}")))?;
-    let quote_info = serde_json::to_value(&evidence).map_err(|e| ApiError::internal(e.to_string()))?;
+    let quote_info =
+        serde_json::to_value(&app.node.evidence).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(quote_json(
-        node_id,
+        app.node.node_id(),
         &quote_info,
         &json!(app.node.platform.measurement()),
     ))
