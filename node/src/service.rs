@@ -59,6 +59,10 @@ const INBOX_EVENTS_MAX: usize = 16 * 1024;
 const CALLS_MAX: usize = 4 * 1024;
 /// Calls the Raft thread runs between two looks at its peers' messages and its timers.
 const CALLS_PER_TURN: usize = 1024;
+/// Inbox events (peers' messages, wake-ups) taken per turn of the Raft thread.
+const INBOX_PER_TURN: usize = 4096;
+/// How long a stopping primary waits for its last signature to commit.
+const STOP_COMMIT_WAIT_MS: u64 = 2_000;
 /// Jobs queued for the store thread (Raft log writes, snapshot installs, compactions, committed batches). When
 /// full, the Raft thread waits for the disk.
 const STORE_JOBS_MAX: usize = 64;
@@ -1223,29 +1227,14 @@ impl Node {
             } else {
                 replica.next_deadline_ms(now)
             };
-            let mut events = Vec::new();
-            match inbox.recv_timeout(Duration::from_millis(deadline.saturating_sub(now))) {
-                Ok(ev) => events.push(ev),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            while events.len() < 4096 {
-                match inbox.try_recv() {
-                    Ok(ev) => events.push(ev),
-                    Err(_) => break,
-                }
-            }
-            while let Ok(number) = persisted.try_recv() {
-                replica.handle(Input::Persisted(number), now_secs())?;
-            }
-            for ev in events {
-                let input = match ev {
-                    LoopEvent::Raft(m) => Input::Raft(m),
-                    LoopEvent::Wake => continue,
-                    LoopEvent::SnapshotSent { to, delivered } => Input::SnapshotSent { to, delivered },
-                    LoopEvent::SnapshotWritten { seqno, digest } => Input::SnapshotWritten { seqno, digest },
-                };
-                replica.handle(input, now_secs())?;
+            if !self.take_events(
+                &mut replica,
+                &inbox,
+                &persisted,
+                deadline.saturating_sub(now),
+                false,
+            )? {
+                break;
             }
             calls_left = self.calls.take(&calls, CALLS_PER_TURN, |call| {
                 answers.push(call(replica.core_mut()));
@@ -1261,10 +1250,67 @@ impl Node {
             replica.turn(clock(), now_secs())?;
             self.execute_commands(&mut replica, &store, &snapshots)?;
         }
-        // Stopping: sign what is ordered and let it reach the disk and the peers.
+        // Stopping: sign what is ordered and let it reach the disk and the peers, then, for a bounded while, let
+        // the peers' answers commit it, so that a stopped primary's ledger ends on a signature (the ledger files
+        // hold committed entries only). Nothing new is ordered: snapshot evidence arriving now is dropped.
         replica.drain(now_secs())?;
         self.execute_commands(&mut replica, &store, &snapshots)?;
+        let give_up = clock().saturating_add(STOP_COMMIT_WAIT_MS);
+        while replica.core().is_primary() && replica.core().raft_commit() < replica.core().last_seqno() {
+            let now = clock();
+            if now >= give_up {
+                tracing::warn!(
+                    commit = replica.core().raft_commit(),
+                    last = replica.core().last_seqno(),
+                    "stopping before the last signature committed; it is in the Raft log and commits on restart"
+                );
+                break;
+            }
+            if !self.take_events(&mut replica, &inbox, &persisted, (give_up - now).min(10), true)? {
+                break;
+            }
+            replica.turn(clock(), now_secs())?;
+            self.execute_commands(&mut replica, &store, &snapshots)?;
+        }
         Ok(())
+    }
+
+    /// Waits up to `wait_ms` for what arrived (peers' messages, finished snapshots, persisted log writes) and feeds
+    /// it to the replica; returns false once the inbox is closed. Stopping, only Raft's own traffic is taken.
+    fn take_events(
+        &self,
+        replica: &mut Replica,
+        inbox: &Receiver<LoopEvent>,
+        persisted: &Receiver<u64>,
+        wait_ms: u64,
+        stopping: bool,
+    ) -> anyhow::Result<bool> {
+        let mut events = Vec::new();
+        match inbox.recv_timeout(Duration::from_millis(wait_ms)) {
+            Ok(ev) => events.push(ev),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(false),
+        }
+        while events.len() < INBOX_PER_TURN {
+            match inbox.try_recv() {
+                Ok(ev) => events.push(ev),
+                Err(_) => break,
+            }
+        }
+        while let Ok(number) = persisted.try_recv() {
+            replica.handle(Input::Persisted(number), now_secs())?;
+        }
+        for ev in events {
+            let input = match ev {
+                LoopEvent::Raft(m) => Input::Raft(m),
+                LoopEvent::Wake => continue,
+                LoopEvent::SnapshotSent { to, delivered } => Input::SnapshotSent { to, delivered },
+                LoopEvent::SnapshotWritten { .. } if stopping => continue,
+                LoopEvent::SnapshotWritten { seqno, digest } => Input::SnapshotWritten { seqno, digest },
+            };
+            replica.handle(input, now_secs())?;
+        }
+        Ok(true)
     }
 
     /// Executes the replica's commands (see `replica.rs` for what each asks).
@@ -1453,9 +1499,9 @@ impl Node {
                         for m in &job.then_send {
                             self.channels.send(m);
                         }
-                        if persisted.send(job.number).is_err() {
-                            return Ok(());
-                        }
+                        // The Raft thread may have stopped after handing out its last signature: what it handed
+                        // out is still written, or the ledger would end on an unsigned tail.
+                        let _ = persisted.send(job.number);
                     }
                     self.wake();
                 }
