@@ -1113,6 +1113,17 @@ impl Core {
     /// Brings history and states in line with Raft after anything that may have changed its log or role.
     fn after_raft(&mut self) -> Result<(), CoreError> {
         self.sync_log()?;
+        // A primary that applied its own removal steps down, as etcd's StepDownOnRemoval: raft-rs's leader would
+        // panic outside its own progress set. It happens when a retired primary that handed over is elected again
+        // before its successor commits the removal (found by synod-sim).
+        if self.raft.raft.state == StateRole::Leader && self.raft.raft.prs().get(self.id).is_none() {
+            tracing::warn!(
+                view = self.raft.raft.term,
+                "this primary left the configuration: stepping down"
+            );
+            let term = self.raft.raft.term;
+            self.raft.raft.become_follower(term, raft::INVALID_ID);
+        }
         let is_leader = self.raft.raft.state == StateRole::Leader;
         if is_leader != self.is_leader {
             self.is_leader = is_leader;
@@ -1543,7 +1554,7 @@ impl Core {
         Ok(tx_id)
     }
 
-    /// Marks a node Retired and removes it from Raft.
+    /// Marks a node Retired, as governance's `remove_node` does; it leaves Raft once that is committed.
     pub fn retire_node(&mut self, node_id: &str, now_secs: i64) -> Result<TxId, CoreError> {
         let mut tx = Tx::new(self.state.clone());
         let mut info: serde_json::Value = tx
@@ -1552,9 +1563,9 @@ impl Core {
             .ok_or_else(|| CoreError::Invariant(format!("no node {node_id}")))?;
         info["status"] = serde_json::json!("Retired");
         tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
-        let tx_id = self.commit_tx(tx, now_secs)?.tx_id();
-        self.queue_conf_change(raft_id(node_id), ConfChangeType::RemoveNode);
-        Ok(tx_id)
+        // As governance's remove_node: only the record. Once it is committed, the primary removes the node
+        // (`remove_retired_nodes`), or hands over first if it is the node.
+        Ok(self.commit_tx(tx, now_secs)?.tx_id())
     }
 
     fn queue_conf_change(&mut self, node: u64, change_type: ConfChangeType) {
@@ -1577,7 +1588,9 @@ impl Core {
         match cc.get_change_type() {
             ConfChangeType::AddLearnerNode => !in_config && status.as_deref() == Some("Trusted"),
             ConfChangeType::AddNode => status.as_deref() != Some("Retired"),
-            ConfChangeType::RemoveNode => in_config,
+            // A primary never removes itself: raft-rs's leader panics once it is out of its own progress set
+            // (found by synod-sim). It hands over first (`remove_retired_nodes`) and the next primary removes it.
+            ConfChangeType::RemoveNode => in_config && cc.node_id != self.id,
         }
     }
 

@@ -2,8 +2,8 @@
 //! network, disk and clock whose every choice comes from one seed, so a failing seed replays exactly. The faults:
 //! messages dropped, duplicated, delayed and so reordered; symmetric and one-way partitions; crashes that lose
 //! everything not yet durable (Raft log writes still in flight, ledger and state not yet synced) and restart
-//! through [`Core::restore`]; a clock per node. The load: writes to the primary, status reads of every write on
-//! every node.
+//! through [`Core::restore`]; a clock per node; nodes joining and (with four or more) one retiring, the primary
+//! included. The load: writes to the primary, status reads of every write on every node.
 //!
 //! ```text
 //!  seed ─▶ Rng ─▶ each step (1 simulated ms): faults ─▶ per live node: tick / signature / one Ready
@@ -16,7 +16,7 @@
 //! committed ledger never changes (durability across crashes); commit only moves forward within a node's life
 //! and always lands on a signature; a transaction seen Committed is never seen Invalid and vice versa; at the
 //! end, after the faults stop, every node catches up, and every write seen Committed is in every ledger at its
-//! seqno and view (liveness and no lost write).
+//! seqno and view (liveness and no lost write), and every retirement has taken effect on every node.
 
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
@@ -151,6 +151,8 @@ pub struct SimReport {
     pub snapshots_installed: u64,
     /// Receipts verified against the service certificate and the committed ledger.
     pub receipts_checked: u64,
+    /// Nodes retired by the members and removed from the configuration (then stopped for good).
+    pub nodes_retired: u64,
     /// Invariant violations, named, in the order found (the run stops at the first few).
     pub violations: Vec<String>,
 }
@@ -229,6 +231,12 @@ struct SimNode {
     join_at: u64,
     /// The members' vote that trusts it (a transaction that may yet be lost in a view change).
     trust_tx: Option<TxId>,
+    /// When the members retire it, if they do.
+    retire_at: Option<u64>,
+    /// Its Retired record (a transaction that may yet be lost in a view change).
+    retire_tx: Option<TxId>,
+    /// Retired and out of the configuration: stopped for good, as an operator stops a retired node.
+    retired: bool,
     /// The commit this life of the node has reported (it never goes back within a life).
     commit: TxId,
     /// Up to which seqno its committed ledger has been checked against the canonical one already.
@@ -335,6 +343,8 @@ struct Sim {
     service_der: Vec<u8>,
     /// Receipts verified.
     receipts_checked: u64,
+    /// Nodes retired and removed.
+    nodes_retired: u64,
 }
 
 fn keys_seed(seed: u64, index: usize) -> [u8; 32] {
@@ -385,6 +395,7 @@ impl Sim {
             snapshots_installed: 0,
             service_der: Vec::new(),
             receipts_checked: 0,
+            nodes_retired: 0,
         };
         sim.service_der = cert::pem_to_der(&sim.service.cert_pem).map_err(|e| e.to_string())?;
         for i in 0..sim.cfg.nodes {
@@ -417,6 +428,9 @@ impl Sim {
                 started: false,
                 join_at: 0,
                 trust_tx: None,
+                retire_at: None,
+                retire_tx: None,
+                retired: false,
                 commit: TxId::default(),
                 checked: 0,
                 // Within 5% of the simulation's clock, fixed per node by its seed.
@@ -446,6 +460,13 @@ impl Sim {
             } else {
                 WARMUP_MS + sim.rng.below(sim.cfg.steps.max(2 * WARMUP_MS) / 2)
             };
+        }
+        // With four nodes or more, the members retire one during the faults (perhaps the primary, which then hands
+        // over); three stay.
+        if sim.cfg.nodes >= 4 {
+            let victim = sim.rng.below(sim.cfg.nodes as u64) as usize;
+            sim.nodes[victim].retire_at =
+                Some(WARMUP_MS + sim.rng.below(sim.cfg.steps.max(2 * WARMUP_MS) / 2));
         }
         for i in 1..3.min(sim.cfg.nodes) {
             sim.trust(i)?;
@@ -537,7 +558,7 @@ impl Sim {
     fn joins(&mut self) -> Result<(), String> {
         for i in 0..self.nodes.len() {
             let n = &self.nodes[i];
-            if n.started || n.join_at > self.now {
+            if n.started || n.retired || n.join_at > self.now {
                 continue;
             }
             let status = match (n.trust_tx, self.primary()) {
@@ -554,6 +575,39 @@ impl Sim {
                 _ => {}
             }
             self.nodes[i].join_at = self.now + 5 + self.rng.below(30);
+        }
+        Ok(())
+    }
+
+    /// Nodes whose time to retire has come: the primary orders their Retired record (again, if a view change lost
+    /// it); once it is committed and a primary other than the node has it out of its configuration, the operator
+    /// stops the node for good.
+    fn retirements(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if n.retired || !n.started || n.retire_at.is_none_or(|at| at > self.now) {
+                continue;
+            }
+            let (node_id, raft, retire_tx) = (self.node_id(i)?, self.ids[i], n.retire_tx);
+            let Some(core) = self.primary() else { continue };
+            match retire_tx.map(|tx| core.tx_status(tx)) {
+                None | Some(TxStatus::Invalid) => {
+                    // Refused while the node's own record is not ordered yet, or while no primary can order.
+                    let tx = core.retire_node(&node_id, NOW_SECS).ok();
+                    self.nodes[i].retire_tx = tx;
+                }
+                Some(TxStatus::Committed) => {
+                    let (voters, learners) = core.configuration();
+                    if core.raft_id() != raft && !voters.contains(&raft) && !learners.contains(&raft) {
+                        let n = &mut self.nodes[i];
+                        n.replica = None;
+                        n.started = false;
+                        n.retired = true;
+                        self.nodes_retired += 1;
+                    }
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -1173,6 +1227,7 @@ impl Sim {
         }
         self.deliver()?;
         self.joins()?;
+        self.retirements()?;
         self.client()?;
         self.check();
         self.check_receipt();
@@ -1203,6 +1258,7 @@ impl Sim {
             snapshots_committed: self.snapshots_committed,
             snapshots_installed: self.snapshots_installed,
             receipts_checked: self.receipts_checked,
+            nodes_retired: self.nodes_retired,
             violations: self.violations,
         })
     }
@@ -1216,6 +1272,9 @@ impl Sim {
             .collect();
         let best = commits.iter().flatten().map(|c| c.seqno).max().unwrap_or(0);
         for (i, c) in commits.iter().enumerate() {
+            if self.nodes[i].retired {
+                continue;
+            }
             match c {
                 None => self.violation(format!("liveness: node {i} is still down after the heal")),
                 Some(c) if c.seqno < best => self.violation(format!(
@@ -1255,6 +1314,7 @@ impl Sim {
             .nodes
             .iter()
             .enumerate()
+            .filter(|(_, n)| !n.retired)
             .map(|(i, n)| (i, n.disk.ledger_last() as usize))
             .filter(|(_, len)| (*len as u64) < best)
             .collect();
@@ -1262,6 +1322,32 @@ impl Sim {
             self.violation(format!(
                 "liveness: node {i}'s ledger holds {len} entries, the commit is at seqno {best}"
             ));
+        }
+        // Retirements: each one asked for took effect, and no node still counts a retired node in.
+        let mut problems = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.retire_at.is_some() && !n.retired {
+                problems.push(format!(
+                    "liveness: node {i} is still in the configuration {} ms after the faults stopped (its Retired \
+                     record: {:?})",
+                    self.cfg.heal_steps, n.retire_tx
+                ));
+            }
+            if !n.retired {
+                continue;
+            }
+            for (j, other) in self.nodes.iter().enumerate() {
+                let Some(core) = other.core() else { continue };
+                let (voters, learners) = core.configuration();
+                if voters.contains(&self.ids[i]) || learners.contains(&self.ids[i]) {
+                    problems.push(format!(
+                        "retirement: node {j} still has retired node {i} in its configuration"
+                    ));
+                }
+            }
+        }
+        for p in problems {
+            self.violation(p);
         }
     }
 }
@@ -1362,6 +1448,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
                 snapshots_committed: 0,
                 snapshots_installed: 0,
                 receipts_checked: 0,
+                nodes_retired: 0,
                 violations: vec![format!("a node stopped on a broken invariant: {what}")],
             })
         }
@@ -1371,7 +1458,7 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, String> {
 /// A short digest of a report, to compare two runs of the same seed.
 pub fn fingerprint(r: &SimReport) -> String {
     format!(
-        "{}:{}:{:?}:{}:{}:{}:{}:{:?}",
+        "{}:{}:{:?}:{}:{}:{}:{}:{}:{:?}",
         r.seed,
         r.steps,
         r.faults,
@@ -1379,6 +1466,7 @@ pub fn fingerprint(r: &SimReport) -> String {
         r.writes_committed,
         r.snapshots_committed,
         r.snapshots_installed,
+        r.nodes_retired,
         r.violations
     )
 }

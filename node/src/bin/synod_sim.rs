@@ -54,8 +54,11 @@ fn node_range(spec: &str) -> anyhow::Result<(usize, usize)> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // A node that panics on a broken invariant is reported by its seed, not with a backtrace per seed.
-    std::panic::set_hook(Box::new(|_| {}));
+    // A node that panics on a broken invariant is reported by its seed, not with a backtrace per seed (replay one
+    // with RUST_BACKTRACE=1 to see where it panicked).
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let (lo, hi) = node_range(&cli.nodes).context("--nodes")?;
     let mutation = match cli.mutate.as_deref() {
         None => None,
@@ -68,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         None => (cli.first..cli.first + cli.seeds).collect(),
     };
     let (mut steps, mut faults, mut writes, mut failed) = (0u64, 0u64, 0u64, Vec::new());
-    let (mut snapshots, mut installs, mut receipts) = (0u64, 0u64, 0u64);
+    let (mut snapshots, mut installs, mut receipts, mut retired) = (0u64, 0u64, 0u64, 0u64);
     let started = std::time::Instant::now();
     for &seed in &seeds {
         let mut cfg = SimConfig::new(seed);
@@ -84,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         snapshots += report.snapshots_committed;
         installs += report.snapshots_installed;
         receipts += report.receipts_checked;
+        retired += report.nodes_retired;
         if !report.violations.is_empty() {
             println!(
                 "seed {seed} ({} nodes) FAILED: {}",
@@ -98,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "seeds {}, steps {steps}, faults {faults}, committed writes checked {writes}, snapshots committed \
-         {snapshots}, installed {installs}, receipts verified {receipts}, violations {} ({} s)",
+         {snapshots}, installed {installs}, receipts verified {receipts}, nodes retired {retired}, violations {} ({} s)",
         seeds.len(),
         failed.len(),
         started.elapsed().as_secs()

@@ -474,6 +474,65 @@ fn retiring_a_node_removes_it_from_the_configuration() {
     assert_eq!(sim.nodes[p].core.tx_status(id), TxStatus::Committed);
 }
 
+/// Found by synod-sim: a primary that queued its own removal applied it and then panicked inside raft-rs (a leader
+/// outside its own progress set). It hands over instead, and the next primary removes it.
+#[test]
+fn a_retired_primary_hands_over_and_the_next_primary_removes_it() {
+    let mut sim = Sim::new(0);
+    sim.join("n1", None);
+    sim.join("n2", None);
+    sim.join("n3", None);
+    sim.run(40);
+    let old = sim.primary().expect("primary");
+    let id = sim.nodes[old].core.node_id().to_string();
+    let retired = sim.nodes[old].core.raft_id();
+    sim.nodes[old].core.retire_node(&id, NOW).expect("retire");
+    sim.run(60);
+    let p = sim.primary().expect("a new primary");
+    assert_ne!(p, old, "the retired primary handed over");
+    let (voters, learners) = sim.nodes[p].core.configuration();
+    assert!(!voters.contains(&retired) && !learners.contains(&retired));
+    assert_eq!(voters.len(), 3);
+    let tx = sim.write(b"k", b"v");
+    sim.run(5);
+    assert_eq!(sim.nodes[p].core.tx_status(tx), TxStatus::Committed);
+}
+
+/// Found by synod-sim: a retired primary that handed over can be elected again before its successor commits its
+/// removal, then commit and apply that removal itself. Its raft-rs leader then panicked (outside its own progress
+/// set); it steps down instead and the others elect a primary.
+#[test]
+fn a_primary_that_applies_its_own_removal_steps_down() {
+    let mut sim = Sim::new(0);
+    sim.join("n1", None);
+    sim.join("n2", None);
+    sim.join("n3", None);
+    sim.run(40);
+    let old = sim.primary().expect("primary");
+    let removed = sim.nodes[old].core.raft_id();
+    let id = sim.nodes[old].core.node_id().to_string();
+    sim.nodes[old].core.retire_node(&id, NOW).expect("retire");
+    // What its successor would propose, committed by the old primary itself.
+    let mut cc = ConfChange {
+        node_id: removed,
+        ..Default::default()
+    };
+    cc.set_change_type(ConfChangeType::RemoveNode);
+    sim.nodes[old]
+        .core
+        .raft
+        .propose_conf_change(Vec::new(), cc)
+        .expect("propose its own removal");
+    sim.run(80);
+    let p = sim.primary().expect("a new primary");
+    assert_ne!(p, old, "the removed primary stepped down");
+    let (voters, learners) = sim.nodes[p].core.configuration();
+    assert!(!voters.contains(&removed) && !learners.contains(&removed));
+    let tx = sim.write(b"k", b"v");
+    sim.run(5);
+    assert_eq!(sim.nodes[p].core.tx_status(tx), TxStatus::Committed);
+}
+
 #[test]
 fn governance_triggers_end_a_chunk_and_take_a_snapshot_at_the_next_signature() {
     let mut sim = Sim::new(0);
