@@ -39,6 +39,14 @@ pub struct NodeConfig {
     /// Gramine's attestation interface.
     #[arg(long, value_name = "DIR", default_value = "/dev/attestation")]
     pub gramine_attestation_dir: PathBuf,
+    /// Run on AMD SEV-SNP: reports from /dev/sev-guest (else configfs-tsm, --tsm-report-dir), with these
+    /// endorsements (PEM: the chip's VCEK, AMD's ASK and ARK, from AMD's KDS or Azure's THIM, kept fresh by the
+    /// operator).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["virtual_measurement", "sgx_collateral"])]
+    pub snp_endorsements: Option<PathBuf>,
+    /// The configfs-tsm report interface, used for SEV-SNP reports where /dev/sev-guest is absent.
+    #[arg(long, value_name = "DIR", default_value = "/sys/kernel/config/tsm/report")]
+    pub tsm_report_dir: PathBuf,
     /// A signature transaction follows at most this many transactions.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub sig_tx_interval: u64,
