@@ -452,7 +452,17 @@ async fn connect(
         .get(&to)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("peer {to} is not in the nodes table"))?;
-    let addr: SocketAddr = info.node_address.parse()?;
+    // A DNS name (a Kubernetes pod's stable name) is resolved at each connection: its IP may have changed.
+    let addr: SocketAddr = match info.node_address.parse() {
+        Ok(addr) => addr,
+        Err(_) => tokio::time::timeout(
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            tokio::net::lookup_host(info.node_address.as_str()),
+        )
+        .await??
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{} resolves to no address", info.node_address))?,
+    };
     let tcp = match source {
         None => {
             tokio::time::timeout(

@@ -17,9 +17,14 @@ pub struct NodeConfig {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub node_address: SocketAddr,
     /// Address other nodes reach this one at, recorded in the nodes table when it creates or joins the service
-    /// (CCF's `published_address`): behind a proxy or NAT; default: `--node-address` as bound.
-    #[arg(long)]
-    pub node_published_address: Option<SocketAddr>,
+    /// (CCF's `published_address`): `host:port`, the host an IP address or a DNS name (a Kubernetes pod's stable
+    /// name: its IP changes when it restarts); default: `--node-address` as bound.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub node_published_address: Option<String>,
+    /// Address clients (and other nodes, for redirects to the primary) reach this node's HTTPS at, recorded in the
+    /// nodes table and named in its certificate: `host:port` as above; default: `--rpc-address` as bound.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub rpc_published_address: Option<String>,
     /// Local address this node's connections to other nodes leave from (multi-homed hosts; the fault campaign
     /// gives each node its own loopback address so that a proxy can cut one node's traffic both ways).
     #[arg(long)]
@@ -168,7 +173,81 @@ pub struct JoinConfig {
     pub join_token_file: Option<PathBuf>,
 }
 
+/// A published address: `host:port`, the host an IP address (IPv6 in brackets) or a DNS name.
+pub fn parse_host_port(s: &str) -> Result<String, String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    let bad = || format!("{s:?} is not host:port (an IP address or a DNS name, and a port)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(bad());
+    }
+    Ok(s.to_string())
+}
+
+/// The host of a published address (checked by [`parse_host_port`]) as certificate names: IP addresses and DNS
+/// names.
+pub fn certificate_names(addr: &str) -> (Vec<std::net::IpAddr>, Vec<String>) {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => (vec![[127, 0, 0, 1].into()], vec!["localhost".into()]),
+        Ok(a) => (vec![a.ip()], vec!["localhost".into()]),
+        Err(_) => {
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr, |(h, _)| h)
+                .to_ascii_lowercase();
+            let mut names = vec![host];
+            if names[0] != "localhost" {
+                names.push("localhost".into());
+            }
+            (vec![[127, 0, 0, 1].into()], names)
+        }
+    }
+}
+
 fn parse_measurement(s: &str) -> Result<synod_core::hash::Digest, String> {
     synod_core::hash::digest_from_hex(s)
         .ok_or_else(|| "a measurement is 64 hex digits (a SHA-256 digest)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_addresses_are_ips_or_dns_names_with_a_port() {
+        for ok in [
+            "10.0.0.5:8080",
+            "[::1]:443",
+            "synod-0.synod.default.svc.cluster.local:8081",
+            "localhost:1",
+        ] {
+            assert_eq!(parse_host_port(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "synod-0",
+            "synod-0:",
+            "synod-0:99999",
+            ":80",
+            "-a.b:80",
+            "a..b:80",
+            "a b:80",
+            "a_b:80",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad} accepted");
+        }
+        let (ips, names) = certificate_names("synod-1.synod:8080");
+        assert_eq!(names, ["synod-1.synod", "localhost"]);
+        assert_eq!(ips, [std::net::IpAddr::from([127, 0, 0, 1])]);
+        let (ips, _) = certificate_names("10.1.2.3:8080");
+        assert_eq!(ips, [std::net::IpAddr::from([10, 1, 2, 3])]);
+    }
 }

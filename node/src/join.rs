@@ -8,7 +8,6 @@
 //!  start with the snapshot's state: Raft catches the node up from the snapshot's seqno
 //! ```
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
@@ -246,8 +245,8 @@ async fn fetch_snapshot(
 /// addresses.
 pub async fn join(
     cfg: &JoinConfig,
-    rpc: SocketAddr,
-    node: SocketAddr,
+    rpc: String,
+    node: String,
     platform: &dyn Platform,
 ) -> anyhow::Result<Joined> {
     let service_cert_pem = std::fs::read_to_string(&cfg.service_cert)
@@ -259,8 +258,8 @@ pub async fn join(
     let join_token = cfg.join_token_file.as_deref().map(read_join_token).transpose()?;
     let request = JoinRequest {
         node_name: cfg.node.node_name.clone(),
-        rpc_address: rpc.to_string(),
-        node_address: node.to_string(),
+        rpc_address: rpc,
+        node_address: node,
         quote_info: platform.evidence(&report_data)?,
         join_token,
     };

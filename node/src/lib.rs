@@ -99,11 +99,15 @@ pub async fn run_join(cfg: JoinConfig) -> anyhow::Result<()> {
         Boot::Resume
     } else {
         let platform = attestation::for_config(&cfg.node)?;
-        let published = match cfg.node.node_published_address {
-            Some(a) => a,
-            None => node_listener.local_addr()?,
+        let node_published = match &cfg.node.node_published_address {
+            Some(a) => a.clone(),
+            None => node_listener.local_addr()?.to_string(),
         };
-        let joined = join::join(&cfg, rpc.local_addr()?, published, platform.as_ref()).await?;
+        let rpc_published = match &cfg.node.rpc_published_address {
+            Some(a) => a.clone(),
+            None => rpc.local_addr()?.to_string(),
+        };
+        let joined = join::join(&cfg, rpc_published, node_published, platform.as_ref()).await?;
         Boot::Joined {
             ids: joined.ids,
             snapshot: joined.snapshot,

@@ -385,10 +385,12 @@ pub struct Node {
     pub historical: crate::historical::Historical,
     /// The service commit and the view, published whenever they move (long polls on `/node/tx` wait on it).
     commits: tokio::sync::watch::Sender<(u64, TxId)>,
-    /// This node's address for clients.
+    /// This node's address for clients, as bound.
     pub rpc_address: SocketAddr,
-    /// This node's address for peers.
-    pub node_address: SocketAddr,
+    /// This node's address for clients as published (`host:port`).
+    pub rpc_published: String,
+    /// This node's address for peers as published (`host:port`).
+    pub node_address: String,
     channels: Arc<Channels>,
     inbox: Mutex<SyncSender<LoopEvent>>,
     calls: CallQueue,
@@ -481,16 +483,16 @@ pub fn node_info(
     name: &str,
     cert_pem: &str,
     status: &str,
-    rpc: SocketAddr,
-    node: SocketAddr,
+    rpc: &str,
+    node: &str,
     measurement: &str,
 ) -> serde_json::Value {
     serde_json::json!({
         "name": name,
         "cert": cert_pem,
         "status": status,
-        "rpc_address": rpc.to_string(),
-        "node_address": node.to_string(),
+        "rpc_address": rpc,
+        "node_address": node,
         "measurement": measurement,
     })
 }
@@ -656,7 +658,14 @@ impl Node {
         std::fs::create_dir_all(&paths.dir).with_context(|| format!("creating {}", paths.dir.display()))?;
         std::fs::create_dir_all(paths.snapshots())?;
         let bound_node_address = node_listener.local_addr()?;
-        let node_address = cfg.node_published_address.unwrap_or(bound_node_address);
+        let node_address = cfg
+            .node_published_address
+            .clone()
+            .unwrap_or_else(|| bound_node_address.to_string());
+        let rpc_published = cfg
+            .rpc_published_address
+            .clone()
+            .unwrap_or_else(|| rpc_address.to_string());
         let platform: Arc<dyn Platform> = crate::attestation::for_config(cfg)?;
         let storage = Storage::open(&paths.db()).context("opening the node's database")?;
         let existing = persist::exists(&storage)?;
@@ -685,13 +694,8 @@ impl Node {
                     );
                 }
                 let service = cert::generate_self_signed("Synod service", true)?;
-                let ip = if rpc_address.ip().is_unspecified() {
-                    [127, 0, 0, 1].into()
-                } else {
-                    rpc_address.ip()
-                };
-                let node =
-                    cert::generate_endorsed(&cfg.node_name, &[ip], &["localhost".to_string()], &service)?;
+                let (ips, names) = crate::config::certificate_names(&rpc_published);
+                let node = cert::generate_endorsed(&cfg.node_name, &ips, &names, &service)?;
                 let ids = Identities {
                     service,
                     node,
@@ -703,8 +707,8 @@ impl Node {
                     &cfg.node_name,
                     &ids.node.cert_pem,
                     "Trusted",
-                    rpc_address,
-                    node_address,
+                    &rpc_published,
+                    &node_address,
                     &platform.measurement(),
                 );
                 info["endorsed"] = serde_json::json!(true);
@@ -907,6 +911,7 @@ impl Node {
             ),
             commits: tokio::sync::watch::Sender::new((0, TxId::default())),
             rpc_address,
+            rpc_published,
             node_address,
             channels,
             inbox: Mutex::new(inbox_tx.clone()),

@@ -82,6 +82,8 @@ pub struct NodeProc {
     command: String,
     args: Vec<String>,
     log: PathBuf,
+    /// Publishes its addresses as `localhost:PORT` (DNS names, as in Kubernetes) instead of IP addresses.
+    names: bool,
 }
 
 /// A free port on 127.0.0.1 (bound and released: good enough on a quiet loopback).
@@ -104,7 +106,18 @@ impl NodeProc {
 
     /// Like [`NodeProc::spawn`], without waiting for the node to listen (a joining node waits for its trust).
     pub fn spawn_detached(command: &str, dir: &Path, args: &[String]) -> anyhow::Result<NodeProc> {
+        NodeProc::spawn_detached_named(command, dir, args, false)
+    }
+
+    /// Like [`NodeProc::spawn_detached`]; with `names`, the node publishes `localhost:PORT` addresses.
+    pub fn spawn_detached_named(
+        command: &str,
+        dir: &Path,
+        args: &[String],
+        names: bool,
+    ) -> anyhow::Result<NodeProc> {
         let mut node = NodeProc {
+            names,
             child: None,
             dir: dir.to_path_buf(),
             addr: format!("127.0.0.1:{}", free_port()?),
@@ -140,6 +153,7 @@ impl NodeProc {
                 self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("node"),
             ])
             .args(&self.args)
+            .args(self.published_args())
             .env(
                 "RUST_LOG",
                 std::env::var("SYNOD_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -150,6 +164,30 @@ impl NodeProc {
             .context("spawning synod-node")?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The address the node publishes for clients (recorded in the nodes table).
+    pub fn published_addr(&self) -> String {
+        match (self.names, self.addr.rsplit_once(':')) {
+            (true, Some((_, port))) => format!("localhost:{port}"),
+            _ => self.addr.clone(),
+        }
+    }
+
+    fn published_args(&self) -> Vec<String> {
+        let (Some((_, rpc)), Some((_, node)), true) = (
+            self.addr.rsplit_once(':'),
+            self.node_addr.rsplit_once(':'),
+            self.names,
+        ) else {
+            return Vec::new();
+        };
+        vec![
+            "--rpc-published-address".into(),
+            format!("localhost:{rpc}"),
+            "--node-published-address".into(),
+            format!("localhost:{node}"),
+        ]
     }
 
     /// Waits until the node writes its address (it listens).
@@ -360,6 +398,8 @@ pub struct Network {
     /// with [`Network::start_proxied`]; empty otherwise.
     pub proxies: Vec<Proxy>,
     args: Vec<String>,
+    /// Nodes publish DNS names (`localhost:PORT`), as in Kubernetes.
+    names: bool,
 }
 
 impl Network {
@@ -370,16 +410,28 @@ impl Network {
 
     /// Like [`Network::start`], with `m` members (a strict majority of them opens the service and trusts nodes).
     pub async fn start_with_members(n: usize, m: usize, args: &[&str]) -> anyhow::Result<Network> {
-        Network::start_inner(n, m, args, false).await
+        Network::start_inner(n, m, args, false, false).await
+    }
+
+    /// Like [`Network::start`], with every node publishing DNS names (`localhost:PORT`) rather than IP addresses
+    /// for its peers and clients, as nodes in Kubernetes do.
+    pub async fn start_named(n: usize, args: &[&str]) -> anyhow::Result<Network> {
+        Network::start_inner(n, 1, args, false, true).await
     }
 
     /// Like [`Network::start`], with every node reached by the others through its own [`Proxy`]: cutting one
     /// isolates its node from everything the others send it.
     pub async fn start_proxied(n: usize, args: &[&str]) -> anyhow::Result<Network> {
-        Network::start_inner(n, 1, args, true).await
+        Network::start_inner(n, 1, args, true, false).await
     }
 
-    async fn start_inner(n: usize, m: usize, args: &[&str], proxied: bool) -> anyhow::Result<Network> {
+    async fn start_inner(
+        n: usize,
+        m: usize,
+        args: &[&str],
+        proxied: bool,
+        names: bool,
+    ) -> anyhow::Result<Network> {
         let tmp = tempfile::tempdir()?;
         let user = IdentityFiles::generate(tmp.path(), "user0")?;
         let members: Vec<IdentityFiles> = (0..m.max(1))
@@ -399,7 +451,8 @@ impl Network {
             first.extend(["--node-source-address".into(), source_ip(0).to_string()]);
             proxies.push(proxy);
         }
-        let n0 = NodeProc::start(&tmp.path().join("n0"), &first)?;
+        let mut n0 = NodeProc::spawn_detached_named("start", &tmp.path().join("n0"), &first, names)?;
+        n0.wait_listening()?;
         if let Some(proxy) = proxies.first() {
             proxy.set_target(&n0.node_addr);
         }
@@ -414,6 +467,7 @@ impl Network {
             service_cert,
             proxies,
             args,
+            names,
         };
         net.pass(0, "transition_service_to_open", serde_json::json!({}))
             .await?;
@@ -523,7 +577,8 @@ impl Network {
             args.extend(["--node-source-address".into(), source_ip(i).to_string()]);
             Some(proxy)
         };
-        let node = NodeProc::spawn_detached("join", &self.tmp.path().join(format!("n{i}")), &args)?;
+        let dir = self.tmp.path().join(format!("n{i}"));
+        let node = NodeProc::spawn_detached_named("join", &dir, &args, self.names)?;
         if let Some(proxy) = proxy {
             proxy.set_target(&node.node_addr);
             self.proxies.push(proxy);
@@ -534,7 +589,7 @@ impl Network {
 
     /// Waits until node `i` asked to join and is Pending; returns its node id.
     pub async fn wait_pending(&mut self, i: usize) -> anyhow::Result<String> {
-        let addr = self.nodes[i].addr.clone();
+        let addr = self.nodes[i].published_addr();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let p = self.primary().await?;

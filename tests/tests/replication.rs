@@ -206,6 +206,58 @@ async fn a_killed_backup_restarts_and_catches_up() -> anyhow::Result<()> {
     .await
 }
 
+/// Nodes that publish DNS names instead of IP addresses (as Kubernetes pods do: their IPs change when they
+/// restart, their names stay) record and use those names: peers resolve them to replicate, a backup restarts and
+/// catches up, the nodes table and `/node/primary` name them, and each node's certificate is valid for its name.
+#[tokio::test]
+async fn nodes_published_by_dns_name_replicate_and_fail_over() -> anyhow::Result<()> {
+    bounded(180, async {
+        let mut net = Network::start_named(3, &["--ledger-chunk-bytes", "4000"]).await?;
+        let p = net.primary().await?;
+        let nodes = net.nodes[p]
+            .client(None)?
+            .get_json::<serde_json::Value>("/node/network/nodes")
+            .await?;
+        let text = nodes.to_string();
+        for n in &net.nodes {
+            ensure!(
+                text.contains(&n.published_addr()),
+                "{} not recorded: {text}",
+                n.published_addr()
+            );
+        }
+        let c = net.user_client(p)?;
+        let mut last = TxId::default();
+        for i in 0..20u64 {
+            last = post(&c, i, "named").await?;
+        }
+        net.wait_committed_everywhere(last).await?;
+        // A backup killed and restarted catches up through its peers' names.
+        let b = (p + 1) % 3;
+        net.nodes[b].kill9();
+        for i in 20..40u64 {
+            last = post(&c, i, "while a backup was down").await?;
+        }
+        net.nodes[b].restart()?;
+        net.wait_committed_everywhere(last).await?;
+        // A client that reaches a node by its name verifies the node's certificate for that name.
+        let url = format!("https://{}", net.nodes[b].published_addr());
+        let (cert, key) = (
+            std::fs::read_to_string(&net.user.cert)?,
+            std::fs::read_to_string(&net.user.key)?,
+        );
+        let named = Client::new(
+            &url,
+            &std::fs::read_to_string(&net.service_cert)?,
+            Some((&cert, &key)),
+        )?;
+        let r = named.get("/app/log/private?id=39").await?;
+        ensure!(r.status == 200, "{}", r.text());
+        net.stop_and_check_ledgers()
+    })
+    .await
+}
+
 /// Step 4: a new node joins from a committed snapshot plus the ledger suffix, not by replaying all history, and
 /// becomes a voter; its ledger starts after the snapshot and still audits clean.
 #[tokio::test]

@@ -41,8 +41,9 @@ fn core_error(e: CoreError) -> ApiError {
 }
 
 /// The service's endorsement of the key a joining node presented in TLS.
-fn endorse(app: &AppState, der: &[u8], name: &str, rpc: std::net::SocketAddr) -> Result<String, ApiError> {
-    cert::endorse_public_key(der, name, &[rpc.ip()], &["localhost".into()], &app.node.service)
+fn endorse(app: &AppState, der: &[u8], name: &str, rpc: &str) -> Result<String, ApiError> {
+    let (ips, names) = crate::config::certificate_names(rpc);
+    cert::endorse_public_key(der, name, &ips, &names, &app.node.service)
         .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))
 }
 
@@ -212,13 +213,9 @@ async fn join(
             "the evidence's report data does not bind the key presented in TLS".into(),
         ));
     }
-    let rpc: std::net::SocketAddr = req
-        .rpc_address
-        .parse()
+    let rpc = crate::config::parse_host_port(&req.rpc_address)
         .map_err(|e| ApiError::invalid_input(format!("rpc_address: {e}")))?;
-    let node_address: std::net::SocketAddr = req
-        .node_address
-        .parse()
+    let node_address = crate::config::parse_host_port(&req.node_address)
         .map_err(|e| ApiError::invalid_input(format!("node_address: {e}")))?;
     let state = app.node.view().state.clone();
     join_policy(&state, &verified).map_err(|(code, message)| forbidden(code, message))?;
@@ -259,7 +256,7 @@ async fn join(
             }
             // Trusted by the members since it asked: only now is its key endorsed and does it enter Raft.
             Some(mut info) => {
-                let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
+                let endorsed = endorse(&app, &der, &req.node_name, &rpc)?;
                 info["cert"] = json!(endorsed);
                 info["endorsed"] = json!(true);
                 let (id, added) = (node_id.clone(), info.clone());
@@ -287,8 +284,8 @@ async fn join(
                     &req.node_name,
                     &cert::der_to_pem(&der),
                     "Pending",
-                    rpc,
-                    node_address,
+                    &rpc,
+                    &node_address,
                     &verified.measurement,
                 );
                 info["endorsed"] = json!(false);
@@ -302,13 +299,13 @@ async fn join(
                 return Ok(Json(pending_answer(&node_id)).into_response());
             }
             None => {
-                let endorsed = endorse(&app, &der, &req.node_name, rpc)?;
+                let endorsed = endorse(&app, &der, &req.node_name, &rpc)?;
                 let mut info = node_info(
                     &req.node_name,
                     &endorsed,
                     "Trusted",
-                    rpc,
-                    node_address,
+                    &rpc,
+                    &node_address,
                     &verified.measurement,
                 );
                 info["endorsed"] = json!(true);
@@ -342,7 +339,7 @@ async fn join(
         .map(|(seqno, evidence_seqno, _)| SnapshotOffer {
             seqno: *seqno,
             evidence_seqno: *evidence_seqno,
-            url: format!("https://{}", app.node.rpc_address),
+            url: format!("https://{}", app.node.rpc_published),
         });
     let secret = app.node.ledger_secret();
     let answer = JoinResponse {

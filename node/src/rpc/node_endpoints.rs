@@ -156,7 +156,7 @@ fn primary_peer(app: &AppState) -> Option<(String, String)> {
         return None;
     }
     if primary == app.node.raft_id() {
-        return Some((app.node.node_id().to_string(), app.node.rpc_address.to_string()));
+        return Some((app.node.node_id().to_string(), app.node.rpc_published.clone()));
     }
     app.node
         .directory
