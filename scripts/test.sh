@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
+# The Kubernetes manifests and pod scripts, offline (docs/KUBERNETES.md).
+./scripts/check-deploy.sh
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo test --workspace
