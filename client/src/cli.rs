@@ -262,6 +262,10 @@ pub enum AttestationCommand {
         /// The endorsements (collateral or certificate chain)
         #[arg(long, value_name = "FILE")]
         endorsements: Option<PathBuf>,
+        /// SNP: a UVM endorsement (COSE Sign1, binary or base64) that must endorse the report's measurement; its
+        /// publisher (did), feed and svn are printed under uvm_endorsements
+        #[arg(long, value_name = "FILE")]
+        uvm_endorsements: Option<PathBuf>,
         /// Verify as of this time (RFC 3339, e.g. 2025-07-01T00:00:00Z), so recorded evidence whose collateral
         /// has since expired stays checkable; default: now
         #[arg(long, value_name = "RFC3339")]
@@ -652,6 +656,7 @@ fn run_attestation_verify(
     platform: synod_core::attestation::PlatformKind,
     evidence: &Path,
     endorsements: Option<&Path>,
+    uvm_endorsements: Option<&Path>,
     at: Option<&str>,
     min_tcb: Option<&str>,
     out: &mut (dyn Write + Send),
@@ -667,7 +672,23 @@ fn run_attestation_verify(
         Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
         None => Vec::new(),
     };
-    let verified = attestation::verify(platform, &evidence, &endorsements, at).and_then(|v| {
+    let uvm = match uvm_endorsements {
+        Some(p) => {
+            use base64::Engine as _;
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let text = String::from_utf8_lossy(&bytes);
+            Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .unwrap_or(bytes),
+            )
+        }
+        None => None,
+    };
+    let verified = attestation::verify(platform, &evidence, &endorsements, at).and_then(|mut v| {
+        if let Some(uvm) = &uvm {
+            attestation::attach_uvm_endorsement(&mut v, uvm)?;
+        }
         if let Some(min) = min_tcb {
             attestation::check_minimum_tcb(&v, min)?;
         }
@@ -809,12 +830,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             platform,
             evidence,
             endorsements,
+            uvm_endorsements,
             at,
             min_tcb,
         }) => run_attestation_verify(
             *platform,
             evidence,
             endorsements.as_deref(),
+            uvm_endorsements.as_deref(),
             at.as_deref(),
             min_tcb.as_deref(),
             out,
@@ -1383,6 +1406,44 @@ mod tests {
         assert_eq!(doc["platform"], "snp");
         assert_eq!(doc["details"]["product"], "Milan");
         assert_eq!(doc["verified_at"], "2025-01-01T00:00:00Z");
+        // With a UVM endorsement of that launch measurement: its publisher, feed and svn are printed.
+        let uvm = format!("{dir}/uvm_endorsements_ps384.cose");
+        let (code, text) = run_to_string(
+            &[
+                &args[..],
+                &[
+                    "--endorsements",
+                    &pem,
+                    "--uvm-endorsements",
+                    &uvm,
+                    "--at",
+                    "2025-01-01T00:00:00Z",
+                ],
+            ]
+            .concat(),
+        )
+        .await;
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(code.unwrap(), 0, "{text}");
+        assert_eq!(doc["uvm_endorsements"]["feed"], "ContainerPlat-AMD-UVM");
+        assert_eq!(doc["uvm_endorsements"]["svn"], "101");
+        let (code, text) = run_to_string(
+            &[
+                &args[..],
+                &[
+                    "--endorsements",
+                    &pem,
+                    "--uvm-endorsements",
+                    &pem,
+                    "--at",
+                    "2025-01-01T00:00:00Z",
+                ],
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(code.unwrap(), 1, "{text}");
+        assert!(text.contains("UVM endorsements: not COSE Sign1"), "{text}");
         let (code, text) = run_to_string(
             &[
                 &args[..],

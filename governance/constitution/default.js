@@ -139,6 +139,40 @@ const actions = new Map([
   ["remove_snp_host_data", new Action(
     (args) => checkHex(args.host_data, "host_data"),
     (args) => table("public:ccf.gov.nodes.snp.host_data").delete(key(args.host_data)))],
+  // A publisher's endorsements of SEV-SNP utility VM images (CCF's action): a node whose launch measurement a
+  // UVM endorsement signed by `did` under `feed` states, with an SVN of at least `svn`, may join without its
+  // measurement in nodes.code_ids.
+  ["add_snp_uvm_endorsement", new Action(
+    (args) => {
+      checkType(args.did, "string", "did");
+      if (!/^did:x509:0:sha256:[A-Za-z0-9_-]{43}::eku:[0-9]+(\.[0-9]+)*$/.test(args.did)) {
+        throw new Error("did must be did:x509:0:sha256:<base64url SHA-256 fingerprint>::eku:<oid>");
+      }
+      checkType(args.feed, "string", "feed");
+      if (args.feed.length === 0 || args.feed.length > 256) throw new Error("feed must be 1 to 256 characters");
+      checkType(args.svn, "string", "svn");
+      if (!/^[0-9]{1,19}$/.test(args.svn)) throw new Error("svn must be a decimal number");
+    },
+    (args) => {
+      const feeds = getJson("public:ccf.gov.nodes.snp.uvm_endorsements", args.did) || {};
+      feeds[args.feed] = { svn: args.svn };
+      setJson("public:ccf.gov.nodes.snp.uvm_endorsements", args.did, feeds);
+    })],
+  ["remove_snp_uvm_endorsement", new Action(
+    (args) => {
+      checkType(args.did, "string", "did");
+      checkType(args.feed, "string", "feed");
+    },
+    (args) => {
+      const feeds = getJson("public:ccf.gov.nodes.snp.uvm_endorsements", args.did);
+      if (feeds === undefined) return;
+      delete feeds[args.feed];
+      if (Object.keys(feeds).length === 0) {
+        table("public:ccf.gov.nodes.snp.uvm_endorsements").delete(key(args.did));
+      } else {
+        setJson("public:ccf.gov.nodes.snp.uvm_endorsements", args.did, feeds);
+      }
+    })],
   ["set_node_minimum_tcb", new Action(
     (args) => {
       if (args.platform !== "sgx" && args.platform !== "snp") throw new Error("platform must be sgx or snp");

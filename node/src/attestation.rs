@@ -21,6 +21,9 @@ pub struct QuoteInfo {
     /// Base64 endorsements (certificate chain, collateral); empty for `Virtual`.
     #[serde(default)]
     pub endorsements: String,
+    /// SEV-SNP: base64 UVM endorsements (COSE Sign1: a publisher's statement of the launch measurement), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uvm_endorsements: Option<String>,
 }
 
 pub use synod_core::attestation::{PlatformKind, Verified};
@@ -88,6 +91,7 @@ impl Platform for VirtualPlatform {
             format: PlatformKind::Virtual.format().into(),
             quote: base64::engine::general_purpose::STANDARD.encode(json),
             endorsements: String::new(),
+            uvm_endorsements: None,
         })
     }
 
@@ -158,6 +162,7 @@ impl Platform for GramineSgxPlatform {
             format: PlatformKind::Sgx.format().into(),
             quote: b64.encode(self.quote(report_data)?),
             endorsements: b64.encode(&self.collateral),
+            uvm_endorsements: None,
         })
     }
 
@@ -251,6 +256,7 @@ impl SnpReportSource for TsmReport {
 pub struct SnpPlatform {
     source: Box<dyn SnpReportSource>,
     endorsements: Vec<u8>,
+    uvm_endorsements: Option<Vec<u8>>,
     measurement: String,
 }
 
@@ -280,8 +286,20 @@ impl SnpPlatform {
         Ok(SnpPlatform {
             source,
             endorsements,
+            uvm_endorsements: None,
             measurement,
         })
+    }
+
+    /// Attaches a UVM endorsement (COSE Sign1, binary or base64, as Azure's confidential containers provide it in
+    /// `reference-info-base64`) to every report.
+    pub fn with_uvm_endorsements(mut self, file: &std::path::Path) -> Result<Self, AttestationError> {
+        let bytes = std::fs::read(file)
+            .map_err(|e| AttestationError::Device(format!("UVM endorsements {}: {e}", file.display())))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let decoded = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok();
+        self.uvm_endorsements = Some(decoded.unwrap_or(bytes));
+        Ok(self)
     }
 
     /// The guest's report source: `/dev/sev-guest` where it exists, else configfs-tsm under `tsm_root`.
@@ -309,6 +327,7 @@ impl Platform for SnpPlatform {
             format: PlatformKind::Snp.format().into(),
             quote: b64.encode(self.source.report(&data)?),
             endorsements: b64.encode(&self.endorsements),
+            uvm_endorsements: self.uvm_endorsements.as_ref().map(|u| b64.encode(u)),
         })
     }
 
@@ -328,7 +347,11 @@ pub fn for_config(cfg: &crate::config::NodeConfig) -> Result<std::sync::Arc<dyn 
     }
     if let Some(endorsements) = &cfg.snp_endorsements {
         let source = SnpPlatform::default_source(&cfg.tsm_report_dir)?;
-        return Ok(std::sync::Arc::new(SnpPlatform::open(source, endorsements)?));
+        let mut platform = SnpPlatform::open(source, endorsements)?;
+        if let Some(uvm) = &cfg.snp_uvm_endorsements {
+            platform = platform.with_uvm_endorsements(uvm)?;
+        }
+        return Ok(std::sync::Arc::new(platform));
     }
     Ok(std::sync::Arc::new(VirtualPlatform::for_node(
         cfg.virtual_measurement,
@@ -348,12 +371,16 @@ pub fn verify(quote: &QuoteInfo) -> Result<Verified, AttestationError> {
     };
     let evidence = decode("quote", &quote.quote)?;
     let endorsements = decode("endorsements", &quote.endorsements)?;
-    Ok(synod_core::attestation::verify(
+    let mut verified = synod_core::attestation::verify(
         platform,
         &evidence,
         &endorsements,
         synod_core::attestation::now_secs(),
-    )?)
+    )?;
+    if let Some(uvm) = &quote.uvm_endorsements {
+        synod_core::attestation::attach_uvm_endorsement(&mut verified, &decode("uvm_endorsements", uvm)?)?;
+    }
+    Ok(verified)
 }
 
 #[cfg(test)]
@@ -461,6 +488,22 @@ mod tests {
         )
         .expect("the recorded report verifies");
         assert_eq!(v.measurement, p.measurement());
+        // With a UVM endorsement file (base64, as Azure provides it): it travels with every report and the join
+        // path's verifier checks it (the recorded VCEK is valid until 2030).
+        let uvm = root.path().join("reference-info-base64");
+        std::fs::write(
+            &uvm,
+            b64.encode(std::fs::read(fixtures.join("uvm_endorsements_es384.cose")).unwrap()),
+        )
+        .unwrap();
+        let source = TsmReport::open(root.path()).expect("opens");
+        let p = SnpPlatform::open(Box::new(source), &endorsements)
+            .and_then(|p| p.with_uvm_endorsements(&uvm))
+            .expect("opens");
+        let q = p.evidence(&[9; 32]).unwrap();
+        assert!(q.uvm_endorsements.is_some());
+        let v = verify(&q).expect("verifies with its UVM endorsement");
+        assert_eq!(v.uvm_endorsements.map(|e| e.svn), Some("101".into()));
         // A device that fails is named.
         struct Broken;
         impl SnpReportSource for Broken {

@@ -49,6 +49,10 @@ pub struct NodeConfig {
     /// operator).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["virtual_measurement", "sgx_collateral"])]
     pub snp_endorsements: Option<PathBuf>,
+    /// SEV-SNP: a UVM endorsement to present with every report (COSE Sign1, binary or base64: on Azure's
+    /// confidential containers, the utility VM's `reference-info-base64`).
+    #[arg(long, value_name = "FILE", requires = "snp_endorsements")]
+    pub snp_uvm_endorsements: Option<PathBuf>,
     /// The configfs-tsm report interface, used for SEV-SNP reports where /dev/sev-guest is absent.
     #[arg(long, value_name = "DIR", default_value = "/sys/kernel/config/tsm/report")]
     pub tsm_report_dir: PathBuf,

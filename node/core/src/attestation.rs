@@ -19,6 +19,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub mod uvm;
+pub use uvm::{svn_at_least, verify_uvm_endorsement, UvmEndorsement};
+
 /// A platform whose evidence Synod verifies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,6 +129,9 @@ pub struct Verified {
     pub details: serde_json::Map<String, serde_json::Value>,
     /// The checks that passed, in order.
     pub checked: Vec<String>,
+    /// SNP: the publisher's endorsement of the launch measurement, when the evidence came with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uvm_endorsements: Option<UvmEndorsement>,
 }
 
 impl Verified {
@@ -150,6 +156,22 @@ pub fn verify(
         PlatformKind::Sgx => verify_sgx(evidence, endorsements, at),
         PlatformKind::Snp => verify_snp(evidence, endorsements, at),
     }
+}
+
+/// Verifies an SNP node's UVM endorsement (COSE Sign1) against its verified report and records it in `v`.
+pub fn attach_uvm_endorsement(v: &mut Verified, cose: &[u8]) -> Result<(), AttestationError> {
+    if v.platform != PlatformKind::Snp {
+        return Err(AttestationError::Malformed(
+            "UVM endorsements come with SEV-SNP evidence only".into(),
+        ));
+    }
+    let endorsement = verify_uvm_endorsement(cose, &v.measurement)?;
+    v.checked.push(format!(
+        "UVM endorsement by {} (feed {}, svn {}) signs this launch measurement",
+        endorsement.did, endorsement.feed, endorsement.svn
+    ));
+    v.uvm_endorsements = Some(endorsement);
+    Ok(())
 }
 
 /// Seconds since the epoch now.
@@ -184,6 +206,7 @@ fn verify_virtual(evidence: &[u8]) -> Result<Verified, AttestationError> {
         tcb_status: "None".into(),
         details: serde_json::Map::new(),
         checked: vec!["statement parses (no hardware signature: proves nothing about isolation)".into()],
+        uvm_endorsements: None,
     })
 }
 
@@ -255,6 +278,7 @@ fn verify_sgx(quote: &[u8], endorsements: &[u8], at: u64) -> Result<Verified, At
         ]
         .map(String::from)
         .to_vec(),
+        uvm_endorsements: None,
     })
 }
 
@@ -350,6 +374,7 @@ fn verify_snp(report_bytes: &[u8], endorsements: &[u8], at: u64) -> Result<Verif
         ]
         .map(String::from)
         .to_vec(),
+        uvm_endorsements: None,
     })
 }
 

@@ -21,6 +21,8 @@ pub const MEMBERS_CERTS: &str = "public:ccf.gov.members.certs";
 pub const NODES_CODE_IDS: &str = "public:ccf.gov.nodes.code_ids";
 /// SEV-SNP host data a joining node's report may carry (hex → "AllowedToJoin"; `add_snp_host_data`).
 pub const NODES_SNP_HOST_DATA: &str = "public:ccf.gov.nodes.snp.host_data";
+/// Publishers whose SEV-SNP UVM endorsements admit a node (did → {feed: {"svn"}}; `add_snp_uvm_endorsement`).
+pub const NODES_SNP_UVM_ENDORSEMENTS: &str = "public:ccf.gov.nodes.snp.uvm_endorsements";
 /// Minimum TCB per platform (`sgx` / `snp` → JSON string; `set_node_minimum_tcb`).
 pub const NODES_MINIMUM_TCB: &str = "public:ccf.gov.nodes.minimum_tcb";
 

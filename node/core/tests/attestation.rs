@@ -299,3 +299,126 @@ fn tcb_below_the_minimum_is_refused() {
         Err(AttestationError::Malformed(_))
     ));
 }
+
+// ---- SNP UVM endorsements (made by fixtures/attestation/make_uvm_endorsements.py: no real one was available) ----
+
+const UVM_PS384: &[u8] = include_bytes!("fixtures/attestation/uvm_endorsements_ps384.cose");
+const UVM_ES384: &[u8] = include_bytes!("fixtures/attestation/uvm_endorsements_es384.cose");
+const UVM_INFO: &str = include_str!("fixtures/attestation/uvm_endorsements.json");
+const MILAN_MEASUREMENT: &str =
+    "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f";
+
+fn uvm_info() -> serde_json::Value {
+    serde_json::from_str(UVM_INFO).expect("json")
+}
+
+/// Re-encodes a UVM endorsement with its protected header changed by `f` (its signature then no longer matches).
+fn with_header(cose: &[u8], f: impl FnOnce(&mut coset::Header)) -> Vec<u8> {
+    use coset::TaggedCborSerializable as _;
+    let mut sign1 = coset::CoseSign1::from_tagged_slice(cose).expect("cose");
+    f(&mut sign1.protected.header);
+    sign1.protected.original_data = None;
+    sign1.to_tagged_vec().expect("encode")
+}
+
+#[test]
+fn a_uvm_endorsement_signed_with_rsa_pss_or_ecdsa_endorses_the_reports_measurement() {
+    let info = uvm_info();
+    for (cose, alg) in [(UVM_PS384, "ps384"), (UVM_ES384, "es384")] {
+        let e = synod_core::attestation::verify_uvm_endorsement(cose, MILAN_MEASUREMENT).expect(alg);
+        assert_eq!(e.did, info["dids"][alg].as_str().unwrap());
+        assert_eq!(e.feed, "ContainerPlat-AMD-UVM");
+        assert_eq!(e.svn, "101");
+        assert_eq!(e.launch_measurement, MILAN_MEASUREMENT);
+    }
+    // Attached to the verified report it endorses.
+    let mut v = verify(
+        PlatformKind::Snp,
+        &snp_report(),
+        SNP_ENDORSEMENTS.as_bytes(),
+        snp_time(),
+    )
+    .unwrap();
+    synod_core::attestation::attach_uvm_endorsement(&mut v, UVM_PS384).expect("attaches");
+    assert_eq!(v.uvm_endorsements.as_ref().map(|e| e.svn.as_str()), Some("101"));
+    assert!(v
+        .checked
+        .last()
+        .unwrap()
+        .contains("UVM endorsement by did:x509:0:sha256:"));
+    assert!(synod_core::attestation::svn_at_least("101", "100"));
+    assert!(!synod_core::attestation::svn_at_least("99", "100"));
+    assert!(!synod_core::attestation::svn_at_least("x", "1"));
+}
+
+#[test]
+fn a_uvm_endorsement_for_another_measurement_or_changed_is_refused() {
+    let other = "00".repeat(48);
+    let err = synod_core::attestation::verify_uvm_endorsement(UVM_PS384, &other).unwrap_err();
+    assert!(
+        matches!(err, AttestationError::Invalid(ref m) if m.contains("launch measurement")),
+        "{err}"
+    );
+    for cose in [UVM_PS384, UVM_ES384] {
+        // A changed payload byte or signature byte: the signature no longer verifies.
+        for at in [cose.len() - 1, cose.len() - 120] {
+            let mut bad = cose.to_vec();
+            bad[at] ^= 1;
+            let err = synod_core::attestation::verify_uvm_endorsement(&bad, MILAN_MEASUREMENT).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    AttestationError::BadSignature(_) | AttestationError::Malformed(_)
+                ),
+                "byte {at}: {err}"
+            );
+        }
+        // Another feed under the same key: the protected header is signed.
+        let bad = with_header(cose, |h| {
+            for (label, v) in h.rest.iter_mut() {
+                if *label == coset::Label::Text("feed".into()) {
+                    *v = ciborium::Value::Text("another-feed".into());
+                }
+            }
+        });
+        let err = synod_core::attestation::verify_uvm_endorsement(&bad, MILAN_MEASUREMENT).unwrap_err();
+        assert!(matches!(err, AttestationError::BadSignature(_)), "{err}");
+    }
+    // An issuer the chain does not resolve: another fingerprint, another EKU, another DID method.
+    let info = uvm_info();
+    let did = info["dids"]["ps384"].as_str().unwrap();
+    let es_fingerprint = info["dids"]["es384"]
+        .as_str()
+        .unwrap()
+        .split("::")
+        .next()
+        .unwrap();
+    for (iss, why) in [
+        (
+            format!("{es_fingerprint}::eku:1.3.6.1.4.1.311.76.59.1.2"),
+            "fingerprint",
+        ),
+        (did.replace("76.59.1.2", "76.59.1.3"), "extended key usage"),
+        ("did:web:example.com".to_string(), "only did:x509:0:sha256"),
+    ] {
+        let bad = with_header(UVM_PS384, |h| {
+            for (label, v) in h.rest.iter_mut() {
+                if *label == coset::Label::Text("iss".into()) {
+                    *v = ciborium::Value::Text(iss.clone());
+                }
+            }
+        });
+        let err = synod_core::attestation::verify_uvm_endorsement(&bad, MILAN_MEASUREMENT).unwrap_err();
+        assert!(
+            matches!(err, AttestationError::Chain(ref m) if m.contains(why)),
+            "{iss}: {err}"
+        );
+    }
+    // Not COSE at all, and endorsements offered with evidence of another platform.
+    assert!(matches!(
+        synod_core::attestation::verify_uvm_endorsement(b"not cose", MILAN_MEASUREMENT),
+        Err(AttestationError::Malformed(_))
+    ));
+    let mut sgx = verify(PlatformKind::Sgx, SGX_QUOTE, SGX_COLLATERAL, sgx_time()).unwrap();
+    assert!(synod_core::attestation::attach_uvm_endorsement(&mut sgx, UVM_PS384).is_err());
+}

@@ -569,6 +569,10 @@ fn replay_protection_survives_failovers_between_skewed_clocks() {
         .expect("a node clock 200 s ahead");
 }
 
+/// Azure's UVM publisher identity (CCF's documentation uses it for add_snp_uvm_endorsement).
+const UVM_DID: &str =
+    "did:x509:0:sha256:I__iuL25oXEVFdTP_aBLx_eT1RPHbCQ_ECBQfYZpt9s::eku:1.3.6.1.4.1.311.76.59.1.2";
+
 /// The join-policy actions: measurements of either length (SGX/virtual 64 hex, SNP 96), SNP host data, a minimum
 /// TCB per platform in the form the join check reads; malformed arguments fail validation.
 #[test]
@@ -580,6 +584,9 @@ fn join_policy_actions_validate_and_record_the_policy() {
         {"name": "add_snp_host_data", "args": {"host_data": "00".repeat(32)}},
         {"name": "set_node_minimum_tcb", "args": {"platform": "snp", "tcb": "bootloader 3 tee 0 snp 8 microcode 115"}},
         {"name": "set_node_minimum_tcb", "args": {"platform": "sgx", "tcb": "SWHardeningNeeded"}},
+        {"name": "add_snp_uvm_endorsement", "args": {"did": UVM_DID, "feed": "ContainerPlat-AMD-UVM", "svn": "100"}},
+        {"name": "add_snp_uvm_endorsement", "args": {"did": UVM_DID, "feed": "another-feed", "svn": "7"}},
+        {"name": "remove_snp_uvm_endorsement", "args": {"did": UVM_DID, "feed": "another-feed"}},
     ]);
     let (id, _) = fx.propose(0, actions).expect("propose");
     assert_eq!(
@@ -602,7 +609,14 @@ fn join_policy_actions_validate_and_record_the_policy() {
         fx.get(maps::NODES_MINIMUM_TCB, "sgx"),
         Some(json!("SWHardeningNeeded"))
     );
+    assert_eq!(
+        fx.get(maps::NODES_SNP_UVM_ENDORSEMENTS, UVM_DID),
+        Some(json!({"ContainerPlat-AMD-UVM": {"svn": "100"}}))
+    );
     for bad in [
+        json!([{"name": "add_snp_uvm_endorsement", "args": {"did": "did:web:example.com", "feed": "f", "svn": "1"}}]),
+        json!([{"name": "add_snp_uvm_endorsement", "args": {"did": UVM_DID, "feed": "", "svn": "1"}}]),
+        json!([{"name": "add_snp_uvm_endorsement", "args": {"did": UVM_DID, "feed": "f", "svn": "one"}}]),
         json!([{"name": "add_node_code", "args": {"code_id": "7a".repeat(40)}}]),
         json!([{"name": "add_snp_host_data", "args": {"host_data": "zz"}}]),
         json!([{"name": "set_node_minimum_tcb", "args": {"platform": "tdx", "tcb": "UpToDate"}}]),

@@ -147,17 +147,20 @@ async fn record_pending(
 }
 
 /// The service's join policy, set by governance, applied to verified evidence: an allowed measurement
-/// (`add_node_code`), on SEV-SNP allowed host data (`add_snp_host_data`: the launch's security policy digest), and
+/// (`add_node_code`, or on SEV-SNP a UVM endorsement by a publisher governance approved:
+/// `add_snp_uvm_endorsement`), on SEV-SNP allowed host data (`add_snp_host_data`: the launch's security policy digest), and
 /// the platform's minimum TCB if one is set (`set_node_minimum_tcb`). The refusal's code and message.
 pub fn join_policy(state: &KvState, v: &Verified) -> Result<(), (&'static str, String)> {
     if state
         .get(maps::NODES_CODE_IDS, v.measurement.as_bytes())
         .is_none()
+        && !uvm_endorsement_allowed(state, v)
     {
         return Err((
             "CodeIdNotFound",
             format!(
-                "measurement {} is not allowed to join this service",
+                "measurement {} is not allowed to join this service (add_node_code; on SEV-SNP, or a UVM \
+                 endorsement by an approved publisher: add_snp_uvm_endorsement)",
                 v.measurement
             ),
         ));
@@ -185,6 +188,19 @@ pub fn join_policy(state: &KvState, v: &Verified) -> Result<(), (&'static str, S
         synod_core::attestation::check_minimum_tcb(v, &minimum).map_err(|e| ("TcbTooLow", e.to_string()))?;
     }
     Ok(())
+}
+
+/// Whether the node's UVM endorsement (verified already) is by a publisher and feed governance approved, at an
+/// SVN at least the approved one.
+fn uvm_endorsement_allowed(state: &KvState, v: &Verified) -> bool {
+    let Some(e) = &v.uvm_endorsements else {
+        return false;
+    };
+    state
+        .get(maps::NODES_SNP_UVM_ENDORSEMENTS, e.did.as_bytes())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|feeds| feeds[&e.feed]["svn"].as_str().map(str::to_string))
+        .is_some_and(|minimum| synod_core::attestation::svn_at_least(&e.svn, &minimum))
 }
 
 async fn join(
@@ -555,6 +571,58 @@ mod tests {
             "\"bootloader 3 tee 0 snp 8 microcode 115\"",
         );
         assert_eq!(refusal(&state, &snp), None);
+
+        // A measurement not in code_ids is allowed by an approved publisher's UVM endorsement of it, at an SVN
+        // at least the approved one.
+        let mut state_uvm = KvState::default();
+        with(
+            &mut state_uvm,
+            maps::NODES_SNP_HOST_DATA,
+            &"0".repeat(64),
+            "\"AllowedToJoin\"",
+        );
+        let mut endorsed = snp.clone();
+        synod_core::attestation::attach_uvm_endorsement(
+            &mut endorsed,
+            &fixture("uvm_endorsements_ps384.cose"),
+        )
+        .expect("endorsement");
+        assert_eq!(refusal(&state_uvm, &endorsed), Some("CodeIdNotFound"));
+        let did = endorsed.uvm_endorsements.as_ref().unwrap().did.clone();
+        with(
+            &mut state_uvm,
+            maps::NODES_SNP_UVM_ENDORSEMENTS,
+            &did,
+            r#"{"ContainerPlat-AMD-UVM": {"svn": "102"}}"#,
+        );
+        assert_eq!(
+            refusal(&state_uvm, &endorsed),
+            Some("CodeIdNotFound"),
+            "svn 101 < 102"
+        );
+        with(
+            &mut state_uvm,
+            maps::NODES_SNP_UVM_ENDORSEMENTS,
+            &did,
+            r#"{"other-feed": {"svn": "0"}}"#,
+        );
+        assert_eq!(
+            refusal(&state_uvm, &endorsed),
+            Some("CodeIdNotFound"),
+            "another feed"
+        );
+        with(
+            &mut state_uvm,
+            maps::NODES_SNP_UVM_ENDORSEMENTS,
+            &did,
+            r#"{"ContainerPlat-AMD-UVM": {"svn": "100"}}"#,
+        );
+        assert_eq!(refusal(&state_uvm, &endorsed), None);
+        assert_eq!(
+            refusal(&state_uvm, &snp),
+            Some("CodeIdNotFound"),
+            "not without the endorsement"
+        );
 
         let sgx = verify(
             PlatformKind::Sgx,

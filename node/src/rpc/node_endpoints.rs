@@ -220,13 +220,17 @@ fn quote_json(
     quote_info: &serde_json::Value,
     measurement: &serde_json::Value,
 ) -> serde_json::Value {
-    json!({
+    let mut quote = json!({
         "node_id": node_id,
         "format": quote_info["format"],
         "raw": quote_info["quote"],
         "endorsements": quote_info["endorsements"],
         "measurement": measurement,
-    })
+    });
+    if quote_info["uvm_endorsements"].is_string() {
+        quote["uvm_endorsements"] = quote_info["uvm_endorsements"].clone();
+    }
+    quote
 }
 
 /// This node's attestation evidence (produced at start), binding its TLS key (`synod attest` checks it).
