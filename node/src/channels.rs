@@ -188,6 +188,8 @@ pub struct Channels {
     snapshot_report: std::sync::OnceLock<SnapshotReport>,
     /// Local address outgoing connections bind to (`--node-source-address`).
     source: Option<std::net::IpAddr>,
+    /// Outgoing connections open now.
+    connected: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// TLS material for channels.
@@ -280,6 +282,7 @@ impl Channels {
             handler: std::sync::OnceLock::new(),
             snapshot_report: std::sync::OnceLock::new(),
             source: None,
+            connected: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
     }
 
@@ -287,6 +290,11 @@ impl Channels {
     pub fn with_source_address(mut self, source: Option<std::net::IpAddr>) -> Channels {
         self.source = source;
         self
+    }
+
+    /// Peers with an open outgoing connection.
+    pub fn connected_peers(&self) -> usize {
+        self.connected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Installs what hears whether snapshot messages were delivered (once; later calls are ignored).
@@ -423,13 +431,20 @@ impl Channels {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let queue = queues.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            let directory = self.directory.clone();
-            let config = self.client_config.clone();
+            let dialer = Dialer {
+                directory: self.directory.clone(),
+                config: self.client_config.clone(),
+                source: self.source,
+            };
             let report = self.snapshot_report.get().cloned();
-            let pending = self.pending.clone();
-            let source = self.source;
-            self.runtime
-                .spawn(writer(to, rx, directory, config, report, pending, source));
+            self.runtime.spawn(writer(
+                to,
+                rx,
+                dialer,
+                report,
+                self.pending.clone(),
+                self.connected.clone(),
+            ));
             tx
         });
         if queue.try_send(frame).is_err() {
@@ -440,13 +455,18 @@ impl Channels {
     }
 }
 
-async fn connect(
-    to: u64,
-    directory: &Directory,
-    config: &Arc<ClientConfig>,
+/// What a writer needs to (re)connect to its peer.
+struct Dialer {
+    directory: Directory,
+    config: Arc<ClientConfig>,
+    /// Local address outgoing connections bind to (`--node-source-address`).
     source: Option<std::net::IpAddr>,
-) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let info = directory
+}
+
+async fn connect(to: u64, dialer: &Dialer) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let (config, source) = (&dialer.config, dialer.source);
+    let info = dialer
+        .directory
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(&to)
@@ -498,11 +518,10 @@ async fn connect(
 async fn writer(
     to: u64,
     mut rx: mpsc::Receiver<Outgoing>,
-    directory: Directory,
-    config: Arc<ClientConfig>,
+    dialer: Dialer,
     report: Option<SnapshotReport>,
     pending: Pending,
-    source: Option<std::net::IpAddr>,
+    connected: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     // What was written or dropped is told to whoever waits on it: Raft for snapshots, the forwarding backup for
     // requests (a dropped one fails at once instead of waiting out its timeout).
@@ -521,7 +540,7 @@ async fn writer(
     };
     let mut backoff = 50;
     loop {
-        let stream = match connect(to, &directory, &config, source).await {
+        let stream = match connect(to, &dialer).await {
             Ok(s) => {
                 backoff = 50;
                 s
@@ -541,6 +560,7 @@ async fn writer(
             }
         };
         let mut out = BufWriter::new(stream);
+        let _open = OpenConnection::count(&connected);
         loop {
             let Some(frame) = rx.recv().await else {
                 return;
@@ -570,6 +590,22 @@ async fn writer(
                 break;
             }
         }
+    }
+}
+
+/// Counts an open outgoing connection for as long as it lives.
+struct OpenConnection<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> OpenConnection<'a> {
+    fn count(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection(n)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -18,6 +18,7 @@ pub mod join;
 pub mod js;
 pub mod ledger;
 pub mod ledger_reader;
+pub mod metrics;
 pub mod replica;
 pub mod rpc;
 pub mod service;

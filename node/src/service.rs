@@ -385,6 +385,8 @@ pub struct Node {
     pub historical: crate::historical::Historical,
     /// The service commit and the view, published whenever they move (long polls on `/node/tx` wait on it).
     commits: tokio::sync::watch::Sender<(u64, TxId)>,
+    /// Prometheus metrics (`GET /node/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// This node's address for clients, as bound.
     pub rpc_address: SocketAddr,
     /// This node's address for clients as published (`host:port`).
@@ -910,6 +912,7 @@ impl Node {
                 cert::pem_to_der(&ids.service.cert_pem)?,
             ),
             commits: tokio::sync::watch::Sender::new((0, TxId::default())),
+            metrics: Arc::default(),
             rpc_address,
             rpc_published,
             node_address,
@@ -1191,7 +1194,10 @@ impl Node {
     /// What ordering answered: the outcome, None for a conflict (run again), or why it failed.
     fn ordered<E>(&self, result: Result<Outcome, CoreError>) -> Result<Option<Outcome>, ExecError<E>> {
         match result {
-            Ok(outcome) => Ok(Some(outcome)),
+            Ok(outcome) => {
+                self.metrics.ordered(outcome.tx_id());
+                Ok(Some(outcome))
+            }
             Err(CoreError::Conflict(_)) => Ok(None),
             Err(CoreError::NotPrimary) => Err(ExecError::NotPrimary),
             Err(CoreError::Busy) => Err(ExecError::Busy),
@@ -1200,6 +1206,11 @@ impl Node {
                 Err(ExecError::Unavailable(e.to_string()))
             }
         }
+    }
+
+    /// Peers with an open outgoing node-to-node connection.
+    pub fn connected_peers(&self) -> usize {
+        self.channels.connected_peers()
     }
 
     /// A receiver that changes whenever the service commit or the view moves.
@@ -1377,6 +1388,7 @@ impl Node {
                             self.shared.publish(replica.core());
                             published = true;
                         }
+                        self.metrics.committed(committed);
                         self.commits.send_if_modified(|seen| {
                             let moved = *seen != (view, committed);
                             *seen = (view, committed);

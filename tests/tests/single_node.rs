@@ -737,3 +737,56 @@ async fn ledger_audit_refuses_unsigned_tail_and_unsigned_snapshot_evidence() -> 
     })
     .await
 }
+
+/// `GET /node/metrics` speaks Prometheus' text format: requests by route and status, commit latency of the writes
+/// this primary ordered, Raft role and commit, ledger size, process memory.
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_format() -> anyhow::Result<()> {
+    bounded(60, async {
+        let net = SingleNode::start(&["--snapshot-tx-interval", "10"])?;
+        let c = net.user_client()?;
+        let mut last = TxId::default();
+        for i in 0..25u64 {
+            last = post(&c, "/app/log/public", json!({"id": i, "msg": "m"})).await?;
+        }
+        c.wait_for_commit(last, COMMIT_WAIT).await?;
+        ensure!(c.get("/app/log/public?id=999").await?.status == 404);
+        let r = c.get("/node/metrics").await?;
+        ensure!(r.status == 200, "{}", r.text());
+        let text = r.text();
+        let sample = |name: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        };
+        for line in [
+            "synod_http_requests_total{route=\"/app/log/{visibility}\",method=\"POST\",status=\"201\"} 25",
+            "synod_http_requests_total{route=\"/app/log/{visibility}\",method=\"GET\",status=\"404\"} 1",
+            "synod_raft_is_primary 1",
+            "# TYPE synod_commit_latency_seconds histogram",
+        ] {
+            ensure!(text.contains(line), "missing {line}:\n{text}");
+        }
+        ensure!(
+            sample("synod_commit_latency_seconds_count").is_some_and(|n| n >= 25.0),
+            "{text}"
+        );
+        ensure!(
+            sample("synod_commit_seqno").is_some_and(|n| n >= last.seqno as f64),
+            "{text}"
+        );
+        ensure!(sample("synod_ledger_bytes").is_some_and(|n| n > 0.0), "{text}");
+        ensure!(
+            sample("synod_process_resident_memory_bytes").is_some_and(|n| n > 1e6),
+            "{text}"
+        );
+        for l in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            ensure!(
+                l.rsplit(' ').next().is_some_and(|v| v.parse::<f64>().is_ok()),
+                "bad sample: {l}"
+            );
+        }
+        Ok(())
+    })
+    .await
+}

@@ -41,7 +41,7 @@ use crate::js::{
     HistoricalSource, HistoricalVersion, JsError, JsLimits, KvPolicy, VersionPage,
 };
 use crate::rpc::{extract, with_tx_id, ApiError, AppState, Peer};
-use crate::service::{Attempt, ExecError};
+use crate::service::{Attempt, ExecError, Node};
 
 /// CPU time a handler may use on the async worker that received its request before it is handed to a JS worker.
 /// Short enough that the async worker's other connections barely notice; long enough for what handlers usually
@@ -380,6 +380,14 @@ fn js_failure(e: JsError) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
 }
 
+/// Runs a handler, timing it for `synod_js_execution_seconds`.
+fn timed<T>(node: &Node, run: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let result = run();
+    node.metrics.js_run(started.elapsed());
+    result
+}
+
 fn run_in_tx(
     tx: &mut Tx,
     call: &Call,
@@ -697,7 +705,9 @@ fn pool() -> &'static Pool<Job> {
                     } in rx
                     {
                         let result = crate::apps::history::with_node_history(&node, || {
-                            node.execute(|tx| run_in_tx(tx, &call, limits, committed, &Mode::Worker))
+                            node.execute(|tx| {
+                                timed(&node, || run_in_tx(tx, &call, limits, committed, &Mode::Worker))
+                            })
                         });
                         let _ = reply.send(result);
                     }
@@ -732,7 +742,7 @@ async fn run_inline(
                 deferred: deferred.clone(),
             };
             crate::js::with_historical(Rc::new(DeferHistorical(deferred.clone())), || {
-                node.attempt(&mut |tx: &mut Tx| run_in_tx(tx, call, limits, committed, &mode))
+                node.attempt(&mut |tx: &mut Tx| timed(node, || run_in_tx(tx, call, limits, committed, &mode)))
             })
         };
         let (response, tx) = match attempt {

@@ -211,7 +211,31 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             forward::layer,
         ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
+}
+
+/// Counts each request by its route template (JavaScript endpoints under one label) for `/node/metrics`.
+async fn count_request(
+    state: axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = match request.extensions().get::<axum::extract::MatchedPath>() {
+        Some(path) => path.as_str().to_string(),
+        None if request.uri().path().starts_with("/app/") => "/app/*".into(),
+        None => "unmatched".into(),
+    };
+    let response = next.run(request).await;
+    state.node.metrics.request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Paths no route took: JavaScript app endpoints under `/app`, 404 otherwise.

@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/node/primary", get(primary).head(primary_head))
         .route("/node/consensus", get(consensus))
         .route("/node/version", get(version))
+        .route("/node/metrics", get(metrics))
         .route("/node/quotes/self", get(quote_self))
         .route("/node/quotes", get(quotes))
         .route("/app/receipt", get(receipt))
@@ -315,6 +316,49 @@ async fn consensus(State(app): State<AppState>) -> Result<Response, ApiError> {
         })
         .await?;
     Ok(Json(json!({ "details": details })).into_response())
+}
+
+/// Prometheus metrics (text exposition format). Open, as CCF's: it reveals nothing the other `/node` endpoints do
+/// not; what it reads from disk is cached for a second, so scrapes in a loop cost little.
+async fn metrics(State(app): State<AppState>) -> Response {
+    let view = app.node.view();
+    let peers = app
+        .node
+        .directory
+        .read()
+        .map(|d| d.values().filter(|p| p.status == "Trusted").count())
+        .unwrap_or(0);
+    let open_proposals = view
+        .committed_state
+        .map(maps::PROPOSALS_INFO)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, e)| {
+                    serde_json::from_slice::<serde_json::Value>(&e.value).is_ok_and(|v| v["state"] == "Open")
+                })
+                .count() as u64
+        })
+        .unwrap_or(0);
+    let data_dir = app.node.config().data_dir.clone();
+    let (ledger, snapshot_age_s) = app.node.metrics.disk(|| crate::metrics::read_disk(&data_dir));
+    let gauges = crate::metrics::Gauges {
+        view: view.view,
+        is_primary: view.is_primary,
+        commit_seqno: view.committed.seqno,
+        peers: (peers, app.node.connected_peers()),
+        ledger,
+        snapshot_age_s,
+        open_proposals,
+        rss_bytes: crate::metrics::rss_bytes(),
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.node.metrics.render(&gauges),
+    )
+        .into_response()
 }
 
 async fn version() -> Response {
