@@ -57,7 +57,7 @@ if [ "$PROFILE" = release ]; then
 else
     cargo build -q -p synod-node -p synod-client -p synod-governance --bins
 fi
-BIN="$ROOT/target/$PROFILE"
+BIN="$(./scripts/target-dir.sh)/$PROFILE"
 
 MEMBER_NAMES=()
 for ((m = 0; m < MEMBERS; m++)); do MEMBER_NAMES+=("member$m"); done

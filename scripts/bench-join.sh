@@ -16,5 +16,5 @@ while (($#)); do
 done
 ./scripts/setup.sh
 cargo build -q --release -p synod-node -p synod-client -p synod-governance --bins
-SYNOD_BIN_DIR="$PWD/target/release" SYNOD_JOIN_KEYS="$KEYS" \
+SYNOD_BIN_DIR="$(./scripts/target-dir.sh)/release" SYNOD_JOIN_KEYS="$KEYS" \
     cargo test -q -p synod-tests --test join_large -- --nocapture 2>&1 | grep -E '^join:|panicked|Error|FAILED'

@@ -40,7 +40,7 @@ for _ in $(seq 1 1800); do
     sleep 0.2
 done
 grep -q "is running" "$W/sandbox.out" || { echo "bench-js: the sandbox did not start" >&2; exit 1; }
-LOAD="$ROOT/target/release/synod-load"
+LOAD="$(./scripts/target-dir.sh)/release/synod-load"
 PRIMARY=$(curl -s --cacert "$W/service_cert.pem" https://127.0.0.1:8900/node/primary |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])')
 common=(--url "$PRIMARY" --service-cert "$W/service_cert.pem" --cert "$W/user0_cert.pem" --key "$W/user0_privk.pem"

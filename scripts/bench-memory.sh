@@ -24,7 +24,7 @@ while (($#)); do
 done
 ./scripts/setup.sh
 cargo build -q --release -p synod-node -p synod-client --bins
-BIN="$ROOT/target/release"
+BIN="$(./scripts/target-dir.sh)/release"
 rm -rf "$W"
 mkdir -p "$W"
 log() { echo "bench-memory: $*" >&2; }

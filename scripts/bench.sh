@@ -75,7 +75,7 @@ fi
 log "building release binaries (waits if another cargo holds the lock)..."
 cargo build -q --release -p synod-node --bins
 cargo build -q --release -p synod-client --bins --features etcd-grpc
-BIN="$ROOT/target/release"
+BIN="$(./scripts/target-dir.sh)/release"
 
 SYNOD_PIDS=()
 ETCD_STARTED=0

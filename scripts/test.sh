@@ -12,4 +12,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo test --workspace
 # A short run of the seeded cluster simulation (docs/RELIABILITY.md has the long ones).
-./target/debug/synod-sim --seeds 200 --steps 1500
+"$(./scripts/target-dir.sh)/debug/synod-sim" --seeds 200 --steps 1500
