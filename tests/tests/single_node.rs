@@ -790,3 +790,29 @@ async fn metrics_are_served_in_prometheus_format() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// `--log-format json`: every log line is one JSON object with a timestamp, a level and a message, for log
+/// collectors.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() -> anyhow::Result<()> {
+    bounded(60, async {
+        let mut net = SingleNode::start(&["--log-format", "json"])?;
+        let c = net.user_client()?;
+        post(&c, "/app/log/public", json!({"id": 1, "msg": "m"})).await?;
+        net.node.terminate()?;
+        let tail = net.node.log_tail(200);
+        let lines: Vec<&str> = tail.lines().filter(|l| !l.trim().is_empty()).collect();
+        ensure!(lines.len() >= 3, "too few log lines:\n{tail}");
+        for line in lines {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+            ensure!(
+                v["timestamp"].is_string() && v["level"].is_string() && v["message"].is_string(),
+                "{line}"
+            );
+        }
+        ensure!(tail.contains("\"message\":\"stopping\""), "{tail}");
+        Ok(())
+    })
+    .await
+}
