@@ -208,78 +208,50 @@ impl Metrics {
             "synod_js_execution_seconds",
             "Time one JavaScript handler ran.",
         );
-        let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        };
-        gauge(
-            "synod_raft_term",
-            "gauge",
-            "The current view (Raft term).",
-            g.view.to_string(),
-        );
-        gauge(
-            "synod_raft_is_primary",
-            "gauge",
-            "1 on the primary, 0 elsewhere.",
-            u8::from(g.is_primary).to_string(),
-        );
-        gauge(
-            "synod_commit_seqno",
-            "gauge",
-            "The service commit's sequence number.",
-            g.commit_seqno.to_string(),
-        );
-        gauge(
-            "synod_committed_transactions_total",
-            "counter",
-            "Transactions committed since the service began (the commit's seqno); rate() gives committed tx/s.",
-            g.commit_seqno.to_string(),
-        );
-        gauge(
-            "synod_peers",
-            "gauge",
-            "Trusted peers this node knows of.",
-            g.peers.0.to_string(),
-        );
-        gauge(
-            "synod_peers_connected",
-            "gauge",
-            "Peers with an open outgoing node-to-node connection.",
-            g.peers.1.to_string(),
-        );
-        gauge(
-            "synod_ledger_bytes",
-            "gauge",
-            "Size of the ledger files.",
-            g.ledger.0.to_string(),
-        );
-        gauge(
-            "synod_ledger_chunks",
-            "gauge",
-            "Ledger files (chunks).",
-            g.ledger.1.to_string(),
-        );
+        let mut samples: Vec<(&str, &str, &str, String)> = vec![
+            ("synod_raft_term", "gauge", "The current view (Raft term).", g.view.to_string()),
+            ("synod_raft_is_primary", "gauge", "1 on the primary, 0 elsewhere.", u8::from(g.is_primary).to_string()),
+            ("synod_commit_seqno", "gauge", "The service commit's sequence number.", g.commit_seqno.to_string()),
+            (
+                "synod_committed_transactions_total",
+                "counter",
+                "Transactions committed since the service began (the commit's seqno); rate() gives committed tx/s.",
+                g.commit_seqno.to_string(),
+            ),
+            ("synod_peers", "gauge", "Trusted peers this node knows of.", g.peers.0.to_string()),
+            (
+                "synod_peers_connected",
+                "gauge",
+                "Peers with an open outgoing node-to-node connection.",
+                g.peers.1.to_string(),
+            ),
+            ("synod_ledger_bytes", "gauge", "Size of the ledger files.", g.ledger.0.to_string()),
+            ("synod_ledger_chunks", "gauge", "Ledger files (chunks).", g.ledger.1.to_string()),
+            (
+                "synod_governance_open_proposals",
+                "gauge",
+                "Governance proposals open for ballots.",
+                g.open_proposals.to_string(),
+            ),
+        ];
         if let Some(age) = g.snapshot_age_s {
-            gauge(
+            samples.push((
                 "synod_snapshot_age_seconds",
                 "gauge",
                 "Seconds since the newest committed snapshot was written.",
                 age.to_string(),
-            );
+            ));
         }
-        gauge(
-            "synod_governance_open_proposals",
-            "gauge",
-            "Governance proposals open for ballots.",
-            g.open_proposals.to_string(),
-        );
         if let Some(rss) = g.rss_bytes {
-            gauge(
+            samples.push((
                 "synod_process_resident_memory_bytes",
                 "gauge",
                 "Resident memory.",
                 rss.to_string(),
-            );
+            ));
+        }
+        for (name, kind, help, value) in samples {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
         out
     }

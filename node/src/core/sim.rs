@@ -474,28 +474,40 @@ fn retiring_a_node_removes_it_from_the_configuration() {
     assert_eq!(sim.nodes[p].core.tx_status(id), TxStatus::Committed);
 }
 
-/// Found by synod-sim: a primary that queued its own removal applied it and then panicked inside raft-rs (a leader
-/// outside its own progress set). It hands over instead, and the next primary removes it.
-#[test]
-fn a_retired_primary_hands_over_and_the_next_primary_removes_it() {
+/// Four voters, settled; returns the simulation and its primary.
+fn four_voters() -> (Sim, usize) {
     let mut sim = Sim::new(0);
-    sim.join("n1", None);
-    sim.join("n2", None);
-    sim.join("n3", None);
+    for name in ["n1", "n2", "n3"] {
+        sim.join(name, None);
+    }
     sim.run(40);
-    let old = sim.primary().expect("primary");
-    let id = sim.nodes[old].core.node_id().to_string();
-    let retired = sim.nodes[old].core.raft_id();
-    sim.nodes[old].core.retire_node(&id, NOW).expect("retire");
-    sim.run(60);
+    let p = sim.primary().expect("primary");
+    (sim, p)
+}
+
+/// After `old` (raft id `removed`) left: another node is primary, its configuration lacks `removed`, three voters
+/// remain and they commit.
+fn removed_and_the_rest_commit(sim: &mut Sim, old: usize, removed: u64) {
     let p = sim.primary().expect("a new primary");
-    assert_ne!(p, old, "the retired primary handed over");
+    assert_ne!(p, old, "the removed primary handed over or stepped down");
     let (voters, learners) = sim.nodes[p].core.configuration();
-    assert!(!voters.contains(&retired) && !learners.contains(&retired));
+    assert!(!voters.contains(&removed) && !learners.contains(&removed));
     assert_eq!(voters.len(), 3);
     let tx = sim.write(b"k", b"v");
     sim.run(5);
     assert_eq!(sim.nodes[p].core.tx_status(tx), TxStatus::Committed);
+}
+
+/// Found by synod-sim: a primary that queued its own removal applied it and then panicked inside raft-rs (a leader
+/// outside its own progress set). It hands over instead, and the next primary removes it.
+#[test]
+fn a_retired_primary_hands_over_and_the_next_primary_removes_it() {
+    let (mut sim, old) = four_voters();
+    let id = sim.nodes[old].core.node_id().to_string();
+    let retired = sim.nodes[old].core.raft_id();
+    sim.nodes[old].core.retire_node(&id, NOW).expect("retire");
+    sim.run(60);
+    removed_and_the_rest_commit(&mut sim, old, retired);
 }
 
 /// Found by synod-sim: a retired primary that handed over can be elected again before its successor commits its
@@ -503,12 +515,7 @@ fn a_retired_primary_hands_over_and_the_next_primary_removes_it() {
 /// set); it steps down instead and the others elect a primary.
 #[test]
 fn a_primary_that_applies_its_own_removal_steps_down() {
-    let mut sim = Sim::new(0);
-    sim.join("n1", None);
-    sim.join("n2", None);
-    sim.join("n3", None);
-    sim.run(40);
-    let old = sim.primary().expect("primary");
+    let (mut sim, old) = four_voters();
     let removed = sim.nodes[old].core.raft_id();
     let id = sim.nodes[old].core.node_id().to_string();
     sim.nodes[old].core.retire_node(&id, NOW).expect("retire");
@@ -524,13 +531,7 @@ fn a_primary_that_applies_its_own_removal_steps_down() {
         .propose_conf_change(Vec::new(), cc)
         .expect("propose its own removal");
     sim.run(80);
-    let p = sim.primary().expect("a new primary");
-    assert_ne!(p, old, "the removed primary stepped down");
-    let (voters, learners) = sim.nodes[p].core.configuration();
-    assert!(!voters.contains(&removed) && !learners.contains(&removed));
-    let tx = sim.write(b"k", b"v");
-    sim.run(5);
-    assert_eq!(sim.nodes[p].core.tx_status(tx), TxStatus::Committed);
+    removed_and_the_rest_commit(&mut sim, old, removed);
 }
 
 #[test]

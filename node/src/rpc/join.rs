@@ -589,35 +589,22 @@ mod tests {
         .expect("endorsement");
         assert_eq!(refusal(&state_uvm, &endorsed), Some("CodeIdNotFound"));
         let did = endorsed.uvm_endorsements.as_ref().unwrap().did.clone();
-        with(
-            &mut state_uvm,
-            maps::NODES_SNP_UVM_ENDORSEMENTS,
-            &did,
-            r#"{"ContainerPlat-AMD-UVM": {"svn": "102"}}"#,
-        );
-        assert_eq!(
-            refusal(&state_uvm, &endorsed),
-            Some("CodeIdNotFound"),
-            "svn 101 < 102"
-        );
-        with(
-            &mut state_uvm,
-            maps::NODES_SNP_UVM_ENDORSEMENTS,
-            &did,
-            r#"{"other-feed": {"svn": "0"}}"#,
-        );
-        assert_eq!(
-            refusal(&state_uvm, &endorsed),
-            Some("CodeIdNotFound"),
-            "another feed"
-        );
-        with(
-            &mut state_uvm,
-            maps::NODES_SNP_UVM_ENDORSEMENTS,
-            &did,
-            r#"{"ContainerPlat-AMD-UVM": {"svn": "100"}}"#,
-        );
-        assert_eq!(refusal(&state_uvm, &endorsed), None);
+        for (approved, expected, why) in [
+            (
+                r#"{"ContainerPlat-AMD-UVM": {"svn": "102"}}"#,
+                Some("CodeIdNotFound"),
+                "svn 101 < 102",
+            ),
+            (
+                r#"{"other-feed": {"svn": "0"}}"#,
+                Some("CodeIdNotFound"),
+                "another feed",
+            ),
+            (r#"{"ContainerPlat-AMD-UVM": {"svn": "100"}}"#, None, "approved"),
+        ] {
+            with(&mut state_uvm, maps::NODES_SNP_UVM_ENDORSEMENTS, &did, approved);
+            assert_eq!(refusal(&state_uvm, &endorsed), expected, "{why}");
+        }
         assert_eq!(
             refusal(&state_uvm, &snp),
             Some("CodeIdNotFound"),
