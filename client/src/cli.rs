@@ -474,6 +474,23 @@ fn tail_range_json(tail: Option<&synod_core::audit::UnsignedTail>) -> serde_json
     tail.map_or(serde_json::Value::Null, |t| json!({ "from": t.from, "to": t.to }))
 }
 
+/// A progress bar over the ledger's bytes on a terminal (stderr); hidden otherwise, so scripts and pipes see only
+/// the report.
+fn audit_progress(dir: &Path) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let total = synod_core::audit::ledger_chunk_sizes(dir).iter().sum();
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "auditing {bar:40} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 fn run_audit(
     cli: &Cli,
     dir: &Path,
@@ -493,7 +510,13 @@ fn run_audit(
         bail!("{} is not a directory", dir.display());
     }
     let options = synod_core::audit::AuditOptions { allow_unsigned_tail };
-    match synod_core::audit::audit_ledger_with(dir, service_der.as_deref(), options) {
+    let progress = audit_progress(dir);
+    let audited =
+        synod_core::audit::audit_ledger_observed(dir, service_der.as_deref(), options, &mut |bytes| {
+            progress.inc(bytes)
+        });
+    progress.finish_and_clear();
+    match audited {
         Ok(report) if report.chunks == 0 => {
             if cli.json {
                 println(

@@ -816,3 +816,36 @@ async fn json_logs_are_one_object_per_line() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// `synod ledger audit` shows a progress bar on a terminal (here a pseudo-terminal made by `script`) and nothing
+/// but its report otherwise.
+#[tokio::test]
+async fn ledger_audit_shows_progress_on_a_terminal_only() -> anyhow::Result<()> {
+    bounded(60, async {
+        let mut net = SingleNode::start(&[])?;
+        let c = net.user_client()?;
+        for i in 0..10u64 {
+            post(&c, "/app/log/public", json!({"id": i, "msg": "m"})).await?;
+        }
+        net.node.terminate()?;
+        let ledger = net.node.dir.join("ledger");
+        let plain = audit_ledger(&ledger, &net.node.dir.join("service_cert.pem"))?;
+        let text =
+            String::from_utf8_lossy(&plain.stdout).to_string() + &String::from_utf8_lossy(&plain.stderr);
+        ensure!(plain.status.success() && !text.contains("auditing"), "{text}");
+        let synod = synod_tests::bin("synod")?;
+        let command = format!("{} ledger audit {}", synod.display(), ledger.display());
+        let Ok(tty) = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+        else {
+            eprintln!("no `script` here to make a terminal: skipped");
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&tty.stdout);
+        ensure!(tty.status.success(), "{text}");
+        ensure!(text.contains("auditing") && text.contains("ledger OK"), "{text}");
+        Ok(())
+    })
+    .await
+}

@@ -157,6 +157,28 @@ pub fn audit_ledger_with(
     service_cert_der: Option<&[u8]>,
     options: AuditOptions,
 ) -> Result<AuditReport, AuditError> {
+    audit_ledger_observed(dir, service_cert_der, options, &mut |_| {})
+}
+
+/// The files [`audit_ledger_observed`] will read, with their sizes (to size a progress bar).
+pub fn ledger_chunk_sizes(dir: &Path) -> Vec<u64> {
+    ledger::list_chunks(dir)
+        .map(|chunks| {
+            chunks
+                .iter()
+                .map(|(_, path)| std::fs::metadata(path).map_or(0, |m| m.len()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// [`audit_ledger_with`], telling `audited` the size in bytes of each chunk once it is checked.
+pub fn audit_ledger_observed(
+    dir: &Path,
+    service_cert_der: Option<&[u8]>,
+    options: AuditOptions,
+    audited: &mut dyn FnMut(u64),
+) -> Result<AuditReport, AuditError> {
     let layout_err = |reason: String| AuditError::at(dir, 0, None, reason);
     let chunks = ledger::list_chunks(dir).map_err(|e| layout_err(e.to_string()))?;
     let mut a = Auditor {
@@ -316,6 +338,7 @@ pub fn audit_ledger_with(
                 ));
             }
         }
+        audited(bytes.len() as u64);
     }
     if let Some(b) = base.filter(|b| !b.signed) {
         return Err(match b.evidence {
