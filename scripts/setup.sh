@@ -18,9 +18,10 @@ if ((${#missing[@]})); then
 fi
 
 # The independent COSE receipt check (node/core/tests/verify_receipt_pycose.py) uses pycose; pycose 1.1 cannot
-# decode with cbor2 6.x, hence the pin.
-if ! python3 -c 'import pycose, cbor2, cryptography' 2>/dev/null; then
-    echo "setup: installing pycose, cbor2<6, cryptography" >&2
-    python3 -m pip install -q 'pycose==1.1.0' 'cbor2<6' cryptography 2>/dev/null \
-        || python3 -m pip install -q --break-system-packages 'pycose==1.1.0' 'cbor2<6' cryptography
+# decode with cbor2 6.x, hence the pin. The OpenAPI documents are checked with openapi-spec-validator.
+if ! python3 -c 'import pycose, cbor2, cryptography, openapi_spec_validator' 2>/dev/null; then
+    echo "setup: installing pycose, cbor2<6, cryptography, openapi-spec-validator" >&2
+    PY_PACKAGES=('pycose==1.1.0' 'cbor2<6' cryptography openapi-spec-validator)
+    python3 -m pip install -q "${PY_PACKAGES[@]}" 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages "${PY_PACKAGES[@]}"
 fi

@@ -66,6 +66,9 @@ pub struct EndpointSpec {
     /// `readwrite` (default) or `readonly`.
     #[serde(default)]
     pub mode: Option<String>,
+    /// The endpoint's OpenAPI operation object (CCF's `openapi`), merged into `GET /app/api`.
+    #[serde(default)]
+    pub openapi: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -297,6 +300,49 @@ fn load_state(state: &synod_kv::State) -> Result<(Option<u64>, Option<Arc<Deploy
     let version = entry.map(|e| e.version);
     let deployed = parsed(version, || entry.map(|e| e.value.to_vec()))?;
     Ok((version, deployed))
+}
+
+/// OpenAPI path items of the deployed bundle's endpoints (`/app` + each template), for `GET /app/api`: each
+/// operation is documented from its metadata (authentication) and its own `openapi` object, merged over it. An
+/// undeployed or unreadable bundle documents nothing.
+pub fn openapi_paths(state: &synod_kv::State) -> serde_json::Map<String, serde_json::Value> {
+    let mut paths = serde_json::Map::new();
+    let Ok((_, Some(deployed))) = load_state(state) else {
+        return paths;
+    };
+    for (template, methods) in &deployed.bundle.metadata.endpoints {
+        let path = format!("/app{template}");
+        let mut item = serde_json::Map::new();
+        for (method, spec) in methods {
+            let security: Vec<serde_json::Value> = spec
+                .authn_policies
+                .iter()
+                .filter(|p| p.as_str() != "no_auth")
+                .map(|p| serde_json::json!({ p.clone(): [] }))
+                .collect();
+            let mut op = serde_json::json!({
+                "operationId": format!("{} {path}", method.to_uppercase())
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect::<String>(),
+                "summary": format!("{}.{} (JavaScript)", spec.js_module, spec.js_function),
+                "parameters": crate::rpc::openapi::path_parameters(&path),
+                "security": security,
+                "responses": crate::rpc::openapi::responses(),
+            });
+            if let (Some(own), Some(op)) = (
+                spec.openapi.as_ref().and_then(|v| v.as_object()),
+                op.as_object_mut(),
+            ) {
+                for (k, v) in own {
+                    op.insert(k.clone(), v.clone());
+                }
+            }
+            item.insert(method.to_lowercase(), op);
+        }
+        paths.insert(path, serde_json::Value::Object(item));
+    }
+    paths
 }
 
 struct Call {

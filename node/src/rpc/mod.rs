@@ -14,6 +14,7 @@ mod gov;
 mod join;
 pub mod limits;
 pub mod node_endpoints;
+pub mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,6 +196,7 @@ pub fn with_tx_id(tx_id: TxId, response: impl IntoResponse) -> Response {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(node_endpoints::routes())
+        .merge(openapi::routes())
         .merge(join::routes())
         .merge(gov::routes())
         .merge(crate::apps::logging::routes())
