@@ -10,6 +10,8 @@ cargo fmt --all -- --check
 ./scripts/check-deploy.sh
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
+# Generated requests against the OpenAPI documents: no 5xx (docs/API.md).
+./scripts/check-api.sh
 cargo test --workspace
 # A short run of the seeded cluster simulation (docs/RELIABILITY.md has the long ones).
 "$(./scripts/target-dir.sh)/debug/synod-sim" --seeds 200 --steps 1500
