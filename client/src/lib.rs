@@ -18,7 +18,7 @@
 //! synod_client::verify_receipt_bytes(&receipt, client.service_cert_pem())?;
 //! # Ok(()) }
 //! ```
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod attest;
 pub mod cli;

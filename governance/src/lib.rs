@@ -28,7 +28,7 @@
 //! verified.expect(MsgType::Proposal, None).unwrap();
 //! assert_eq!(verified.payload, body);
 //! ```
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod bundle;
 #[cfg(feature = "client")]

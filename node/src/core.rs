@@ -1202,6 +1202,11 @@ impl Core {
                 Self::append_history(&mut self.history, &le, &tx, &self.keys.service_cert_der, None)?;
             }
         }
+        debug_assert_eq!(
+            self.history.last(),
+            self.raft.raft.raft_log.last_index(),
+            "the history mirrors Raft's log, entry for entry"
+        );
         Ok(())
     }
 
@@ -1226,6 +1231,11 @@ impl Core {
                 .map_err(|err| CoreError::Invariant(err.to_string()))?;
             self.own.insert(e.index, (e.term, Arc::new(writes)));
         }
+        debug_assert_eq!(
+            self.state.version(),
+            last,
+            "the primary's speculative state has seen its whole log"
+        );
         Ok(())
     }
 
@@ -1326,6 +1336,12 @@ impl Core {
         if let Some(applied) = last_applied {
             self.raft.advance_apply_to(applied);
         }
+        debug_assert!(
+            self.commit.seqno <= self.committed_state.version(),
+            "the service commit {} is a signature the committed state has applied ({})",
+            self.commit,
+            self.committed_state.version()
+        );
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 //! Synod's replica. One binary, `synod-node`, runs it: see docs/API.md for its command line and endpoints and
 //! docs/ARCHITECTURE.md for how a write becomes a replicated, committed, signed ledger entry.
 //!

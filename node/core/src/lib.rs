@@ -1,4 +1,4 @@
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 //! What a Synod client verifies offline: transaction ids, the Merkle tree, the ledger format, certificates, COSE
 //! signatures and receipts, and the ledger audit. Deliberately free of server dependencies (no RocksDB, no async
 //! runtime, no JavaScript engine) so the `synod` CLI and third-party verifiers stay small.

@@ -1,4 +1,4 @@
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 //! Synod's key-value store: ordered named maps and optimistic transactions over immutable snapshots.
 //!
 //! ```text
