@@ -414,6 +414,20 @@ fn a_uvm_endorsement_for_another_measurement_or_changed_is_refused() {
             "{iss}: {err}"
         );
     }
+    // A chain longer than any publisher needs: refused before a signature is checked (any joiner can send one).
+    let long = with_header(UVM_ES384, |h| {
+        for (label, v) in h.rest.iter_mut() {
+            if *label == coset::Label::Int(33) {
+                let first = v.as_array().and_then(|a| a.first().cloned()).expect("x5chain");
+                *v = ciborium::Value::Array(vec![first; 9]);
+            }
+        }
+    });
+    let err = synod_core::attestation::verify_uvm_endorsement(&long, MILAN_MEASUREMENT).unwrap_err();
+    assert!(
+        matches!(err, AttestationError::Malformed(ref m) if m.contains("at most 8")),
+        "{err}"
+    );
     // Not COSE at all, and endorsements offered with evidence of another platform.
     assert!(matches!(
         synod_core::attestation::verify_uvm_endorsement(b"not cose", MILAN_MEASUREMENT),

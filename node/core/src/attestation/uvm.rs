@@ -31,6 +31,8 @@ pub struct UvmEndorsement {
 
 /// COSE header label of the certificate chain (RFC 9360).
 const X5CHAIN: i64 = 33;
+/// Certificates accepted in an x5chain: each costs a signature check, and any joiner can send one.
+const X5CHAIN_MAX: usize = 8;
 /// COSE header label of CWT claims (RFC 9597): `iss` is 1, `sub` (the feed) 2.
 const CWT_CLAIMS: i64 = 15;
 
@@ -42,6 +44,12 @@ pub fn verify_uvm_endorsement(cose: &[u8], measurement: &str) -> Result<UvmEndor
         .map_err(|e| malformed(format!("not COSE Sign1: {e}")))?;
     let header = &sign1.protected.header;
     let chain = x5chain(header).ok_or_else(|| malformed("no x5chain header".into()))?;
+    if chain.len() > X5CHAIN_MAX {
+        return Err(malformed(format!(
+            "x5chain holds {} certificates, at most {X5CHAIN_MAX} are accepted",
+            chain.len()
+        )));
+    }
     let certs: Vec<X509Certificate<'_>> = chain
         .iter()
         .map(|der| X509Certificate::from_der(der).map(|(_, c)| c))
@@ -92,6 +100,16 @@ pub fn verify_uvm_endorsement(cose: &[u8], measurement: &str) -> Result<UvmEndor
         svn,
         launch_measurement: endorsed,
     })
+}
+
+/// A UVM endorsement as a file holds it: base64 text (Azure's `reference-info-base64`), else the COSE bytes
+/// themselves.
+pub fn uvm_endorsement_from_file(bytes: Vec<u8>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(&bytes);
+    match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+        Ok(decoded) => decoded,
+        Err(_) => bytes,
+    }
 }
 
 /// Whether `svn` is at least `minimum` (both decimal; anything else is not).
