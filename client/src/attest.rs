@@ -132,13 +132,19 @@ pub async fn attest(
             .decode(quote[field].as_str().unwrap_or_default())
             .map_err(|e| refused(format!("evidence {field} is not base64: {e}")))
     };
-    let mut evidence =
-        attestation::verify(kind, &b64("raw")?, &b64("endorsements")?, attestation::now_secs())
-            .map_err(|e| refused(e.to_string()))?;
-    if quote["uvm_endorsements"].is_string() {
-        attestation::attach_uvm_endorsement(&mut evidence, &b64("uvm_endorsements")?)
-            .map_err(|e| refused(e.to_string()))?;
-    }
+    let uvm = if quote["uvm_endorsements"].is_string() {
+        Some(b64("uvm_endorsements")?)
+    } else {
+        None
+    };
+    let evidence = attestation::verify_with_uvm(
+        kind,
+        &b64("raw")?,
+        &b64("endorsements")?,
+        uvm.as_deref(),
+        attestation::now_secs(),
+    )
+    .map_err(|e| refused(e.to_string()))?;
     let key_digest = synod_core::cert::public_key_id(&node_cert).map_err(|e| refused(e.to_string()))?;
     if !evidence.binds(&key_digest) {
         return Err(refused(

@@ -696,27 +696,18 @@ fn run_attestation_verify(
         None => Vec::new(),
     };
     let uvm = match uvm_endorsements {
-        Some(p) => {
-            use base64::Engine as _;
-            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-            let text = String::from_utf8_lossy(&bytes);
-            Some(
-                base64::engine::general_purpose::STANDARD
-                    .decode(text.trim())
-                    .unwrap_or(bytes),
-            )
-        }
+        Some(p) => Some(attestation::uvm_endorsement_from_file(
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        )),
         None => None,
     };
-    let verified = attestation::verify(platform, &evidence, &endorsements, at).and_then(|mut v| {
-        if let Some(uvm) = &uvm {
-            attestation::attach_uvm_endorsement(&mut v, uvm)?;
-        }
-        if let Some(min) = min_tcb {
-            attestation::check_minimum_tcb(&v, min)?;
-        }
-        Ok(v)
-    });
+    let verified = attestation::verify_with_uvm(platform, &evidence, &endorsements, uvm.as_deref(), at)
+        .and_then(|v| {
+            if let Some(min) = min_tcb {
+                attestation::check_minimum_tcb(&v, min)?;
+            }
+            Ok(v)
+        });
     let (doc, code) = match verified {
         Ok(v) => {
             let mut doc = serde_json::to_value(&v)?;

@@ -296,9 +296,7 @@ impl SnpPlatform {
     pub fn with_uvm_endorsements(mut self, file: &std::path::Path) -> Result<Self, AttestationError> {
         let bytes = std::fs::read(file)
             .map_err(|e| AttestationError::Device(format!("UVM endorsements {}: {e}", file.display())))?;
-        let text = String::from_utf8_lossy(&bytes);
-        let decoded = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok();
-        self.uvm_endorsements = Some(decoded.unwrap_or(bytes));
+        self.uvm_endorsements = Some(synod_core::attestation::uvm_endorsement_from_file(bytes));
         Ok(self)
     }
 
@@ -371,16 +369,18 @@ pub fn verify(quote: &QuoteInfo) -> Result<Verified, AttestationError> {
     };
     let evidence = decode("quote", &quote.quote)?;
     let endorsements = decode("endorsements", &quote.endorsements)?;
-    let mut verified = synod_core::attestation::verify(
+    let uvm = quote
+        .uvm_endorsements
+        .as_deref()
+        .map(|u| decode("uvm_endorsements", u))
+        .transpose()?;
+    Ok(synod_core::attestation::verify_with_uvm(
         platform,
         &evidence,
         &endorsements,
+        uvm.as_deref(),
         synod_core::attestation::now_secs(),
-    )?;
-    if let Some(uvm) = &quote.uvm_endorsements {
-        synod_core::attestation::attach_uvm_endorsement(&mut verified, &decode("uvm_endorsements", uvm)?)?;
-    }
-    Ok(verified)
+    )?)
 }
 
 #[cfg(test)]

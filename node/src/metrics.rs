@@ -63,7 +63,7 @@ impl Histogram {
 /// The node's metrics.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    requests: Mutex<Requests>,
     request_seconds: Histogram,
     commit_seconds: Histogram,
     js_seconds: Histogram,
@@ -98,6 +98,40 @@ pub fn read_disk(data_dir: &std::path::Path) -> Disk {
     ((bytes, ledger.len() as u64), age)
 }
 
+/// Request counts by route template, then method and status. Looked up by the route as borrowed, so counting a
+/// request seen before allocates nothing.
+#[derive(Default)]
+struct Requests {
+    by_route: BTreeMap<String, BTreeMap<(&'static str, u16), u64>>,
+    /// (route, method, status) series kept; past [`REQUEST_SERIES_MAX`], new ones count under `route="other"`.
+    series: usize,
+}
+
+impl Requests {
+    fn count(&mut self, route: &str, method: &'static str, status: u16) {
+        let known = self
+            .by_route
+            .get(route)
+            .is_some_and(|counts| counts.contains_key(&(method, status)));
+        let route = if known || self.series < REQUEST_SERIES_MAX {
+            route
+        } else {
+            "other"
+        };
+        if !self.by_route.contains_key(route) {
+            self.by_route.insert(route.to_string(), BTreeMap::new());
+        }
+        let Some(counts) = self.by_route.get_mut(route) else {
+            return;
+        };
+        let n = counts.entry((method, status)).or_insert_with(|| {
+            self.series += 1;
+            0
+        });
+        *n += 1;
+    }
+}
+
 /// What the node reports when scraped (read at that moment).
 pub struct Gauges {
     /// The Raft term.
@@ -124,18 +158,19 @@ impl Metrics {
         self.request_seconds.observe(took);
         // Any token is a valid HTTP method: only the standard ones get their own label.
         let method = match method {
-            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" => method,
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "PATCH" => "PATCH",
+            "OPTIONS" => "OPTIONS",
             _ => "OTHER",
         };
-        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (route.to_string(), method.to_string(), status);
-        if requests.len() >= REQUEST_SERIES_MAX && !requests.contains_key(&key) {
-            *requests
-                .entry(("other".into(), method.to_string(), status))
-                .or_insert(0) += 1;
-            return;
-        }
-        *requests.entry(key).or_insert(0) += 1;
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .count(route, method, status);
     }
 
     /// What `read` reads from disk, at most once a second.
@@ -186,7 +221,13 @@ impl Metrics {
             "# HELP synod_http_requests_total HTTP requests answered, by route, method and status.\n",
         );
         out.push_str("# TYPE synod_http_requests_total counter\n");
-        for ((route, method, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let series = requests.by_route.iter().flat_map(|(route, counts)| {
+            counts
+                .iter()
+                .map(move |((method, status), n)| (route, method, status, n))
+        });
+        for (route, method, status, n) in series {
             let _ = writeln!(
                 out,
                 "synod_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
@@ -325,7 +366,7 @@ mod tests {
             m.request("GET", &format!("/r{i}"), 200, Duration::ZERO);
         }
         let requests = m.requests.lock().unwrap();
-        assert_eq!(requests.len(), REQUEST_SERIES_MAX + 1);
-        assert_eq!(requests[&("other".to_string(), "GET".to_string(), 200)], 10);
+        assert_eq!(requests.series, REQUEST_SERIES_MAX + 1);
+        assert_eq!(requests.by_route["other"][&("GET", 200)], 10);
     }
 }

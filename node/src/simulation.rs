@@ -319,6 +319,8 @@ struct Sim {
     sealer: Sealer,
     nodes: Vec<SimNode>,
     ids: Vec<u64>,
+    /// Each node's id (the hex digest of its key), derived once from its seed.
+    node_ids: Vec<String>,
     net: BinaryHeap<InFlight>,
     seq: u64,
     /// Links that drop everything, (from, to), until a step.
@@ -381,6 +383,7 @@ impl Sim {
             sealer,
             nodes: Vec::new(),
             ids: Vec::new(),
+            node_ids: Vec::new(),
             net: BinaryHeap::new(),
             seq: 0,
             cut: BTreeMap::new(),
@@ -402,6 +405,7 @@ impl Sim {
             let seed = keys_seed(sim.cfg.seed, i);
             let keys = keys_of(&sim.service, &format!("n{i}"), &seed)?;
             sim.ids.push(raft_id(&keys.node_id));
+            sim.node_ids.push(keys.node_id);
             // Distinct, fixed election timeouts: raft-rs would otherwise draw them from an unseeded generator.
             let election = 10 + 3 * i;
             let ccfg = CoreConfig {
@@ -483,13 +487,13 @@ impl Sim {
             .find(|c| c.is_primary())
     }
 
-    fn node_id(&self, i: usize) -> Result<String, String> {
-        Ok(keys_of(&self.service, &format!("n{i}"), &self.nodes[i].keys_seed)?.node_id)
+    fn node_id(&self, i: usize) -> String {
+        self.node_ids[i].clone()
     }
 
     /// The members' vote for node `i`, as the primary orders it: its record becomes Trusted (not endorsed yet).
     fn trust(&mut self, i: usize) -> Result<Option<TxId>, String> {
-        let node_id = self.node_id(i)?;
+        let node_id = self.node_id(i);
         let Some(core) = self.primary() else {
             return Ok(None);
         };
@@ -504,7 +508,7 @@ impl Sim {
 
     /// Node `i`'s join poll at the primary: its key is endorsed and it is added; it starts from an empty log.
     fn add(&mut self, i: usize) -> Result<bool, String> {
-        let node_id = self.node_id(i)?;
+        let node_id = self.node_id(i);
         let info = serde_json::json!({"status": "Trusted", "endorsed": true});
         let Some(core) = self.primary() else {
             return Ok(false);
@@ -588,7 +592,7 @@ impl Sim {
             if n.retired || !n.started || n.retire_at.is_none_or(|at| at > self.now) {
                 continue;
             }
-            let (node_id, raft, retire_tx) = (self.node_id(i)?, self.ids[i], n.retire_tx);
+            let (node_id, raft, retire_tx) = (self.node_id(i), self.ids[i], n.retire_tx);
             let Some(core) = self.primary() else { continue };
             match retire_tx.map(|tx| core.tx_status(tx)) {
                 None | Some(TxStatus::Invalid) => {

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 pub mod uvm;
-pub use uvm::{svn_at_least, verify_uvm_endorsement, UvmEndorsement};
+pub use uvm::{svn_at_least, uvm_endorsement_from_file, verify_uvm_endorsement, UvmEndorsement};
 
 /// A platform whose evidence Synod verifies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +156,22 @@ pub fn verify(
         PlatformKind::Sgx => verify_sgx(evidence, endorsements, at),
         PlatformKind::Snp => verify_snp(evidence, endorsements, at),
     }
+}
+
+/// [`verify`], then the SNP UVM endorsement the evidence came with, if any ([`attach_uvm_endorsement`]): what the
+/// primary, `synod attest` and `synod attestation verify` all check.
+pub fn verify_with_uvm(
+    platform: PlatformKind,
+    evidence: &[u8],
+    endorsements: &[u8],
+    uvm_endorsements: Option<&[u8]>,
+    at: u64,
+) -> Result<Verified, AttestationError> {
+    let mut verified = verify(platform, evidence, endorsements, at)?;
+    if let Some(cose) = uvm_endorsements {
+        attach_uvm_endorsement(&mut verified, cose)?;
+    }
+    Ok(verified)
 }
 
 /// Verifies an SNP node's UVM endorsement (COSE Sign1) against its verified report and records it in `v`.

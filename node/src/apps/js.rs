@@ -321,10 +321,7 @@ pub fn openapi_paths(state: &synod_kv::State) -> serde_json::Map<String, serde_j
                 .map(|p| serde_json::json!({ p.clone(): [] }))
                 .collect();
             let mut op = serde_json::json!({
-                "operationId": format!("{} {path}", method.to_uppercase())
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect::<String>(),
+                "operationId": crate::rpc::openapi::operation_id(method, &path),
                 "summary": format!("{}.{} (JavaScript)", spec.js_module, spec.js_function),
                 "parameters": crate::rpc::openapi::path_parameters(&path),
                 "security": security,

@@ -447,17 +447,21 @@ fn operation(e: &Endpoint) -> Value {
         Auth::MemberSigned => json!([{ "member_cose_sign1": [] }]),
         Auth::Node => json!([{ "node_cert": [] }]),
     };
-    let id: String = format!("{} {}", e.method, e.path)
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
     json!({
         "summary": e.summary,
-        "operationId": id,
+        "operationId": operation_id(e.method, e.path),
         "parameters": parameters,
         "security": security,
         "responses": responses(),
     })
+}
+
+/// An operation's id: its method and path with everything but letters and digits as `_`.
+pub fn operation_id(method: &str, path: &str) -> String {
+    format!("{} {path}", method.to_ascii_uppercase())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// `{name}` segments of a path template as required path parameters (a segment like `{id}:submit` included).
