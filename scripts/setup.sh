@@ -17,11 +17,20 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+pip_install() {
+    python3 -m pip install -q "$@" 2>/dev/null || python3 -m pip install -q --break-system-packages "$@"
+}
+
 # The independent COSE receipt check (node/core/tests/verify_receipt_pycose.py) uses pycose; pycose 1.1 cannot
 # decode with cbor2 6.x, hence the pin. The OpenAPI documents are checked with openapi-spec-validator.
 if ! python3 -c 'import pycose, cbor2, cryptography, openapi_spec_validator' 2>/dev/null; then
     echo "setup: installing pycose, cbor2<6, cryptography, openapi-spec-validator" >&2
-    PY_PACKAGES=('pycose==1.1.0' 'cbor2<6' cryptography openapi-spec-validator)
-    python3 -m pip install -q "${PY_PACKAGES[@]}" 2>/dev/null \
-        || python3 -m pip install -q --break-system-packages "${PY_PACKAGES[@]}"
+    pip_install 'pycose==1.1.0' 'cbor2<6' cryptography openapi-spec-validator
+fi
+# CCF's own receipt verifiers (tests/scripts/verify_receipt_ccf.py). --no-deps: the package pins cryptography<47,
+# packaging<26 and setuptools<81 for its CLI tools, which the receipt and COSE modules do not need; they need only
+# cryptography, pycose and cbor2, installed above.
+if ! python3 -c 'import ccf.receipt, ccf.cose' 2>/dev/null; then
+    echo "setup: installing ccf==6.0.28 (CCF's Python package, receipt verifiers)" >&2
+    pip_install --no-deps 'ccf==6.0.28'
 fi

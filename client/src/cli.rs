@@ -190,11 +190,14 @@ pub struct Cli {
 /// `synod` commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Generate an Ed25519 key and self-signed certificate for a user or member (<NAME>_cert.pem, <NAME>_privk.pem)
+    /// Generate a key and self-signed certificate for a user or member (<NAME>_cert.pem, <NAME>_privk.pem)
     Keygen {
         /// Identity name (certificate common name and file prefix)
         #[arg(long)]
         name: String,
+        /// Key curve: secp384r1 (CCF's default), secp256r1 or ed25519
+        #[arg(long, default_value = "secp384r1")]
+        curve: synod_core::cert::Curve,
         /// Directory to write the files to (created if needed)
         #[arg(long, value_name = "DIR", default_value = ".")]
         out: PathBuf,
@@ -728,8 +731,12 @@ fn run_attestation_verify(
 /// the caller to print, exit code 1).
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
     match &cli.command {
-        Command::Keygen { name, out: dir } => {
-            let files = crate::keygen(name, dir)?;
+        Command::Keygen {
+            name,
+            curve,
+            out: dir,
+        } => {
+            let files = crate::keygen(name, *curve, dir)?;
             if cli.json {
                 let doc = json!({ "cert": files.cert, "key": files.key, "id": files.id });
                 println(out, serde_json::to_string_pretty(&doc)?)?;
@@ -1635,7 +1642,7 @@ mod tests {
     fn spread_puts_client_i_on_node_i_mod_n() {
         let dir = tempfile::tempdir().unwrap();
         // Any certificate will do as the pinned root: nothing is sent.
-        let user = crate::keygen("user0", dir.path()).unwrap();
+        let user = crate::keygen("user0", Default::default(), dir.path()).unwrap();
         let net = dir.path().join("network.json");
         let doc = json!({
             "nodes": [

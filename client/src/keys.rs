@@ -1,11 +1,12 @@
-//! Identities for users and members: an Ed25519 key and a self-signed certificate, written as the PEM files the
+//! Identities for users and members: a key (ECDSA P-384 by default, as CCF; P-256 or Ed25519 on request) and a
+//! self-signed certificate, written as the PEM files the
 //! node (`--user-cert`), network.json and the client read. The private key is written owner-only (0600) and
 //! existing files are never overwritten, so a user's key cannot be lost by re-running a script.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use synod_core::cert::Identity;
+use synod_core::cert::{Curve, Identity};
 
 use crate::error::{Error, Result};
 
@@ -55,11 +56,11 @@ fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io("write", path, e))
 }
 
-/// Generates an Ed25519 key and a self-signed certificate with common name `name`, written to
+/// Generates a key on `curve` and a self-signed certificate with common name `name`, written to
 /// `out_dir/<name>_cert.pem` and `out_dir/<name>_privk.pem` (created if needed). Refuses to overwrite either.
-pub fn keygen(name: &str, out_dir: impl AsRef<Path>) -> Result<KeyFiles> {
+pub fn keygen(name: &str, curve: Curve, out_dir: impl AsRef<Path>) -> Result<KeyFiles> {
     keygen_with(name, out_dir, |name| {
-        Ok(synod_core::cert::generate_self_signed(name, false)?)
+        Ok(synod_core::cert::generate_self_signed_with(curve, name, false)?)
     })
 }
 
@@ -103,7 +104,7 @@ mod tests {
     fn writes_a_usable_identity_and_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("keys");
-        let files = keygen("user0", &out).unwrap();
+        let files = keygen("user0", Curve::default(), &out).unwrap();
         assert_eq!(files.cert, out.join("user0_cert.pem"));
         assert_eq!(files.key, out.join("user0_privk.pem"));
         let cert_pem = std::fs::read_to_string(&files.cert).unwrap();
@@ -112,10 +113,8 @@ mod tests {
         assert_eq!(files.id, synod_core::cert::cert_fingerprint_hex(&der));
         // The key matches the certificate.
         let key = synod_core::cert::signing_key_from_pem(&key_pem).unwrap();
-        assert_eq!(
-            key.verifying_key(),
-            synod_core::cert::ed25519_verifying_key(&der).unwrap()
-        );
+        assert_eq!(key.public_key(), synod_core::cert::public_key(&der).unwrap());
+        assert_eq!(key.curve(), Curve::P384);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -131,7 +130,7 @@ mod tests {
         )
         .unwrap();
 
-        let err = keygen("user0", &out).unwrap_err();
+        let err = keygen("user0", Curve::Ed25519, &out).unwrap_err();
         assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
         assert_eq!(
             std::fs::read_to_string(&files.key).unwrap(),
@@ -146,8 +145,29 @@ mod tests {
 
         // Either file existing is enough to refuse, and nothing is written.
         std::fs::write(out.join("member0_cert.pem"), "x").unwrap();
-        assert!(matches!(keygen("member0", &out), Err(Error::AlreadyExists(_))));
+        assert!(matches!(
+            keygen("member0", Curve::default(), &out),
+            Err(Error::AlreadyExists(_))
+        ));
         assert!(!out.join("member0_privk.pem").exists());
+    }
+
+    #[test]
+    fn every_curve_makes_a_usable_tls_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = synod_core::cert::generate_self_signed("service", true).unwrap();
+        for curve in Curve::ALL {
+            let files = keygen(curve.as_str(), curve, dir.path()).unwrap();
+            let cert_pem = std::fs::read_to_string(&files.cert).unwrap();
+            let key_pem = std::fs::read_to_string(&files.key).unwrap();
+            assert_eq!(synod_core::cert::curve_of(&cert_pem).unwrap(), curve);
+            crate::Client::new(
+                "https://127.0.0.1:1",
+                &service.cert_pem,
+                Some((&cert_pem, &key_pem)),
+            )
+            .unwrap();
+        }
     }
 
     #[test]
@@ -155,7 +175,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["", "../x", "a/b", ".hidden", "a b", &"x".repeat(65)] {
             assert!(
-                matches!(keygen(bad, dir.path()), Err(Error::Config(_))),
+                matches!(keygen(bad, Curve::default(), dir.path()), Err(Error::Config(_))),
                 "{bad:?}"
             );
         }

@@ -533,7 +533,7 @@ async fn synod(args: &[&str]) -> (u8, String) {
 async fn cli_against_the_mock() {
     let f = Fixture::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let keys = synod_client::keygen("user0", dir.path()).unwrap();
+    let keys = synod_client::keygen("user0", Default::default(), dir.path()).unwrap();
     let service_pem = dir.path().join("service_cert.pem");
     std::fs::write(&service_pem, &f.service.cert_pem).unwrap();
     let network = synod_client::Network {

@@ -151,7 +151,7 @@ pub enum Command {
     },
     /// Update, then acknowledge this member's state digest (a newly added member becomes Active)
     Ack,
-    /// Generate a member identity: <NAME>_cert.pem and <NAME>_privk.pem (Ed25519, or ECDSA P-384 with --p384)
+    /// Generate a member identity: <NAME>_cert.pem and <NAME>_privk.pem (ECDSA P-384 unless --curve says otherwise)
     Keygen {
         /// Identity name (certificate common name and file prefix)
         #[arg(long)]
@@ -159,8 +159,11 @@ pub enum Command {
         /// Directory to write the files to (created if needed; existing files are never overwritten)
         #[arg(long, value_name = "DIR", default_value = ".")]
         out: PathBuf,
-        /// Make an ECDSA P-384 key (CCF's default for members) instead of Ed25519
-        #[arg(long)]
+        /// Key curve: secp384r1 (CCF's default for members), secp256r1 or ed25519
+        #[arg(long, default_value = "secp384r1")]
+        curve: synod_core::keys::Curve,
+        /// Same as --curve secp384r1 (kept for scripts written when Ed25519 was the default)
+        #[arg(long, hide = true, conflicts_with = "curve")]
         p384: bool,
     },
     /// Show the service: its info, members and nodes
@@ -505,8 +508,13 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 )
             }
         }
-        Command::Keygen { name, out: dir, p384 } => {
-            let kind = if *p384 { KeyKind::P384 } else { KeyKind::Ed25519 };
+        Command::Keygen {
+            name,
+            out: dir,
+            curve,
+            p384: _,
+        } => {
+            let kind = KeyKind::of_curve(*curve);
             let files = keygen(name, kind, dir)?;
             if cli.json {
                 print_json(

@@ -6,7 +6,7 @@
 //!
 //! | label | value |
 //! |---|---|
-//! | `1` (alg) | `-8` EdDSA (Ed25519 keys) or `-35` ES384 (ECDSA P-384 keys; the signature is raw `r‖s`, 96 bytes) |
+//! | `1` (alg) | `-35` ES384 (ECDSA P-384 keys, CCF's default; raw `r‖s`, 96 bytes), `-7` ES256 (P-256; 64 bytes) or `-8` EdDSA (Ed25519) |
 //! | `4` (kid) | the member id, lower-case hex SHA-256 of the member certificate's DER, as a bstr of those ASCII bytes |
 //! | `"ccf.gov.msg.type"` | `proposal`, `ballot`, `withdrawal`, `state_digest`, `ack`, `encrypted_recovery_share`, `recovery_share` |
 //! | `"ccf.gov.msg.created_at"` | unsigned integer, seconds since the Unix epoch |
@@ -35,10 +35,9 @@ use std::str::FromStr;
 
 use coset::cbor::value::Value;
 use coset::{iana, CborSerializable, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
-use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-use p384::ecdsa::signature::{Signer as _, Verifier as _};
 use sha2::{Digest as _, Sha256};
 use synod_core::cert::Identity;
+use synod_core::keys::{Curve, PrivateKey, PublicKey};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Protected header label of the message type.
@@ -56,6 +55,7 @@ const LABEL_ALG: i128 = 1;
 const LABEL_CRIT: i128 = 2;
 const LABEL_KID: i128 = 4;
 const ALG_EDDSA: i128 = -8;
+const ALG_ES256: i128 = -7;
 const ALG_ES384: i128 = -35;
 
 const OID_ED25519: &str = "1.3.101.112";
@@ -93,8 +93,8 @@ pub enum GovError {
          encrypted_recovery_share or recovery_share)"
     )]
     UnknownMsgType(String),
-    /// The `alg` header names an algorithm governance does not accept (only EdDSA -8 and ES384 -35).
-    #[error("unsupported algorithm {0} (governance requests are signed with EdDSA (-8) or ES384 (-35))")]
+    /// The `alg` header names an algorithm governance does not accept (only ES384 -35, ES256 -7 and EdDSA -8).
+    #[error("unsupported algorithm {0} (governance requests are signed with ES384 (-35), ES256 (-7) or EdDSA (-8))")]
     UnsupportedAlgorithm(String),
     /// The request is a valid envelope, but of another message type than the endpoint expects.
     #[error("wrong governance message type: expected {expected}, got {got}")]
@@ -133,8 +133,8 @@ pub enum GovError {
     /// The signature does not verify with the member's key.
     #[error("signature does not verify: {0}")]
     BadSignature(String),
-    /// The certificate or private key is of a type governance does not support (only Ed25519 and ECDSA P-384).
-    #[error("unsupported member key: {0} (only Ed25519 and ECDSA P-384 keys are supported)")]
+    /// The certificate or private key is of a type governance does not support (ECDSA P-384 or P-256, Ed25519).
+    #[error("unsupported member key: {0} (ECDSA P-384 or P-256 and Ed25519 keys are supported)")]
     UnsupportedKey(String),
     /// The member certificate does not parse.
     #[error("invalid member certificate: {0}")]
@@ -269,6 +269,8 @@ pub enum Alg {
     EdDSA,
     /// ECDSA with SHA-384 (COSE -35), with P-384 keys; the signature is `r‖s`, 96 bytes.
     ES384,
+    /// ECDSA with SHA-256 (COSE -7), with P-256 keys; the signature is `r‖s`, 64 bytes.
+    ES256,
 }
 
 impl Alg {
@@ -277,6 +279,7 @@ impl Alg {
         match self {
             Alg::EdDSA => ALG_EDDSA as i64,
             Alg::ES384 => ALG_ES384 as i64,
+            Alg::ES256 => ALG_ES256 as i64,
         }
     }
 
@@ -285,6 +288,7 @@ impl Alg {
         match self {
             Alg::EdDSA => "EdDSA",
             Alg::ES384 => "ES384",
+            Alg::ES256 => "ES256",
         }
     }
 
@@ -293,6 +297,7 @@ impl Alg {
         match self {
             Alg::EdDSA => KeyKind::Ed25519,
             Alg::ES384 => KeyKind::P384,
+            Alg::ES256 => KeyKind::P256,
         }
     }
 
@@ -300,6 +305,7 @@ impl Alg {
         match self {
             Alg::EdDSA => iana::Algorithm::EdDSA,
             Alg::ES384 => iana::Algorithm::ES384,
+            Alg::ES256 => iana::Algorithm::ES256,
         }
     }
 }
@@ -317,6 +323,8 @@ pub enum KeyKind {
     Ed25519,
     /// ECDSA on NIST P-384 (signs ES384), CCF's default for members.
     P384,
+    /// ECDSA on NIST P-256 (signs ES256).
+    P256,
 }
 
 impl KeyKind {
@@ -325,12 +333,31 @@ impl KeyKind {
         match self {
             KeyKind::Ed25519 => Alg::EdDSA,
             KeyKind::P384 => Alg::ES384,
+            KeyKind::P256 => Alg::ES256,
+        }
+    }
+
+    /// The curve of keys of this type.
+    pub fn curve(self) -> Curve {
+        match self {
+            KeyKind::Ed25519 => Curve::Ed25519,
+            KeyKind::P384 => Curve::P384,
+            KeyKind::P256 => Curve::P256,
+        }
+    }
+
+    /// The key type of keys on `curve`.
+    pub fn of_curve(curve: Curve) -> KeyKind {
+        match curve {
+            Curve::Ed25519 => KeyKind::Ed25519,
+            Curve::P384 => KeyKind::P384,
+            Curve::P256 => KeyKind::P256,
         }
     }
 
     /// The key type of a certificate's public key; [`GovError::UnsupportedKey`] for any other key.
     pub fn of_cert(cert_der: &[u8]) -> Result<KeyKind, GovError> {
-        Ok(cert_public_key(cert_der)?.kind())
+        Ok(KeyKind::of_curve(cert_public_key(cert_der)?.curve()))
     }
 }
 
@@ -339,6 +366,7 @@ impl fmt::Display for KeyKind {
         f.write_str(match self {
             KeyKind::Ed25519 => "Ed25519",
             KeyKind::P384 => "ECDSA P-384",
+            KeyKind::P256 => "ECDSA P-256",
         })
     }
 }
@@ -524,6 +552,7 @@ fn parse_protected(protected: &[u8], payload: Vec<u8>, signature: Vec<u8>) -> Re
         Some(Value::Integer(i)) => match i128::from(*i) {
             ALG_EDDSA => Alg::EdDSA,
             ALG_ES384 => Alg::ES384,
+            ALG_ES256 => Alg::ES256,
             other => return Err(GovError::UnsupportedAlgorithm(other.to_string())),
         },
         Some(Value::Text(t)) => return Err(GovError::UnsupportedAlgorithm(format!("{t:?}"))),
@@ -617,14 +646,16 @@ pub fn verify(bytes: &[u8], member_cert_der: &[u8]) -> Result<GovRequest, GovErr
         });
     }
     let key = cert_public_key(member_cert_der)?;
-    if request.alg != key.kind().alg() {
+    let kind = KeyKind::of_curve(key.curve());
+    if request.alg != kind.alg() {
         return Err(GovError::AlgKeyMismatch {
             alg: request.alg,
-            key: key.kind(),
-            expected: key.kind().alg(),
+            key: kind,
+            expected: kind.alg(),
         });
     }
-    key.verify(&envelope.to_be_signed(), &request.signature)?;
+    key.verify(&envelope.to_be_signed(), &request.signature)
+        .map_err(|e| GovError::BadSignature(format!("{}: {e}", request.alg.as_str())))?;
     Ok(envelope.request)
 }
 
@@ -648,51 +679,17 @@ fn digest_of_signature(alg: Alg, signature: &[u8]) -> [u8; 32] {
             .ok()
             .and_then(|s| s.normalize_s())
             .map(|s| s.to_bytes().to_vec()),
+        Alg::ES256 => p256::ecdsa::Signature::from_slice(signature)
+            .ok()
+            .and_then(|s| s.normalize_s())
+            .map(|s| s.to_bytes().to_vec()),
         Alg::EdDSA => None,
     };
     Sha256::digest(normalized.as_deref().unwrap_or(signature)).into()
 }
 
-/// A member certificate's public key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum PublicKey {
-    Ed25519(ed25519_dalek::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
-}
-
-impl PublicKey {
-    fn kind(&self) -> KeyKind {
-        match self {
-            PublicKey::Ed25519(_) => KeyKind::Ed25519,
-            PublicKey::P384(_) => KeyKind::P384,
-        }
-    }
-
-    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), GovError> {
-        match self {
-            PublicKey::Ed25519(key) => {
-                let sig = ed25519_dalek::Signature::from_slice(signature).map_err(|_| {
-                    GovError::BadSignature(format!("an EdDSA signature is 64 bytes, not {}", signature.len()))
-                })?;
-                key.verify_strict(data, &sig)
-                    .map_err(|_| GovError::BadSignature("EdDSA signature mismatch".into()))
-            }
-            PublicKey::P384(key) => {
-                if signature.len() != 96 {
-                    return Err(GovError::BadSignature(format!(
-                        "an ES384 signature is r‖s, 96 bytes, not {}",
-                        signature.len()
-                    )));
-                }
-                let sig = p384::ecdsa::Signature::from_slice(signature)
-                    .map_err(|_| GovError::BadSignature("ES384 r or s out of range".into()))?;
-                key.verify(data, &sig)
-                    .map_err(|_| GovError::BadSignature("ES384 signature mismatch".into()))
-            }
-        }
-    }
-}
-
+/// A member certificate's public key, once its type is known to be one governance supports (the type is checked
+/// here first so that an RSA or P-521 member gets "unsupported", not "invalid").
 fn cert_public_key(cert_der: &[u8]) -> Result<PublicKey, GovError> {
     let (rest, cert) =
         X509Certificate::from_der(cert_der).map_err(|e| GovError::InvalidCertificate(e.to_string()))?;
@@ -702,16 +699,8 @@ fn cert_public_key(cert_der: &[u8]) -> Result<PublicKey, GovError> {
         ));
     }
     let spki = cert.public_key();
-    let key_bytes = spki.subject_public_key.data.as_ref();
     match spki.algorithm.algorithm.to_id_string().as_str() {
-        OID_ED25519 => {
-            let raw: [u8; 32] = key_bytes
-                .try_into()
-                .map_err(|_| GovError::InvalidCertificate("Ed25519 key is not 32 bytes".into()))?;
-            ed25519_dalek::VerifyingKey::from_bytes(&raw)
-                .map(PublicKey::Ed25519)
-                .map_err(|e| GovError::InvalidCertificate(format!("Ed25519 key: {e}")))
-        }
+        OID_ED25519 => {}
         OID_EC_PUBLIC_KEY => {
             let curve = spki
                 .algorithm
@@ -720,18 +709,16 @@ fn cert_public_key(cert_der: &[u8]) -> Result<PublicKey, GovError> {
                 .and_then(|p| p.as_oid().ok())
                 .map(|oid| oid.to_id_string())
                 .unwrap_or_default();
-            if curve != OID_SECP384R1 {
+            if curve != OID_SECP384R1 && curve != OID_SECP256R1 {
                 return Err(GovError::UnsupportedKey(format!(
                     "ECDSA on {}",
                     curve_name(&curve)
                 )));
             }
-            p384::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes)
-                .map(PublicKey::P384)
-                .map_err(|_| GovError::InvalidCertificate("P-384 public key is not a curve point".into()))
         }
-        other => Err(GovError::UnsupportedKey(algorithm_name(other))),
+        other => return Err(GovError::UnsupportedKey(algorithm_name(other))),
     }
+    PublicKey::from_cert(cert_der).map_err(|e| GovError::InvalidCertificate(e.to_string()))
 }
 
 fn curve_name(oid: &str) -> String {
@@ -753,12 +740,7 @@ fn algorithm_name(oid: &str) -> String {
 
 /// A member's private key, which signs its governance requests.
 #[derive(Clone)]
-pub enum MemberKey {
-    /// An Ed25519 key (signs EdDSA).
-    Ed25519(ed25519_dalek::SigningKey),
-    /// An ECDSA P-384 key (signs ES384, deterministic RFC 6979 nonces).
-    P384(p384::ecdsa::SigningKey),
-}
+pub struct MemberKey(PrivateKey);
 
 impl fmt::Debug for MemberKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -767,40 +749,35 @@ impl fmt::Debug for MemberKey {
 }
 
 impl MemberKey {
-    /// Parses a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`), Ed25519 or ECDSA P-384.
+    /// Parses a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`): ECDSA P-384 or P-256, or Ed25519.
     pub fn from_pkcs8_pem(pem: &str) -> Result<MemberKey, GovError> {
-        if let Ok(key) = ed25519_dalek::SigningKey::from_pkcs8_pem(pem) {
-            return Ok(MemberKey::Ed25519(key));
+        if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
+            return Err(describe_unusable_pkcs8(pem));
         }
-        if let Ok(key) = p384::ecdsa::SigningKey::from_pkcs8_pem(pem) {
-            return Ok(MemberKey::P384(key));
-        }
-        Err(describe_unusable_pkcs8(pem))
+        PrivateKey::from_pem(pem)
+            .map(MemberKey)
+            .map_err(|_| describe_unusable_pkcs8(pem))
     }
 
-    /// Parses a PKCS#8 PEM private key, or a SEC1 `-----BEGIN EC PRIVATE KEY-----` P-384 key (what
+    /// Parses a PKCS#8 PEM private key, or a SEC1 `-----BEGIN EC PRIVATE KEY-----` P-384 or P-256 key (what
     /// `openssl ecparam -genkey`, CCF's `keygenerator.sh`, writes; an `EC PARAMETERS` block before it is skipped).
     pub fn from_pem(pem: &str) -> Result<MemberKey, GovError> {
-        const BEGIN: &str = "-----BEGIN EC PRIVATE KEY-----";
-        const END: &str = "-----END EC PRIVATE KEY-----";
-        if let Some(start) = pem.find(BEGIN) {
-            let end = pem[start..]
-                .find(END)
-                .ok_or_else(|| GovError::InvalidKey("unterminated EC PRIVATE KEY block".into()))?;
-            let block = &pem[start..start + end + END.len()];
-            let secret = p384::SecretKey::from_sec1_pem(block)
-                .map_err(|_| GovError::UnsupportedKey("an EC PRIVATE KEY that is not a P-384 key".into()))?;
-            return Ok(MemberKey::P384(secret.into()));
+        if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
+            return PrivateKey::from_pem(pem)
+                .map(MemberKey)
+                .map_err(|e| GovError::UnsupportedKey(e.to_string()));
         }
         MemberKey::from_pkcs8_pem(pem)
     }
 
     /// The key type.
     pub fn kind(&self) -> KeyKind {
-        match self {
-            MemberKey::Ed25519(_) => KeyKind::Ed25519,
-            MemberKey::P384(_) => KeyKind::P384,
-        }
+        KeyKind::of_curve(self.0.curve())
+    }
+
+    /// The key itself.
+    pub fn private_key(&self) -> &PrivateKey {
+        &self.0
     }
 
     /// The algorithm this key signs with.
@@ -810,22 +787,12 @@ impl MemberKey {
 
     /// Whether this is the private key of the certificate's public key.
     pub fn matches_cert(&self, cert_der: &[u8]) -> Result<bool, GovError> {
-        Ok(match (self, cert_public_key(cert_der)?) {
-            (MemberKey::Ed25519(k), PublicKey::Ed25519(p)) => k.verifying_key() == p,
-            (MemberKey::P384(k), PublicKey::P384(p)) => *k.verifying_key() == p,
-            _ => false,
-        })
+        Ok(self.0.public_key() == cert_public_key(cert_der)?)
     }
 
-    /// Signs `data`: 64 bytes for Ed25519, raw `r‖s` (96 bytes) for P-384.
+    /// Signs `data` as COSE does: raw `r‖s` for ECDSA (96 bytes on P-384, 64 on P-256), 64 bytes for Ed25519.
     fn sign_raw(&self, data: &[u8]) -> Vec<u8> {
-        match self {
-            MemberKey::Ed25519(k) => ed25519_dalek::Signer::sign(k, data).to_bytes().to_vec(),
-            MemberKey::P384(k) => {
-                let sig: p384::ecdsa::Signature = k.sign(data);
-                sig.to_bytes().to_vec()
-            }
-        }
+        self.0.sign(data)
     }
 }
 
@@ -850,8 +817,8 @@ fn describe_unusable_pkcs8(pem: &str) -> GovError {
                         .parameters_oid()
                         .map(|c| c.to_string())
                         .unwrap_or_default();
-                    if curve == OID_SECP384R1 {
-                        GovError::InvalidKey("a P-384 key that does not parse".into())
+                    if curve == OID_SECP384R1 || curve == OID_SECP256R1 {
+                        GovError::InvalidKey(format!("a {} key that does not parse", curve_name(&curve)))
                     } else {
                         GovError::UnsupportedKey(format!("ECDSA on {}", curve_name(&curve)))
                     }
@@ -902,22 +869,11 @@ pub fn sign(
         .map_err(malformed)
 }
 
-/// Generates a member identity: a new key (Ed25519 or ECDSA P-384) and a self-signed certificate with common
-/// name `name`; the key is PKCS#8 PEM.
+/// Generates a member identity: a new key of `kind` and a self-signed certificate with common name `name`; the
+/// key is PKCS#8 PEM.
 pub fn generate_member(name: &str, kind: KeyKind) -> Result<Identity, GovError> {
-    let alg = match kind {
-        KeyKind::Ed25519 => &rcgen::PKCS_ED25519,
-        KeyKind::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-    };
-    let gen = |e: rcgen::Error| GovError::Generate(e.to_string());
-    let key = rcgen::KeyPair::generate_for(alg).map_err(gen)?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).map_err(gen)?;
-    Ok(Identity {
-        cert_pem: cert.pem(),
-        key_pem: synod_core::cert::key_pem(&key),
-    })
+    synod_core::cert::generate_self_signed_with(kind.curve(), name, false)
+        .map_err(|e| GovError::Generate(e.to_string()))
 }
 
 #[cfg(test)]
@@ -963,10 +919,11 @@ mod tests {
     }
 
     #[test]
-    fn sec1_p384_keys_parse_and_other_curves_are_unsupported() {
+    fn sec1_p384_keys_parse_p256_keys_sign_and_other_curves_are_unsupported() {
         use p384::elliptic_curve::sec1::ToEncodedPoint as _;
         let ec = generate_member("m1", KeyKind::P384).unwrap();
-        let MemberKey::P384(key) = MemberKey::from_pem(&ec.key_pem).unwrap() else {
+        let member = MemberKey::from_pem(&ec.key_pem).unwrap();
+        let PrivateKey::P384(key) = member.private_key() else {
             panic!("P-384")
         };
         let secret = p384::SecretKey::from(key.as_nonzero_scalar());
@@ -983,18 +940,21 @@ mod tests {
             key.verifying_key().to_encoded_point(false)
         );
 
-        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let err = MemberKey::from_pem(&p256.serialize_pem()).unwrap_err();
+        // P-256 members sign ES256.
+        let p256 = generate_member("m2", KeyKind::P256).unwrap();
+        let p256_der = synod_core::cert::pem_to_der(&p256.cert_pem).unwrap();
+        let p256_key = MemberKey::from_pem(&p256.key_pem).unwrap();
+        assert_eq!(KeyKind::of_cert(&p256_der).unwrap(), KeyKind::P256);
+        let signed = sign(&p256_key, &p256_der, MsgType::Ack, 1, None, b"{}").unwrap();
+        assert_eq!(verify(&signed, &p256_der).unwrap().alg, Alg::ES256);
+        assert!(verify(&signed, &der).is_err(), "not the P-384 member's");
+
+        // A PKCS#8 key on secp521r1 (only its algorithm identifier matters here).
+        let pem =
+            "-----BEGIN PRIVATE KEY-----\nMBkCAQAwEAYHKoZIzj0CAQYFK4EEACMEAjAA\n-----END PRIVATE KEY-----\n";
+        let err = MemberKey::from_pem(pem).unwrap_err();
         assert!(
-            matches!(&err, GovError::UnsupportedKey(m) if m.contains("P-256")),
-            "{err}"
-        );
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "p256");
-        let cert = params.self_signed(&p256).unwrap();
-        let err = KeyKind::of_cert(cert.der()).unwrap_err();
-        assert!(
-            matches!(&err, GovError::UnsupportedKey(m) if m.contains("P-256")),
+            matches!(&err, GovError::UnsupportedKey(m) if m.contains("P-521")),
             "{err}"
         );
         assert_eq!(err.http_status(), 401);

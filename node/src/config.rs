@@ -32,6 +32,11 @@ pub struct NodeConfig {
     /// Name recorded for this node (and its certificate's common name).
     #[arg(long, default_value = "n0")]
     pub node_name: String,
+    /// Curve of this node's key and, when `start` creates a service, of the service identity (recorded in
+    /// `public:ccf.gov.service.info`): secp384r1 (CCF's), secp256r1 or ed25519. Receipts verify with CCF's own
+    /// tools only on the ECDSA curves.
+    #[arg(long, default_value = "secp384r1")]
+    pub curve: synod_core::cert::Curve,
     /// The `virtual` platform's measurement (hex SHA-256) instead of the binary's digest. Virtual evidence is
     /// unsigned, so this claims nothing a virtual node could not claim anyway; it lets one machine run nodes of
     /// different "code" (tests of code removal, upgrade rehearsals).

@@ -17,13 +17,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use ed25519_dalek::SigningKey;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, Snapshot, SnapshotMetadata,
 };
 use raft::{GetEntriesContext, RawNode, StateRole};
+use synod_core::cert::PrivateKey;
 use synod_core::hash::Digest;
 use synod_core::ledger::{
     encode_frame, make_entry, signature_write_set, verify_signature_transaction, LedgerEntry, MapWrites,
@@ -118,14 +118,14 @@ pub enum ReceiptUnavailable {
 
 /// The keys the core signs with.
 pub struct Keys {
-    /// This node's Ed25519 key; signs Merkle roots in signature transactions.
-    pub node_key: SigningKey,
+    /// This node's key; signs Merkle roots in signature transactions.
+    pub node_key: PrivateKey,
     /// This node's certificate (PEM), endorsed by the service identity.
     pub node_cert_pem: String,
     /// Hex SHA-256 of the node's public key DER.
     pub node_id: String,
     /// The service identity's key; signs the COSE signature over each root.
-    pub service_key: SigningKey,
+    pub service_key: PrivateKey,
     /// The service certificate (DER).
     pub service_cert_der: Vec<u8>,
 }

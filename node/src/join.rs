@@ -251,7 +251,7 @@ pub async fn join(
 ) -> anyhow::Result<Joined> {
     let service_cert_pem = std::fs::read_to_string(&cfg.service_cert)
         .with_context(|| format!("reading the service certificate {}", cfg.service_cert.display()))?;
-    let own = cert::generate_self_signed(&cfg.node.node_name, false)?;
+    let own = cert::generate_self_signed_with(cfg.node.curve, &cfg.node.node_name, false)?;
     let own_der = cert::pem_to_der(&own.cert_pem)?;
     let node_id = cert::public_key_id_hex(&own_der)?;
     let report_data = synod_core::hash::digest_from_hex(&node_id).context("node id")?;

@@ -695,9 +695,9 @@ impl Node {
                         paths.dir.display()
                     );
                 }
-                let service = cert::generate_self_signed("Synod service", true)?;
+                let service = cert::generate_self_signed_with(cfg.curve, "Synod service", true)?;
                 let (ips, names) = crate::config::certificate_names(&rpc_published);
-                let node = cert::generate_endorsed(&cfg.node_name, &ips, &names, &service)?;
+                let node = cert::generate_endorsed_with(cfg.curve, &cfg.node_name, &ips, &names, &service)?;
                 let ids = Identities {
                     service,
                     node,
@@ -721,7 +721,11 @@ impl Node {
                 // With a consortium, the members open the service by vote; without one, it opens at once.
                 let status = if members.is_empty() { "Open" } else { "Opening" };
                 let genesis = Genesis {
-                    service_info: serde_json::json!({ "cert": ids.service.cert_pem, "status": status }),
+                    service_info: serde_json::json!({
+                        "cert": ids.service.cert_pem,
+                        "status": status,
+                        "curve": cfg.curve.as_str(),
+                    }),
                     users: read_identities(&users)?,
                     members,
                     node_info: info,

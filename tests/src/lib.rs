@@ -60,7 +60,7 @@ pub struct IdentityFiles {
 impl IdentityFiles {
     /// Generates a self-signed Ed25519 identity named `name` into `dir`, as `synod keygen` does.
     pub fn generate(dir: &Path, name: &str) -> anyhow::Result<IdentityFiles> {
-        let files = synod_client::keygen(name, dir)?;
+        let files = synod_client::keygen(name, Default::default(), dir)?;
         Ok(IdentityFiles {
             cert_pem: std::fs::read_to_string(&files.cert)?,
             key_pem: std::fs::read_to_string(&files.key)?,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
+use base64::Engine as _;
 use serde_json::json;
 use synod_client::{Body, Client, Method, TxId, TxStatus};
 use synod_tests::{audit_ledger, bounded, committed_chunks, ensure_audits_clean, synod_cli, SingleNode};
@@ -148,6 +149,24 @@ async fn tx_status_goes_pending_then_committed() -> anyhow::Result<()> {
     .await
 }
 
+/// Runs CCF's verifiers from the `ccf` PyPI package (installed by scripts/setup.sh) on a receipt file.
+fn verify_with_ccf_package(
+    mode: &str,
+    receipt: &std::path::Path,
+    service_cert: &std::path::Path,
+    claims_digest: &str,
+) -> anyhow::Result<std::process::Output> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/verify_receipt_ccf.py");
+    std::process::Command::new("python3")
+        .arg(script)
+        .arg(mode)
+        .arg(receipt)
+        .arg(service_cert)
+        .arg(claims_digest)
+        .output()
+        .context("python3 with the ccf package (scripts/setup.sh installs it)")
+}
+
 /// Step 3: receipts in both forms verify offline with only the service certificate (our CLI and pycose), and a
 /// changed byte is refused.
 #[tokio::test]
@@ -213,6 +232,39 @@ async fn receipts_verify_offline_and_tampering_is_refused() -> anyhow::Result<()
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
+        }
+        // CCF's own verifiers (the `ccf` PyPI package) accept both forms unchanged, and refuse a changed signature.
+        let json_bytes = c.receipt(id, false).await?;
+        let cose_bytes = c.receipt(id, true).await?;
+        let receipt: serde_json::Value = serde_json::from_slice(&json_bytes)?;
+        let claims_digest = receipt["leaf_components"]["claims_digest"]
+            .as_str()
+            .context("claims_digest")?
+            .to_string();
+        let mut forged = receipt.clone();
+        let mut sig = base64::engine::general_purpose::STANDARD
+            .decode(receipt["signature"].as_str().context("signature")?)?;
+        let last = sig.len() - 1;
+        sig[last] ^= 0x01;
+        forged["signature"] = json!(base64::engine::general_purpose::STANDARD.encode(sig));
+        let mut forged_cose = cose_bytes.clone();
+        let last = forged_cose.len() - 1;
+        forged_cose[last] ^= 0x01;
+        for (mode, bytes, genuine) in [
+            ("json", json_bytes.clone(), true),
+            ("cose", cose_bytes.clone(), true),
+            ("json", serde_json::to_vec(&forged)?, false),
+            ("cose", forged_cose, false),
+        ] {
+            let path = dir.join(format!("ccf.{mode}"));
+            std::fs::write(&path, &bytes)?;
+            let out = verify_with_ccf_package(mode, &path, &cert, &claims_digest)?;
+            ensure!(
+                out.status.success() == genuine,
+                "ccf package, {mode} receipt (genuine: {genuine}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         // The CLI fetches and writes receipts too.
         let out_path = dir.join("cli.json");

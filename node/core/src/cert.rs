@@ -1,15 +1,17 @@
-//! Ed25519 identities: generating the service identity, node certificates endorsed by it and user/member
-//! certificates, and the checks a verifier needs (endorsement, key extraction, ids).
+//! Identities: generating the service identity, node certificates endorsed by it and user/member certificates,
+//! on any [`Curve`] (ECDSA secp384r1 by default, as CCF), and the checks a verifier needs (endorsement, key
+//! extraction, ids).
 
 use std::net::IpAddr;
 
 use base64::Engine as _;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
-use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::hash::sha256;
+pub use crate::keys::{Curve, PrivateKey, PublicKey};
 
 /// A certificate and its private key, both PEM (the key is PKCS#8 "PRIVATE KEY").
 #[derive(Clone, Debug)]
@@ -32,15 +34,33 @@ pub enum CertError {
     /// DER that is not an X.509 certificate.
     #[error("invalid certificate: {0}")]
     Parse(String),
-    /// A key that is not Ed25519 or does not parse.
+    /// A key on an unsupported curve, or one that does not parse.
     #[error("invalid key: {0}")]
     Key(String),
+    /// A signature that does not verify (or cannot be decoded).
+    #[error("bad signature: {0}")]
+    BadSignature(String),
     /// The endorsement signature does not verify.
     #[error("certificate is not endorsed by the given issuer: {0}")]
     NotEndorsed(String),
 }
 
-const ED25519_OID: &str = "1.3.101.112";
+/// The certificate signature algorithms an endorsement may use (what the supported curves sign with), as their
+/// one DER encoding. RSA and SHA-1 are refused before any check. The outer algorithm identifier of a certificate
+/// is not covered by its signature, and x509-parser reads some altered encodings of it as the same algorithm: so
+/// its bytes are compared exactly, and a certificate (a receipt's) with any byte changed is refused.
+const ENDORSEMENT_ALGS: [&[u8]; 3] = [
+    // Ed25519
+    &[0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70],
+    // ecdsa-with-SHA256
+    &[
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+    ],
+    // ecdsa-with-SHA384
+    &[
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
+    ],
+];
 
 fn gen_err(e: rcgen::Error) -> CertError {
     CertError::Generate(e.to_string())
@@ -86,9 +106,19 @@ fn key_from_seed(seed: &[u8; 32]) -> Result<KeyPair, CertError> {
     KeyPair::from_pem(&ed25519_seed_pem(seed)).map_err(|e| CertError::Key(e.to_string()))
 }
 
-/// A self-signed Ed25519 certificate: the service identity (`is_ca`) or a user/member identity.
+/// A self-signed certificate on the default curve (secp384r1): the service identity (`is_ca`) or a user/member
+/// identity.
 pub fn generate_self_signed(common_name: &str, is_ca: bool) -> Result<Identity, CertError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(gen_err)?;
+    generate_self_signed_with(Curve::default(), common_name, is_ca)
+}
+
+/// [`generate_self_signed`] on `curve`.
+pub fn generate_self_signed_with(
+    curve: Curve,
+    common_name: &str,
+    is_ca: bool,
+) -> Result<Identity, CertError> {
+    let key = KeyPair::generate_for(curve.rcgen_alg()).map_err(gen_err)?;
     self_signed_with(common_name, is_ca, key)
 }
 
@@ -118,14 +148,26 @@ fn self_signed_with(common_name: &str, is_ca: bool, key: KeyPair) -> Result<Iden
     })
 }
 
-/// A node's TLS certificate signed by the service identity, valid for the given IPs and DNS names.
+/// A node's TLS certificate (key on the default curve) signed by the service identity, valid for the given IPs
+/// and DNS names.
 pub fn generate_endorsed(
     common_name: &str,
     san_ips: &[IpAddr],
     san_dns: &[String],
     issuer: &Identity,
 ) -> Result<Identity, CertError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(gen_err)?;
+    generate_endorsed_with(Curve::default(), common_name, san_ips, san_dns, issuer)
+}
+
+/// [`generate_endorsed`] with a key on `curve`.
+pub fn generate_endorsed_with(
+    curve: Curve,
+    common_name: &str,
+    san_ips: &[IpAddr],
+    san_dns: &[String],
+    issuer: &Identity,
+) -> Result<Identity, CertError> {
+    let key = KeyPair::generate_for(curve.rcgen_alg()).map_err(gen_err)?;
     endorsed_with(common_name, san_ips, san_dns, issuer, key)
 }
 
@@ -242,54 +284,84 @@ pub fn public_key_id_hex(cert_der: &[u8]) -> Result<String, CertError> {
     Ok(hex::encode(public_key_id(cert_der)?))
 }
 
-/// The Ed25519 public key of a certificate.
-pub fn ed25519_verifying_key(cert_der: &[u8]) -> Result<VerifyingKey, CertError> {
-    let cert = parse(cert_der)?;
-    let spki = cert.public_key();
-    if spki.algorithm.algorithm.to_id_string() != ED25519_OID {
-        return Err(CertError::Key(format!(
-            "not an Ed25519 key ({})",
-            spki.algorithm.algorithm
-        )));
-    }
-    let raw: [u8; 32] = spki
-        .subject_public_key
-        .data
-        .as_ref()
-        .try_into()
-        .map_err(|_| CertError::Key("bad Ed25519 key length".into()))?;
-    VerifyingKey::from_bytes(&raw).map_err(|e| CertError::Key(e.to_string()))
+/// The public key of a certificate, on whichever supported curve.
+pub fn public_key(cert_der: &[u8]) -> Result<PublicKey, CertError> {
+    PublicKey::from_cert(cert_der)
 }
 
-/// Parses a PKCS#8 PEM Ed25519 private key.
-pub fn signing_key_from_pem(key_pem: &str) -> Result<SigningKey, CertError> {
-    SigningKey::from_pkcs8_pem(key_pem).map_err(|e| CertError::Key(e.to_string()))
+/// The curve of a certificate's key.
+pub fn curve_of(cert_pem: &str) -> Result<Curve, CertError> {
+    Ok(public_key(&pem_to_der(cert_pem)?)?.curve())
 }
 
-/// Checks that `cert_der` was signed by the Ed25519 key of `issuer_der` and names it as issuer. No clock check:
-/// receipts must stay verifiable after certificates expire.
+/// Parses a PEM private key (PKCS#8, or SEC1 for ECDSA) on any supported curve.
+pub fn signing_key_from_pem(key_pem: &str) -> Result<PrivateKey, CertError> {
+    PrivateKey::from_pem(key_pem)
+}
+
+/// How many (issuer, certificate) pairs [`verify_endorsement`] remembers as verified.
+const ENDORSED_CACHE: usize = 16;
+
+/// Pairs found endorsed, most recent last: every node checks the endorsement of each signature's node certificate,
+/// and a primary signs hundreds of times a second with the same one. An ECDSA P-384 check costs about 1 ms, so it is
+/// made once per pair. Keyed by a digest of both DERs: a hit means these exact bytes verified before.
+static ENDORSED: std::sync::Mutex<std::collections::VecDeque<crate::hash::Digest>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn endorsement_key(cert_der: &[u8], issuer_der: &[u8]) -> crate::hash::Digest {
+    let mut bytes = Vec::with_capacity(8 + cert_der.len() + issuer_der.len());
+    bytes.extend_from_slice(&(cert_der.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(cert_der);
+    bytes.extend_from_slice(issuer_der);
+    sha256(&bytes)
+}
+
+/// Checks that `cert_der` was signed by the key of `issuer_der` and names it as issuer. No clock check: receipts
+/// must stay verifiable after certificates expire.
 pub fn verify_endorsement(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), CertError> {
+    let key = endorsement_key(cert_der, issuer_der);
+    if endorsed_cache().contains(&key) {
+        return Ok(());
+    }
+    check_endorsement(cert_der, issuer_der)?;
+    let mut cache = endorsed_cache();
+    if cache.len() == ENDORSED_CACHE {
+        cache.pop_front();
+    }
+    cache.push_back(key);
+    Ok(())
+}
+
+/// A poisoned lock only means another thread panicked while updating the cache, which stays consistent.
+fn endorsed_cache() -> std::sync::MutexGuard<'static, std::collections::VecDeque<crate::hash::Digest>> {
+    ENDORSED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn check_endorsement(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), CertError> {
     let cert = parse(cert_der)?;
     let issuer = parse(issuer_der)?;
     if cert.issuer().as_raw() != issuer.subject().as_raw() {
         return Err(CertError::NotEndorsed("issuer name does not match".into()));
     }
-    if cert.signature_algorithm.algorithm.to_id_string() != ED25519_OID {
-        return Err(CertError::NotEndorsed(
-            "signature algorithm is not Ed25519".into(),
-        ));
+    // The tbs is a subslice of `cert_der`: the outer algorithm identifier follows it.
+    let tbs = cert.tbs_certificate.as_ref();
+    let after_tbs = (tbs.as_ptr() as usize - cert_der.as_ptr() as usize) + tbs.len();
+    let outer_alg = cert_der.get(after_tbs..).unwrap_or_default();
+    if !ENDORSEMENT_ALGS.iter().any(|enc| outer_alg.starts_with(enc))
+        || cert.signature_algorithm.algorithm != cert.tbs_certificate.signature.algorithm
+    {
+        return Err(CertError::NotEndorsed(format!(
+            "signature algorithm {} is not ECDSA with SHA-256/384 or Ed25519, in its DER encoding",
+            cert.signature_algorithm.algorithm
+        )));
     }
-    let key = ed25519_verifying_key(issuer_der)?;
-    let sig = Signature::from_slice(cert.signature_value.data.as_ref())
-        .map_err(|e| CertError::NotEndorsed(e.to_string()))?;
-    key.verify_strict(cert.tbs_certificate.as_ref(), &sig)
+    cert.verify_signature(Some(issuer.public_key()))
         .map_err(|e| CertError::NotEndorsed(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::Signer;
 
     #[test]
     fn identities_from_the_same_seed_have_the_same_key() {
@@ -328,16 +400,19 @@ mod tests {
         let other = generate_self_signed("service", true).unwrap();
         assert!(verify_endorsement(&node_der, &pem_to_der(&other.cert_pem).unwrap()).is_err());
 
-        // Any change to the signed part breaks the endorsement (or the parse).
-        for i in (20..node_der.len() - 70).step_by(7) {
+        // Any change breaks the endorsement (or the parse), the unsigned algorithm identifier included.
+        for i in (20..node_der.len()).step_by(3) {
             let mut bad = node_der.clone();
             bad[i] ^= 0x01;
             assert!(verify_endorsement(&bad, &service_der).is_err(), "byte {i}");
         }
 
         let key = signing_key_from_pem(&node.key_pem).unwrap();
-        let vk = ed25519_verifying_key(&node_der).unwrap();
-        vk.verify_strict(b"m", &key.sign(b"m")).unwrap();
+        assert_eq!(key.curve(), Curve::P384, "CCF's curve by default");
+        public_key(&node_der)
+            .unwrap()
+            .verify(b"m", &key.sign(b"m"))
+            .unwrap();
         assert_eq!(pem_to_der(&der_to_pem(&node_der)).unwrap(), node_der);
         assert_eq!(cert_fingerprint_hex(&node_der).len(), 64);
         assert_ne!(
@@ -364,7 +439,7 @@ mod tests {
 
     #[test]
     fn ed25519_keys_are_written_as_pkcs8_v1_and_still_sign_for_their_certificate() {
-        let id = generate_self_signed("user", false).unwrap();
+        let id = generate_self_signed_with(Curve::Ed25519, "user", false).unwrap();
         let der = base64::engine::general_purpose::STANDARD
             .decode(
                 id.key_pem
@@ -376,10 +451,13 @@ mod tests {
         assert_eq!(der.len(), 48, "version 0, algorithm, seed: no public key");
         assert_eq!(der[..16], ED25519_PKCS8_V1_PREFIX);
         let key = signing_key_from_pem(&id.key_pem).unwrap();
-        let vk = ed25519_verifying_key(&pem_to_der(&id.cert_pem).unwrap()).unwrap();
-        vk.verify_strict(b"m", &key.sign(b"m")).unwrap();
+        let pk = public_key(&pem_to_der(&id.cert_pem).unwrap()).unwrap();
+        pk.verify(b"m", &key.sign(b"m")).unwrap();
         // rcgen (and so ring, which rustls uses) loads it back as the same key.
         let reloaded = KeyPair::from_pem(&id.key_pem).unwrap();
+        let PublicKey::Ed25519(vk) = pk else {
+            panic!("an Ed25519 key")
+        };
         assert_eq!(reloaded.public_key_raw(), vk.as_bytes());
     }
 }

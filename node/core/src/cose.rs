@@ -6,12 +6,9 @@
 //! Verifying needs only the service certificate: recompute the leaf, fold the path, check the signature.
 
 use coset::cbor::value::Value;
-use coset::{
-    iana, CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, Label, TaggedCborSerializable,
-};
-use ed25519_dalek::{Signature, Signer, SigningKey};
+use coset::{CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, Label, TaggedCborSerializable};
 
-use crate::cert;
+use crate::cert::{self, PrivateKey};
 use crate::hash::{sha256, Digest};
 use crate::merkle::{fold_proof, ProofStep};
 use crate::receipt::{LeafComponents, VerifiedReceipt};
@@ -57,17 +54,18 @@ fn int(i: i64) -> Value {
     Value::Integer(i.into())
 }
 
-/// Signs `root` as detached payload with the service key; `txid` is the signature transaction's id.
+/// Signs `root` as detached payload with the service key (`ES384` for CCF's curve, `ES256` or `EdDSA`); `txid`
+/// is the signature transaction's id.
 pub fn sign_root(
     root: &Digest,
-    service_key: &SigningKey,
+    service_key: &PrivateKey,
     service_cert_der: &[u8],
     txid: TxId,
     iat_secs: i64,
 ) -> Result<Vec<u8>, CoseError> {
     let kid = cert::public_key_id_hex(service_cert_der)?.into_bytes();
     let protected = HeaderBuilder::new()
-        .algorithm(iana::Algorithm::EdDSA)
+        .algorithm(service_key.curve().cose_alg())
         .key_id(kid)
         .value(HEADER_VDS, int(VDS_CCF_LEDGER_SHA256))
         .value(HEADER_CWT_CLAIMS, Value::Map(vec![(int(CWT_IAT), int(iat_secs))]))
@@ -78,7 +76,7 @@ pub fn sign_root(
         .build();
     CoseSign1Builder::new()
         .protected(protected)
-        .create_detached_signature(root, &[], |data| service_key.sign(data).to_bytes().to_vec())
+        .create_detached_signature(root, &[], |data| service_key.sign(data))
         .build()
         .to_tagged_vec()
         .map_err(malformed)
@@ -201,14 +199,15 @@ fn fold_cbor_proof(bytes: &[u8]) -> Result<(Digest, Digest, LeafComponents), Cos
     Ok((leaf_digest, fold_proof(&leaf_digest, &path), components))
 }
 
-fn check_protected(sign1: &CoseSign1) -> Result<Option<TxId>, CoseError> {
+/// Checks the protected header against the service key; returns the `ccf.v1` txid if present.
+fn check_protected(sign1: &CoseSign1, service_key: &cert::PublicKey) -> Result<Option<TxId>, CoseError> {
     let header = &sign1.protected.header;
-    if header.alg
-        != Some(coset::RegisteredLabelWithPrivate::Assigned(
-            iana::Algorithm::EdDSA,
-        ))
-    {
-        return Err(CoseError::Header("alg must be EdDSA (-8)".into()));
+    let expected = service_key.curve().cose_alg();
+    if header.alg != Some(coset::RegisteredLabelWithPrivate::Assigned(expected)) {
+        return Err(CoseError::Header(format!(
+            "alg must be {expected:?} ({}), the service key's",
+            expected as i64
+        )));
     }
     let vds = header
         .rest
@@ -233,11 +232,10 @@ fn check_protected(sign1: &CoseSign1) -> Result<Option<TxId>, CoseError> {
     Ok(txid)
 }
 
-fn verify_detached(sign1: &CoseSign1, root: &Digest, service_cert_der: &[u8]) -> Result<(), CoseError> {
-    let key = cert::ed25519_verifying_key(service_cert_der)?;
+fn verify_detached(sign1: &CoseSign1, root: &Digest, service_key: &cert::PublicKey) -> Result<(), CoseError> {
     sign1.verify_detached_signature(root, &[], |sig, data| {
-        let sig = Signature::from_slice(sig).map_err(|e| CoseError::BadSignature(e.to_string()))?;
-        key.verify_strict(data, &sig)
+        service_key
+            .verify(data, sig)
             .map_err(|e| CoseError::BadSignature(e.to_string()))
     })
 }
@@ -245,15 +243,18 @@ fn verify_detached(sign1: &CoseSign1, root: &Digest, service_cert_der: &[u8]) ->
 /// Verifies a COSE signature (no proofs) over `root`; returns the signature transaction's id.
 pub fn verify_signature(bytes: &[u8], root: &Digest, service_cert_der: &[u8]) -> Result<TxId, CoseError> {
     let sign1 = decode_sign1(bytes)?;
-    let txid = check_protected(&sign1)?.ok_or_else(|| CoseError::Header("missing ccf.v1 txid".into()))?;
-    verify_detached(&sign1, root, service_cert_der)?;
+    let key = cert::public_key(service_cert_der)?;
+    let txid =
+        check_protected(&sign1, &key)?.ok_or_else(|| CoseError::Header("missing ccf.v1 txid".into()))?;
+    verify_detached(&sign1, root, &key)?;
     Ok(txid)
 }
 
 /// Verifies a COSE receipt with the service certificate alone.
 pub fn verify_receipt(bytes: &[u8], service_cert_der: &[u8]) -> Result<VerifiedReceipt, CoseError> {
     let sign1 = decode_sign1(bytes)?;
-    check_protected(&sign1)?;
+    let key = cert::public_key(service_cert_der)?;
+    check_protected(&sign1, &key)?;
     let vdp = sign1
         .unprotected
         .rest
@@ -286,7 +287,7 @@ pub fn verify_receipt(bytes: &[u8], service_cert_der: &[u8]) -> Result<VerifiedR
         result = Some(folded);
     }
     let (leaf, root, components) = result.ok_or_else(|| CoseError::Malformed("no inclusion proof".into()))?;
-    verify_detached(&sign1, &root, service_cert_der)?;
+    verify_detached(&sign1, &root, &key)?;
     Ok(VerifiedReceipt {
         tx_id: components.tx_id(),
         root,

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::keys::PrivateKey;
 use base64::Engine as _;
-use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{leaf_hash, sha256, Digest};
@@ -362,7 +362,7 @@ pub struct SignatureRecord {
     pub seqno: u64,
     /// Hex Merkle root over every transaction before this one.
     pub root: String,
-    /// Base64 Ed25519 signature by the node over the 32 root bytes.
+    /// Base64 signature by the node over the 32 root bytes: DER ECDSA with the root as prehash (CCF's), or Ed25519.
     pub signature: String,
     /// The node's certificate (PEM), endorsed by the service identity.
     pub cert: String,
@@ -371,7 +371,7 @@ pub struct SignatureRecord {
 impl SignatureRecord {
     /// Signs `root` with the node's key and records who signed what.
     pub fn sign(
-        node_key: &SigningKey,
+        node_key: &PrivateKey,
         node_id: &str,
         node_cert_pem: &str,
         tx_id: TxId,
@@ -382,7 +382,7 @@ impl SignatureRecord {
             view: tx_id.view,
             seqno: tx_id.seqno,
             root: hex::encode(root),
-            signature: base64::engine::general_purpose::STANDARD.encode(node_key.sign(root).to_bytes()),
+            signature: base64::engine::general_purpose::STANDARD.encode(node_key.sign_digest(root)),
             cert: node_cert_pem.to_string(),
         }
     }
@@ -393,8 +393,8 @@ impl SignatureRecord {
             .ok_or_else(|| LedgerError::Decode("signature record root is not 32 hex bytes".into()))
     }
 
-    /// Checks that the recorded certificate is the signing node's (its id) and that its Ed25519 signature over the
-    /// root verifies. Returns the root and the certificate's DER (for the endorsement check the caller makes).
+    /// Checks that the recorded certificate is the signing node's (its id) and that its signature over the root
+    /// verifies. Returns the root and the certificate's DER (for the endorsement check the caller makes).
     pub fn verify_node_signature(&self) -> Result<(Digest, Vec<u8>), String> {
         use base64::Engine as _;
         let root = self.root_digest().map_err(|e| e.to_string())?;
@@ -405,11 +405,10 @@ impl SignatureRecord {
         let sig = base64::engine::general_purpose::STANDARD
             .decode(&self.signature)
             .map_err(|e| format!("node signature: {e}"))?;
-        let sig = ed25519_dalek::Signature::from_slice(&sig).map_err(|e| format!("node signature: {e}"))?;
-        crate::cert::ed25519_verifying_key(&node_der)
+        crate::cert::public_key(&node_der)
             .map_err(|e| e.to_string())?
-            .verify_strict(&root, &sig)
-            .map_err(|_| "node signature over the root does not verify".to_string())?;
+            .verify_digest(&root, &sig)
+            .map_err(|e| format!("node signature over the root does not verify: {e}"))?;
         Ok((root, node_der))
     }
 }

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cert;
 pub mod cose;
 pub mod hash;
+pub mod keys;
 pub mod ledger;
 pub mod maps;
 pub mod merkle;

@@ -1,7 +1,6 @@
 //! Receipts in CCF's JSON form and offline verification of both forms (JSON and COSE).
 
 use base64::Engine as _;
-use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
 
 use crate::cert;
@@ -189,10 +188,11 @@ pub fn verify_json(receipt: &JsonReceipt, service_cert_der: &[u8]) -> Result<Ver
     let sig = base64::engine::general_purpose::STANDARD
         .decode(&receipt.signature)
         .map_err(|e| ReceiptError::Malformed(format!("signature: {e}")))?;
-    let sig = Signature::from_slice(&sig).map_err(|e| ReceiptError::Malformed(format!("signature: {e}")))?;
-    cert::ed25519_verifying_key(&node_der)?
-        .verify_strict(&root, &sig)
-        .map_err(|_| ReceiptError::Invalid("signature does not verify over the recomputed root".into()))?;
+    cert::public_key(&node_der)?
+        .verify_digest(&root, &sig)
+        .map_err(|e| {
+            ReceiptError::Invalid(format!("signature does not verify over the recomputed root: {e}"))
+        })?;
     Ok(VerifiedReceipt { tx_id, root, leaf })
 }
 

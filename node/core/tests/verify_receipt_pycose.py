@@ -11,17 +11,30 @@ import sys
 import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pycose.keys import OKPKey
-from pycose.keys.curves import Ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from pycose.keys import EC2Key, OKPKey
+from pycose.keys.curves import P256, P384, Ed25519
 from pycose.messages import Sign1Message
 
 VDS, VDP, INCLUSION_PROOFS = 395, 396, -1
 
 
+def cose_key(public_key):
+    """The pycose key of the service certificate's key: EC2 on P-384 (CCF's curve) or P-256, or OKP Ed25519."""
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return OKPKey(crv=Ed25519, x=raw)
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        numbers = public_key.public_numbers()
+        size = (public_key.curve.key_size + 7) // 8
+        curve = {"secp384r1": P384, "secp256r1": P256}[public_key.curve.name]
+        return EC2Key(crv=curve, x=numbers.x.to_bytes(size, "big"), y=numbers.y.to_bytes(size, "big"))
+    raise SystemExit(f"unsupported service key {type(public_key).__name__}")
+
+
 def main():
     receipt = open(sys.argv[1], "rb").read()
     cert = x509.load_pem_x509_certificate(open(sys.argv[2], "rb").read())
-    raw_pub = cert.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     msg = Sign1Message.decode(receipt)
     phdr = {getattr(k, "identifier", k): v for k, v in msg.phdr.items()}
@@ -42,7 +55,7 @@ def main():
         raise SystemExit("proofs disagree on the root")
     root = roots.pop()
     msg.payload = root
-    msg.key = OKPKey(crv=Ed25519, x=raw_pub)
+    msg.key = cose_key(cert.public_key())
     if not msg.verify_signature():
         raise SystemExit("signature does not verify")
     print(f"valid receipt, root {root.hex()}")

@@ -1130,24 +1130,39 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
             ctx.clone(),
             |ctx: Ctx<'js>,
              alg: String,
-             cert_pem: String,
+             hash: String,
+             key_pem: String,
              signature: ArrayBuffer<'js>,
              data: ArrayBuffer<'js>| {
                 let sig = buf_bytes(&signature).ok_or_else(|| throw(&ctx, "detached signature"))?;
                 let data = buf_bytes(&data).ok_or_else(|| throw(&ctx, "detached data"))?;
-                if alg != "EdDSA" && alg != "Ed25519" {
-                    return Err(throw(
+                let key = synod_core::keys::PublicKey::from_pem(&key_pem)
+                    .map_err(|e| throw(&ctx, &e.to_string()))?;
+                let ed25519 = matches!(key, synod_core::keys::PublicKey::Ed25519(_));
+                match alg.as_str() {
+                    "EdDSA" | "Ed25519" if ed25519 => Ok(key.verify(&data, &sig).is_ok()),
+                    "ECDSA" if !ed25519 => {
+                        let prehash = match hash.as_str() {
+                            "SHA-256" => <sha2::Sha256 as sha2::Digest>::digest(&data).to_vec(),
+                            "SHA-384" => <sha2::Sha384 as sha2::Digest>::digest(&data).to_vec(),
+                            other => {
+                                return Err(throw(
+                                    &ctx,
+                                    &format!("unsupported ECDSA hash {other:?} (SHA-256 or SHA-384)"),
+                                ))
+                            }
+                        };
+                        Ok(key.verify_ecdsa_prehashed(&prehash, &sig).is_ok())
+                    }
+                    "EdDSA" | "Ed25519" | "ECDSA" => Err(throw(
                         &ctx,
-                        &format!("unsupported signature algorithm {alg} (EdDSA is)"),
-                    ));
+                        &format!("a {} key cannot verify {alg} signatures", key.curve()),
+                    )),
+                    other => Err(throw(
+                        &ctx,
+                        &format!("unsupported signature algorithm {other} (ECDSA or EdDSA)"),
+                    )),
                 }
-                let der = synod_core::cert::pem_to_der(&cert_pem).map_err(|e| throw(&ctx, &e.to_string()))?;
-                let key =
-                    synod_core::cert::ed25519_verifying_key(&der).map_err(|e| throw(&ctx, &e.to_string()))?;
-                let Ok(sig) = ed25519_dalek::Signature::from_slice(&sig) else {
-                    return Ok(false);
-                };
-                Ok(key.verify_strict(&data, &sig).is_ok())
             },
         )?,
     )?;

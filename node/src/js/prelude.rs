@@ -58,8 +58,10 @@ pub const PRELUDE: &str = r#"
         if (alg !== "SHA-256") throw new TypeError(`unsupported digest ${alg} (SHA-256 is)`);
         return n.sha256(toBuf(data, "data"));
       },
+      // CCF's SigningAlgorithm: {name: "ECDSA", hash: "SHA-256" | "SHA-384"} or {name: "EdDSA"}.
       verifySignature: (algorithm, key, signature, data) =>
-        n.verifySignature(typeof algorithm === "string" ? algorithm : algorithm.name, key,
+        n.verifySignature(typeof algorithm === "string" ? algorithm : String(algorithm.name),
+                          typeof algorithm === "string" ? "" : String(algorithm.hash ?? ""), String(key),
                           toBuf(signature, "signature"), toBuf(data, "data")),
     },
     consensus: {

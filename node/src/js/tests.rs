@@ -710,3 +710,82 @@ fn ccf_historical_reads_the_committed_past_through_its_source() {
         assert!(err.to_string().contains("positive integer"), "{err}");
     });
 }
+
+#[test]
+fn verify_signature_takes_ecdsa_on_both_curves_and_eddsa() {
+    use synod_core::cert::{self, Curve, PrivateKey};
+    let e = engine(&[(
+        "main.js",
+        r#"
+        export function verify(alg, hash, pem, sig, msg) {
+          const algorithm = hash ? { name: alg, hash } : { name: alg };
+          return ccf.crypto.verifySignature(algorithm, pem, new Uint8Array(sig).buffer, ccf.strToBuf(msg));
+        }
+        "#,
+    )]);
+    let ident = |curve| {
+        let id = cert::generate_self_signed_with(curve, "k", false).expect("identity");
+        let key = PrivateKey::from_pem(&id.key_pem).expect("key");
+        (id.cert_pem, key)
+    };
+    let mut tx = Tx::new(State::default());
+    let mut verify = |alg: &str, hash: &str, pem: &str, sig: &[u8], msg: &str| {
+        call(
+            &e,
+            &mut tx,
+            KvPolicy::Application,
+            "verify",
+            &[
+                alg.into(),
+                hash.into(),
+                pem.into(),
+                serde_json::json!(sig),
+                msg.into(),
+            ],
+        )
+    };
+    let (p384_pem, p384) = ident(Curve::P384);
+    let raw = p384.sign(b"hello");
+    assert_eq!(
+        verify("ECDSA", "SHA-384", &p384_pem, &raw, "hello").unwrap(),
+        true
+    );
+    assert_eq!(
+        verify("ECDSA", "SHA-384", &p384_pem, &raw, "hellp").unwrap(),
+        false
+    );
+    assert_eq!(
+        verify("ECDSA", "SHA-256", &p384_pem, &raw, "hello").unwrap(),
+        false
+    );
+    // DER signatures over a SHA-256 digest, as OpenSSL makes them; the key given as a PUBLIC KEY block.
+    let der = p384.sign_digest(&synod_core::hash::sha256(b"hello"));
+    let cert::PublicKey::P384(vk) = p384.public_key() else {
+        panic!("P-384")
+    };
+    let spki = p384::pkcs8::EncodePublicKey::to_public_key_pem(&vk, Default::default()).expect("spki");
+    assert_eq!(verify("ECDSA", "SHA-256", &spki, &der, "hello").unwrap(), true);
+
+    let (p256_pem, p256) = ident(Curve::P256);
+    assert_eq!(
+        verify("ECDSA", "SHA-256", &p256_pem, &p256.sign(b"hi"), "hi").unwrap(),
+        true
+    );
+    assert_eq!(
+        verify("ECDSA", "SHA-256", &p384_pem, &p256.sign(b"hi"), "hi").unwrap(),
+        false
+    );
+
+    let (ed_pem, ed) = ident(Curve::Ed25519);
+    assert_eq!(verify("EdDSA", "", &ed_pem, &ed.sign(b"hi"), "hi").unwrap(), true);
+    assert_eq!(
+        verify("EdDSA", "", &ed_pem, &ed.sign(b"hi"), "ho").unwrap(),
+        false
+    );
+    // A key that cannot verify the named algorithm, or an unknown algorithm or hash, is an error, not `false`.
+    assert!(verify("ECDSA", "SHA-256", &ed_pem, &raw, "hello").is_err());
+    assert!(verify("EdDSA", "", &p384_pem, &raw, "hello").is_err());
+    assert!(verify("RSA-PSS", "SHA-256", &p384_pem, &raw, "hello").is_err());
+    assert!(verify("ECDSA", "SHA-1", &p384_pem, &raw, "hello").is_err());
+    assert!(verify("ECDSA", "SHA-256", "not a key", &raw, "hello").is_err());
+}
