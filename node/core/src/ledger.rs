@@ -530,10 +530,11 @@ pub struct VerifiedSignature {
     pub cose_sign1: Vec<u8>,
 }
 
-/// The one check of a signature transaction, shared by the node (on every signature it appends) and the offline
-/// auditor: the record names `tx_id`, signs `expected_root`, the node's Ed25519 signature verifies with its
-/// certificate, the certificate is endorsed by the service, and the service's COSE Sign1 over the root verifies
-/// and names `tx_id`. Costs two Ed25519 verifications plus the endorsement's.
+/// The one check of a signature transaction, shared by the node and the offline auditor: the record names
+/// `tx_id`, signs `expected_root`, the node's signature verifies with its certificate, the certificate is endorsed
+/// by the service, and the service's COSE Sign1 over the root verifies and names `tx_id`. It is
+/// [`check_signature_shape`] (no cryptography) then [`verify_signature_crypto`] (two signature checks plus the
+/// endorsement's, remembered per certificate), which a node may run at different times.
 pub fn verify_signature_transaction(
     public: &WriteSet,
     tx_id: TxId,
@@ -558,6 +559,25 @@ fn check_signature_transaction(
     tx_id: TxId,
     expected_root: &Digest,
     service_cert_der: Option<&[u8]>,
+) -> Result<VerifiedSignature, SignatureCheckError> {
+    let shaped = check_signature_shape(public, tx_id, expected_root)?;
+    verify_signature_crypto(
+        &shaped.record,
+        &shaped.cose_sign1,
+        &shaped.root,
+        tx_id,
+        service_cert_der,
+    )?;
+    Ok(shaped)
+}
+
+/// The checks of a signature transaction that need no cryptography: its record names `tx_id` and signs
+/// `expected_root`, and the tree frontier it carries (if any) folds to that root. The result is *not* verified
+/// until [`verify_signature_crypto`] passes on it.
+pub fn check_signature_shape(
+    public: &WriteSet,
+    tx_id: TxId,
+    expected_root: &Digest,
 ) -> Result<VerifiedSignature, SignatureCheckError> {
     let (record, cose_sign1) = parse_signature_write_set(public)?;
     if record.view != tx_id.view || record.seqno != tx_id.seqno {
@@ -588,22 +608,35 @@ fn check_signature_transaction(
             )));
         }
     }
+    Ok(VerifiedSignature {
+        record,
+        root,
+        cose_sign1,
+    })
+}
+
+/// The cryptographic checks of a signature transaction that passed [`check_signature_shape`] (its record, COSE
+/// Sign1 and root): the node's signature over the root, and with the service certificate the node's endorsement and
+/// the service's COSE Sign1 over the root naming `tx_id`.
+pub fn verify_signature_crypto(
+    record: &SignatureRecord,
+    cose_sign1: &[u8],
+    root: &Digest,
+    tx_id: TxId,
+    service_cert_der: Option<&[u8]>,
+) -> Result<(), SignatureCheckError> {
     let (_, node_der) = record
         .verify_node_signature()
         .map_err(SignatureCheckError::NodeSignature)?;
     if let Some(service) = service_cert_der {
         crate::cert::verify_endorsement(&node_der, service).map_err(SignatureCheckError::Endorsement)?;
         let signed_txid =
-            crate::cose::verify_signature(&cose_sign1, &root, service).map_err(SignatureCheckError::Cose)?;
+            crate::cose::verify_signature(cose_sign1, root, service).map_err(SignatureCheckError::Cose)?;
         if signed_txid != tx_id {
             return Err(SignatureCheckError::CoseTxId(signed_txid));
         }
     }
-    Ok(VerifiedSignature {
-        record,
-        root,
-        cose_sign1,
-    })
+    Ok(())
 }
 
 /// Builds the ledger entry of a transaction from its commit evidence and claims digest.
