@@ -220,6 +220,8 @@ C="--cacert $W/service_cert.pem --cert $W/user0_cert.pem --key $W/user0_privk.pe
   user0            $W/user0_cert.pem  $W/user0_privk.pem
   members          ${MEMBER_NAMES[*]}  ($W/member*_cert.pem, $W/member*_privk.pem)
   network.json     $W/network.json   (the synod CLI reads it by default)
+  dashboard        https://127.0.0.1:$PORT/node/dashboard   (the explorer fetches receipts as a user: import
+                   user0 into the browser, e.g. openssl pkcs12 -export -in $W/user0_cert.pem -inkey $W/user0_privk.pem -out user0.p12)
 
 Try (any node takes writes: backups forward them to the primary):
   curl $C \\

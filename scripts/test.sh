@@ -12,6 +12,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 # Generated requests against the OpenAPI documents: no 5xx (docs/API.md).
 ./scripts/check-api.sh
+# The dashboard in headless Chromium (Playwright): network, proposals, a receipt verified in the browser.
+./scripts/check-dashboard.sh
 cargo test --workspace
 # A short run of the seeded cluster simulation (docs/RELIABILITY.md has the long ones).
 "$(./scripts/target-dir.sh)/debug/synod-sim" --seeds 200 --steps 1500

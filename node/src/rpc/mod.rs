@@ -7,6 +7,7 @@
 //! ```
 
 pub mod conn;
+mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod forward;
@@ -196,6 +197,7 @@ pub fn with_tx_id(tx_id: TxId, response: impl IntoResponse) -> Response {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(node_endpoints::routes())
+        .merge(dashboard::routes())
         .merge(openapi::routes())
         .merge(join::routes())
         .merge(gov::routes())

@@ -158,6 +158,27 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep(
         "GET",
+        "/node/dashboard",
+        Auth::None,
+        &[],
+        "The dashboard (HTML): network, commit progress, proposals, and a ledger explorer that verifies receipts",
+    ),
+    ep(
+        "GET",
+        "/node/dashboard/app.js",
+        Auth::None,
+        &[],
+        "The dashboard's script",
+    ),
+    ep(
+        "GET",
+        "/node/dashboard/style.css",
+        Auth::None,
+        &[],
+        "The dashboard's style sheet",
+    ),
+    ep(
+        "GET",
         "/app/receipt",
         Auth::User,
         &[("transaction_id", true)],
