@@ -58,9 +58,18 @@ pub struct IdentityFiles {
 }
 
 impl IdentityFiles {
-    /// Generates a self-signed Ed25519 identity named `name` into `dir`, as `synod keygen` does.
+    /// Generates a self-signed identity (P-384, the default curve) named `name` into `dir`, as `synod keygen` does.
     pub fn generate(dir: &Path, name: &str) -> anyhow::Result<IdentityFiles> {
-        let files = synod_client::keygen(name, Default::default(), dir)?;
+        IdentityFiles::generate_on(dir, name, Default::default())
+    }
+
+    /// [`IdentityFiles::generate`] with a key on `curve`.
+    pub fn generate_on(
+        dir: &Path,
+        name: &str,
+        curve: synod_core::cert::Curve,
+    ) -> anyhow::Result<IdentityFiles> {
+        let files = synod_client::keygen(name, curve, dir)?;
         Ok(IdentityFiles {
             cert_pem: std::fs::read_to_string(&files.cert)?,
             key_pem: std::fs::read_to_string(&files.key)?,

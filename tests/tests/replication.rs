@@ -17,6 +17,25 @@ async fn post(client: &Client, id: u64, msg: &str) -> anyhow::Result<TxId> {
     post_log(client, id, msg, Duration::from_secs(20)).await
 }
 
+/// Issue 14: nodes on P-256 keys (and a P-256 service) join over mutual TLS, replicate, forward and serve receipts
+/// (the default, P-384, is what every other test runs).
+#[tokio::test]
+async fn nodes_on_p256_keys_join_replicate_and_sign() -> anyhow::Result<()> {
+    bounded(120, async {
+        let mut net = Network::start(2, &["--curve", "secp256r1"]).await?;
+        let p = net.primary().await?;
+        let via_backup = post(&net.user_client((p + 1) % 2)?, 1, "p256").await?;
+        net.wait_committed_everywhere(via_backup).await?;
+        let cert = std::fs::read_to_string(&net.service_cert)?;
+        for i in 0..2 {
+            let receipt = net.user_client(i)?.receipt(via_backup, true).await?;
+            synod_client::verify_receipt_bytes(&receipt, &cert).with_context(|| format!("node {i}"))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Steps 1, 2 and 5: a 3-node network commits once a majority has the write; a write sent to a backup is
 /// forwarded to the primary; reads are served locally; ledgers are identical and audit clean.
 #[tokio::test]

@@ -9,7 +9,9 @@ use anyhow::{ensure, Context as _};
 use base64::Engine as _;
 use serde_json::json;
 use synod_client::{Body, Client, Method, TxId, TxStatus};
-use synod_tests::{audit_ledger, bounded, committed_chunks, ensure_audits_clean, synod_cli, SingleNode};
+use synod_tests::{
+    audit_ledger, bounded, committed_chunks, ensure_audits_clean, synod_cli, IdentityFiles, SingleNode,
+};
 use tokio::sync::Mutex;
 
 const COMMIT_WAIT: Duration = Duration::from_secs(20);
@@ -165,6 +167,63 @@ fn verify_with_ccf_package(
         .arg(claims_digest)
         .output()
         .context("python3 with the ccf package (scripts/setup.sh installs it)")
+}
+
+/// Issue 14: a service on each of the other curves serves users holding keys on every curve (TLS client
+/// authentication), records its curve, and hands out receipts that verify — with CCF's own verifiers on P-256 too.
+#[tokio::test]
+async fn every_curve_serves_users_on_every_curve_and_verifiable_receipts() -> anyhow::Result<()> {
+    use synod_core::cert::Curve;
+    bounded(150, async {
+        for curve in [Curve::P256, Curve::Ed25519] {
+            let keys = tempfile::tempdir()?;
+            let users = Curve::ALL
+                .iter()
+                .map(|c| IdentityFiles::generate_on(keys.path(), &format!("user-{c}"), *c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut args = vec!["--curve".to_string(), curve.to_string()];
+            for u in &users {
+                args.extend(["--user-cert".to_string(), u.cert.display().to_string()]);
+            }
+            let net = SingleNode::start(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+            let service_pem = net.node.service_cert_pem()?;
+            ensure!(synod_core::cert::curve_of(&service_pem)? == curve);
+            let info: serde_json::Value = net.user_client()?.get_json("/gov/service/info").await?;
+            ensure!(info["curve"] == curve.as_str(), "{info}");
+            for (i, user) in users.iter().enumerate() {
+                let c = net.node.client(Some(user))?;
+                let id = post(&c, "/app/log/private", json!({"id": i, "msg": curve.as_str()})).await?;
+                ensure!(c.wait_for_commit(id, COMMIT_WAIT).await? == TxStatus::Committed);
+                for cose in [false, true] {
+                    let receipt = c.receipt(id, cose).await?;
+                    synod_client::verify_receipt_bytes(&receipt, &service_pem)
+                        .with_context(|| format!("{curve} service, user on {}", Curve::ALL[i]))?;
+                }
+                if curve == Curve::P256 && i == 0 {
+                    let cert = net.tmp.path().join("service_cert.pem");
+                    std::fs::write(&cert, &service_pem)?;
+                    let json_receipt = c.receipt(id, false).await?;
+                    let claims = serde_json::from_slice::<serde_json::Value>(&json_receipt)?
+                        ["leaf_components"]["claims_digest"]
+                        .as_str()
+                        .context("claims_digest")?
+                        .to_string();
+                    for (mode, bytes) in [("json", json_receipt), ("cose", c.receipt(id, true).await?)] {
+                        let path = net.tmp.path().join(format!("p256.{mode}"));
+                        std::fs::write(&path, &bytes)?;
+                        let out = verify_with_ccf_package(mode, &path, &cert, &claims)?;
+                        ensure!(
+                            out.status.success(),
+                            "ccf package, P-256 {mode} receipt: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Step 3: receipts in both forms verify offline with only the service certificate (our CLI and pycose), and a

@@ -304,6 +304,7 @@ async fn service_info(State(app): State<AppState>) -> Response {
         "certificate": app.node.service_cert_pem,
         "recoveryThreshold": info["recovery_threshold"],
         "currentView": app.node.view().view,
+        "curve": info["curve"],
     }))
     .into_response()
 }
