@@ -4,20 +4,10 @@
 # a 1-node sandbox with 2 members (debug build unless SYNOD_BIN_DIR says otherwise). It makes a write and leaves
 # one proposal open with one ballot, then tests/dashboard/dashboard.test.mjs checks what the page shows and that its
 # explorer verifies the write's receipt in the browser. Screenshots: $(scripts/target-dir.sh)/dashboard/*.png.
-# Part of scripts/test.sh; installs chromium (apt) and playwright-core (npm) when missing.
+# Part of scripts/test.sh; `scripts/setup.sh --test` installs chromium (apt) and playwright-core (npm) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v chromium >/dev/null; then
-    echo "check-dashboard: installing chromium" >&2
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
-fi
-if [ ! -d tests/dashboard/node_modules/playwright-core ]; then
-    echo "check-dashboard: installing playwright-core (npm)" >&2
-    (cd tests/dashboard && npm install --no-audit --no-fund --silent)
-fi
+./scripts/setup.sh --test
 TARGET="$(./scripts/target-dir.sh)"
 BIN="${SYNOD_BIN_DIR:-$TARGET/debug}"
 OUT="$TARGET/dashboard"

@@ -2,9 +2,16 @@
 # Installs what building and testing Synod needs on a fresh Debian machine with Rust. Idempotent and quiet when
 # everything is already there. Why system RocksDB: the bundled C++ build costs 15-17 minutes on 2 cores;
 # `rocksdb = "=0.20.1"` links Debian's librocksdb-dev 7.8 in ~20 s (see docs/ARCHITECTURE.md, "Build").
+#
+#   scripts/setup.sh [--test]    --test: also what only the tests need (Debian's chromium and playwright-core from
+#                                npm, for the dashboard test in a browser)
 set -euo pipefail
+cd "$(dirname "$0")/.."
+FOR_TESTS=0
+[ "${1:-}" = --test ] && FOR_TESTS=1
 
 APT_PACKAGES=(librocksdb-dev libclang-dev clang pkg-config curl)
+((FOR_TESTS)) && APT_PACKAGES+=(chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,4 +40,9 @@ fi
 if ! python3 -c 'import ccf.receipt, ccf.cose' 2>/dev/null; then
     echo "setup: installing ccf==6.0.28 (CCF's Python package, receipt verifiers)" >&2
     pip_install --no-deps 'ccf==6.0.28'
+fi
+# The dashboard test drives Debian's chromium with playwright-core, which downloads no browser of its own.
+if ((FOR_TESTS)) && [ ! -d tests/dashboard/node_modules/playwright-core ]; then
+    echo "setup: installing playwright-core (npm, tests/dashboard)" >&2
+    (cd tests/dashboard && npm ci --no-audit --no-fund --silent)
 fi

@@ -3,7 +3,7 @@
 # the binaries the end-to-end tests start, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh --test
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 # The Kubernetes manifests and pod scripts, offline (docs/KUBERNETES.md).
