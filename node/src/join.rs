@@ -205,6 +205,18 @@ async fn get_ok(http: &reqwest::Client, url: &str, what: &str) -> anyhow::Result
     Ok(r)
 }
 
+/// A progress bar for a snapshot download of `size` bytes on an operator's terminal; indicatif draws nothing when
+/// stderr is not a terminal (a service manager, a log file).
+fn download_progress(size: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(size);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "snapshot {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 /// Fetches the committed snapshot `offer` names and checks it against its proof.
 async fn fetch_snapshot(
     http: &reqwest::Client,
@@ -224,6 +236,7 @@ async fn fetch_snapshot(
     let mut r = get_ok(http, &url, "the snapshot").await?;
     // Read no more than the size announced with the proof (the digest check catches any other difference).
     let mut bytes = Vec::with_capacity(usize::try_from(answer.size.min(1 << 30)).unwrap_or(0));
+    let progress = download_progress(answer.size);
     while let Some(chunk) = r.chunk().await.context("downloading the snapshot")? {
         ensure!(
             bytes.len() as u64 + chunk.len() as u64 <= answer.size,
@@ -231,7 +244,9 @@ async fn fetch_snapshot(
             answer.size
         );
         bytes.extend_from_slice(&chunk);
+        progress.set_position(bytes.len() as u64);
     }
+    progress.finish_and_clear();
     verify_snapshot(&answer, &bytes, service_cert_pem)?;
     tracing::info!(
         seqno = answer.seqno,

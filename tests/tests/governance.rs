@@ -140,7 +140,15 @@ async fn a_consortium_governs_the_network_through_the_cli() -> anyhow::Result<()
         ensure!(vote(&net, p, 2, &id, true)? == "Accepted");
         net.nodes[j].wait_listening()?;
         net.wait_for_voters(4).await?;
-        let listing = cli_json(net.gov_cli(j, 0, &["list"])?)?;
+        // A voter may still be applying what it was sent: give it the time to catch up (it checks every signature).
+        let mut listing = cli_json(net.gov_cli(j, 0, &["list"])?)?;
+        for _ in 0..100 {
+            if listing.as_array().map_or(0, |a| a.len()) >= 5 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            listing = cli_json(net.gov_cli(j, 0, &["list"])?)?;
+        }
         ensure!(
             listing.as_array().map_or(0, |a| a.len()) >= 5,
             "every proposal is listed from the new node: {listing}"
