@@ -37,8 +37,7 @@ use coset::cbor::value::Value;
 use coset::{iana, CborSerializable, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
 use sha2::{Digest as _, Sha256};
 use synod_core::cert::Identity;
-use synod_core::keys::{Curve, PrivateKey, PublicKey};
-use x509_parser::prelude::{FromDer, X509Certificate};
+use synod_core::keys::{curve_name, key_algorithm_name, Curve, PrivateKey, PublicKey};
 
 /// Protected header label of the message type.
 pub const HEADER_MSG_TYPE: &str = "ccf.gov.msg.type";
@@ -62,8 +61,6 @@ const OID_ED25519: &str = "1.3.101.112";
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 const OID_SECP384R1: &str = "1.3.132.0.34";
 const OID_SECP256R1: &str = "1.2.840.10045.3.1.7";
-const OID_SECP521R1: &str = "1.3.132.0.35";
-const OID_RSA: &str = "1.2.840.113549.1.1.1";
 
 /// Why a governance request (or a member key or certificate) was refused. The node answers the request errors
 /// with [`GovError::http_status`]; the `Display` text is meant to be shown to the member as is.
@@ -688,54 +685,12 @@ fn digest_of_signature(alg: Alg, signature: &[u8]) -> [u8; 32] {
     Sha256::digest(normalized.as_deref().unwrap_or(signature)).into()
 }
 
-/// A member certificate's public key, once its type is known to be one governance supports (the type is checked
-/// here first so that an RSA or P-521 member gets "unsupported", not "invalid").
+/// A member certificate's public key: an RSA or P-521 member gets "unsupported", a broken one "invalid".
 fn cert_public_key(cert_der: &[u8]) -> Result<PublicKey, GovError> {
-    let (rest, cert) =
-        X509Certificate::from_der(cert_der).map_err(|e| GovError::InvalidCertificate(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(GovError::InvalidCertificate(
-            "trailing bytes after the certificate".into(),
-        ));
-    }
-    let spki = cert.public_key();
-    match spki.algorithm.algorithm.to_id_string().as_str() {
-        OID_ED25519 => {}
-        OID_EC_PUBLIC_KEY => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|oid| oid.to_id_string())
-                .unwrap_or_default();
-            if curve != OID_SECP384R1 && curve != OID_SECP256R1 {
-                return Err(GovError::UnsupportedKey(format!(
-                    "ECDSA on {}",
-                    curve_name(&curve)
-                )));
-            }
-        }
-        other => return Err(GovError::UnsupportedKey(algorithm_name(other))),
-    }
-    PublicKey::from_cert(cert_der).map_err(|e| GovError::InvalidCertificate(e.to_string()))
-}
-
-fn curve_name(oid: &str) -> String {
-    match oid {
-        OID_SECP256R1 => "P-256".into(),
-        OID_SECP384R1 => "P-384".into(),
-        OID_SECP521R1 => "P-521".into(),
-        "" => "an unnamed curve".into(),
-        other => format!("curve {other}"),
-    }
-}
-
-fn algorithm_name(oid: &str) -> String {
-    match oid {
-        OID_RSA => "RSA".into(),
-        other => format!("key algorithm {other}"),
-    }
+    PublicKey::from_cert(cert_der).map_err(|e| match e {
+        synod_core::cert::CertError::UnsupportedKey(what) => GovError::UnsupportedKey(what),
+        other => GovError::InvalidCertificate(other.to_string()),
+    })
 }
 
 /// A member's private key, which signs its governance requests.
@@ -824,7 +779,7 @@ fn describe_unusable_pkcs8(pem: &str) -> GovError {
                     }
                 }
                 OID_ED25519 => GovError::InvalidKey("an Ed25519 key that does not parse".into()),
-                other => GovError::UnsupportedKey(algorithm_name(other)),
+                other => GovError::UnsupportedKey(key_algorithm_name(other)),
             }
         }
     }

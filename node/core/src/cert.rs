@@ -37,6 +37,9 @@ pub enum CertError {
     /// A key on an unsupported curve, or one that does not parse.
     #[error("invalid key: {0}")]
     Key(String),
+    /// A key of a type or on a curve Synod does not support (RSA, P-521, ...).
+    #[error("unsupported key: {0} (ECDSA P-384 or P-256 and Ed25519 keys are supported)")]
+    UnsupportedKey(String),
     /// A signature that does not verify (or cannot be decoded).
     #[error("bad signature: {0}")]
     BadSignature(String),

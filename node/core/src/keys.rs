@@ -23,6 +23,27 @@ const OID_ED25519: &str = "1.3.101.112";
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 const OID_SECP256R1: &str = "1.2.840.10045.3.1.7";
 const OID_SECP384R1: &str = "1.3.132.0.34";
+const OID_SECP521R1: &str = "1.3.132.0.35";
+const OID_RSA: &str = "1.2.840.113549.1.1.1";
+
+/// A readable name for an elliptic curve OID (`P-521`, ...), for "unsupported key" answers.
+pub fn curve_name(oid: &str) -> String {
+    match oid {
+        OID_SECP256R1 => "P-256".into(),
+        OID_SECP384R1 => "P-384".into(),
+        OID_SECP521R1 => "P-521".into(),
+        "" => "an unnamed curve".into(),
+        other => format!("curve {other}"),
+    }
+}
+
+/// A readable name for a public key algorithm OID (`RSA`, ...).
+pub fn key_algorithm_name(oid: &str) -> String {
+    match oid {
+        OID_RSA => "RSA".into(),
+        other => format!("key algorithm {other}"),
+    }
+}
 
 /// A key's curve. CCF names them `Secp384R1` and `Secp256R1`; Synod's default is CCF's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -255,15 +276,13 @@ impl PublicKey {
                     OID_SECP256R1 => p256::ecdsa::VerifyingKey::from_sec1_bytes(raw)
                         .map(PublicKey::P256)
                         .map_err(|_| key_err("the P-256 public key is not a curve point")),
-                    "" => Err(key_err("an ECDSA key on an unnamed curve")),
-                    other => Err(key_err(format!(
-                        "an ECDSA key on curve {other} (secp384r1 or secp256r1 are supported)"
+                    other => Err(CertError::UnsupportedKey(format!(
+                        "ECDSA on {}",
+                        curve_name(other)
                     ))),
                 }
             }
-            other => Err(key_err(format!(
-                "key algorithm {other} (ECDSA secp384r1/secp256r1 or Ed25519 are supported)"
-            ))),
+            other => Err(CertError::UnsupportedKey(key_algorithm_name(other))),
         }
     }
 
@@ -278,47 +297,42 @@ impl PublicKey {
 
     /// Verifies a [`PrivateKey::sign_digest`] signature: DER ECDSA over the digest as prehash, or Ed25519.
     pub fn verify_digest(&self, digest: &Digest, signature: &[u8]) -> Result<(), CertError> {
-        let ok = match self {
-            PublicKey::P384(k) => {
-                let sig = p384::ecdsa::Signature::from_der(signature)
-                    .map_err(|_| bad_sig("not a DER ECDSA P-384 signature"))?;
-                k.verify_prehash(digest, &sig).is_ok()
-            }
-            PublicKey::P256(k) => {
-                let sig = p256::ecdsa::Signature::from_der(signature)
-                    .map_err(|_| bad_sig("not a DER ECDSA P-256 signature"))?;
-                k.verify_prehash(digest, &sig).is_ok()
-            }
-            PublicKey::Ed25519(k) => {
-                let sig = ed25519_dalek::Signature::from_slice(signature)
-                    .map_err(|_| bad_sig("an Ed25519 signature is 64 bytes"))?;
-                k.verify_strict(digest, &sig).is_ok()
-            }
-        };
-        ok.then_some(()).ok_or_else(|| bad_sig("signature mismatch"))
+        if let PublicKey::Ed25519(k) = self {
+            let sig = ed25519_dalek::Signature::from_slice(signature)
+                .map_err(|_| bad_sig("an Ed25519 signature is 64 bytes"))?;
+            return k
+                .verify_strict(digest, &sig)
+                .map_err(|_| bad_sig("signature mismatch"));
+        }
+        self.verify_prehash(digest, signature, false)
     }
 
     /// Verifies an ECDSA signature — raw `r‖s` (IEEE P1363, WebCrypto's) or DER — over a message already hashed
     /// (with any hash of at least half the field size). Ed25519 keys have no prehashed form: refused.
     pub fn verify_ecdsa_prehashed(&self, prehash: &[u8], signature: &[u8]) -> Result<(), CertError> {
-        let raw_len = self.curve().raw_signature_len();
+        self.verify_prehash(prehash, signature, true)
+    }
+
+    /// ECDSA over a prehash; the signature DER, or also raw `r‖s` when `raw_too` (by its length).
+    fn verify_prehash(&self, prehash: &[u8], signature: &[u8], raw_too: bool) -> Result<(), CertError> {
+        let raw = raw_too && signature.len() == self.curve().raw_signature_len();
         let ok = match self {
             PublicKey::P384(k) => {
-                let sig = if signature.len() == raw_len {
+                let sig = if raw {
                     p384::ecdsa::Signature::from_slice(signature)
                 } else {
                     p384::ecdsa::Signature::from_der(signature)
                 }
-                .map_err(|_| bad_sig("neither r‖s nor DER ECDSA P-384"))?;
+                .map_err(|_| bad_sig("not an ECDSA P-384 signature"))?;
                 k.verify_prehash(prehash, &sig).is_ok()
             }
             PublicKey::P256(k) => {
-                let sig = if signature.len() == raw_len {
+                let sig = if raw {
                     p256::ecdsa::Signature::from_slice(signature)
                 } else {
                     p256::ecdsa::Signature::from_der(signature)
                 }
-                .map_err(|_| bad_sig("neither r‖s nor DER ECDSA P-256"))?;
+                .map_err(|_| bad_sig("not an ECDSA P-256 signature"))?;
                 k.verify_prehash(prehash, &sig).is_ok()
             }
             PublicKey::Ed25519(_) => return Err(bad_sig("an Ed25519 key does not verify ECDSA")),
