@@ -27,8 +27,7 @@ use synod_core::cert::PrivateKey;
 use synod_core::hash::Digest;
 use synod_core::ledger::{
     check_signature_shape, encode_frame, make_entry, signature_write_set, verify_signature_crypto,
-    verify_signature_transaction, LedgerEntry, MapWrites, SignatureRecord, Transaction, WriteSet,
-    FRAME_HEADER, KIND_SIGNATURE, KIND_TX,
+    LedgerEntry, MapWrites, SignatureRecord, Transaction, WriteSet, FRAME_HEADER, KIND_SIGNATURE, KIND_TX,
 };
 use synod_core::maps;
 use synod_core::merkle::{MerkleTree, ProofStep};
@@ -551,15 +550,21 @@ fn check_signature(
     expected_root: Option<Digest>,
     service_cert_der: &[u8],
 ) -> Result<SigInfo, String> {
-    let expected_root = expected_root.ok_or("signature over an empty log")?;
-    let checked = verify_signature_transaction(public, tx_id, &expected_root, service_cert_der)
-        .map_err(|e| e.to_string())?;
-    Ok(SigInfo {
-        tx_id,
-        root: checked.root,
-        record: checked.record,
-        cose: checked.cose_sign1,
-    })
+    let info = shape_signature(tx_id, public, expected_root)?;
+    verify_sig_info(&info, service_cert_der)?;
+    Ok(info)
+}
+
+/// The cryptographic half of [`check_signature`], which [`Core::verify_deferred`] runs at commit.
+fn verify_sig_info(info: &SigInfo, service_cert_der: &[u8]) -> Result<(), String> {
+    verify_signature_crypto(
+        &info.record,
+        &info.cose,
+        &info.root,
+        info.tx_id,
+        Some(service_cert_der),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// [`check_signature`] without the cryptography (see [`History::unverified`]).
@@ -624,9 +629,8 @@ mod check_signature_tests {
         assert!(err.contains("COSE"), "{err}");
         // Deferred to commit, the same signature passes the shape check and fails the cryptographic one.
         let info = shape_signature(tx_id, &forged, Some(root)).unwrap();
-        let err = verify_signature_crypto(&info.record, &info.cose, &info.root, tx_id, Some(&service_der))
-            .unwrap_err();
-        assert!(err.to_string().contains("COSE"), "{err}");
+        let err = verify_sig_info(&info, &service_der).unwrap_err();
+        assert!(err.contains("COSE"), "{err}");
         assert!(
             shape_signature(tx_id, &forged, Some([8u8; 32])).is_err(),
             "a wrong root needs no crypto"
@@ -1411,17 +1415,8 @@ impl Core {
             let info = self.history.sigs.get(&seqno).ok_or_else(|| {
                 CoreError::Invariant(format!("deferred signature {seqno} is not in the history"))
             })?;
-            verify_signature_crypto(
-                &info.record,
-                &info.cose,
-                &info.root,
-                info.tx_id,
-                Some(&self.keys.service_cert_der),
-            )
-            .map_err(|e| CoreError::BadEntry {
-                seqno,
-                reason: e.to_string(),
-            })?;
+            verify_sig_info(info, &self.keys.service_cert_der)
+                .map_err(|reason| CoreError::BadEntry { seqno, reason })?;
         }
         Ok(())
     }
