@@ -404,7 +404,15 @@ async fn a_client_attests_a_node_before_pinning_the_service_certificate() -> any
         let c = net.user_client()?;
         let own: serde_json::Value = c.get_json("/node/quotes/self").await?;
         ensure!(own["format"] == "Insecure_Virtual", "{own}");
-        let all: serde_json::Value = c.get_json("/node/quotes").await?;
+        // The list reads the committed nodes table: give genesis the time to commit (a slow machine, a debug build).
+        let mut all: serde_json::Value = c.get_json("/node/quotes").await?;
+        for _ in 0..100 {
+            if all["quotes"].as_array().is_some_and(|q| !q.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            all = c.get_json("/node/quotes").await?;
+        }
         let quotes = all["quotes"].as_array().context("quotes")?;
         ensure!(
             quotes.len() == 1 && quotes[0]["node_id"] == own["node_id"],
