@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod maps;
 pub mod merkle;
 pub mod receipt;
+pub mod recovery;
 pub mod snapshot;
 pub mod testing;
 pub mod txid;
