@@ -2,9 +2,12 @@
 # Starts a Synod network of N nodes on this machine (127.0.0.1 only) and prints how to use it. The first node
 # creates the service with M members; the members then open it by vote and trust each joining node by vote,
 # through the synod-gov CLI, as a real consortium would. Ctrl-C stops every node it started; running it again on
-# the same workspace restarts the same network from disk.
+# the same workspace restarts the same network from disk. --recover WORKSPACE brings a stopped network back from
+# its ledger files alone, as after a disaster (docs/RECOVERY.md): a new service identity, the members accept the
+# recovery and submit their recovery shares, the other nodes join again.
 #
 #   ./sandbox.sh [-n N] [--members M] [--js-app DIR] [--workspace DIR] [--port PORT] [--debug] [--verbose]
+#   ./sandbox.sh --recover WORKSPACE [-n N] [--port PORT] [--debug]
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT="$PWD"
@@ -16,8 +19,9 @@ VERBOSE=0
 NODES=3
 MEMBERS=1
 JS_APP=""
+RECOVER=0
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     echo "  --js-app DIR     deploy the JavaScript bundle in DIR (app.json + src/) by vote, e.g. js-apps/logging"
     echo "  -n N             number of nodes (default 3)"
     echo "  --members M      number of consortium members (default 1); a strict majority decides"
@@ -25,6 +29,8 @@ usage() {
     echo "  --port PORT      HTTPS port of the first node; node i uses PORT+i, and PORT+100+i between nodes"
     echo "  --debug          use a debug build (faster to build, slower to run)"
     echo "  --verbose        node logs at debug level"
+    echo "  --recover DIR    recover the stopped network in DIR from its nodes' ledger files (its members' keys,"
+    echo "                   *_enc_privk.pem, decrypt their recovery shares); the old node data moves to DIR/lost-*"
 }
 while (($#)); do
     case "$1" in
@@ -35,6 +41,7 @@ while (($#)); do
         -n) NODES="$2"; shift 2 ;;
         --members) MEMBERS="$2"; shift 2 ;;
         --js-app) JS_APP="$2"; shift 2 ;;
+        --recover) RECOVER=1; WORKSPACE="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "sandbox: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -60,14 +67,50 @@ fi
 BIN="$(./scripts/target-dir.sh)/$PROFILE"
 
 MEMBER_NAMES=()
+if ((RECOVER)); then
+    # The consortium of the lost network: every member whose keys are in the workspace.
+    MEMBERS=0
+    while [ -f "$WORKSPACE/member${MEMBERS}_cert.pem" ]; do MEMBERS=$((MEMBERS + 1)); done
+    if ((MEMBERS == 0)); then
+        echo "sandbox: $WORKSPACE holds no member0_cert.pem: is it a sandbox workspace?" >&2
+        exit 2
+    fi
+fi
 for ((m = 0; m < MEMBERS; m++)); do MEMBER_NAMES+=("member$m"); done
-for who in user0 "${MEMBER_NAMES[@]}"; do
+if [ ! -f "$WORKSPACE/user0_cert.pem" ]; then
+    "$BIN/synod" keygen --name user0 --out "$WORKSPACE" >/dev/null
+fi
+for who in "${MEMBER_NAMES[@]}"; do
+    # Members get an encryption key too: they are recovery members, each holding a recovery share.
     if [ ! -f "$WORKSPACE/${who}_cert.pem" ]; then
-        "$BIN/synod" keygen --name "$who" --out "$WORKSPACE" >/dev/null
+        "$BIN/synod-gov" keygen --name "$who" --out "$WORKSPACE" >/dev/null
     fi
 done
 FRESH=1
 [ -d "$WORKSPACE/n0/db" ] && FRESH=0
+LOST=""
+if ((RECOVER)); then
+    # The ledger to recover from: the longest one starting at seqno 1 (a node that joined from a snapshot holds
+    # only the ledger after it).
+    best="" best_size=0
+    for dir in "$WORKSPACE"/n*/ledger; do
+        [ -d "$dir" ] || continue
+        compgen -G "$dir/ledger_1[-.]*" >/dev/null || compgen -G "$dir/ledger_1" >/dev/null || continue
+        size=$(du -sb "$dir" | cut -f1)
+        if ((size > best_size)); then best="$dir" best_size=$size; fi
+    done
+    if [ -z "$best" ]; then
+        echo "sandbox: no node in $WORKSPACE holds a ledger starting at seqno 1: nothing to recover from" >&2
+        exit 1
+    fi
+    LOST="$WORKSPACE/lost-$(date +%Y%m%d-%H%M%S)"
+    mkdir -p "$LOST"
+    for dir in "$WORKSPACE"/n*; do [ -d "$dir" ] && mv "$dir" "$LOST/"; done
+    cp "$WORKSPACE/service_cert.pem" "$LOST/service_cert.pem"
+    RECOVER_LEDGER="$LOST/$(basename "$(dirname "$best")")/ledger"
+    echo "sandbox: recovering from $RECOVER_LEDGER (the old node data is in $LOST)" >&2
+    FRESH=1
+fi
 
 json_field() { # field: reads JSON on stdin
     python3 -c "import json,sys; print(json.load(sys.stdin)$1)"
@@ -107,6 +150,31 @@ pass_proposal() { # description synod-gov-propose-arguments...
     [ "$state" = Accepted ]
 }
 
+service_status() {
+    curl -s --cacert "$WORKSPACE/service_cert.pem" "https://127.0.0.1:$PORT/gov/service/info" | json_field '["status"]'
+}
+
+# The members accept the recovery (naming the lost service's identity), then submit their shares until the
+# threshold is reached; the recovered service opens once its private state is replayed.
+recover_service() {
+    local previous
+    previous=$(python3 -c "import json,sys; print(json.dumps({'previous_service_identity': open(sys.argv[1]).read()}))" "$LOST/service_cert.pem")
+    pass transition_service_to_open "$previous" || { echo "sandbox: the members did not accept the recovery" >&2; exit 1; }
+    for m in "${MEMBER_NAMES[@]}"; do
+        [ "$(service_status)" = WaitingForRecoveryShares ] || break
+        if [ ! -f "$WORKSPACE/${m}_enc_privk.pem" ]; then continue; fi
+        "$BIN/synod-gov" --network "$WORKSPACE/network.json" --member "$m" recovery share \
+            --encryption-key "$WORKSPACE/${m}_enc_privk.pem" | sed "s/^/sandbox: $m: /" >&2 ||
+            { echo "sandbox: $m could not submit its recovery share" >&2; exit 1; }
+    done
+    for _ in $(seq 1 600); do
+        [ "$(service_status)" = Open ] && { echo "sandbox: the service is recovered and open" >&2; return 0; }
+        sleep 0.1
+    done
+    echo "sandbox: the recovered service did not open (status $(service_status)); see $WORKSPACE/n0.log" >&2
+    exit 1
+}
+
 PIDS=()
 stop() {
     trap - INT TERM EXIT
@@ -144,9 +212,16 @@ for ((i = 0; i < NODES; i++)); do
     rm -f "$dir/rpc_address"
     common=(--data-dir "$dir" --node-name "$name" --rpc-address "127.0.0.1:$((PORT + i))"
         --node-address "127.0.0.1:$((PORT + 100 + i))")
-    if ((i == 0)); then
+    if ((i == 0 && RECOVER)); then
+        RUST_LOG="$LOG_LEVEL" "$BIN/synod-node" recover "${common[@]}" --ledger "$RECOVER_LEDGER" \
+            >>"$WORKSPACE/$name.log" 2>&1 &
+    elif ((i == 0)); then
         member_certs=()
-        for m in "${MEMBER_NAMES[@]}"; do member_certs+=(--member-cert "$WORKSPACE/${m}_cert.pem"); done
+        for m in "${MEMBER_NAMES[@]}"; do
+            member="$WORKSPACE/${m}_cert.pem"
+            [ -f "$WORKSPACE/${m}_enc_pubk.pem" ] && member+=",$WORKSPACE/${m}_enc_pubk.pem"
+            member_certs+=(--member-cert "$member")
+        done
         RUST_LOG="$LOG_LEVEL" "$BIN/synod-node" start "${common[@]}" \
             --user-cert "$WORKSPACE/user0_cert.pem" "${member_certs[@]}" \
             >>"$WORKSPACE/$name.log" 2>&1 &
@@ -181,7 +256,9 @@ for n in json.load(sys.stdin)['value']:
     if ((i == 0)); then
         cp "$dir/service_cert.pem" "$WORKSPACE/service_cert.pem"
         write_network "$NODES_JSON"
-        if ((FRESH)); then
+        if ((RECOVER)); then
+            recover_service
+        elif ((FRESH)); then
             pass transition_service_to_open "{}" || { echo "sandbox: the members could not open the service" >&2; exit 1; }
         fi
     fi
@@ -218,7 +295,7 @@ C="--cacert $W/service_cert.pem --cert $W/user0_cert.pem --key $W/user0_privk.pe
     cat <<EOT
   service cert     $W/service_cert.pem
   user0            $W/user0_cert.pem  $W/user0_privk.pem
-  members          ${MEMBER_NAMES[*]}  ($W/member*_cert.pem, $W/member*_privk.pem)
+  members          ${MEMBER_NAMES[*]}  ($W/member*_cert.pem, $W/member*_privk.pem; recovery: *_enc_privk.pem)
   network.json     $W/network.json   (the synod CLI reads it by default)
   dashboard        https://127.0.0.1:$PORT/node/dashboard   (the explorer fetches receipts as a user: import
                    user0 into the browser, e.g. openssl pkcs12 -export -in $W/user0_cert.pem -inkey $W/user0_privk.pem -out user0.p12)
@@ -239,6 +316,8 @@ Try (any node takes writes: backups forward them to the primary):
   synod-gov list                                   # governance: proposals
   synod call -X POST /app/js/log/private --data '{"id": 1, "msg": "hi"}'   # with --js-app js-apps/logging
   synod-gov propose --action set_user --args '{"cert": "<PEM>"}'; synod-gov --member member0 vote <id> --accept
+
+After a disaster (every node lost): stop this script, then ./sandbox.sh --recover $W   (docs/RECOVERY.md)
 
 Press Ctrl-C to stop the network.
 EOT

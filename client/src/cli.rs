@@ -326,6 +326,10 @@ pub enum ReceiptCommand {
     Verify {
         /// The receipt file
         file: PathBuf,
+        /// A receipt of a service this one recovered: the current identity's endorsement of the previous one
+        /// (`endorsement` of GET /node/service/previous_identity, PEM), repeatable, oldest last
+        #[arg(long, value_name = "PEM")]
+        service_endorsement: Vec<PathBuf>,
     },
 }
 
@@ -627,10 +631,19 @@ fn run_audit(
     }
 }
 
-fn run_verify(cli: &Cli, file: &Path, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
+fn run_verify(
+    cli: &Cli,
+    file: &Path,
+    endorsements: &[PathBuf],
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<u8> {
     let pem = cli.connect.net.service_cert_pem()?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read the receipt {}", file.display()))?;
-    match crate::verify_receipt_bytes(&bytes, &pem) {
+    let endorsements = endorsements
+        .iter()
+        .map(|p| read(p, "the service endorsement"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    match synod_core::receipt::verify_bytes_with(&bytes, &pem, &endorsements) {
         Ok(v) => {
             let tx = v
                 .tx_id
@@ -823,7 +836,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Receipt(ReceiptCommand::Verify { file }) => run_verify(&cli, file, out),
+        Command::Receipt(ReceiptCommand::Verify {
+            file,
+            service_endorsement,
+        }) => run_verify(&cli, file, service_endorsement, out),
         Command::Attest {
             url,
             measurement,

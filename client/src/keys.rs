@@ -37,7 +37,8 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+/// Writes `contents` to a new file `path` with `mode`, synced; refuses to overwrite anything.
+pub fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -81,6 +81,7 @@ mod tests {
             proof: Some(path.iter().map(ProofElement::from).collect()),
             signature: record.signature.clone(),
             root: None,
+            service_endorsements: None,
         };
         (sample, serde_json::to_vec_pretty(&json).unwrap(), cose)
     }

@@ -199,12 +199,36 @@ const actions = new Map([
   ["remove_js_app", new Action(
     () => {},
     () => table("public:ccf.gov.js_app").delete(key("")))],
+  // Opens a new service; on a recovered one (status Recovering), accepts the recovery instead: the members name
+  // the identity of the service it recovers (and may name the new one), and the service then waits for their
+  // recovery shares (CCF's arguments and states). It opens once enough shares were submitted and its private
+  // state is recovered.
   ["transition_service_to_open", new Action(
-    () => {},
-    () => {
+    (args) => {
+      if (args.previous_service_identity !== undefined) checkPem(args.previous_service_identity, "previous_service_identity");
+      if (args.next_service_identity !== undefined) checkPem(args.next_service_identity, "next_service_identity");
+    },
+    (args) => {
       const info = getJson("public:ccf.gov.service.info", "");
       if (info === undefined) throw new Error("no service info");
+      const pem = (p) => p.replace(/\s+/g, "");
+      if (args.next_service_identity !== undefined && pem(args.next_service_identity) !== pem(info.cert)) {
+        throw new Error("next_service_identity is not this service's identity");
+      }
+      if (info.status === "Recovering") {
+        if (args.previous_service_identity === undefined) {
+          throw new Error("previous_service_identity is required to accept the recovery of a service");
+        }
+        const previous = getJson("public:ccf.internal.previous_service_identity", "");
+        if (previous === undefined || pem(previous.previous_service_identity) !== pem(args.previous_service_identity)) {
+          throw new Error("previous_service_identity is not the identity of the service this one recovers");
+        }
+        info.status = "WaitingForRecoveryShares";
+        setJson("public:ccf.gov.service.info", "", info);
+        return;
+      }
       if (info.status === "Open") throw new Error("the service is already open");
+      if (info.status !== "Opening") throw new Error(`the service is ${info.status}, not Opening or Recovering`);
       info.status = "Open";
       setJson("public:ccf.gov.service.info", "", info);
     })],

@@ -151,7 +151,8 @@ pub enum Command {
     },
     /// Update, then acknowledge this member's state digest (a newly added member becomes Active)
     Ack,
-    /// Generate a member identity: <NAME>_cert.pem and <NAME>_privk.pem (ECDSA P-384 unless --curve says otherwise)
+    /// Generate a member identity: <NAME>_cert.pem and <NAME>_privk.pem (ECDSA P-384 unless --curve says
+    /// otherwise), and its RSA encryption key pair <NAME>_enc_pubk.pem / <NAME>_enc_privk.pem (recovery shares)
     Keygen {
         /// Identity name (certificate common name and file prefix)
         #[arg(long)]
@@ -165,7 +166,13 @@ pub enum Command {
         /// Same as --curve secp384r1 (kept for scripts written when Ed25519 was the default)
         #[arg(long, hide = true, conflicts_with = "curve")]
         p384: bool,
+        /// No encryption key pair: the member will not be a recovery member
+        #[arg(long)]
+        no_encryption_key: bool,
     },
+    /// Disaster recovery: fetch, decrypt and submit this member's recovery share
+    #[command(subcommand)]
+    Recovery(RecoveryCommand),
     /// Show the service: its info, members and nodes
     Info,
     /// Sign a governance request offline and write the COSE Sign1 (e.g. for curl -H 'content-type: application/cose')
@@ -177,6 +184,18 @@ pub enum Command {
         /// The member certificate it should be signed by
         #[arg(long, value_name = "PEM")]
         cert: PathBuf,
+    },
+}
+
+/// `synod-gov recovery ...`.
+#[derive(Debug, Subcommand)]
+pub enum RecoveryCommand {
+    /// Fetch this member's encrypted recovery share, decrypt it locally with the member's encryption private key
+    /// and submit it to the recovering service (CCF's submit_recovery_share.sh)
+    Share {
+        /// The member's RSA encryption private key (PEM; it never leaves this machine)
+        #[arg(long, value_name = "PEM")]
+        encryption_key: PathBuf,
     },
 }
 
@@ -334,6 +353,27 @@ fn field(value: &Value, names: &[&str]) -> String {
             other => other.to_string(),
         })
         .unwrap_or_else(|| "-".into())
+}
+
+/// Writes an RSA encryption key pair to `out_dir/<name>_enc_pubk.pem` and `<name>_enc_privk.pem` (mode 0600),
+/// CCF's file names, refusing to overwrite either.
+pub fn encryption_keygen(name: &str, out_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let public = out_dir.join(format!("{name}_enc_pubk.pem"));
+    let private = out_dir.join(format!("{name}_enc_privk.pem"));
+    if let Some(existing) = [&public, &private]
+        .into_iter()
+        .find(|p| p.symlink_metadata().is_ok())
+    {
+        bail!("{} exists: not overwriting it", existing.display());
+    }
+    let pair = synod_core::recovery::generate_encryption_key().context("generating the encryption key")?;
+    synod_client::keys::create_new(&private, pair.private_pem.as_bytes(), 0o600)?;
+    if let Err(e) = synod_client::keys::create_new(&public, pair.public_pem.as_bytes(), 0o644) {
+        // Do not leave a private key without its public half behind.
+        let _ = std::fs::remove_file(&private);
+        return Err(e.into());
+    }
+    Ok((public, private))
 }
 
 /// Prints a `{"value": [...]}` listing as a table of the given (header, field names) columns, or as JSON if it has
@@ -513,20 +553,58 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             out: dir,
             curve,
             p384: _,
+            no_encryption_key,
         } => {
             let kind = KeyKind::of_curve(*curve);
             let files = keygen(name, kind, dir)?;
+            let encryption = if *no_encryption_key {
+                None
+            } else {
+                Some(encryption_keygen(name, dir)?)
+            };
             if cli.json {
                 print_json(
                     out,
-                    &json!({"cert": files.cert, "key": files.key, "member_id": files.id, "key_type": kind.to_string()}),
+                    &json!({"cert": files.cert, "key": files.key, "member_id": files.id, "key_type": kind.to_string(),
+                            "encryption_public_key": encryption.as_ref().map(|e| &e.0),
+                            "encryption_private_key": encryption.as_ref().map(|e| &e.1)}),
                 )
             } else {
                 println(
                     out,
                     format!("wrote {} and {}", files.cert.display(), files.key.display()),
                 )?;
+                if let Some((public, private)) = &encryption {
+                    println(
+                        out,
+                        format!(
+                            "wrote {} and {} (RSA-2048, recovery shares)",
+                            public.display(),
+                            private.display()
+                        ),
+                    )?;
+                }
                 println(out, format!("member id {} ({kind})", files.id))
+            }
+        }
+        Command::Recovery(RecoveryCommand::Share { encryption_key }) => {
+            let pem = std::fs::read_to_string(encryption_key)
+                .with_context(|| format!("cannot read {}", encryption_key.display()))?;
+            let key = synod_core::recovery::EncryptionPrivateKey::from_pem(&pem).with_context(|| {
+                format!(
+                    "{} is not an RSA encryption private key",
+                    encryption_key.display()
+                )
+            })?;
+            let gov = cli.connect.gov_client()?;
+            let answer = gov
+                .recover_with(&key)
+                .await
+                .context("cannot submit this member's recovery share")?;
+            if cli.json {
+                print_json(out, &answer)
+            } else {
+                println(out, field(&answer, &["message"]))
             }
         }
         Command::Info => run_info(&cli, out).await,

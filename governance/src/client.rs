@@ -430,6 +430,51 @@ impl GovClient {
         .await
     }
 
+    /// This member's recovery share, encrypted to its encryption key (`GET
+    /// /gov/recovery/encrypted-shares/{memberId}`).
+    pub async fn encrypted_share(&self) -> Result<Vec<u8>> {
+        let path = format!(
+            "/gov/recovery/encrypted-shares/{}",
+            encode_segment(&self.member_id)
+        );
+        let value = gov_get_json(&self.client, &path, self.retry_budget).await?;
+        let share = value
+            .get("encryptedShare")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unexpected("encrypted-shares", format!("no \"encryptedShare\" in {value}")))?;
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, share)
+            .map_err(|e| unexpected("encrypted-shares", format!("encryptedShare is not base64: {e}")))
+    }
+
+    /// Submits a decrypted recovery share (`POST /gov/recovery/members/{memberId}:recover`, payload
+    /// `{"share": base64}`); returns the node's answer (`message`, `submitted`, `threshold`).
+    pub async fn submit_recovery_share(&self, share: &[u8]) -> Result<Value> {
+        let path = format!(
+            "/gov/recovery/members/{}:recover",
+            encode_segment(&self.member_id)
+        );
+        let share = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, share);
+        let payload = serde_json::to_vec(&json!({ "share": share })).expect("JSON of a string");
+        let response = self
+            .post_cose(&path, MsgType::RecoveryShare, None, &payload)
+            .await?
+            .error_for_status()?;
+        Ok(response.json_value()?)
+    }
+
+    /// Fetches this member's encrypted share, decrypts it with `encryption_key` (never sent anywhere) and submits
+    /// it: what CCF's `submit_recovery_share.sh` does.
+    pub async fn recover_with(
+        &self,
+        encryption_key: &synod_core::recovery::EncryptionPrivateKey,
+    ) -> Result<Value> {
+        let encrypted = self.encrypted_share().await?;
+        let share = encryption_key
+            .decrypt(&encrypted)
+            .map_err(|e| ClientError::Config(format!("cannot decrypt this member's recovery share: {e}")))?;
+        self.submit_recovery_share(&share).await
+    }
+
     /// Every proposal (`GET /gov/members/proposals`, following `nextLink`).
     pub async fn list(&self) -> Result<Vec<ProposalInfo>> {
         list_proposals(&self.client, self.retry_budget).await

@@ -152,14 +152,61 @@ pub struct StartConfig {
     /// Certificate of a user allowed to call the app (repeatable; read only when the service is created).
     #[arg(long = "user-cert")]
     pub user_certs: Vec<PathBuf>,
-    /// Certificate of a consortium member (repeatable; read only when the service is created). Without any, the
-    /// service runs in development mode: it opens at once and trusts joiners that present the join token.
+    /// Certificate of a consortium member, optionally followed by a comma and the member's RSA encryption public
+    /// key (`member0_cert.pem,member0_enc_pubk.pem`): a member with one is a recovery member and holds a
+    /// recovery share (repeatable; read only when the service is created). Without any member, the service runs
+    /// in development mode: it opens at once and trusts joiners that present the join token.
     #[arg(long = "member-cert")]
-    pub member_certs: Vec<PathBuf>,
+    pub member_certs: Vec<MemberSpec>,
+    /// Recovery shares needed to recover the service from its ledger (at most the number of recovery members;
+    /// default 1; members change it with `set_recovery_threshold`). Read only when the service is created.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=255))]
+    pub recovery_threshold: Option<u64>,
     /// Development mode only (no --member-cert): the join token joining nodes must present. Created with a
     /// fresh random token if missing (default DATA_DIR/join_token); read only when the service is created.
     #[arg(long)]
     pub join_token_file: Option<PathBuf>,
+}
+
+/// A founding member: its certificate, and its encryption public key if it is a recovery member.
+#[derive(Clone, Debug)]
+pub struct MemberSpec {
+    /// Certificate (PEM).
+    pub cert: PathBuf,
+    /// RSA encryption public key (PEM).
+    pub encryption_key: Option<PathBuf>,
+}
+
+impl std::str::FromStr for MemberSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MemberSpec, String> {
+        let mut parts = s.split(',');
+        let cert = parts
+            .next()
+            .filter(|c| !c.is_empty())
+            .ok_or("a member is CERT[,ENCRYPTION_KEY]")?;
+        let encryption_key = parts.next().map(PathBuf::from);
+        if parts.next().is_some() {
+            return Err(format!("{s:?}: a member is CERT[,ENCRYPTION_KEY], not more"));
+        }
+        Ok(MemberSpec {
+            cert: PathBuf::from(cert),
+            encryption_key,
+        })
+    }
+}
+
+/// `synod-node recover`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RecoverConfig {
+    /// Common options.
+    #[command(flatten)]
+    pub node: NodeConfig,
+    /// The previous service's ledger directory (a node's `ledger/`, starting at seqno 1). Its chunks up to the
+    /// last signature transaction are checked and copied into DATA_DIR; the directory is only read.
+    #[arg(long)]
+    pub ledger: PathBuf,
 }
 
 /// `synod-node join`.

@@ -654,6 +654,10 @@ pub struct Genesis {
     pub constitution: String,
     /// Development mode (no members): hex SHA-256 of the join token joining nodes must present.
     pub join_token_digest: Option<String>,
+    /// (member id, RSA encryption public key PEM) of the founding recovery members.
+    pub member_encryption_keys: Vec<(String, String)>,
+    /// The ledger secret, of which the recovery members get shares at genesis.
+    pub ledger_secret: synod_kv::seal::LedgerSecret,
 }
 
 /// Where a restored core comes from.
@@ -769,6 +773,11 @@ impl Core {
         if let Some(digest) = &genesis.join_token_digest {
             tx.put(maps::JOIN_TOKEN_DIGEST, b"", digest.as_bytes());
         }
+        for (id, pem) in &genesis.member_encryption_keys {
+            tx.put(maps::MEMBERS_ENCRYPTION_KEYS, id.as_bytes(), pem.as_bytes());
+        }
+        crate::recovery::refresh_shares(&mut tx, &genesis.ledger_secret, true)
+            .map_err(|e| CoreError::Invariant(format!("issuing recovery shares: {e}")))?;
         core.commit_tx(tx, now_secs)?;
         core.emit_signature(now_secs)?;
         // The first voter is in this node's stored configuration only; a node that joins and replays the log
@@ -824,6 +833,35 @@ impl Core {
         core.commit = core.last_committed_signature();
         core.ledger_base = applied;
         Ok(core)
+    }
+
+    /// A recovered service: the only voter of a new configuration over the previous service's public state (a
+    /// snapshot at its last signature), primary at once, whose first transaction `recovery` writes (see
+    /// `crate::recovery::write_recovery`) and is signed like genesis. Returns the core and that transaction's id.
+    pub fn recovered_service(
+        keys: Keys,
+        sealer: Sealer,
+        cfg: CoreConfig,
+        bytes: &[u8],
+        decoded: snapshot::Decoded,
+        now_secs: i64,
+        recovery: impl FnOnce(&mut Tx) -> Result<(), String>,
+    ) -> Result<(Core, TxId), CoreError> {
+        let mut core = Self::joining_from_snapshot(keys, sealer, cfg, bytes, decoded)?;
+        // The previous service's ledger files are copied whole: receipts of its transactions come from them.
+        core.ledger_base = 0;
+        core.raft.campaign()?;
+        core.after_raft()?;
+        if !core.is_leader {
+            return Err(CoreError::Invariant(
+                "a recovered single-voter service did not elect itself".into(),
+            ));
+        }
+        let mut tx = Tx::new(core.state.clone());
+        recovery(&mut tx).map_err(CoreError::Invariant)?;
+        let outcome = core.commit_tx(tx, now_secs)?;
+        core.emit_signature(now_secs)?;
+        Ok((core, outcome.tx_id()))
     }
 
     fn from_snapshot_bytes(
@@ -2148,6 +2186,7 @@ pub fn json_receipt(info: &SigInfo, proof: Option<(Vec<ProofStep>, LeafComponent
         proof: None,
         signature: info.record.signature.clone(),
         root: None,
+        service_endorsements: None,
     };
     match proof {
         None => JsonReceipt {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use synod_core::hash::sha256;
 use synod_core::maps;
+use synod_kv::seal::LedgerSecret;
 use synod_kv::Tx;
 
 use crate::js::{Engine, JsError, JsLimits, KvPolicy};
@@ -289,6 +290,9 @@ pub struct Governance<'t> {
     tx: &'t mut Tx,
     now: u64,
     last_committed: (u64, u64),
+    /// The current ledger secret, to issue recovery shares of when the recovery members change (`None` in tests
+    /// of governance alone: no shares are issued).
+    ledger_secret: Option<LedgerSecret>,
 }
 
 impl<'t> Governance<'t> {
@@ -298,6 +302,21 @@ impl<'t> Governance<'t> {
             tx,
             now,
             last_committed,
+            ledger_secret: None,
+        }
+    }
+
+    /// Issues recovery shares of `secret` whenever a request changes the recovery members or the threshold.
+    pub fn with_ledger_secret(mut self, secret: LedgerSecret) -> Governance<'t> {
+        self.ledger_secret = Some(secret);
+        self
+    }
+
+    /// Re-issues recovery shares if the recovery members, their keys or the threshold changed.
+    fn refresh_shares(&mut self) -> Result<(), crate::recovery::RecoveryError> {
+        match &self.ledger_secret {
+            Some(secret) => crate::recovery::refresh_shares(self.tx, secret, false).map(|_| ()),
+            None => Ok(()),
         }
     }
 
@@ -479,6 +498,9 @@ impl<'t> Governance<'t> {
                 get_json(self.tx, maps::MEMBERS_INFO, req.member_id).unwrap_or_default();
             info["status"] = json!("Active");
             put_json(self.tx, maps::MEMBERS_INFO, req.member_id, &info);
+            // An active member with an encryption key is a recovery member: it gets its share now.
+            self.refresh_shares()
+                .map_err(|e| bad("RecoverySharesFailed", format!("issuing recovery shares: {e}")))?;
         }
         put_json(
             self.tx,
@@ -487,6 +509,36 @@ impl<'t> Governance<'t> {
             &json!({ "state_digest": acked, "acked": true }),
         );
         Ok(())
+    }
+
+    /// `recovery/members/{member}:recover`: records the member's decrypted recovery share (`{"share": base64}`)
+    /// and combines the shares once there are enough (see [`crate::recovery::submit_share`]).
+    pub fn submit_recovery_share(
+        &mut self,
+        req: &Request<'_>,
+    ) -> Result<crate::recovery::Submitted, GovError> {
+        use crate::recovery::RecoveryError as R;
+        require_active(self.tx, req.member_id)?;
+        check_replay(self.tx, req, self.now)?;
+        let body: serde_json::Value = serde_json::from_slice(req.payload).map_err(|e| {
+            bad(
+                "InvalidInput",
+                format!("a recovery share is {{\"share\": base64}}: {e}"),
+            )
+        })?;
+        let share = body["share"]
+            .as_str()
+            .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).ok())
+            .ok_or_else(|| bad("InvalidInput", "a recovery share is {\"share\": base64}"))?;
+        let secret = self
+            .ledger_secret
+            .clone()
+            .ok_or_else(|| GovError::Forbidden("this node cannot take recovery shares".into()))?;
+        crate::recovery::submit_share(self.tx, req.member_id, &share, &secret).map_err(|e| match e {
+            R::NotWaiting(_) | R::NoShare(_) | R::NoSharesInfo => GovError::Forbidden(e.to_string()),
+            R::Malformed(_) | R::Crypto(_) => bad("InvalidRecoveryShare", e.to_string()),
+            other => bad("RecoveryFailed", other.to_string()),
+        })
     }
 
     /// Counts the ballots and asks the constitution. `submitter`'s ballot failing refuses the request; another
@@ -560,7 +612,15 @@ impl<'t> Governance<'t> {
                             trace: None,
                         },
                     })
-                    .and_then(|_| self.check_new_constitution(old_constitution.as_deref()));
+                    .and_then(|_| self.check_new_constitution(old_constitution.as_deref()))
+                    .and_then(|_| {
+                        // Members, keys or the threshold may have changed: shares follow in the same transaction,
+                        // and an action that leaves them impossible to issue is not applied.
+                        self.refresh_shares().map_err(|e| Failure {
+                            reason: format!("recovery shares: {e}"),
+                            trace: None,
+                        })
+                    });
                 match applied {
                     Ok(()) => {
                         info.state = ProposalState::Accepted;

@@ -69,6 +69,9 @@ pub struct SignedRange {
     tree: MerkleTree,
     /// Write-set digests of seqnos `first..sig.tx_id.seqno`.
     digests: Vec<Digest>,
+    /// For a range a previous service identity signed (before a recovery): the current identity's endorsement
+    /// of it (PEM), CCF's `service_endorsements`. Empty otherwise.
+    pub endorsements: Vec<String>,
 }
 
 impl SignedRange {
@@ -100,6 +103,9 @@ impl SignedRange {
 pub struct Historical {
     ledger_dir: PathBuf,
     service_cert_der: Vec<u8>,
+    /// Previous service identities (DER) a recovered service's ledger holds signatures of, each with the
+    /// current identity's endorsement of it (PEM).
+    previous: std::sync::RwLock<Vec<(Vec<u8>, String)>>,
     cache: Mutex<VecDeque<Arc<SignedRange>>>,
     builds: Slots,
     /// Made on first use: it needs the ledger secret, which the node holds.
@@ -133,6 +139,7 @@ impl Historical {
         Historical {
             ledger_dir,
             service_cert_der,
+            previous: std::sync::RwLock::new(Vec::new()),
             cache: Mutex::new(VecDeque::new()),
             builds: Slots::new(BUILDS_MAX),
             reader: OnceLock::new(),
@@ -149,6 +156,11 @@ impl Historical {
     /// A change feed's slot, held for the feed's life; `None` when [`FEEDS_MAX`] feeds are open.
     pub fn feed_slot(&self) -> Option<Slot> {
         self.feeds.try_take()
+    }
+
+    /// Signatures by these previous identities (DER, with the current identity's endorsement PEM) verify too.
+    pub fn set_previous_identities(&self, previous: Vec<(Vec<u8>, String)>) {
+        *self.previous.write().unwrap_or_else(|p| p.into_inner()) = previous;
     }
 
     fn cached(&self, seqno: u64) -> Option<Arc<SignedRange>> {
@@ -253,8 +265,20 @@ impl Historical {
             .root()
             .ok_or_else(|| ledger_err("an empty tree is never signed"))?;
         let public = sig_entry.tx.public_write_set().map_err(ledger_err)?;
-        let verified = verify_signature_transaction(&public, sig_tx_id, &root, &self.service_cert_der)
-            .map_err(|e| ledger_err(format!("signature at {sig_tx_id}: {e}")))?;
+        let current = verify_signature_transaction(&public, sig_tx_id, &root, &self.service_cert_der);
+        let (verified, endorsements) = match current {
+            Ok(v) => (v, Vec::new()),
+            Err(e) => {
+                let previous = self.previous.read().unwrap_or_else(|p| p.into_inner());
+                previous
+                    .iter()
+                    .find_map(|(der, endorsement)| {
+                        let v = verify_signature_transaction(&public, sig_tx_id, &root, der).ok()?;
+                        Some((v, vec![endorsement.clone()]))
+                    })
+                    .ok_or_else(|| ledger_err(format!("signature at {sig_tx_id}: {e}")))?
+            }
+        };
         Ok(SignedRange {
             first,
             sig: SigInfo {
@@ -265,6 +289,7 @@ impl Historical {
             },
             tree,
             digests,
+            endorsements,
         })
     }
 }

@@ -19,6 +19,7 @@ pub mod js;
 pub mod ledger;
 pub mod ledger_reader;
 pub mod metrics;
+pub mod recovery;
 pub mod replica;
 pub mod rpc;
 pub mod service;
@@ -87,8 +88,22 @@ pub async fn run_start(cfg: StartConfig) -> anyhow::Result<()> {
         Boot::NewService {
             users: cfg.user_certs.clone(),
             members: cfg.member_certs.clone(),
+            recovery_threshold: cfg.recovery_threshold,
             join_token_digest,
         }
+    };
+    serve(cfg.node, boot, rpc, node_listener).await
+}
+
+/// `synod-node recover`: recovers a lost service from its ledger files into a new data directory (a new service
+/// identity in `Recovering`; docs/RECOVERY.md), or resumes the node DATA_DIR holds.
+pub async fn run_recover(cfg: config::RecoverConfig) -> anyhow::Result<()> {
+    let (rpc, node_listener) = bind(&cfg.node).await?;
+    let boot = if holds_a_node(&cfg.node)? {
+        tracing::warn!("DATA_DIR holds a node already: resuming it (--ledger is not read)");
+        Boot::Resume
+    } else {
+        Boot::Recover { ledger: cfg.ledger }
     };
     serve(cfg.node, boot, rpc, node_listener).await
 }

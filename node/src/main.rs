@@ -1,7 +1,7 @@
 //! `synod-node`: runs one Synod replica. See docs/API.md.
 
 use clap::{Parser, Subcommand};
-use synod_node::config::{JoinConfig, StartConfig};
+use synod_node::config::{JoinConfig, RecoverConfig, StartConfig};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,9 @@ enum Command {
     Start(StartConfig),
     /// Join the service at --target (attesting this node), or resume the node DATA_DIR holds.
     Join(JoinConfig),
+    /// Recover a lost service from its ledger files (--ledger) into DATA_DIR, with a new service identity; the
+    /// members then accept the recovery and submit their recovery shares (docs/RECOVERY.md).
+    Recover(RecoverConfig),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +50,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Start(cfg) => runtime.block_on(synod_node::run_start(cfg)),
         Command::Join(cfg) => runtime.block_on(synod_node::run_join(cfg)),
+        Command::Recover(cfg) => runtime.block_on(synod_node::run_recover(cfg)),
     }
 }

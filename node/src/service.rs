@@ -51,6 +51,9 @@ use crate::snapshot;
 pub const CONFLICT_RETRIES_MAX: usize = 64;
 /// Committed snapshots kept on disk.
 const SNAPSHOTS_KEPT: usize = 2;
+/// File in a recovered node's data directory: the seqno of the snapshot its history starts from (the previous
+/// service's ledger before it is never replayed: its private writes are under a secret the node may not hold).
+const RECOVERED_FROM: &str = "recovered_from";
 /// Events queued for the event loop (peers' Raft messages, wake-ups). When full, Raft messages are dropped (Raft
 /// retransmits) and wake-ups are redundant: the loop is busy with what is queued.
 const INBOX_EVENTS_MAX: usize = 16 * 1024;
@@ -345,8 +348,10 @@ pub enum Boot {
     NewService {
         /// User certificates (PEM paths) recorded at genesis.
         users: Vec<PathBuf>,
-        /// Member certificates (PEM paths) recorded at genesis.
-        members: Vec<PathBuf>,
+        /// Members (certificate and encryption key paths) recorded at genesis.
+        members: Vec<crate::config::MemberSpec>,
+        /// Recovery shares needed (default 1).
+        recovery_threshold: Option<u64>,
         /// Development mode (no members): the digest of the join token joiners must present.
         join_token_digest: Option<String>,
     },
@@ -361,6 +366,11 @@ pub enum Boot {
     },
     /// Resume the node in an existing data directory.
     Resume,
+    /// Recover a lost service from its ledger files: a new service identity over its public state (docs/RECOVERY.md).
+    Recover {
+        /// The previous service's ledger directory.
+        ledger: PathBuf,
+    },
 }
 
 /// A running node.
@@ -407,6 +417,8 @@ pub struct Node {
     node_id: String,
     /// This node's Raft id.
     raft_id: u64,
+    /// The private recovery of a previous service runs (`crate::recovery::start_private_recovery`).
+    private_recovery: AtomicBool,
 }
 
 /// Seconds since the epoch (for COSE `iat`).
@@ -499,6 +511,30 @@ pub fn node_info(
     })
 }
 
+/// The nodes-table entry of a node that founds a service (new or recovered): Trusted, endorsed, with its own
+/// attestation evidence (also returned).
+fn founding_node_info(
+    cfg: &NodeConfig,
+    ids: &Identities,
+    keys: &Keys,
+    platform: &dyn Platform,
+    rpc_published: &str,
+    node_address: &str,
+) -> anyhow::Result<(serde_json::Value, QuoteInfo)> {
+    let mut info = node_info(
+        &cfg.node_name,
+        &ids.node.cert_pem,
+        "Trusted",
+        rpc_published,
+        node_address,
+        &platform.measurement(),
+    );
+    info["endorsed"] = serde_json::json!(true);
+    let own = own_evidence(platform, &keys.node_id)?;
+    info["quote_info"] = serde_json::to_value(&own)?;
+    Ok((info, own))
+}
+
 /// Saves identities into the data directory.
 pub fn save_identities(paths: &Paths, ids: &Identities) -> anyhow::Result<()> {
     write_private(&paths.file("service_key.pem"), ids.service.key_pem.as_bytes())?;
@@ -565,6 +601,12 @@ fn restore_base(
         }
     }
     if ledger_base == 0 {
+        let recovered = std::fs::read_to_string(paths.file(RECOVERED_FROM)).ok();
+        if let Some(seqno) = recovered.and_then(|s| s.trim().parse::<u64>().ok()) {
+            let path = find_snapshot(paths, seqno)
+                .with_context(|| format!("the recovery snapshot {seqno} is missing"))?;
+            return Ok((seqno, Some(std::fs::read(path)?)));
+        }
         return Ok((0, None));
     }
     let path = find_snapshot(paths, ledger_base).with_context(|| {
@@ -686,7 +728,8 @@ impl Node {
         let (ids, mut core, replay, mut ledger) = match boot {
             Boot::NewService {
                 users,
-                members,
+                members: member_specs,
+                recovery_threshold,
                 join_token_digest,
             } => {
                 if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
@@ -705,19 +748,27 @@ impl Node {
                 };
                 save_identities(&paths, &ids)?;
                 let keys = keys_of(&ids)?;
-                let mut info = node_info(
-                    &cfg.node_name,
-                    &ids.node.cert_pem,
-                    "Trusted",
-                    &rpc_published,
-                    &node_address,
-                    &platform.measurement(),
-                );
-                info["endorsed"] = serde_json::json!(true);
-                let own = own_evidence(platform.as_ref(), &keys.node_id)?;
-                info["quote_info"] = serde_json::to_value(&own)?;
+                let (info, own) =
+                    founding_node_info(cfg, &ids, &keys, platform.as_ref(), &rpc_published, &node_address)?;
                 evidence = Some(own);
-                let members = read_identities(&members)?;
+                let certs: Vec<PathBuf> = member_specs.iter().map(|m| m.cert.clone()).collect();
+                let members = read_identities(&certs)?;
+                let mut member_encryption_keys = Vec::new();
+                for (spec, (id, _)) in member_specs.iter().zip(&members) {
+                    if let Some(path) = &spec.encryption_key {
+                        let pem = read(path)?;
+                        synod_core::recovery::EncryptionPublicKey::from_pem(&pem)
+                            .with_context(|| format!("{}", path.display()))?;
+                        member_encryption_keys.push((id.clone(), pem));
+                    }
+                }
+                let threshold = recovery_threshold.unwrap_or(1);
+                if !member_encryption_keys.is_empty() && threshold as usize > member_encryption_keys.len() {
+                    bail!(
+                        "--recovery-threshold {threshold} exceeds the {} members given an encryption key",
+                        member_encryption_keys.len()
+                    );
+                }
                 // With a consortium, the members open the service by vote; without one, it opens at once.
                 let status = if members.is_empty() { "Open" } else { "Opening" };
                 let genesis = Genesis {
@@ -725,7 +776,10 @@ impl Node {
                         "cert": ids.service.cert_pem,
                         "status": status,
                         "curve": cfg.curve.as_str(),
+                        "recovery_threshold": threshold,
                     }),
+                    member_encryption_keys,
+                    ledger_secret: ids.secret.clone(),
                     users: read_identities(&users)?,
                     members,
                     node_info: info,
@@ -757,6 +811,80 @@ impl Node {
                     None => Core::joining(keys_of(&ids)?, sealer, ccfg, None)?,
                 };
                 (ids, core, Vec::new(), LedgerWriter::open(&paths.ledger())?.writer)
+            }
+            Boot::Recover { ledger: old } => {
+                if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
+                    bail!(
+                        "{} holds a ledger already: recover into an empty data directory",
+                        paths.dir.display()
+                    );
+                }
+                let recovered =
+                    crate::recovery::recover_public(&old).context("recovering the public ledger")?;
+                tracing::info!(
+                    last = %recovered.last,
+                    signatures = recovered.signatures,
+                    "the previous service's public ledger verifies"
+                );
+                let service = cert::generate_self_signed_with(cfg.curve, "Synod service", true)?;
+                let (ips, names) = crate::config::certificate_names(&rpc_published);
+                let node = cert::generate_endorsed_with(cfg.curve, &cfg.node_name, &ips, &names, &service)?;
+                let previous_der = cert::pem_to_der(&recovered.service_cert_pem)?;
+                let endorsement =
+                    cert::endorse_public_key(&previous_der, "Synod service", &[], &[], &service)?;
+                let ids = Identities {
+                    service,
+                    node,
+                    secret: LedgerSecret::generate()?,
+                };
+                save_identities(&paths, &ids)?;
+                crate::recovery::copy_ledger_prefix(&old, &paths.ledger(), recovered.last.seqno)?;
+                let keys = keys_of(&ids)?;
+                let sealer = Sealer::new(&ids.secret);
+                let conf = raft::eraftpb::ConfState {
+                    voters: vec![crate::consensus::raft_id(&keys.node_id)],
+                    ..Default::default()
+                };
+                let bytes = snapshot::encode(
+                    &recovered.state,
+                    recovered.last.view,
+                    protobuf::Message::write_to_bytes(&conf)?,
+                    &recovered.frontier,
+                    &recovered.views,
+                    &sealer,
+                )?;
+                let seqno = recovered.last.seqno;
+                std::fs::create_dir_all(paths.snapshots())?;
+                write_private(&paths.snapshots().join(snapshot::file_name(seqno, None)), &bytes)?;
+                write_atomically(&paths.file(RECOVERED_FROM), seqno.to_string().as_bytes())?;
+                let decoded = snapshot::decode(&bytes, &sealer).context("decoding the recovery snapshot")?;
+                let meta = snapshot::raft_metadata(seqno, recovered.last.view, &decoded.file.conf_state)?;
+                let hs = raft::eraftpb::HardState {
+                    term: recovered.last.view,
+                    commit: seqno,
+                    ..Default::default()
+                };
+                reset_log_to_snapshot(&paths, &storage, &bytes, &meta, &hs)?;
+                joined_state = Some(decoded.state.clone());
+                let (info, own) =
+                    founding_node_info(cfg, &ids, &keys, platform.as_ref(), &rpc_published, &node_address)?;
+                evidence = Some(own);
+                let node_id = keys.node_id.clone();
+                let record = crate::recovery::RecoveryRecord {
+                    service_cert_pem: &ids.service.cert_pem,
+                    endorsement: endorsement.clone(),
+                    node: (&node_id, info),
+                    last_seqno: seqno,
+                    snapshot_digest: hex::encode(snapshot::digest(&bytes)),
+                    curve: cfg.curve.as_str(),
+                };
+                let (core, recovery_tx) =
+                    Core::recovered_service(keys, sealer, ccfg, &bytes, decoded, now_secs(), |tx| {
+                        crate::recovery::write_recovery(tx, &record).map_err(|e| e.to_string())
+                    })?;
+                tracing::info!(previous_last = seqno, recovery = %recovery_tx, "recovered the previous service's public state");
+                let writer = LedgerWriter::open_after(&paths.ledger(), seqno)?.writer;
+                (ids, core, Vec::new(), writer)
             }
             Boot::Resume => {
                 let ids = load_identities(&paths).context("this data directory holds no node identity")?;
@@ -931,6 +1059,7 @@ impl Node {
             startup_seqno,
             node_id: core.node_id().to_string(),
             raft_id: self_id,
+            private_recovery: AtomicBool::new(false),
         });
 
         let (apply_tx, apply_rx) = mpsc::sync_channel::<ApplyJob>(APPLY_BATCHES_MAX);
@@ -999,7 +1128,52 @@ impl Node {
             })?);
         }
         *node.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
+        // A recovery interrupted after the shares were combined carries on.
+        crate::recovery::start_private_recovery(&node);
         Ok(node)
+    }
+
+    /// This node was started with `synod-node recover`: it holds the previous service's ledger files.
+    pub fn holds_recovered_ledger(&self) -> bool {
+        self.paths.file(RECOVERED_FROM).exists()
+    }
+
+    /// Marks the private recovery started; false if it was already.
+    pub fn private_recovery_started(&self) -> bool {
+        self.private_recovery.swap(true, Ordering::AcqRel)
+    }
+
+    /// The private recovery stopped without finishing: a later share submission or restart may start it again.
+    pub fn private_recovery_stopped(&self) {
+        self.private_recovery.store(false, Ordering::Release);
+    }
+
+    /// A sealer for any seqno of the ledger: the current secret, and for a recovered service the previous
+    /// services' secrets as far as they are recovered.
+    pub fn history_sealer(&self) -> Sealer {
+        let state = self.view().state.clone();
+        if crate::recovery::previous_service(&state).is_none() {
+            return self.sealer.clone();
+        }
+        crate::recovery::history_sealer(&state, &self.ledger_secret)
+    }
+
+    /// Lets receipts rebuilt from the ledger verify signatures of the previous service identity, if any.
+    pub fn refresh_previous_identities(&self) {
+        let state = self.view().state.clone();
+        let previous = crate::recovery::previous_service(&state).and_then(|p| {
+            Some((
+                cert::pem_to_der(&p.previous_service_identity).ok()?,
+                p.endorsement,
+            ))
+        });
+        self.historical
+            .set_previous_identities(previous.into_iter().collect());
+    }
+
+    /// The node's ledger directory.
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.paths.ledger()
     }
 
     fn wake(&self) {

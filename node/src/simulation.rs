@@ -452,6 +452,9 @@ impl Sim {
             code_ids: vec![],
             constitution: String::new(),
             join_token_digest: None,
+            // No recovery members: no shares are made of it.
+            member_encryption_keys: vec![],
+            ledger_secret: synod_kv::seal::LedgerSecret([0; 32]),
         };
         let core = Core::new_service(keys, sim.sealer.clone(), sim.nodes[0].cfg, &genesis, NOW_SECS)
             .map_err(|e| e.to_string())?;

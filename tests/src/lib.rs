@@ -37,6 +37,17 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Small chunks, frequent signatures (a chunk ends at a signature) and snapshots, so that a few hundred writes span
+/// many chunk files and snapshots.
+pub const SMALL_LEDGER: [&str; 6] = [
+    "--ledger-chunk-bytes",
+    "20000",
+    "--snapshot-tx-interval",
+    "50",
+    "--sig-tx-interval",
+    "10",
+];
+
 /// Runs `fut` and fails the test if it takes longer than `secs`.
 pub async fn bounded<T>(secs: u64, fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::time::timeout(Duration::from_secs(secs), fut)
@@ -409,6 +420,9 @@ pub struct Network {
     args: Vec<String>,
     /// Nodes publish DNS names (`localhost:PORT`), as in Kubernetes.
     names: bool,
+    /// Each member's RSA encryption private key file, for a network started with
+    /// [`Network::start_recoverable`] (empty otherwise).
+    pub member_encryption_keys: Vec<PathBuf>,
 }
 
 impl Network {
@@ -419,19 +433,30 @@ impl Network {
 
     /// Like [`Network::start`], with `m` members (a strict majority of them opens the service and trusts nodes).
     pub async fn start_with_members(n: usize, m: usize, args: &[&str]) -> anyhow::Result<Network> {
-        Network::start_inner(n, m, args, false, false).await
+        Network::start_inner(n, m, args, false, false, None).await
+    }
+
+    /// Like [`Network::start_with_members`], every member a recovery member (with an encryption key) and
+    /// `threshold` recovery shares needed.
+    pub async fn start_recoverable(
+        n: usize,
+        m: usize,
+        threshold: usize,
+        args: &[&str],
+    ) -> anyhow::Result<Network> {
+        Network::start_inner(n, m, args, false, false, Some(threshold)).await
     }
 
     /// Like [`Network::start`], with every node publishing DNS names (`localhost:PORT`) rather than IP addresses
     /// for its peers and clients, as nodes in Kubernetes do.
     pub async fn start_named(n: usize, args: &[&str]) -> anyhow::Result<Network> {
-        Network::start_inner(n, 1, args, false, true).await
+        Network::start_inner(n, 1, args, false, true, None).await
     }
 
     /// Like [`Network::start`], with every node reached by the others through its own [`Proxy`]: cutting one
     /// isolates its node from everything the others send it.
     pub async fn start_proxied(n: usize, args: &[&str]) -> anyhow::Result<Network> {
-        Network::start_inner(n, 1, args, true, false).await
+        Network::start_inner(n, 1, args, true, false, None).await
     }
 
     async fn start_inner(
@@ -440,6 +465,7 @@ impl Network {
         args: &[&str],
         proxied: bool,
         names: bool,
+        recovery_threshold: Option<usize>,
     ) -> anyhow::Result<Network> {
         let tmp = tempfile::tempdir()?;
         let user = IdentityFiles::generate(tmp.path(), "user0")?;
@@ -450,8 +476,22 @@ impl Network {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut first = args.clone();
         first.extend(["--user-cert".into(), user.cert.display().to_string()]);
-        for mem in &members {
-            first.extend(["--member-cert".into(), mem.cert.display().to_string()]);
+        let mut member_encryption_keys = Vec::new();
+        for (i, mem) in members.iter().enumerate() {
+            let mut spec = mem.cert.display().to_string();
+            if recovery_threshold.is_some() {
+                let pair = synod_core::recovery::generate_encryption_key()?;
+                let public = tmp.path().join(format!("member{i}_enc_pubk.pem"));
+                let private = tmp.path().join(format!("member{i}_enc_privk.pem"));
+                std::fs::write(&public, &pair.public_pem)?;
+                std::fs::write(&private, &pair.private_pem)?;
+                spec = format!("{spec},{}", public.display());
+                member_encryption_keys.push(private);
+            }
+            first.extend(["--member-cert".into(), spec]);
+        }
+        if let Some(t) = recovery_threshold {
+            first.extend(["--recovery-threshold".into(), t.to_string()]);
         }
         let mut proxies = Vec::new();
         if proxied {
@@ -477,6 +517,7 @@ impl Network {
             proxies,
             args,
             names,
+            member_encryption_keys,
         };
         net.pass(0, "transition_service_to_open", serde_json::json!({}))
             .await?;

@@ -13,21 +13,11 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 use synod_client::{Body, Client, Method, TxId};
-use synod_tests::{bounded, post_log, IdentityFiles, Network, NodeProc, SingleNode};
+use synod_tests::{bounded, post_log, IdentityFiles, Network, NodeProc, SingleNode, SMALL_LEDGER};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(30);
-/// Small chunks, frequent signatures (a chunk ends at a signature) and snapshots, so that a few hundred writes span
-/// many chunk files and snapshots.
-const SMALL_LEDGER: [&str; 6] = [
-    "--ledger-chunk-bytes",
-    "20000",
-    "--snapshot-tx-interval",
-    "50",
-    "--sig-tx-interval",
-    "10",
-];
 
 /// The committed chunk files of `ledger`, once there are at least `n` (the files follow the commit closely).
 async fn wait_for_chunks(ledger: &Path, n: usize) -> anyhow::Result<usize> {

@@ -49,6 +49,19 @@ pub const GOV_TRIGGERS: &str = "public:ccf.gov.triggers";
 /// Development mode (no members): hex SHA-256 of the join token joining nodes present, at key "".
 pub const JOIN_TOKEN_DIGEST: &str = "public:ccf.internal.join_token_digest";
 
+/// Members' RSA encryption public keys (PEM) by member id: the keys their recovery shares are encrypted to.
+pub const MEMBERS_ENCRYPTION_KEYS: &str = "public:ccf.gov.members.encryption_public_keys";
+/// At key "": the latest ledger secret wrapped under a key split among the recovery members, and each member's
+/// share of it encrypted to that member (CCF's `RecoverySharesInfo`).
+pub const RECOVERY_SHARES: &str = "public:ccf.internal.recovery_shares";
+/// Recovery shares members submitted to a recovering service, by member id, sealed under its ledger secret.
+pub const SUBMITTED_SHARES: &str = "public:ccf.internal.encrypted_submitted_shares";
+/// Past ledger secrets by the seqno they start at, each wrapped under the secret that followed it.
+pub const HISTORICAL_LEDGER_SECRETS: &str = "public:ccf.internal.historical_encrypted_ledger_secret";
+/// At key "": the ledger a recovered service continues (its last seqno, the previous service identity, the new
+/// identity's endorsement of it), written by the recovery transaction.
+pub const PREVIOUS_SERVICE: &str = "public:ccf.internal.previous_service_identity";
+
 /// Public maps are written in clear in the ledger; all others are sealed.
 pub fn is_public(map: &str) -> bool {
     map.starts_with("public:")

@@ -125,6 +125,10 @@ pub struct JsonReceipt {
     /// Hex signed root (signature transactions only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<String>,
+    /// CCF's service endorsements: when a previous service identity (before a recovery) endorsed the node, the
+    /// certificates (PEM) leading from it to the current identity, each endorsed by the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_endorsements: Option<Vec<String>>,
 }
 
 /// What a verified receipt proves.
@@ -138,16 +142,53 @@ pub struct VerifiedReceipt {
     pub leaf: Option<Digest>,
 }
 
+/// Checks that `cert_der` is endorsed by `service_cert_der` through `endorsements` (DER, each endorsed by the next,
+/// the last by the service): CCF's `check_endorsements`.
+fn check_endorsements(
+    cert_der: &[u8],
+    endorsements: &[Vec<u8>],
+    service_cert_der: &[u8],
+) -> Result<(), ReceiptError> {
+    let mut subject = cert_der;
+    for (i, e) in endorsements.iter().enumerate() {
+        cert::verify_endorsement(subject, e)
+            .map_err(|err| ReceiptError::Invalid(format!("service endorsement {i}: {err}")))?;
+        subject = e;
+    }
+    cert::verify_endorsement(subject, service_cert_der)
+        .map_err(|e| ReceiptError::Invalid(format!("node certificate: {e}")))?;
+    Ok(())
+}
+
+fn endorsements_der(pems: &[String]) -> Result<Vec<Vec<u8>>, ReceiptError> {
+    Ok(pems
+        .iter()
+        .map(|p| cert::pem_to_der(p))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Verifies a JSON receipt against the service certificate.
 pub fn verify_json(receipt: &JsonReceipt, service_cert_der: &[u8]) -> Result<VerifiedReceipt, ReceiptError> {
+    verify_json_with(receipt, service_cert_der, &[])
+}
+
+/// [`verify_json`] for a receipt a previous service identity issued, verified against the current one:
+/// `extra_endorsements` (PEM: the current identity's endorsement of the previous one, `GET
+/// /node/service/previous_identity`) follow the receipt's own `service_endorsements`.
+pub fn verify_json_with(
+    receipt: &JsonReceipt,
+    service_cert_der: &[u8],
+    extra_endorsements: &[String],
+) -> Result<VerifiedReceipt, ReceiptError> {
     let node_der = cert::pem_to_der(&receipt.cert)?;
     if cert::der_to_pem(&node_der) != receipt.cert {
         return Err(ReceiptError::Malformed(
             "cert is not in canonical PEM form".into(),
         ));
     }
-    cert::verify_endorsement(&node_der, service_cert_der)
-        .map_err(|e| ReceiptError::Invalid(format!("node certificate: {e}")))?;
+    let mut chain = endorsements_der(receipt.service_endorsements.as_deref().unwrap_or_default())?;
+    chain.extend(endorsements_der(extra_endorsements)?);
+    check_endorsements(&node_der, &chain, service_cert_der)?;
     if cert::public_key_id_hex(&node_der)? != receipt.node_id {
         return Err(ReceiptError::Invalid(
             "node_id does not match the node certificate".into(),
@@ -198,6 +239,17 @@ pub fn verify_json(receipt: &JsonReceipt, service_cert_der: &[u8]) -> Result<Ver
 
 /// Verifies either form: bytes starting with `{` (after whitespace) are JSON, anything else COSE.
 pub fn verify_bytes(bytes: &[u8], service_cert_pem: &str) -> Result<VerifiedReceipt, ReceiptError> {
+    verify_bytes_with(bytes, service_cert_pem, &[])
+}
+
+/// [`verify_bytes`] with the current identity's endorsements of previous ones (see [`verify_json_with`]). A COSE
+/// receipt is signed by a service key itself: with endorsements, by the first endorsement's key, whose chain to
+/// the service is checked.
+pub fn verify_bytes_with(
+    bytes: &[u8],
+    service_cert_pem: &str,
+    endorsements: &[String],
+) -> Result<VerifiedReceipt, ReceiptError> {
     let service_der = cert::pem_to_der(service_cert_pem)?;
     let trimmed = bytes
         .iter()
@@ -206,8 +258,15 @@ pub fn verify_bytes(bytes: &[u8], service_cert_pem: &str) -> Result<VerifiedRece
     if trimmed.first() == Some(&b'{') {
         let receipt: JsonReceipt =
             serde_json::from_slice(bytes).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-        verify_json(&receipt, &service_der)
+        verify_json_with(&receipt, &service_der, endorsements)
     } else {
-        Ok(cose::verify_receipt(bytes, &service_der)?)
+        let chain = endorsements_der(endorsements)?;
+        match chain.split_first() {
+            None => Ok(cose::verify_receipt(bytes, &service_der)?),
+            Some((signer, rest)) => {
+                check_endorsements(signer, rest, &service_der)?;
+                Ok(cose::verify_receipt(bytes, signer)?)
+            }
+        }
     }
 }

@@ -293,6 +293,7 @@ pub fn receipts_for(sample: &SampleLedger, index: usize) -> (Vec<u8>, Vec<u8>, T
         proof: Some(path.iter().map(crate::receipt::ProofElement::from).collect()),
         signature: record.signature.clone(),
         root: None,
+        service_endorsements: None,
     };
     (
         cose_receipt,

@@ -10,6 +10,7 @@
 
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -46,6 +47,9 @@ pub enum SealError {
     /// The secret's file has the wrong size.
     #[error("{0} does not hold a 32-byte ledger secret")]
     BadSecret(String),
+    /// The seqno belongs to a previous service whose ledger secret is not recovered (yet).
+    #[error("seqno {0} was written by the previous service, whose ledger secret is not recovered")]
+    NoSecret(u64),
 }
 
 /// The service's ledger secret.
@@ -96,20 +100,52 @@ impl LedgerSecret {
     }
 }
 
+impl LedgerSecret {
+    /// A 32-byte key for `label`, independent of every other label's and of the keys [`Sealer`] uses.
+    pub fn derive_key(&self, label: &[u8]) -> [u8; 32] {
+        derive(self, label)
+    }
+}
+
 fn derive(secret: &LedgerSecret, label: &[u8]) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.0).expect("HMAC takes any key length");
     mac.update(label);
     mac.finalize().into_bytes().into()
 }
 
-/// Seals and unseals with keys derived from one ledger secret. Cheap to clone.
+/// Seals with keys derived from the current ledger secret; opens ledger entries and makes commit evidence with
+/// the secret of the seqno's range (a recovered service continues a ledger written under earlier secrets). Cheap
+/// to clone.
 #[derive(Clone)]
 pub struct Sealer {
+    keys: Arc<Keys>,
+    past: Arc<Vec<PastSecret>>,
+}
+
+struct Keys {
     ledger: Aes256Gcm,
     at_rest: Aes256Gcm,
     snapshot: Aes256Gcm,
     snapshot_nonce_key: [u8; 32],
     commit_evidence_key: [u8; 32],
+}
+
+/// A previous service's seqnos `from..=until`, and their secret once recovered.
+struct PastSecret {
+    from: u64,
+    until: u64,
+    keys: Option<Keys>,
+}
+
+/// A range of seqnos written under an earlier ledger secret, and the secret if it is known.
+#[derive(Clone, Debug)]
+pub struct SecretRange {
+    /// First seqno.
+    pub from: u64,
+    /// Last seqno.
+    pub until: u64,
+    /// The secret (`None` until a recovery recovers it).
+    pub secret: Option<LedgerSecret>,
 }
 
 fn tx_aad(tx_id: TxId) -> [u8; 16] {
@@ -166,11 +202,10 @@ fn unseal_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>,
         .map_err(|_| SealError::Unseal)
 }
 
-impl Sealer {
-    /// Derives the keys from `secret`.
-    pub fn new(secret: &LedgerSecret) -> Sealer {
+impl Keys {
+    fn new(secret: &LedgerSecret) -> Keys {
         let key = |label: &[u8]| Aes256Gcm::new(&derive(secret, label).into());
-        Sealer {
+        Keys {
             ledger: key(b"synod ledger private write sets v1"),
             at_rest: key(b"synod private values at rest v1"),
             snapshot: key(b"synod snapshot private values v1"),
@@ -178,25 +213,56 @@ impl Sealer {
             commit_evidence_key: derive(secret, b"synod commit evidence v1"),
         }
     }
+}
+
+impl Sealer {
+    /// Derives the keys from `secret`, the secret of every seqno.
+    pub fn new(secret: &LedgerSecret) -> Sealer {
+        Sealer::with_past(secret, &[])
+    }
+
+    /// Keys from `current`, except for the seqnos of `past` ranges, which open with their own secret (or not at
+    /// all while it is unknown).
+    pub fn with_past(current: &LedgerSecret, past: &[SecretRange]) -> Sealer {
+        Sealer {
+            keys: Arc::new(Keys::new(current)),
+            past: Arc::new(
+                past.iter()
+                    .map(|r| PastSecret {
+                        from: r.from,
+                        until: r.until,
+                        keys: r.secret.as_ref().map(Keys::new),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn keys_for(&self, seqno: u64) -> Result<&Keys, SealError> {
+        match self.past.iter().find(|p| (p.from..=p.until).contains(&seqno)) {
+            Some(p) => p.keys.as_ref().ok_or(SealError::NoSecret(seqno)),
+            None => Ok(&self.keys),
+        }
+    }
 
     /// Seals a private write set for the ledger entry `tx_id`: `nonce ‖ ciphertext ‖ tag`.
     pub fn seal(&self, tx_id: TxId, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-        seal_with(&self.ledger, &tx_aad(tx_id), plaintext)
+        seal_with(&self.keys.ledger, &tx_aad(tx_id), plaintext)
     }
 
-    /// Opens what [`Sealer::seal`] sealed for the same `tx_id`.
+    /// Opens what [`Sealer::seal`] sealed for the same `tx_id` (with the secret of its seqno).
     pub fn unseal(&self, tx_id: TxId, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
-        unseal_with(&self.ledger, &tx_aad(tx_id), sealed)
+        unseal_with(&self.keys_for(tx_id.seqno)?.ledger, &tx_aad(tx_id), sealed)
     }
 
     /// Seals a private map's value for storage at rest, bound to its map and key.
     pub fn seal_at_rest(&self, map: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, SealError> {
-        seal_with(&self.at_rest, &map_key(map, key), value)
+        seal_with(&self.keys.at_rest, &map_key(map, key), value)
     }
 
     /// Opens a value sealed by [`Sealer::seal_at_rest`] for the same map and key.
     pub fn unseal_at_rest(&self, map: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
-        unseal_with(&self.at_rest, &map_key(map, key), sealed)
+        unseal_with(&self.keys.at_rest, &map_key(map, key), sealed)
     }
 
     /// Seals a private value for the snapshot at `seqno`, deterministically (see the module docs).
@@ -208,11 +274,11 @@ impl Sealer {
         value: &[u8],
     ) -> Result<Vec<u8>, SealError> {
         let aad = snapshot_aad(seqno, map, key);
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.snapshot_nonce_key)
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.keys.snapshot_nonce_key)
             .expect("HMAC takes any key length");
         mac.update(&aad);
         let digest = mac.finalize().into_bytes();
-        seal_with_nonce(&self.snapshot, &digest[..NONCE_BYTES], &aad, value)
+        seal_with_nonce(&self.keys.snapshot, &digest[..NONCE_BYTES], &aad, value)
     }
 
     /// Opens a value sealed by [`Sealer::seal_snapshot_value`] for the same snapshot, map and key.
@@ -223,21 +289,66 @@ impl Sealer {
         key: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, SealError> {
-        unseal_with(&self.snapshot, &snapshot_aad(seqno, map, key), sealed)
+        unseal_with(&self.keys.snapshot, &snapshot_aad(seqno, map, key), sealed)
     }
 
-    /// CCF's commit evidence for `tx_id`: `ce:<view>.<seqno>:<hex>`, secret until a receipt reveals it.
+    /// CCF's commit evidence for a new transaction `tx_id` (under the current secret): `ce:<view>.<seqno>:<hex>`,
+    /// secret until a receipt reveals it.
     pub fn commit_evidence(&self, tx_id: TxId) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.commit_evidence_key)
-            .expect("HMAC takes any key length");
-        mac.update(tx_id.to_string().as_bytes());
-        format!("ce:{tx_id}:{}", hex::encode(mac.finalize().into_bytes()))
+        evidence_with(&self.keys, tx_id)
     }
+
+    /// The commit evidence of any transaction, with the secret of its seqno.
+    pub fn commit_evidence_at(&self, tx_id: TxId) -> Result<String, SealError> {
+        Ok(evidence_with(self.keys_for(tx_id.seqno)?, tx_id))
+    }
+}
+
+fn evidence_with(keys: &Keys, tx_id: TxId) -> String {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&keys.commit_evidence_key).expect("HMAC takes any key length");
+    mac.update(tx_id.to_string().as_bytes());
+    format!("ce:{tx_id}:{}", hex::encode(mac.finalize().into_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_ranges_open_with_their_own_secret_or_not_at_all() {
+        let old = LedgerSecret([7; 32]);
+        let new = LedgerSecret([8; 32]);
+        let before = Sealer::new(&old);
+        let t = TxId::new(3, 40);
+        let sealed = before.seal(t, b"old private write").expect("seal");
+        let range = |secret| SecretRange {
+            from: 1,
+            until: 50,
+            secret,
+        };
+        let unknown = Sealer::with_past(&new, &[range(None)]);
+        assert!(matches!(unknown.unseal(t, &sealed), Err(SealError::NoSecret(40))));
+        assert!(matches!(
+            unknown.commit_evidence_at(t),
+            Err(SealError::NoSecret(40))
+        ));
+        let known = Sealer::with_past(&new, &[range(Some(old.clone()))]);
+        assert_eq!(known.unseal(t, &sealed).expect("unseal"), b"old private write");
+        assert_eq!(
+            known.commit_evidence_at(t).expect("evidence"),
+            before.commit_evidence(t)
+        );
+        // After the range, the current secret: what the recovered service writes.
+        let later = TxId::new(5, 51);
+        let fresh = known.seal(later, b"new").expect("seal");
+        assert_eq!(Sealer::new(&new).unseal(later, &fresh).expect("unseal"), b"new");
+        assert_eq!(
+            known.commit_evidence_at(later).expect("evidence"),
+            Sealer::new(&new).commit_evidence(later)
+        );
+        assert_ne!(old.derive_key(b"a"), old.derive_key(b"b"));
+    }
 
     #[test]
     fn seal_round_trip_and_binding() {

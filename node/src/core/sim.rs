@@ -80,6 +80,9 @@ impl Sim {
             code_ids: vec![],
             constitution: String::new(),
             join_token_digest: None,
+            // No recovery members: no shares are made of it.
+            member_encryption_keys: vec![],
+            ledger_secret: synod_kv::seal::LedgerSecret([0; 32]),
         };
         let core = Core::new_service(keys, sealer.clone(), cfg, &genesis, NOW).expect("genesis");
         let mut sim = Sim {

@@ -10,6 +10,8 @@ struct Fixture {
     state: State,
     members: Vec<String>,
     counter: u8,
+    /// With a ledger secret, governance issues recovery shares as on a node.
+    secret: Option<LedgerSecret>,
 }
 
 fn member_info(status: &str) -> Vec<u8> {
@@ -59,6 +61,7 @@ impl Fixture {
             state,
             members,
             counter: 0,
+            secret: None,
         }
     }
 
@@ -74,7 +77,11 @@ impl Fixture {
         f: impl FnOnce(&mut Governance<'_>) -> Result<T, GovError>,
     ) -> Result<T, GovError> {
         let mut tx = Tx::new(self.state.clone());
-        let out = f(&mut Governance::new(&mut tx, now, (2, 5)))?;
+        let mut gov = Governance::new(&mut tx, now, (2, 5));
+        if let Some(secret) = &self.secret {
+            gov = gov.with_ledger_secret(secret.clone());
+        }
+        let out = f(&mut gov)?;
         let (public, private) = tx.into_write_sets();
         let seqno = self.state.version() + 1;
         self.state
@@ -350,6 +357,79 @@ fn a_new_constitution_drops_open_proposals_and_its_rule_applies() {
         ProposalState::Accepted,
         "the new rule: one vote suffices"
     );
+}
+
+#[test]
+fn recovery_shares_follow_the_members_keys_and_threshold_through_governance() {
+    let mut fx = Fixture::new(1);
+    fx.secret = Some(LedgerSecret([1; 32]));
+    let keys = synod_core::recovery::generate_encryption_key().expect("keygen");
+    let shares = |fx: &Fixture| -> Vec<String> {
+        fx.get(maps::RECOVERY_SHARES, "")
+            .map(|v| {
+                v["encrypted_shares"]
+                    .as_object()
+                    .expect("shares")
+                    .keys()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // A member with an unusable encryption key is refused: it could never hold a share.
+    let bad = cert::generate_self_signed("bad", false).expect("cert");
+    let (id, _) = fx
+        .propose(
+            0,
+            json!([{"name": "set_member", "args": {"cert": bad.cert_pem, "encryption_pub_key": "not a key"}}]),
+        )
+        .expect("propose");
+    let info = fx.vote(0, &id, true).expect("vote");
+    assert_eq!(info.state, ProposalState::Failed);
+    assert!(info.failure.expect("failure").reason.contains("encryption key"));
+    // A member with a key gets its share once it is Active.
+    let m1 = cert::generate_self_signed("m1", false).expect("cert");
+    let m1_id = cert::cert_fingerprint_hex(&cert::pem_to_der(&m1.cert_pem).expect("der"));
+    let (id, _) = fx
+        .propose(
+            0,
+            json!([{"name": "set_member", "args": {"cert": m1.cert_pem, "encryption_pub_key": keys.public_pem}}]),
+        )
+        .expect("propose");
+    assert_eq!(
+        fx.vote(0, &id, true).expect("vote").state,
+        ProposalState::Accepted
+    );
+    assert!(shares(&fx).is_empty(), "an Accepted member holds no share");
+    fx.members.push(m1_id.clone());
+    let digest = fx.send(1, b"", |g, r| g.update_state_digest(r)).expect("update");
+    let ack = json!({"digest": digest}).to_string();
+    fx.send(1, ack.as_bytes(), |g, r| g.ack_state_digest(r))
+        .expect("ack");
+    assert_eq!(shares(&fx), vec![m1_id.clone()]);
+    // A threshold no set of recovery members can meet fails and changes nothing.
+    let (id, _) = fx
+        .propose(
+            0,
+            json!([{"name": "set_recovery_threshold", "args": {"recovery_threshold": 2}}]),
+        )
+        .expect("propose");
+    fx.vote(0, &id, true).expect("vote");
+    let info = fx.vote(1, &id, true).expect("vote");
+    assert_eq!(info.state, ProposalState::Failed, "{:?}", info.failure);
+    // Removing the recovery member takes its share away.
+    let (id, _) = fx
+        .propose(
+            0,
+            json!([{"name": "remove_member", "args": {"member_id": m1_id}}]),
+        )
+        .expect("propose");
+    fx.vote(0, &id, true).expect("vote");
+    assert_eq!(
+        fx.vote(1, &id, true).expect("vote").state,
+        ProposalState::Accepted
+    );
+    assert!(shares(&fx).is_empty(), "no recovery member left: no shares");
 }
 
 #[test]

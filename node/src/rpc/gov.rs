@@ -42,6 +42,8 @@ pub fn routes() -> Router<AppState> {
         .route("/gov/service/constitution", get(constitution))
         .route("/gov/service/javascript-app", get(javascript_app))
         .route("/gov/service/join-policy", get(join_policy))
+        .route("/gov/recovery/encrypted-shares/{member}", get(encrypted_share))
+        .route("/gov/recovery/members/{segment}", post(submit_recovery_share))
 }
 
 impl From<GovError> for ApiError {
@@ -130,6 +132,7 @@ async fn run<T: Send + 'static>(
     let node = app.node.clone();
     let now = now_secs().max(0) as u64;
     let committed = node.view().committed;
+    let secret = node.ledger_secret().clone();
     let joined = tokio::task::spawn_blocking(move || {
         let digest = v.request.signature_digest();
         let req = Request {
@@ -141,7 +144,8 @@ async fn run<T: Send + 'static>(
         };
         node.execute(|tx| {
             op(
-                &mut Governance::new(tx, now, (committed.view, committed.seqno)),
+                &mut Governance::new(tx, now, (committed.view, committed.seqno))
+                    .with_ledger_secret(secret.clone()),
                 &req,
                 &v.request,
             )
@@ -218,6 +222,64 @@ async fn state_digest(
     Err(ApiError::not_found(format!(
         "no such endpoint: POST /gov/members/state-digests/{segment}"
     )))
+}
+
+/// CCF's `GET /gov/recovery/encrypted-shares/{memberId}`: the member's recovery share, encrypted to its key.
+/// Unauthenticated, as in CCF: only the member's private key opens it.
+async fn encrypted_share(
+    State(app): State<AppState>,
+    Path(member): Path<String>,
+) -> Result<Response, ApiError> {
+    let share = crate::recovery::encrypted_share(&snapshot(&app), &member).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            format!("Recovery share not found for member {member}."),
+        )
+    })?;
+    Ok(Json(json!({ "memberId": member, "encryptedShare": share })).into_response())
+}
+
+/// CCF's `POST /gov/recovery/members/{memberId}:recover`: a member's decrypted share, COSE-signed by the member.
+async fn submit_recovery_share(
+    State(app): State<AppState>,
+    Path(segment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use crate::recovery::Submitted;
+    let member = split_action(&segment, "recover")
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no such endpoint: POST /gov/recovery/members/{segment}"))
+        })?
+        .to_string();
+    let v = verified(&app, &headers, body, MsgType::RecoveryShare, None, Some(&member)).await?;
+    let submitted = run(&app, v, |g, r, _| g.submit_recovery_share(r)).await?;
+    tracing::info!(member, outcome = ?submitted, "recovery share submitted");
+    match submitted {
+        Submitted::Pending { submitted, threshold } => Ok(Json(json!({
+            "message": format!("{submitted}/{threshold} recovery shares successfully submitted."),
+            "submitted": submitted,
+            "threshold": threshold,
+        }))
+        .into_response()),
+        Submitted::Recovered => {
+            crate::recovery::start_private_recovery(&app.node);
+            Ok(Json(json!({
+                "message": "The ledger secret was recovered: end of recovery procedure initiated.",
+                "submitted": 0,
+            }))
+            .into_response())
+        }
+        Submitted::Wrong { combined } => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRecoveryShares",
+            format!(
+                "the {combined} submitted recovery shares do not reconstruct the previous service's ledger secret \
+                 (one is wrong or from an earlier issue); every submitted share was discarded: submit again"
+            ),
+        )),
+    }
 }
 
 /// The current state (the core lock is held only to take it): each read handler takes one.

@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/node/primary", get(primary).head(primary_head))
         .route("/node/consensus", get(consensus))
         .route("/node/version", get(version))
+        .route("/node/service/previous_identity", get(previous_identity))
         .route("/node/metrics", get(metrics))
         .route("/node/quotes/self", get(quote_self))
         .route("/node/quotes", get(quotes))
@@ -420,9 +421,10 @@ async fn historical_receipt(
     app: &AppState,
     tx: TxId,
     cose: bool,
-    commit_evidence: String,
+    _current_evidence: String,
 ) -> Result<Receipt, ApiError> {
     let node = app.node.clone();
+    let commit_evidence = historical_evidence(&node, tx)?;
     let slot = node.historical.reserve().map_err(historical_error)?;
     let range = tokio::task::spawn_blocking(move || node.historical.range_for(tx.seqno, &slot))
         .await
@@ -433,12 +435,51 @@ async fn historical_receipt(
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let proof = proof.map(|(path, digest)| (path, crate::core::leaf_components(&digest, commit_evidence)));
     match (cose, proof) {
-        (false, proof) => Ok(Receipt::Json(crate::core::json_receipt(&range.sig, proof))),
+        (false, proof) => Ok(Receipt::Json(with_endorsements(
+            crate::core::json_receipt(&range.sig, proof),
+            &range,
+        ))),
         (true, Some((path, leaf))) => crate::core::cose_receipt(&range.sig, &path, &leaf)
             .map(Receipt::Cose)
             .map_err(|e| receipt_error(tx, e)),
         (true, None) => Err(receipt_error(tx, ReceiptUnavailable::SignatureTransaction(tx))),
     }
+}
+
+/// The commit evidence of a transaction whose history was flushed: with the secret of its seqno (it may be a
+/// previous service's, recovered or not yet). Also tells the receipt builder which previous identities signed.
+fn historical_evidence(node: &crate::service::Node, tx: TxId) -> Result<String, ApiError> {
+    node.refresh_previous_identities();
+    node.history_sealer()
+        .commit_evidence_at(tx)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "ReceiptUnavailable", e.to_string()))
+}
+
+/// CCF's `service_endorsements` for a range a previous identity signed.
+fn with_endorsements(receipt: JsonReceipt, range: &crate::historical::SignedRange) -> JsonReceipt {
+    JsonReceipt {
+        service_endorsements: (!range.endorsements.is_empty()).then(|| range.endorsements.clone()),
+        ..receipt
+    }
+}
+
+/// CCF's `GET /node/service/previous_identity`, with this identity's endorsement of it: a receipt the previous
+/// service issued verifies against the current identity through the endorsement.
+async fn previous_identity(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let previous = crate::recovery::previous_service(&app.node.view().state).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            "this service did not recover a previous one",
+        )
+    })?;
+    Ok(Json(json!({
+        "previous_service_identity": previous.previous_service_identity,
+        "endorsement": previous.endorsement,
+        "previous_last_seqno": previous.last_seqno,
+        "private_recovered": previous.private_recovered,
+    }))
+    .into_response())
 }
 
 fn historical_error(e: HistoricalError) -> ApiError {
@@ -458,10 +499,10 @@ fn historical_error(e: HistoricalError) -> ApiError {
 
 /// [`receipt_of`] in JSON, blocking (for callers already off the async runtime: JavaScript handlers).
 pub fn json_receipt_blocking(node: &crate::service::Node, tx: TxId) -> Result<JsonReceipt, ApiError> {
-    let (answer, commit_evidence) =
-        node.ask(move |core| (core.json_receipt(tx), core.commit_evidence(tx)))?;
+    let answer = node.ask(move |core| core.json_receipt(tx))?;
     match answer {
         Err(ReceiptUnavailable::Flushed(_)) => {
+            let commit_evidence = historical_evidence(node, tx)?;
             let slot = node.historical.reserve().map_err(historical_error)?;
             let range = node
                 .historical
@@ -471,7 +512,10 @@ pub fn json_receipt_blocking(node: &crate::service::Node, tx: TxId) -> Result<Js
                 .proof(tx.seqno)
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .map(|(path, digest)| (path, crate::core::leaf_components(&digest, commit_evidence)));
-            Ok(crate::core::json_receipt(&range.sig, proof))
+            Ok(with_endorsements(
+                crate::core::json_receipt(&range.sig, proof),
+                &range,
+            ))
         }
         other => other.map_err(|e| receipt_error(tx, e)),
     }

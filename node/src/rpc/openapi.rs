@@ -115,6 +115,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("GET", "/node/version", Auth::None, &[], "Software version"),
     ep(
         "GET",
+        "/node/service/previous_identity",
+        Auth::None,
+        &[],
+        "A recovered service: the previous identity and this identity's endorsement of it",
+    ),
+    ep(
+        "GET",
         "/node/metrics",
         Auth::None,
         &[],
@@ -372,6 +379,20 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Auth::None,
         &[("api-version", false)],
         "The join policy",
+    ),
+    ep(
+        "GET",
+        "/gov/recovery/encrypted-shares/{memberId}",
+        Auth::None,
+        &[("api-version", false)],
+        "A recovery member's share, encrypted to its key",
+    ),
+    ep(
+        "POST",
+        "/gov/recovery/members/{memberId}:recover",
+        Auth::MemberSigned,
+        &[("api-version", false)],
+        "Submit a decrypted recovery share to a recovering service",
     ),
     ep("GET", "/gov/api", Auth::None, &[], "This document"),
 ];

@@ -1,0 +1,310 @@
+//! Priority 10, end to end: a service that loses every node but its ledger files is recovered by its members'
+//! recovery shares (docs/RECOVERY.md), with real processes: `synod-node recover`, COSE-signed share submissions,
+//! the private state replayed, receipts of the lost service verified against both identities.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context as _};
+use serde_json::{json, Value};
+use synod_client::{Body, Client, Method, TxId};
+use synod_core::recovery::EncryptionPrivateKey;
+use synod_governance::client::GovClient;
+use synod_tests::{bounded, post_log, Network, NodeProc, SMALL_LEDGER};
+
+const COMMIT_WAIT: Duration = Duration::from_secs(30);
+const RETRY: Duration = Duration::from_secs(30);
+
+async fn post_public(client: &Client, id: u64, msg: &str) -> anyhow::Result<TxId> {
+    let body = Body::Json(json!({"id": id, "msg": msg}));
+    let r = client
+        .call_with_retry(Method::POST, "/app/log/public", Some(body), &[], RETRY)
+        .await?;
+    ensure!(r.status == 201, "POST /app/log/public: {} {}", r.status, r.text());
+    Ok(r.tx_id()?)
+}
+
+async fn service_status(client: &Client) -> anyhow::Result<String> {
+    let info: Value = client.get_json("/gov/service/info").await?;
+    Ok(info["status"].as_str().unwrap_or_default().to_string())
+}
+
+async fn wait_status(client: &Client, status: &str) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if service_status(client).await? == status {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "the service never reached {status} (it is {})",
+        service_status(client).await?
+    )
+}
+
+/// Member `m`'s decrypted recovery share, as `synod-gov recovery share` computes it.
+async fn decrypted_share(net: &Network, gov: &GovClient, m: usize) -> anyhow::Result<Vec<u8>> {
+    let key = EncryptionPrivateKey::from_pem(&std::fs::read_to_string(&net.member_encryption_keys[m])?)?;
+    Ok(key.decrypt(&gov.encrypted_share().await?)?)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -> anyhow::Result<()> {
+    bounded(420, async {
+        // Three members, any two of which can recover; three nodes.
+        let mut net = Network::start_recoverable(3, 3, 2, &SMALL_LEDGER).await?;
+        let old_cert = std::fs::read_to_string(&net.service_cert)?;
+        let p = net.primary().await?;
+        let user = net.user_client(p)?;
+        let mut private = Vec::new();
+        let mut public = Vec::new();
+        for i in 0..120u64 {
+            private.push((i, post_log(&user, i, &format!("secret {i}"), RETRY).await?));
+            public.push((i, post_public(&user, i, &format!("public {i}")).await?));
+        }
+        // Overwritten and deleted records come back as they were last.
+        post_log(&user, 5, "secret 5 v2", RETRY).await?;
+        let r = user
+            .call_with_retry(Method::DELETE, "/app/log/private?id=6", None, &[], RETRY)
+            .await?;
+        ensure!(r.status.is_success(), "DELETE: {} {}", r.status, r.text());
+        let last = post_public(&user, 1000, "last").await?;
+        user.wait_for_commit(last, COMMIT_WAIT).await?;
+        // Receipts issued before the disaster, kept by their users.
+        let mut kept = Vec::new();
+        for &(_, tx) in private.iter().step_by(17) {
+            kept.push((tx, user.receipt(tx, false).await?, user.receipt(tx, true).await?));
+        }
+        for (_, json_receipt, cose_receipt) in &kept {
+            synod_client::verify_receipt_bytes(json_receipt, &old_cert)?;
+            synod_client::verify_receipt_bytes(cose_receipt, &old_cert)?;
+        }
+
+        // A member keeps a share, is removed (the others get fresh shares: its old one is now useless), then
+        // tries to use it after the disaster.
+        let gov2 = net.gov_client(p, 2)?;
+        let removed_share = decrypted_share(&net, &gov2, 2).await?;
+        let removed_id = gov2.member_id().to_string();
+        net.pass(p, "remove_member", json!({"member_id": removed_id}))
+            .await?;
+        let mark = post_public(&user, 1001, "after removal").await?;
+        user.wait_for_commit(mark, COMMIT_WAIT).await?;
+
+        // The disaster: every node is gone but for one copy of a ledger.
+        net.stop_all()?;
+        let old_ledger = net.tmp.path().join("salvaged-ledger");
+        copy_dir(&net.nodes[0].dir.join("ledger"), &old_ledger)?;
+        for n in &net.nodes {
+            std::fs::remove_dir_all(&n.dir)?;
+        }
+
+        // A new node recovers the public state under a new identity.
+        let recovered_dir = net.tmp.path().join("r0");
+        let args = vec!["--ledger".to_string(), old_ledger.display().to_string()];
+        let r0 = NodeProc::spawn("recover", &recovered_dir, &args)?;
+        let mut r0 = r0;
+        // A restart before the shares comes back from the recovery snapshot (the lost service's ledger is never
+        // replayed: its private writes do not open yet).
+        r0.terminate()?;
+        r0.restart()?;
+        let new_cert = r0.service_cert_pem()?;
+        ensure!(new_cert != old_cert, "a recovered service has a new identity");
+        std::fs::write(&net.service_cert, &new_cert)?;
+        net.nodes = vec![r0];
+        let anyone = net.nodes[0].client(None)?;
+        ensure!(service_status(&anyone).await? == "Recovering");
+        let previous: Value = anyone.get_json("/node/service/previous_identity").await?;
+        ensure!(
+            previous["previous_service_identity"] == old_cert.as_str(),
+            "{previous}"
+        );
+        let endorsement = previous["endorsement"]
+            .as_str()
+            .context("endorsement")?
+            .to_string();
+        // Users wait until the members have recovered the whole state, as in CCF.
+        let user = net.user_client(0)?;
+        let r = user.get("/app/log/public?id=7").await?;
+        ensure!(
+            r.status == 503,
+            "the app before the recovery is done: {} {}",
+            r.status,
+            r.text()
+        );
+        // The recovered public state is the lost service's: its members, its consortium's rules.
+        let members: Value = anyone.get_json("/gov/service/members").await?;
+        ensure!(members["value"].as_array().map(Vec::len) == Some(2), "{members}");
+
+        // Shares are refused until the members accept the recovery, which names the lost service's identity.
+        let gov0 = net.gov_client(0, 0)?;
+        let gov1 = net.gov_client(0, 1)?;
+        let early_path = format!("/gov/recovery/members/{}:recover", gov0.member_id());
+        let early = gov0
+            .post_cose(
+                &early_path,
+                synod_governance::cose::MsgType::RecoveryShare,
+                None,
+                br#"{"share": "AQID"}"#,
+            )
+            .await?;
+        ensure!(
+            early.status == 403,
+            "a share before the recovery was accepted: {} {}",
+            early.status,
+            early.text()
+        );
+        let wrong_identity = gov0
+            .propose_action(
+                "transition_service_to_open",
+                json!({"previous_service_identity": new_cert}),
+            )
+            .await?;
+        let mut state = wrong_identity.state;
+        for g in [&gov0, &gov1] {
+            state = g.vote(&wrong_identity.proposal_id, true).await?.state;
+        }
+        ensure!(
+            format!("{state:?}") == "Failed",
+            "accepting a recovery naming the wrong previous identity: {state:?}"
+        );
+        ensure!(service_status(&anyone).await? == "Recovering");
+        net.pass(
+            0,
+            "transition_service_to_open",
+            json!({"previous_service_identity": old_cert}),
+        )
+        .await?;
+        ensure!(service_status(&anyone).await? == "WaitingForRecoveryShares");
+
+        // The removed member's share is refused: it is no longer a member.
+        let gov2 = GovClient::new(
+            net.nodes[0].client(None)?,
+            &net.members[2].cert_pem,
+            &net.members[2].key_pem,
+        )?;
+        let refused = gov2.submit_recovery_share(&removed_share).await;
+        ensure!(refused.is_err(), "a removed member's share was taken");
+
+        // A wrong share with a right one does not recover anything, and both are discarded.
+        let mut bad = decrypted_share(&net, &gov0, 0).await?;
+        let last_byte = bad.len() - 1;
+        bad[last_byte] ^= 0x5a;
+        let answer = gov0.submit_recovery_share(&bad).await?;
+        ensure!(answer["submitted"] == 1 && answer["threshold"] == 2, "{answer}");
+        let good1 = decrypted_share(&net, &gov1, 1).await?;
+        let err = gov1
+            .submit_recovery_share(&good1)
+            .await
+            .expect_err("a wrong share combined");
+        ensure!(err.to_string().contains("InvalidRecoveryShares"), "{err}");
+        ensure!(service_status(&anyone).await? == "WaitingForRecoveryShares");
+        let r = user.get("/app/log/private?id=7").await?;
+        ensure!(r.status == 503, "the app after wrong shares: {}", r.status);
+
+        // Fewer than the threshold: nothing yet. Then exactly the threshold, one through the CLI. (A second later:
+        // the same share signed in the same second is the same request, refused as a replay.)
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let answer = gov1.submit_recovery_share(&good1).await?;
+        ensure!(answer["submitted"] == 1, "{answer}");
+        ensure!(service_status(&anyone).await? == "WaitingForRecoveryShares");
+        let out = net.gov_cli(
+            0,
+            0,
+            &[
+                "recovery",
+                "share",
+                "--encryption-key",
+                &net.member_encryption_keys[0].display().to_string(),
+            ],
+        )?;
+        ensure!(
+            out.status.success(),
+            "synod-gov recovery share: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_status(&anyone, "Open").await?;
+
+        // Every committed record is served as it was last written.
+        for &(i, _) in &private {
+            let r = user.get(&format!("/app/log/private?id={i}")).await?;
+            match i {
+                5 => ensure!(r.text().contains("secret 5 v2"), "{}", r.text()),
+                6 => ensure!(r.status == 404, "a deleted record came back: {}", r.text()),
+                _ => ensure!(
+                    r.status == 200 && r.text().contains(&format!("secret {i}")),
+                    "{i}: {} {}",
+                    r.status,
+                    r.text()
+                ),
+            }
+        }
+        for &(i, _) in &public {
+            let r = user.get(&format!("/app/log/public?id={i}")).await?;
+            ensure!(r.text().contains(&format!("public {i}")), "{i}: {}", r.text());
+        }
+        // Receipts of the lost service: the kept ones verify against the previous identity and, through the
+        // endorsement, against the new one; the recovered service still issues them for old transactions.
+        for (tx, json_receipt, cose_receipt) in &kept {
+            for receipt in [json_receipt, cose_receipt] {
+                synod_core::receipt::verify_bytes(receipt, &old_cert)?;
+                synod_core::receipt::verify_bytes_with(
+                    receipt,
+                    &new_cert,
+                    std::slice::from_ref(&endorsement),
+                )
+                .with_context(|| format!("the kept receipt of {tx} against the new identity"))?;
+                ensure!(
+                    synod_client::verify_receipt_bytes(receipt, &new_cert).is_err(),
+                    "no endorsement needed?"
+                );
+            }
+            let again = user.receipt(*tx, false).await?;
+            synod_client::verify_receipt_bytes(&again, &new_cert)
+                .with_context(|| format!("the recovered service's receipt of {tx}"))?;
+        }
+
+        // A restart of the recovered node keeps everything.
+        net.nodes[0].terminate()?;
+        net.nodes[0].restart()?;
+        let r = user
+            .call_with_retry(Method::GET, "/app/log/private?id=42", None, &[], RETRY)
+            .await?;
+        ensure!(r.text().contains("secret 42"), "after a restart: {}", r.text());
+        let (tx, _, _) = &kept[1];
+        let again = user.receipt(*tx, true).await?;
+        synod_core::receipt::verify_bytes_with(&again, &new_cert, std::slice::from_ref(&endorsement))?;
+
+        // The recovered service works as any other: a node joins, writes commit with receipts.
+        net.join_node(&[]).await?;
+        net.wait_for_voters(2).await?;
+        let tx = post_log(&user, 5000, "after recovery", RETRY).await?;
+        user.wait_for_commit(tx, COMMIT_WAIT).await?;
+        synod_client::verify_receipt_bytes(&user.receipt(tx, true).await?, &new_cert)?;
+        let r = net.user_client(1)?.get("/app/log/private?id=42").await?;
+        ensure!(r.text().contains("secret 42"), "the joined node: {}", r.text());
+        // The recovery members hold fresh shares of the new secret; the removed member none.
+        let share: Value = anyone
+            .get_json(&format!("/gov/recovery/encrypted-shares/{}", gov0.member_id()))
+            .await?;
+        ensure!(share["encryptedShare"].is_string(), "{share}");
+        let r = anyone
+            .get(&format!("/gov/recovery/encrypted-shares/{removed_id}"))
+            .await?;
+        ensure!(r.status == 404, "{}", r.status);
+        net.stop_all()?;
+        Ok(())
+    })
+    .await
+}
