@@ -235,6 +235,11 @@ const actions = new Map([
   ["set_constitution", new Action(
     (args) => checkType(args.constitution, "string", "constitution"),
     (args) => table("public:ccf.gov.constitution").set(key(""), key(args.constitution)))],
+  // The node rekeys the ledger in the same transaction (a fresh secret for every trusted node; the recovery
+  // members get shares of it). remove_member rekeys too.
+  ["trigger_ledger_rekey", new Action(
+    () => {},
+    (args, proposalId) => setJson("public:ccf.gov.triggers", "ledger_rekey", proposalId))],
   ["trigger_snapshot", new Action(
     () => {},
     (args, proposalId) => setJson("public:ccf.gov.triggers", "snapshot", proposalId))],

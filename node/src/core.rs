@@ -128,6 +128,9 @@ pub struct Keys {
     pub service_key: PrivateKey,
     /// The service certificate (DER).
     pub service_cert_der: Vec<u8>,
+    /// This node's RSA encryption key: opens the ledger secret a rekey encrypts to it (`None` in simulations,
+    /// which never rekey).
+    pub encryption_key: Option<synod_core::recovery::EncryptionPrivateKey>,
 }
 
 /// Tunables of the core.
@@ -259,6 +262,9 @@ pub enum Event {
     },
     /// The nodes table or the Raft configuration changed: refresh peer addresses.
     NodesChanged,
+    /// The ledger secret schedule changed (a rekey appended or rolled back): keep it (the node's own record, read
+    /// at restart).
+    SecretsChanged(Vec<(u64, synod_kv::seal::LedgerSecret)>),
 }
 
 /// A snapshot this node installed from the primary (Raft caught it up with one).
@@ -528,6 +534,40 @@ fn writes_of(tx: &Transaction, sealer: &Sealer) -> Result<Writes, CoreError> {
     Ok(Writes { public, private })
 }
 
+/// Follows a rekey (`crate::recovery::rekey`) in the entry at `seqno`: the entries after it open and are sealed
+/// under the new secret, which the entry carries encrypted to this node. Returns whether the schedule changed.
+fn follow_rekey(sealer: &Sealer, keys: &Keys, tx: &Transaction) -> Result<bool, CoreError> {
+    let marker = maps::ENCRYPTED_LEDGER_SECRETS.as_bytes();
+    if !tx.public_writes.windows(marker.len()).any(|w| w == marker) {
+        return Ok(false);
+    }
+    let bad = |reason: String| CoreError::BadEntry {
+        seqno: tx.seqno,
+        reason,
+    };
+    let public = tx.public_write_set().map_err(|e| bad(e.to_string()))?;
+    match crate::recovery::rekeyed_secret(&public, &keys.node_id, keys.encryption_key.as_ref()) {
+        Ok(Some(secret)) => {
+            sealer.rekey(tx.seqno + 1, secret);
+            tracing::info!(
+                seqno = tx.seqno,
+                "ledger rekeyed: later entries are sealed under the new secret"
+            );
+            Ok(true)
+        }
+        Ok(None) if sealer.schedule().iter().any(|(from, _)| *from == tx.seqno + 1) => Ok(false),
+        Ok(None) => {
+            // A node the rekey left out (retired as it happened): it cannot open what follows, and stops there.
+            tracing::error!(
+                seqno = tx.seqno,
+                "the ledger was rekeyed without this node: it cannot follow the service past this entry"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(bad(format!("rekey: {e}"))),
+    }
+}
+
 fn flags_of(tx: &Transaction) -> u8 {
     let mut f = 0;
     if tx.kind == KIND_SIGNATURE {
@@ -776,7 +816,7 @@ impl Core {
         for (id, pem) in &genesis.member_encryption_keys {
             tx.put(maps::MEMBERS_ENCRYPTION_KEYS, id.as_bytes(), pem.as_bytes());
         }
-        crate::recovery::refresh_shares(&mut tx, &genesis.ledger_secret, true)
+        crate::recovery::refresh_shares(&mut tx, &genesis.ledger_secret, Some(1), true)
             .map_err(|e| CoreError::Invariant(format!("issuing recovery shares: {e}")))?;
         core.commit_tx(tx, now_secs)?;
         core.emit_signature(now_secs)?;
@@ -958,6 +998,7 @@ impl Core {
                 });
             }
             Self::append_history(&mut history, le, tx, &service_der, None, SigCheck::Now)?;
+            follow_rekey(&sealer, &keys, tx)?;
         }
         let commit_index = r.log.hard_state().commit.min(history.last());
         let mut state = r.state;
@@ -1277,6 +1318,9 @@ impl Core {
             );
             self.history.truncate(keep);
             self.own.split_off(&(keep + 1));
+            if self.sealer.truncate(keep) {
+                self.events.push(Event::SecretsChanged(self.sealer.schedule()));
+            }
             if self.state.version() > keep {
                 self.lineage += 1;
                 self.state = self.committed_state.clone();
@@ -1299,6 +1343,10 @@ impl Core {
                     None,
                     SigCheck::AtCommit,
                 )?;
+                // Before the next entry: its commit evidence may be under the secret this one brings.
+                if follow_rekey(&self.sealer, &self.keys, &tx)? {
+                    self.events.push(Event::SecretsChanged(self.sealer.schedule()));
+                }
             }
         }
         debug_assert_eq!(
@@ -1541,6 +1589,9 @@ impl Core {
             own_signature,
             SigCheck::Now,
         )?;
+        if follow_rekey(&self.sealer, &self.keys, &transaction)? {
+            self.events.push(Event::SecretsChanged(self.sealer.schedule()));
+        }
         self.state
             .apply(tx_id.seqno, writes.maps())
             .map_err(|e| CoreError::Invariant(format!("applying {tx_id}: {e}")))?;
@@ -2031,6 +2082,11 @@ impl Core {
         let since = now_ms.saturating_sub(self.sig_clock.1);
         let in_flight = self.history.sigs.range(self.raft_commit() + 1..).count();
         since >= timing.interval_ms || (in_flight < timing.in_flight_max && since >= timing.min_gap_ms)
+    }
+
+    /// The sealer (its schedule is shared with every clone).
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// The seqno this node's ledger files start after (see [`Core::history_start`] for what memory holds).

@@ -281,6 +281,21 @@ fn ballot_engine(member: &str, script: &str) -> Result<Engine, GovError> {
     })
 }
 
+/// Whether an accepted proposal rekeys the ledger: `trigger_ledger_rekey`, or `remove_member` (the removed
+/// member's old recovery share must not open what is written from now on).
+fn rekeys(proposal: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(proposal)
+        .ok()
+        .and_then(|p| {
+            p["actions"].as_array().map(|actions| {
+                actions
+                    .iter()
+                    .any(|a| a["name"] == "trigger_ledger_rekey" || a["name"] == "remove_member")
+            })
+        })
+        .unwrap_or(false)
+}
+
 fn js_err(e: JsError) -> GovError {
     GovError::Constitution(e.to_string())
 }
@@ -290,9 +305,9 @@ pub struct Governance<'t> {
     tx: &'t mut Tx,
     now: u64,
     last_committed: (u64, u64),
-    /// The current ledger secret, to issue recovery shares of when the recovery members change (`None` in tests
-    /// of governance alone: no shares are issued).
-    ledger_secret: Option<LedgerSecret>,
+    /// The latest ledger secret and the first seqno it covers, to issue recovery shares of when the recovery
+    /// members change and to rekey from (`None` in tests of governance alone: no shares are issued).
+    latest_secret: Option<(u64, LedgerSecret)>,
 }
 
 impl<'t> Governance<'t> {
@@ -302,20 +317,31 @@ impl<'t> Governance<'t> {
             tx,
             now,
             last_committed,
-            ledger_secret: None,
+            latest_secret: None,
         }
     }
 
-    /// Issues recovery shares of `secret` whenever a request changes the recovery members or the threshold.
-    pub fn with_ledger_secret(mut self, secret: LedgerSecret) -> Governance<'t> {
-        self.ledger_secret = Some(secret);
+    /// Issues recovery shares of `secret` (the latest ledger secret, covering seqnos from `from` on) whenever a
+    /// request changes the recovery members or the threshold, and rekeys from it.
+    pub fn with_ledger_secret(mut self, from: u64, secret: LedgerSecret) -> Governance<'t> {
+        self.latest_secret = Some((from, secret));
         self
+    }
+
+    /// Rekeys the ledger from the latest secret (nothing in tests of governance alone).
+    fn rekey(&mut self) -> Result<(), crate::recovery::RecoveryError> {
+        match &self.latest_secret {
+            Some((from, secret)) => crate::recovery::rekey(self.tx, (*from, secret)),
+            None => Ok(()),
+        }
     }
 
     /// Re-issues recovery shares if the recovery members, their keys or the threshold changed.
     fn refresh_shares(&mut self) -> Result<(), crate::recovery::RecoveryError> {
-        match &self.ledger_secret {
-            Some(secret) => crate::recovery::refresh_shares(self.tx, secret, false).map(|_| ()),
+        match &self.latest_secret {
+            Some((from, secret)) => {
+                crate::recovery::refresh_shares(self.tx, secret, Some(*from), false).map(|_| ())
+            }
             None => Ok(()),
         }
     }
@@ -530,8 +556,8 @@ impl<'t> Governance<'t> {
             .as_str()
             .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).ok())
             .ok_or_else(|| bad("InvalidInput", "a recovery share is {\"share\": base64}"))?;
-        let secret = self
-            .ledger_secret
+        let (_, secret) = self
+            .latest_secret
             .clone()
             .ok_or_else(|| GovError::Forbidden("this node cannot take recovery shares".into()))?;
         crate::recovery::submit_share(self.tx, req.member_id, &share, &secret).map_err(|e| match e {
@@ -614,12 +640,19 @@ impl<'t> Governance<'t> {
                     })
                     .and_then(|_| self.check_new_constitution(old_constitution.as_deref()))
                     .and_then(|_| {
-                        // Members, keys or the threshold may have changed: shares follow in the same transaction,
-                        // and an action that leaves them impossible to issue is not applied.
-                        self.refresh_shares().map_err(|e| Failure {
-                            reason: format!("recovery shares: {e}"),
+                        // A rekey (asked for, or after a member left: its old share must open nothing new) issues
+                        // shares of the new secret; otherwise members, keys or the threshold may have changed and
+                        // shares follow. Either way in the same transaction, and an action that leaves them
+                        // impossible to issue is not applied.
+                        let failure = |what: &str, e: crate::recovery::RecoveryError| Failure {
+                            reason: format!("{what}: {e}"),
                             trace: None,
-                        })
+                        };
+                        if rekeys(proposal) {
+                            self.rekey().map_err(|e| failure("ledger rekey", e))
+                        } else {
+                            self.refresh_shares().map_err(|e| failure("recovery shares", e))
+                        }
                     });
                 match applied {
                     Ok(()) => {

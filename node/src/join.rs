@@ -41,6 +41,9 @@ pub struct JoinRequest {
     /// against the digest recorded at genesis. Absent (and ignored) with members: they trust nodes by vote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_token: Option<String>,
+    /// The node's RSA encryption public key (PEM): rekeyed ledger secrets are encrypted to it (CCF's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_pub_key: Option<String>,
 }
 
 /// Longest wait between join attempts, whatever `Retry-After` says.
@@ -108,8 +111,11 @@ pub struct JoinResponse {
     pub service_certificate: String,
     /// The service identity's key (every node signs with it).
     pub service_key: String,
-    /// Base64 ledger secret.
+    /// Base64 ledger secret (the latest).
     pub ledger_secret: String,
+    /// Every ledger secret of the service's own schedule, `(first seqno, base64 secret)` in order: a snapshot may
+    /// be sealed under an earlier one than the latest.
+    pub ledger_secrets: Vec<(u64, String)>,
     /// The nodes of the service.
     pub nodes: Vec<PeerInfo>,
     /// The snapshot to start from, if the service has one.
@@ -271,12 +277,14 @@ pub async fn join(
     let node_id = cert::public_key_id_hex(&own_der)?;
     let report_data = synod_core::hash::digest_from_hex(&node_id).context("node id")?;
     let join_token = cfg.join_token_file.as_deref().map(read_join_token).transpose()?;
+    let encryption_key_pem = crate::service::new_encryption_key()?;
     let request = JoinRequest {
         node_name: cfg.node.node_name.clone(),
         rpc_address: rpc,
         node_address: node,
         quote_info: platform.evidence(&report_data)?,
         join_token,
+        encryption_pub_key: Some(crate::service::encryption_public_pem(&encryption_key_pem)?),
     };
     let http = node_client(&own.cert_pem, &own.key_pem, &service_cert_pem)?;
     let url = format!("{}/node/join", cfg.target.trim_end_matches('/'));
@@ -344,10 +352,19 @@ pub async fn join(
         cert::same_public_key(&endorsed_der, &own_der)?,
         "the endorsed certificate is for another key"
     );
-    let secret: [u8; 32] = base64::engine::general_purpose::STANDARD
-        .decode(&answer.ledger_secret)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("the ledger secret is not 32 bytes"))?;
+    let decode = |b64: &str| -> anyhow::Result<LedgerSecret> {
+        let secret: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(b64)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("a ledger secret is not 32 bytes"))?;
+        Ok(LedgerSecret(secret))
+    };
+    let secret = decode(&answer.ledger_secret)?;
+    let schedule = answer
+        .ledger_secrets
+        .iter()
+        .map(|(from, s)| Ok((*from, decode(s)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     tracing::info!(node_id, status = %answer.status, "joined");
 
     let snapshot = match &answer.snapshot {
@@ -372,7 +389,9 @@ pub async fn join(
                 cert_pem: answer.endorsed_certificate,
                 key_pem: own.key_pem,
             },
-            secret: LedgerSecret(secret),
+            secret,
+            schedule,
+            encryption_key_pem,
         },
         snapshot,
         peers,

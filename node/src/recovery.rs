@@ -82,6 +82,16 @@ pub enum RecoveryError {
     /// Bytes that do not decode.
     #[error("malformed {0}")]
     Malformed(&'static str),
+    /// A rekey would leave a trusted node unable to follow the service.
+    #[error("node {0} has no encryption key recorded (it joined before nodes had one): restart it with this version, or remove it, before rekeying")]
+    NodeWithoutKey(String),
+}
+
+/// `public:ccf.internal.encrypted_ledger_secrets` at key "": the secret of the last rekey, per node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EncryptedLedgerSecrets {
+    /// RSA-OAEP encrypted secret (base64) by node id.
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// `public:ccf.internal.recovery_shares` at key "" (CCF's `RecoverySharesInfo`).
@@ -89,8 +99,9 @@ pub enum RecoveryError {
 pub struct SharesInfo {
     /// The latest ledger secret wrapped under the split key (base64).
     pub wrapped_latest_ledger_secret: String,
-    /// The first seqno the latest secret covers.
-    pub latest_secret_from: u64,
+    /// The first seqno the latest secret covers; `None`: the one after the transaction that wrote this record
+    /// (a rekey, whose seqno is not known while it runs).
+    pub latest_secret_from: Option<u64>,
     /// Shares needed.
     pub threshold: usize,
     /// Each recovery member's share, RSA-OAEP encrypted to its key (base64), by member id.
@@ -118,7 +129,8 @@ pub struct PreviousService {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct HistoricalSecret {
     from: u64,
-    until: u64,
+    /// The last seqno; `None`: the transaction that wrote the record (a rekey).
+    until: Option<u64>,
     /// The secret wrapped under a key derived from the secret that followed it (base64).
     wrapped: String,
 }
@@ -169,7 +181,7 @@ fn recovery_threshold(tx: &mut Tx) -> usize {
         .map_or(1, |t| t.max(1) as usize)
 }
 
-fn fingerprint(members: &[(String, String)], threshold: usize, latest_secret_from: u64) -> String {
+fn fingerprint(members: &[(String, String)], threshold: usize, latest_secret_from: Option<u64>) -> String {
     let canonical = serde_json::json!({
         "members": members,
         "threshold": threshold,
@@ -178,15 +190,16 @@ fn fingerprint(members: &[(String, String)], threshold: usize, latest_secret_fro
     hex::encode(sha256(canonical.to_string().as_bytes()))
 }
 
-/// The first seqno the current ledger secret covers: 1, or one past the ledger a recovered service continues.
-pub fn current_secret_from(tx: &mut Tx) -> u64 {
-    get_json::<PreviousService>(tx, maps::PREVIOUS_SERVICE, "").map_or(1, |p| p.last_seqno + 1)
-}
-
-/// Issues fresh recovery shares of `secret` (the current ledger secret) when the recovery members, their keys or
-/// the threshold changed since the last issue, or always with `force`. Never while a recovery is in progress:
-/// the recorded shares are then the previous service's, the only way back to its data. Returns whether it issued.
-pub fn refresh_shares(tx: &mut Tx, secret: &LedgerSecret, force: bool) -> Result<bool, RecoveryError> {
+/// Issues fresh recovery shares of `secret`, the latest ledger secret, which covers seqnos from `from` on (`None`:
+/// from the one after this transaction, a rekey), when the recovery members, their keys or the threshold changed
+/// since the last issue, or always with `force`. Never while a recovery is in progress: the recorded shares are
+/// then the previous service's, the only way back to its data. Returns whether it issued.
+pub fn refresh_shares(
+    tx: &mut Tx,
+    secret: &LedgerSecret,
+    from: Option<u64>,
+    force: bool,
+) -> Result<bool, RecoveryError> {
     let status = service_status(tx);
     if status == STATUS_RECOVERING || status == STATUS_WAITING_FOR_SHARES {
         return Ok(false);
@@ -203,7 +216,6 @@ pub fn refresh_shares(tx: &mut Tx, secret: &LedgerSecret, force: bool) -> Result
     }
     let members = recovery_members(tx);
     let threshold = recovery_threshold(tx);
-    let from = current_secret_from(tx);
     let print = fingerprint(&members, threshold, from);
     let existing: Option<SharesInfo> = get_json(tx, maps::RECOVERY_SHARES, "");
     if !force && existing.as_ref().map(|e| &e.fingerprint) == Some(&print) {
@@ -246,6 +258,71 @@ pub fn refresh_shares(tx: &mut Tx, secret: &LedgerSecret, force: bool) -> Result
     };
     put_json(tx, maps::RECOVERY_SHARES, "", &info);
     Ok(true)
+}
+
+/// Rekeys the ledger (CCF's `trigger_ledger_rekey`): a fresh secret, encrypted to every trusted node, seals every
+/// transaction after this one; the latest secret (`latest`: its first seqno and itself) is kept in the ledger
+/// wrapped under the new one, and the recovery members get shares of the new one. Never during a recovery.
+pub fn rekey(tx: &mut Tx, latest: (u64, &LedgerSecret)) -> Result<(), RecoveryError> {
+    let status = service_status(tx);
+    if status == STATUS_RECOVERING || status == STATUS_WAITING_FOR_SHARES {
+        return Err(RecoveryError::NotWaiting(format!(
+            "{status}: the ledger cannot be rekeyed during a recovery"
+        )));
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| crypto::RecoveryError::Random(e.to_string()))?;
+    let new = LedgerSecret(bytes);
+    let mut record = EncryptedLedgerSecrets::default();
+    for (id, value) in tx.range(maps::NODES_INFO, b"", None, usize::MAX) {
+        let id = String::from_utf8_lossy(&id).into_owned();
+        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&value) else {
+            continue;
+        };
+        if info["status"] != "Trusted" {
+            continue;
+        }
+        let pem = info["encryption_pub_key"]
+            .as_str()
+            .ok_or_else(|| RecoveryError::NodeWithoutKey(id.clone()))?;
+        let encrypted = EncryptionPublicKey::from_pem(pem)?.encrypt(&new.0)?;
+        record.secrets.insert(id, B64.encode(encrypted));
+    }
+    put_json(tx, maps::ENCRYPTED_LEDGER_SECRETS, "", &record);
+    record_past_secret(tx, latest.0, None, latest.1, &new)?;
+    refresh_shares(tx, &new, None, true)?;
+    Ok(())
+}
+
+/// If `public` (the writes of the entry at `seqno`) is a rekey, the new secret for node `node_id`, opened with its
+/// encryption key; `Ok(None)` for any other entry, or a rekey that did not include this node.
+pub fn rekeyed_secret(
+    public: &synod_core::ledger::WriteSet,
+    node_id: &str,
+    key: Option<&crypto::EncryptionPrivateKey>,
+) -> Result<Option<LedgerSecret>, RecoveryError> {
+    let Some(value) = public
+        .maps
+        .iter()
+        .find(|m| m.name == maps::ENCRYPTED_LEDGER_SECRETS)
+        .and_then(|m| m.writes.first())
+        .and_then(|w| w.value.as_ref())
+    else {
+        return Ok(None);
+    };
+    let record: EncryptedLedgerSecrets =
+        serde_json::from_slice(value).map_err(|_| RecoveryError::Malformed("encrypted ledger secrets"))?;
+    let (Some(encrypted), Some(key)) = (record.secrets.get(node_id), key) else {
+        return Ok(None);
+    };
+    let encrypted = B64
+        .decode(encrypted)
+        .map_err(|_| RecoveryError::Malformed("encrypted ledger secret"))?;
+    let clear = key.decrypt(&encrypted)?;
+    let secret: [u8; 32] = clear
+        .try_into()
+        .map_err(|_| RecoveryError::Malformed("ledger secret (not 32 bytes)"))?;
+    Ok(Some(LedgerSecret(secret)))
 }
 
 /// A member's encrypted share (base64), for `GET /gov/recovery/encrypted-shares/{member}`.
@@ -295,6 +372,10 @@ pub fn submit_share(
         return Err(RecoveryError::NotWaiting(status));
     }
     let info: SharesInfo = get_json(tx, maps::RECOVERY_SHARES, "").ok_or(RecoveryError::NoSharesInfo)?;
+    let latest_from = match info.latest_secret_from {
+        Some(from) => from,
+        None => tx.version_of(maps::RECOVERY_SHARES, b"").unwrap_or_default() + 1,
+    };
     if !info.encrypted_shares.contains_key(member) {
         return Err(RecoveryError::NoShare(member.to_string()));
     }
@@ -346,8 +427,8 @@ pub fn submit_share(
         .ok_or(RecoveryError::Malformed("previous service record"))?;
     record_past_secret(
         tx,
-        info.latest_secret_from,
-        previous.last_seqno,
+        latest_from,
+        Some(previous.last_seqno),
         &LedgerSecret(secret),
         current,
     )?;
@@ -356,23 +437,21 @@ pub fn submit_share(
     Ok(Submitted::Recovered)
 }
 
-fn past_aad(from: u64, until: u64) -> [u8; 16] {
-    let mut aad = [0u8; 16];
-    aad[..8].copy_from_slice(&from.to_be_bytes());
-    aad[8..].copy_from_slice(&until.to_be_bytes());
-    aad
+fn past_aad(from: u64) -> [u8; 8] {
+    from.to_be_bytes()
 }
 
-/// Records `secret`, which covers seqnos `from..=until`, wrapped under `successor` (the secret after it).
+/// Records `secret`, which covers seqnos `from..=until` (`None`: up to this transaction), wrapped under
+/// `successor` (the secret after it).
 fn record_past_secret(
     tx: &mut Tx,
     from: u64,
-    until: u64,
+    until: Option<u64>,
     secret: &LedgerSecret,
     successor: &LedgerSecret,
 ) -> Result<(), RecoveryError> {
     let key = successor.derive_key(PREVIOUS_SECRET_LABEL);
-    let wrapped = crypto::wrap(&key, &secret.0, &past_aad(from, until))?;
+    let wrapped = crypto::wrap(&key, &secret.0, &past_aad(from))?;
     let record = HistoricalSecret {
         from,
         until,
@@ -387,46 +466,52 @@ fn record_past_secret(
     Ok(())
 }
 
-/// The ranges of seqnos written under earlier ledger secrets, with each secret opened by walking the chain back
-/// from `current` (a range whose secret is not recovered yet has none). Empty for a service never recovered.
-pub fn past_secrets(state: &State, current: &LedgerSecret) -> Vec<SecretRange> {
-    let Some(previous) = previous_service(state) else {
-        return Vec::new();
-    };
-    let current_from = previous.last_seqno + 1;
-    let mut records: Vec<HistoricalSecret> = state
+/// Every past ledger secret recorded in `state` with the seqnos it covers, each opened by walking the chain back
+/// from the secrets `known` gives (the node's own schedule): a rekeyed or recovered service's history.
+fn secret_chain(state: &State, known: &dyn Fn(u64) -> Option<LedgerSecret>) -> Vec<SecretRange> {
+    let mut records: Vec<(HistoricalSecret, u64)> = state
         .map(maps::HISTORICAL_LEDGER_SECRETS)
         .into_iter()
         .flat_map(|m| m.iter())
-        .filter_map(|(_, e)| serde_json::from_slice(&e.value).ok())
+        .filter_map(|(_, e)| {
+            let r: HistoricalSecret = serde_json::from_slice(&e.value).ok()?;
+            let until = r.until.unwrap_or(e.version);
+            Some((r, until))
+        })
         .collect();
-    records.sort_by_key(|r| std::cmp::Reverse(r.from));
-    let mut known: BTreeMap<u64, LedgerSecret> = BTreeMap::new();
+    records.sort_by_key(|(r, _)| std::cmp::Reverse(r.from));
+    let mut opened: BTreeMap<u64, LedgerSecret> = BTreeMap::new();
     let mut ranges = Vec::new();
-    for r in records {
-        let successor = if r.until + 1 == current_from {
-            Some(current.clone())
-        } else {
-            known.get(&(r.until + 1)).cloned()
-        };
+    for (r, until) in records {
+        let successor = opened.get(&(until + 1)).cloned().or_else(|| known(until + 1));
         let secret = successor.and_then(|s| {
             let wrapped = B64.decode(&r.wrapped).ok()?;
-            let clear = crypto::unwrap(
-                &s.derive_key(PREVIOUS_SECRET_LABEL),
-                &wrapped,
-                &past_aad(r.from, r.until),
-            );
+            let clear = crypto::unwrap(&s.derive_key(PREVIOUS_SECRET_LABEL), &wrapped, &past_aad(r.from));
             Some(LedgerSecret(clear.ok()?.try_into().ok()?))
         });
         if let Some(s) = &secret {
-            known.insert(r.from, s.clone());
+            opened.insert(r.from, s.clone());
         }
         ranges.push(SecretRange {
             from: r.from,
-            until: r.until,
+            until,
             secret,
         });
     }
+    ranges
+}
+
+/// The ranges of seqnos a previous service wrote (before the recovery), with each secret opened by walking the
+/// chain back from `known` (a range whose secret is not recovered yet has none). Empty for a service never
+/// recovered.
+pub fn past_secrets(state: &State, known: &dyn Fn(u64) -> Option<LedgerSecret>) -> Vec<SecretRange> {
+    let Some(previous) = previous_service(state) else {
+        return Vec::new();
+    };
+    let mut ranges: Vec<SecretRange> = secret_chain(state, known)
+        .into_iter()
+        .filter(|r| r.until <= previous.last_seqno)
+        .collect();
     // Whatever no record covers yet (the previous service's seqnos before its shares are submitted) has no secret.
     ranges.push(SecretRange {
         from: 1,
@@ -436,9 +521,11 @@ pub fn past_secrets(state: &State, current: &LedgerSecret) -> Vec<SecretRange> {
     ranges
 }
 
-/// A sealer for any seqno of this service's ledger: the current secret, and the past ones recovered.
-pub fn history_sealer(state: &State, current: &LedgerSecret) -> Sealer {
-    Sealer::with_past(current, &past_secrets(state, current))
+/// A sealer for any seqno of this service's ledger: its own schedule (`sealer`), and the previous services'
+/// secrets as far as they are recovered.
+pub fn history_sealer(state: &State, sealer: &Sealer) -> Sealer {
+    sealer.add_past(&past_secrets(state, &|seqno| sealer.secret_at(seqno)));
+    sealer.clone()
 }
 
 /// What the first transaction of a recovered service records.
@@ -745,7 +832,7 @@ fn run_private_recovery(node: &crate::service::Node) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(PRIVATE_RECOVERY_PATIENCE_S);
     let state = node.view().state.clone();
     let previous = previous_service(&state).context("this service recovers no previous service")?;
-    let sealer = history_sealer(&state, node.ledger_secret());
+    let sealer = history_sealer(&state, node.sealer());
     let private = private_state(&node.ledger_dir(), previous.last_seqno, &sealer)?;
     let keys: usize = private.values().map(BTreeMap::len).sum();
     tracing::info!(
@@ -767,7 +854,7 @@ fn run_private_recovery(node: &crate::service::Node) -> anyhow::Result<()> {
             batches.last_mut().expect("never empty").push((map, k, v));
         }
     }
-    let secret = node.ledger_secret().clone();
+    let latest = node.sealer().latest();
     let last = batches.len() - 1;
     for (i, batch) in batches.iter().enumerate() {
         loop {
@@ -777,7 +864,7 @@ fn run_private_recovery(node: &crate::service::Node) -> anyhow::Result<()> {
                     tx.put(map, k, v);
                 }
                 if finish {
-                    finish_recovery(tx, &secret)?;
+                    finish_recovery(tx, &latest)?;
                 }
                 Ok::<_, RecoveryError>(())
             });
@@ -797,7 +884,7 @@ fn run_private_recovery(node: &crate::service::Node) -> anyhow::Result<()> {
 
 /// The last private recovery transaction: the service opens, the recovery is recorded complete, and the
 /// recovery members get fresh shares of the new secret.
-fn finish_recovery(tx: &mut Tx, secret: &LedgerSecret) -> Result<(), RecoveryError> {
+fn finish_recovery(tx: &mut Tx, latest: &(u64, LedgerSecret)) -> Result<(), RecoveryError> {
     let mut previous: PreviousService = get_json(tx, maps::PREVIOUS_SERVICE, "")
         .ok_or(RecoveryError::Malformed("previous service record"))?;
     previous.private_recovered = true;
@@ -806,7 +893,7 @@ fn finish_recovery(tx: &mut Tx, secret: &LedgerSecret) -> Result<(), RecoveryErr
         get_json(tx, maps::SERVICE_INFO, "").ok_or(RecoveryError::Malformed("service info"))?;
     info["status"] = serde_json::json!("Open");
     put_json(tx, maps::SERVICE_INFO, "", &info);
-    refresh_shares(tx, secret, true)?;
+    refresh_shares(tx, &latest.1, Some(latest.0), true)?;
     Ok(())
 }
 

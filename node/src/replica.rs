@@ -87,6 +87,8 @@ pub enum Command {
     Compact(SnapshotMetadata),
     /// The nodes table or the configuration changed: refresh peers.
     RefreshPeers,
+    /// Keep the ledger secret schedule (a rekey was appended or rolled back).
+    SaveSecrets(Vec<(u64, synod_kv::seal::LedgerSecret)>),
     /// The known primary changed (0: none).
     PrimaryChanged(u64),
     /// The service commit or the view moved.
@@ -287,6 +289,7 @@ impl Replica {
                     digest,
                 },
                 Event::NodesChanged => Command::RefreshPeers,
+                Event::SecretsChanged(schedule) => Command::SaveSecrets(schedule),
             });
         }
         let Some(rd) = rd else {

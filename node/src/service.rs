@@ -27,7 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
+use base64::Engine as _;
 use raft::eraftpb::{Message, SnapshotMetadata};
+use serde::{Deserialize, Serialize};
 use synod_core::cert::{self, Identity};
 use synod_core::maps;
 use synod_core::txid::TxId;
@@ -338,8 +340,13 @@ pub struct Identities {
     pub service: Identity,
     /// This node's identity, endorsed by the service.
     pub node: Identity,
-    /// The ledger secret.
+    /// The ledger secret this node started with (private values at rest are sealed under it).
     pub secret: LedgerSecret,
+    /// The ledger secrets after it, `(first seqno, secret)` in order, when the service was rekeyed (a joining
+    /// node receives them).
+    pub schedule: Vec<(u64, LedgerSecret)>,
+    /// This node's RSA encryption key (PEM): rekeyed ledger secrets are encrypted to it.
+    pub encryption_key_pem: String,
 }
 
 /// How the node comes up.
@@ -483,6 +490,10 @@ fn keys_of(ids: &Identities) -> anyhow::Result<Keys> {
         node_id: cert::public_key_id_hex(&node_der)?,
         service_key: cert::signing_key_from_pem(&ids.service.key_pem)?,
         service_cert_der: cert::pem_to_der(&ids.service.cert_pem)?,
+        encryption_key: Some(
+            synod_core::recovery::EncryptionPrivateKey::from_pem(&ids.encryption_key_pem)
+                .context("this node's encryption key")?,
+        ),
     })
 }
 
@@ -530,6 +541,7 @@ fn founding_node_info(
         &platform.measurement(),
     );
     info["endorsed"] = serde_json::json!(true);
+    info["encryption_pub_key"] = serde_json::json!(encryption_public_pem(&ids.encryption_key_pem)?);
     let own = own_evidence(platform, &keys.node_id)?;
     info["quote_info"] = serde_json::to_value(&own)?;
     Ok((info, own))
@@ -544,7 +556,73 @@ pub fn save_identities(paths: &Paths, ids: &Identities) -> anyhow::Result<()> {
     ids.secret
         .save(&paths.file("ledger_secret"))
         .context("saving the ledger secret")?;
+    write_private(
+        &paths.file(ENCRYPTION_KEY_FILE),
+        ids.encryption_key_pem.as_bytes(),
+    )?;
+    save_schedule(paths, &ids.schedule)?;
     Ok(())
+}
+
+/// The sealer of a node's identities: its first secret, then its schedule.
+fn sealer_of(ids: &Identities) -> Sealer {
+    Sealer::with_schedule(&ids.secret, &ids.schedule)
+}
+
+/// This node's RSA encryption key file.
+const ENCRYPTION_KEY_FILE: &str = "node_enc_privk.pem";
+/// The node's ledger secret schedule after its first secret: JSON `[{"from", "secret": base64}]`.
+const SCHEDULE_FILE: &str = "ledger_secrets.json";
+
+#[derive(Serialize, Deserialize)]
+struct ScheduledSecret {
+    from: u64,
+    secret: String,
+}
+
+/// Keeps the node's ledger secret schedule (mode 0600), so a restart opens entries sealed after a rekey.
+pub fn save_schedule(paths: &Paths, schedule: &[(u64, LedgerSecret)]) -> anyhow::Result<()> {
+    let entries: Vec<ScheduledSecret> = schedule
+        .iter()
+        .map(|(from, s)| ScheduledSecret {
+            from: *from,
+            secret: base64::engine::general_purpose::STANDARD.encode(s.0),
+        })
+        .collect();
+    write_private(&paths.file(SCHEDULE_FILE), &serde_json::to_vec(&entries)?)
+}
+
+fn load_schedule(paths: &Paths) -> anyhow::Result<Vec<(u64, LedgerSecret)>> {
+    let path = paths.file(SCHEDULE_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(Vec::new());
+    };
+    let entries: Vec<ScheduledSecret> =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+    entries
+        .into_iter()
+        .map(|e| {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(&e.secret)?;
+            let secret: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{}: a secret is not 32 bytes", path.display()))?;
+            Ok((e.from, LedgerSecret(secret)))
+        })
+        .collect()
+}
+
+/// A new RSA encryption key for a node (PEM).
+pub fn new_encryption_key() -> anyhow::Result<String> {
+    Ok(synod_core::recovery::generate_encryption_key()
+        .context("generating the node's encryption key")?
+        .private_pem)
+}
+
+/// The public half (PEM) of a node's encryption key, as its nodes-table entry records it.
+pub fn encryption_public_pem(private_pem: &str) -> anyhow::Result<String> {
+    Ok(synod_core::recovery::EncryptionPrivateKey::from_pem(private_pem)?
+        .public_key()
+        .to_pem())
 }
 
 fn load_identities(paths: &Paths) -> anyhow::Result<Identities> {
@@ -559,6 +637,17 @@ fn load_identities(paths: &Paths) -> anyhow::Result<Identities> {
         },
         secret: LedgerSecret::load(&paths.file("ledger_secret"))
             .context("the ledger secret is missing or damaged: refusing to start (a new one would not read this node's ledger)")?,
+        schedule: load_schedule(paths)?,
+        encryption_key_pem: match std::fs::read_to_string(paths.file(ENCRYPTION_KEY_FILE)) {
+            Ok(pem) => pem,
+            Err(_) => {
+                // A node from before encryption keys: it gets one, but rekeys reach it only once its entry in the
+                // nodes table records it (a rekey refuses to leave a trusted node behind).
+                let pem = new_encryption_key()?;
+                write_private(&paths.file(ENCRYPTION_KEY_FILE), pem.as_bytes())?;
+                pem
+            }
+        },
     })
 }
 
@@ -745,6 +834,8 @@ impl Node {
                     service,
                     node,
                     secret: LedgerSecret::generate()?,
+                    schedule: Vec::new(),
+                    encryption_key_pem: new_encryption_key()?,
                 };
                 save_identities(&paths, &ids)?;
                 let keys = keys_of(&ids)?;
@@ -787,7 +878,7 @@ impl Node {
                     constitution: crate::gov::DEFAULT_CONSTITUTION.to_string(),
                     join_token_digest,
                 };
-                let sealer = Sealer::new(&ids.secret);
+                let sealer = sealer_of(&ids);
                 let core = Core::new_service(keys, sealer, ccfg, &genesis, now_secs())?;
                 tracing::info!(dir = %paths.dir.display(), "created a new service");
                 (ids, core, Vec::new(), LedgerWriter::open(&paths.ledger())?.writer)
@@ -798,7 +889,7 @@ impl Node {
                 peers: p,
             } => {
                 save_identities(&paths, &ids)?;
-                let sealer = Sealer::new(&ids.secret);
+                let sealer = sealer_of(&ids);
                 peers = p;
                 let core = match &snapshot {
                     // Decoded once (a million keys' values are decrypted here), for the disk and the core.
@@ -832,15 +923,20 @@ impl Node {
                 let previous_der = cert::pem_to_der(&recovered.service_cert_pem)?;
                 let endorsement =
                     cert::endorse_public_key(&previous_der, "Synod service", &[], &[], &service)?;
+                // The new secret covers what the new service writes: the previous service's seqnos are under
+                // secrets only the members can recover.
+                let secret = LedgerSecret::generate()?;
                 let ids = Identities {
                     service,
                     node,
-                    secret: LedgerSecret::generate()?,
+                    schedule: vec![(recovered.last.seqno + 1, secret.clone())],
+                    secret,
+                    encryption_key_pem: new_encryption_key()?,
                 };
                 save_identities(&paths, &ids)?;
                 crate::recovery::copy_ledger_prefix(&old, &paths.ledger(), recovered.last.seqno)?;
                 let keys = keys_of(&ids)?;
-                let sealer = Sealer::new(&ids.secret);
+                let sealer = sealer_of(&ids);
                 let conf = raft::eraftpb::ConfState {
                     voters: vec![crate::consensus::raft_id(&keys.node_id)],
                     ..Default::default()
@@ -888,7 +984,7 @@ impl Node {
             }
             Boot::Resume => {
                 let ids = load_identities(&paths).context("this data directory holds no node identity")?;
-                let sealer = Sealer::new(&ids.secret);
+                let sealer = sealer_of(&ids);
                 let mut log = persist::load(&storage)?;
                 let mut state = storage.load_state(&sealer).context("loading the stored state")?;
                 let compacted = log.compacted().index;
@@ -945,7 +1041,9 @@ impl Node {
                 (ids, core, replay, opened.writer)
             }
         };
-        let sealer = Sealer::new(&ids.secret);
+        // The core's own sealer: its schedule is shared, so a rekey the replica sees reaches every thread.
+        let sealer = core.sealer().clone();
+        save_schedule(&paths, &sealer.schedule())?;
         let startup_seqno = core.last_seqno() + 1;
         let self_id = core.raft_id();
         let directory: Directory = Arc::new(RwLock::new(HashMap::new()));
@@ -1155,7 +1253,7 @@ impl Node {
         if crate::recovery::previous_service(&state).is_none() {
             return self.sealer.clone();
         }
-        crate::recovery::history_sealer(&state, &self.ledger_secret)
+        crate::recovery::history_sealer(&state, &self.sealer)
     }
 
     /// Lets receipts rebuilt from the ledger verify signatures of the previous service identity, if any.
@@ -1550,6 +1648,10 @@ impl Node {
                         if let Some(input) = self.commit_snapshot_file(seqno, evidence_seqno, digest)? {
                             replica.handle(input, now_secs())?;
                         }
+                        continue;
+                    }
+                    Command::SaveSecrets(schedule) => {
+                        save_schedule(&self.paths, &schedule)?;
                         continue;
                     }
                     Command::RefreshPeers => {

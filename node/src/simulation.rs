@@ -362,6 +362,7 @@ fn keys_of(service: &Identity, name: &str, seed: &[u8; 32]) -> Result<Keys, Stri
         node_cert_pem: node.cert_pem,
         service_key: cert::signing_key_from_pem(&service.key_pem).map_err(|e| e.to_string())?,
         service_cert_der: cert::pem_to_der(&service.cert_pem).map_err(|e| e.to_string())?,
+        encryption_key: None,
     })
 }
 
@@ -974,9 +975,10 @@ impl Sim {
                             }
                             None
                         }
-                        Command::RefreshPeers | Command::PrimaryChanged(_) | Command::CommitMoved { .. } => {
-                            None
-                        }
+                        Command::RefreshPeers
+                        | Command::PrimaryChanged(_)
+                        | Command::CommitMoved { .. }
+                        | Command::SaveSecrets(_) => None,
                     };
                     if let Some(input) = input {
                         replica.handle(input, NOW_SECS).map_err(|e| err("snapshot", e))?;

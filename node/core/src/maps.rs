@@ -56,6 +56,9 @@ pub const MEMBERS_ENCRYPTION_KEYS: &str = "public:ccf.gov.members.encryption_pub
 pub const RECOVERY_SHARES: &str = "public:ccf.internal.recovery_shares";
 /// Recovery shares members submitted to a recovering service, by member id, sealed under its ledger secret.
 pub const SUBMITTED_SHARES: &str = "public:ccf.internal.encrypted_submitted_shares";
+/// At key "": the ledger secret of the last rekey, RSA-OAEP encrypted to each trusted node's encryption key, by
+/// node id: every node opens its own and seals what follows the rekey under it.
+pub const ENCRYPTED_LEDGER_SECRETS: &str = "public:ccf.internal.encrypted_ledger_secrets";
 /// Past ledger secrets by the seqno they start at, each wrapped under the secret that followed it.
 pub const HISTORICAL_LEDGER_SECRETS: &str = "public:ccf.internal.historical_encrypted_ledger_secret";
 /// At key "": the ledger a recovered service continues (its last seqno, the previous service identity, the new

@@ -1,12 +1,16 @@
-//! Confidentiality of private maps: AES-256-GCM under keys derived from the ledger secret.
+//! Confidentiality of private maps: AES-256-GCM under keys derived from the ledger secrets.
 //!
-//! Four keys are derived with HMAC-SHA256 from the one ledger secret, so no key serves two purposes:
+//! Keys are derived with HMAC-SHA256 from a ledger secret, so no key serves two purposes:
 //! - the ledger key seals a transaction's private write set (AAD = view ‖ seqno, so a sealed blob cannot be
 //!   moved to another transaction);
-//! - the at-rest key seals private values in RocksDB (AAD = map ‖ key);
 //! - the commit-evidence key makes each transaction's commit evidence, a secret revealed only in its receipt;
 //! - the snapshot key seals private values in snapshots with a nonce derived from (seqno, map, key), so every node
-//!   writes byte-identical snapshot files (one value per key per snapshot: a nonce is never reused).
+//!   writes byte-identical snapshot files (one value per key per snapshot: a nonce is never reused);
+//! - the at-rest key seals private values in RocksDB (AAD = map ‖ key).
+//!
+//! A service's ledger is written under a sequence of secrets (a rekey starts a new one at a seqno every node agrees
+//! on): the first three keys come from the secret of the seqno concerned ([`Sealer`] holds the schedule). The
+//! at-rest key comes from the node's first secret: it seals only this node's own storage.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -113,31 +117,56 @@ fn derive(secret: &LedgerSecret, label: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// Seals with keys derived from the current ledger secret; opens ledger entries and makes commit evidence with
-/// the secret of the seqno's range (a recovered service continues a ledger written under earlier secrets). Cheap
-/// to clone.
+/// Seals and opens with the ledger secret of each seqno: a service's ledger is written under a sequence of secrets
+/// (a rekey starts a new one; a recovered service continues a ledger written under earlier ones). The schedule is
+/// shared by every clone, so a rekey the replica sees is seen by the snapshotter and the historical reader too.
+/// Private values at rest are sealed under the node's first secret, whatever the schedule does. Cheap to clone.
 #[derive(Clone)]
 pub struct Sealer {
-    keys: Arc<Keys>,
-    past: Arc<Vec<PastSecret>>,
+    at_rest: Arc<Aes256Gcm>,
+    schedule: Arc<std::sync::RwLock<Vec<Range>>>,
+}
+
+#[derive(Clone)]
+struct Range {
+    from: u64,
+    /// `None`: open-ended (the latest secret).
+    until: Option<u64>,
+    secret: Option<LedgerSecret>,
+    keys: Option<Arc<Keys>>,
+    /// A previous service's range (looked at first; not part of this service's own schedule).
+    past: bool,
+}
+
+impl Range {
+    fn new(from: u64, until: Option<u64>, secret: Option<LedgerSecret>) -> Range {
+        let keys = secret.as_ref().map(|s| Arc::new(Keys::new(s)));
+        Range {
+            from,
+            until,
+            secret,
+            keys,
+            past: false,
+        }
+    }
+
+    fn is_past(&self) -> bool {
+        self.past
+    }
+
+    fn covers(&self, seqno: u64) -> bool {
+        self.from <= seqno && self.until.is_none_or(|u| seqno <= u)
+    }
 }
 
 struct Keys {
     ledger: Aes256Gcm,
-    at_rest: Aes256Gcm,
     snapshot: Aes256Gcm,
     snapshot_nonce_key: [u8; 32],
     commit_evidence_key: [u8; 32],
 }
 
-/// A previous service's seqnos `from..=until`, and their secret once recovered.
-struct PastSecret {
-    from: u64,
-    until: u64,
-    keys: Option<Keys>,
-}
-
-/// A range of seqnos written under an earlier ledger secret, and the secret if it is known.
+/// A range of seqnos written under one ledger secret, and the secret if it is known.
 #[derive(Clone, Debug)]
 pub struct SecretRange {
     /// First seqno.
@@ -207,7 +236,6 @@ impl Keys {
         let key = |label: &[u8]| Aes256Gcm::new(&derive(secret, label).into());
         Keys {
             ledger: key(b"synod ledger private write sets v1"),
-            at_rest: key(b"synod private values at rest v1"),
             snapshot: key(b"synod snapshot private values v1"),
             snapshot_nonce_key: derive(secret, b"synod snapshot nonces v1"),
             commit_evidence_key: derive(secret, b"synod commit evidence v1"),
@@ -218,36 +246,118 @@ impl Keys {
 impl Sealer {
     /// Derives the keys from `secret`, the secret of every seqno.
     pub fn new(secret: &LedgerSecret) -> Sealer {
-        Sealer::with_past(secret, &[])
+        Sealer::with_schedule(secret, &[(1, secret.clone())])
+    }
+
+    /// At-rest keys from `base` (the node's first secret); each `(from, secret)` of `schedule` (in seqno order)
+    /// covers the seqnos up to the next one's `from`.
+    pub fn with_schedule(base: &LedgerSecret, schedule: &[(u64, LedgerSecret)]) -> Sealer {
+        let mut ranges: Vec<Range> = Vec::with_capacity(schedule.len());
+        for (i, (from, secret)) in schedule.iter().enumerate() {
+            let until = schedule.get(i + 1).map(|(next, _)| next.saturating_sub(1));
+            ranges.push(Range::new(*from, until, Some(secret.clone())));
+        }
+        if ranges.is_empty() {
+            ranges.push(Range::new(1, None, Some(base.clone())));
+        }
+        Sealer {
+            at_rest: Arc::new(Aes256Gcm::new(
+                &derive(base, b"synod private values at rest v1").into(),
+            )),
+            schedule: Arc::new(std::sync::RwLock::new(ranges)),
+        }
     }
 
     /// Keys from `current`, except for the seqnos of `past` ranges, which open with their own secret (or not at
     /// all while it is unknown).
     pub fn with_past(current: &LedgerSecret, past: &[SecretRange]) -> Sealer {
-        Sealer {
-            keys: Arc::new(Keys::new(current)),
-            past: Arc::new(
-                past.iter()
-                    .map(|r| PastSecret {
-                        from: r.from,
-                        until: r.until,
-                        keys: r.secret.as_ref().map(Keys::new),
-                    })
-                    .collect(),
-            ),
+        let sealer = Sealer::new(current);
+        sealer.add_past(past);
+        sealer
+    }
+
+    /// Adds ranges of earlier seqnos (a recovered service's previous ledger), looked at before the schedule's own;
+    /// replaces those added before.
+    pub fn add_past(&self, past: &[SecretRange]) {
+        let mut ranges = self.schedule.write().unwrap_or_else(|p| p.into_inner());
+        ranges.retain(|r| !r.past);
+        let added = past.iter().map(|r| Range {
+            past: true,
+            ..Range::new(r.from, Some(r.until), r.secret.clone())
+        });
+        let own = std::mem::take(&mut *ranges);
+        ranges.extend(added);
+        ranges.extend(own);
+    }
+
+    fn keys_for(&self, seqno: u64) -> Result<Arc<Keys>, SealError> {
+        let ranges = self.schedule.read().unwrap_or_else(|p| p.into_inner());
+        match ranges.iter().find(|r| r.covers(seqno)) {
+            Some(r) => r.keys.clone().ok_or(SealError::NoSecret(seqno)),
+            None => Err(SealError::NoSecret(seqno)),
         }
     }
 
-    fn keys_for(&self, seqno: u64) -> Result<&Keys, SealError> {
-        match self.past.iter().find(|p| (p.from..=p.until).contains(&seqno)) {
-            Some(p) => p.keys.as_ref().ok_or(SealError::NoSecret(seqno)),
-            None => Ok(&self.keys),
-        }
+    /// The secret of `seqno`, if known.
+    pub fn secret_at(&self, seqno: u64) -> Option<LedgerSecret> {
+        let ranges = self.schedule.read().unwrap_or_else(|p| p.into_inner());
+        ranges
+            .iter()
+            .find(|r| r.covers(seqno))
+            .and_then(|r| r.secret.clone())
     }
 
-    /// Seals a private write set for the ledger entry `tx_id`: `nonce ‖ ciphertext ‖ tag`.
+    /// The latest secret and the first seqno it covers.
+    pub fn latest(&self) -> (u64, LedgerSecret) {
+        let ranges = self.schedule.read().unwrap_or_else(|p| p.into_inner());
+        let open = ranges
+            .iter()
+            .rev()
+            .find(|r| r.until.is_none())
+            .expect("a schedule always ends with an open range");
+        (
+            open.from,
+            open.secret.clone().expect("the open range's secret is known"),
+        )
+    }
+
+    /// The schedule's own `(from, secret)` pairs, oldest first (what a node keeps and hands to joiners).
+    pub fn schedule(&self) -> Vec<(u64, LedgerSecret)> {
+        let ranges = self.schedule.read().unwrap_or_else(|p| p.into_inner());
+        ranges
+            .iter()
+            .filter(|r| !r.is_past())
+            .filter_map(|r| Some((r.from, r.secret.clone()?)))
+            .collect()
+    }
+
+    /// Seqnos from `from` on are sealed under `secret` (a rekey at `from - 1`). Repeating it is harmless.
+    pub fn rekey(&self, from: u64, secret: LedgerSecret) {
+        let mut ranges = self.schedule.write().unwrap_or_else(|p| p.into_inner());
+        ranges.retain(|r| r.is_past() || r.from < from);
+        if let Some(open) = ranges.iter_mut().rev().find(|r| !r.is_past()) {
+            open.until = Some(from - 1);
+        }
+        ranges.push(Range::new(from, None, Some(secret)));
+    }
+
+    /// Forgets the rekeys of seqnos after `last` (rolled back): their secrets never took effect.
+    pub fn truncate(&self, last: u64) -> bool {
+        let mut ranges = self.schedule.write().unwrap_or_else(|p| p.into_inner());
+        let before = ranges.len();
+        ranges.retain(|r| r.is_past() || r.from <= last + 1 || r.from == 1);
+        let changed = ranges.len() != before;
+        if changed {
+            if let Some(open) = ranges.iter_mut().rev().find(|r| !r.is_past()) {
+                open.until = None;
+            }
+        }
+        changed
+    }
+
+    /// Seals a private write set for the ledger entry `tx_id` with its seqno's secret: `nonce ‖ ciphertext ‖ tag`.
     pub fn seal(&self, tx_id: TxId, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-        seal_with(&self.keys.ledger, &tx_aad(tx_id), plaintext)
+        seal_with(&self.keys_for(tx_id.seqno)?.ledger, &tx_aad(tx_id), plaintext)
     }
 
     /// Opens what [`Sealer::seal`] sealed for the same `tx_id` (with the secret of its seqno).
@@ -257,12 +367,12 @@ impl Sealer {
 
     /// Seals a private map's value for storage at rest, bound to its map and key.
     pub fn seal_at_rest(&self, map: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, SealError> {
-        seal_with(&self.keys.at_rest, &map_key(map, key), value)
+        seal_with(&self.at_rest, &map_key(map, key), value)
     }
 
     /// Opens a value sealed by [`Sealer::seal_at_rest`] for the same map and key.
     pub fn unseal_at_rest(&self, map: &str, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
-        unseal_with(&self.keys.at_rest, &map_key(map, key), sealed)
+        unseal_with(&self.at_rest, &map_key(map, key), sealed)
     }
 
     /// Seals a private value for the snapshot at `seqno`, deterministically (see the module docs).
@@ -274,11 +384,12 @@ impl Sealer {
         value: &[u8],
     ) -> Result<Vec<u8>, SealError> {
         let aad = snapshot_aad(seqno, map, key);
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.keys.snapshot_nonce_key)
+        let keys = self.keys_for(seqno)?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&keys.snapshot_nonce_key)
             .expect("HMAC takes any key length");
         mac.update(&aad);
         let digest = mac.finalize().into_bytes();
-        seal_with_nonce(&self.keys.snapshot, &digest[..NONCE_BYTES], &aad, value)
+        seal_with_nonce(&keys.snapshot, &digest[..NONCE_BYTES], &aad, value)
     }
 
     /// Opens a value sealed by [`Sealer::seal_snapshot_value`] for the same snapshot, map and key.
@@ -289,18 +400,33 @@ impl Sealer {
         key: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, SealError> {
-        unseal_with(&self.keys.snapshot, &snapshot_aad(seqno, map, key), sealed)
+        unseal_with(
+            &self.keys_for(seqno)?.snapshot,
+            &snapshot_aad(seqno, map, key),
+            sealed,
+        )
     }
 
     /// CCF's commit evidence for a new transaction `tx_id` (under the current secret): `ce:<view>.<seqno>:<hex>`,
     /// secret until a receipt reveals it.
     pub fn commit_evidence(&self, tx_id: TxId) -> String {
-        evidence_with(&self.keys, tx_id)
+        let keys = self.keys_for(tx_id.seqno).unwrap_or_else(|_| {
+            // Only a previous service's unrecovered seqnos have no keys, and the replica never makes evidence for
+            // those: the latest secret is as good an answer as any (the evidence will simply not match).
+            let ranges = self.schedule.read().unwrap_or_else(|p| p.into_inner());
+            ranges
+                .iter()
+                .rev()
+                .find_map(|r| r.keys.clone())
+                .expect("the latest secret is known")
+        });
+        evidence_with(&keys, tx_id)
     }
 
     /// The commit evidence of any transaction, with the secret of its seqno.
     pub fn commit_evidence_at(&self, tx_id: TxId) -> Result<String, SealError> {
-        Ok(evidence_with(self.keys_for(tx_id.seqno)?, tx_id))
+        let keys = self.keys_for(tx_id.seqno)?;
+        Ok(evidence_with(&keys, tx_id))
     }
 }
 
@@ -348,6 +474,54 @@ mod tests {
             Sealer::new(&new).commit_evidence(later)
         );
         assert_ne!(old.derive_key(b"a"), old.derive_key(b"b"));
+    }
+
+    #[test]
+    fn a_rekey_takes_effect_after_its_seqno_in_every_clone_and_a_rollback_undoes_it() {
+        let first = LedgerSecret([1; 32]);
+        let second = LedgerSecret([2; 32]);
+        let sealer = Sealer::new(&first);
+        let elsewhere = sealer.clone();
+        let before = sealer.seal(TxId::new(1, 10), b"old").expect("seal");
+        sealer.rekey(11, second.clone());
+        let latest = |s: &Sealer| {
+            let (from, secret) = s.latest();
+            (from, secret.0)
+        };
+        assert_eq!(latest(&elsewhere), (11, second.0), "clones share the schedule");
+        let after = elsewhere.seal(TxId::new(1, 11), b"new").expect("seal");
+        assert!(
+            Sealer::new(&first).unseal(TxId::new(1, 11), &after).is_err(),
+            "sealed under the new secret"
+        );
+        assert_eq!(
+            Sealer::new(&second)
+                .unseal(TxId::new(1, 11), &after)
+                .expect("unseal"),
+            b"new"
+        );
+        assert_eq!(sealer.unseal(TxId::new(1, 10), &before).expect("unseal"), b"old");
+        assert_eq!(sealer.schedule().len(), 2);
+        // The same rekey seen again (a restart replays it) changes nothing.
+        sealer.rekey(11, second.clone());
+        assert_eq!(sealer.schedule().len(), 2);
+        // Rolled back before the rekey: the first secret again, for every seqno.
+        assert!(!sealer.truncate(10), "the rekey's own seqno is kept");
+        assert!(sealer.truncate(9));
+        assert_eq!(latest(&sealer), (1, first.0));
+        assert_eq!(
+            sealer.commit_evidence(TxId::new(1, 11)),
+            Sealer::new(&first).commit_evidence(TxId::new(1, 11))
+        );
+        // At rest, the node's first secret, whatever the schedule.
+        let rekeyed = Sealer::with_schedule(&first, &[(1, first.clone()), (5, second)]);
+        let stored = rekeyed.seal_at_rest("m", b"k", b"v").expect("seal");
+        assert_eq!(
+            Sealer::new(&first)
+                .unseal_at_rest("m", b"k", &stored)
+                .expect("unseal"),
+            b"v"
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn keys_for(service: &Identity, name: &str) -> Keys {
         node_cert_pem: node.cert_pem,
         service_key: cert::signing_key_from_pem(&service.key_pem).expect("service key"),
         service_cert_der: cert::pem_to_der(&service.cert_pem).expect("der"),
+        encryption_key: None,
     }
 }
 

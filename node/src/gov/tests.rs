@@ -79,7 +79,7 @@ impl Fixture {
         let mut tx = Tx::new(self.state.clone());
         let mut gov = Governance::new(&mut tx, now, (2, 5));
         if let Some(secret) = &self.secret {
-            gov = gov.with_ledger_secret(secret.clone());
+            gov = gov.with_ledger_secret(1, secret.clone());
         }
         let out = f(&mut gov)?;
         let (public, private) = tx.into_write_sets();

@@ -71,7 +71,7 @@ fn decrypted_share(tx: &mut Tx, i: usize) -> Vec<u8> {
 /// The previous service: shares of `old` issued; then a recovered service over its ledger, waiting for shares.
 fn recovering(threshold: usize, old: &LedgerSecret) -> Tx {
     let mut tx = consortium(threshold);
-    assert!(refresh_shares(&mut tx, old, false).expect("issue"));
+    assert!(refresh_shares(&mut tx, old, Some(1), false).expect("issue"));
     put_json(
         &mut tx,
         maps::PREVIOUS_SERVICE,
@@ -94,7 +94,7 @@ fn threshold_shares_recover_the_secret_and_open_every_old_entry() {
     let new = LedgerSecret([4; 32]);
     let mut tx = recovering(2, &old);
     // The new service's own shares are not issued over the previous service's while recovering.
-    assert!(!refresh_shares(&mut tx, &new, true).expect("refresh"));
+    assert!(!refresh_shares(&mut tx, &new, Some(101), true).expect("refresh"));
     let first = decrypted_share(&mut tx, 0);
     let second = decrypted_share(&mut tx, 2);
     assert_eq!(
@@ -122,7 +122,8 @@ fn threshold_shares_recover_the_secret_and_open_every_old_entry() {
         "shares are dropped once combined"
     );
     let state = commit(tx, 101);
-    let ranges = past_secrets(&state, &new);
+    let recovered = Sealer::with_schedule(&new, &[(101, new.clone())]);
+    let ranges = past_secrets(&state, &|seqno| recovered.secret_at(seqno));
     let covering = ranges
         .iter()
         .find(|r| r.from <= 50 && 50 <= r.until)
@@ -131,7 +132,7 @@ fn threshold_shares_recover_the_secret_and_open_every_old_entry() {
     // An old entry opens with the history sealer, and its commit evidence is the one the old service made.
     let t = TxId::new(2, 50);
     let sealed = Sealer::new(&old).seal(t, b"old private").expect("seal");
-    let sealer = history_sealer(&state, &new);
+    let sealer = history_sealer(&state, &recovered);
     assert_eq!(sealer.unseal(t, &sealed).expect("unseal"), b"old private");
     assert_eq!(
         sealer.commit_evidence_at(t).expect("evidence"),
@@ -151,9 +152,13 @@ fn a_second_recovery_walks_the_chain_back_to_the_first_secret() {
         submit_share(&mut tx, &member(1), &share, &second).expect("submit"),
         Submitted::Recovered
     );
-    finish_recovery(&mut tx, &second).expect("finish");
+    finish_recovery(&mut tx, &(101, second.clone())).expect("finish");
     let info: SharesInfo = get_json(&mut tx, maps::RECOVERY_SHARES, "").expect("shares");
-    assert_eq!(info.latest_secret_from, 101, "fresh shares of the second secret");
+    assert_eq!(
+        info.latest_secret_from,
+        Some(101),
+        "fresh shares of the second secret"
+    );
     put_json(
         &mut tx,
         maps::PREVIOUS_SERVICE,
@@ -169,7 +174,9 @@ fn a_second_recovery_walks_the_chain_back_to_the_first_secret() {
     set_status(&mut tx, STATUS_WAITING_FOR_SHARES);
     let before = commit(tx.clone(), 301);
     assert!(
-        past_secrets(&before, &third).iter().all(|r| r.secret.is_none()),
+        past_secrets(&before, &|seqno| (seqno > 300).then(|| third.clone()))
+            .iter()
+            .all(|r| r.secret.is_none()),
         "nothing opens before the shares"
     );
     let share = decrypted_share(&mut tx, 0);
@@ -178,7 +185,7 @@ fn a_second_recovery_walks_the_chain_back_to_the_first_secret() {
         Submitted::Recovered
     );
     let state = commit(tx, 302);
-    let sealer = history_sealer(&state, &third);
+    let sealer = history_sealer(&state, &Sealer::with_schedule(&third, &[(301, third.clone())]));
     for (secret, seqno) in [(&first, 40), (&second, 200)] {
         let t = TxId::new(1, seqno);
         let sealed = Sealer::new(secret).seal(t, b"x").expect("seal");
@@ -201,7 +208,9 @@ fn a_wrong_share_discards_the_submitted_shares_and_reveals_nothing() {
     );
     assert!(tx.range(maps::SUBMITTED_SHARES, b"", None, 10).is_empty());
     let state = commit(tx, 101);
-    assert!(past_secrets(&state, &new).iter().all(|r| r.secret.is_none()));
+    assert!(past_secrets(&state, &|_| Some(new.clone()))
+        .iter()
+        .all(|r| r.secret.is_none()));
     assert!(!previous_service(&state).expect("previous").secrets_recovered);
 }
 
@@ -230,16 +239,16 @@ fn shares_are_taken_only_from_share_holders_while_the_service_waits_for_them() {
 fn shares_follow_the_recovery_members_and_the_threshold() {
     let secret = LedgerSecret([12; 32]);
     let mut tx = consortium(2);
-    assert!(refresh_shares(&mut tx, &secret, false).expect("issue"));
+    assert!(refresh_shares(&mut tx, &secret, Some(1), false).expect("issue"));
     assert!(
-        !refresh_shares(&mut tx, &secret, false).expect("unchanged"),
+        !refresh_shares(&mut tx, &secret, Some(1), false).expect("unchanged"),
         "nothing changed: no new shares"
     );
     let before: SharesInfo = get_json(&mut tx, maps::RECOVERY_SHARES, "").expect("shares");
     assert_eq!(before.encrypted_shares.len(), 3);
     // A member leaves: its share is gone, and the others' are of a new key (the old share is useless).
     tx.delete(maps::MEMBERS_INFO, member(2).as_bytes());
-    assert!(refresh_shares(&mut tx, &secret, false).expect("reissue"));
+    assert!(refresh_shares(&mut tx, &secret, Some(1), false).expect("reissue"));
     let after: SharesInfo = get_json(&mut tx, maps::RECOVERY_SHARES, "").expect("shares");
     assert_eq!(
         after.encrypted_shares.keys().cloned().collect::<Vec<_>>(),
@@ -252,7 +261,7 @@ fn shares_follow_the_recovery_members_and_the_threshold() {
     // One more leaves: two shares cannot be held by one member.
     tx.delete(maps::MEMBERS_INFO, member(1).as_bytes());
     assert!(matches!(
-        refresh_shares(&mut tx, &secret, false),
+        refresh_shares(&mut tx, &secret, Some(1), false),
         Err(RecoveryError::ThresholdTooHigh {
             threshold: 2,
             members: 1
@@ -262,7 +271,68 @@ fn shares_follow_the_recovery_members_and_the_threshold() {
     let mut tx = consortium(1);
     tx.put(maps::MEMBERS_ENCRYPTION_KEYS, member(1).as_bytes(), b"not a key");
     assert!(matches!(
-        refresh_shares(&mut tx, &secret, false),
+        refresh_shares(&mut tx, &secret, Some(1), false),
         Err(RecoveryError::BadMemberKey { .. })
     ));
+}
+
+#[test]
+fn a_rekey_reaches_every_trusted_node_and_chains_the_secret_it_replaces() {
+    let old = LedgerSecret([13; 32]);
+    let mut tx = consortium(2);
+    refresh_shares(&mut tx, &old, Some(1), false).expect("issue");
+    let node_key = EncryptionPrivateKey::from_pem(&member_keys()[0].private_pem).expect("key");
+    let node = |status: &str, key: Option<&str>| {
+        let mut info = serde_json::json!({"status": status});
+        if let Some(k) = key {
+            info["encryption_pub_key"] = serde_json::json!(k);
+        }
+        info
+    };
+    put_json(
+        &mut tx,
+        maps::NODES_INFO,
+        "n1",
+        &node("Trusted", Some(&member_keys()[0].public_pem)),
+    );
+    put_json(&mut tx, maps::NODES_INFO, "n2", &node("Retired", None));
+    // A trusted node without a key would be left behind: refused.
+    let mut without = tx.clone();
+    put_json(&mut without, maps::NODES_INFO, "n3", &node("Trusted", None));
+    assert!(matches!(rekey(&mut without, (1, &old)), Err(RecoveryError::NodeWithoutKey(n)) if n == "n3"));
+
+    rekey(&mut tx, (1, &old)).expect("rekey");
+    let state = commit(tx.clone(), 40);
+    let (public, _) = tx.into_write_sets();
+    let new = rekeyed_secret(&public, "n1", Some(&node_key))
+        .expect("open")
+        .expect("n1's secret");
+    assert_ne!(new.0, old.0);
+    assert!(
+        rekeyed_secret(&public, "n2", Some(&node_key))
+            .expect("open")
+            .is_none(),
+        "retired: left out"
+    );
+    // The secret it replaces is in the ledger under the new one (seqnos 1..=40, the rekey's own).
+    let chain = secret_chain(&state, &|seqno| (seqno == 41).then(|| new.clone()));
+    assert_eq!(chain.len(), 1);
+    assert_eq!((chain[0].from, chain[0].until), (1, 40));
+    assert_eq!(chain[0].secret.as_ref().map(|s| s.0), Some(old.0));
+    // The recovery members hold shares of the new secret, from the seqno after the rekey.
+    let info: SharesInfo = state_json(&state, maps::RECOVERY_SHARES, "").expect("shares");
+    assert_eq!(info.latest_secret_from, None);
+    let mut again = Tx::new(state);
+    let shares: Vec<Share> = (0..2)
+        .map(|i| Share::from_bytes(&decrypted_share(&mut again, i)).expect("share"))
+        .collect();
+    let key: [u8; 32] = crypto::combine(&shares)
+        .expect("combine")
+        .try_into()
+        .expect("32 bytes");
+    let wrapped = B64.decode(&info.wrapped_latest_ledger_secret).expect("base64");
+    assert_eq!(
+        crypto::unwrap(&key, &wrapped, LATEST_SECRET_AAD).expect("unwrap"),
+        new.0
+    );
 }

@@ -132,7 +132,7 @@ async fn run<T: Send + 'static>(
     let node = app.node.clone();
     let now = now_secs().max(0) as u64;
     let committed = node.view().committed;
-    let secret = node.ledger_secret().clone();
+    let (secret_from, secret) = node.sealer().latest();
     let joined = tokio::task::spawn_blocking(move || {
         let digest = v.request.signature_digest();
         let req = Request {
@@ -145,7 +145,7 @@ async fn run<T: Send + 'static>(
         node.execute(|tx| {
             op(
                 &mut Governance::new(tx, now, (committed.view, committed.seqno))
-                    .with_ledger_secret(secret.clone()),
+                    .with_ledger_secret(secret_from, secret.clone()),
                 &req,
                 &v.request,
             )

@@ -307,6 +307,9 @@ async fn join(
                 info["endorsed"] = json!(false);
                 info["joined_at"] = json!(now_secs());
                 info["quote_info"] = json!(req.quote_info);
+                if let Some(key) = &req.encryption_pub_key {
+                    info["encryption_pub_key"] = json!(key);
+                }
                 if let Some(current) = record_pending(&app, &node_id, &info, now_secs()).await? {
                     existing = Some(current);
                     continue;
@@ -326,6 +329,9 @@ async fn join(
                 );
                 info["endorsed"] = json!(true);
                 info["quote_info"] = json!(req.quote_info);
+                if let Some(key) = &req.encryption_pub_key {
+                    info["encryption_pub_key"] = json!(key);
+                }
                 let (id, added) = (node_id.clone(), info.clone());
                 app.node
                     .ask_async(move |c| c.add_node(&id, &added, now_secs()))
@@ -357,14 +363,17 @@ async fn join(
             evidence_seqno: *evidence_seqno,
             url: format!("https://{}", app.node.rpc_published),
         });
-    let secret = app.node.ledger_secret();
+    let schedule = app.node.sealer().schedule();
+    let b64 = |s: &synod_kv::seal::LedgerSecret| base64::engine::general_purpose::STANDARD.encode(s.0);
+    let (_, latest) = app.node.sealer().latest();
     let answer = JoinResponse {
         node_id,
         status: info["status"].as_str().unwrap_or_default().to_string(),
         endorsed_certificate: info["cert"].as_str().unwrap_or_default().to_string(),
         service_certificate: app.node.service_cert_pem.clone(),
         service_key: app.node.service.key_pem.clone(),
-        ledger_secret: base64::engine::general_purpose::STANDARD.encode(secret.0),
+        ledger_secret: b64(&latest),
+        ledger_secrets: schedule.iter().map(|(from, s)| (*from, b64(s))).collect(),
         nodes,
         snapshot,
     };
