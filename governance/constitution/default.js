@@ -34,6 +34,18 @@ function checkHex(value, field) {
   checkType(value, "string", field);
   if (!/^[0-9a-f]{64}$/.test(value)) throw new Error(`${field} must be 64 lower-case hex characters`);
 }
+function checkValidity(args) {
+  checkType(args.validity_period_days, "number", "validity_period_days");
+  if (!Number.isInteger(args.validity_period_days) || args.validity_period_days < 1 || args.validity_period_days > 365) {
+    throw new Error("validity_period_days must be an integer between 1 and 365");
+  }
+  if (args.valid_from !== undefined) {
+    checkType(args.valid_from, "string", "valid_from");
+    if (!/^([0-9]{12}|[0-9]{14})Z$/.test(args.valid_from)) {
+      throw new Error("valid_from must be YYMMDDHHMMSSZ or YYYYMMDDHHMMSSZ (UTC)");
+    }
+  }
+}
 function getJson(tableName, k) {
   const b = table(tableName).get(key(k));
   return b === undefined ? undefined : dec(b);
@@ -240,6 +252,28 @@ const actions = new Map([
   ["trigger_ledger_rekey", new Action(
     () => {},
     (args, proposalId) => setJson("public:ccf.gov.triggers", "ledger_rekey", proposalId))],
+  // Certificate lifetimes (CCF's actions): the node makes the renewed certificates in the same transaction; the
+  // all-nodes period also applies to nodes that join later.
+  ["set_node_certificate_validity", new Action(
+    (args) => { checkHex(args.node_id, "node_id"); checkValidity(args); },
+    (args) => {
+      const info = getJson("public:ccf.gov.nodes.info", args.node_id);
+      if (info === undefined || info.status !== "Trusted") throw new Error(`node ${args.node_id} is not a trusted node`);
+    })],
+  ["set_all_nodes_certificate_validity", new Action(
+    (args) => checkValidity(args),
+    (args) => {
+      const info = getJson("public:ccf.gov.service.info", "");
+      info.node_certificate_validity_days = args.validity_period_days;
+      setJson("public:ccf.gov.service.info", "", info);
+    })],
+  ["set_service_certificate_validity", new Action(
+    (args) => checkValidity(args),
+    (args) => {
+      const info = getJson("public:ccf.gov.service.info", "");
+      info.service_certificate_validity_days = args.validity_period_days;
+      setJson("public:ccf.gov.service.info", "", info);
+    })],
   ["trigger_snapshot", new Action(
     () => {},
     (args, proposalId) => setJson("public:ccf.gov.triggers", "snapshot", proposalId))],

@@ -192,12 +192,74 @@ pub struct Channels {
     connected: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// This node's TLS certificate and key, shared by every TLS configuration the node serves or connects with and
+/// replaced in place when governance renews the certificate: new handshakes present the new certificate, open
+/// connections carry on undisturbed.
+#[derive(Debug)]
+pub struct NodeCert {
+    current: std::sync::RwLock<(String, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl NodeCert {
+    /// The certificate `cert_pem` with the key `key_pem`.
+    pub fn new(cert_pem: &str, key_pem: &str) -> anyhow::Result<Arc<NodeCert>> {
+        let (chain, key) = cert_chain(cert_pem, key_pem)?;
+        let signing = provider().key_provider.load_private_key(key)?;
+        let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signing));
+        Ok(Arc::new(NodeCert {
+            current: std::sync::RwLock::new((cert_pem.to_string(), certified)),
+        }))
+    }
+
+    /// The certificate presented now (PEM).
+    pub fn cert_pem(&self) -> String {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// Presents `cert_pem` from now on; it must be for the same key.
+    pub fn replace(&self, cert_pem: &str) -> anyhow::Result<()> {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let der = cert::pem_to_der(cert_pem)?;
+        let old = current.1.cert.first().map(|c| c.to_vec()).unwrap_or_default();
+        anyhow::ensure!(
+            cert::same_public_key(&der, &old)?,
+            "a renewed certificate must be for the node's own key"
+        );
+        let certified =
+            rustls::sign::CertifiedKey::new(vec![CertificateDer::from(der)], current.1.key.clone());
+        *current = (cert_pem.to_string(), Arc::new(certified));
+        Ok(())
+    }
+
+    fn certified(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for NodeCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.certified())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for NodeCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.certified())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// TLS material for channels.
 pub struct ChannelTls {
-    /// The node's certificate (PEM), endorsed by the service.
-    pub node_cert_pem: String,
-    /// The node's key (PKCS#8 PEM).
-    pub node_key_pem: String,
+    /// The node's certificate and key (renewable in place).
+    pub node_cert: Arc<NodeCert>,
     /// The service certificate (PEM).
     pub service_cert_pem: String,
 }
@@ -238,13 +300,15 @@ pub fn node_client_config(
 impl ChannelTls {
     /// Client side: trust only the service identity, present the node certificate.
     pub fn client_config(&self) -> anyhow::Result<Arc<ClientConfig>> {
-        let config = node_client_config(&self.node_cert_pem, &self.node_key_pem, &self.service_cert_pem)?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots(&self.service_cert_pem)?)
+            .with_client_cert_resolver(self.node_cert.clone());
         Ok(Arc::new(config))
     }
 
     /// Server side: require a client certificate endorsed by the service identity.
     pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
-        let (chain, key) = cert_chain(&self.node_cert_pem, &self.node_key_pem)?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots(&self.service_cert_pem)?),
             provider(),
@@ -253,7 +317,7 @@ impl ChannelTls {
         let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)?;
+            .with_cert_resolver(self.node_cert.clone());
         Ok(Arc::new(config))
     }
 }
@@ -752,8 +816,7 @@ mod tests {
         };
         directory.write().expect("lock").insert(peer_id, info("Trusted"));
         let server_tls = ChannelTls {
-            node_cert_pem: server_node.cert_pem.clone(),
-            node_key_pem: server_node.key_pem.clone(),
+            node_cert: NodeCert::new(&server_node.cert_pem, &server_node.key_pem).expect("node cert"),
             service_cert_pem: service.cert_pem.clone(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -830,8 +893,7 @@ mod forwarding_tests {
             let node_id = cert::public_key_id_hex(&der).expect("id");
             let id = raft_id(&node_id);
             let tls = ChannelTls {
-                node_cert_pem: node.cert_pem.clone(),
-                node_key_pem: node.key_pem.clone(),
+                node_cert: NodeCert::new(&node.cert_pem, &node.key_pem).expect("node cert"),
                 service_cert_pem: service.cert_pem.clone(),
             };
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

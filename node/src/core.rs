@@ -1427,7 +1427,11 @@ impl Core {
                 self.apply_conf_entry(&e, out)?;
             }
             // The allowed measurements decide which peers the channels talk to, as the nodes table does.
-            if writes.touches(maps::NODES_INFO) || writes.touches(maps::NODES_CODE_IDS) {
+            // The service info too: a renewed service certificate is picked up the same way.
+            if writes.touches(maps::NODES_INFO)
+                || writes.touches(maps::NODES_CODE_IDS)
+                || writes.touches(maps::SERVICE_INFO)
+            {
                 self.events.push(Event::NodesChanged);
             }
             if writes.touches(SNAPSHOT_EVIDENCE) {
@@ -2082,6 +2086,11 @@ impl Core {
         let since = now_ms.saturating_sub(self.sig_clock.1);
         let in_flight = self.history.sigs.range(self.raft_commit() + 1..).count();
         since >= timing.interval_ms || (in_flight < timing.in_flight_max && since >= timing.min_gap_ms)
+    }
+
+    /// Signs with the certificate `pem` from now on (governance renewed it; same key): receipts carry it.
+    pub fn set_node_cert(&mut self, pem: String) {
+        self.keys.node_cert_pem = pem;
     }
 
     /// The sealer (its schedule is shared with every clone).

@@ -308,6 +308,8 @@ pub struct Governance<'t> {
     /// The latest ledger secret and the first seqno it covers, to issue recovery shares of when the recovery
     /// members change and to rekey from (`None` in tests of governance alone: no shares are issued).
     latest_secret: Option<(u64, LedgerSecret)>,
+    /// The service identity's key, to renew certificates with (`None` in tests of governance alone).
+    service_key_pem: Option<String>,
 }
 
 impl<'t> Governance<'t> {
@@ -318,6 +320,7 @@ impl<'t> Governance<'t> {
             now,
             last_committed,
             latest_secret: None,
+            service_key_pem: None,
         }
     }
 
@@ -325,6 +328,12 @@ impl<'t> Governance<'t> {
     /// request changes the recovery members or the threshold, and rekeys from it.
     pub fn with_ledger_secret(mut self, from: u64, secret: LedgerSecret) -> Governance<'t> {
         self.latest_secret = Some((from, secret));
+        self
+    }
+
+    /// Renews certificates with the service key `pem` when a proposal asks to.
+    pub fn with_service_key(mut self, pem: String) -> Governance<'t> {
+        self.service_key_pem = Some(pem);
         self
     }
 
@@ -653,6 +662,16 @@ impl<'t> Governance<'t> {
                         } else {
                             self.refresh_shares().map_err(|e| failure("recovery shares", e))
                         }
+                    })
+                    .and_then(|_| {
+                        // Certificate lifetimes: the renewed certificates are made in the same transaction.
+                        let key = self.service_key_pem.clone();
+                        crate::renewal::apply(self.tx, proposal, key.as_deref(), self.now)
+                            .map(|_| ())
+                            .map_err(|e| Failure {
+                                reason: format!("certificate renewal: {e}"),
+                                trace: None,
+                            })
                     });
                 match applied {
                     Ok(()) => {

@@ -342,9 +342,13 @@ pub async fn join(
         "the service assigned node id {} to this key",
         answer.node_id
     );
+    // The same service identity: governance may have renewed its certificate since this one was handed out.
     ensure!(
-        answer.service_certificate == service_cert_pem,
-        "the service answered with another service certificate"
+        cert::same_public_key(
+            &cert::pem_to_der(&answer.service_certificate)?,
+            &cert::pem_to_der(&service_cert_pem)?
+        )?,
+        "the service answered with another service identity"
     );
     let endorsed_der = cert::pem_to_der(&answer.endorsed_certificate)?;
     cert::verify_endorsement(&endorsed_der, &cert::pem_to_der(&service_cert_pem)?)?;

@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod ledger_reader;
 pub mod metrics;
 pub mod recovery;
+pub mod renewal;
 pub mod replica;
 pub mod rpc;
 pub mod service;

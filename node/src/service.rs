@@ -391,6 +391,8 @@ pub struct Node {
     pub service: Identity,
     /// This node's TLS identity (endorsed by the service identity).
     pub node_identity: Identity,
+    /// The TLS certificate this node presents (to clients and peers), renewed in place by governance.
+    pub node_cert: Arc<crate::channels::NodeCert>,
     /// The attestation platform.
     pub platform: Arc<dyn Platform>,
     /// This node's evidence, binding its TLS key: produced once at start (`GET /node/quotes/self` serves it, so
@@ -1055,9 +1057,9 @@ impl Node {
         }
         refresh_directory(&directory, core.committed_state(), self_id);
 
+        let node_cert = crate::channels::NodeCert::new(&ids.node.cert_pem, &ids.node.key_pem)?;
         let tls = ChannelTls {
-            node_cert_pem: ids.node.cert_pem.clone(),
-            node_key_pem: ids.node.key_pem.clone(),
+            node_cert: node_cert.clone(),
             service_cert_pem: ids.service.cert_pem.clone(),
         };
         let channels = Arc::new(
@@ -1131,6 +1133,7 @@ impl Node {
             service_cert_pem: ids.service.cert_pem.clone(),
             service: ids.service.clone(),
             node_identity: ids.node.clone(),
+            node_cert,
             evidence: match evidence {
                 Some(e) => e,
                 None => own_evidence(platform.as_ref(), core.node_id())?,
@@ -1229,6 +1232,62 @@ impl Node {
         // A recovery interrupted after the shares were combined carries on.
         crate::recovery::start_private_recovery(&node);
         Ok(node)
+    }
+
+    /// Takes up the certificates governance renewed (`crate::renewal`): this node's own, presented from the next
+    /// TLS handshake on, and the service's; both are kept in the data directory. Returns the node's new
+    /// certificate, which its signatures carry from now on.
+    fn adopt_renewed_certificates(&self, committed: &State) -> Option<String> {
+        let info = |map: &str, key: &[u8]| {
+            committed
+                .get(map, key)
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                .and_then(|v| v["cert"].as_str().map(str::to_string))
+        };
+        if let Some(service) = info(maps::SERVICE_INFO, b"") {
+            let path = self.paths.file("service_cert.pem");
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(service.as_str()) {
+                if let Err(e) = write_private(&path, service.as_bytes()) {
+                    tracing::warn!("cannot keep the renewed service certificate: {e:#}");
+                }
+            }
+        }
+        let mine = info(maps::NODES_INFO, self.node_id.as_bytes())?;
+        if mine == self.node_cert.cert_pem() {
+            return None;
+        }
+        // Only a certificate for this node's key that the service endorsed: anything else would break its TLS.
+        let endorsed = cert::pem_to_der(&mine).ok().is_some_and(|der| {
+            cert::pem_to_der(&self.service_cert_pem)
+                .is_ok_and(|service| cert::verify_endorsement(&der, &service).is_ok())
+        });
+        if !endorsed {
+            return None;
+        }
+        if let Err(e) = self.node_cert.replace(&mine) {
+            tracing::warn!("cannot present the renewed certificate: {e:#}");
+            return None;
+        }
+        if let Err(e) = write_private(&self.paths.file("node_cert.pem"), mine.as_bytes()) {
+            tracing::warn!("cannot keep the renewed certificate: {e:#}");
+        }
+        let until = cert::pem_to_der(&mine)
+            .ok()
+            .and_then(|der| cert::validity_of(&der).ok())
+            .map(|(_, until)| until);
+        tracing::info!(?until, "presenting a renewed node certificate");
+        Some(mine)
+    }
+
+    /// The service certificate as the state records it now (governance may have renewed it since this node
+    /// started).
+    pub fn current_service_cert(&self) -> String {
+        self.view()
+            .state
+            .get(maps::SERVICE_INFO, b"")
+            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+            .and_then(|v| v["cert"].as_str().map(str::to_string))
+            .unwrap_or_else(|| self.service_cert_pem.clone())
     }
 
     /// This node was started with `synod-node recover`: it holds the previous service's ledger files.
@@ -1657,6 +1716,9 @@ impl Node {
                     Command::RefreshPeers => {
                         let core = replica.core();
                         refresh_directory(&self.directory, core.committed_state(), core.raft_id());
+                        if let Some(pem) = self.adopt_renewed_certificates(core.committed_state()) {
+                            replica.core_mut().set_node_cert(pem);
+                        }
                         continue;
                     }
                     Command::PrimaryChanged(primary) => {

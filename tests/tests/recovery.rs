@@ -275,6 +275,31 @@ async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -
                 .with_context(|| format!("the recovered service's receipt of {tx}"))?;
         }
 
+        // The auditor follows the chain: the lost service's signatures (endorsed through the recovery record)
+        // and the new one's, against the new identity alone.
+        let out = synod_tests::audit_ledger_args(
+            &net.nodes[0].dir.join("ledger"),
+            &net.service_cert,
+            &["--allow-unsigned-tail"],
+        )?;
+        ensure!(
+            out.status.success(),
+            "audit of the recovered ledger: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let old_cert_file = net.tmp.path().join("old_service_cert.pem");
+        std::fs::write(&old_cert_file, &old_cert)?;
+        let out = synod_tests::audit_ledger_args(
+            &net.nodes[0].dir.join("ledger"),
+            &old_cert_file,
+            &["--allow-unsigned-tail"],
+        )?;
+        ensure!(
+            !out.status.success(),
+            "the new service's signatures do not chain to the old identity"
+        );
+
         // A restart of the recovered node keeps everything.
         net.nodes[0].terminate()?;
         net.nodes[0].restart()?;

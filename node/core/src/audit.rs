@@ -115,6 +115,8 @@ struct BaseSnapshot {
 
 struct Auditor<'a> {
     service_cert_der: Option<&'a [u8]>,
+    // Identities of services this one recovered (DER), each trusted for the seqnos up to its last.
+    previous: Vec<(Vec<u8>, u64)>,
     tree: MerkleTree,
     view: u64,
     last_sig: Option<TxId>,
@@ -129,7 +131,14 @@ impl Auditor<'_> {
     fn check_signature(&self, tx_id: TxId, public: &ledger::WriteSet) -> Result<(), String> {
         let expected = self.tree.root().ok_or("signature over an empty ledger")?;
         let checked = match self.service_cert_der {
-            Some(service) => verify_signature_transaction(public, tx_id, &expected, service),
+            Some(service) => verify_signature_transaction(public, tx_id, &expected, service).or_else(|e| {
+                // Signed under a service identity this one recovered, before the recovery: fine.
+                self.previous
+                    .iter()
+                    .filter(|(_, last)| tx_id.seqno <= *last)
+                    .find_map(|(der, _)| verify_signature_transaction(public, tx_id, &expected, der).ok())
+                    .ok_or(e)
+            }),
             None => verify_signature_transaction_node_only(public, tx_id, &expected),
         };
         match checked {
@@ -172,6 +181,71 @@ pub fn ledger_chunk_sizes(dir: &Path) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// What a recovered service records of the service it continues (`public:ccf.internal.previous_service_identity`).
+#[derive(serde::Deserialize)]
+struct PreviousService {
+    last_seqno: u64,
+    previous_service_identity: String,
+    endorsement: String,
+}
+
+/// The chain of service identities a ledger continues, from `service_der` back: every recovery recorded in the
+/// ledger whose endorsement of the previous identity verifies against an identity already in the chain (the given
+/// one first). Each previous identity is trusted for the seqnos up to the previous service's last one.
+fn identity_chain(chunks: &[(ledger::ChunkName, PathBuf)], service_der: &[u8]) -> Vec<(Vec<u8>, u64)> {
+    let marker = crate::maps::PREVIOUS_SERVICE.as_bytes();
+    let mut records = Vec::new();
+    for (_, path) in chunks {
+        let Ok(bytes) = std::fs::read(path) else {
+            continue; // the audit itself reports unreadable chunks
+        };
+        for frame in decode_frames(&bytes).map_while(Result::ok) {
+            let Ok(tx) = frame.entry.decode_transaction() else {
+                continue;
+            };
+            if !tx.public_writes.windows(marker.len()).any(|w| w == marker) {
+                continue;
+            }
+            let Ok(public) = tx.public_write_set() else {
+                continue;
+            };
+            let written = public
+                .maps
+                .iter()
+                .filter(|m| m.name == crate::maps::PREVIOUS_SERVICE)
+                .flat_map(|m| &m.writes)
+                .filter_map(|w| serde_json::from_slice::<PreviousService>(w.value.as_deref()?).ok());
+            records.extend(written);
+        }
+    }
+    let mut chain: Vec<(Vec<u8>, u64)> = Vec::new();
+    loop {
+        let before = chain.len();
+        for r in &records {
+            let (Ok(previous), Ok(endorsement)) = (
+                crate::cert::pem_to_der(&r.previous_service_identity),
+                crate::cert::pem_to_der(&r.endorsement),
+            ) else {
+                continue;
+            };
+            if chain.iter().any(|(der, _)| *der == previous) {
+                continue;
+            }
+            let endorsed_by = std::iter::once(service_der).chain(chain.iter().map(|(der, _)| der.as_slice()));
+            let vouched = crate::cert::same_public_key(&endorsement, &previous).unwrap_or(false)
+                && endorsed_by
+                    .into_iter()
+                    .any(|by| crate::cert::verify_endorsement(&endorsement, by).is_ok());
+            if vouched {
+                chain.push((previous, r.last_seqno));
+            }
+        }
+        if chain.len() == before {
+            return chain;
+        }
+    }
+}
+
 /// [`audit_ledger_with`], telling `audited` the size in bytes of each chunk once it is checked.
 pub fn audit_ledger_observed(
     dir: &Path,
@@ -183,6 +257,9 @@ pub fn audit_ledger_observed(
     let chunks = ledger::list_chunks(dir).map_err(|e| layout_err(e.to_string()))?;
     let mut a = Auditor {
         service_cert_der,
+        previous: service_cert_der
+            .map(|s| identity_chain(&chunks, s))
+            .unwrap_or_default(),
         tree: MerkleTree::new(),
         view: 0,
         last_sig: None,

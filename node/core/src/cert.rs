@@ -134,16 +134,24 @@ pub fn generate_self_signed_from_seed(
     self_signed_with(common_name, is_ca, key_from_seed(seed)?)
 }
 
-fn self_signed_with(common_name: &str, is_ca: bool, key: KeyPair) -> Result<Identity, CertError> {
+/// A service identity's certificate parameters: a CA that signs node certificates.
+fn ca_params(common_name: &str) -> Result<CertificateParams, CertError> {
     let mut params = named_params(common_name, vec![])?;
-    if is_ca {
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-    }
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+fn self_signed_with(common_name: &str, is_ca: bool, key: KeyPair) -> Result<Identity, CertError> {
+    let params = if is_ca {
+        ca_params(common_name)?
+    } else {
+        named_params(common_name, vec![])?
+    };
     let cert = params.self_signed(&key).map_err(gen_err)?;
     Ok(Identity {
         cert_pem: cert.pem(),
@@ -215,6 +223,18 @@ pub fn endorse_public_key(
     san_dns: &[String],
     issuer: &Identity,
 ) -> Result<String, CertError> {
+    endorse_public_key_with(subject_cert_der, common_name, san_ips, san_dns, issuer, None)
+}
+
+/// [`endorse_public_key`] valid for `validity` (`None`: rcgen's default, without a practical end).
+pub fn endorse_public_key_with(
+    subject_cert_der: &[u8],
+    common_name: &str,
+    san_ips: &[IpAddr],
+    san_dns: &[String],
+    issuer: &Identity,
+    validity: Option<Validity>,
+) -> Result<String, CertError> {
     let subject = parse(subject_cert_der)?;
     let spki = rcgen::SubjectPublicKeyInfo::from_der(subject.public_key().raw).map_err(gen_err)?;
     let issuer_key = KeyPair::from_pem(&issuer.key_pem).map_err(|e| CertError::Key(e.to_string()))?;
@@ -224,7 +244,111 @@ pub fn endorse_public_key(
         .subject_alt_names
         .extend(san_ips.iter().map(|ip| SanType::IpAddress(*ip)));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if let Some(v) = validity {
+        v.apply(&mut params)?;
+    }
     Ok(params.signed_by(&spki, &issuer).map_err(gen_err)?.pem())
+}
+
+/// How long a certificate is valid: `days` days from `not_before` (seconds since the epoch). CCF's
+/// `validity_period_days` and `valid_from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    /// Start, in seconds since the epoch.
+    pub not_before: i64,
+    /// Length in days (at least 1).
+    pub days: u32,
+}
+
+impl Validity {
+    /// The last second of validity.
+    pub fn not_after(&self) -> i64 {
+        self.not_before + i64::from(self.days) * 86_400 - 1
+    }
+
+    fn apply(&self, params: &mut CertificateParams) -> Result<(), CertError> {
+        let at = |secs: i64| {
+            time::OffsetDateTime::from_unix_timestamp(secs)
+                .map_err(|e| CertError::Generate(format!("validity out of range: {e}")))
+        };
+        params.not_before = at(self.not_before)?;
+        params.not_after = at(self.not_after())?;
+        Ok(())
+    }
+}
+
+/// A certificate's validity window, `(not_before, not_after)` in seconds since the epoch.
+pub fn validity_of(cert_der: &[u8]) -> Result<(i64, i64), CertError> {
+    let cert = parse(cert_der)?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// `current_cert_der` (a node certificate the service endorsed: same key, subject and names) endorsed again by
+/// `issuer` for `validity`: how governance renews a node certificate without the node's key.
+pub fn renew_endorsed(
+    current_cert_der: &[u8],
+    issuer: &Identity,
+    validity: Validity,
+) -> Result<String, CertError> {
+    let current = parse(current_cert_der)?;
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(current.public_key().raw).map_err(gen_err)?;
+    let (common_name, ips, dns) = names_of(&current);
+    let mut params = named_params(&common_name, dns)?;
+    params
+        .subject_alt_names
+        .extend(ips.into_iter().map(SanType::IpAddress));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity.apply(&mut params)?;
+    let issuer_key = KeyPair::from_pem(&issuer.key_pem).map_err(|e| CertError::Key(e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_pem(&issuer.cert_pem, issuer_key).map_err(gen_err)?;
+    Ok(params.signed_by(&spki, &issuer).map_err(gen_err)?.pem())
+}
+
+/// The service identity's certificate made again for `validity`: same key and subject, so everything it endorsed
+/// (nodes, receipts) still verifies against either certificate.
+pub fn renew_self_signed(identity: &Identity, validity: Validity) -> Result<String, CertError> {
+    let key = KeyPair::from_pem(&identity.key_pem).map_err(|e| CertError::Key(e.to_string()))?;
+    let der = pem_to_der(&identity.cert_pem)?;
+    let current = parse(&der)?;
+    let (common_name, _, _) = names_of(&current);
+    let mut params = ca_params(&common_name)?;
+    validity.apply(&mut params)?;
+    let renewed = params.self_signed(&key).map_err(gen_err)?;
+    // What it endorsed chains to it only if the subject is the same, byte for byte.
+    if parse(renewed.der())?.subject().as_raw() != current.subject().as_raw() {
+        return Err(CertError::Generate(
+            "the renewed service certificate would not have the same subject".into(),
+        ));
+    }
+    Ok(renewed.pem())
+}
+
+/// A certificate's common name, IP addresses and DNS names.
+fn names_of(cert: &X509Certificate<'_>) -> (String, Vec<IpAddr>, Vec<String>) {
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut ips = Vec::new();
+    let mut dns = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => dns.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default())),
+                    16 => ips.push(IpAddr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default())),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    (common_name, ips, dns)
 }
 
 /// Whether two certificates carry the same public key.
@@ -365,6 +489,38 @@ fn check_endorsement(cert_der: &[u8], issuer_der: &[u8]) -> Result<(), CertError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewed_certificates_keep_keys_names_and_endorsements_with_the_new_validity() {
+        let service = generate_self_signed("Synod service", true).unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let node = generate_endorsed("n0", &[ip], &["node0.example".into()], &service).unwrap();
+        let node_der = pem_to_der(&node.cert_pem).unwrap();
+        let validity = Validity {
+            not_before: 1_900_000_000,
+            days: 30,
+        };
+        let renewed = pem_to_der(&renew_endorsed(&node_der, &service, validity).unwrap()).unwrap();
+        assert!(same_public_key(&renewed, &node_der).unwrap());
+        assert_eq!(
+            validity_of(&renewed).unwrap(),
+            (1_900_000_000, validity.not_after())
+        );
+        assert_eq!(
+            names_of(&parse(&renewed).unwrap()),
+            names_of(&parse(&node_der).unwrap())
+        );
+        let service_der = pem_to_der(&service.cert_pem).unwrap();
+        verify_endorsement(&renewed, &service_der).unwrap();
+        // A renewed service certificate: same key and subject, so old and new endorsements verify against either.
+        let service2 = renew_self_signed(&service, validity).unwrap();
+        let service2_der = pem_to_der(&service2).unwrap();
+        assert_ne!(service2_der, service_der);
+        assert!(same_public_key(&service2_der, &service_der).unwrap());
+        verify_endorsement(&node_der, &service2_der).unwrap();
+        verify_endorsement(&renewed, &service2_der).unwrap();
+        assert_eq!(validity_of(&service2_der).unwrap().1, validity.not_after());
+    }
 
     #[test]
     fn identities_from_the_same_seed_have_the_same_key() {

@@ -133,6 +133,7 @@ async fn run<T: Send + 'static>(
     let now = now_secs().max(0) as u64;
     let committed = node.view().committed;
     let (secret_from, secret) = node.sealer().latest();
+    let service_key = node.service.key_pem.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let digest = v.request.signature_digest();
         let req = Request {
@@ -145,7 +146,8 @@ async fn run<T: Send + 'static>(
         node.execute(|tx| {
             op(
                 &mut Governance::new(tx, now, (committed.view, committed.seqno))
-                    .with_ledger_secret(secret_from, secret.clone()),
+                    .with_ledger_secret(secret_from, secret.clone())
+                    .with_service_key(service_key.clone()),
                 &req,
                 &v.request,
             )
@@ -363,7 +365,7 @@ async fn service_info(State(app): State<AppState>) -> Response {
     let info = read_json(&snapshot(&app), maps::SERVICE_INFO, "").unwrap_or_default();
     Json(json!({
         "status": info["status"],
-        "certificate": app.node.service_cert_pem,
+        "certificate": app.node.current_service_cert(),
         "recoveryThreshold": info["recovery_threshold"],
         "currentView": app.node.view().view,
         "curve": info["curve"],

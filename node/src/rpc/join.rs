@@ -43,7 +43,16 @@ fn core_error(e: CoreError) -> ApiError {
 /// The service's endorsement of the key a joining node presented in TLS.
 fn endorse(app: &AppState, der: &[u8], name: &str, rpc: &str) -> Result<String, ApiError> {
     let (ips, names) = crate::config::certificate_names(rpc);
-    cert::endorse_public_key(der, name, &ips, &names, &app.node.service)
+    // Under the lifetime governance set for every node (set_all_nodes_certificate_validity), if any.
+    let info = app
+        .node
+        .view()
+        .state
+        .get(maps::SERVICE_INFO, b"")
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .unwrap_or_default();
+    let validity = crate::renewal::joiner_validity(&info, now_secs().max(0) as u64);
+    cert::endorse_public_key_with(der, name, &ips, &names, &app.node.service, validity)
         .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))
 }
 
@@ -370,7 +379,7 @@ async fn join(
         node_id,
         status: info["status"].as_str().unwrap_or_default().to_string(),
         endorsed_certificate: info["cert"].as_str().unwrap_or_default().to_string(),
-        service_certificate: app.node.service_cert_pem.clone(),
+        service_certificate: app.node.current_service_cert(),
         service_key: app.node.service.key_pem.clone(),
         ledger_secret: b64(&latest),
         ledger_secrets: schedule.iter().map(|(from, s)| (*from, b64(s))).collect(),

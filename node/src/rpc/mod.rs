@@ -26,8 +26,7 @@ use axum::Router;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use synod_core::cert;
@@ -323,15 +322,13 @@ impl ClientCertVerifier for AnyClientCert {
 /// The server's TLS configuration: the node certificate, client certificates optional.
 pub fn tls_config(node: &Node) -> anyhow::Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cert_der = CertificateDer::from(cert::pem_to_der(&node.node_identity.cert_pem)?);
-    let key = PrivateKeyDer::from_pem_slice(node.node_identity.key_pem.as_bytes())?;
     let verifier = Arc::new(AnyClientCert {
         provider: provider.clone(),
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert_der], key)?;
+        .with_cert_resolver(node.node_cert.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -176,7 +176,7 @@ async fn network(State(app): State<AppState>) -> Response {
     let status = service_status(&app);
     let primary = primary_node_id(&app);
     Json(json!({
-        "service_certificate": app.node.service_cert_pem,
+        "service_certificate": app.node.current_service_cert(),
         "service_status": status,
         "current_view": app.node.view().view,
         "primary_id": primary,
