@@ -203,10 +203,14 @@ pub struct RecoverConfig {
     /// Common options.
     #[command(flatten)]
     pub node: NodeConfig,
-    /// The previous service's ledger directory (a node's `ledger/`, starting at seqno 1). Its chunks up to the
-    /// last signature transaction are checked and copied into DATA_DIR; the directory is only read.
+    /// The previous service's ledger directory (a node's `ledger/`). Its chunks up to the last signature
+    /// transaction are checked and copied into DATA_DIR; the directory is only read.
     #[arg(long)]
     pub ledger: PathBuf,
+    /// Where the snapshot the ledger starts after is, when it does not start at seqno 1 (a node that joined from a
+    /// snapshot); default: the ledger's `../snapshots`.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot: Option<PathBuf>,
 }
 
 /// `synod-node join`.

@@ -494,6 +494,9 @@ pub struct Core {
     /// The last committed chunk end: history up to it is flushed at the next one (so memory holds about two
     /// chunks of history, and receipts for the latest chunk never touch the disk).
     flush_candidate: u64,
+    /// A node left the configuration while this node led: rekey, so what follows is sealed under a secret the
+    /// removed node never held.
+    rekey_due: bool,
     /// The seqno this node's ledger files start after (0, or the snapshot it joined or was caught up from):
     /// receipts for flushed transactions after it are rebuilt from those files.
     ledger_base: u64,
@@ -748,6 +751,7 @@ impl Core {
             conf_queue: VecDeque::new(),
             events: Vec::new(),
             flush_candidate: 0,
+            rekey_due: false,
             ledger_base: 0,
             sig_clock: (0, 0),
         }
@@ -882,14 +886,15 @@ impl Core {
         keys: Keys,
         sealer: Sealer,
         cfg: CoreConfig,
-        bytes: &[u8],
-        decoded: snapshot::Decoded,
+        (bytes, decoded): (&[u8], snapshot::Decoded),
+        ledger_base: u64,
         now_secs: i64,
         recovery: impl FnOnce(&mut Tx) -> Result<(), String>,
     ) -> Result<(Core, TxId), CoreError> {
         let mut core = Self::joining_from_snapshot(keys, sealer, cfg, bytes, decoded)?;
-        // The previous service's ledger files are copied whole: receipts of its transactions come from them.
-        core.ledger_base = 0;
+        // The previous service's ledger files are copied (from 1, or from after the snapshot they continue):
+        // receipts of its transactions come from them.
+        core.ledger_base = ledger_base;
         core.raft.campaign()?;
         core.after_raft()?;
         if !core.is_leader {
@@ -1394,6 +1399,9 @@ impl Core {
         self.raft.mut_store().set_conf_index(e.index);
         out.conf_index = Some(e.index);
         tracing::info!(seqno = e.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
+        if cc.get_change_type() == ConfChangeType::RemoveNode && self.is_leader {
+            self.rekey_due = true;
+        }
         out.conf_state = Some(cs);
         self.events.push(Event::NodesChanged);
         Ok(())
@@ -2086,6 +2094,32 @@ impl Core {
         let since = now_ms.saturating_sub(self.sig_clock.1);
         let in_flight = self.history.sigs.range(self.raft_commit() + 1..).count();
         since >= timing.interval_ms || (in_flight < timing.in_flight_max && since >= timing.min_gap_ms)
+    }
+
+    /// Rekeys the ledger if a node left the configuration (see `crate::recovery::rekey`); a rekey that cannot be
+    /// made (a trusted node without an encryption key) is reported, not fatal.
+    pub fn rekey_if_due(&mut self, now_secs: i64) -> Result<(), CoreError> {
+        if !self.rekey_due || !self.is_leader {
+            return Ok(());
+        }
+        self.rekey_due = false;
+        let mut tx = Tx::new(self.state.clone());
+        let (from, latest) = self.sealer.latest();
+        if let Err(e) = crate::recovery::rekey(&mut tx, (from, &latest)) {
+            tracing::warn!("a node left but the ledger cannot be rekeyed: {e}");
+            return Ok(());
+        }
+        match self.commit_tx(tx, now_secs) {
+            Ok(outcome) => {
+                tracing::info!(tx = %outcome.tx_id(), "rekeyed the ledger after a node left");
+                Ok(())
+            }
+            Err(CoreError::Busy | CoreError::NotPrimary | CoreError::Conflict(_)) => {
+                self.rekey_due = true;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Signs with the certificate `pem` from now on (governance renewed it; same key): receipts carry it.

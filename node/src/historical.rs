@@ -104,8 +104,8 @@ pub struct Historical {
     ledger_dir: PathBuf,
     service_cert_der: Vec<u8>,
     /// Previous service identities (DER) a recovered service's ledger holds signatures of, each with the
-    /// current identity's endorsement of it (PEM).
-    previous: std::sync::RwLock<Vec<(Vec<u8>, String)>>,
+    /// endorsements (PEM, oldest first) leading from it to the current identity.
+    previous: std::sync::RwLock<Vec<(Vec<u8>, Vec<String>)>>,
     cache: Mutex<VecDeque<Arc<SignedRange>>>,
     builds: Slots,
     /// Made on first use: it needs the ledger secret, which the node holds.
@@ -158,8 +158,9 @@ impl Historical {
         self.feeds.try_take()
     }
 
-    /// Signatures by these previous identities (DER, with the current identity's endorsement PEM) verify too.
-    pub fn set_previous_identities(&self, previous: Vec<(Vec<u8>, String)>) {
+    /// Signatures by these previous identities (DER, with the endorsements leading to the current identity) verify
+    /// too.
+    pub fn set_previous_identities(&self, previous: Vec<(Vec<u8>, Vec<String>)>) {
         *self.previous.write().unwrap_or_else(|p| p.into_inner()) = previous;
     }
 
@@ -272,9 +273,9 @@ impl Historical {
                 let previous = self.previous.read().unwrap_or_else(|p| p.into_inner());
                 previous
                     .iter()
-                    .find_map(|(der, endorsement)| {
+                    .find_map(|(der, endorsements)| {
                         let v = verify_signature_transaction(&public, sig_tx_id, &root, der).ok()?;
-                        Some((v, vec![endorsement.clone()]))
+                        Some((v, endorsements.clone()))
                     })
                     .ok_or_else(|| ledger_err(format!("signature at {sig_tx_id}: {e}")))?
             }

@@ -104,7 +104,10 @@ pub async fn run_recover(cfg: config::RecoverConfig) -> anyhow::Result<()> {
         tracing::warn!("DATA_DIR holds a node already: resuming it (--ledger is not read)");
         Boot::Resume
     } else {
-        Boot::Recover { ledger: cfg.ledger }
+        Boot::Recover {
+            ledger: cfg.ledger,
+            snapshots: cfg.snapshot,
+        }
     };
     serve(cfg.node, boot, rpc, node_listener).await
 }

@@ -124,6 +124,35 @@ pub struct PreviousService {
     pub secrets_recovered: bool,
     /// The private state of the previous service is replayed: recovery is complete.
     pub private_recovered: bool,
+    /// The identities before the previous one, when the previous service was itself a recovered one: newest first,
+    /// each with the endorsement its successor made of it.
+    #[serde(default)]
+    pub earlier: Vec<EarlierIdentity>,
+}
+
+/// A service identity two or more recoveries back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EarlierIdentity {
+    /// The identity (PEM).
+    pub identity: String,
+    /// Its successor's certificate for its key (PEM).
+    pub endorsement: String,
+    /// The last seqno it signed.
+    pub last_seqno: u64,
+}
+
+impl PreviousService {
+    /// Every identity before this service's, newest first, each with the endorsements (PEM) that lead from it to
+    /// the current identity, oldest first (CCF's `service_endorsements` order).
+    pub fn chain(&self) -> Vec<(String, Vec<String>)> {
+        let mut endorsements = vec![self.endorsement.clone()];
+        let mut chain = vec![(self.previous_service_identity.clone(), endorsements.clone())];
+        for e in &self.earlier {
+            endorsements.insert(0, e.endorsement.clone());
+            chain.push((e.identity.clone(), endorsements.clone()));
+        }
+        chain
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -570,6 +599,16 @@ pub fn write_recovery(tx: &mut Tx, r: &RecoveryRecord<'_>) -> Result<(), Recover
         }
     }
     put_json(tx, maps::NODES_INFO, r.node.0, &r.node.1);
+    // A recovered service recovered again: the identities before the previous one stay in the chain.
+    let mut earlier = Vec::new();
+    if let Some(before) = get_json::<PreviousService>(tx, maps::PREVIOUS_SERVICE, "") {
+        earlier.push(EarlierIdentity {
+            identity: before.previous_service_identity,
+            endorsement: before.endorsement,
+            last_seqno: before.last_seqno,
+        });
+        earlier.extend(before.earlier);
+    }
     put_json(
         tx,
         maps::PREVIOUS_SERVICE,
@@ -580,6 +619,7 @@ pub fn write_recovery(tx: &mut Tx, r: &RecoveryRecord<'_>) -> Result<(), Recover
             endorsement: r.endorsement.clone(),
             secrets_recovered: false,
             private_recovered: false,
+            earlier,
         },
     );
     // Shares a previous member submitted to an earlier, abandoned recovery are of no use now.
@@ -651,6 +691,8 @@ pub struct PublicRecovery {
     pub service_cert_pem: String,
     /// Signatures verified.
     pub signatures: u64,
+    /// The snapshot the ledger continues (seqno and file bytes), when it does not start at seqno 1.
+    pub base_snapshot: Option<(u64, Vec<u8>)>,
 }
 
 /// Why the previous ledger cannot be recovered.
@@ -667,29 +709,64 @@ pub struct LedgerRecoveryError {
 /// place and every signature (against the Merkle tree over the entries before it, by a node the service identity
 /// of the time endorsed), and folds the public writes. Entries after the last signature are not vouched for by
 /// anyone and are dropped, as CCF drops them.
-pub fn recover_public(dir: &Path) -> Result<PublicRecovery, LedgerRecoveryError> {
+pub fn recover_public(dir: &Path, snapshots: Option<&Path>) -> Result<PublicRecovery, LedgerRecoveryError> {
     let err = |path: &Path, reason: String| LedgerRecoveryError {
         path: path.to_path_buf(),
         reason,
     };
     let chunks = list_chunks(dir).map_err(|e| err(dir, e.to_string()))?;
-    match chunks.first() {
-        None => return Err(err(dir, "no ledger chunk files".into())),
-        Some((name, path)) if name.start != 1 => {
-            return Err(err(
-                path,
-                format!(
-                "the ledger starts at seqno {} (after a snapshot): recover from a ledger that starts at 1",
-                name.start
-            ),
-            ))
-        }
-        Some(_) => {}
-    }
+    let first = chunks
+        .first()
+        .map(|(name, _)| name.start)
+        .ok_or_else(|| err(dir, "no ledger chunk files".into()))?;
     let mut state = State::default();
     let mut tree = MerkleTree::new();
     let mut views: Vec<(u64, u64)> = Vec::new();
-    let mut expected = 1u64;
+    // A ledger that starts after a snapshot (a node that joined from one) continues from its public state; the
+    // snapshot counts only once the ledger proves it (its evidence, covered by a signature).
+    let mut base_snapshot = None;
+    let mut unproven: Option<(u64, String)> = None;
+    if first > 1 {
+        let base = first - 1;
+        let snapshots = snapshots
+            .map(Path::to_path_buf)
+            .or_else(|| dir.parent().map(|p| p.join("snapshots")));
+        let found = snapshots.as_deref().and_then(|d| synod_core::snapshot::find_in(d, base)).ok_or_else(|| {
+            err(
+                dir,
+                format!(
+                    "the ledger starts at seqno {first}, after snapshot {base}: give the directory holding it \
+                     (--snapshot DIR; default: the ledger's ../snapshots)"
+                ),
+            )
+        })?;
+        let bytes = std::fs::read(&found).map_err(|e| err(&found, e.to_string()))?;
+        let file = synod_core::snapshot::SnapshotFile::decode(bytes.as_slice())
+            .map_err(|e| err(&found, format!("not a snapshot: {e}")))?;
+        if file.seqno != base {
+            return Err(err(&found, format!("holds seqno {}, not {base}", file.seqno)));
+        }
+        let frontier = file
+            .frontier_digests()
+            .ok_or_else(|| err(&found, "a frontier digest is not 32 bytes".into()))?;
+        tree = MerkleTree::from_frontier(base, &frontier).map_err(|e| err(&found, e.to_string()))?;
+        views = file.views.iter().map(|v| (v.view, v.first_seqno)).collect();
+        state = State::with_version(base);
+        for map in file.maps.iter().filter(|m| maps::is_public(&m.name)) {
+            state.load_map(&map.name);
+            for e in &map.entries {
+                let entry = synod_kv::Entry {
+                    value: e.value.as_slice().into(),
+                    version: e.version,
+                };
+                state.load_entry(&map.name, e.key.as_slice().into(), entry);
+            }
+        }
+        unproven = Some((base, hex::encode(synod_core::snapshot::digest(&bytes))));
+        base_snapshot = Some((base, bytes));
+    }
+    let mut expected = first;
+    let mut evidence_seen = false;
     // What the last verified signature covers; entries after it are applied to `state` only to be discarded.
     let mut signed: Option<PublicRecovery> = None;
     let mut signatures = 0;
@@ -721,6 +798,20 @@ pub fn recover_public(dir: &Path) -> Result<PublicRecovery, LedgerRecoveryError>
                 verify_signature_transaction(&public, tx.tx_id(), &root, &service_der)
                     .map_err(|e| fail(format!("signature: {e}")))?;
                 signatures += 1;
+                if evidence_seen {
+                    unproven = None;
+                }
+            } else if let Some((base, digest)) = &unproven {
+                let evidence = synod_core::snapshot::SnapshotEvidence::recorded_in(&public)
+                    .and_then(|v| serde_json::from_slice::<synod_core::snapshot::SnapshotEvidence>(v).ok());
+                if let Some(ev) = evidence.filter(|ev| ev.seqno == *base) {
+                    if ev.digest != *digest {
+                        return Err(fail(format!(
+                            "the ledger's evidence for snapshot {base} names another digest"
+                        )));
+                    }
+                    evidence_seen = true;
+                }
             }
             if views.last().map(|v| v.0) != Some(tx.view) {
                 if views.last().is_some_and(|v| v.0 > tx.view) {
@@ -743,12 +834,22 @@ pub fn recover_public(dir: &Path) -> Result<PublicRecovery, LedgerRecoveryError>
                     last: tx.tx_id(),
                     service_cert_pem: service_pem,
                     signatures,
+                    base_snapshot: None,
                 });
             }
             expected += 1;
         }
     }
-    signed.ok_or_else(|| err(dir, "no signature transaction: nothing is vouched for".into()))
+    if let Some((base, _)) = unproven {
+        return Err(err(
+            dir,
+            format!("snapshot {base} that the ledger starts from is not proven by a signed evidence transaction in it"),
+        ));
+    }
+    let mut recovered =
+        signed.ok_or_else(|| err(dir, "no signature transaction: nothing is vouched for".into()))?;
+    recovered.base_snapshot = base_snapshot;
+    Ok(recovered)
 }
 
 /// Private maps: name → key → value.
@@ -757,12 +858,32 @@ pub type PrivateMaps = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
 /// The private maps of the previous service at `until`, folded from the private writes of its ledger files in
 /// `dir` (opened with `sealer`, which holds the recovered secrets): key → value per map, deleted keys dropped.
 /// Memory is what the private state holds, never the ledger.
-pub fn private_state(dir: &Path, until: u64, sealer: &Sealer) -> Result<PrivateMaps, LedgerRecoveryError> {
+pub fn private_state(
+    dir: &Path,
+    base_snapshot: Option<&Path>,
+    until: u64,
+    sealer: &Sealer,
+) -> Result<PrivateMaps, LedgerRecoveryError> {
     let err = |path: &Path, reason: String| LedgerRecoveryError {
         path: path.to_path_buf(),
         reason,
     };
-    let mut maps = PrivateMaps::new();
+    let mut private = PrivateMaps::new();
+    // A ledger that starts after a snapshot: its private values (sealed under the secret of its seqno) first.
+    if let Some(path) = base_snapshot {
+        let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
+        let file = synod_core::snapshot::SnapshotFile::decode(bytes.as_slice())
+            .map_err(|e| err(path, format!("not a snapshot: {e}")))?;
+        for map in file.maps.iter().filter(|m| !maps::is_public(&m.name)) {
+            let values = private.entry(map.name.clone()).or_default();
+            for e in &map.entries {
+                let clear = sealer
+                    .unseal_snapshot_value(file.seqno, &map.name, &e.key, &e.value)
+                    .map_err(|x| err(path, format!("{}: {x}", map.name)))?;
+                values.insert(e.key.clone(), clear);
+            }
+        }
+    }
     let chunks = list_chunks(dir).map_err(|e| err(dir, e.to_string()))?;
     for (_, path) in chunks.iter().filter(|(n, _)| n.start <= until) {
         let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
@@ -784,7 +905,7 @@ pub fn private_state(dir: &Path, until: u64, sealer: &Sealer) -> Result<PrivateM
                 .map_err(|e| fail(e.to_string()))?;
             let writes = WriteSet::decode(clear.as_slice()).map_err(|e| fail(e.to_string()))?;
             for mw in writes.maps {
-                let map = maps.entry(mw.name).or_default();
+                let map = private.entry(mw.name).or_default();
                 for w in mw.writes {
                     match w.value {
                         Some(v) => map.insert(w.key, v),
@@ -794,8 +915,8 @@ pub fn private_state(dir: &Path, until: u64, sealer: &Sealer) -> Result<PrivateM
             }
         }
     }
-    maps.retain(|_, m| !m.is_empty());
-    Ok(maps)
+    private.retain(|_, m| !m.is_empty());
+    Ok(private)
 }
 
 /// Bytes of recovered private values per transaction: recovery writes stay ordinary-sized transactions.
@@ -833,7 +954,15 @@ fn run_private_recovery(node: &crate::service::Node) -> anyhow::Result<()> {
     let state = node.view().state.clone();
     let previous = previous_service(&state).context("this service recovers no previous service")?;
     let sealer = history_sealer(&state, node.sealer());
-    let private = private_state(&node.ledger_dir(), previous.last_seqno, &sealer)?;
+    // The snapshot the copied ledger continues, if it does not start at 1.
+    let first = list_chunks(&node.ledger_dir())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .first()
+        .map_or(1, |(name, _)| name.start);
+    let base = (first > 1)
+        .then(|| synod_core::snapshot::find_in(&node.snapshots_dir(), first - 1))
+        .flatten();
+    let private = private_state(&node.ledger_dir(), base.as_deref(), previous.last_seqno, &sealer)?;
     let keys: usize = private.values().map(BTreeMap::len).sum();
     tracing::info!(
         maps = private.len(),

@@ -256,6 +256,7 @@ impl Replica {
         if self.core.signature_due(now_ms, self.timing.signature) {
             self.core.emit_signature(now_secs)?;
         }
+        self.core.rekey_if_due(now_secs)?;
         if let Some(s) = self.pending_compaction.filter(|&s| s <= self.ledger_durable) {
             self.pending_compaction = None;
             if let Some(meta) = self.core.compact_log(s)? {

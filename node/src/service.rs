@@ -377,6 +377,8 @@ pub enum Boot {
     Recover {
         /// The previous service's ledger directory.
         ledger: PathBuf,
+        /// Where the snapshot it starts after is, if it does not start at 1 (default: its `../snapshots`).
+        snapshots: Option<PathBuf>,
     },
 }
 
@@ -691,13 +693,14 @@ fn restore_base(
             }
         }
     }
+    // A recovered node never replays the previous service's ledger: its private writes may not open.
+    let recovered = std::fs::read_to_string(paths.file(RECOVERED_FROM)).ok();
+    if let Some(seqno) = recovered.and_then(|s| s.trim().parse::<u64>().ok()) {
+        let path = find_snapshot(paths, seqno)
+            .with_context(|| format!("the recovery snapshot {seqno} is missing"))?;
+        return Ok((seqno, Some(std::fs::read(path)?)));
+    }
     if ledger_base == 0 {
-        let recovered = std::fs::read_to_string(paths.file(RECOVERED_FROM)).ok();
-        if let Some(seqno) = recovered.and_then(|s| s.trim().parse::<u64>().ok()) {
-            let path = find_snapshot(paths, seqno)
-                .with_context(|| format!("the recovery snapshot {seqno} is missing"))?;
-            return Ok((seqno, Some(std::fs::read(path)?)));
-        }
         return Ok((0, None));
     }
     let path = find_snapshot(paths, ledger_base).with_context(|| {
@@ -905,15 +908,18 @@ impl Node {
                 };
                 (ids, core, Vec::new(), LedgerWriter::open(&paths.ledger())?.writer)
             }
-            Boot::Recover { ledger: old } => {
+            Boot::Recover {
+                ledger: old,
+                snapshots: old_snapshots,
+            } => {
                 if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
                     bail!(
                         "{} holds a ledger already: recover into an empty data directory",
                         paths.dir.display()
                     );
                 }
-                let recovered =
-                    crate::recovery::recover_public(&old).context("recovering the public ledger")?;
+                let recovered = crate::recovery::recover_public(&old, old_snapshots.as_deref())
+                    .context("recovering the public ledger")?;
                 tracing::info!(
                     last = %recovered.last,
                     signatures = recovered.signatures,
@@ -937,6 +943,17 @@ impl Node {
                 };
                 save_identities(&paths, &ids)?;
                 crate::recovery::copy_ledger_prefix(&old, &paths.ledger(), recovered.last.seqno)?;
+                // The snapshot the copied ledger continues: for the audit, and for the private replay (its private
+                // values open once the members recover the secret). Not a committed name: never served or used to
+                // restart from.
+                std::fs::create_dir_all(paths.snapshots())?;
+                let ledger_base = match &recovered.base_snapshot {
+                    Some((seqno, bytes)) => {
+                        write_private(&paths.snapshots().join(snapshot::file_name(*seqno, None)), bytes)?;
+                        *seqno
+                    }
+                    None => 0,
+                };
                 let keys = keys_of(&ids)?;
                 let sealer = sealer_of(&ids);
                 let conf = raft::eraftpb::ConfState {
@@ -976,10 +993,15 @@ impl Node {
                     snapshot_digest: hex::encode(snapshot::digest(&bytes)),
                     curve: cfg.curve.as_str(),
                 };
-                let (core, recovery_tx) =
-                    Core::recovered_service(keys, sealer, ccfg, &bytes, decoded, now_secs(), |tx| {
-                        crate::recovery::write_recovery(tx, &record).map_err(|e| e.to_string())
-                    })?;
+                let (core, recovery_tx) = Core::recovered_service(
+                    keys,
+                    sealer,
+                    ccfg,
+                    (&bytes, decoded),
+                    ledger_base,
+                    now_secs(),
+                    |tx| crate::recovery::write_recovery(tx, &record).map_err(|e| e.to_string()),
+                )?;
                 tracing::info!(previous_last = seqno, recovery = %recovery_tx, "recovered the previous service's public state");
                 let writer = LedgerWriter::open_after(&paths.ledger(), seqno)?.writer;
                 (ids, core, Vec::new(), writer)
@@ -1318,14 +1340,19 @@ impl Node {
     /// Lets receipts rebuilt from the ledger verify signatures of the previous service identity, if any.
     pub fn refresh_previous_identities(&self) {
         let state = self.view().state.clone();
-        let previous = crate::recovery::previous_service(&state).and_then(|p| {
-            Some((
-                cert::pem_to_der(&p.previous_service_identity).ok()?,
-                p.endorsement,
-            ))
-        });
-        self.historical
-            .set_previous_identities(previous.into_iter().collect());
+        let chain = crate::recovery::previous_service(&state)
+            .map(|p| p.chain())
+            .unwrap_or_default();
+        let previous = chain
+            .into_iter()
+            .filter_map(|(pem, endorsements)| Some((cert::pem_to_der(&pem).ok()?, endorsements)))
+            .collect();
+        self.historical.set_previous_identities(previous);
+    }
+
+    /// The node's snapshot directory.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.paths.snapshots()
     }
 
     /// The node's ledger directory.

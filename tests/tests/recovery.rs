@@ -405,14 +405,38 @@ async fn a_rekeyed_ledger_stays_readable_everywhere_and_recovers() -> anyhow::Re
         }
 
         // Every node holds both secrets, the joiner too (it was handed them).
-        for n in &net.nodes {
+        let schedule_len = |n: &NodeProc| -> anyhow::Result<usize> {
             let schedule: Value = serde_json::from_slice(&std::fs::read(n.dir.join("ledger_secrets.json"))?)?;
+            Ok(schedule.as_array().map_or(0, Vec::len))
+        };
+        for n in &net.nodes {
+            ensure!(schedule_len(n)? == 2, "{}", n.dir.display());
+        }
+        // The joiner is removed: once it has left the configuration, the primary rekeys on its own, so what
+        // follows is under a secret the removed node never held.
+        let joiner: Value = net.nodes[3].client(None)?.get_json("/node/state").await?;
+        let p = net.primary().await?;
+        net.pass(p, "remove_node", json!({"node_id": joiner["node_id"]}))
+            .await?;
+        net.wait_for_voters(3).await?;
+        for _ in 0..100 {
+            if (0..3).all(|i| schedule_len(&net.nodes[i]).unwrap_or(0) == 3) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for i in 0..3 {
             ensure!(
-                schedule.as_array().map(Vec::len) == Some(2),
-                "{}: {schedule}",
-                n.dir.display()
+                schedule_len(&net.nodes[i])? == 3,
+                "node {i} did not follow the rekey after the removal"
             );
         }
+        ensure!(
+            schedule_len(&net.nodes[3])? == 2,
+            "the removed node got the new secret"
+        );
+        let tx = post_log(&user, 3000, "after the removal", RETRY).await?;
+        user.wait_for_commit(tx, COMMIT_WAIT).await?;
 
         // Then the disaster, and a recovery with the shares of the secret after the rekey.
         net.stop_all()?;
@@ -444,10 +468,169 @@ async fn a_rekeyed_ledger_stays_readable_everywhere_and_recovers() -> anyhow::Re
                 r.text()
             );
         }
+        let r = user.get("/app/log/private?id=3000").await?;
+        ensure!(
+            r.text().contains("after the removal"),
+            "written under the third secret: {}",
+            r.text()
+        );
         // Receipts from both sides of the rekey, issued again by the recovered service.
         for &(_, tx) in [written[2], written[100]].iter() {
             synod_client::verify_receipt_bytes(&user.receipt(tx, false).await?, &new_cert)?;
         }
+        net.stop_all()?;
+        Ok(())
+    })
+    .await
+}
+
+/// Recovers the stopped service whose ledger is in `ledger` into `dir`: accepts naming `previous_cert`, member 0
+/// submits its share (threshold 1), waits until it is open.
+async fn recover_into(
+    net: &mut Network,
+    ledger: &Path,
+    dir: &Path,
+    previous_cert: &str,
+) -> anyhow::Result<String> {
+    let args = vec!["--ledger".to_string(), ledger.display().to_string()];
+    let node = NodeProc::spawn("recover", dir, &args)?;
+    let cert = node.service_cert_pem()?;
+    std::fs::write(&net.service_cert, &cert)?;
+    net.nodes = vec![node];
+    net.pass(
+        0,
+        "transition_service_to_open",
+        json!({"previous_service_identity": previous_cert}),
+    )
+    .await?;
+    let gov = net.gov_client(0, 0)?;
+    let share = decrypted_share(net, &gov, 0).await?;
+    gov.submit_recovery_share(&share).await?;
+    wait_status(&net.nodes[0].client(None)?, "Open").await?;
+    Ok(cert)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_recovered_twice_keeps_every_record_and_every_receipt_verifiable() -> anyhow::Result<()> {
+    bounded(300, async {
+        let mut net = Network::start_recoverable(1, 1, 1, &SMALL_LEDGER).await?;
+        let first_cert = std::fs::read_to_string(&net.service_cert)?;
+        let user = net.user_client(0)?;
+        let first = post_log(&user, 1, "first era", RETRY).await?;
+        user.wait_for_commit(first, COMMIT_WAIT).await?;
+        let first_receipt = user.receipt(first, false).await?;
+        net.stop_all()?;
+        let (ledger0, r1) = (net.nodes[0].dir.join("ledger"), net.tmp.path().join("r1"));
+        let second_cert = recover_into(&mut net, &ledger0, &r1, &first_cert).await?;
+        let user = net.user_client(0)?;
+        let second = post_log(&user, 2, "second era", RETRY).await?;
+        user.wait_for_commit(second, COMMIT_WAIT).await?;
+        net.stop_all()?;
+        let (ledger1, r2) = (net.nodes[0].dir.join("ledger"), net.tmp.path().join("r2"));
+        let third_cert = recover_into(&mut net, &ledger1, &r2, &second_cert).await?;
+
+        let user = net.user_client(0)?;
+        for (id, msg) in [(1, "first era"), (2, "second era")] {
+            let r = user.get(&format!("/app/log/private?id={id}")).await?;
+            ensure!(r.text().contains(msg), "record {id}: {}", r.text());
+        }
+        // Receipts issued again for the first era carry both endorsements and verify against the newest identity.
+        let again = user.receipt(first, false).await?;
+        synod_client::verify_receipt_bytes(&again, &third_cert).context("first era, two recoveries on")?;
+        let parsed: Value = serde_json::from_slice(&again)?;
+        ensure!(
+            parsed["service_endorsements"].as_array().map(Vec::len) == Some(2),
+            "{parsed}"
+        );
+        synod_client::verify_receipt_bytes(&user.receipt(second, false).await?, &third_cert)?;
+        // The receipt kept from the first era: against the first identity, and through the chain the newest.
+        synod_client::verify_receipt_bytes(&first_receipt, &first_cert)?;
+        let previous: Value = net.nodes[0]
+            .client(None)?
+            .get_json("/node/service/previous_identity")
+            .await?;
+        ensure!(
+            previous["previous_service_identity"] == second_cert.as_str(),
+            "{previous}"
+        );
+        let out = synod_tests::audit_ledger_args(
+            &net.nodes[0].dir.join("ledger"),
+            &net.service_cert,
+            &["--allow-unsigned-tail"],
+        )?;
+        ensure!(
+            out.status.success(),
+            "audit across two recoveries: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        net.stop_all()?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ledger_that_starts_after_a_snapshot_recovers_with_that_snapshot() -> anyhow::Result<()> {
+    bounded(300, async {
+        let mut net = Network::start_recoverable(1, 1, 1, &SMALL_LEDGER).await?;
+        let old_cert = std::fs::read_to_string(&net.service_cert)?;
+        let user = net.user_client(0)?;
+        for i in 0..150u64 {
+            post_log(&user, i, &format!("early {i}"), RETRY).await?;
+        }
+        let mark = post_log(&user, 1000, "mark", RETRY).await?;
+        user.wait_for_commit(mark, COMMIT_WAIT).await?;
+        // A node that joins now starts from a snapshot: its ledger begins after it.
+        let j = net.join_node(&[]).await?;
+        net.wait_for_voters(2).await?;
+        for i in 150..200u64 {
+            post_log(&user, i, &format!("late {i}"), RETRY).await?;
+        }
+        let last = post_log(&user, 1001, "last", RETRY).await?;
+        user.wait_for_commit(last, COMMIT_WAIT).await?;
+        net.wait_committed_everywhere(last).await?;
+        net.stop_all()?;
+        let ledger = net.nodes[j].dir.join("ledger");
+        let first = std::fs::read_dir(&ledger)?
+            .filter_map(|e| synod_core::ledger::ChunkName::parse(e.ok()?.file_name().to_str()?))
+            .map(|c| c.start)
+            .min()
+            .context("no chunk")?;
+        ensure!(
+            first > 1,
+            "the joiner's ledger starts at {first}: it did not join from a snapshot"
+        );
+
+        let (r0, dir) = (net.tmp.path().join("r0"), net.nodes[j].dir.clone());
+        let new_cert = recover_into(&mut net, &dir.join("ledger"), &r0, &old_cert).await?;
+        ensure!(new_cert != old_cert);
+        let user = net.user_client(0)?;
+        for i in (0..200u64).step_by(7) {
+            let expected = if i < 150 {
+                format!("early {i}")
+            } else {
+                format!("late {i}")
+            };
+            let r = user.get(&format!("/app/log/private?id={i}")).await?;
+            ensure!(r.text().contains(&expected), "record {i}: {}", r.text());
+        }
+        // The audit of the recovered ledger finds the snapshot it continues next to it.
+        let out = synod_tests::audit_ledger_args(
+            &net.nodes[0].dir.join("ledger"),
+            &net.service_cert,
+            &["--allow-unsigned-tail"],
+        )?;
+        ensure!(
+            out.status.success(),
+            "audit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Restarted, it comes back from its recovery snapshot.
+        net.nodes[0].restart()?;
+        let r = user
+            .call_with_retry(Method::GET, "/app/log/private?id=3", None, &[], RETRY)
+            .await?;
+        ensure!(r.text().contains("early 3"), "after a restart: {}", r.text());
         net.stop_all()?;
         Ok(())
     })

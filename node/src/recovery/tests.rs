@@ -82,6 +82,7 @@ fn recovering(threshold: usize, old: &LedgerSecret) -> Tx {
             endorsement: "endorsement".into(),
             secrets_recovered: false,
             private_recovered: false,
+            earlier: vec![],
         },
     );
     set_status(&mut tx, STATUS_WAITING_FOR_SHARES);
@@ -169,6 +170,7 @@ fn a_second_recovery_walks_the_chain_back_to_the_first_secret() {
             endorsement: "e".into(),
             secrets_recovered: false,
             private_recovered: false,
+            earlier: vec![],
         },
     );
     set_status(&mut tx, STATUS_WAITING_FOR_SHARES);
@@ -334,5 +336,28 @@ fn a_rekey_reaches_every_trusted_node_and_chains_the_secret_it_replaces() {
     assert_eq!(
         crypto::unwrap(&key, &wrapped, LATEST_SECRET_AAD).expect("unwrap"),
         new.0
+    );
+}
+
+#[test]
+fn the_identity_chain_lists_every_earlier_service_with_the_endorsements_back_to_this_one() {
+    let record = PreviousService {
+        last_seqno: 300,
+        previous_service_identity: "S1".into(),
+        endorsement: "E2".into(),
+        secrets_recovered: true,
+        private_recovered: true,
+        earlier: vec![EarlierIdentity {
+            identity: "S0".into(),
+            endorsement: "E1".into(),
+            last_seqno: 100,
+        }],
+    };
+    let chain = record.chain();
+    assert_eq!(chain[0], ("S1".to_string(), vec!["E2".to_string()]));
+    // CCF's order: the node certificate is checked against the first, the last against the service.
+    assert_eq!(
+        chain[1],
+        ("S0".to_string(), vec!["E1".to_string(), "E2".to_string()])
     );
 }
