@@ -131,6 +131,8 @@ pub struct Keys {
     /// This node's RSA encryption key: opens the ledger secret a rekey encrypts to it (`None` in simulations,
     /// which never rekey).
     pub encryption_key: Option<synod_core::recovery::EncryptionPrivateKey>,
+    /// The service key (PKCS#8 PEM), to renew certificates with (empty in simulations, which never renew).
+    pub service_key_pem: String,
 }
 
 /// Tunables of the core.
@@ -497,6 +499,8 @@ pub struct Core {
     /// A node left the configuration while this node led: rekey, so what follows is sealed under a secret the
     /// removed node never held.
     rekey_due: bool,
+    /// When the primary last looked for certificates to renew (seconds).
+    renewal_checked_secs: i64,
     /// The seqno this node's ledger files start after (0, or the snapshot it joined or was caught up from):
     /// receipts for flushed transactions after it are rebuilt from those files.
     ledger_base: u64,
@@ -752,6 +756,7 @@ impl Core {
             events: Vec::new(),
             flush_candidate: 0,
             rekey_due: false,
+            renewal_checked_secs: 0,
             ledger_base: 0,
             sig_clock: (0, 0),
         }
@@ -2119,6 +2124,36 @@ impl Core {
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// On the primary, at most once a minute: renews the certificates governance gave a lifetime once a third of
+    /// it is left (`crate::renewal::renew_expiring`), so they never lapse while the service runs.
+    pub fn renew_certificates_if_due(&mut self, now_secs: i64) -> Result<(), CoreError> {
+        const EVERY_SECS: i64 = 60;
+        if !self.is_leader
+            || self.keys.service_key_pem.is_empty()
+            || now_secs - self.renewal_checked_secs < EVERY_SECS
+        {
+            return Ok(());
+        }
+        self.renewal_checked_secs = now_secs;
+        let mut tx = Tx::new(self.state.clone());
+        match crate::renewal::renew_expiring(&mut tx, &self.keys.service_key_pem, now_secs) {
+            Ok(0) => Ok(()),
+            Ok(n) => match self.commit_tx(tx, now_secs) {
+                Ok(outcome) => {
+                    tracing::info!(certificates = n, tx = %outcome.tx_id(), "renewed certificates before they lapse");
+                    Ok(())
+                }
+                // Looked at again at the next check.
+                Err(CoreError::Busy | CoreError::NotPrimary | CoreError::Conflict(_)) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Err(e) => {
+                tracing::warn!("cannot renew certificates: {e}");
+                Ok(())
+            }
         }
     }
 

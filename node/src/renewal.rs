@@ -178,6 +178,68 @@ pub fn apply(
     Ok(any)
 }
 
+/// A certificate is renewed automatically once less than this fraction of its validity is left (CCF leaves this
+/// to operators; expiry is the failure its users report most).
+pub const RENEW_WHEN_LEFT: (i64, i64) = (1, 3);
+
+/// Whether a certificate valid `(from, until)` is due for renewal at `now`: less than a third of it left.
+fn due(validity: (i64, i64), now: i64) -> bool {
+    let (from, until) = validity;
+    let (num, den) = RENEW_WHEN_LEFT;
+    until - now < (until - from) * num / den
+}
+
+/// Renews in `tx` every certificate that governance gave a lifetime (`node_certificate_validity_days`,
+/// `service_certificate_validity_days` in the service info) and that is due ([`RENEW_WHEN_LEFT`]), for the same
+/// period from `now`. Returns how many it renewed: the primary runs it from time to time, so certificates never
+/// lapse while the service runs.
+pub fn renew_expiring(tx: &mut Tx, service_key_pem: &str, now: i64) -> Result<usize, RenewalError> {
+    let info = json(tx, maps::SERVICE_INFO, "").unwrap_or_default();
+    let period = |field: &str| {
+        info[field]
+            .as_u64()
+            .and_then(|d| u32::try_from(d).ok())
+            .map(|days| Validity {
+                not_before: now,
+                days: days.clamp(1, VALIDITY_DAYS_MAX),
+            })
+    };
+    let validity_of_pem = |pem: &str| cert::pem_to_der(pem).and_then(|der| cert::validity_of(&der));
+    let mut renewed = 0;
+    if let Some(validity) = period("service_certificate_validity_days") {
+        let service = service_identity(tx, service_key_pem)?;
+        if due(validity_of_pem(&service.cert_pem)?, now) {
+            let mut info = info.clone();
+            info["cert"] = Value::String(cert::renew_self_signed(&service, validity)?);
+            tx.put(maps::SERVICE_INFO, b"", info.to_string().as_bytes());
+            renewed += 1;
+        }
+    }
+    if let Some(validity) = period("node_certificate_validity_days") {
+        let service = service_identity(tx, service_key_pem)?;
+        let nodes: Vec<(String, Value)> = tx
+            .range(maps::NODES_INFO, b"", None, usize::MAX)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    String::from_utf8(k.to_vec()).ok()?,
+                    serde_json::from_slice(&v).ok()?,
+                ))
+            })
+            .collect();
+        for (node_id, node) in nodes {
+            let Some(pem) = node["cert"].as_str().filter(|_| node["status"] == "Trusted") else {
+                continue;
+            };
+            if due(validity_of_pem(pem)?, now) {
+                renew_node(tx, &node_id, &service, validity)?;
+                renewed += 1;
+            }
+        }
+    }
+    Ok(renewed)
+}
+
 /// The validity for a node joining now, under the policy `set_all_nodes_certificate_validity` recorded (none:
 /// certificates without a practical end, as before any policy).
 pub fn joiner_validity(service_info: &Value, now: u64) -> Option<Validity> {
@@ -193,6 +255,73 @@ mod tests {
     use synod_kv::State;
 
     use super::*;
+
+    #[test]
+    fn the_primary_renews_what_governance_gave_a_lifetime_once_a_third_is_left() {
+        let service = cert::generate_self_signed("Synod service", true).unwrap();
+        let start = 1_900_000_000i64;
+        let node = cert::renew_endorsed(
+            &cert::pem_to_der(
+                &cert::generate_endorsed("n1", &[], &[], &service)
+                    .unwrap()
+                    .cert_pem,
+            )
+            .unwrap(),
+            &service,
+            Validity {
+                not_before: start,
+                days: 30,
+            },
+        )
+        .unwrap();
+        let mut tx = Tx::new(State::default());
+        let put = |tx: &mut Tx, map: &str, key: &[u8], v: Value| tx.put(map, key, v.to_string().as_bytes());
+        put(
+            &mut tx,
+            maps::SERVICE_INFO,
+            b"",
+            serde_json::json!({"cert": service.cert_pem}),
+        );
+        put(
+            &mut tx,
+            maps::NODES_INFO,
+            b"n1",
+            serde_json::json!({"cert": node, "status": "Trusted"}),
+        );
+        // No lifetime set by governance: nothing is renewed, however old.
+        assert_eq!(
+            renew_expiring(&mut tx, &service.key_pem, start + 29 * DAY).unwrap(),
+            0
+        );
+        put(
+            &mut tx,
+            maps::SERVICE_INFO,
+            b"",
+            serde_json::json!({"cert": service.cert_pem, "node_certificate_validity_days": 30}),
+        );
+        // Two thirds left: not yet; less than a third: renewed for 30 days from now.
+        assert_eq!(
+            renew_expiring(&mut tx, &service.key_pem, start + 10 * DAY).unwrap(),
+            0
+        );
+        let now = start + 21 * DAY;
+        assert_eq!(renew_expiring(&mut tx, &service.key_pem, now).unwrap(), 1);
+        let pem = json(&mut tx, maps::NODES_INFO, "n1").unwrap()["cert"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            cert::validity_of(&cert::pem_to_der(&pem).unwrap()).unwrap(),
+            (now, now + 30 * DAY - 1)
+        );
+        assert_eq!(
+            renew_expiring(&mut tx, &service.key_pem, now + DAY).unwrap(),
+            0,
+            "fresh again"
+        );
+    }
+
+    const DAY: i64 = 86_400;
 
     #[test]
     fn valid_from_takes_both_asn1_forms_and_nothing_else() {

@@ -257,6 +257,7 @@ impl Replica {
             self.core.emit_signature(now_secs)?;
         }
         self.core.rekey_if_due(now_secs)?;
+        self.core.renew_certificates_if_due(now_secs)?;
         if let Some(s) = self.pending_compaction.filter(|&s| s <= self.ledger_durable) {
             self.pending_compaction = None;
             if let Some(meta) = self.core.compact_log(s)? {

@@ -494,6 +494,7 @@ fn keys_of(ids: &Identities) -> anyhow::Result<Keys> {
         node_id: cert::public_key_id_hex(&node_der)?,
         service_key: cert::signing_key_from_pem(&ids.service.key_pem)?,
         service_cert_der: cert::pem_to_der(&ids.service.cert_pem)?,
+        service_key_pem: ids.service.key_pem.clone(),
         encryption_key: Some(
             synod_core::recovery::EncryptionPrivateKey::from_pem(&ids.encryption_key_pem)
                 .context("this node's encryption key")?,

@@ -363,6 +363,7 @@ fn keys_of(service: &Identity, name: &str, seed: &[u8; 32]) -> Result<Keys, Stri
         service_key: cert::signing_key_from_pem(&service.key_pem).map_err(|e| e.to_string())?,
         service_cert_der: cert::pem_to_der(&service.cert_pem).map_err(|e| e.to_string())?,
         encryption_key: None,
+        service_key_pem: String::new(),
     })
 }
 

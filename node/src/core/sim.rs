@@ -47,6 +47,7 @@ fn keys_for(service: &Identity, name: &str) -> Keys {
         service_key: cert::signing_key_from_pem(&service.key_pem).expect("service key"),
         service_cert_der: cert::pem_to_der(&service.cert_pem).expect("der"),
         encryption_key: None,
+        service_key_pem: String::new(),
     }
 }
 
