@@ -187,6 +187,10 @@ async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -
         .await?;
         ensure!(service_status(&anyone).await? == "WaitingForRecoveryShares");
 
+        // Nodes join a recovering service as usual (the members trust them); they follow the private replay.
+        let during = net.join_node(&[]).await?;
+        net.wait_for_voters(2).await?;
+
         // The removed member's share is refused: it is no longer a member.
         let gov2 = GovClient::new(
             net.nodes[0].client(None)?,
@@ -311,9 +315,19 @@ async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -
         let again = user.receipt(*tx, true).await?;
         synod_core::receipt::verify_bytes_with(&again, &new_cert, std::slice::from_ref(&endorsement))?;
 
+        let r = net
+            .user_client(during)?
+            .call_with_retry(Method::GET, "/app/log/private?id=41", None, &[], RETRY)
+            .await?;
+        ensure!(
+            r.text().contains("secret 41"),
+            "the node that joined during the recovery: {}",
+            r.text()
+        );
+
         // The recovered service works as any other: a node joins, writes commit with receipts.
         net.join_node(&[]).await?;
-        net.wait_for_voters(2).await?;
+        net.wait_for_voters(3).await?;
         let tx = post_log(&user, 5000, "after recovery", RETRY).await?;
         user.wait_for_commit(tx, COMMIT_WAIT).await?;
         synod_client::verify_receipt_bytes(&user.receipt(tx, true).await?, &new_cert)?;
