@@ -373,6 +373,16 @@ pub async fn post_log(client: &Client, id: u64, msg: &str, retry_for: Duration) 
     Ok(r.tx_id()?)
 }
 
+/// POSTs `{"id", "msg"}` to the logging app's public table (retried as [`post_log`] is); returns the transaction id.
+pub async fn post_public(client: &Client, id: u64, msg: &str, retry_for: Duration) -> anyhow::Result<TxId> {
+    let body = Body::Json(serde_json::json!({"id": id, "msg": msg}));
+    let r = client
+        .call_with_retry(Method::POST, "/app/log/public", Some(body), &[], retry_for)
+        .await?;
+    ensure!(r.status == 201, "POST /app/log/public: {} {}", r.status, r.text());
+    Ok(r.tx_id()?)
+}
+
 /// One node with one user, in a temporary directory.
 pub struct SingleNode {
     /// Keeps the directory alive.

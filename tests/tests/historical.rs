@@ -12,8 +12,10 @@ use base64::Engine as _;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
-use synod_client::{Body, Client, Method, TxId};
-use synod_tests::{bounded, post_log, IdentityFiles, Network, NodeProc, SingleNode, SMALL_LEDGER};
+use synod_client::{Client, Method, TxId};
+use synod_tests::{
+    bounded, post_log, post_public, IdentityFiles, Network, NodeProc, SingleNode, SMALL_LEDGER,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
@@ -556,15 +558,6 @@ fn ledger_writes(ledger: &Path, map: &str, to: u64) -> anyhow::Result<Vec<Change
     Ok(out)
 }
 
-async fn post_public(c: &Client, id: u64, msg: &str) -> anyhow::Result<TxId> {
-    let body = Body::Json(json!({"id": id, "msg": msg}));
-    let r = c
-        .call_with_retry(Method::POST, "/app/log/public", Some(body), &[], RETRY)
-        .await?;
-    ensure!(r.status == 201, "POST /app/log/public: {} {}", r.status, r.text());
-    Ok(r.tx_id()?)
-}
-
 const FEED_MAP: &str = "public:records";
 
 /// The change feed streams every committed write of a map in order from the ledger files, resumes after a
@@ -595,7 +588,7 @@ async fn the_change_feed_streams_history_then_live_and_resumes_without_gap() -> 
                 }
             }
             let msg = format!("public-{i}");
-            last = post_public(&c, id, &msg).await?;
+            last = post_public(&c, id, &msg, RETRY).await?;
             expected.push((last.seqno, hex::encode(id.to_be_bytes()), Value::from(msg)));
             // Private writes in between are not in the public map's feed.
             if i % 10 == 0 {
@@ -637,7 +630,7 @@ async fn the_change_feed_streams_history_then_live_and_resumes_without_gap() -> 
         .await?;
         let mut live = Vec::new();
         for i in 0..5u64 {
-            let tx = post_public(&c, 100 + i, &format!("live-{i}")).await?;
+            let tx = post_public(&c, 100 + i, &format!("live-{i}"), RETRY).await?;
             live.push((
                 tx.seqno,
                 hex::encode((100 + i).to_be_bytes()),
@@ -712,7 +705,7 @@ async fn a_change_feed_resumed_on_another_node_after_a_failover_has_no_gap_or_du
         let cp = net.user_client(p)?;
         let mut last = TxId::default();
         for i in 0..60u64 {
-            last = post_public(&cp, i % 13, &format!("before-{i}")).await?;
+            last = post_public(&cp, i % 13, &format!("before-{i}"), RETRY).await?;
         }
         cp.wait_for_commit(last, COMMIT_WAIT).await?;
         let mut stream = FeedStream::open(
@@ -728,7 +721,7 @@ async fn a_change_feed_resumed_on_another_node_after_a_failover_has_no_gap_or_du
         }
         // More writes, and the primary dies while the feed streams them.
         for i in 0..20u64 {
-            post_public(&cp, i % 13, &format!("during-{i}")).await?;
+            post_public(&cp, i % 13, &format!("during-{i}"), RETRY).await?;
         }
         net.nodes[p].kill9();
         while let Ok(Some(line)) = stream.next_line().await {
@@ -744,7 +737,7 @@ async fn a_change_feed_resumed_on_another_node_after_a_failover_has_no_gap_or_du
             if written == 30 {
                 break;
             }
-            match post_public(&cq, attempt % 13, &format!("after-{attempt}")).await {
+            match post_public(&cq, attempt % 13, &format!("after-{attempt}"), RETRY).await {
                 Ok(tx) => {
                     last = tx;
                     written += 1;

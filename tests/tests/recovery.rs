@@ -7,22 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _};
 use serde_json::{json, Value};
-use synod_client::{Body, Client, Method, TxId};
+use synod_client::{Client, Method};
 use synod_core::recovery::EncryptionPrivateKey;
 use synod_governance::client::GovClient;
-use synod_tests::{bounded, post_log, Network, NodeProc, SMALL_LEDGER};
+use synod_tests::{bounded, post_log, post_public, Network, NodeProc, SMALL_LEDGER};
 
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(30);
-
-async fn post_public(client: &Client, id: u64, msg: &str) -> anyhow::Result<TxId> {
-    let body = Body::Json(json!({"id": id, "msg": msg}));
-    let r = client
-        .call_with_retry(Method::POST, "/app/log/public", Some(body), &[], RETRY)
-        .await?;
-    ensure!(r.status == 201, "POST /app/log/public: {} {}", r.status, r.text());
-    Ok(r.tx_id()?)
-}
 
 async fn service_status(client: &Client) -> anyhow::Result<String> {
     let info: Value = client.get_json("/gov/service/info").await?;
@@ -71,7 +62,7 @@ async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -
         let mut public = Vec::new();
         for i in 0..120u64 {
             private.push((i, post_log(&user, i, &format!("secret {i}"), RETRY).await?));
-            public.push((i, post_public(&user, i, &format!("public {i}")).await?));
+            public.push((i, post_public(&user, i, &format!("public {i}"), RETRY).await?));
         }
         // Overwritten and deleted records come back as they were last.
         post_log(&user, 5, "secret 5 v2", RETRY).await?;
@@ -79,7 +70,7 @@ async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -
             .call_with_retry(Method::DELETE, "/app/log/private?id=6", None, &[], RETRY)
             .await?;
         ensure!(r.status.is_success(), "DELETE: {} {}", r.status, r.text());
-        let last = post_public(&user, 1000, "last").await?;
+        let last = post_public(&user, 1000, "last", RETRY).await?;
         user.wait_for_commit(last, COMMIT_WAIT).await?;
         // Receipts issued before the disaster, kept by their users.
         let mut kept = Vec::new();
@@ -98,7 +89,7 @@ async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -
         let removed_id = gov2.member_id().to_string();
         net.pass(p, "remove_member", json!({"member_id": removed_id}))
             .await?;
-        let mark = post_public(&user, 1001, "after removal").await?;
+        let mark = post_public(&user, 1001, "after removal", RETRY).await?;
         user.wait_for_commit(mark, COMMIT_WAIT).await?;
 
         // The disaster: every node is gone but for one copy of a ledger.
