@@ -361,7 +361,8 @@ pub fn encrypted_share(state: &State, member: &str) -> Option<String> {
         .remove(member)
 }
 
-/// Whether the service can be recovered from its ledger: recovery members hold shares of its current secret.
+/// The threshold and the number of recovery members holding a share of the current secret, if any do (without
+/// them the service cannot be recovered from its ledger).
 pub fn shares_issued(state: &State) -> Option<(usize, usize)> {
     let info: SharesInfo = state_json(state, maps::RECOVERY_SHARES, "")?;
     Some((info.threshold, info.encrypted_shares.len()))

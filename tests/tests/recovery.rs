@@ -329,6 +329,8 @@ async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -
             .get_json(&format!("/gov/recovery/encrypted-shares/{}", gov0.member_id()))
             .await?;
         ensure!(share["encryptedShare"].is_string(), "{share}");
+        let info: Value = anyone.get_json("/gov/service/info").await?;
+        ensure!(info["status"] == "Open" && info["recoveryMembers"] == 2, "{info}");
         let r = anyone
             .get(&format!("/gov/recovery/encrypted-shares/{removed_id}"))
             .await?;

@@ -362,13 +362,17 @@ async fn show_digest(State(app): State<AppState>, Path(member): Path<String>) ->
 }
 
 async fn service_info(State(app): State<AppState>) -> Response {
-    let info = read_json(&snapshot(&app), maps::SERVICE_INFO, "").unwrap_or_default();
+    let state = snapshot(&app);
+    let info = read_json(&state, maps::SERVICE_INFO, "").unwrap_or_default();
+    // Whether the service can be recovered from its ledger: how many recovery members hold a share.
+    let recovery_members = crate::recovery::shares_issued(&state).map_or(0, |(_, members)| members);
     Json(json!({
         "status": info["status"],
         "certificate": app.node.current_service_cert(),
         "recoveryThreshold": info["recovery_threshold"],
         "currentView": app.node.view().view,
         "curve": info["curve"],
+        "recoveryMembers": recovery_members,
     }))
     .into_response()
 }
