@@ -544,8 +544,7 @@ fn writes_of(tx: &Transaction, sealer: &Sealer) -> Result<Writes, CoreError> {
 /// Follows a rekey (`crate::recovery::rekey`) in the entry at `seqno`: the entries after it open and are sealed
 /// under the new secret, which the entry carries encrypted to this node. Returns whether the schedule changed.
 fn follow_rekey(sealer: &Sealer, keys: &Keys, tx: &Transaction) -> Result<bool, CoreError> {
-    let marker = maps::ENCRYPTED_LEDGER_SECRETS.as_bytes();
-    if !tx.public_writes.windows(marker.len()).any(|w| w == marker) {
+    if !tx.may_write_public(maps::ENCRYPTED_LEDGER_SECRETS) {
         return Ok(false);
     }
     let bad = |reason: String| CoreError::BadEntry {
@@ -1354,9 +1353,7 @@ impl Core {
                     SigCheck::AtCommit,
                 )?;
                 // Before the next entry: its commit evidence may be under the secret this one brings.
-                if follow_rekey(&self.sealer, &self.keys, &tx)? {
-                    self.events.push(Event::SecretsChanged(self.sealer.schedule()));
-                }
+                self.follow_rekey(&tx)?;
             }
         }
         debug_assert_eq!(
@@ -1606,9 +1603,7 @@ impl Core {
             own_signature,
             SigCheck::Now,
         )?;
-        if follow_rekey(&self.sealer, &self.keys, &transaction)? {
-            self.events.push(Event::SecretsChanged(self.sealer.schedule()));
-        }
+        self.follow_rekey(&transaction)?;
         self.state
             .apply(tx_id.seqno, writes.maps())
             .map_err(|e| CoreError::Invariant(format!("applying {tx_id}: {e}")))?;
@@ -2099,6 +2094,14 @@ impl Core {
         let since = now_ms.saturating_sub(self.sig_clock.1);
         let in_flight = self.history.sigs.range(self.raft_commit() + 1..).count();
         since >= timing.interval_ms || (in_flight < timing.in_flight_max && since >= timing.min_gap_ms)
+    }
+
+    /// [`follow_rekey`] for an entry this core appends; a new schedule is handed out to be kept.
+    fn follow_rekey(&mut self, tx: &Transaction) -> Result<(), CoreError> {
+        if follow_rekey(&self.sealer, &self.keys, tx)? {
+            self.events.push(Event::SecretsChanged(self.sealer.schedule()));
+        }
+        Ok(())
     }
 
     /// Rekeys the ledger if a node left the configuration (see `crate::recovery::rekey`); a rekey that cannot be

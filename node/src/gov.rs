@@ -132,12 +132,14 @@ pub struct Request<'a> {
     pub payload: &'a [u8],
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(tx: &mut Tx, map: &str, key: &str) -> Option<T> {
+/// The JSON value at `key` of `map`, if there is one and it decodes.
+pub(crate) fn get_json<T: serde::de::DeserializeOwned>(tx: &mut Tx, map: &str, key: &str) -> Option<T> {
     tx.get(map, key.as_bytes())
         .and_then(|v| serde_json::from_slice(&v).ok())
 }
 
-fn put_json(tx: &mut Tx, map: &str, key: &str, value: &impl Serialize) {
+/// Writes `value` as JSON at `key` of `map`.
+pub(crate) fn put_json(tx: &mut Tx, map: &str, key: &str, value: &impl Serialize) {
     tx.put(
         map,
         key.as_bytes(),

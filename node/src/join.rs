@@ -356,18 +356,11 @@ pub async fn join(
         cert::same_public_key(&endorsed_der, &own_der)?,
         "the endorsed certificate is for another key"
     );
-    let decode = |b64: &str| -> anyhow::Result<LedgerSecret> {
-        let secret: [u8; 32] = base64::engine::general_purpose::STANDARD
-            .decode(b64)?
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("a ledger secret is not 32 bytes"))?;
-        Ok(LedgerSecret(secret))
-    };
-    let secret = decode(&answer.ledger_secret)?;
+    let secret = LedgerSecret::from_base64(&answer.ledger_secret)?;
     let schedule = answer
         .ledger_secrets
         .iter()
-        .map(|(from, s)| Ok((*from, decode(s)?)))
+        .map(|(from, s)| Ok((*from, LedgerSecret::from_base64(s)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     tracing::info!(node_id, status = %answer.status, "joined");
 

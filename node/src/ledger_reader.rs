@@ -360,8 +360,7 @@ pub enum QueryError {
 /// Reads committed transactions from a ledger directory (see the module docs).
 pub struct LedgerReader {
     dir: PathBuf,
-    /// Replaced when a recovered service recovers its previous secrets ([`LedgerReader::set_sealer`]).
-    sealer: std::sync::RwLock<Sealer>,
+    sealer: Sealer,
     cache: Mutex<Cache>,
     reads: Slots,
 }
@@ -371,15 +370,10 @@ impl LedgerReader {
     pub fn new(dir: PathBuf, sealer: Sealer) -> LedgerReader {
         LedgerReader {
             dir,
-            sealer: std::sync::RwLock::new(sealer),
+            sealer,
             cache: Mutex::new(Cache::default()),
             reads: Slots::new(READS_MAX),
         }
-    }
-
-    /// Unseals with `sealer` from now on (one that opens more of the ledger: a previous service's secrets).
-    pub fn set_sealer(&self, sealer: Sealer) {
-        *self.sealer.write().unwrap_or_else(|p| p.into_inner()) = sealer;
     }
 
     /// A read slot, taken before a (blocking) read starts, so that the caller can answer 503 at once.
@@ -443,8 +437,7 @@ impl LedgerReader {
             };
             match reader.entry()? {
                 Step::Frame(entry) => {
-                    let sealer = self.sealer.read().unwrap_or_else(|p| p.into_inner()).clone();
-                    let tx = decode_tx(&entry, &sealer, private)?;
+                    let tx = decode_tx(&entry, &self.sealer, private)?;
                     if tx.tx_id.seqno != cursor.next {
                         return Err(ledger_err(format!(
                             "{}: seqno {} where {} was expected",

@@ -38,6 +38,8 @@ use synod_core::txid::TxId;
 use synod_kv::seal::{LedgerSecret, Sealer, SecretRange};
 use synod_kv::{State, Tx};
 
+use crate::gov::{get_json, put_json};
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const LATEST_SECRET_AAD: &[u8] = b"synod latest ledger secret v1";
 const PREVIOUS_SECRET_LABEL: &[u8] = b"synod previous ledger secret v1";
@@ -162,16 +164,6 @@ struct HistoricalSecret {
     until: Option<u64>,
     /// The secret wrapped under a key derived from the secret that followed it (base64).
     wrapped: String,
-}
-
-fn get_json<T: serde::de::DeserializeOwned>(tx: &mut Tx, map: &str, key: &str) -> Option<T> {
-    tx.get(map, key.as_bytes())
-        .and_then(|v| serde_json::from_slice(&v).ok())
-}
-
-fn put_json(tx: &mut Tx, map: &str, key: &str, value: &impl Serialize) {
-    let bytes = serde_json::to_vec(value).expect("serializing plain data cannot fail");
-    tx.put(map, key.as_bytes(), &bytes);
 }
 
 fn state_json<T: serde::de::DeserializeOwned>(state: &State, map: &str, key: &str) -> Option<T> {
@@ -551,11 +543,10 @@ pub fn past_secrets(state: &State, known: &dyn Fn(u64) -> Option<LedgerSecret>) 
     ranges
 }
 
-/// A sealer for any seqno of this service's ledger: its own schedule (`sealer`), and the previous services'
-/// secrets as far as they are recovered.
-pub fn history_sealer(state: &State, sealer: &Sealer) -> Sealer {
+/// Makes `sealer` (and every clone: the schedule is shared) open the previous services' seqnos with their secrets,
+/// as far as they are recovered.
+pub fn install_past_secrets(state: &State, sealer: &Sealer) {
     sealer.add_past(&past_secrets(state, &|seqno| sealer.secret_at(seqno)));
-    sealer.clone()
 }
 
 /// What the first transaction of a recovered service records.
@@ -787,6 +778,9 @@ pub fn recover_public(dir: &Path, snapshots: Option<&Path>) -> Result<PublicReco
                 return Err(fail(format!("found seqno {}", tx.seqno)));
             }
             let public = tx.public_write_set().map_err(|e| fail(e.to_string()))?;
+            // The identity a signature must be endorsed by: the service's at the time (a ledger that was itself
+            // recovered changes identity part-way).
+            let mut signer_identity = None;
             if tx.kind == KIND_SIGNATURE {
                 let service_pem = state_json::<serde_json::Value>(&state, maps::SERVICE_INFO, "")
                     .and_then(|v| v["cert"].as_str().map(str::to_string))
@@ -802,10 +796,9 @@ pub fn recover_public(dir: &Path, snapshots: Option<&Path>) -> Result<PublicReco
                 if evidence_seen {
                     unproven = None;
                 }
+                signer_identity = Some(service_pem);
             } else if let Some((base, digest)) = &unproven {
-                let evidence = synod_core::snapshot::SnapshotEvidence::recorded_in(&public)
-                    .and_then(|v| serde_json::from_slice::<synod_core::snapshot::SnapshotEvidence>(v).ok());
-                if let Some(ev) = evidence.filter(|ev| ev.seqno == *base) {
+                if let Some(ev) = synod_core::snapshot::SnapshotEvidence::for_snapshot(&public, *base) {
                     if ev.digest != *digest {
                         return Err(fail(format!(
                             "the ledger's evidence for snapshot {base} names another digest"
@@ -824,10 +817,7 @@ pub fn recover_public(dir: &Path, snapshots: Option<&Path>) -> Result<PublicReco
                 .apply(tx.seqno, public.maps.iter())
                 .map_err(|e| fail(e.to_string()))?;
             tree.append(frame.entry.leaf().map_err(|e| fail(e.to_string()))?);
-            if tx.kind == KIND_SIGNATURE {
-                let service_pem = state_json::<serde_json::Value>(&state, maps::SERVICE_INFO, "")
-                    .and_then(|v| v["cert"].as_str().map(str::to_string))
-                    .unwrap_or_default();
+            if let Some(service_pem) = signer_identity {
                 signed = Some(PublicRecovery {
                     state: state.clone(),
                     frontier: tree.frontier(),
@@ -954,7 +944,8 @@ fn run_private_recovery(node: &crate::service::Node) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(PRIVATE_RECOVERY_PATIENCE_S);
     let state = node.view().state.clone();
     let previous = previous_service(&state).context("this service recovers no previous service")?;
-    let sealer = history_sealer(&state, node.sealer());
+    node.sync_previous_service();
+    let sealer = node.sealer().clone();
     // The snapshot the copied ledger continues, if it does not start at 1.
     let first = list_chunks(&node.ledger_dir())
         .map_err(|e| anyhow::anyhow!("{e}"))?

@@ -12,6 +12,8 @@ use synod_core::cert::{self, Identity, Validity};
 use synod_core::maps;
 use synod_kv::Tx;
 
+use crate::gov::get_json;
+
 /// The longest validity governance may set, as CCF's default `maximum_node_certificate_validity_days`.
 pub const VALIDITY_DAYS_MAX: u32 = 365;
 
@@ -90,15 +92,10 @@ fn validity_of_args(args: &Value, now: u64) -> Result<Validity, RenewalError> {
     Ok(validity)
 }
 
-fn json(tx: &mut Tx, map: &str, key: &str) -> Option<Value> {
-    tx.get(map, key.as_bytes())
-        .and_then(|v| serde_json::from_slice(&v).ok())
-}
-
 /// The service identity as the state records it now: its certificate from the service info (it may have been
 /// renewed), its key from this node.
 fn service_identity(tx: &mut Tx, service_key_pem: &str) -> Result<Identity, RenewalError> {
-    let cert_pem = json(tx, maps::SERVICE_INFO, "")
+    let cert_pem = get_json::<Value>(tx, maps::SERVICE_INFO, "")
         .and_then(|v| v["cert"].as_str().map(str::to_string))
         .ok_or_else(|| RenewalError::BadArgument("no service certificate".into()))?;
     Ok(Identity {
@@ -114,7 +111,7 @@ fn renew_node(
     service: &Identity,
     validity: Validity,
 ) -> Result<(), RenewalError> {
-    let mut info = json(tx, maps::NODES_INFO, node_id)
+    let mut info = get_json::<Value>(tx, maps::NODES_INFO, node_id)
         .filter(|i| i["status"] == "Trusted")
         .ok_or_else(|| RenewalError::NotTrusted(node_id.to_string()))?;
     let current = cert::pem_to_der(info["cert"].as_str().unwrap_or_default())?;
@@ -169,7 +166,7 @@ pub fn apply(
                 }
             }
             _ => {
-                let mut info = json(tx, maps::SERVICE_INFO, "").unwrap_or_default();
+                let mut info = get_json::<Value>(tx, maps::SERVICE_INFO, "").unwrap_or_default();
                 info["cert"] = Value::String(cert::renew_self_signed(&service, validity)?);
                 tx.put(maps::SERVICE_INFO, b"", info.to_string().as_bytes());
             }
@@ -194,7 +191,7 @@ fn due(validity: (i64, i64), now: i64) -> bool {
 /// period from `now`. Returns how many it renewed: the primary runs it from time to time, so certificates never
 /// lapse while the service runs.
 pub fn renew_expiring(tx: &mut Tx, service_key_pem: &str, now: i64) -> Result<usize, RenewalError> {
-    let info = json(tx, maps::SERVICE_INFO, "").unwrap_or_default();
+    let info = get_json::<Value>(tx, maps::SERVICE_INFO, "").unwrap_or_default();
     let period = |field: &str| {
         info[field]
             .as_u64()
@@ -306,7 +303,7 @@ mod tests {
         );
         let now = start + 21 * DAY;
         assert_eq!(renew_expiring(&mut tx, &service.key_pem, now).unwrap(), 1);
-        let pem = json(&mut tx, maps::NODES_INFO, "n1").unwrap()["cert"]
+        let pem = get_json::<Value>(&mut tx, maps::NODES_INFO, "n1").unwrap()["cert"]
             .as_str()
             .unwrap()
             .to_string();
@@ -365,7 +362,10 @@ mod tests {
             serde_json::json!({"actions": [{"name": name, "args": args}]}).to_string()
         };
         let renewed = |tx: &mut Tx, map: &str, key: &str| {
-            let pem = json(tx, map, key).unwrap()["cert"].as_str().unwrap().to_string();
+            let pem = get_json::<Value>(tx, map, key).unwrap()["cert"]
+                .as_str()
+                .unwrap()
+                .to_string();
             cert::validity_of(&cert::pem_to_der(&pem).unwrap()).unwrap()
         };
         assert!(apply(
@@ -433,13 +433,13 @@ mod tests {
         );
         // The renewed node certificate is still endorsed by the renewed service certificate (same key, subject).
         let node = cert::pem_to_der(
-            json(&mut tx, maps::NODES_INFO, "n1").unwrap()["cert"]
+            get_json::<Value>(&mut tx, maps::NODES_INFO, "n1").unwrap()["cert"]
                 .as_str()
                 .unwrap(),
         )
         .unwrap();
         let svc = cert::pem_to_der(
-            json(&mut tx, maps::SERVICE_INFO, "").unwrap()["cert"]
+            get_json::<Value>(&mut tx, maps::SERVICE_INFO, "").unwrap()["cert"]
                 .as_str()
                 .unwrap(),
         )

@@ -27,7 +27,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use base64::Engine as _;
 use raft::eraftpb::{Message, SnapshotMetadata};
 use serde::{Deserialize, Serialize};
 use synod_core::cert::{self, Identity};
@@ -430,6 +429,9 @@ pub struct Node {
     raft_id: u64,
     /// The private recovery of a previous service runs (`crate::recovery::start_private_recovery`).
     private_recovery: AtomicBool,
+    /// Version of the previous-service record whose secrets and identities are installed
+    /// ([`Node::sync_previous_service`]).
+    previous_synced: Mutex<Option<u64>>,
 }
 
 /// Seconds since the epoch (for COSE `iat`).
@@ -569,6 +571,18 @@ pub fn save_identities(paths: &Paths, ids: &Identities) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails if `paths` holds a ledger without a node (Raft state) over it: creating a service there would mix two
+/// histories.
+fn refuse_existing_ledger(paths: &Paths, advice: &str) -> anyhow::Result<()> {
+    if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
+        bail!(
+            "{} holds a ledger but no Raft state: {advice}",
+            paths.dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// The sealer of a node's identities: its first secret, then its schedule.
 fn sealer_of(ids: &Identities) -> Sealer {
     Sealer::with_schedule(&ids.secret, &ids.schedule)
@@ -591,7 +605,7 @@ pub fn save_schedule(paths: &Paths, schedule: &[(u64, LedgerSecret)]) -> anyhow:
         .iter()
         .map(|(from, s)| ScheduledSecret {
             from: *from,
-            secret: base64::engine::general_purpose::STANDARD.encode(s.0),
+            secret: s.to_base64(),
         })
         .collect();
     write_private(&paths.file(SCHEDULE_FILE), &serde_json::to_vec(&entries)?)
@@ -607,11 +621,9 @@ fn load_schedule(paths: &Paths) -> anyhow::Result<Vec<(u64, LedgerSecret)>> {
     entries
         .into_iter()
         .map(|e| {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(&e.secret)?;
-            let secret: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("{}: a secret is not 32 bytes", path.display()))?;
-            Ok((e.from, LedgerSecret(secret)))
+            let secret =
+                LedgerSecret::from_base64(&e.secret).with_context(|| format!("{}", path.display()))?;
+            Ok((e.from, secret))
         })
         .collect()
 }
@@ -827,12 +839,7 @@ impl Node {
                 recovery_threshold,
                 join_token_digest,
             } => {
-                if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
-                    bail!(
-                        "{} holds a ledger but no Raft state: refusing to create a new service over it",
-                        paths.dir.display()
-                    );
-                }
+                refuse_existing_ledger(&paths, "refusing to create a new service over it")?;
                 let service = cert::generate_self_signed_with(cfg.curve, "Synod service", true)?;
                 let (ips, names) = crate::config::certificate_names(&rpc_published);
                 let node = cert::generate_endorsed_with(cfg.curve, &cfg.node_name, &ips, &names, &service)?;
@@ -913,12 +920,7 @@ impl Node {
                 ledger: old,
                 snapshots: old_snapshots,
             } => {
-                if paths.ledger().exists() && std::fs::read_dir(paths.ledger())?.next().is_some() {
-                    bail!(
-                        "{} holds a ledger already: recover into an empty data directory",
-                        paths.dir.display()
-                    );
-                }
+                refuse_existing_ledger(&paths, "recover into an empty data directory")?;
                 let recovered = crate::recovery::recover_public(&old, old_snapshots.as_deref())
                     .context("recovering the public ledger")?;
                 tracing::info!(
@@ -947,7 +949,6 @@ impl Node {
                 // The snapshot the copied ledger continues: for the audit, and for the private replay (its private
                 // values open once the members recover the secret). Not a committed name: never served or used to
                 // restart from.
-                std::fs::create_dir_all(paths.snapshots())?;
                 let ledger_base = match &recovered.base_snapshot {
                     Some((seqno, bytes)) => {
                         write_private(&paths.snapshots().join(snapshot::file_name(*seqno, None)), bytes)?;
@@ -970,7 +971,6 @@ impl Node {
                     &sealer,
                 )?;
                 let seqno = recovered.last.seqno;
-                std::fs::create_dir_all(paths.snapshots())?;
                 write_private(&paths.snapshots().join(snapshot::file_name(seqno, None)), &bytes)?;
                 write_atomically(&paths.file(RECOVERED_FROM), seqno.to_string().as_bytes())?;
                 let decoded = snapshot::decode(&bytes, &sealer).context("decoding the recovery snapshot")?;
@@ -1184,6 +1184,7 @@ impl Node {
             node_id: core.node_id().to_string(),
             raft_id: self_id,
             private_recovery: AtomicBool::new(false),
+            previous_synced: Mutex::new(None),
         });
 
         let (apply_tx, apply_rx) = mpsc::sync_channel::<ApplyJob>(APPLY_BATCHES_MAX);
@@ -1302,15 +1303,21 @@ impl Node {
         Some(mine)
     }
 
-    /// The service certificate as the state records it now (governance may have renewed it since this node
-    /// started).
-    pub fn current_service_cert(&self) -> String {
+    /// `public:ccf.gov.service.info` as the state records it now (null before genesis).
+    pub fn service_info(&self) -> serde_json::Value {
         self.view()
             .state
             .get(maps::SERVICE_INFO, b"")
-            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-            .and_then(|v| v["cert"].as_str().map(str::to_string))
-            .unwrap_or_else(|| self.service_cert_pem.clone())
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// The service certificate as the state records it now (governance may have renewed it since this node
+    /// started).
+    pub fn current_service_cert(&self) -> String {
+        self.service_info()["cert"]
+            .as_str()
+            .map_or_else(|| self.service_cert_pem.clone(), str::to_string)
     }
 
     /// This node was started with `synod-node recover`: it holds the previous service's ledger files.
@@ -1328,27 +1335,27 @@ impl Node {
         self.private_recovery.store(false, Ordering::Release);
     }
 
-    /// A sealer for any seqno of the ledger: the current secret, and for a recovered service the previous
-    /// services' secrets as far as they are recovered.
-    pub fn history_sealer(&self) -> Sealer {
+    /// For a recovered service, before reading the ledger's history: the previous services' seqnos open with their
+    /// recovered secrets (in the sealer's shared schedule, so the ledger reader sees them too), and receipts rebuilt
+    /// from the ledger verify their signatures. Redone only when the record of the previous service changes (when
+    /// its secrets are recovered), not on every read.
+    pub fn sync_previous_service(&self) {
         let state = self.view().state.clone();
-        if crate::recovery::previous_service(&state).is_none() {
-            return self.sealer.clone();
+        let version = state.entry(maps::PREVIOUS_SERVICE, b"").map(|e| e.version);
+        let mut synced = self.previous_synced.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced == version {
+            return;
         }
-        crate::recovery::history_sealer(&state, &self.sealer)
-    }
-
-    /// Lets receipts rebuilt from the ledger verify signatures of the previous service identity, if any.
-    pub fn refresh_previous_identities(&self) {
-        let state = self.view().state.clone();
-        let chain = crate::recovery::previous_service(&state)
-            .map(|p| p.chain())
-            .unwrap_or_default();
-        let previous = chain
-            .into_iter()
-            .filter_map(|(pem, endorsements)| Some((cert::pem_to_der(&pem).ok()?, endorsements)))
-            .collect();
-        self.historical.set_previous_identities(previous);
+        if let Some(previous) = crate::recovery::previous_service(&state) {
+            crate::recovery::install_past_secrets(&state, &self.sealer);
+            let identities = previous
+                .chain()
+                .into_iter()
+                .filter_map(|(pem, endorsements)| Some((cert::pem_to_der(&pem).ok()?, endorsements)))
+                .collect();
+            self.historical.set_previous_identities(identities);
+        }
+        *synced = version;
     }
 
     /// The node's snapshot directory.

@@ -193,7 +193,6 @@ struct PreviousService {
 /// ledger whose endorsement of the previous identity verifies against an identity already in the chain (the given
 /// one first). Each previous identity is trusted for the seqnos up to the previous service's last one.
 fn identity_chain(chunks: &[(ledger::ChunkName, PathBuf)], service_der: &[u8]) -> Vec<(Vec<u8>, u64)> {
-    let marker = crate::maps::PREVIOUS_SERVICE.as_bytes();
     let mut records = Vec::new();
     for (_, path) in chunks {
         let Ok(bytes) = std::fs::read(path) else {
@@ -203,7 +202,7 @@ fn identity_chain(chunks: &[(ledger::ChunkName, PathBuf)], service_der: &[u8]) -
             let Ok(tx) = frame.entry.decode_transaction() else {
                 continue;
             };
-            if !tx.public_writes.windows(marker.len()).any(|w| w == marker) {
+            if !tx.may_write_public(crate::maps::PREVIOUS_SERVICE) {
                 continue;
             }
             let Ok(public) = tx.public_write_set() else {
@@ -367,9 +366,7 @@ pub fn audit_ledger_observed(
                 }
                 KIND_TX => {
                     if let Some(b) = base.as_mut().filter(|b| b.evidence.is_none()) {
-                        let evidence = SnapshotEvidence::recorded_in(&public)
-                            .and_then(|v| serde_json::from_slice::<SnapshotEvidence>(v).ok());
-                        if let Some(ev) = evidence.filter(|ev| ev.seqno == b.seqno) {
+                        if let Some(ev) = SnapshotEvidence::for_snapshot(&public, b.seqno) {
                             if ev.digest != hex::encode(b.digest) {
                                 return Err(fail(format!(
                                     "the ledger's evidence for snapshot {} names another digest",

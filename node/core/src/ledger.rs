@@ -92,6 +92,12 @@ impl Transaction {
         TxId::new(self.view, self.seqno)
     }
 
+    /// Whether the public writes may touch `map` (its name appears in them): a cheap test before decoding them,
+    /// for the few maps that are looked for in every entry.
+    pub fn may_write_public(&self, map: &str) -> bool {
+        memchr::memmem::find(&self.public_writes, map.as_bytes()).is_some()
+    }
+
     /// Decodes the public write set.
     pub fn public_write_set(&self) -> Result<WriteSet, LedgerError> {
         <WriteSet as prost::Message>::decode(self.public_writes.as_slice())

@@ -105,6 +105,14 @@ pub struct SnapshotEvidence {
 }
 
 impl SnapshotEvidence {
+    /// The evidence a transaction's public writes record for the snapshot at `seqno`, if they record one.
+    pub fn for_snapshot(public: &WriteSet, seqno: u64) -> Option<SnapshotEvidence> {
+        let raw = SnapshotEvidence::recorded_in(public)?;
+        serde_json::from_slice::<SnapshotEvidence>(raw)
+            .ok()
+            .filter(|ev| ev.seqno == seqno)
+    }
+
     /// The raw evidence a transaction's public writes record, if it records one.
     pub fn recorded_in(public: &WriteSet) -> Option<&[u8]> {
         public

@@ -51,6 +51,9 @@ pub enum SealError {
     /// The secret's file has the wrong size.
     #[error("{0} does not hold a 32-byte ledger secret")]
     BadSecret(String),
+    /// Text that is not a base64 32-byte secret.
+    #[error("not a base64 32-byte ledger secret")]
+    BadEncoding,
     /// The seqno belongs to a previous service whose ledger secret is not recovered (yet).
     #[error("seqno {0} was written by the previous service, whose ledger secret is not recovered")]
     NoSecret(u64),
@@ -105,6 +108,20 @@ impl LedgerSecret {
 }
 
 impl LedgerSecret {
+    /// The secret in base64 (how the join answer and the node's schedule file carry it).
+    pub fn to_base64(&self) -> String {
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, self.0)
+    }
+
+    /// Reads what [`LedgerSecret::to_base64`] wrote.
+    pub fn from_base64(text: &str) -> Result<LedgerSecret, SealError> {
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text)
+            .map_err(|_| SealError::BadEncoding)?;
+        Ok(LedgerSecret(
+            bytes.try_into().map_err(|_| SealError::BadEncoding)?,
+        ))
+    }
+
     /// A 32-byte key for `label`, independent of every other label's and of the keys [`Sealer`] uses.
     pub fn derive_key(&self, label: &[u8]) -> [u8; 32] {
         derive(self, label)
@@ -513,6 +530,15 @@ mod tests {
             sealer.commit_evidence(TxId::new(1, 11)),
             Sealer::new(&first).commit_evidence(TxId::new(1, 11))
         );
+        // Carried as base64 (join answers, the schedule file); anything else is refused.
+        assert_eq!(
+            LedgerSecret::from_base64(&first.to_base64()).expect("decode").0,
+            first.0
+        );
+        assert!(matches!(
+            LedgerSecret::from_base64("AAAA"),
+            Err(SealError::BadEncoding)
+        ));
         // At rest, the node's first secret, whatever the schedule.
         let rekeyed = Sealer::with_schedule(&first, &[(1, first.clone()), (5, second)]);
         let stored = rekeyed.seal_at_rest("m", b"k", b"v").expect("seal");

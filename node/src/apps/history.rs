@@ -53,12 +53,8 @@ const FEED_POLL_MS: u64 = 20;
 
 /// The node's ledger reader.
 pub fn reader(node: &Node) -> &LedgerReader {
-    let reader = node.historical.reader(node.sealer());
-    if node.holds_recovered_ledger() {
-        // The previous service's secrets may have been recovered since the last read.
-        reader.set_sealer(node.history_sealer());
-    }
-    reader
+    node.sync_previous_service();
+    node.historical.reader(node.sealer())
 }
 
 /// The answer to a failed read of the files.

@@ -133,7 +133,8 @@ fn threshold_shares_recover_the_secret_and_open_every_old_entry() {
     // An old entry opens with the history sealer, and its commit evidence is the one the old service made.
     let t = TxId::new(2, 50);
     let sealed = Sealer::new(&old).seal(t, b"old private").expect("seal");
-    let sealer = history_sealer(&state, &recovered);
+    install_past_secrets(&state, &recovered);
+    let sealer = recovered;
     assert_eq!(sealer.unseal(t, &sealed).expect("unseal"), b"old private");
     assert_eq!(
         sealer.commit_evidence_at(t).expect("evidence"),
@@ -187,7 +188,8 @@ fn a_second_recovery_walks_the_chain_back_to_the_first_secret() {
         Submitted::Recovered
     );
     let state = commit(tx, 302);
-    let sealer = history_sealer(&state, &Sealer::with_schedule(&third, &[(301, third.clone())]));
+    let sealer = Sealer::with_schedule(&third, &[(301, third.clone())]);
+    install_past_secrets(&state, &sealer);
     for (secret, seqno) in [(&first, 40), (&second, 200)] {
         let t = TxId::new(1, seqno);
         let sealed = Sealer::new(secret).seal(t, b"x").expect("seal");

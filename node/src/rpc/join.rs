@@ -44,14 +44,7 @@ fn core_error(e: CoreError) -> ApiError {
 fn endorse(app: &AppState, der: &[u8], name: &str, rpc: &str) -> Result<String, ApiError> {
     let (ips, names) = crate::config::certificate_names(rpc);
     // Under the lifetime governance set for every node (set_all_nodes_certificate_validity), if any.
-    let info = app
-        .node
-        .view()
-        .state
-        .get(maps::SERVICE_INFO, b"")
-        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-        .unwrap_or_default();
-    let validity = crate::renewal::joiner_validity(&info, now_secs().max(0) as u64);
+    let validity = crate::renewal::joiner_validity(&app.node.service_info(), now_secs().max(0) as u64);
     cert::endorse_public_key_with(der, name, &ips, &names, &app.node.service, validity)
         .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))
 }
@@ -373,7 +366,6 @@ async fn join(
             url: format!("https://{}", app.node.rpc_published),
         });
     let schedule = app.node.sealer().schedule();
-    let b64 = |s: &synod_kv::seal::LedgerSecret| base64::engine::general_purpose::STANDARD.encode(s.0);
     let (_, latest) = app.node.sealer().latest();
     let answer = JoinResponse {
         node_id,
@@ -381,8 +373,8 @@ async fn join(
         endorsed_certificate: info["cert"].as_str().unwrap_or_default().to_string(),
         service_certificate: app.node.current_service_cert(),
         service_key: app.node.service.key_pem.clone(),
-        ledger_secret: b64(&latest),
-        ledger_secrets: schedule.iter().map(|(from, s)| (*from, b64(s))).collect(),
+        ledger_secret: latest.to_base64(),
+        ledger_secrets: schedule.iter().map(|(from, s)| (*from, s.to_base64())).collect(),
         nodes,
         snapshot,
     };

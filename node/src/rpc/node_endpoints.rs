@@ -15,7 +15,8 @@ use super::{extract, ApiError, AppState, Peer};
 use crate::consensus::raft_id;
 use crate::core::ReceiptUnavailable;
 use crate::historical::HistoricalError;
-use synod_core::receipt::JsonReceipt;
+use synod_core::merkle::ProofStep;
+use synod_core::receipt::{JsonReceipt, LeafComponents};
 use synod_core::txid::TxId;
 
 /// The `/node/*` and `/app/receipt` routes.
@@ -400,29 +401,23 @@ const HISTORICAL_RETRY_S: u32 = 1;
 /// The receipt of a committed transaction: from the core's memory, or, for a transaction whose history was
 /// flushed, rebuilt from the ledger files (synchronously, within the bounds of [`crate::historical`]).
 pub async fn receipt_of(app: &AppState, tx: TxId, cose: bool) -> Result<Receipt, ApiError> {
-    let (answer, commit_evidence) = app
+    let answer = app
         .node
         .ask_async(move |core| {
-            let answer = if cose {
+            if cose {
                 core.cose_receipt(tx).map(Receipt::Cose)
             } else {
                 core.json_receipt(tx).map(Receipt::Json)
-            };
-            (answer, core.commit_evidence(tx))
+            }
         })
         .await?;
     match answer {
-        Err(ReceiptUnavailable::Flushed(_)) => historical_receipt(app, tx, cose, commit_evidence).await,
+        Err(ReceiptUnavailable::Flushed(_)) => historical_receipt(app, tx, cose).await,
         other => other.map_err(|e| receipt_error(tx, e)),
     }
 }
 
-async fn historical_receipt(
-    app: &AppState,
-    tx: TxId,
-    cose: bool,
-    _current_evidence: String,
-) -> Result<Receipt, ApiError> {
+async fn historical_receipt(app: &AppState, tx: TxId, cose: bool) -> Result<Receipt, ApiError> {
     let node = app.node.clone();
     let commit_evidence = historical_evidence(&node, tx)?;
     let slot = node.historical.reserve().map_err(historical_error)?;
@@ -430,15 +425,41 @@ async fn historical_receipt(
         .await
         .map_err(|e| ApiError::internal(format!("rebuilding a receipt: {e}")))?
         .map_err(historical_error)?;
-    let proof = range
+    rebuilt_receipt(&range, tx, cose, commit_evidence)
+}
+
+/// The proof of `tx` in a signed range rebuilt from the ledger files (`None` for the signature itself).
+fn range_proof(
+    range: &crate::historical::SignedRange,
+    tx: TxId,
+    commit_evidence: String,
+) -> Result<Option<(Vec<ProofStep>, LeafComponents)>, ApiError> {
+    Ok(range
         .proof(tx.seqno)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let proof = proof.map(|(path, digest)| (path, crate::core::leaf_components(&digest, commit_evidence)));
-    match (cose, proof) {
-        (false, proof) => Ok(Receipt::Json(with_endorsements(
-            crate::core::json_receipt(&range.sig, proof),
-            &range,
-        ))),
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map(|(path, digest)| (path, crate::core::leaf_components(&digest, commit_evidence))))
+}
+
+/// The JSON receipt a rebuilt range gives, with CCF's `service_endorsements` when a previous identity signed it.
+fn range_json_receipt(
+    range: &crate::historical::SignedRange,
+    proof: Option<(Vec<ProofStep>, LeafComponents)>,
+) -> JsonReceipt {
+    JsonReceipt {
+        service_endorsements: (!range.endorsements.is_empty()).then(|| range.endorsements.clone()),
+        ..crate::core::json_receipt(&range.sig, proof)
+    }
+}
+
+/// The receipt of `tx` from the signed range rebuilt from the ledger files that proves it.
+fn rebuilt_receipt(
+    range: &crate::historical::SignedRange,
+    tx: TxId,
+    cose: bool,
+    commit_evidence: String,
+) -> Result<Receipt, ApiError> {
+    match (cose, range_proof(range, tx, commit_evidence)?) {
+        (false, proof) => Ok(Receipt::Json(range_json_receipt(range, proof))),
         (true, Some((path, leaf))) => crate::core::cose_receipt(&range.sig, &path, &leaf)
             .map(Receipt::Cose)
             .map_err(|e| receipt_error(tx, e)),
@@ -447,20 +468,12 @@ async fn historical_receipt(
 }
 
 /// The commit evidence of a transaction whose history was flushed: with the secret of its seqno (it may be a
-/// previous service's, recovered or not yet). Also tells the receipt builder which previous identities signed.
+/// previous service's, recovered or not yet). Also lets the receipt builder verify previous identities' signatures.
 fn historical_evidence(node: &crate::service::Node, tx: TxId) -> Result<String, ApiError> {
-    node.refresh_previous_identities();
-    node.history_sealer()
+    node.sync_previous_service();
+    node.sealer()
         .commit_evidence_at(tx)
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "ReceiptUnavailable", e.to_string()))
-}
-
-/// CCF's `service_endorsements` for a range a previous identity signed.
-fn with_endorsements(receipt: JsonReceipt, range: &crate::historical::SignedRange) -> JsonReceipt {
-    JsonReceipt {
-        service_endorsements: (!range.endorsements.is_empty()).then(|| range.endorsements.clone()),
-        ..receipt
-    }
 }
 
 /// CCF's `GET /node/service/previous_identity`, with this identity's endorsement of it: a receipt the previous
@@ -508,13 +521,9 @@ pub fn json_receipt_blocking(node: &crate::service::Node, tx: TxId) -> Result<Js
                 .historical
                 .range_for(tx.seqno, &slot)
                 .map_err(historical_error)?;
-            let proof = range
-                .proof(tx.seqno)
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map(|(path, digest)| (path, crate::core::leaf_components(&digest, commit_evidence)));
-            Ok(with_endorsements(
-                crate::core::json_receipt(&range.sig, proof),
+            Ok(range_json_receipt(
                 &range,
+                range_proof(&range, tx, commit_evidence)?,
             ))
         }
         other => other.map_err(|e| receipt_error(tx, e)),
