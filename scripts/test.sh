@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh --test
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
+# The dependency graph docs/ARCHITECTURE.md writes down: crates, module layers, no cycles.
+python3 scripts/check-deps.py
 # The Kubernetes manifests and pod scripts, offline (docs/KUBERNETES.md).
 ./scripts/check-deploy.sh
 cargo clippy --workspace --all-targets -- -D warnings

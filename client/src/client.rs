@@ -255,20 +255,6 @@ fn tls_config(service_cert_pem: &str, identity: Option<(&str, &str)>) -> Result<
     Ok(config)
 }
 
-pub(crate) fn check_url(url: &str) -> Result<String> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| Error::Config(format!("invalid node URL {url:?}: {e}")))?;
-    if parsed.scheme() != "https" {
-        return Err(Error::Config(format!("node URL {url:?} is not https://")));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(Error::Config(format!(
-            "node URL {url:?} must not have a query or fragment"
-        )));
-    }
-    Ok(url.trim_end_matches('/').to_string())
-}
-
 /// An error and all its causes, looking inside `io::Error`s too: their `source()` skips the error they wrap, and
 /// connectors wrap TLS errors in `io::Error`s, sometimes twice.
 fn causes<'a>(e: &'a (dyn std::error::Error + 'static)) -> Vec<&'a (dyn std::error::Error + 'static)> {
@@ -379,7 +365,7 @@ impl Client {
     ) -> Result<Client> {
         let urls = urls
             .iter()
-            .map(|u| check_url(u.as_ref()))
+            .map(|u| crate::network::check_url(u.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         if urls.is_empty() {
             return Err(Error::Config("no node URL given".into()));

@@ -72,7 +72,7 @@ mod tests {
         let (record, cose_sig) = parse_signature_write_set(&tx.public_write_set().unwrap()).unwrap();
         let path = sample.tree.path(0, sig.tx_id.seqno - 1).unwrap();
         let leaf = &sample.leaves[0];
-        let cose = synod_core::cose::build_receipt(&cose_sig, leaf, &path).unwrap();
+        let cose = synod_core::receipt::cose::build_receipt(&cose_sig, leaf, &path).unwrap();
         let json = JsonReceipt {
             cert: record.cert.clone(),
             is_signature_transaction: false,

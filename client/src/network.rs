@@ -106,8 +106,7 @@ impl Network {
             return Err(Error::Config("the network lists no nodes".into()));
         }
         for node in &net.nodes {
-            crate::client::check_url(&node.url)
-                .map_err(|e| Error::Config(format!("node {:?}: {e}", node.name)))?;
+            check_url(&node.url).map_err(|e| Error::Config(format!("node {:?}: {e}", node.name)))?;
         }
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() && !p.as_os_str().is_empty() {
@@ -179,6 +178,21 @@ impl NamedIdentity {
     pub fn read_pems(&self) -> Result<(String, String)> {
         Ok((read_text(&self.cert)?, read_text(&self.key)?))
     }
+}
+
+/// A node URL as the client uses it: `https://`, no query or fragment, no trailing slash.
+pub(crate) fn check_url(url: &str) -> Result<String> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| Error::Config(format!("invalid node URL {url:?}: {e}")))?;
+    if parsed.scheme() != "https" {
+        return Err(Error::Config(format!("node URL {url:?} is not https://")));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(Error::Config(format!(
+            "node URL {url:?} must not have a query or fragment"
+        )));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]

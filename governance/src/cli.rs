@@ -17,7 +17,7 @@ use synod_client::cli::{read, NetworkArgs};
 use synod_client::{Client, KeyFiles, Network};
 
 use crate::client::{self as gov, GovClient, ProposalInfo};
-use crate::cose::{self, KeyKind, MemberKey, MsgType};
+use crate::envelope::{self, KeyKind, MemberKey, MsgType};
 
 pub use synod_client::cli::DEFAULT_NETWORK;
 
@@ -340,7 +340,7 @@ pub fn proposal_payload(args: &ProposeArgs) -> anyhow::Result<Vec<u8>> {
 /// Generates a member identity into `out_dir/<name>_cert.pem` and `out_dir/<name>_privk.pem` (mode 0600),
 /// refusing to overwrite either file.
 pub fn keygen(name: &str, kind: KeyKind, out_dir: &Path) -> anyhow::Result<KeyFiles> {
-    synod_client::keygen_with(name, out_dir, |name| Ok(cose::generate_member(name, kind)?))
+    synod_client::keygen_with(name, out_dir, |name| Ok(envelope::generate_member(name, kind)?))
 }
 
 fn field(value: &Value, names: &[&str]) -> String {
@@ -619,7 +619,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 None => Vec::new(),
             };
             let created_at = args.created_at.unwrap_or_else(gov::now_secs);
-            let bytes = cose::sign(
+            let bytes = envelope::sign(
                 &key,
                 &der,
                 args.msg_type,
@@ -632,7 +632,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             if cli.json {
                 print_json(
                     out,
-                    &json!({"out": args.out, "bytes": bytes.len(), "member_id": cose::member_id(&der)}),
+                    &json!({"out": args.out, "bytes": bytes.len(), "member_id": envelope::member_id(&der)}),
                 )
             } else {
                 println(
@@ -642,7 +642,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                         args.out.display(),
                         bytes.len(),
                         args.msg_type,
-                        cose::member_id(&der)
+                        envelope::member_id(&der)
                     ),
                 )
             }
@@ -650,7 +650,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Verify { file, cert } => {
             let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             let cert_pem = read(cert, "member certificate")?;
-            let request = cose::verify_pem(&bytes, &cert_pem)
+            let request = envelope::verify_pem(&bytes, &cert_pem)
                 .with_context(|| format!("{} does not verify", file.display()))?;
             let doc = json!({
                 "valid": true,
@@ -948,7 +948,7 @@ mod tests {
             s,
         ];
         run(parse(&args).unwrap(), &mut Vec::new()).await.unwrap();
-        let request = cose::verify_pem(&std::fs::read(&signed).unwrap(), &cert_pem).unwrap();
+        let request = envelope::verify_pem(&std::fs::read(&signed).unwrap(), &cert_pem).unwrap();
         assert_eq!(request.created_at, 1_700_000_000);
         assert_eq!(request.proposal_id.as_deref(), Some("p1"));
         let mut out = Vec::new();

@@ -1,5 +1,5 @@
 //! A member's client of the governance API (CCF's `/gov/*`, api-version 2024-07-01): every write is a COSE_Sign1
-//! signed with the member's key ([`crate::cose`]), POSTed as `application/cose`; reads are plain GETs. TLS client
+//! signed with the member's key ([`crate::envelope`]), POSTed as `application/cose`; reads are plain GETs. TLS client
 //! authentication is not used: the signature authenticates the member.
 //!
 //! ```no_run
@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 use synod_client::{Body, Client, Method, Network, Response, StatusCode};
 
-use crate::cose::{self, GovError, MemberKey, MsgType};
+use crate::envelope::{self, EnvelopeError, MemberKey, MsgType};
 
 /// The api-version every request is sent with.
 pub const API_VERSION: &str = "2024-07-01";
@@ -50,7 +50,7 @@ pub enum ClientError {
     Http(#[from] synod_client::Error),
     /// The member's key or certificate is unusable, or the request could not be signed.
     #[error(transparent)]
-    Cose(#[from] GovError),
+    Cose(#[from] EnvelopeError),
     /// A successful answer that is not what the API promises.
     #[error("unexpected answer to {what}: {message}")]
     Unexpected {
@@ -232,16 +232,16 @@ impl GovClient {
     /// Fails if the key is not the certificate's, or is neither Ed25519 nor P-384.
     pub fn new(client: Client, cert_pem: &str, key_pem: &str) -> Result<GovClient> {
         let cert_der = synod_core::cert::pem_to_der(cert_pem)
-            .map_err(|e| GovError::InvalidCertificate(e.to_string()))?;
+            .map_err(|e| EnvelopeError::InvalidCertificate(e.to_string()))?;
         let key = MemberKey::from_pem(key_pem)?;
         Self::with_key(client, cert_pem, &cert_der, key)
     }
 
     /// A client for a member whose key is already parsed.
     pub fn with_key(client: Client, cert_pem: &str, cert_der: &[u8], key: MemberKey) -> Result<GovClient> {
-        let member_id = cose::member_id(cert_der);
+        let member_id = envelope::member_id(cert_der);
         if !key.matches_cert(cert_der)? {
-            return Err(GovError::KeyCertMismatch { member_id }.into());
+            return Err(EnvelopeError::KeyCertMismatch { member_id }.into());
         }
         Ok(GovClient {
             client,
@@ -310,7 +310,7 @@ impl GovClient {
         proposal_id: Option<&str>,
         payload: &[u8],
     ) -> Result<Vec<u8>> {
-        Ok(cose::sign(
+        Ok(envelope::sign(
             &self.key,
             &self.cert_der,
             msg_type,
@@ -324,7 +324,7 @@ impl GovClient {
     /// whatever its status: for tests that check how a node refuses a request.
     pub async fn post_signed(&self, path: &str, cose_bytes: Vec<u8>) -> Result<Response> {
         let body = Body::Bytes {
-            content_type: Some(cose::CONTENT_TYPE.into()),
+            content_type: Some(envelope::CONTENT_TYPE.into()),
             bytes: cose_bytes,
         };
         Ok(self
@@ -694,18 +694,18 @@ mod tests {
     fn refuses_a_key_that_is_not_the_certificates() {
         let service = synod_core::cert::generate_self_signed("service", true).unwrap();
         let client = Client::new("https://127.0.0.1:1", &service.cert_pem, None).unwrap();
-        let a = cose::generate_member("a", cose::KeyKind::P384).unwrap();
-        let b = cose::generate_member("b", cose::KeyKind::P384).unwrap();
+        let a = envelope::generate_member("a", envelope::KeyKind::P384).unwrap();
+        let b = envelope::generate_member("b", envelope::KeyKind::P384).unwrap();
         let gov = GovClient::new(client.clone(), &a.cert_pem, &a.key_pem).unwrap();
         assert_eq!(
             gov.member_id(),
-            cose::member_id(&synod_core::cert::pem_to_der(&a.cert_pem).unwrap())
+            envelope::member_id(&synod_core::cert::pem_to_der(&a.cert_pem).unwrap())
         );
         let request = gov.sign(MsgType::Proposal, None, b"{}").unwrap();
-        cose::verify_pem(&request, &a.cert_pem).unwrap();
+        envelope::verify_pem(&request, &a.cert_pem).unwrap();
         let err = GovClient::new(client, &a.cert_pem, &b.key_pem).unwrap_err();
         assert!(
-            matches!(err, ClientError::Cose(GovError::KeyCertMismatch { .. })),
+            matches!(err, ClientError::Cose(EnvelopeError::KeyCertMismatch { .. })),
             "{err:?}"
         );
     }

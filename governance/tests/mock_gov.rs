@@ -1,5 +1,5 @@
 //! `GovClient` and the `synod-gov` CLI against a mock node that serves CCF's governance API over HTTPS (a node
-//! certificate endorsed by a service certificate). The mock authenticates every write with `cose::verify` the way
+//! certificate endorsed by a service certificate). The mock authenticates every write with `envelope::verify` the way
 //! a node must (kid → member certificate, message type, proposal id of the path, replayed signatures), and decides
 //! proposals by a majority of the constant ballots, so paths, api-version, content type, signatures, typed answers,
 //! error mapping and the CLI's output are exercised without a real node.
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use synod_client::Client;
 use synod_core::cert::{self, Identity};
 use synod_governance::client::{BALLOT_ACCEPT, BALLOT_REJECT};
-use synod_governance::cose::{self, GovError, KeyKind, MsgType};
+use synod_governance::envelope::{self, EnvelopeError, KeyKind, MsgType};
 use synod_governance::{GovClient, ProposalState};
 
 struct Proposal {
@@ -54,7 +54,7 @@ fn error(status: u16, code: &str, message: &str) -> HttpResponse<Full<Bytes>> {
     answer(status, json!({"error": {"code": code, "message": message}}))
 }
 
-fn gov_error(e: &GovError) -> HttpResponse<Full<Bytes>> {
+fn gov_error(e: &EnvelopeError) -> HttpResponse<Full<Bytes>> {
     let code = if e.is_authentication_failure() {
         "InvalidAuthenticationInfo"
     } else {
@@ -79,9 +79,9 @@ fn authenticate(
     body: &[u8],
     msg_type: MsgType,
     proposal_id: Option<&str>,
-) -> Result<cose::GovRequest, Box<Answer>> {
-    let reject = |e: GovError| Box::new(gov_error(&e));
-    let parsed = cose::parse(body).map_err(reject)?;
+) -> Result<envelope::GovRequest, Box<Answer>> {
+    let reject = |e: EnvelopeError| Box::new(gov_error(&e));
+    let parsed = envelope::parse(body).map_err(reject)?;
     let Some((der, _)) = gov.members.get(&parsed.kid) else {
         return Err(Box::new(error(
             401,
@@ -89,7 +89,7 @@ fn authenticate(
             "unknown member",
         )));
     };
-    let request = cose::verify(body, der).map_err(reject)?;
+    let request = envelope::verify(body, der).map_err(reject)?;
     request.expect(msg_type, proposal_id).map_err(reject)?;
     if !gov.seen_signatures.insert(request.signature_digest()) {
         return Err(Box::new(error(
@@ -342,9 +342,9 @@ struct Member {
 impl Mock {
     /// Registers a member (Active, or Accepted until it acks).
     fn add_member(&self, name: &str, kind: KeyKind, active: bool) -> Member {
-        let identity = cose::generate_member(name, kind).unwrap();
+        let identity = envelope::generate_member(name, kind).unwrap();
         let der = cert::pem_to_der(&identity.cert_pem).unwrap();
-        let id = cose::member_id(&der);
+        let id = envelope::member_id(&der);
         let status = if active { "Active" } else { "Accepted" };
         self.gov
             .lock()
@@ -493,7 +493,7 @@ async fn replays_strangers_and_new_members() {
         .contains("proposal id mismatch"));
 
     // Someone who is not a member.
-    let stranger = cose::generate_member("stranger", KeyKind::P384).unwrap();
+    let stranger = envelope::generate_member("stranger", KeyKind::P384).unwrap();
     let client = Client::new(&mock.url, &mock.service.cert_pem, None).unwrap();
     let gs = GovClient::new(client, &stranger.cert_pem, &stranger.key_pem).unwrap();
     let err = gs.propose(&json!({"actions": []})).await.unwrap_err();
@@ -534,7 +534,7 @@ async fn the_cli_against_a_network_json() {
         run_cli(&args).await.unwrap();
         let der =
             cert::pem_to_der(&std::fs::read_to_string(d.join(format!("{name}_cert.pem"))).unwrap()).unwrap();
-        let id = cose::member_id(&der);
+        let id = envelope::member_id(&der);
         mock.gov
             .lock()
             .unwrap()

@@ -683,7 +683,7 @@ pub async fn serve(
     connections_max: usize,
 ) {
     let acceptor = TlsAcceptor::from(config);
-    let slots = crate::rpc::limits::Slots::new(connections_max);
+    let slots = crate::limits::Slots::new(connections_max);
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,

@@ -29,9 +29,9 @@ use synod_core::merkle::{MerkleTree, ProofStep};
 use synod_core::txid::TxId;
 use synod_kv::seal::Sealer;
 
-use crate::core::SigInfo;
-use crate::ledger_reader::LedgerReader;
-use crate::rpc::limits::{Slot, Slots};
+use crate::consensus::machine::SigInfo;
+use crate::ledger_files::reader::LedgerReader;
+use crate::limits::{Slot, Slots};
 
 /// Signed ranges kept in memory.
 pub const RANGES_CACHED: usize = 32;

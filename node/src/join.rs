@@ -22,9 +22,25 @@ use synod_kv::seal::LedgerSecret;
 use crate::attestation::{Platform, QuoteInfo};
 use crate::channels::PeerInfo;
 use crate::config::JoinConfig;
-use crate::rpc::forward::node_client;
 use crate::service::Identities;
-use crate::snapshot::{self, SnapshotEvidence};
+use crate::snapshot_codec::{self, SnapshotEvidence};
+
+/// How long a joiner waits for each answer of the service (its snapshot download streams within it).
+const JOIN_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+/// An HTTPS client that authenticates as this node and trusts only the service identity.
+fn node_client(
+    node_cert_pem: &str,
+    node_key_pem: &str,
+    service_cert_pem: &str,
+) -> anyhow::Result<reqwest::Client> {
+    let tls = crate::channels::node_client_config(node_cert_pem, node_key_pem, service_cert_pem)?;
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(std::time::Duration::from_millis(JOIN_REQUEST_TIMEOUT_MS))
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build()?)
+}
 
 /// `POST /node/join` body.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -189,7 +205,7 @@ pub fn verify_snapshot(
         evidence.seqno
     );
     ensure!(
-        evidence.digest == hex::encode(snapshot::digest(bytes)),
+        evidence.digest == hex::encode(snapshot_codec::digest(bytes)),
         "the snapshot's digest differs from its committed evidence"
     );
     Ok(())
@@ -234,7 +250,7 @@ async fn fetch_snapshot(
     let r = get_ok(http, &url, "the snapshot's proof").await?;
     let answer: SnapshotResponse = r.json().await.context("snapshot answer")?;
     ensure!(
-        snapshot::parse_committed_name(&answer.name) == Some((answer.seqno, answer.evidence_seqno)),
+        snapshot_codec::parse_committed_name(&answer.name) == Some((answer.seqno, answer.evidence_seqno)),
         "the snapshot is named {:?}",
         answer.name
     );

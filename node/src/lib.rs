@@ -2,30 +2,28 @@
 //! Synod's replica. One binary, `synod-node`, runs it: see docs/API.md for its command line and endpoints and
 //! docs/ARCHITECTURE.md for how a write becomes a replicated, committed, signed ledger entry.
 //!
-//! Modules, pure first: [`core`] (Raft glue, Merkle history, signatures, commit), [`consensus`] (Raft log and
-//! entry mapping), [`snapshot`] (format), then the I/O shell: [`service`] (threads, start-up, recovery),
-//! [`ledger`] (chunk files), [`channels`] (node-to-node TLS), [`join`], [`rpc`] (HTTPS) and [`apps`].
+//! Modules by layer, lowest first (docs/ARCHITECTURE.md "Dependency graph", checked in CI): [`config`],
+//! [`limits`], [`metrics`]; [`attestation`], [`snapshot_codec`], [`ledger_files`]; [`js`]; [`governance`] (pure
+//! rules in a transaction); [`consensus`] (the replica's state machine and its owner, pure); [`channels`],
+//! [`historical`], [`simulation`]; [`service`] (the I/O shell: threads, boots, recovery); [`join`]; [`rpc`]
+//! (HTTPS); [`apps`]. This root composes them.
 
 pub mod apps;
 pub mod attestation;
 pub mod channels;
 pub mod config;
 pub mod consensus;
-pub mod core;
-pub mod gov;
+pub mod governance;
 pub mod historical;
 pub mod join;
 pub mod js;
-pub mod ledger;
-pub mod ledger_reader;
+pub mod ledger_files;
+pub mod limits;
 pub mod metrics;
-pub mod recovery;
-pub mod renewal;
-pub mod replica;
 pub mod rpc;
 pub mod service;
 pub mod simulation;
-pub mod snapshot;
+pub mod snapshot_codec;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -158,7 +156,7 @@ async fn serve(
     }
     let tls = rpc::tls_config(&node)?;
     let state = rpc::AppState::new(node.clone())?;
-    let router = rpc::router(state.clone());
+    let router = rpc::router(state.clone(), apps::routes());
     rpc::forward::serve_forwarded(state.clone(), router.clone());
     write_atomically(&cfg.data_dir.join("rpc_address"), addr.to_string().as_bytes())?;
     tracing::info!(node_address = %node.node_address, "listening on https://{addr}");

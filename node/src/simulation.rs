@@ -31,9 +31,9 @@ use synod_kv::seal::{LedgerSecret, Sealer};
 use synod_kv::{State, Tx};
 
 use crate::consensus::log_store::LogStore;
+use crate::consensus::machine::{Core, CoreConfig, CoreError, Genesis, Keys, Restore, SignatureTiming};
+use crate::consensus::replica::{Command, Input, PersistJob, Replica, ReplicaTiming};
 use crate::consensus::{raft_id, RaftTiming};
-use crate::core::{Core, CoreConfig, CoreError, Genesis, Keys, Restore, SignatureTiming};
-use crate::replica::{Command, Input, PersistJob, Replica, ReplicaTiming};
 
 /// The COSE `iat` every simulated signature carries (no wall clock inside a simulation).
 const NOW_SECS: i64 = 1_700_000_000;
@@ -195,7 +195,7 @@ struct Disk {
 impl Disk {
     /// A committed frame reaches the ledger files and the stored state, if it is the next one (what a crash lost
     /// before it is written again at restart, in order).
-    fn sync_frame(&mut self, frame: Vec<u8>, writes: &crate::core::Writes) {
+    fn sync_frame(&mut self, frame: Vec<u8>, writes: &crate::ledger_files::Writes) {
         let seqno = frame_tx(&frame).map_or(0, |t| t.seqno);
         if seqno == self.ledger_last() + 1 {
             self.ledger.push(frame);
@@ -221,7 +221,7 @@ struct SimNode {
     /// Snapshot files being written (lost in a crash): due, seqno, bytes.
     snapshot_writes: Vec<(u64, u64, Vec<u8>)>,
     /// Committed frames applied but not yet synced to the ledger files (lost in a crash).
-    unsynced: Vec<(Vec<u8>, Arc<crate::core::Writes>)>,
+    unsynced: Vec<(Vec<u8>, Arc<crate::ledger_files::Writes>)>,
     next_ledger_sync: u64,
     /// Step at which a crashed node restarts.
     restart_at: u64,
@@ -534,10 +534,12 @@ impl Sim {
         let core = match offer {
             None => Core::joining(keys, self.sealer.clone(), n.cfg, None).map_err(|e| e.to_string())?,
             Some(bytes) => {
-                let decoded = crate::snapshot::decode(&bytes, &self.sealer).map_err(|e| e.to_string())?;
+                let decoded =
+                    crate::snapshot_codec::decode(&bytes, &self.sealer).map_err(|e| e.to_string())?;
                 let seqno = decoded.file.seqno;
-                let meta = crate::snapshot::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
-                    .map_err(|e| e.to_string())?;
+                let meta =
+                    crate::snapshot_codec::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
+                        .map_err(|e| e.to_string())?;
                 let hard_state = HardState {
                     term: meta.term,
                     commit: seqno,
@@ -545,7 +547,7 @@ impl Sim {
                 };
                 install(
                     &mut n.disk,
-                    crate::core::InstalledSnapshot {
+                    crate::consensus::machine::InstalledSnapshot {
                         bytes: bytes.clone(),
                         state: decoded.state.clone(),
                         meta,
@@ -867,7 +869,7 @@ impl Sim {
                 .partition(|w| w.0 <= now);
             n.snapshot_writes = writing;
             for (_, seqno, bytes) in written {
-                let digest = crate::snapshot::digest(&bytes);
+                let digest = crate::snapshot_codec::digest(&bytes);
                 n.disk.snapshots.insert(
                     seqno,
                     SnapshotFile {
@@ -937,7 +939,7 @@ impl Sim {
                             digest,
                         } => Some(match n.disk.snapshots.get_mut(&seqno) {
                             Some(f) if f.evidence.is_none() && !f.received => {
-                                if hex::encode(crate::snapshot::digest(&f.bytes)) != digest {
+                                if hex::encode(crate::snapshot_codec::digest(&f.bytes)) != digest {
                                     problems.push(format!(
                                         "snapshot files differ: node {i}'s snapshot {seqno} is not the one the primary's evidence records"
                                     ));
@@ -1054,8 +1056,10 @@ impl Sim {
             Ok(outcome) => {
                 self.acked.entry(outcome.tx_id()).or_default();
             }
-            Err(crate::core::CoreError::NotPrimary | crate::core::CoreError::Busy) => {}
-            Err(crate::core::CoreError::Conflict(_)) => {}
+            Err(
+                crate::consensus::machine::CoreError::NotPrimary | crate::consensus::machine::CoreError::Busy,
+            ) => {}
+            Err(crate::consensus::machine::CoreError::Conflict(_)) => {}
             Err(e) => return Err(format!("commit_tx: {e}")),
         }
         Ok(())
@@ -1416,7 +1420,7 @@ fn persist(disk: &mut Disk, w: &PersistJob) {
 
 /// Installs a snapshot from the primary on the simulated disk: the file, the Raft log reset to start after it, the
 /// ledger restarted after it and the stored state replaced (the node's store thread and applier).
-fn install(disk: &mut Disk, snapshot: crate::core::InstalledSnapshot, hard_state: HardState) {
+fn install(disk: &mut Disk, snapshot: crate::consensus::machine::InstalledSnapshot, hard_state: HardState) {
     let seqno = snapshot.meta.index;
     disk.snapshots.entry(seqno).or_insert(SnapshotFile {
         bytes: snapshot.bytes,

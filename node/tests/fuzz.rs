@@ -99,7 +99,7 @@ fn mutated_snapshots_never_panic_the_decoder() {
         ..Default::default()
     };
     let frontier = [[1u8; 32], [2u8; 32]];
-    let bytes = synod_node::snapshot::encode(
+    let bytes = synod_node::snapshot_codec::encode(
         &state,
         2,
         conf.write_to_bytes().expect("conf"),
@@ -108,9 +108,9 @@ fn mutated_snapshots_never_panic_the_decoder() {
         &sealer,
     )
     .expect("encode");
-    assert!(synod_node::snapshot::decode(&bytes, &sealer).is_ok());
+    assert!(synod_node::snapshot_codec::decode(&bytes, &sealer).is_ok());
     for input in fuzz_inputs(&[bytes], fuzz_iterations(3_000), 5) {
-        let _ = synod_node::snapshot::raft_metadata_of(&input);
-        let _ = synod_node::snapshot::decode(&input, &sealer);
+        let _ = synod_node::snapshot_codec::raft_metadata_of(&input);
+        let _ = synod_node::snapshot_codec::decode(&input, &sealer);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 use synod_client::TxStatus;
-use synod_governance::cose::MsgType;
+use synod_governance::envelope::MsgType;
 use synod_tests::{bounded, post_log, IdentityFiles, Network};
 
 fn cli_json(out: std::process::Output) -> anyhow::Result<Value> {
@@ -104,7 +104,7 @@ async fn a_consortium_governs_the_network_through_the_cli() -> anyhow::Result<()
             .client(None)?
             .get_json::<Value>("/gov/service/members")
             .await?;
-        let m3_id = synod_governance::cose::member_id(&synod_core::cert::pem_to_der(&m3.cert_pem)?);
+        let m3_id = synod_governance::envelope::member_id(&synod_core::cert::pem_to_der(&m3.cert_pem)?);
         let status = members["value"]
             .as_array()
             .context("members")?
@@ -205,8 +205,10 @@ async fn forged_replayed_and_misbound_requests_are_refused() -> anyhow::Result<(
         );
 
         // A ballot by a non-member (a well-formed request, signed with the stranger's own key).
-        let stranger =
-            synod_governance::cose::generate_member("stranger", synod_governance::cose::KeyKind::Ed25519)?;
+        let stranger = synod_governance::envelope::generate_member(
+            "stranger",
+            synod_governance::envelope::KeyKind::Ed25519,
+        )?;
         let ballot =
             json!({"ballot": "export function vote (proposal, proposerId) { return true }"}).to_string();
         let outsider = synod_governance::client::GovClient::new(

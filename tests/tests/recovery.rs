@@ -144,7 +144,7 @@ async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -
         let early = gov0
             .post_cose(
                 &early_path,
-                synod_governance::cose::MsgType::RecoveryShare,
+                synod_governance::envelope::MsgType::RecoveryShare,
                 None,
                 br#"{"share": "AQID"}"#,
             )

@@ -11,7 +11,9 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::hash::sha256;
+
 pub use crate::keys::{Curve, PrivateKey, PublicKey};
+pub use crate::pem::{pem_to_der, CertError};
 
 /// A certificate and its private key, both PEM (the key is PKCS#8 "PRIVATE KEY").
 #[derive(Clone, Debug)]
@@ -20,32 +22,6 @@ pub struct Identity {
     pub cert_pem: String,
     /// PKCS#8 private key PEM.
     pub key_pem: String,
-}
-
-/// Certificate and key errors.
-#[derive(Debug, thiserror::Error)]
-pub enum CertError {
-    /// rcgen could not build the certificate.
-    #[error("cannot generate certificate: {0}")]
-    Generate(String),
-    /// Not PEM, or no CERTIFICATE block.
-    #[error("invalid PEM: {0}")]
-    Pem(String),
-    /// DER that is not an X.509 certificate.
-    #[error("invalid certificate: {0}")]
-    Parse(String),
-    /// A key on an unsupported curve, or one that does not parse.
-    #[error("invalid key: {0}")]
-    Key(String),
-    /// A key of a type or on a curve Synod does not support (RSA, P-521, ...).
-    #[error("unsupported key: {0} (ECDSA P-384 or P-256 and Ed25519 keys are supported)")]
-    UnsupportedKey(String),
-    /// A signature that does not verify (or cannot be decoded).
-    #[error("bad signature: {0}")]
-    BadSignature(String),
-    /// The endorsement signature does not verify.
-    #[error("certificate is not endorsed by the given issuer: {0}")]
-    NotEndorsed(String),
 }
 
 /// The certificate signature algorithms an endorsement may use (what the supported curves sign with), as their
@@ -354,26 +330,6 @@ fn names_of(cert: &X509Certificate<'_>) -> (String, Vec<IpAddr>, Vec<String>) {
 /// Whether two certificates carry the same public key.
 pub fn same_public_key(a_der: &[u8], b_der: &[u8]) -> Result<bool, CertError> {
     Ok(parse(a_der)?.public_key().raw == parse(b_der)?.public_key().raw)
-}
-
-/// The DER of the first CERTIFICATE block in `pem`.
-pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, CertError> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let start = pem
-        .find(BEGIN)
-        .ok_or_else(|| CertError::Pem("no CERTIFICATE block".into()))?
-        + BEGIN.len();
-    let len = pem[start..]
-        .find(END)
-        .ok_or_else(|| CertError::Pem("unterminated CERTIFICATE block".into()))?;
-    let b64: String = pem[start..start + len]
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| CertError::Pem(e.to_string()))
 }
 
 /// PEM-encodes a certificate.

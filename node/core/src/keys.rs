@@ -16,8 +16,8 @@ use p384::ecdsa::signature::hazmat::{PrehashSigner as _, PrehashVerifier as _};
 use p384::ecdsa::signature::Signer as _;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::cert::CertError;
 use crate::hash::Digest;
+use crate::pem::CertError;
 
 const OID_ED25519: &str = "1.3.101.112";
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
@@ -344,7 +344,7 @@ impl PublicKey {
     pub fn from_pem(pem: &str) -> Result<PublicKey, CertError> {
         use p384::pkcs8::DecodePublicKey as _;
         if pem.contains("-----BEGIN CERTIFICATE-----") {
-            return PublicKey::from_cert(&crate::cert::pem_to_der(pem)?);
+            return PublicKey::from_cert(&crate::pem::pem_to_der(pem)?);
         }
         if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_pem(pem) {
             return Ok(PublicKey::P384(k));

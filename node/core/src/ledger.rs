@@ -516,7 +516,7 @@ pub enum SignatureCheckError {
     Endorsement(crate::cert::CertError),
     /// The service's COSE Sign1 over the root does not verify.
     #[error("COSE signature: {0}")]
-    Cose(crate::cose::CoseError),
+    Cose(crate::receipt::cose::CoseError),
     /// The COSE signature is valid but was made for another transaction.
     #[error("COSE signature names tx {0}")]
     CoseTxId(TxId),
@@ -636,8 +636,8 @@ pub fn verify_signature_crypto(
         .map_err(SignatureCheckError::NodeSignature)?;
     if let Some(service) = service_cert_der {
         crate::cert::verify_endorsement(&node_der, service).map_err(SignatureCheckError::Endorsement)?;
-        let signed_txid =
-            crate::cose::verify_signature(cose_sign1, root, service).map_err(SignatureCheckError::Cose)?;
+        let signed_txid = crate::receipt::cose::verify_signature(cose_sign1, root, service)
+            .map_err(SignatureCheckError::Cose)?;
         if signed_txid != tx_id {
             return Err(SignatureCheckError::CoseTxId(signed_txid));
         }
@@ -726,7 +726,8 @@ mod tests {
         let service_key = crate::cert::signing_key_from_pem(&service.key_pem).unwrap();
         let node_id = crate::cert::public_key_id_hex(&node_der).unwrap();
         let record = SignatureRecord::sign(&node_key, &node_id, &node.cert_pem, tx_id, root);
-        let mut cose = crate::cose::sign_root(root, &service_key, &service_der, cose_tx_id, 1).unwrap();
+        let mut cose =
+            crate::receipt::cose::sign_root(root, &service_key, &service_der, cose_tx_id, 1).unwrap();
         mutate(&mut cose);
         (signature_write_set(&record, &cose, None).unwrap(), service_der)
     }

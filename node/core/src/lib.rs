@@ -6,12 +6,12 @@
 pub mod attestation;
 pub mod audit;
 pub mod cert;
-pub mod cose;
 pub mod hash;
 pub mod keys;
 pub mod ledger;
 pub mod maps;
 pub mod merkle;
+pub mod pem;
 pub mod receipt;
 pub mod recovery;
 pub mod snapshot;

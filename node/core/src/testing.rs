@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::cert::{self, Identity};
-use crate::cose;
 use crate::hash::{sha256, Digest};
 use crate::ledger::{
     encode_frame, make_entry, signature_write_set, ChunkName, KeyWrite, MapWrites, SignatureRecord,
     Transaction, WriteSet, KIND_SIGNATURE, KIND_TX,
 };
 use crate::merkle::MerkleTree;
+use crate::receipt::cose;
 use crate::receipt::LeafComponents;
 use crate::txid::TxId;
 
@@ -284,7 +284,7 @@ pub fn receipts_for(sample: &SampleLedger, index: usize) -> (Vec<u8>, Vec<u8>, T
     let size = sig.tx_id.seqno - 1;
     let path = sample.tree.path(index as u64, size).expect("sample");
     let leaf = &sample.leaves[index];
-    let cose_receipt = crate::cose::build_receipt(&cose_sig, leaf, &path).expect("sample");
+    let cose_receipt = crate::receipt::cose::build_receipt(&cose_sig, leaf, &path).expect("sample");
     let json = crate::receipt::JsonReceipt {
         cert: record.cert.clone(),
         is_signature_transaction: false,

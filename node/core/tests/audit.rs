@@ -7,13 +7,13 @@ use std::path::Path;
 use prost::Message as _;
 use synod_core::audit::{audit_ledger, audit_ledger_with, AuditOptions};
 use synod_core::cert::{self, Identity};
-use synod_core::cose;
 use synod_core::hash::sha256;
 use synod_core::ledger::{
     encode_frame, make_entry, signature_write_set, ChunkName, KeyWrite, MapWrites, SignatureRecord,
     Transaction, WriteSet, KIND_SIGNATURE, KIND_TX,
 };
 use synod_core::merkle::MerkleTree;
+use synod_core::receipt::cose;
 use synod_core::snapshot::{self, SnapshotEvidence, SnapshotFile, SNAPSHOT_EVIDENCE};
 use synod_core::txid::TxId;
 

@@ -5,8 +5,8 @@
 //! --release -p synod-core --test fuzz` for a long run (docs/RELIABILITY.md).
 
 use synod_core::cert;
-use synod_core::cose;
 use synod_core::ledger::{decode_frames, parse_signature_write_set, signature_tree_frontier};
+use synod_core::receipt::cose;
 use synod_core::receipt::verify_bytes;
 use synod_core::testing::{fuzz_inputs, fuzz_iterations, receipts_for, write_sample_ledger};
 

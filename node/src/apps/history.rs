@@ -1,5 +1,5 @@
 //! Historical queries and the change feed over a running node: the node's commit, state and durable ledger seqno
-//! around [`crate::ledger_reader`], mapped to HTTP answers. Shared by the logging app's `/historical` endpoints,
+//! around [`crate::ledger_files::reader`], mapped to HTTP answers. Shared by the logging app's `/historical` endpoints,
 //! `ccf.historical` in JavaScript handlers, and `/app/kv/{map}/changes`.
 //!
 //! ```text
@@ -26,8 +26,8 @@ use synod_core::maps;
 use synod_core::txid::TxId;
 
 use crate::js::{HistoricalRefusal, HistoricalSource, HistoricalVersion, VersionPage};
-use crate::ledger_reader::{AsOf, Cursor, LedgerReader, QueryError, ReadError, Versions};
-use crate::rpc::limits::Slot;
+use crate::ledger_files::reader::{AsOf, Cursor, LedgerReader, QueryError, ReadError, Versions};
+use crate::limits::Slot;
 use crate::rpc::ApiError;
 use crate::service::Node;
 
@@ -319,7 +319,7 @@ fn line(out: &mut Vec<u8>, value: &serde_json::Value) {
 }
 
 /// The lines of one transaction's writes to `map`.
-fn write_lines(out: &mut Vec<u8>, map: &str, tx: &crate::ledger_reader::LedgerTx) {
+fn write_lines(out: &mut Vec<u8>, map: &str, tx: &crate::ledger_files::reader::LedgerTx) {
     let writes = tx.writes_to(map);
     for (i, w) in writes.iter().enumerate() {
         line(
@@ -338,7 +338,10 @@ fn write_lines(out: &mut Vec<u8>, map: &str, tx: &crate::ledger_reader::LedgerTx
 }
 
 /// What a feed's read of the files gave back: the cursor and the transactions.
-type FeedRead = (Cursor, Result<Vec<crate::ledger_reader::LedgerTx>, ReadError>);
+type FeedRead = (
+    Cursor,
+    Result<Vec<crate::ledger_files::reader::LedgerTx>, ReadError>,
+);
 
 /// The producer of one change feed: reads committed transactions from the files, sends their writes to the map
 /// as lines, then waits for the commit to move; ends when the client leaves, at `to`, on an error (said in a

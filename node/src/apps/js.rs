@@ -668,7 +668,7 @@ fn caller(
 }
 
 /// What running a call produced (the response and the transaction's outcome), or why it did not.
-type JobResult = Result<(HandlerResponse, crate::core::Outcome), ExecError<RunError>>;
+type JobResult = Result<(HandlerResponse, crate::consensus::machine::Outcome), ExecError<RunError>>;
 
 /// One request for a JavaScript worker.
 struct Job {

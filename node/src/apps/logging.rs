@@ -246,7 +246,7 @@ struct HistoricalRangeQuery {
 /// CCF's `GET /app/log/{private,public}/historical/range?id=&from_seqno=&to_seqno=[&limit=]`: every committed
 /// version of the record written in `from_seqno..=to_seqno` (default: 1 to the commit), in order, a `msg` of
 /// `null` for a delete; paged by `limit` (≤ [`RANGE_LIMIT_MAX`]), by the seqnos one request scans
-/// ([`crate::ledger_reader::SPAN_MAX`]) and at the commit, with `next` (and CCF's `@nextLink`) to continue.
+/// ([`crate::ledger_files::reader::SPAN_MAX`]) and at the commit, with `next` (and CCF's `@nextLink`) to continue.
 async fn historical_range(
     State(app): State<AppState>,
     Extension(peer): Extension<Peer>,

@@ -1,12 +1,15 @@
-//! Raft glue shared by the core and the shell: raft-rs configuration, node ids, the mapping from Raft entries to
-//! ledger entries, and a slog→tracing bridge for raft-rs's logs.
+//! Consensus: the replica's state machine ([`machine`]: Raft glue, Merkle history, signatures, commit), its one
+//! owner ([`replica`]), the Raft log ([`log_store`], [`persist`]), and the Raft glue they share here: raft-rs
+//! configuration, node ids, the mapping from Raft entries to ledger entries, and a slog→tracing bridge.
 //!
 //! Every Raft entry is a ledger entry and its index is the seqno, its term the view: tx id `view.seqno` is
 //! Raft's `term.index`. Entries raft-rs makes itself (the empty entry of a new leader, configuration changes) map
 //! to deterministic ledger entries, so every node derives the same bytes and the same Merkle leaf from them.
 
 pub mod log_store;
+pub mod machine;
 pub mod persist;
+pub mod replica;
 
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType};
@@ -15,7 +18,7 @@ use synod_core::ledger::{make_entry, KeyWrite, LedgerEntry, MapWrites, Transacti
 use synod_core::txid::TxId;
 use synod_kv::seal::Sealer;
 
-use crate::core::NO_CLAIMS;
+use crate::consensus::machine::NO_CLAIMS;
 
 /// Map recording each Raft configuration change (the raft-rs `ConfChange`, protobuf) at key "".
 pub const RECONFIGURATION: &str = "public:ccf.internal.reconfiguration";

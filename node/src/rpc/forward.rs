@@ -42,20 +42,6 @@ const FORWARDED_ANSWER_BYTES_MAX: usize = 16 << 20;
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardToPrimary;
 
-/// An HTTPS client that authenticates as this node and trusts only the service identity (joining uses it).
-pub fn node_client(
-    node_cert_pem: &str,
-    node_key_pem: &str,
-    service_cert_pem: &str,
-) -> anyhow::Result<reqwest::Client> {
-    let tls = crate::channels::node_client_config(node_cert_pem, node_key_pem, service_cert_pem)?;
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()?)
-}
-
 /// What forwarding needs of the original request (kept instead of a copy of all of it).
 struct Original {
     method: axum::http::Method,
@@ -191,7 +177,7 @@ async fn forward(state: &AppState, original: &Original, body: bytes::Bytes) -> R
 /// caller it was forwarded for (marked forwarded, so it is never forwarded again), at most
 /// [`FORWARDED_RUNNING_MAX`] at once, its answer sent back on the channel.
 pub fn serve_forwarded(state: AppState, router: Router) {
-    let running = super::limits::Slots::new(FORWARDED_RUNNING_MAX);
+    let running = crate::limits::Slots::new(FORWARDED_RUNNING_MAX);
     let channels = state.node.channels().clone();
     let request_timeout = Duration::from_millis(state.node.config().limits.http_request_timeout_ms);
     let handler: ForwardHandler = Arc::new(move |from, request: ForwardedRequest| {

@@ -11,9 +11,8 @@ mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod forward;
-mod gov;
-mod join;
-pub mod limits;
+mod gov_endpoints;
+mod join_endpoints;
 pub mod node_endpoints;
 pub mod openapi;
 
@@ -36,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use crate::limits;
 use crate::service::Node;
 pub use error::ApiError;
 
@@ -192,17 +192,16 @@ pub fn with_tx_id(tx_id: TxId, response: impl IntoResponse) -> Response {
     response
 }
 
-/// The full router: node endpoints, receipts, and the native apps.
-pub fn router(state: AppState) -> Router {
+/// The full router: node and governance endpoints, receipts, and the applications' `apps` (composed by the
+/// caller: applications sit above this layer; their router also answers the paths no route took).
+pub fn router(state: AppState, apps: Router<AppState>) -> Router {
     Router::new()
         .merge(node_endpoints::routes())
         .merge(dashboard::routes())
         .merge(openapi::routes())
-        .merge(join::routes())
-        .merge(gov::routes())
-        .merge(crate::apps::logging::routes())
-        .merge(crate::apps::kv::routes())
-        .fallback(fallback)
+        .merge(join_endpoints::routes())
+        .merge(gov_endpoints::routes())
+        .merge(apps)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -242,17 +241,6 @@ async fn count_request(
         started.elapsed(),
     );
     response
-}
-
-/// Paths no route took: JavaScript app endpoints under `/app`, 404 otherwise.
-async fn fallback(state: axum::extract::State<AppState>, request: axum::extract::Request) -> Response {
-    if !request.uri().path().starts_with("/app/") {
-        return ApiError::not_found("no such endpoint").into_response();
-    }
-    match crate::apps::js::dispatch(state, request).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
 }
 
 /// Accepts any client certificate: the TLS layer checks that the client holds the certificate's key, and

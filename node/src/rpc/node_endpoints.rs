@@ -12,8 +12,8 @@ use synod_core::maps;
 use synod_core::txid::TxStatus;
 
 use super::{extract, ApiError, AppState, Peer};
+use crate::consensus::machine::ReceiptUnavailable;
 use crate::consensus::raft_id;
-use crate::core::ReceiptUnavailable;
 use crate::historical::HistoricalError;
 use synod_core::merkle::ProofStep;
 use synod_core::receipt::{JsonReceipt, LeafComponents};
@@ -437,7 +437,12 @@ fn range_proof(
     Ok(range
         .proof(tx.seqno)
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map(|(path, digest)| (path, crate::core::leaf_components(&digest, commit_evidence))))
+        .map(|(path, digest)| {
+            (
+                path,
+                crate::consensus::machine::leaf_components(&digest, commit_evidence),
+            )
+        }))
 }
 
 /// The JSON receipt a rebuilt range gives, with CCF's `service_endorsements` when a previous identity signed it.
@@ -447,7 +452,7 @@ fn range_json_receipt(
 ) -> JsonReceipt {
     JsonReceipt {
         service_endorsements: (!range.endorsements.is_empty()).then(|| range.endorsements.clone()),
-        ..crate::core::json_receipt(&range.sig, proof)
+        ..crate::consensus::machine::json_receipt(&range.sig, proof)
     }
 }
 
@@ -460,7 +465,7 @@ fn rebuilt_receipt(
 ) -> Result<Receipt, ApiError> {
     match (cose, range_proof(range, tx, commit_evidence)?) {
         (false, proof) => Ok(Receipt::Json(range_json_receipt(range, proof))),
-        (true, Some((path, leaf))) => crate::core::cose_receipt(&range.sig, &path, &leaf)
+        (true, Some((path, leaf))) => crate::consensus::machine::cose_receipt(&range.sig, &path, &leaf)
             .map(Receipt::Cose)
             .map_err(|e| receipt_error(tx, e)),
         (true, None) => Err(receipt_error(tx, ReceiptUnavailable::SignatureTransaction(tx))),
@@ -479,13 +484,14 @@ fn historical_evidence(node: &crate::service::Node, tx: TxId) -> Result<String, 
 /// CCF's `GET /node/service/previous_identity`, with this identity's endorsement of it: a receipt the previous
 /// service issued verifies against the current identity through the endorsement.
 async fn previous_identity(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let previous = crate::recovery::previous_service(&app.node.view().state).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFound",
-            "this service did not recover a previous one",
-        )
-    })?;
+    let previous =
+        crate::governance::recovery::previous_service(&app.node.view().state).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                "this service did not recover a previous one",
+            )
+        })?;
     Ok(Json(json!({
         "previous_service_identity": previous.previous_service_identity,
         "endorsement": previous.endorsement,

@@ -2,7 +2,6 @@
 //! [`ENDPOINTS`] (a test requests every entry on a running node, so the registry cannot drift from the router);
 //! JavaScript endpoints from the deployed bundle's metadata, with each endpoint's own `openapi` object merged in.
 
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -397,12 +396,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("GET", "/gov/api", Auth::None, &[], "This document"),
 ];
 
-/// The `/node/api`, `/gov/api` and `/app/api` routes.
+/// The `/node/api` and `/gov/api` routes (`/app/api` is the applications': `crate::apps::routes`).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/node/api", get(node_api))
         .route("/gov/api", get(gov_api))
-        .route("/app/api", get(app_api))
 }
 
 async fn node_api() -> Response {
@@ -411,11 +409,6 @@ async fn node_api() -> Response {
 
 async fn gov_api() -> Response {
     Json(document("Synod governance API", "/gov/", Map::new())).into_response()
-}
-
-async fn app_api(State(app): State<AppState>) -> Response {
-    let js = crate::apps::js::openapi_paths(&app.node.view().state);
-    Json(document("Synod application API", "/app/", js)).into_response()
 }
 
 /// The OpenAPI document of the native endpoints under `prefix`, plus `extra` paths.

@@ -17,6 +17,9 @@
 //! inbox, so that clients, whom anyone can be, never crowd out Raft messages). Any I/O failure on the
 //! ledger or the stores stops the node: continuing could report a write Committed that is not on disk.
 
+mod boot;
+pub mod recovery;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,14 +42,13 @@ use synod_kv::{State, Tx};
 use crate::attestation::{Platform, QuoteInfo};
 use crate::channels::{ChannelTls, Channels, Directory, PeerInfo};
 use crate::config::NodeConfig;
+use crate::consensus::machine::{Core, CoreConfig, CoreError, Genesis, Keys, Outcome, Restore, SnapshotJob};
 use crate::consensus::persist::{self, LogWrite};
+use crate::consensus::replica::{Command, Input, PersistJob, Replica, ReplicaTiming};
 use crate::consensus::{raft_id, RaftTiming};
-use crate::core::{
-    CommittedEntry, Core, CoreConfig, CoreError, Genesis, Keys, Outcome, Restore, SnapshotJob,
-};
-use crate::ledger::LedgerWriter;
-use crate::replica::{Command, Input, PersistJob, Replica, ReplicaTiming};
-use crate::snapshot;
+use crate::ledger_files::writer::LedgerWriter;
+use crate::ledger_files::CommittedEntry;
+use crate::snapshot_codec;
 
 /// How often a transaction that conflicts is run again before the request fails.
 pub const CONFLICT_RETRIES_MAX: usize = 64;
@@ -137,7 +139,7 @@ enum LoopEvent {
 /// Work for the store thread, in the order the replica handed it out.
 enum StoreJob {
     Install {
-        snapshot: crate::core::InstalledSnapshot,
+        snapshot: crate::consensus::machine::InstalledSnapshot,
         hard_state: raft::eraftpb::HardState,
     },
     Persist(PersistJob),
@@ -427,7 +429,7 @@ pub struct Node {
     node_id: String,
     /// This node's Raft id.
     raft_id: u64,
-    /// The private recovery of a previous service runs (`crate::recovery::start_private_recovery`).
+    /// The private recovery of a previous service runs (`crate::service::recovery::start_private_recovery`).
     private_recovery: AtomicBool,
     /// Version of the previous-service record whose secrets and identities are installed
     /// ([`Node::sync_previous_service`]).
@@ -670,7 +672,7 @@ fn load_identities(paths: &Paths) -> anyhow::Result<Identities> {
 
 /// The committed snapshot file for `seqno` (or a snapshot received at that seqno), if on disk.
 pub fn find_snapshot(paths: &Paths, seqno: u64) -> Option<PathBuf> {
-    snapshot::find_in(&paths.snapshots(), seqno)
+    snapshot_codec::find_in(&paths.snapshots(), seqno)
 }
 
 /// Committed snapshots on disk, newest first: (seqno, evidence seqno, path).
@@ -680,7 +682,7 @@ pub fn committed_snapshots(paths: &Paths) -> Vec<(u64, u64, PathBuf)> {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let name = e.file_name().to_str()?.to_string();
-                    let (s, ev) = snapshot::parse_committed_name(&name)?;
+                    let (s, ev) = snapshot_codec::parse_committed_name(&name)?;
                     Some((s, ev, e.path()))
                 })
                 .collect()
@@ -732,8 +734,8 @@ fn install_snapshot_on_disk(
     storage: &Storage,
     sealer: &Sealer,
     bytes: &[u8],
-) -> anyhow::Result<snapshot::Decoded> {
-    let decoded = snapshot::decode(bytes, sealer).context("decoding the snapshot")?;
+) -> anyhow::Result<snapshot_codec::Decoded> {
+    let decoded = snapshot_codec::decode(bytes, sealer).context("decoding the snapshot")?;
     reset_to_snapshot(paths, storage, bytes, &decoded)?;
     storage.replace_state(&decoded.state, sealer)?;
     Ok(decoded)
@@ -744,10 +746,10 @@ fn reset_to_snapshot(
     paths: &Paths,
     storage: &Storage,
     bytes: &[u8],
-    decoded: &snapshot::Decoded,
+    decoded: &snapshot_codec::Decoded,
 ) -> anyhow::Result<()> {
     let seqno = decoded.file.seqno;
-    let meta = snapshot::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
+    let meta = snapshot_codec::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
         .context("snapshot configuration")?;
     let log = persist::load(storage)?;
     let hs = raft::eraftpb::HardState {
@@ -794,6 +796,133 @@ fn reset_log_to_snapshot(
     Ok(())
 }
 
+/// Starts the node-to-node channels and their listener: Raft messages and snapshot reports go to the event loop's
+/// inbox.
+#[allow(clippy::too_many_arguments)]
+fn start_channels(
+    cfg: &NodeConfig,
+    tls: ChannelTls,
+    self_id: u64,
+    directory: Directory,
+    node_listener: std::net::TcpListener,
+    inbox_tx: &SyncSender<LoopEvent>,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<Arc<Channels>> {
+    let channels = Arc::new(
+        Channels::new(self_id, directory, &tls, runtime.clone())?
+            .with_source_address(cfg.node_source_address),
+    );
+    let report_tx = Mutex::new(inbox_tx.clone());
+    channels.set_snapshot_report(Arc::new(move |to, delivered| {
+        let _ = report_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_send(LoopEvent::SnapshotSent { to, delivered });
+    }));
+    let deliver_tx = Mutex::new(inbox_tx.clone());
+    let deliver: Arc<dyn Fn(Message) + Send + Sync> = Arc::new(move |m| {
+        let sent = deliver_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_send(LoopEvent::Raft(m));
+        if let Err(TrySendError::Full(_)) = sent {
+            tracing::debug!("event loop inbox full: dropping a Raft message (it is retransmitted)");
+        }
+    });
+    node_listener.set_nonblocking(true)?;
+    let server_config = tls.server_config()?;
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(node_listener)?
+    };
+    runtime.spawn(crate::channels::serve(
+        listener,
+        server_config,
+        channels.clone(),
+        deliver,
+        cfg.limits.node_connections_max as usize,
+    ));
+    Ok(channels)
+}
+
+/// Starts the node's threads: the store, the applier (which owns the ledger writer), the snapshotter, and the Raft
+/// thread that owns the replica.
+fn spawn_threads(
+    node: &Arc<Node>,
+    core: Core,
+    ledger: LedgerWriter,
+    joined_state: Option<State>,
+    inbox_rx: Receiver<LoopEvent>,
+    calls_rx: Receiver<Call>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let (apply_tx, apply_rx) = mpsc::sync_channel::<ApplyJob>(APPLY_BATCHES_MAX);
+    if let Some(state) = joined_state {
+        apply_tx
+            .send(ApplyJob::StoreJoinedState(state))
+            .map_err(|_| anyhow::anyhow!("the applier queue is closed"))?;
+    }
+    let (snap_tx, snap_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_JOBS_MAX);
+    let (store_tx, store_rx) = mpsc::sync_channel::<StoreJob>(STORE_JOBS_MAX);
+    // Unbounded, but never longer than the store queue: one answer per Persist job.
+    let (persisted_tx, persisted_rx) = mpsc::channel::<u64>();
+    let mut threads = Vec::new();
+    {
+        let node2 = node.clone();
+        threads.push(std::thread::Builder::new().name("store".into()).spawn(move || {
+            if let Err(e) = node2.store_loop(store_rx, &apply_tx, &persisted_tx) {
+                node2.shared.die(format!("store: {e:#}"));
+            }
+        })?);
+    }
+    {
+        let shared = node.shared.clone();
+        let storage = node.storage.clone();
+        let sealer = node.sealer.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("applier".into())
+                .spawn(move || {
+                    if let Err(e) = applier_loop(&shared, ledger, &storage, &sealer, apply_rx) {
+                        shared.die(format!("applier: {e:#}"));
+                    }
+                })?,
+        );
+    }
+    {
+        let node2 = node.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("snapshotter".into())
+                .spawn(move || {
+                    for job in snap_rx {
+                        if let Err(e) = node2.write_snapshot(job) {
+                            tracing::error!("snapshot: {e:#}");
+                        }
+                    }
+                })?,
+        );
+    }
+    {
+        let node2 = node.clone();
+        let timing = ReplicaTiming {
+            tick_ms: node.cfg.tick_ms,
+            signature: crate::consensus::machine::SignatureTiming {
+                interval_ms: node.cfg.sig_ms_interval,
+                in_flight_max: node.cfg.sig_in_flight_max,
+                min_gap_ms: node.cfg.sig_ms_min,
+            },
+        };
+        let replica = Replica::new(core, timing, 0, node.ledger_durable());
+        threads.push(std::thread::Builder::new().name("raft".into()).spawn(move || {
+            let result = node2.event_loop(replica, inbox_rx, calls_rx, persisted_rx, store_tx, snap_tx);
+            if let Err(e) = result {
+                node2.shared.die(format!("event loop: {e:#}"));
+            }
+        })?);
+    }
+    Ok(threads)
+}
+
 impl Node {
     /// Brings the node up (see [`Boot`]) and starts its threads and channels.
     pub fn start(
@@ -826,246 +955,35 @@ impl Node {
                 paths.dir.display()
             );
         }
-        let ccfg = core_config(cfg);
-        let mut peers = Vec::new();
-        // Each arm also hands over the ledger writer (Resume already opened and read the ledger).
-        let mut joined_state = None;
-        // Genesis records the first node's evidence in the nodes table; the others produce theirs below.
-        let mut evidence = None;
-        let (ids, mut core, replay, mut ledger) = match boot {
+        let ctx = boot::BootContext {
+            cfg,
+            paths: &paths,
+            storage: &storage,
+            platform: platform.as_ref(),
+            rpc_published: &rpc_published,
+            node_address: &node_address,
+            core: core_config(cfg),
+        };
+        let booted = match boot {
             Boot::NewService {
                 users,
-                members: member_specs,
+                members,
                 recovery_threshold,
                 join_token_digest,
-            } => {
-                refuse_existing_ledger(&paths, "refusing to create a new service over it")?;
-                let service = cert::generate_self_signed_with(cfg.curve, "Synod service", true)?;
-                let (ips, names) = crate::config::certificate_names(&rpc_published);
-                let node = cert::generate_endorsed_with(cfg.curve, &cfg.node_name, &ips, &names, &service)?;
-                let ids = Identities {
-                    service,
-                    node,
-                    secret: LedgerSecret::generate()?,
-                    schedule: Vec::new(),
-                    encryption_key_pem: new_encryption_key()?,
-                };
-                save_identities(&paths, &ids)?;
-                let keys = keys_of(&ids)?;
-                let (info, own) =
-                    founding_node_info(cfg, &ids, &keys, platform.as_ref(), &rpc_published, &node_address)?;
-                evidence = Some(own);
-                let certs: Vec<PathBuf> = member_specs.iter().map(|m| m.cert.clone()).collect();
-                let members = read_identities(&certs)?;
-                let mut member_encryption_keys = Vec::new();
-                for (spec, (id, _)) in member_specs.iter().zip(&members) {
-                    if let Some(path) = &spec.encryption_key {
-                        let pem = read(path)?;
-                        synod_core::recovery::EncryptionPublicKey::from_pem(&pem)
-                            .with_context(|| format!("{}", path.display()))?;
-                        member_encryption_keys.push((id.clone(), pem));
-                    }
-                }
-                let threshold = recovery_threshold.unwrap_or(1);
-                if !member_encryption_keys.is_empty() && threshold as usize > member_encryption_keys.len() {
-                    bail!(
-                        "--recovery-threshold {threshold} exceeds the {} members given an encryption key",
-                        member_encryption_keys.len()
-                    );
-                }
-                // With a consortium, the members open the service by vote; without one, it opens at once.
-                let status = if members.is_empty() { "Open" } else { "Opening" };
-                let genesis = Genesis {
-                    service_info: serde_json::json!({
-                        "cert": ids.service.cert_pem,
-                        "status": status,
-                        "curve": cfg.curve.as_str(),
-                        "recovery_threshold": threshold,
-                    }),
-                    member_encryption_keys,
-                    ledger_secret: ids.secret.clone(),
-                    users: read_identities(&users)?,
-                    members,
-                    node_info: info,
-                    code_ids: vec![platform.measurement()],
-                    constitution: crate::gov::DEFAULT_CONSTITUTION.to_string(),
-                    join_token_digest,
-                };
-                let sealer = sealer_of(&ids);
-                let core = Core::new_service(keys, sealer, ccfg, &genesis, now_secs())?;
-                tracing::info!(dir = %paths.dir.display(), "created a new service");
-                (ids, core, Vec::new(), LedgerWriter::open(&paths.ledger())?.writer)
-            }
-            Boot::Joined {
-                ids,
-                snapshot,
-                peers: p,
-            } => {
-                save_identities(&paths, &ids)?;
-                let sealer = sealer_of(&ids);
-                peers = p;
-                let core = match &snapshot {
-                    // Decoded once (a million keys' values are decrypted here), for the disk and the core.
-                    Some(bytes) => {
-                        let decoded = snapshot::decode(bytes, &sealer).context("decoding the snapshot")?;
-                        reset_to_snapshot(&paths, &storage, bytes, &decoded)?;
-                        joined_state = Some(decoded.state.clone());
-                        Core::joining_from_snapshot(keys_of(&ids)?, sealer, ccfg, bytes, decoded)?
-                    }
-                    None => Core::joining(keys_of(&ids)?, sealer, ccfg, None)?,
-                };
-                (ids, core, Vec::new(), LedgerWriter::open(&paths.ledger())?.writer)
-            }
-            Boot::Recover {
-                ledger: old,
-                snapshots: old_snapshots,
-            } => {
-                refuse_existing_ledger(&paths, "recover into an empty data directory")?;
-                let recovered = crate::recovery::recover_public(&old, old_snapshots.as_deref())
-                    .context("recovering the public ledger")?;
-                tracing::info!(
-                    last = %recovered.last,
-                    signatures = recovered.signatures,
-                    "the previous service's public ledger verifies"
-                );
-                let service = cert::generate_self_signed_with(cfg.curve, "Synod service", true)?;
-                let (ips, names) = crate::config::certificate_names(&rpc_published);
-                let node = cert::generate_endorsed_with(cfg.curve, &cfg.node_name, &ips, &names, &service)?;
-                let previous_der = cert::pem_to_der(&recovered.service_cert_pem)?;
-                let endorsement =
-                    cert::endorse_public_key(&previous_der, "Synod service", &[], &[], &service)?;
-                // The new secret covers what the new service writes: the previous service's seqnos are under
-                // secrets only the members can recover.
-                let secret = LedgerSecret::generate()?;
-                let ids = Identities {
-                    service,
-                    node,
-                    schedule: vec![(recovered.last.seqno + 1, secret.clone())],
-                    secret,
-                    encryption_key_pem: new_encryption_key()?,
-                };
-                save_identities(&paths, &ids)?;
-                crate::recovery::copy_ledger_prefix(&old, &paths.ledger(), recovered.last.seqno)?;
-                // The snapshot the copied ledger continues: for the audit, and for the private replay (its private
-                // values open once the members recover the secret). Not a committed name: never served or used to
-                // restart from.
-                let ledger_base = match &recovered.base_snapshot {
-                    Some((seqno, bytes)) => {
-                        write_private(&paths.snapshots().join(snapshot::file_name(*seqno, None)), bytes)?;
-                        *seqno
-                    }
-                    None => 0,
-                };
-                let keys = keys_of(&ids)?;
-                let sealer = sealer_of(&ids);
-                let conf = raft::eraftpb::ConfState {
-                    voters: vec![crate::consensus::raft_id(&keys.node_id)],
-                    ..Default::default()
-                };
-                let bytes = snapshot::encode(
-                    &recovered.state,
-                    recovered.last.view,
-                    protobuf::Message::write_to_bytes(&conf)?,
-                    &recovered.frontier,
-                    &recovered.views,
-                    &sealer,
-                )?;
-                let seqno = recovered.last.seqno;
-                write_private(&paths.snapshots().join(snapshot::file_name(seqno, None)), &bytes)?;
-                write_atomically(&paths.file(RECOVERED_FROM), seqno.to_string().as_bytes())?;
-                let decoded = snapshot::decode(&bytes, &sealer).context("decoding the recovery snapshot")?;
-                let meta = snapshot::raft_metadata(seqno, recovered.last.view, &decoded.file.conf_state)?;
-                let hs = raft::eraftpb::HardState {
-                    term: recovered.last.view,
-                    commit: seqno,
-                    ..Default::default()
-                };
-                reset_log_to_snapshot(&paths, &storage, &bytes, &meta, &hs)?;
-                joined_state = Some(decoded.state.clone());
-                let (info, own) =
-                    founding_node_info(cfg, &ids, &keys, platform.as_ref(), &rpc_published, &node_address)?;
-                evidence = Some(own);
-                let node_id = keys.node_id.clone();
-                let record = crate::recovery::RecoveryRecord {
-                    service_cert_pem: &ids.service.cert_pem,
-                    endorsement: endorsement.clone(),
-                    node: (&node_id, info),
-                    last_seqno: seqno,
-                    snapshot_digest: hex::encode(snapshot::digest(&bytes)),
-                    curve: cfg.curve.as_str(),
-                };
-                let (core, recovery_tx) = Core::recovered_service(
-                    keys,
-                    sealer,
-                    ccfg,
-                    (&bytes, decoded),
-                    ledger_base,
-                    now_secs(),
-                    |tx| crate::recovery::write_recovery(tx, &record).map_err(|e| e.to_string()),
-                )?;
-                tracing::info!(previous_last = seqno, recovery = %recovery_tx, "recovered the previous service's public state");
-                let writer = LedgerWriter::open_after(&paths.ledger(), seqno)?.writer;
-                (ids, core, Vec::new(), writer)
-            }
-            Boot::Resume => {
-                let ids = load_identities(&paths).context("this data directory holds no node identity")?;
-                let sealer = sealer_of(&ids);
-                let mut log = persist::load(&storage)?;
-                let mut state = storage.load_state(&sealer).context("loading the stored state")?;
-                let compacted = log.compacted().index;
-                // Only the open chunk is read here: how far the ledger goes is all the next check needs.
-                let mut opened =
-                    LedgerWriter::open_after(&paths.ledger(), u64::MAX).context("reading the ledger")?;
-                let ledger_last = opened.writer.last_seqno();
-                // A snapshot install cut short leaves the state, the commit index or the ledger behind the log's
-                // start: redo it from the snapshot file (every step of the install can be repeated).
-                if compacted > 0
-                    && (state.version() < compacted
-                        || log.hard_state().commit < compacted
-                        || ledger_last < compacted)
-                {
-                    let path = find_snapshot(&paths, compacted).with_context(|| {
-                        format!("the Raft log starts after snapshot {compacted}, which is missing")
-                    })?;
-                    let bytes = std::fs::read(&path)?;
-                    drop(opened);
-                    state = install_snapshot_on_disk(&paths, &storage, &sealer, &bytes)?.state;
-                    log = persist::load(&storage)?;
-                    opened =
-                        LedgerWriter::open_after(&paths.ledger(), u64::MAX).context("reading the ledger")?;
-                }
-                let ledger_base = opened.start - 1;
-                let (base, base_snapshot) = restore_base(&paths, ledger_base, state.version())?;
-                drop(opened);
-                let opened = LedgerWriter::open_after(&paths.ledger(), base).context("reading the ledger")?;
-                tracing::info!(
-                    from_snapshot = base,
-                    entries = opened.entries.len(),
-                    "replaying the ledger after the newest usable snapshot"
-                );
-                let restore = Restore {
-                    log,
-                    state,
-                    ledger: opened.entries,
-                    base_snapshot,
-                    ledger_base,
-                };
-                let (mut core, replay) = Core::restore(keys_of(&ids)?, sealer, ccfg, restore)
-                    .context("restoring from the ledger")?;
-                if let Some((cs, index)) = core.take_restored_conf() {
-                    persist::write(
-                        &storage,
-                        &LogWrite {
-                            conf_state: Some(&cs),
-                            conf_index: Some(index),
-                            ..Default::default()
-                        },
-                    )?;
-                }
-                tracing::info!(committed = %core.committed(), last = core.last_seqno(), "resumed");
-                (ids, core, replay, opened.writer)
-            }
+            } => boot::new_service(&ctx, users, members, recovery_threshold, join_token_digest)?,
+            Boot::Joined { ids, snapshot, peers } => boot::joined(&ctx, ids, snapshot, peers)?,
+            Boot::Recover { ledger, snapshots } => boot::recovered(&ctx, ledger, snapshots)?,
+            Boot::Resume => boot::resumed(&ctx)?,
         };
+        let boot::Booted {
+            ids,
+            mut core,
+            replay,
+            mut ledger,
+            peers,
+            joined_state,
+            evidence,
+        } = booted;
         // The core's own sealer: its schedule is shared, so a rekey the replica sees reaches every thread.
         let sealer = core.sealer().clone();
         save_schedule(&paths, &sealer.schedule())?;
@@ -1081,47 +999,19 @@ impl Node {
         refresh_directory(&directory, core.committed_state(), self_id);
 
         let node_cert = crate::channels::NodeCert::new(&ids.node.cert_pem, &ids.node.key_pem)?;
-        let tls = ChannelTls {
-            node_cert: node_cert.clone(),
-            service_cert_pem: ids.service.cert_pem.clone(),
-        };
-        let channels = Arc::new(
-            Channels::new(self_id, directory.clone(), &tls, runtime.clone())?
-                .with_source_address(cfg.node_source_address),
-        );
         let (inbox_tx, inbox_rx) = mpsc::sync_channel::<LoopEvent>(INBOX_EVENTS_MAX);
-        {
-            let report_tx = Mutex::new(inbox_tx.clone());
-            channels.set_snapshot_report(Arc::new(move |to, delivered| {
-                let _ = report_tx
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .try_send(LoopEvent::SnapshotSent { to, delivered });
-            }));
-            let deliver_tx = Mutex::new(inbox_tx.clone());
-            let deliver: Arc<dyn Fn(Message) + Send + Sync> = Arc::new(move |m| {
-                let sent = deliver_tx
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .try_send(LoopEvent::Raft(m));
-                if let Err(TrySendError::Full(_)) = sent {
-                    tracing::debug!("event loop inbox full: dropping a Raft message (it is retransmitted)");
-                }
-            });
-            node_listener.set_nonblocking(true)?;
-            let server_config = tls.server_config()?;
-            let listener = {
-                let _guard = runtime.enter();
-                tokio::net::TcpListener::from_std(node_listener)?
-            };
-            runtime.spawn(crate::channels::serve(
-                listener,
-                server_config,
-                channels.clone(),
-                deliver,
-                cfg.limits.node_connections_max as usize,
-            ));
-        }
+        let channels = start_channels(
+            cfg,
+            ChannelTls {
+                node_cert: node_cert.clone(),
+                service_cert_pem: ids.service.cert_pem.clone(),
+            },
+            self_id,
+            directory.clone(),
+            node_listener,
+            &inbox_tx,
+            runtime,
+        )?;
         write_atomically(
             &paths.file("node_address"),
             bound_node_address.to_string().as_bytes(),
@@ -1135,7 +1025,7 @@ impl Node {
         if let Some((_, _, path)) = committed_snapshots(&paths).first() {
             if let Ok(bytes) = std::fs::read(path) {
                 // A file damaged on disk is not offered: it is checked whole once, here.
-                let offered = snapshot::decode(&bytes, &sealer)
+                let offered = snapshot_codec::decode(&bytes, &sealer)
                     .map_err(|e| e.to_string())
                     .and_then(|_| core.offer_snapshot(bytes).map_err(|e| e.to_string()));
                 if let Err(e) = offered {
@@ -1187,78 +1077,14 @@ impl Node {
             previous_synced: Mutex::new(None),
         });
 
-        let (apply_tx, apply_rx) = mpsc::sync_channel::<ApplyJob>(APPLY_BATCHES_MAX);
-        if let Some(state) = joined_state {
-            apply_tx
-                .send(ApplyJob::StoreJoinedState(state))
-                .map_err(|_| anyhow::anyhow!("the applier queue is closed"))?;
-        }
-        let (snap_tx, snap_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_JOBS_MAX);
-        let (store_tx, store_rx) = mpsc::sync_channel::<StoreJob>(STORE_JOBS_MAX);
-        // Unbounded, but never longer than the store queue: one answer per Persist job.
-        let (persisted_tx, persisted_rx) = mpsc::channel::<u64>();
-        let mut threads = Vec::new();
-        {
-            let node2 = node.clone();
-            threads.push(std::thread::Builder::new().name("store".into()).spawn(move || {
-                if let Err(e) = node2.store_loop(store_rx, &apply_tx, &persisted_tx) {
-                    node2.shared.die(format!("store: {e:#}"));
-                }
-            })?);
-        }
-        {
-            let shared = shared.clone();
-            let storage = storage.clone();
-            let sealer = sealer.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("applier".into())
-                    .spawn(move || {
-                        if let Err(e) = applier_loop(&shared, ledger, &storage, &sealer, apply_rx) {
-                            shared.die(format!("applier: {e:#}"));
-                        }
-                    })?,
-            );
-        }
-        {
-            let node2 = node.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("snapshotter".into())
-                    .spawn(move || {
-                        for job in snap_rx {
-                            if let Err(e) = node2.write_snapshot(job) {
-                                tracing::error!("snapshot: {e:#}");
-                            }
-                        }
-                    })?,
-            );
-        }
-        {
-            let node2 = node.clone();
-            let timing = ReplicaTiming {
-                tick_ms: cfg.tick_ms,
-                signature: crate::core::SignatureTiming {
-                    interval_ms: cfg.sig_ms_interval,
-                    in_flight_max: cfg.sig_in_flight_max,
-                    min_gap_ms: cfg.sig_ms_min,
-                },
-            };
-            let replica = Replica::new(core, timing, 0, node.ledger_durable());
-            threads.push(std::thread::Builder::new().name("raft".into()).spawn(move || {
-                let result = node2.event_loop(replica, inbox_rx, calls_rx, persisted_rx, store_tx, snap_tx);
-                if let Err(e) = result {
-                    node2.shared.die(format!("event loop: {e:#}"));
-                }
-            })?);
-        }
+        let threads = spawn_threads(&node, core, ledger, joined_state, inbox_rx, calls_rx)?;
         *node.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
         // A recovery interrupted after the shares were combined carries on.
-        crate::recovery::start_private_recovery(&node);
+        crate::service::recovery::start_private_recovery(&node);
         Ok(node)
     }
 
-    /// Takes up the certificates governance renewed (`crate::renewal`): this node's own, presented from the next
+    /// Takes up the certificates governance renewed (`crate::governance::renewal`): this node's own, presented from the next
     /// TLS handshake on, and the service's; both are kept in the data directory. Returns the node's new
     /// certificate, which its signatures carry from now on.
     fn adopt_renewed_certificates(&self, committed: &State) -> Option<String> {
@@ -1346,8 +1172,8 @@ impl Node {
         if *synced == version {
             return;
         }
-        if let Some(previous) = crate::recovery::previous_service(&state) {
-            crate::recovery::install_past_secrets(&state, &self.sealer);
+        if let Some(previous) = crate::governance::recovery::previous_service(&state) {
+            crate::governance::recovery::install_past_secrets(&state, &self.sealer);
             let identities = previous
                 .chain()
                 .into_iter()
@@ -1793,7 +1619,10 @@ impl Node {
         evidence_seqno: u64,
         digest: String,
     ) -> anyhow::Result<Option<Input>> {
-        let written = self.paths.snapshots().join(snapshot::file_name(seqno, None));
+        let written = self
+            .paths
+            .snapshots()
+            .join(snapshot_codec::file_name(seqno, None));
         let Ok(bytes) = std::fs::read(&written) else {
             // This node's snapshotter is behind: finish when it has written the file.
             return Ok(Some(Input::SnapshotNotWritten {
@@ -1802,7 +1631,7 @@ impl Node {
                 digest,
             }));
         };
-        if hex::encode(snapshot::digest(&bytes)) != digest {
+        if hex::encode(snapshot_codec::digest(&bytes)) != digest {
             tracing::error!(
                 seqno,
                 "this node's snapshot differs from the primary's evidence; not using it"
@@ -1812,7 +1641,7 @@ impl Node {
         let committed = self
             .paths
             .snapshots()
-            .join(snapshot::file_name(seqno, Some(evidence_seqno)));
+            .join(snapshot_codec::file_name(seqno, Some(evidence_seqno)));
         std::fs::rename(&written, &committed)?;
         tracing::info!(seqno, evidence = evidence_seqno, "snapshot committed");
         for (_, _, old) in committed_snapshots(&self.paths).into_iter().skip(SNAPSHOTS_KEPT) {
@@ -1923,9 +1752,12 @@ impl Node {
     fn write_snapshot(&self, job: SnapshotJob) -> anyhow::Result<()> {
         let seqno = job.state.version();
         let bytes = job.encode(&self.sealer)?;
-        let digest = snapshot::digest(&bytes);
+        let digest = snapshot_codec::digest(&bytes);
         write_private(
-            &self.paths.snapshots().join(snapshot::file_name(seqno, None)),
+            &self
+                .paths
+                .snapshots()
+                .join(snapshot_codec::file_name(seqno, None)),
             &bytes,
         )?;
         tracing::info!(seqno, bytes = bytes.len(), "wrote a snapshot");

@@ -29,8 +29,8 @@ use synod_core::ledger::{
 use synod_core::txid::TxId;
 use synod_kv::seal::Sealer;
 
-use crate::core::Writes;
-use crate::rpc::limits::{Slot, Slots};
+use crate::ledger_files::Writes;
+use crate::limits::{Slot, Slots};
 
 /// Blocking reads of the ledger files at once (historical queries and the change feeds' reads together).
 pub const READS_MAX: usize = 4;
@@ -626,8 +626,8 @@ mod tests {
     use synod_kv::seal::LedgerSecret;
 
     use super::*;
-    use crate::core::CommittedEntry;
-    use crate::ledger::LedgerWriter;
+    use crate::ledger_files::writer::LedgerWriter;
+    use crate::ledger_files::CommittedEntry;
 
     const MAP: &str = "records";
     const PUBLIC: &str = "public:records";

@@ -8,10 +8,10 @@
 use coset::cbor::value::Value;
 use coset::{CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, Label, TaggedCborSerializable};
 
+use super::{LeafComponents, VerifiedReceipt};
 use crate::cert::{self, PrivateKey};
 use crate::hash::{sha256, Digest};
 use crate::merkle::{fold_proof, ProofStep};
-use crate::receipt::{LeafComponents, VerifiedReceipt};
 use crate::txid::TxId;
 
 /// Verifiable data structure header label (draft-ietf-cose-merkle-tree-proofs).

@@ -3,7 +3,7 @@
 
 use coset::cbor::value::Value;
 use coset::{iana, CborSerializable, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
-use synod_governance::cose::{self, Alg, GovError, KeyKind, MemberKey, MsgType};
+use synod_governance::envelope::{self, Alg, EnvelopeError, KeyKind, MemberKey, MsgType};
 
 struct Member {
     cert_pem: String,
@@ -12,7 +12,7 @@ struct Member {
 }
 
 fn member(name: &str, kind: KeyKind) -> Member {
-    let identity = cose::generate_member(name, kind).unwrap();
+    let identity = envelope::generate_member(name, kind).unwrap();
     Member {
         der: synod_core::cert::pem_to_der(&identity.cert_pem).unwrap(),
         key: MemberKey::from_pkcs8_pem(&identity.key_pem).unwrap(),
@@ -44,28 +44,29 @@ fn every_message_type_round_trips_with_both_key_kinds() {
         for msg_type in MsgType::ALL {
             let payload = payload_for(msg_type);
             let proposal_id = proposal_id_for(msg_type);
-            let bytes = cose::sign(&m.key, &m.der, msg_type, CREATED_AT, proposal_id, payload).unwrap();
+            let bytes = envelope::sign(&m.key, &m.der, msg_type, CREATED_AT, proposal_id, payload).unwrap();
             assert_eq!(bytes[0], 0xd2, "tagged COSE_Sign1");
-            let request = cose::verify(&bytes, &m.der).unwrap();
+            let request = envelope::verify(&bytes, &m.der).unwrap();
             assert_eq!(request.msg_type, msg_type);
             assert_eq!(request.created_at, CREATED_AT);
             assert_eq!(request.proposal_id.as_deref(), proposal_id);
-            assert_eq!(request.kid, cose::member_id(&m.der));
+            assert_eq!(request.kid, envelope::member_id(&m.der));
             assert_eq!(request.alg, kind.alg());
             assert_eq!(request.payload, payload);
             assert_eq!(
                 request.signature.len(),
                 if kind == KeyKind::P384 { 96 } else { 64 }
             );
-            assert_eq!(cose::parse(&bytes).unwrap(), request);
-            assert_eq!(cose::verify_pem(&bytes, &m.cert_pem).unwrap(), request);
+            assert_eq!(envelope::parse(&bytes).unwrap(), request);
+            assert_eq!(envelope::verify_pem(&bytes, &m.cert_pem).unwrap(), request);
             request.expect(msg_type, proposal_id).unwrap();
-            let digest = cose::signature_digest(&bytes).unwrap();
+            let digest = envelope::signature_digest(&bytes).unwrap();
             assert_eq!(digest, request.signature_digest());
             // Signing again gives another request (another digest) unless everything is equal: Ed25519 and
             // RFC 6979 ECDSA are deterministic, so a different created_at is what makes requests distinct.
-            let later = cose::sign(&m.key, &m.der, msg_type, CREATED_AT + 1, proposal_id, payload).unwrap();
-            assert_ne!(cose::signature_digest(&later).unwrap(), digest);
+            let later =
+                envelope::sign(&m.key, &m.der, msg_type, CREATED_AT + 1, proposal_id, payload).unwrap();
+            assert_ne!(envelope::signature_digest(&later).unwrap(), digest);
         }
     }
 }
@@ -75,7 +76,7 @@ fn any_changed_byte_is_refused() {
     for kind in [KeyKind::Ed25519, KeyKind::P384] {
         let m = member("member0", kind);
         for msg_type in [MsgType::Ballot, MsgType::Withdrawal, MsgType::Proposal] {
-            let bytes = cose::sign(
+            let bytes = envelope::sign(
                 &m.key,
                 &m.der,
                 msg_type,
@@ -89,19 +90,19 @@ fn any_changed_byte_is_refused() {
                     let mut bad = bytes.clone();
                     bad[i] ^= flip;
                     assert!(
-                        cose::verify(&bad, &m.der).is_err(),
+                        envelope::verify(&bad, &m.der).is_err(),
                         "{kind} {msg_type}: byte {i} ^ {flip:#x} accepted ({})",
                         hex::encode(&bytes[i.saturating_sub(4)..(i + 4).min(bytes.len())])
                     );
                 }
             }
             // Truncated or extended.
-            assert!(cose::verify(&bytes[..bytes.len() - 1], &m.der).is_err());
+            assert!(envelope::verify(&bytes[..bytes.len() - 1], &m.der).is_err());
             let mut longer = bytes.clone();
             longer.push(0);
             assert!(matches!(
-                cose::verify(&longer, &m.der),
-                Err(GovError::Malformed(_))
+                envelope::verify(&longer, &m.der),
+                Err(EnvelopeError::Malformed(_))
             ));
         }
     }
@@ -112,7 +113,7 @@ fn another_members_certificate_is_refused() {
     let alice = member("alice", KeyKind::P384);
     let bob = member("bob", KeyKind::P384);
     let carol = member("carol", KeyKind::Ed25519);
-    let bytes = cose::sign(
+    let bytes = envelope::sign(
         &alice.key,
         &alice.der,
         MsgType::Proposal,
@@ -122,12 +123,12 @@ fn another_members_certificate_is_refused() {
     )
     .unwrap();
     for other in [&bob, &carol] {
-        let err = cose::verify(&bytes, &other.der).unwrap_err();
+        let err = envelope::verify(&bytes, &other.der).unwrap_err();
         assert_eq!(
             err,
-            GovError::WrongKid {
-                kid: cose::member_id(&alice.der),
-                expected: cose::member_id(&other.der)
+            EnvelopeError::WrongKid {
+                kid: envelope::member_id(&alice.der),
+                expected: envelope::member_id(&other.der)
             }
         );
         assert_eq!(err.http_status(), 401);
@@ -137,7 +138,7 @@ fn another_members_certificate_is_refused() {
     let forged = sign_with_headers(
         &bob.key,
         Alg::ES384,
-        cose::member_id(&alice.der).into_bytes(),
+        envelope::member_id(&alice.der).into_bytes(),
         &[
             ("ccf.gov.msg.type", Value::Text("proposal".into())),
             ("ccf.gov.msg.created_at", Value::Integer(CREATED_AT.into())),
@@ -145,17 +146,17 @@ fn another_members_certificate_is_refused() {
         b"{}",
     );
     assert!(matches!(
-        cose::verify(&forged, &alice.der),
-        Err(GovError::BadSignature(_))
+        envelope::verify(&forged, &alice.der),
+        Err(EnvelopeError::BadSignature(_))
     ));
     // And sign() refuses a key that is not the certificate's.
     assert!(matches!(
-        cose::sign(&bob.key, &alice.der, MsgType::Proposal, CREATED_AT, None, b"{}"),
-        Err(GovError::KeyCertMismatch { .. })
+        envelope::sign(&bob.key, &alice.der, MsgType::Proposal, CREATED_AT, None, b"{}"),
+        Err(EnvelopeError::KeyCertMismatch { .. })
     ));
 }
 
-/// A COSE_Sign1 with exactly these headers, signed with `key` (bypassing `cose::sign`'s checks).
+/// A COSE_Sign1 with exactly these headers, signed with `key` (bypassing `envelope::sign`'s checks).
 fn sign_with_headers(
     key: &MemberKey,
     alg: Alg,
@@ -187,7 +188,7 @@ fn raw_sign(key: &MemberKey, data: &[u8]) -> Vec<u8> {
 #[test]
 fn ballot_without_proposal_id_is_refused() {
     let m = member("member0", KeyKind::Ed25519);
-    let kid = cose::member_id(&m.der).into_bytes();
+    let kid = envelope::member_id(&m.der).into_bytes();
     let bytes = sign_with_headers(
         &m.key,
         Alg::EdDSA,
@@ -198,37 +199,37 @@ fn ballot_without_proposal_id_is_refused() {
         ],
         payload_for(MsgType::Ballot),
     );
-    for result in [cose::parse(&bytes), cose::verify(&bytes, &m.der)] {
+    for result in [envelope::parse(&bytes), envelope::verify(&bytes, &m.der)] {
         let err = result.unwrap_err();
         assert!(
-            matches!(&err, GovError::MissingHeader { header } if header.contains("ccf.gov.msg.proposal_id")),
+            matches!(&err, EnvelopeError::MissingHeader { header } if header.contains("ccf.gov.msg.proposal_id")),
             "{err:?}"
         );
         assert_eq!(err.http_status(), 400);
     }
     // sign() refuses to make one, and refuses a proposal id on a proposal.
     assert!(matches!(
-        cose::sign(&m.key, &m.der, MsgType::Ballot, CREATED_AT, None, b"{}"),
-        Err(GovError::MissingHeader { .. })
+        envelope::sign(&m.key, &m.der, MsgType::Ballot, CREATED_AT, None, b"{}"),
+        Err(EnvelopeError::MissingHeader { .. })
     ));
     assert!(matches!(
-        cose::sign(&m.key, &m.der, MsgType::Withdrawal, CREATED_AT, Some(""), b""),
-        Err(GovError::InvalidHeader { .. })
+        envelope::sign(&m.key, &m.der, MsgType::Withdrawal, CREATED_AT, Some(""), b""),
+        Err(EnvelopeError::InvalidHeader { .. })
     ));
     assert!(matches!(
-        cose::sign(&m.key, &m.der, MsgType::Proposal, CREATED_AT, Some("1"), b"{}"),
-        Err(GovError::InvalidHeader { .. })
+        envelope::sign(&m.key, &m.der, MsgType::Proposal, CREATED_AT, Some("1"), b"{}"),
+        Err(EnvelopeError::InvalidHeader { .. })
     ));
     // A withdrawal names its proposal; a ballot for another proposal than the path's is refused by expect().
-    let ok = cose::sign(&m.key, &m.der, MsgType::Withdrawal, CREATED_AT, Some("p1"), b"").unwrap();
-    let request = cose::verify(&ok, &m.der).unwrap();
+    let ok = envelope::sign(&m.key, &m.der, MsgType::Withdrawal, CREATED_AT, Some("p1"), b"").unwrap();
+    let request = envelope::verify(&ok, &m.der).unwrap();
     assert!(matches!(
         request.expect(MsgType::Withdrawal, Some("p2")),
-        Err(GovError::ProposalIdMismatch { .. })
+        Err(EnvelopeError::ProposalIdMismatch { .. })
     ));
     assert!(matches!(
         request.expect(MsgType::Ballot, Some("p1")),
-        Err(GovError::WrongMsgType { .. })
+        Err(EnvelopeError::WrongMsgType { .. })
     ));
 }
 
@@ -244,14 +245,14 @@ fn algorithm_must_match_the_certificates_key() {
     let bytes = sign_with_headers(
         &ed.key,
         Alg::ES384,
-        cose::member_id(&ed.der).into_bytes(),
+        envelope::member_id(&ed.der).into_bytes(),
         &headers,
         b"{}",
     );
-    let err = cose::verify(&bytes, &ed.der).unwrap_err();
+    let err = envelope::verify(&bytes, &ed.der).unwrap_err();
     assert_eq!(
         err,
-        GovError::AlgKeyMismatch {
+        EnvelopeError::AlgKeyMismatch {
             alg: Alg::ES384,
             key: KeyKind::Ed25519,
             expected: Alg::EdDSA
@@ -262,13 +263,13 @@ fn algorithm_must_match_the_certificates_key() {
     let bytes = sign_with_headers(
         &ec.key,
         Alg::EdDSA,
-        cose::member_id(&ec.der).into_bytes(),
+        envelope::member_id(&ec.der).into_bytes(),
         &headers,
         b"{}",
     );
     assert!(matches!(
-        cose::verify(&bytes, &ec.der),
-        Err(GovError::AlgKeyMismatch { .. })
+        envelope::verify(&bytes, &ec.der),
+        Err(EnvelopeError::AlgKeyMismatch { .. })
     ));
 }
 
@@ -317,21 +318,21 @@ fn with(mut headers: Vec<(Value, Value)>, label: Value, value: Option<Value>) ->
 #[test]
 fn headers_are_checked_and_errors_name_them() {
     // The baseline parses, tagged or not, with a text kid too.
-    let ok = cose::parse(&raw_message(good_headers(), Some(b"{}"), true)).unwrap();
+    let ok = envelope::parse(&raw_message(good_headers(), Some(b"{}"), true)).unwrap();
     assert_eq!(ok.kid, "abcd");
     assert_eq!(ok.alg, Alg::EdDSA);
-    cose::parse(&raw_message(good_headers(), Some(b"{}"), false)).unwrap();
+    envelope::parse(&raw_message(good_headers(), Some(b"{}"), false)).unwrap();
     let text_kid = with(good_headers(), int(4), Some(text("abcd")));
     assert_eq!(
-        cose::parse(&raw_message(text_kid, Some(b"{}"), true))
+        envelope::parse(&raw_message(text_kid, Some(b"{}"), true))
             .unwrap()
             .kid,
         "abcd"
     );
 
     let missing = |label: Value| raw_message(with(good_headers(), label, None), Some(b"{}"), true);
-    let header_of = |bytes: &[u8]| match cose::parse(bytes).unwrap_err() {
-        GovError::MissingHeader { header } => header,
+    let header_of = |bytes: &[u8]| match envelope::parse(bytes).unwrap_err() {
+        EnvelopeError::MissingHeader { header } => header,
         other => panic!("{other:?}"),
     };
     assert!(header_of(&missing(int(1))).contains("alg"));
@@ -341,36 +342,39 @@ fn headers_are_checked_and_errors_name_them() {
 
     let invalid = |label: Value, value: Value| {
         let bytes = raw_message(with(good_headers(), label, Some(value)), Some(b"{}"), true);
-        cose::parse(&bytes).unwrap_err()
+        envelope::parse(&bytes).unwrap_err()
     };
     let e = invalid(text("ccf.gov.msg.created_at"), int(-1));
     assert!(
-        matches!(&e, GovError::InvalidHeader { header, .. } if header == "ccf.gov.msg.created_at"),
+        matches!(&e, EnvelopeError::InvalidHeader { header, .. } if header == "ccf.gov.msg.created_at"),
         "{e:?}"
     );
     let e = invalid(text("ccf.gov.msg.created_at"), text("2024-06-10T00:00:00Z"));
-    assert!(matches!(&e, GovError::InvalidHeader { .. }), "{e:?}");
+    assert!(matches!(&e, EnvelopeError::InvalidHeader { .. }), "{e:?}");
     let e = invalid(text("ccf.gov.msg.type"), int(1));
     assert!(
-        matches!(&e, GovError::InvalidHeader { header, .. } if header == "ccf.gov.msg.type"),
+        matches!(&e, EnvelopeError::InvalidHeader { header, .. } if header == "ccf.gov.msg.type"),
         "{e:?}"
     );
     assert_eq!(
         invalid(text("ccf.gov.msg.type"), text("vote")),
-        GovError::UnknownMsgType("vote".into())
+        EnvelopeError::UnknownMsgType("vote".into())
     );
     assert!(matches!(
         invalid(int(1), int(-36)),
-        GovError::UnsupportedAlgorithm(a) if a == "-36"
+        EnvelopeError::UnsupportedAlgorithm(a) if a == "-36"
     ));
-    assert!(matches!(invalid(int(4), int(7)), GovError::InvalidHeader { .. }));
+    assert!(matches!(
+        invalid(int(4), int(7)),
+        EnvelopeError::InvalidHeader { .. }
+    ));
     assert!(matches!(
         invalid(text("ccf.gov.msg.proposal_id"), text("p1")),
-        GovError::InvalidHeader { .. }
+        EnvelopeError::InvalidHeader { .. }
     ));
     assert!(matches!(
         invalid(int(2), Value::Array(vec![int(99)])),
-        GovError::InvalidHeader { .. }
+        EnvelopeError::InvalidHeader { .. }
     ));
     // crit naming what we process is fine.
     let crit = with(
@@ -378,7 +382,7 @@ fn headers_are_checked_and_errors_name_them() {
         int(2),
         Some(Value::Array(vec![text("ccf.gov.msg.type")])),
     );
-    cose::parse(&raw_message(crit, Some(b"{}"), true)).unwrap();
+    envelope::parse(&raw_message(crit, Some(b"{}"), true)).unwrap();
 
     // Structural problems are Malformed.
     let mut dup = good_headers();
@@ -391,8 +395,8 @@ fn headers_are_checked_and_errors_name_them() {
         b"".to_vec(),
         b"{}".to_vec(),
     ] {
-        let e = cose::parse(&bytes).unwrap_err();
-        assert!(matches!(e, GovError::Malformed(_)), "{e:?}");
+        let e = envelope::parse(&bytes).unwrap_err();
+        assert!(matches!(e, EnvelopeError::Malformed(_)), "{e:?}");
         assert!(e.to_string().starts_with("malformed COSE_Sign1"), "{e}");
     }
 }
@@ -400,8 +404,8 @@ fn headers_are_checked_and_errors_name_them() {
 #[test]
 fn es384_signature_digest_ignores_malleability() {
     let m = member("member0", KeyKind::P384);
-    let bytes = cose::sign(&m.key, &m.der, MsgType::Proposal, CREATED_AT, None, b"{}").unwrap();
-    let request = cose::verify(&bytes, &m.der).unwrap();
+    let bytes = envelope::sign(&m.key, &m.der, MsgType::Proposal, CREATED_AT, None, b"{}").unwrap();
+    let request = envelope::verify(&bytes, &m.der).unwrap();
     // The twin signature (r, n - s) verifies too; its digest must be the same.
     let sig = p384::ecdsa::Signature::from_slice(&request.signature).unwrap();
     let (r, s) = sig.split_scalars();
@@ -412,11 +416,11 @@ fn es384_signature_digest_ignores_malleability() {
     let at = tampered.len() - 96;
     assert_eq!(&tampered[at..], request.signature.as_slice());
     tampered[at..].copy_from_slice(&twin_bytes);
-    let twin_request = cose::verify(&tampered, &m.der).expect("the malleated twin verifies");
+    let twin_request = envelope::verify(&tampered, &m.der).expect("the malleated twin verifies");
     assert_ne!(twin_request.signature, request.signature);
     assert_eq!(
-        cose::signature_digest(&tampered).unwrap(),
-        cose::signature_digest(&bytes).unwrap()
+        envelope::signature_digest(&tampered).unwrap(),
+        envelope::signature_digest(&bytes).unwrap()
     );
 }
 
@@ -439,7 +443,7 @@ fn requests_verify_with_pycose() {
         for msg_type in [MsgType::Proposal, MsgType::Ballot, MsgType::Withdrawal] {
             let proposal_id = proposal_id_for(msg_type);
             let payload = payload_for(msg_type);
-            let bytes = cose::sign(&m.key, &m.der, msg_type, CREATED_AT, proposal_id, payload).unwrap();
+            let bytes = envelope::sign(&m.key, &m.der, msg_type, CREATED_AT, proposal_id, payload).unwrap();
             let path = dir
                 .path()
                 .join(format!("{kind}-{msg_type}.cose").replace(' ', "_"));

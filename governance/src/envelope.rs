@@ -18,16 +18,16 @@
 //! bytes). Everything signed is exactly what the node acts on: the protected header bytes and the payload as sent.
 //!
 //! ```
-//! use synod_governance::cose::{self, KeyKind, MemberKey, MsgType};
+//! use synod_governance::envelope::{self, KeyKind, MemberKey, MsgType};
 //!
-//! let identity = cose::generate_member("member0", KeyKind::P384).unwrap();
+//! let identity = envelope::generate_member("member0", KeyKind::P384).unwrap();
 //! let cert_der = synod_core::cert::pem_to_der(&identity.cert_pem).unwrap();
 //! let key = MemberKey::from_pem(&identity.key_pem).unwrap();
-//! let request = cose::sign(&key, &cert_der, MsgType::Ballot, 1_700_000_000, Some("1a2b"), br#"{"ballot":"..."}"#).unwrap();
-//! let verified = cose::verify(&request, &cert_der).unwrap();
+//! let request = envelope::sign(&key, &cert_der, MsgType::Ballot, 1_700_000_000, Some("1a2b"), br#"{"ballot":"..."}"#).unwrap();
+//! let verified = envelope::verify(&request, &cert_der).unwrap();
 //! assert_eq!(verified.msg_type, MsgType::Ballot);
 //! assert_eq!(verified.proposal_id.as_deref(), Some("1a2b"));
-//! assert_eq!(verified.kid, cose::member_id(&cert_der));
+//! assert_eq!(verified.kid, envelope::member_id(&cert_der));
 //! ```
 
 use std::fmt;
@@ -63,10 +63,10 @@ const OID_SECP384R1: &str = "1.3.132.0.34";
 const OID_SECP256R1: &str = "1.2.840.10045.3.1.7";
 
 /// Why a governance request (or a member key or certificate) was refused. The node answers the request errors
-/// with [`GovError::http_status`]; the `Display` text is meant to be shown to the member as is.
+/// with [`EnvelopeError::http_status`]; the `Display` text is meant to be shown to the member as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum GovError {
+pub enum EnvelopeError {
     /// Not a well-formed COSE_Sign1 (bad CBOR, wrong tag, wrong shape, detached payload, trailing bytes).
     #[error("malformed COSE_Sign1: {0}")]
     Malformed(String),
@@ -153,18 +153,18 @@ pub enum GovError {
     Generate(String),
 }
 
-impl GovError {
+impl EnvelopeError {
     /// The HTTP status a node answers this error with: 401 when the request is well formed but not authentic
     /// (wrong kid, algorithm/key mismatch, bad signature, a member key governance does not support), 400 for
     /// everything else (malformed envelope, missing or invalid header, unknown or wrong message type, payload).
     pub fn http_status(&self) -> u16 {
         match self {
-            GovError::WrongKid { .. }
-            | GovError::AlgKeyMismatch { .. }
-            | GovError::BadSignature(_)
-            | GovError::UnsupportedKey(_)
-            | GovError::InvalidCertificate(_)
-            | GovError::KeyCertMismatch { .. } => 401,
+            EnvelopeError::WrongKid { .. }
+            | EnvelopeError::AlgKeyMismatch { .. }
+            | EnvelopeError::BadSignature(_)
+            | EnvelopeError::UnsupportedKey(_)
+            | EnvelopeError::InvalidCertificate(_)
+            | EnvelopeError::KeyCertMismatch { .. } => 401,
             _ => 400,
         }
     }
@@ -174,22 +174,22 @@ impl GovError {
         self.http_status() == 401
     }
 
-    fn missing(header: &str) -> GovError {
-        GovError::MissingHeader {
+    fn missing(header: &str) -> EnvelopeError {
+        EnvelopeError::MissingHeader {
             header: header.to_string(),
         }
     }
 
-    fn invalid(header: &str, reason: impl Into<String>) -> GovError {
-        GovError::InvalidHeader {
+    fn invalid(header: &str, reason: impl Into<String>) -> EnvelopeError {
+        EnvelopeError::InvalidHeader {
             header: header.to_string(),
             reason: reason.into(),
         }
     }
 }
 
-fn malformed(what: impl fmt::Display) -> GovError {
-    GovError::Malformed(what.to_string())
+fn malformed(what: impl fmt::Display) -> EnvelopeError {
+    EnvelopeError::Malformed(what.to_string())
 }
 
 /// The governance message types (`ccf.gov.msg.type`), with CCF's spelling from [`MsgType::as_str`].
@@ -249,13 +249,13 @@ impl fmt::Display for MsgType {
 }
 
 impl FromStr for MsgType {
-    type Err = GovError;
+    type Err = EnvelopeError;
 
-    fn from_str(s: &str) -> Result<MsgType, GovError> {
+    fn from_str(s: &str) -> Result<MsgType, EnvelopeError> {
         MsgType::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| GovError::UnknownMsgType(s.to_string()))
+            .ok_or_else(|| EnvelopeError::UnknownMsgType(s.to_string()))
     }
 }
 
@@ -352,8 +352,8 @@ impl KeyKind {
         }
     }
 
-    /// The key type of a certificate's public key; [`GovError::UnsupportedKey`] for any other key.
-    pub fn of_cert(cert_der: &[u8]) -> Result<KeyKind, GovError> {
+    /// The key type of a certificate's public key; [`EnvelopeError::UnsupportedKey`] for any other key.
+    pub fn of_cert(cert_der: &[u8]) -> Result<KeyKind, EnvelopeError> {
         Ok(KeyKind::of_curve(cert_public_key(cert_der)?.curve()))
     }
 }
@@ -389,23 +389,23 @@ pub struct GovRequest {
 }
 
 impl GovRequest {
-    /// The payload parsed as JSON into `T` ([`GovError::InvalidPayload`] if it is not).
-    pub fn payload_json<T: serde::de::DeserializeOwned>(&self) -> Result<T, GovError> {
-        serde_json::from_slice(&self.payload).map_err(|e| GovError::InvalidPayload(e.to_string()))
+    /// The payload parsed as JSON into `T` ([`EnvelopeError::InvalidPayload`] if it is not).
+    pub fn payload_json<T: serde::de::DeserializeOwned>(&self) -> Result<T, EnvelopeError> {
+        serde_json::from_slice(&self.payload).map_err(|e| EnvelopeError::InvalidPayload(e.to_string()))
     }
 
     /// Checks that this is a request of type `msg_type` and, for ballots and withdrawals, about proposal
     /// `proposal_id` (the id in the request path). Endpoints call this after [`verify`].
-    pub fn expect(&self, msg_type: MsgType, proposal_id: Option<&str>) -> Result<(), GovError> {
+    pub fn expect(&self, msg_type: MsgType, proposal_id: Option<&str>) -> Result<(), EnvelopeError> {
         if self.msg_type != msg_type {
-            return Err(GovError::WrongMsgType {
+            return Err(EnvelopeError::WrongMsgType {
                 expected: msg_type,
                 got: self.msg_type,
             });
         }
         if let (Some(expected), Some(signed)) = (proposal_id, self.proposal_id.as_deref()) {
             if expected != signed {
-                return Err(GovError::ProposalIdMismatch {
+                return Err(EnvelopeError::ProposalIdMismatch {
                     expected: expected.to_string(),
                     signed: signed.to_string(),
                 });
@@ -442,7 +442,7 @@ impl Envelope {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Envelope, GovError> {
+fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
     let value = Value::from_slice(bytes).map_err(|e| malformed(format!("not a single CBOR item: {e}")))?;
     let items = match value {
         Value::Tag(COSE_SIGN1_TAG, inner) => match *inner {
@@ -490,9 +490,13 @@ fn label_name(label: &Value) -> String {
     }
 }
 
-fn parse_protected(protected: &[u8], payload: Vec<u8>, signature: Vec<u8>) -> Result<GovRequest, GovError> {
+fn parse_protected(
+    protected: &[u8],
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+) -> Result<GovRequest, EnvelopeError> {
     if protected.is_empty() {
-        return Err(GovError::missing("alg (1)"));
+        return Err(EnvelopeError::missing("alg (1)"));
     }
     let value = Value::from_slice(protected)
         .map_err(|e| malformed(format!("protected header is not a single CBOR item: {e}")))?;
@@ -522,7 +526,7 @@ fn parse_protected(protected: &[u8], payload: Vec<u8>, signature: Vec<u8>) -> Re
 
     if let Some(crit) = int_entry(LABEL_CRIT) {
         let Value::Array(labels) = crit else {
-            return Err(GovError::invalid("crit (2)", "not an array of labels"));
+            return Err(EnvelopeError::invalid("crit (2)", "not an array of labels"));
         };
         for label in labels {
             let understood = match label {
@@ -533,7 +537,7 @@ fn parse_protected(protected: &[u8], payload: Vec<u8>, signature: Vec<u8>) -> Re
                 _ => false,
             };
             if !understood {
-                return Err(GovError::invalid(
+                return Err(EnvelopeError::invalid(
                     "crit (2)",
                     format!(
                         "lists label {} that this verifier does not process",
@@ -545,44 +549,44 @@ fn parse_protected(protected: &[u8], payload: Vec<u8>, signature: Vec<u8>) -> Re
     }
 
     let alg = match int_entry(LABEL_ALG) {
-        None => return Err(GovError::missing("alg (1)")),
+        None => return Err(EnvelopeError::missing("alg (1)")),
         Some(Value::Integer(i)) => match i128::from(*i) {
             ALG_EDDSA => Alg::EdDSA,
             ALG_ES384 => Alg::ES384,
             ALG_ES256 => Alg::ES256,
-            other => return Err(GovError::UnsupportedAlgorithm(other.to_string())),
+            other => return Err(EnvelopeError::UnsupportedAlgorithm(other.to_string())),
         },
-        Some(Value::Text(t)) => return Err(GovError::UnsupportedAlgorithm(format!("{t:?}"))),
-        Some(_) => return Err(GovError::invalid("alg (1)", "not an integer")),
+        Some(Value::Text(t)) => return Err(EnvelopeError::UnsupportedAlgorithm(format!("{t:?}"))),
+        Some(_) => return Err(EnvelopeError::invalid("alg (1)", "not an integer")),
     };
 
     let kid = match int_entry(LABEL_KID) {
-        None => return Err(GovError::missing("kid (4)")),
+        None => return Err(EnvelopeError::missing("kid (4)")),
         Some(Value::Bytes(b)) => String::from_utf8(b.clone())
-            .map_err(|_| GovError::invalid("kid (4)", "not the ASCII hex of a member id"))?,
+            .map_err(|_| EnvelopeError::invalid("kid (4)", "not the ASCII hex of a member id"))?,
         Some(Value::Text(t)) => t.clone(),
-        Some(_) => return Err(GovError::invalid("kid (4)", "not a byte string")),
+        Some(_) => return Err(EnvelopeError::invalid("kid (4)", "not a byte string")),
     };
     if kid.is_empty() {
-        return Err(GovError::invalid("kid (4)", "empty"));
+        return Err(EnvelopeError::invalid("kid (4)", "empty"));
     }
 
     let msg_type = match text_entry(HEADER_MSG_TYPE) {
-        None => return Err(GovError::missing(HEADER_MSG_TYPE)),
+        None => return Err(EnvelopeError::missing(HEADER_MSG_TYPE)),
         Some(Value::Text(t)) => t.parse::<MsgType>()?,
-        Some(_) => return Err(GovError::invalid(HEADER_MSG_TYPE, "not a text string")),
+        Some(_) => return Err(EnvelopeError::invalid(HEADER_MSG_TYPE, "not a text string")),
     };
 
     let created_at = match text_entry(HEADER_CREATED_AT) {
-        None => return Err(GovError::missing(HEADER_CREATED_AT)),
+        None => return Err(EnvelopeError::missing(HEADER_CREATED_AT)),
         Some(Value::Integer(i)) => u64::try_from(i128::from(*i)).map_err(|_| {
-            GovError::invalid(
+            EnvelopeError::invalid(
                 HEADER_CREATED_AT,
                 "not an unsigned integer (seconds since the Unix epoch)",
             )
         })?,
         Some(_) => {
-            return Err(GovError::invalid(
+            return Err(EnvelopeError::invalid(
                 HEADER_CREATED_AT,
                 "not an unsigned integer (seconds since the Unix epoch)",
             ))
@@ -592,8 +596,8 @@ fn parse_protected(protected: &[u8], payload: Vec<u8>, signature: Vec<u8>) -> Re
     let proposal_id = match text_entry(HEADER_PROPOSAL_ID) {
         None => None,
         Some(Value::Text(t)) if !t.is_empty() => Some(t.clone()),
-        Some(Value::Text(_)) => return Err(GovError::invalid(HEADER_PROPOSAL_ID, "empty")),
-        Some(_) => return Err(GovError::invalid(HEADER_PROPOSAL_ID, "not a text string")),
+        Some(Value::Text(_)) => return Err(EnvelopeError::invalid(HEADER_PROPOSAL_ID, "empty")),
+        Some(_) => return Err(EnvelopeError::invalid(HEADER_PROPOSAL_ID, "not a text string")),
     };
     check_proposal_id(msg_type, proposal_id.as_deref())?;
 
@@ -610,13 +614,13 @@ fn parse_protected(protected: &[u8], payload: Vec<u8>, signature: Vec<u8>) -> Re
 
 /// The proposal id rule: required (and not empty) for ballots and withdrawals, forbidden for every other message
 /// type. [`sign`] checks it before signing; a parsed request has had an empty id refused already.
-fn check_proposal_id(msg_type: MsgType, proposal_id: Option<&str>) -> Result<(), GovError> {
+fn check_proposal_id(msg_type: MsgType, proposal_id: Option<&str>) -> Result<(), EnvelopeError> {
     match (msg_type.needs_proposal_id(), proposal_id) {
-        (true, None) => Err(GovError::MissingHeader {
+        (true, None) => Err(EnvelopeError::MissingHeader {
             header: format!("{HEADER_PROPOSAL_ID} (required for a {msg_type})"),
         }),
-        (true, Some("")) => Err(GovError::invalid(HEADER_PROPOSAL_ID, "empty")),
-        (false, Some(_)) => Err(GovError::invalid(
+        (true, Some("")) => Err(EnvelopeError::invalid(HEADER_PROPOSAL_ID, "empty")),
+        (false, Some(_)) => Err(EnvelopeError::invalid(
             HEADER_PROPOSAL_ID,
             format!("only ballots and withdrawals name a proposal, not a {msg_type}"),
         )),
@@ -626,18 +630,18 @@ fn check_proposal_id(msg_type: MsgType, proposal_id: Option<&str>) -> Result<(),
 
 /// Parses a governance request (tagged or untagged COSE_Sign1) and checks its structure and headers, but not its
 /// signature: use it to read the `kid` and find the member's certificate, then [`verify`].
-pub fn parse(bytes: &[u8]) -> Result<GovRequest, GovError> {
+pub fn parse(bytes: &[u8]) -> Result<GovRequest, EnvelopeError> {
     Ok(decode(bytes)?.request)
 }
 
 /// Parses the request and checks it is signed by the member whose certificate (DER) is given: the `kid` must be
 /// that certificate's member id, `alg` must fit the certificate's key type, and the signature must verify.
-pub fn verify(bytes: &[u8], member_cert_der: &[u8]) -> Result<GovRequest, GovError> {
+pub fn verify(bytes: &[u8], member_cert_der: &[u8]) -> Result<GovRequest, EnvelopeError> {
     let envelope = decode(bytes)?;
     let request = &envelope.request;
     let expected = member_id(member_cert_der);
     if request.kid != expected {
-        return Err(GovError::WrongKid {
+        return Err(EnvelopeError::WrongKid {
             kid: request.kid.clone(),
             expected,
         });
@@ -645,28 +649,28 @@ pub fn verify(bytes: &[u8], member_cert_der: &[u8]) -> Result<GovRequest, GovErr
     let key = cert_public_key(member_cert_der)?;
     let kind = KeyKind::of_curve(key.curve());
     if request.alg != kind.alg() {
-        return Err(GovError::AlgKeyMismatch {
+        return Err(EnvelopeError::AlgKeyMismatch {
             alg: request.alg,
             key: kind,
             expected: kind.alg(),
         });
     }
     key.verify(&envelope.to_be_signed(), &request.signature)
-        .map_err(|e| GovError::BadSignature(format!("{}: {e}", request.alg.as_str())))?;
+        .map_err(|e| EnvelopeError::BadSignature(format!("{}: {e}", request.alg.as_str())))?;
     Ok(envelope.request)
 }
 
 /// [`verify`] with the member certificate as PEM.
-pub fn verify_pem(bytes: &[u8], member_cert_pem: &str) -> Result<GovRequest, GovError> {
+pub fn verify_pem(bytes: &[u8], member_cert_pem: &str) -> Result<GovRequest, EnvelopeError> {
     let der = synod_core::cert::pem_to_der(member_cert_pem)
-        .map_err(|e| GovError::InvalidCertificate(e.to_string()))?;
+        .map_err(|e| EnvelopeError::InvalidCertificate(e.to_string()))?;
     verify(bytes, &der)
 }
 
 /// SHA-256 of the request's signature, for replay detection: a node remembers the digests of the requests it
 /// accepted and refuses one it has seen. For ES384 the digest is taken over the low-S form of the signature, so the
 /// malleated twin `(r, n - s)` of a signature (which verifies too) has the same digest.
-pub fn signature_digest(bytes: &[u8]) -> Result<[u8; 32], GovError> {
+pub fn signature_digest(bytes: &[u8]) -> Result<[u8; 32], EnvelopeError> {
     Ok(parse(bytes)?.signature_digest())
 }
 
@@ -686,10 +690,10 @@ fn digest_of_signature(alg: Alg, signature: &[u8]) -> [u8; 32] {
 }
 
 /// A member certificate's public key: an RSA or P-521 member gets "unsupported", a broken one "invalid".
-fn cert_public_key(cert_der: &[u8]) -> Result<PublicKey, GovError> {
+fn cert_public_key(cert_der: &[u8]) -> Result<PublicKey, EnvelopeError> {
     PublicKey::from_cert(cert_der).map_err(|e| match e {
-        synod_core::cert::CertError::UnsupportedKey(what) => GovError::UnsupportedKey(what),
-        other => GovError::InvalidCertificate(other.to_string()),
+        synod_core::cert::CertError::UnsupportedKey(what) => EnvelopeError::UnsupportedKey(what),
+        other => EnvelopeError::InvalidCertificate(other.to_string()),
     })
 }
 
@@ -705,7 +709,7 @@ impl fmt::Debug for MemberKey {
 
 impl MemberKey {
     /// Parses a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`): ECDSA P-384 or P-256, or Ed25519.
-    pub fn from_pkcs8_pem(pem: &str) -> Result<MemberKey, GovError> {
+    pub fn from_pkcs8_pem(pem: &str) -> Result<MemberKey, EnvelopeError> {
         if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
             return Err(describe_unusable_pkcs8(pem));
         }
@@ -716,11 +720,11 @@ impl MemberKey {
 
     /// Parses a PKCS#8 PEM private key, or a SEC1 `-----BEGIN EC PRIVATE KEY-----` P-384 or P-256 key (what
     /// `openssl ecparam -genkey`, CCF's `keygenerator.sh`, writes; an `EC PARAMETERS` block before it is skipped).
-    pub fn from_pem(pem: &str) -> Result<MemberKey, GovError> {
+    pub fn from_pem(pem: &str) -> Result<MemberKey, EnvelopeError> {
         if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
             return PrivateKey::from_pem(pem)
                 .map(MemberKey)
-                .map_err(|e| GovError::UnsupportedKey(e.to_string()));
+                .map_err(|e| EnvelopeError::UnsupportedKey(e.to_string()));
         }
         MemberKey::from_pkcs8_pem(pem)
     }
@@ -741,7 +745,7 @@ impl MemberKey {
     }
 
     /// Whether this is the private key of the certificate's public key.
-    pub fn matches_cert(&self, cert_der: &[u8]) -> Result<bool, GovError> {
+    pub fn matches_cert(&self, cert_der: &[u8]) -> Result<bool, EnvelopeError> {
         Ok(self.0.public_key() == cert_public_key(cert_der)?)
     }
 
@@ -751,18 +755,18 @@ impl MemberKey {
     }
 }
 
-fn describe_unusable_pkcs8(pem: &str) -> GovError {
+fn describe_unusable_pkcs8(pem: &str) -> EnvelopeError {
     use p384::pkcs8::der::Decode as _;
     let Ok((label, doc)) = p384::pkcs8::SecretDocument::from_pem(pem) else {
-        return GovError::InvalidKey("not a PEM private key".into());
+        return EnvelopeError::InvalidKey("not a PEM private key".into());
     };
     if label != "PRIVATE KEY" {
-        return GovError::InvalidKey(format!(
+        return EnvelopeError::InvalidKey(format!(
             "a {label:?} PEM block, expected a PKCS#8 \"PRIVATE KEY\""
         ));
     }
     match p384::pkcs8::PrivateKeyInfo::from_der(doc.as_bytes()) {
-        Err(e) => GovError::InvalidKey(format!("not a PKCS#8 private key: {e}")),
+        Err(e) => EnvelopeError::InvalidKey(format!("not a PKCS#8 private key: {e}")),
         Ok(info) => {
             let oid = info.algorithm.oid.to_string();
             match oid.as_str() {
@@ -773,13 +777,13 @@ fn describe_unusable_pkcs8(pem: &str) -> GovError {
                         .map(|c| c.to_string())
                         .unwrap_or_default();
                     if curve == OID_SECP384R1 || curve == OID_SECP256R1 {
-                        GovError::InvalidKey(format!("a {} key that does not parse", curve_name(&curve)))
+                        EnvelopeError::InvalidKey(format!("a {} key that does not parse", curve_name(&curve)))
                     } else {
-                        GovError::UnsupportedKey(format!("ECDSA on {}", curve_name(&curve)))
+                        EnvelopeError::UnsupportedKey(format!("ECDSA on {}", curve_name(&curve)))
                     }
                 }
-                OID_ED25519 => GovError::InvalidKey("an Ed25519 key that does not parse".into()),
-                other => GovError::UnsupportedKey(key_algorithm_name(other)),
+                OID_ED25519 => EnvelopeError::InvalidKey("an Ed25519 key that does not parse".into()),
+                other => EnvelopeError::UnsupportedKey(key_algorithm_name(other)),
             }
         }
     }
@@ -800,11 +804,11 @@ pub fn sign(
     created_at: u64,
     proposal_id: Option<&str>,
     payload: &[u8],
-) -> Result<Vec<u8>, GovError> {
+) -> Result<Vec<u8>, EnvelopeError> {
     check_proposal_id(msg_type, proposal_id)?;
     let kid = member_id(member_cert_der);
     if !key.matches_cert(member_cert_der)? {
-        return Err(GovError::KeyCertMismatch { member_id: kid });
+        return Err(EnvelopeError::KeyCertMismatch { member_id: kid });
     }
     // Labels in CBOR deterministic order (RFC 8949 §4.2.1): 1, 4, then the text labels, shortest first.
     let mut header = HeaderBuilder::new()
@@ -826,9 +830,9 @@ pub fn sign(
 
 /// Generates a member identity: a new key of `kind` and a self-signed certificate with common name `name`; the
 /// key is PKCS#8 PEM.
-pub fn generate_member(name: &str, kind: KeyKind) -> Result<Identity, GovError> {
+pub fn generate_member(name: &str, kind: KeyKind) -> Result<Identity, EnvelopeError> {
     synod_core::cert::generate_self_signed_with(kind.curve(), name, false)
-        .map_err(|e| GovError::Generate(e.to_string()))
+        .map_err(|e| EnvelopeError::Generate(e.to_string()))
 }
 
 #[cfg(test)]
@@ -843,7 +847,7 @@ mod tests {
         }
         assert_eq!(
             "vote".parse::<MsgType>(),
-            Err(GovError::UnknownMsgType("vote".into()))
+            Err(EnvelopeError::UnknownMsgType("vote".into()))
         );
         assert!(MsgType::Ballot.needs_proposal_id() && MsgType::Withdrawal.needs_proposal_id());
         assert!(!MsgType::Proposal.needs_proposal_id());
@@ -865,7 +869,7 @@ mod tests {
         assert!(!format!("{ec_key:?}").contains("PRIVATE"));
         assert!(matches!(
             MemberKey::from_pem("garbage"),
-            Err(GovError::InvalidKey(_))
+            Err(EnvelopeError::InvalidKey(_))
         ));
         assert_eq!(
             member_id(&ed_der),
@@ -909,7 +913,7 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\nMBkCAQAwEAYHKoZIzj0CAQYFK4EEACMEAjAA\n-----END PRIVATE KEY-----\n";
         let err = MemberKey::from_pem(pem).unwrap_err();
         assert!(
-            matches!(&err, GovError::UnsupportedKey(m) if m.contains("P-521")),
+            matches!(&err, EnvelopeError::UnsupportedKey(m) if m.contains("P-521")),
             "{err}"
         );
         assert_eq!(err.http_status(), 401);

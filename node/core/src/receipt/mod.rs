@@ -1,10 +1,12 @@
 //! Receipts in CCF's JSON form and offline verification of both forms (JSON and COSE).
 
+pub mod cose;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use self::cose::CoseError;
 use crate::cert;
-use crate::cose::{self, CoseError};
 use crate::hash::{leaf_hash, sha256, Digest};
 use crate::merkle::{fold_proof, ProofStep};
 use crate::txid::TxId;

@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use raft::eraftpb::{ConfState, Entry, HardState, Message, SnapshotMetadata};
 use synod_core::txid::TxId;
 
-use crate::core::{CommittedEntry, Core, CoreError, Event, InstalledSnapshot, SignatureTiming, SnapshotJob};
+use crate::consensus::machine::{Core, CoreError, Event, InstalledSnapshot, SignatureTiming, SnapshotJob};
+use crate::ledger_files::CommittedEntry;
 
 /// Snapshots whose commit waits for this node's own file: only the newest few are remembered (a snapshot the
 /// snapshotter skipped is never written).

@@ -20,7 +20,7 @@ use synod_kv::State as KvState;
 use super::{extract, ApiError, AppState, Peer};
 use crate::attestation;
 use crate::channels::PeerInfo;
-use crate::core::CoreError;
+use crate::consensus::machine::CoreError;
 use crate::join::{JoinRequest, JoinResponse, SnapshotOffer, SnapshotResponse};
 use crate::service::{committed_snapshots, node_info, now_secs};
 
@@ -44,7 +44,8 @@ fn core_error(e: CoreError) -> ApiError {
 fn endorse(app: &AppState, der: &[u8], name: &str, rpc: &str) -> Result<String, ApiError> {
     let (ips, names) = crate::config::certificate_names(rpc);
     // Under the lifetime governance set for every node (set_all_nodes_certificate_validity), if any.
-    let validity = crate::renewal::joiner_validity(&app.node.service_info(), now_secs().max(0) as u64);
+    let validity =
+        crate::governance::renewal::joiner_validity(&app.node.service_info(), now_secs().max(0) as u64);
     cert::endorse_public_key_with(der, name, &ips, &names, &app.node.service, validity)
         .map_err(|e| ApiError::invalid_input(format!("cannot endorse the node's key: {e}")))
 }
@@ -461,7 +462,7 @@ async fn snapshot(
         seqno,
         evidence_seqno,
         size,
-        name: crate::snapshot::file_name(seqno, Some(evidence_seqno)),
+        name: crate::snapshot_codec::file_name(seqno, Some(evidence_seqno)),
         evidence_entry: base64::engine::general_purpose::STANDARD.encode(evidence.encode_to_vec()),
         receipt,
     })
@@ -479,7 +480,7 @@ async fn snapshot_file(
     // Only a name this node lists as committed is opened: nothing from the request reaches the file system.
     let (_, _, path) = committed_snapshots(&app.node.paths)
         .into_iter()
-        .find(|(s, e, _)| crate::snapshot::file_name(*s, Some(*e)) == name)
+        .find(|(s, e, _)| crate::snapshot_codec::file_name(*s, Some(*e)) == name)
         .ok_or_else(|| ApiError::not_found(format!("no committed snapshot named {name:?} here")))?;
     let slot = app.snapshot_downloads.try_take().ok_or_else(|| {
         ApiError::busy(

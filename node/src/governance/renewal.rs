@@ -12,7 +12,7 @@ use synod_core::cert::{self, Identity, Validity};
 use synod_core::maps;
 use synod_kv::Tx;
 
-use crate::gov::get_json;
+use crate::governance::get_json;
 
 /// The longest validity governance may set, as CCF's default `maximum_node_certificate_validity_days`.
 pub const VALIDITY_DAYS_MAX: u32 = 365;

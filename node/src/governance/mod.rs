@@ -12,6 +12,9 @@
 //! Pure with respect to I/O: it reads and writes a [`Tx`] and runs scripts in an [`Engine`]; no clock (the caller
 //! passes `now`).
 
+pub mod recovery;
+pub mod renewal;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -24,7 +27,7 @@ use synod_kv::Tx;
 use crate::js::{Engine, JsError, JsLimits, KvPolicy};
 
 /// The constitution a new service starts with.
-pub const DEFAULT_CONSTITUTION: &str = include_str!("../../governance/constitution/default.js");
+pub const DEFAULT_CONSTITUTION: &str = include_str!("../../../governance/constitution/default.js");
 /// How far a request's `created_at` may be from the node's clock, in seconds.
 pub const REQUEST_WINDOW_SECS: u64 = 300;
 /// How far ahead of the real time a node's clock may run, beyond the window, without honest requests being
@@ -340,18 +343,18 @@ impl<'t> Governance<'t> {
     }
 
     /// Rekeys the ledger from the latest secret (nothing in tests of governance alone).
-    fn rekey(&mut self) -> Result<(), crate::recovery::RecoveryError> {
+    fn rekey(&mut self) -> Result<(), crate::governance::recovery::RecoveryError> {
         match &self.latest_secret {
-            Some((from, secret)) => crate::recovery::rekey(self.tx, (*from, secret)),
+            Some((from, secret)) => crate::governance::recovery::rekey(self.tx, (*from, secret)),
             None => Ok(()),
         }
     }
 
     /// Re-issues recovery shares if the recovery members, their keys or the threshold changed.
-    fn refresh_shares(&mut self) -> Result<(), crate::recovery::RecoveryError> {
+    fn refresh_shares(&mut self) -> Result<(), crate::governance::recovery::RecoveryError> {
         match &self.latest_secret {
             Some((from, secret)) => {
-                crate::recovery::refresh_shares(self.tx, secret, Some(*from), false).map(|_| ())
+                crate::governance::recovery::refresh_shares(self.tx, secret, Some(*from), false).map(|_| ())
             }
             None => Ok(()),
         }
@@ -549,12 +552,12 @@ impl<'t> Governance<'t> {
     }
 
     /// `recovery/members/{member}:recover`: records the member's decrypted recovery share (`{"share": base64}`)
-    /// and combines the shares once there are enough (see [`crate::recovery::submit_share`]).
+    /// and combines the shares once there are enough (see [`crate::governance::recovery::submit_share`]).
     pub fn submit_recovery_share(
         &mut self,
         req: &Request<'_>,
-    ) -> Result<crate::recovery::Submitted, GovError> {
-        use crate::recovery::RecoveryError as R;
+    ) -> Result<crate::governance::recovery::Submitted, GovError> {
+        use crate::governance::recovery::RecoveryError as R;
         require_active(self.tx, req.member_id)?;
         check_replay(self.tx, req, self.now)?;
         let body: serde_json::Value = serde_json::from_slice(req.payload).map_err(|e| {
@@ -571,11 +574,13 @@ impl<'t> Governance<'t> {
             .latest_secret
             .clone()
             .ok_or_else(|| GovError::Forbidden("this node cannot take recovery shares".into()))?;
-        crate::recovery::submit_share(self.tx, req.member_id, &share, &secret).map_err(|e| match e {
-            R::NotWaiting(_) | R::NoShare(_) | R::NoSharesInfo => GovError::Forbidden(e.to_string()),
-            R::Malformed(_) | R::Crypto(_) => bad("InvalidRecoveryShare", e.to_string()),
-            other => bad("RecoveryFailed", other.to_string()),
-        })
+        crate::governance::recovery::submit_share(self.tx, req.member_id, &share, &secret).map_err(
+            |e| match e {
+                R::NotWaiting(_) | R::NoShare(_) | R::NoSharesInfo => GovError::Forbidden(e.to_string()),
+                R::Malformed(_) | R::Crypto(_) => bad("InvalidRecoveryShare", e.to_string()),
+                other => bad("RecoveryFailed", other.to_string()),
+            },
+        )
     }
 
     /// Counts the ballots and asks the constitution. `submitter`'s ballot failing refuses the request; another
@@ -655,7 +660,7 @@ impl<'t> Governance<'t> {
                         // shares of the new secret; otherwise members, keys or the threshold may have changed and
                         // shares follow. Either way in the same transaction, and an action that leaves them
                         // impossible to issue is not applied.
-                        let failure = |what: &str, e: crate::recovery::RecoveryError| Failure {
+                        let failure = |what: &str, e: crate::governance::recovery::RecoveryError| Failure {
                             reason: format!("{what}: {e}"),
                             trace: None,
                         };
@@ -668,7 +673,7 @@ impl<'t> Governance<'t> {
                     .and_then(|_| {
                         // Certificate lifetimes: the renewed certificates are made in the same transaction.
                         let key = self.service_key_pem.clone();
-                        crate::renewal::apply(self.tx, proposal, key.as_deref(), self.now)
+                        crate::governance::renewal::apply(self.tx, proposal, key.as_deref(), self.now)
                             .map(|_| ())
                             .map_err(|e| Failure {
                                 reason: format!("certificate renewal: {e}"),

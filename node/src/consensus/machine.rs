@@ -26,8 +26,8 @@ use raft::{GetEntriesContext, RawNode, StateRole};
 use synod_core::cert::PrivateKey;
 use synod_core::hash::Digest;
 use synod_core::ledger::{
-    check_signature_shape, encode_frame, make_entry, signature_write_set, verify_signature_crypto,
-    LedgerEntry, MapWrites, SignatureRecord, Transaction, WriteSet, FRAME_HEADER, KIND_SIGNATURE, KIND_TX,
+    check_signature_shape, make_entry, signature_write_set, verify_signature_crypto, LedgerEntry,
+    SignatureRecord, Transaction, WriteSet, FRAME_HEADER, KIND_SIGNATURE, KIND_TX,
 };
 use synod_core::maps;
 use synod_core::merkle::{MerkleTree, ProofStep};
@@ -38,7 +38,8 @@ use synod_kv::{Conflict, State, Tx};
 
 use crate::consensus::log_store::LogStore;
 use crate::consensus::{ledger_entry_of, raft_config, raft_id, raft_logger, RaftTiming};
-use crate::snapshot::{self, SnapshotEvidence, SNAPSHOT_EVIDENCE};
+use crate::ledger_files::{CommittedEntry, Writes};
+use crate::snapshot_codec::{self, SnapshotEvidence, SNAPSHOT_EVIDENCE};
 
 /// `cs` with its id lists sorted. raft-rs builds them from hash sets, so their order depends on how a node came by
 /// its configuration (a joiner's differed from the others'); snapshot files must be byte-identical on every node,
@@ -172,58 +173,6 @@ pub struct SigInfo {
     pub cose: Vec<u8>,
 }
 
-/// The writes of one transaction, in clear.
-#[derive(Clone, Debug, Default)]
-pub struct Writes {
-    /// Writes to public maps.
-    pub public: WriteSet,
-    /// Writes to private maps.
-    pub private: WriteSet,
-}
-
-impl Writes {
-    /// Every map written, public then private: what the KV state applies.
-    fn maps(&self) -> impl Iterator<Item = &MapWrites> {
-        self.public.maps.iter().chain(&self.private.maps)
-    }
-
-    fn touches(&self, map: &str) -> bool {
-        self.public
-            .maps
-            .iter()
-            .chain(self.private.maps.iter())
-            .any(|m| m.name == map)
-    }
-}
-
-/// A Raft-committed entry, for the ledger files and the stored state.
-#[derive(Clone, Debug)]
-pub struct CommittedEntry {
-    /// Its id.
-    pub tx_id: TxId,
-    /// The ledger frame (identical on every node).
-    pub frame: Vec<u8>,
-    /// Its writes.
-    pub writes: Arc<Writes>,
-    /// Whether it is a signature transaction.
-    pub is_signature: bool,
-    /// Whether the ledger chunk ends after it.
-    pub chunk_end: bool,
-}
-
-impl CommittedEntry {
-    fn new(le: &LedgerEntry, tx: &Transaction, writes: Arc<Writes>) -> CommittedEntry {
-        CommittedEntry {
-            tx_id: tx.tx_id(),
-            frame: encode_frame(le),
-            writes,
-            is_signature: tx.kind == KIND_SIGNATURE,
-            // A snapshot point always ends its chunk (as `flags_of` records it).
-            chunk_end: tx.chunk_end || tx.snapshot_point,
-        }
-    }
-}
-
 /// Everything a snapshot at a snapshot point needs; serializing it is the shell's (slow) job.
 pub struct SnapshotJob {
     /// The state at the snapshot point (an O(1) clone).
@@ -240,12 +189,12 @@ pub struct SnapshotJob {
 
 impl SnapshotJob {
     /// The snapshot file's bytes (deterministic: every node writes the same file for the same point).
-    pub fn encode(&self, sealer: &Sealer) -> Result<Vec<u8>, snapshot::SnapshotError> {
+    pub fn encode(&self, sealer: &Sealer) -> Result<Vec<u8>, snapshot_codec::SnapshotError> {
         let conf = self
             .conf_state
             .write_to_bytes()
-            .map_err(|e| snapshot::SnapshotError::Malformed(format!("configuration: {e}")))?;
-        snapshot::encode(&self.state, self.view, conf, &self.frontier, &self.views, sealer)
+            .map_err(|e| snapshot_codec::SnapshotError::Malformed(format!("configuration: {e}")))?;
+        snapshot_codec::encode(&self.state, self.view, conf, &self.frontier, &self.views, sealer)
     }
 }
 
@@ -541,7 +490,7 @@ fn writes_of(tx: &Transaction, sealer: &Sealer) -> Result<Writes, CoreError> {
     Ok(Writes { public, private })
 }
 
-/// Follows a rekey (`crate::recovery::rekey`) in the entry at `seqno`: the entries after it open and are sealed
+/// Follows a rekey (`crate::governance::recovery::rekey`) in the entry at `seqno`: the entries after it open and are sealed
 /// under the new secret, which the entry carries encrypted to this node. Returns whether the schedule changed.
 fn follow_rekey(sealer: &Sealer, keys: &Keys, tx: &Transaction) -> Result<bool, CoreError> {
     if !tx.may_write_public(maps::ENCRYPTED_LEDGER_SECRETS) {
@@ -552,7 +501,7 @@ fn follow_rekey(sealer: &Sealer, keys: &Keys, tx: &Transaction) -> Result<bool, 
         reason,
     };
     let public = tx.public_write_set().map_err(|e| bad(e.to_string()))?;
-    match crate::recovery::rekeyed_secret(&public, &keys.node_id, keys.encryption_key.as_ref()) {
+    match crate::governance::recovery::rekeyed_secret(&public, &keys.node_id, keys.encryption_key.as_ref()) {
         Ok(Some(secret)) => {
             sealer.rekey(tx.seqno + 1, secret);
             tracing::info!(
@@ -655,7 +604,8 @@ mod check_signature_tests {
             tx_id,
             root,
         );
-        let mut cose = synod_core::cose::sign_root(root, &service_key, &service_der, tx_id, 1).unwrap();
+        let mut cose =
+            synod_core::receipt::cose::sign_root(root, &service_key, &service_der, tx_id, 1).unwrap();
         mutate(&mut cose);
         (signature_write_set(&record, &cose, None).unwrap(), service_der)
     }
@@ -824,7 +774,7 @@ impl Core {
         for (id, pem) in &genesis.member_encryption_keys {
             tx.put(maps::MEMBERS_ENCRYPTION_KEYS, id.as_bytes(), pem.as_bytes());
         }
-        crate::recovery::refresh_shares(&mut tx, &genesis.ledger_secret, Some(1), true)
+        crate::governance::recovery::refresh_shares(&mut tx, &genesis.ledger_secret, Some(1), true)
             .map_err(|e| CoreError::Invariant(format!("issuing recovery shares: {e}")))?;
         core.commit_tx(tx, now_secs)?;
         core.emit_signature(now_secs)?;
@@ -854,7 +804,7 @@ impl Core {
                 Ok(Core::assemble(raft, keys, sealer, cfg, history, State::default()))
             }
             Some(bytes) => {
-                let decoded = snapshot::decode(bytes, &sealer).map_err(bad_snapshot)?;
+                let decoded = snapshot_codec::decode(bytes, &sealer).map_err(bad_snapshot)?;
                 Self::joining_from_snapshot(keys, sealer, cfg, bytes, decoded)
             }
         }
@@ -866,7 +816,7 @@ impl Core {
         sealer: Sealer,
         cfg: CoreConfig,
         bytes: &[u8],
-        decoded: snapshot::Decoded,
+        decoded: snapshot_codec::Decoded,
     ) -> Result<Core, CoreError> {
         let id = raft_id(&keys.node_id);
         let (history, state, meta) = Self::from_decoded(decoded)?;
@@ -885,12 +835,12 @@ impl Core {
 
     /// A recovered service: the only voter of a new configuration over the previous service's public state (a
     /// snapshot at its last signature), primary at once, whose first transaction `recovery` writes (see
-    /// `crate::recovery::write_recovery`) and is signed like genesis. Returns the core and that transaction's id.
+    /// `crate::governance::recovery::write_recovery`) and is signed like genesis. Returns the core and that transaction's id.
     pub fn recovered_service(
         keys: Keys,
         sealer: Sealer,
         cfg: CoreConfig,
-        (bytes, decoded): (&[u8], snapshot::Decoded),
+        (bytes, decoded): (&[u8], snapshot_codec::Decoded),
         ledger_base: u64,
         now_secs: i64,
         recovery: impl FnOnce(&mut Tx) -> Result<(), String>,
@@ -917,11 +867,13 @@ impl Core {
         bytes: &[u8],
         sealer: &Sealer,
     ) -> Result<(History, State, SnapshotMetadata), CoreError> {
-        let decoded = snapshot::decode(bytes, sealer).map_err(bad_snapshot)?;
+        let decoded = snapshot_codec::decode(bytes, sealer).map_err(bad_snapshot)?;
         Self::from_decoded(decoded)
     }
 
-    fn from_decoded(decoded: snapshot::Decoded) -> Result<(History, State, SnapshotMetadata), CoreError> {
+    fn from_decoded(
+        decoded: snapshot_codec::Decoded,
+    ) -> Result<(History, State, SnapshotMetadata), CoreError> {
         let seqno = decoded.file.seqno;
         let tree = MerkleTree::from_frontier(seqno, &decoded.frontier).map_err(bad_snapshot)?;
         let views = decoded
@@ -930,7 +882,7 @@ impl Core {
             .iter()
             .map(|v| (v.view, v.first_seqno))
             .collect();
-        let meta = snapshot::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
+        let meta = snapshot_codec::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
             .map_err(bad_snapshot)?;
         let mut history = History::new(tree, views);
         // The snapshot point is a signature: its record is in the state, so receipts and commit work from it.
@@ -1629,7 +1581,7 @@ impl Core {
             tx_id,
             &root,
         );
-        let cose = synod_core::cose::sign_root(
+        let cose = synod_core::receipt::cose::sign_root(
             &root,
             &self.keys.service_key,
             &self.keys.service_cert_der,
@@ -2104,7 +2056,7 @@ impl Core {
         Ok(())
     }
 
-    /// Rekeys the ledger if a node left the configuration (see `crate::recovery::rekey`); a rekey that cannot be
+    /// Rekeys the ledger if a node left the configuration (see `crate::governance::recovery::rekey`); a rekey that cannot be
     /// made (a trusted node without an encryption key) is reported, not fatal.
     pub fn rekey_if_due(&mut self, now_secs: i64) -> Result<(), CoreError> {
         if !self.rekey_due || !self.is_leader {
@@ -2113,7 +2065,7 @@ impl Core {
         self.rekey_due = false;
         let mut tx = Tx::new(self.state.clone());
         let (from, latest) = self.sealer.latest();
-        if let Err(e) = crate::recovery::rekey(&mut tx, (from, &latest)) {
+        if let Err(e) = crate::governance::recovery::rekey(&mut tx, (from, &latest)) {
             tracing::warn!("a node left but the ledger cannot be rekeyed: {e}");
             return Ok(());
         }
@@ -2131,7 +2083,7 @@ impl Core {
     }
 
     /// On the primary, at most once a minute: renews the certificates governance gave a lifetime once a third of
-    /// it is left (`crate::renewal::renew_expiring`), so they never lapse while the service runs.
+    /// it is left (`crate::governance::renewal::renew_expiring`), so they never lapse while the service runs.
     pub fn renew_certificates_if_due(&mut self, now_secs: i64) -> Result<(), CoreError> {
         const EVERY_SECS: i64 = 60;
         if !self.is_leader
@@ -2142,7 +2094,7 @@ impl Core {
         }
         self.renewal_checked_secs = now_secs;
         let mut tx = Tx::new(self.state.clone());
-        match crate::renewal::renew_expiring(&mut tx, &self.keys.service_key_pem, now_secs) {
+        match crate::governance::renewal::renew_expiring(&mut tx, &self.keys.service_key_pem, now_secs) {
             Ok(0) => Ok(()),
             Ok(n) => match self.commit_tx(tx, now_secs) {
                 Ok(outcome) => {
@@ -2186,7 +2138,7 @@ impl Core {
     /// Offers a committed snapshot to followers whose next entry was compacted away. Reads only the snapshot's
     /// header: this runs under the core lock, and the caller wrote or checked the bytes.
     pub fn offer_snapshot(&mut self, bytes: Vec<u8>) -> Result<(), CoreError> {
-        let meta = snapshot::raft_metadata_of(&bytes).map_err(|e| CoreError::BadEntry {
+        let meta = snapshot_codec::raft_metadata_of(&bytes).map_err(|e| CoreError::BadEntry {
             seqno: 0,
             reason: format!("snapshot: {e}"),
         })?;
@@ -2344,7 +2296,7 @@ pub fn cose_receipt(
     path: &[ProofStep],
     leaf: &LeafComponents,
 ) -> Result<Vec<u8>, ReceiptUnavailable> {
-    synod_core::cose::build_receipt(&info.cose, leaf, path)
+    synod_core::receipt::cose::build_receipt(&info.cose, leaf, path)
         .map_err(|e| ReceiptUnavailable::Internal(e.to_string()))
 }
 

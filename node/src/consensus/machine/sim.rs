@@ -165,7 +165,7 @@ impl Sim {
                 match event {
                     Event::SnapshotDue(job) => {
                         let seqno = job.state.version();
-                        let bytes = snapshot::encode(
+                        let bytes = snapshot_codec::encode(
                             &job.state,
                             job.view,
                             job.conf_state.write_to_bytes().expect("conf state"),
@@ -174,7 +174,7 @@ impl Sim {
                             &self.sealer,
                         )
                         .expect("encode snapshot");
-                        let digest = snapshot::digest(&bytes);
+                        let digest = snapshot_codec::digest(&bytes);
                         self.nodes[i].snapshots.push((seqno, bytes));
                         self.nodes[i]
                             .core
@@ -611,7 +611,9 @@ fn a_primary_that_cannot_commit_turns_writes_away_instead_of_holding_them_all() 
 
 /// Writes a node's committed frames as ledger chunk files, cut where the entries say (as the applier does).
 fn write_ledger(frames: &[Vec<u8>], dir: &std::path::Path) {
-    let mut writer = crate::ledger::LedgerWriter::open(dir).expect("open").writer;
+    let mut writer = crate::ledger_files::writer::LedgerWriter::open(dir)
+        .expect("open")
+        .writer;
     let entries: Vec<CommittedEntry> = frames
         .iter()
         .map(|frame| {
@@ -811,7 +813,7 @@ fn a_trusted_node_whose_configuration_change_was_lost_with_its_primary_is_added_
     );
 }
 
-/// Raft scenarios written as text files (`node/src/core/scenarios/*.txt`, CCF's style of driver), run on [`Sim`].
+/// Raft scenarios written as text files (`node/src/consensus/machine/scenarios/*.txt`, CCF's style of driver), run on [`Sim`].
 /// One command per line; `#` starts a comment. Nodes are named by `join`; `n0` is the service's first node.
 ///
 /// ```text
@@ -983,7 +985,7 @@ mod scenarios {
 
     #[test]
     fn every_scenario_file_passes() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core/scenarios");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/consensus/machine/scenarios");
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .expect("scenarios directory")
             .map(|e| e.expect("entry").path())

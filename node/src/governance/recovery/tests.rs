@@ -4,6 +4,8 @@ use std::sync::OnceLock;
 
 use synod_core::recovery::{generate_encryption_key, EncryptionKeyPair, EncryptionPrivateKey};
 
+use synod_core::txid::TxId;
+
 use super::*;
 
 /// Three members' encryption keys (RSA key generation is slow: made once).

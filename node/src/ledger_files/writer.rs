@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use synod_core::ledger::{decode_frames, list_chunks, ChunkName, FrameError, LedgerEntry};
 
-use crate::core::CommittedEntry;
+use crate::ledger_files::CommittedEntry;
 
 /// Errors reading or writing ledger files.
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +314,7 @@ mod tests {
     use synod_core::txid::TxId;
 
     use super::*;
-    use crate::core::Writes;
+    use crate::ledger_files::Writes;
 
     fn entry(seqno: u64, chunk_end: bool) -> CommittedEntry {
         let t = Transaction {

@@ -1,6 +1,6 @@
 //! `/gov/*`: CCF's governance API. Writes are COSE Sign1 requests (`Content-Type: application/cose`) signed by a
 //! member; the signature is checked against the member's certificate in `public:ccf.gov.members.certs`, then
-//! [`crate::gov::Governance`] runs the request in a transaction (forwarded to the primary from a backup). Reads
+//! [`crate::governance::Governance`] runs the request in a transaction (forwarded to the primary from a backup). Reads
 //! are unauthenticated views of the governance tables. An `api-version` query parameter is accepted everywhere.
 //!
 //! CCF's paths put actions after a colon inside a segment (`proposals/{id}:withdraw`); axum captures whole
@@ -14,10 +14,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use synod_core::maps;
-use synod_governance::cose::{self, MsgType};
+use synod_governance::envelope::{self, MsgType};
 
 use super::{extract, ApiError, AppState};
-use crate::gov::{GovError, Governance, ProposalInfo, Request};
+use crate::governance::{GovError, Governance, ProposalInfo, Request};
 use crate::service::now_secs;
 
 pub fn routes() -> Router<AppState> {
@@ -61,7 +61,7 @@ impl From<GovError> for ApiError {
     }
 }
 
-fn envelope_error(e: cose::GovError) -> ApiError {
+fn envelope_error(e: envelope::EnvelopeError) -> ApiError {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     let code = if status == StatusCode::UNAUTHORIZED {
         "InvalidAuthenticationInfo"
@@ -77,7 +77,7 @@ fn split_action<'a>(segment: &'a str, action: &str) -> Option<&'a str> {
 }
 
 struct Verified {
-    request: cose::GovRequest,
+    request: envelope::GovRequest,
     raw: bytes::Bytes,
 }
 
@@ -103,14 +103,14 @@ async fn verified(
         ));
     }
     let raw = extract::body_bytes(body, app.max_body_bytes).await?;
-    let parsed = cose::parse(&raw).map_err(envelope_error)?;
+    let parsed = envelope::parse(&raw).map_err(envelope_error)?;
     let cert = snapshot(app)
         .get(maps::MEMBERS_CERTS, parsed.kid.as_bytes())
         .map(<[u8]>::to_vec)
         .ok_or_else(|| ApiError::unauthorized(format!("{} is not a member of this service", parsed.kid)))?;
     let cert_pem =
         String::from_utf8(cert).map_err(|_| ApiError::internal("stored member certificate is not text"))?;
-    let request = cose::verify_pem(&raw, &cert_pem).map_err(envelope_error)?;
+    let request = envelope::verify_pem(&raw, &cert_pem).map_err(envelope_error)?;
     request.expect(msg_type, proposal_id).map_err(envelope_error)?;
     if let Some(m) = member {
         if m != request.kid {
@@ -127,7 +127,7 @@ async fn verified(
 async fn run<T: Send + 'static>(
     app: &AppState,
     v: Verified,
-    op: impl Fn(&mut Governance<'_>, &Request<'_>, &cose::GovRequest) -> Result<T, GovError> + Send + 'static,
+    op: impl Fn(&mut Governance<'_>, &Request<'_>, &envelope::GovRequest) -> Result<T, GovError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let node = app.node.clone();
     let now = now_secs().max(0) as u64;
@@ -232,7 +232,7 @@ async fn encrypted_share(
     State(app): State<AppState>,
     Path(member): Path<String>,
 ) -> Result<Response, ApiError> {
-    let share = crate::recovery::encrypted_share(&snapshot(&app), &member).ok_or_else(|| {
+    let share = crate::governance::recovery::encrypted_share(&snapshot(&app), &member).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "ResourceNotFound",
@@ -249,7 +249,7 @@ async fn submit_recovery_share(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    use crate::recovery::Submitted;
+    use crate::governance::recovery::Submitted;
     let member = split_action(&segment, "recover")
         .ok_or_else(|| {
             ApiError::not_found(format!("no such endpoint: POST /gov/recovery/members/{segment}"))
@@ -266,7 +266,7 @@ async fn submit_recovery_share(
         }))
         .into_response()),
         Submitted::Recovered => {
-            crate::recovery::start_private_recovery(&app.node);
+            crate::service::recovery::start_private_recovery(&app.node);
             Ok(Json(json!({
                 "message": "The ledger secret was recovered: end of recovery procedure initiated.",
                 "submitted": 0,
@@ -365,7 +365,8 @@ async fn service_info(State(app): State<AppState>) -> Response {
     let state = snapshot(&app);
     let info = read_json(&state, maps::SERVICE_INFO, "").unwrap_or_default();
     // Whether the service can be recovered from its ledger: how many recovery members hold a share.
-    let recovery_members = crate::recovery::shares_issued(&state).map_or(0, |(_, members)| members);
+    let recovery_members =
+        crate::governance::recovery::shares_issued(&state).map_or(0, |(_, members)| members);
     Json(json!({
         "status": info["status"],
         "certificate": app.node.current_service_cert(),
@@ -437,7 +438,7 @@ async fn constitution(State(app): State<AppState>) -> Response {
     let text = snapshot(&app)
         .get(maps::CONSTITUTION, b"")
         .map(|v| String::from_utf8_lossy(v).to_string())
-        .unwrap_or_else(|| crate::gov::DEFAULT_CONSTITUTION.to_string());
+        .unwrap_or_else(|| crate::governance::DEFAULT_CONSTITUTION.to_string());
     ([(header::CONTENT_TYPE, "text/javascript")], text).into_response()
 }
 
