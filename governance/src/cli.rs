@@ -468,19 +468,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 .context("cannot create the proposal")?;
             report_proposal(&cli, out, &info)
         }
-        Command::Vote(args) => {
-            let gov = cli.connect.gov_client()?;
-            let what = format!("cannot vote on proposal {}", args.proposal_id);
-            let info = match &args.ballot {
-                Some(file) => {
-                    let ballot = read(file, "ballot")?;
-                    gov.vote_with_ballot(&args.proposal_id, &ballot).await
-                }
-                None => gov.vote(&args.proposal_id, args.accept).await,
-            }
-            .context(what)?;
-            report_proposal(&cli, out, &info)
-        }
+        Command::Vote(args) => run_vote(&cli, out, args).await,
         Command::Withdraw { proposal_id } => {
             let gov = cli.connect.gov_client()?;
             let info = gov
@@ -489,198 +477,244 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot withdraw proposal {proposal_id}"))?;
             report_proposal(&cli, out, &info)
         }
-        Command::List => {
-            let client = cli.connect.client()?;
-            let proposals = gov::list_proposals(&client, cli.connect.timeout())
-                .await
-                .context("cannot list the proposals")?;
-            if cli.json {
-                let all: Vec<Value> = proposals.iter().map(ProposalInfo::to_json).collect();
-                return print_json(out, &Value::Array(all));
-            }
-            if proposals.is_empty() {
-                return println(out, "no proposals");
-            }
-            let rows: Vec<Vec<String>> = proposals
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.proposal_id.clone(),
-                        p.proposer_id.clone(),
-                        p.state.to_string(),
-                        p.ballot_count.to_string(),
-                    ]
-                })
-                .collect();
-            println(
-                out,
-                table(&["PROPOSAL ID", "PROPOSER", "STATE", "BALLOTS"], &rows),
-            )
-        }
-        Command::Show { proposal_id } => {
-            let client = cli.connect.client()?;
-            let budget = cli.connect.timeout();
-            let info = gov::show_proposal(&client, proposal_id, budget)
-                .await
-                .with_context(|| format!("cannot read proposal {proposal_id}"))?;
-            let actions = gov::proposal_actions(&client, proposal_id, budget)
-                .await
-                .with_context(|| format!("cannot read the actions of proposal {proposal_id}"))?;
-            if cli.json {
-                return print_json(out, &json!({"proposal": info.to_json(), "actions": actions}));
-            }
-            print_proposal(out, &info)?;
-            println(out, "actions:")?;
-            print_json(out, &actions)
-        }
-        Command::Ack => {
-            let gov = cli.connect.gov_client()?;
-            let digest = gov
-                .ack_state_digest()
-                .await
-                .context("cannot acknowledge the state digest")?;
-            if cli.json {
-                print_json(out, &json!({"member_id": gov.member_id(), "digest": digest}))
-            } else {
-                println(
-                    out,
-                    format!("member {} acknowledged state digest {digest}", gov.member_id()),
-                )
-            }
-        }
+        Command::List => run_list(&cli, out).await,
+        Command::Show { proposal_id } => run_show(&cli, out, proposal_id).await,
+        Command::Ack => run_ack(&cli, out).await,
         Command::Keygen {
             name,
             out: dir,
             curve,
             p384: _,
             no_encryption_key,
-        } => {
-            let kind = KeyKind::of_curve(*curve);
-            let files = keygen(name, kind, dir)?;
-            let encryption = if *no_encryption_key {
-                None
-            } else {
-                Some(encryption_keygen(name, dir)?)
-            };
-            if cli.json {
-                print_json(
-                    out,
-                    &json!({"cert": files.cert, "key": files.key, "member_id": files.id, "key_type": kind.to_string(),
-                            "encryption_public_key": encryption.as_ref().map(|e| &e.0),
-                            "encryption_private_key": encryption.as_ref().map(|e| &e.1)}),
-                )
-            } else {
-                println(
-                    out,
-                    format!("wrote {} and {}", files.cert.display(), files.key.display()),
-                )?;
-                if let Some((public, private)) = &encryption {
-                    println(
-                        out,
-                        format!(
-                            "wrote {} and {} (RSA-2048, recovery shares)",
-                            public.display(),
-                            private.display()
-                        ),
-                    )?;
-                }
-                println(out, format!("member id {} ({kind})", files.id))
-            }
-        }
+        } => run_keygen(&cli, out, name, dir, *curve, *no_encryption_key),
         Command::Recovery(RecoveryCommand::Share { encryption_key }) => {
-            let pem = std::fs::read_to_string(encryption_key)
-                .with_context(|| format!("cannot read {}", encryption_key.display()))?;
-            let key = synod_core::recovery::EncryptionPrivateKey::from_pem(&pem).with_context(|| {
-                format!(
-                    "{} is not an RSA encryption private key",
-                    encryption_key.display()
-                )
-            })?;
-            let gov = cli.connect.gov_client()?;
-            let answer = gov
-                .recover_with(&key)
-                .await
-                .context("cannot submit this member's recovery share")?;
-            if cli.json {
-                print_json(out, &answer)
-            } else {
-                println(out, field(&answer, &["message"]))
-            }
+            run_recovery_share(&cli, out, encryption_key).await
         }
         Command::Info => run_info(&cli, out).await,
-        Command::Sign(args) => {
-            let (cert_pem, key_pem) = cli.connect.member_pems()?;
-            let key = MemberKey::from_pem(&key_pem).context("the member key")?;
-            let der = synod_core::cert::pem_to_der(&cert_pem).context("the member certificate")?;
-            let payload = match &args.payload {
-                Some(path) => {
-                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-                }
-                None => Vec::new(),
-            };
-            let created_at = args.created_at.unwrap_or_else(gov::now_secs);
-            let bytes = envelope::sign(
-                &key,
-                &der,
-                args.msg_type,
-                created_at,
-                args.proposal_id.as_deref(),
-                &payload,
+        Command::Sign(args) => run_sign(&cli, out, args),
+        Command::Verify { file, cert } => run_verify(&cli, out, file, cert),
+    }
+}
+
+/// `synod-gov vote`: a ballot from a file, or the accept/reject ballot.
+async fn run_vote(cli: &Cli, out: &mut (dyn Write + Send), args: &VoteArgs) -> anyhow::Result<()> {
+    let gov = cli.connect.gov_client()?;
+    let what = format!("cannot vote on proposal {}", args.proposal_id);
+    let info = match &args.ballot {
+        Some(file) => {
+            let ballot = read(file, "ballot")?;
+            gov.vote_with_ballot(&args.proposal_id, &ballot).await
+        }
+        None => gov.vote(&args.proposal_id, args.accept).await,
+    }
+    .context(what)?;
+    report_proposal(cli, out, &info)
+}
+
+/// `synod-gov list`: every proposal, a line each.
+async fn run_list(cli: &Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let client = cli.connect.client()?;
+    let proposals = gov::list_proposals(&client, cli.connect.timeout())
+        .await
+        .context("cannot list the proposals")?;
+    if cli.json {
+        let all: Vec<Value> = proposals.iter().map(ProposalInfo::to_json).collect();
+        return print_json(out, &Value::Array(all));
+    }
+    if proposals.is_empty() {
+        return println(out, "no proposals");
+    }
+    let rows: Vec<Vec<String>> = proposals
+        .iter()
+        .map(|p| {
+            vec![
+                p.proposal_id.clone(),
+                p.proposer_id.clone(),
+                p.state.to_string(),
+                p.ballot_count.to_string(),
+            ]
+        })
+        .collect();
+    println(
+        out,
+        table(&["PROPOSAL ID", "PROPOSER", "STATE", "BALLOTS"], &rows),
+    )
+}
+
+/// `synod-gov show`: one proposal with its actions.
+async fn run_show(cli: &Cli, out: &mut (dyn Write + Send), proposal_id: &str) -> anyhow::Result<()> {
+    let client = cli.connect.client()?;
+    let budget = cli.connect.timeout();
+    let info = gov::show_proposal(&client, proposal_id, budget)
+        .await
+        .with_context(|| format!("cannot read proposal {proposal_id}"))?;
+    let actions = gov::proposal_actions(&client, proposal_id, budget)
+        .await
+        .with_context(|| format!("cannot read the actions of proposal {proposal_id}"))?;
+    if cli.json {
+        return print_json(out, &json!({"proposal": info.to_json(), "actions": actions}));
+    }
+    print_proposal(out, &info)?;
+    println(out, "actions:")?;
+    print_json(out, &actions)
+}
+
+/// `synod-gov ack`: acknowledges the state digest, which makes an accepted member active.
+async fn run_ack(cli: &Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let gov = cli.connect.gov_client()?;
+    let digest = gov
+        .ack_state_digest()
+        .await
+        .context("cannot acknowledge the state digest")?;
+    if cli.json {
+        print_json(out, &json!({"member_id": gov.member_id(), "digest": digest}))
+    } else {
+        println(
+            out,
+            format!("member {} acknowledged state digest {digest}", gov.member_id()),
+        )
+    }
+}
+
+/// `synod-gov keygen`: a member's signing key and certificate, and its recovery encryption key unless asked not to.
+fn run_keygen(
+    cli: &Cli,
+    out: &mut (dyn Write + Send),
+    name: &str,
+    dir: &Path,
+    curve: synod_core::keys::Curve,
+    no_encryption_key: bool,
+) -> anyhow::Result<()> {
+    let kind = KeyKind::of_curve(curve);
+    let files = keygen(name, kind, dir)?;
+    let encryption = if no_encryption_key {
+        None
+    } else {
+        Some(encryption_keygen(name, dir)?)
+    };
+    if cli.json {
+        print_json(
+            out,
+            &json!({"cert": files.cert, "key": files.key, "member_id": files.id, "key_type": kind.to_string(),
+                    "encryption_public_key": encryption.as_ref().map(|e| &e.0),
+                    "encryption_private_key": encryption.as_ref().map(|e| &e.1)}),
+        )
+    } else {
+        println(
+            out,
+            format!("wrote {} and {}", files.cert.display(), files.key.display()),
+        )?;
+        if let Some((public, private)) = &encryption {
+            println(
+                out,
+                format!(
+                    "wrote {} and {} (RSA-2048, recovery shares)",
+                    public.display(),
+                    private.display()
+                ),
             )?;
-            std::fs::write(&args.out, &bytes)
-                .with_context(|| format!("cannot write {}", args.out.display()))?;
-            if cli.json {
-                print_json(
-                    out,
-                    &json!({"out": args.out, "bytes": bytes.len(), "member_id": envelope::member_id(&der)}),
-                )
-            } else {
-                println(
-                    out,
-                    format!(
-                        "wrote {} ({} bytes, {} signed by {})",
-                        args.out.display(),
-                        bytes.len(),
-                        args.msg_type,
-                        envelope::member_id(&der)
-                    ),
-                )
-            }
         }
-        Command::Verify { file, cert } => {
-            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let cert_pem = read(cert, "member certificate")?;
-            let request = envelope::verify_pem(&bytes, &cert_pem)
-                .with_context(|| format!("{} does not verify", file.display()))?;
-            let doc = json!({
-                "valid": true,
-                "msg_type": request.msg_type.as_str(),
-                "created_at": request.created_at,
-                "proposal_id": request.proposal_id,
-                "kid": request.kid,
-                "alg": request.alg.as_str(),
-                "payload": String::from_utf8_lossy(&request.payload),
-            });
-            if cli.json {
-                print_json(out, &doc)
-            } else {
-                println(
-                    out,
-                    format!(
-                        "valid {} signed by {} ({}), created_at {}{}",
-                        request.msg_type,
-                        request.kid,
-                        request.alg.as_str(),
-                        request.created_at,
-                        request
-                            .proposal_id
-                            .as_deref()
-                            .map(|p| format!(", proposal {p}"))
-                            .unwrap_or_default()
-                    ),
-                )
-            }
-        }
+        println(out, format!("member id {} ({kind})", files.id))
+    }
+}
+
+/// `synod-gov recovery share`: decrypts this member's share here and submits it to the recovering service.
+async fn run_recovery_share(
+    cli: &Cli,
+    out: &mut (dyn Write + Send),
+    encryption_key: &Path,
+) -> anyhow::Result<()> {
+    let pem = std::fs::read_to_string(encryption_key)
+        .with_context(|| format!("cannot read {}", encryption_key.display()))?;
+    let key = synod_core::recovery::EncryptionPrivateKey::from_pem(&pem).with_context(|| {
+        format!(
+            "{} is not an RSA encryption private key",
+            encryption_key.display()
+        )
+    })?;
+    let gov = cli.connect.gov_client()?;
+    let answer = gov
+        .recover_with(&key)
+        .await
+        .context("cannot submit this member's recovery share")?;
+    if cli.json {
+        print_json(out, &answer)
+    } else {
+        println(out, field(&answer, &["message"]))
+    }
+}
+
+/// `synod-gov sign`: a COSE Sign1 request signed offline.
+fn run_sign(cli: &Cli, out: &mut (dyn Write + Send), args: &SignArgs) -> anyhow::Result<()> {
+    let (cert_pem, key_pem) = cli.connect.member_pems()?;
+    let key = MemberKey::from_pem(&key_pem).context("the member key")?;
+    let der = synod_core::cert::pem_to_der(&cert_pem).context("the member certificate")?;
+    let payload = match &args.payload {
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None => Vec::new(),
+    };
+    let created_at = args.created_at.unwrap_or_else(gov::now_secs);
+    let bytes = envelope::sign(
+        &key,
+        &der,
+        args.msg_type,
+        created_at,
+        args.proposal_id.as_deref(),
+        &payload,
+    )?;
+    std::fs::write(&args.out, &bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
+    if cli.json {
+        print_json(
+            out,
+            &json!({"out": args.out, "bytes": bytes.len(), "member_id": envelope::member_id(&der)}),
+        )
+    } else {
+        println(
+            out,
+            format!(
+                "wrote {} ({} bytes, {} signed by {})",
+                args.out.display(),
+                bytes.len(),
+                args.msg_type,
+                envelope::member_id(&der)
+            ),
+        )
+    }
+}
+
+/// `synod-gov verify`: checks a signed request against a member certificate, offline.
+fn run_verify(cli: &Cli, out: &mut (dyn Write + Send), file: &Path, cert: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let cert_pem = read(cert, "member certificate")?;
+    let request = envelope::verify_pem(&bytes, &cert_pem)
+        .with_context(|| format!("{} does not verify", file.display()))?;
+    let doc = json!({
+        "valid": true,
+        "msg_type": request.msg_type.as_str(),
+        "created_at": request.created_at,
+        "proposal_id": request.proposal_id,
+        "kid": request.kid,
+        "alg": request.alg.as_str(),
+        "payload": String::from_utf8_lossy(&request.payload),
+    });
+    if cli.json {
+        print_json(out, &doc)
+    } else {
+        println(
+            out,
+            format!(
+                "valid {} signed by {} ({}), created_at {}{}",
+                request.msg_type,
+                request.kid,
+                request.alg.as_str(),
+                request.created_at,
+                request
+                    .proposal_id
+                    .as_deref()
+                    .map(|p| format!(", proposal {p}"))
+                    .unwrap_or_default()
+            ),
+        )
     }
 }
 

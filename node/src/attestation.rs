@@ -38,8 +38,13 @@ pub enum AttestationError {
     #[error("attestation device: {0}")]
     Device(String),
     /// Reading the node binary for its measurement failed.
-    #[error("cannot measure the node binary: {0}")]
-    Measure(String),
+    #[error("cannot measure the node binary {}: {source}", path.display())]
+    Measure {
+        /// The binary.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A source of attestation evidence.
@@ -58,9 +63,14 @@ pub struct VirtualPlatform {
 impl VirtualPlatform {
     /// Measures the running binary.
     pub fn measure_self() -> Result<VirtualPlatform, AttestationError> {
-        let exe = std::env::current_exe().map_err(|e| AttestationError::Measure(e.to_string()))?;
-        let bytes =
-            std::fs::read(&exe).map_err(|e| AttestationError::Measure(format!("{}: {e}", exe.display())))?;
+        let exe = std::env::current_exe().map_err(|source| AttestationError::Measure {
+            path: "/proc/self/exe".into(),
+            source,
+        })?;
+        let bytes = std::fs::read(&exe).map_err(|source| AttestationError::Measure {
+            path: exe.clone(),
+            source,
+        })?;
         Ok(VirtualPlatform {
             measurement: sha256(&bytes),
         })

@@ -22,6 +22,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use synod_core::cert;
+use synod_core::tables::NodeStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -717,7 +718,7 @@ fn refuse_peer(directory: &Directory, peer: u64) -> Option<String> {
         .map(|p| p.status.clone());
     match status.as_deref() {
         None => Some(format!("node {peer} is not in the nodes table")),
-        Some("Trusted") => None,
+        Some(s) if s == NodeStatus::Trusted.as_str() => None,
         Some(CODE_NOT_ALLOWED) => Some(format!(
             "node {peer} runs a measurement governance no longer allows: refused"
         )),

@@ -193,6 +193,50 @@ struct Disk {
 }
 
 impl Disk {
+    /// The log compacted up to `meta`; the node keeps its two newest committed snapshots.
+    fn compact(&mut self, meta: SnapshotMetadata) {
+        let drop = meta.index.saturating_sub(self.compacted.index) as usize;
+        self.log.drain(..drop.min(self.log.len()));
+        self.compacted = meta;
+        let committed: Vec<u64> = self
+            .snapshots
+            .iter()
+            .filter(|(_, f)| f.evidence.is_some())
+            .map(|(&s, _)| s)
+            .collect();
+        for s in committed.iter().rev().skip(2) {
+            self.snapshots.remove(s);
+        }
+    }
+
+    /// The primary's evidence for snapshot `seqno` committed: the file written here is committed, if it is the
+    /// one the evidence names (`Err` if it is not); nothing to do for a file committed or received already.
+    fn commit_snapshot(
+        &mut self,
+        seqno: u64,
+        evidence_seqno: u64,
+        digest: String,
+    ) -> Result<Option<Input>, ()> {
+        Ok(match self.snapshots.get_mut(&seqno) {
+            Some(f) if f.evidence.is_none() && !f.received => {
+                if hex::encode(crate::snapshot_codec::digest(&f.bytes)) != digest {
+                    return Err(());
+                }
+                f.evidence = Some(evidence_seqno);
+                Some(Input::SnapshotFileCommitted {
+                    seqno,
+                    bytes: f.bytes.clone(),
+                })
+            }
+            Some(_) => None,
+            None => Some(Input::SnapshotNotWritten {
+                seqno,
+                evidence_seqno,
+                digest,
+            }),
+        })
+    }
+
     /// A committed frame reaches the ledger files and the stored state, if it is the next one (what a crash lost
     /// before it is written again at restart, in order).
     fn sync_frame(&mut self, frame: Vec<u8>, writes: &crate::ledger_files::Writes) {
@@ -937,45 +981,25 @@ impl Sim {
                             seqno,
                             evidence_seqno,
                             digest,
-                        } => Some(match n.disk.snapshots.get_mut(&seqno) {
-                            Some(f) if f.evidence.is_none() && !f.received => {
-                                if hex::encode(crate::snapshot_codec::digest(&f.bytes)) != digest {
-                                    problems.push(format!(
-                                        "snapshot files differ: node {i}'s snapshot {seqno} is not the one the primary's evidence records"
-                                    ));
-                                    continue;
+                        } => match n.disk.commit_snapshot(seqno, evidence_seqno, digest) {
+                            Ok(Some(input)) => {
+                                if matches!(input, Input::SnapshotFileCommitted { .. }) {
+                                    self.snapshots_committed += 1;
                                 }
-                                self.snapshots_committed += 1;
-                                f.evidence = Some(evidence_seqno);
-                                Input::SnapshotFileCommitted {
-                                    seqno,
-                                    bytes: f.bytes.clone(),
-                                }
+                                Some(input)
                             }
-                            Some(_) => continue,
-                            None => Input::SnapshotNotWritten {
-                                seqno,
-                                evidence_seqno,
-                                digest,
-                            },
-                        }),
+                            Ok(None) => continue,
+                            Err(()) => {
+                                problems.push(format!(
+                                    "snapshot files differ: node {i}'s snapshot {seqno} is not the one the primary's evidence records"
+                                ));
+                                continue;
+                            }
+                        },
                         Command::Compact(meta) => {
                             // Likewise after the writes before it (the hard state that committed the entries).
                             durable_now(&mut n.disk, &mut n.writes, replica, &mut out, skip_fsync)?;
-                            let drop = meta.index.saturating_sub(n.disk.compacted.index) as usize;
-                            n.disk.log.drain(..drop.min(n.disk.log.len()));
-                            n.disk.compacted = meta;
-                            // The node keeps its two newest committed snapshots.
-                            let committed: Vec<u64> = n
-                                .disk
-                                .snapshots
-                                .iter()
-                                .filter(|(_, f)| f.evidence.is_some())
-                                .map(|(&s, _)| s)
-                                .collect();
-                            for s in committed.iter().rev().skip(2) {
-                                n.disk.snapshots.remove(s);
-                            }
+                            n.disk.compact(meta);
                             None
                         }
                         Command::RefreshPeers

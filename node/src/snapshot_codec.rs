@@ -28,8 +28,18 @@ pub enum SnapshotError {
     #[error("malformed snapshot: {0}")]
     Malformed(String),
     /// A private value that does not open with this service's ledger secret.
-    #[error("snapshot value does not unseal: {0}")]
-    Seal(String),
+    #[error("snapshot value of {map} key {key} does not unseal: {source}")]
+    Unseal {
+        /// The private map.
+        map: String,
+        /// The key, hex.
+        key: String,
+        /// Why.
+        source: synod_kv::seal::SealError,
+    },
+    /// Sealing a private value failed.
+    #[error("sealing a snapshot value: {0}")]
+    Seal(#[from] synod_kv::seal::SealError),
 }
 
 /// What a snapshot holds, decoded.
@@ -76,7 +86,7 @@ pub fn encode(
             } else {
                 sealer
                     .seal_snapshot_value(seqno, name, key, &entry.value)
-                    .map_err(|e| SnapshotError::Seal(e.to_string()))?
+                    .map_err(SnapshotError::Seal)?
             };
             map.entries.push(SnapshotEntry {
                 key: key.to_vec(),
@@ -124,8 +134,10 @@ pub fn decode(bytes: &[u8], sealer: &Sealer) -> Result<Decoded, SnapshotError> {
             } else {
                 sealer
                     .unseal_snapshot_value(file.seqno, &map.name, &e.key, &e.value)
-                    .map_err(|err| {
-                        SnapshotError::Seal(format!("{} key {}: {err}", map.name, hex::encode(&e.key)))
+                    .map_err(|source| SnapshotError::Unseal {
+                        map: map.name.clone(),
+                        key: hex::encode(&e.key),
+                        source,
                     })?
             };
             if e.version > file.seqno {

@@ -7,15 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
-use prost::Message as _;
-
 use crate::hash::Digest;
 use crate::ledger::{
     self, decode_frames, verify_signature_transaction, verify_signature_transaction_node_only, FrameError,
     SignatureCheckError, KIND_SIGNATURE, KIND_TX,
 };
 use crate::merkle::MerkleTree;
-use crate::snapshot::{self, SnapshotEvidence, SnapshotFile};
+use crate::snapshot::{BaseSnapshot, BaseSnapshotError, SnapshotEvidence};
 use crate::txid::TxId;
 
 /// What a clean audit saw.
@@ -104,7 +102,7 @@ impl AuditError {
 }
 
 // The snapshot a ledger continues, and where (if anywhere) its evidence was found.
-struct BaseSnapshot {
+struct BaseEvidence {
     seqno: u64,
     digest: Digest,
     // (chunk, offset, seqno) of the evidence transaction.
@@ -123,6 +121,8 @@ struct Auditor<'a> {
     last_sig_seqno_in_tree: u64,
     // (chunk, offset, seqno) of the first entry after the last signature.
     tail_start: Option<(PathBuf, u64, u64)>,
+    // The snapshot the ledger continues, if it does not start at seqno 1.
+    base: Option<BaseEvidence>,
     report: AuditReport,
 }
 
@@ -252,72 +252,80 @@ pub fn audit_ledger_observed(
     options: AuditOptions,
     audited: &mut dyn FnMut(u64),
 ) -> Result<AuditReport, AuditError> {
-    let layout_err = |reason: String| AuditError::at(dir, 0, None, reason);
-    let chunks = ledger::list_chunks(dir).map_err(|e| layout_err(e.to_string()))?;
-    let mut a = Auditor {
-        service_cert_der,
-        previous: service_cert_der
-            .map(|s| identity_chain(&chunks, s))
-            .unwrap_or_default(),
-        tree: MerkleTree::new(),
-        view: 0,
-        last_sig: None,
-        last_sig_seqno_in_tree: 0,
-        tail_start: None,
-        report: AuditReport {
-            entries: 0,
-            signatures: 0,
-            last_seqno: 0,
-            last_signed: None,
-            unsigned_tail: None,
-            chunks: chunks.len(),
-            torn_tail_offset: None,
-            base_snapshot: None,
-        },
-    };
+    let chunks = ledger::list_chunks(dir).map_err(|e| AuditError::at(dir, 0, None, e.to_string()))?;
+    let mut a = Auditor::new(service_cert_der, &chunks);
     let first_start = chunks.first().map_or(1, |c| c.0.start);
-    // A ledger continuing a snapshot: the tree restarts from the snapshot's frontier, and the snapshot itself must
-    // be proven by a signed evidence transaction in the audited entries.
-    let mut base: Option<BaseSnapshot> = None;
     if first_start != 1 {
-        let snapshots = dir.parent().map(|p| p.join("snapshots")).unwrap_or_default();
-        let path = snapshot::find_in(&snapshots, first_start - 1).ok_or_else(|| {
-            layout_err(format!(
-                "ledger starts at seqno {first_start}: it continues snapshot {}, not found in {}",
-                first_start - 1,
-                snapshots.display()
-            ))
-        })?;
-        let bytes = std::fs::read(&path).map_err(|e| layout_err(format!("{}: {e}", path.display())))?;
-        let file =
-            SnapshotFile::decode(bytes.as_slice()).map_err(|e| layout_err(format!("snapshot: {e}")))?;
-        if file.seqno + 1 != first_start {
-            return Err(layout_err(format!(
-                "snapshot {} does not precede seqno {first_start}",
-                file.seqno
-            )));
-        }
-        let frontier = file
-            .frontier_digests()
-            .ok_or_else(|| layout_err("snapshot frontier digest".into()))?;
-        a.tree = MerkleTree::from_frontier(file.seqno, &frontier).map_err(|e| layout_err(e.to_string()))?;
-        a.view = file.view;
-        a.report.last_seqno = file.seqno;
-        a.last_sig_seqno_in_tree = file.seqno;
-        a.report.base_snapshot = Some(file.seqno);
-        base = Some(BaseSnapshot {
-            seqno: file.seqno,
-            digest: snapshot::digest(&bytes),
-            evidence: None,
-            signed: false,
-        });
+        a.start_from_snapshot(dir, first_start)?;
     }
     let count = chunks.len();
     for (i, (name, path)) in chunks.iter().enumerate() {
+        let read = a.audit_chunk(name, path, i + 1 == count)?;
+        audited(read);
+    }
+    a.finish(dir, options)
+}
+
+impl<'a> Auditor<'a> {
+    fn new(service_cert_der: Option<&'a [u8]>, chunks: &[(ledger::ChunkName, PathBuf)]) -> Auditor<'a> {
+        Auditor {
+            service_cert_der,
+            previous: service_cert_der
+                .map(|s| identity_chain(chunks, s))
+                .unwrap_or_default(),
+            tree: MerkleTree::new(),
+            view: 0,
+            last_sig: None,
+            last_sig_seqno_in_tree: 0,
+            tail_start: None,
+            base: None,
+            report: AuditReport {
+                entries: 0,
+                signatures: 0,
+                last_seqno: 0,
+                last_signed: None,
+                unsigned_tail: None,
+                chunks: chunks.len(),
+                torn_tail_offset: None,
+                base_snapshot: None,
+            },
+        }
+    }
+
+    /// A ledger continuing a snapshot: the tree restarts from the snapshot's frontier, and the snapshot itself
+    /// must be proven by a signed evidence transaction in the audited entries.
+    fn start_from_snapshot(&mut self, dir: &Path, first_start: u64) -> Result<(), AuditError> {
+        let layout_err = |reason: String| AuditError::at(dir, 0, None, reason);
+        let snapshots = dir.parent().map(|p| p.join("snapshots")).unwrap_or_default();
+        let base = BaseSnapshot::load(&snapshots, first_start - 1).map_err(|e| match e {
+            BaseSnapshotError::Missing { seqno, dir } => layout_err(format!(
+                "ledger starts at seqno {first_start}: it continues snapshot {seqno}, not found in {}",
+                dir.display()
+            )),
+            unusable => layout_err(unusable.to_string()),
+        })?;
+        self.tree = base.tree().map_err(|e| layout_err(e.to_string()))?;
+        let seqno = base.file.seqno;
+        self.view = base.file.view;
+        self.report.last_seqno = seqno;
+        self.last_sig_seqno_in_tree = seqno;
+        self.report.base_snapshot = Some(seqno);
+        self.base = Some(BaseEvidence {
+            seqno,
+            digest: base.digest(),
+            evidence: None,
+            signed: false,
+        });
+        Ok(())
+    }
+
+    /// Audits one chunk (`last`: the ledger's last one, which may end in a torn frame while open). Returns its
+    /// size in bytes.
+    fn audit_chunk(&mut self, name: &ledger::ChunkName, path: &Path, last: bool) -> Result<u64, AuditError> {
         let err =
             |offset: u64, seqno: Option<u64>, reason: String| AuditError::at(path, offset, seqno, reason);
         let bytes = std::fs::read(path).map_err(|e| err(0, None, format!("cannot read: {e}")))?;
-        let expected_start = a.report.last_seqno + 1;
+        let expected_start = self.report.last_seqno + 1;
         if name.start != expected_start {
             return Err(err(
                 0,
@@ -328,11 +336,11 @@ pub fn audit_ledger_observed(
         let mut last_kind = None;
         let mut end_offset = 0;
         for frame in decode_frames(&bytes) {
-            let expected = a.report.last_seqno + 1;
+            let expected = self.report.last_seqno + 1;
             let frame = match frame {
                 Ok(f) => f,
-                Err(FrameError::Truncated { offset }) if i + 1 == count && name.end.is_none() => {
-                    a.report.torn_tail_offset = Some(offset);
+                Err(FrameError::Truncated { offset }) if last && name.end.is_none() => {
+                    self.report.torn_tail_offset = Some(offset);
                     break;
                 }
                 Err(FrameError::Truncated { offset }) => {
@@ -342,65 +350,20 @@ pub fn audit_ledger_observed(
                     return Err(err(offset, Some(expected), reason))
                 }
             };
-            let fail = |reason: String| err(frame.offset, Some(expected), reason);
-            let tx = frame
-                .entry
-                .decode_transaction()
-                .map_err(|e| fail(e.to_string()))?;
-            if tx.seqno != expected {
-                return Err(fail(format!("entry has seqno {}", tx.seqno)));
-            }
-            if tx.view < a.view {
-                return Err(fail(format!("view {} after view {}", tx.view, a.view)));
-            }
-            let public = tx.public_write_set().map_err(|e| fail(e.to_string()))?;
-            match tx.kind {
-                KIND_SIGNATURE => {
-                    a.check_signature(tx.tx_id(), &public).map_err(fail)?;
-                    a.last_sig = Some(tx.tx_id());
-                    a.tail_start = None;
-                    a.report.signatures += 1;
-                    if let Some(b) = base.as_mut() {
-                        b.signed |= b.evidence.is_some();
-                    }
-                }
-                KIND_TX => {
-                    if let Some(b) = base.as_mut().filter(|b| b.evidence.is_none()) {
-                        if let Some(ev) = SnapshotEvidence::for_snapshot(&public, b.seqno) {
-                            if ev.digest != hex::encode(b.digest) {
-                                return Err(fail(format!(
-                                    "the ledger's evidence for snapshot {} names another digest",
-                                    b.seqno
-                                )));
-                            }
-                            b.evidence = Some((path.clone(), frame.offset, tx.seqno));
-                        }
-                    }
-                    if a.tail_start.is_none() {
-                        a.tail_start = Some((path.clone(), frame.offset, tx.seqno));
-                    }
-                }
-                other => return Err(fail(format!("unknown transaction kind {other}"))),
-            }
-            let leaf = frame.entry.leaf().map_err(|e| fail(e.to_string()))?;
-            a.tree.append(leaf);
-            if tx.kind == KIND_SIGNATURE {
-                a.last_sig_seqno_in_tree = tx.seqno;
-            }
-            a.view = tx.view;
-            a.report.entries += 1;
-            a.report.last_seqno = tx.seqno;
-            last_kind = Some(tx.kind);
+            let kind = self
+                .audit_entry(path, &frame, expected)
+                .map_err(|reason| err(frame.offset, Some(expected), reason))?;
+            last_kind = Some(kind);
             end_offset = frame.offset + frame.len;
         }
         if let Some(end) = name.end {
-            if end != a.report.last_seqno {
+            if end != self.report.last_seqno {
                 return Err(err(
                     end_offset,
                     None,
                     format!(
                         "chunk name ends at {end} but its last entry is {}",
-                        a.report.last_seqno
+                        self.report.last_seqno
                     ),
                 ));
             }
@@ -412,58 +375,118 @@ pub fn audit_ledger_observed(
                 ));
             }
         }
-        audited(bytes.len() as u64);
+        Ok(bytes.len() as u64)
     }
-    if let Some(b) = base.filter(|b| !b.signed) {
-        return Err(match b.evidence {
-            // Unsigned evidence is no evidence: anyone can append an entry naming the digest of the snapshot
-            // they placed next to the ledger.
-            Some((file, offset, at)) => AuditError::at(
-                &file,
-                offset,
-                Some(at),
-                format!(
-                    "the evidence for snapshot {} that the ledger starts from is not covered by any signature",
-                    b.seqno
+
+    /// Checks one entry in its place (seqno, view, signature or snapshot evidence) and folds it into the tree.
+    /// Returns its kind.
+    fn audit_entry(&mut self, path: &Path, frame: &ledger::Frame, expected: u64) -> Result<u32, String> {
+        let tx = frame.entry.decode_transaction().map_err(|e| e.to_string())?;
+        if tx.seqno != expected {
+            return Err(format!("entry has seqno {}", tx.seqno));
+        }
+        if tx.view < self.view {
+            return Err(format!("view {} after view {}", tx.view, self.view));
+        }
+        let public = tx.public_write_set().map_err(|e| e.to_string())?;
+        match tx.kind {
+            KIND_SIGNATURE => {
+                self.check_signature(tx.tx_id(), &public)?;
+                self.last_sig = Some(tx.tx_id());
+                self.tail_start = None;
+                self.report.signatures += 1;
+                if let Some(b) = self.base.as_mut() {
+                    b.signed |= b.evidence.is_some();
+                }
+            }
+            KIND_TX => {
+                if let Some(b) = self.base.as_mut().filter(|b| b.evidence.is_none()) {
+                    if let Some(ev) = SnapshotEvidence::for_snapshot(&public, b.seqno) {
+                        if ev.digest != hex::encode(b.digest) {
+                            return Err(format!(
+                                "the ledger's evidence for snapshot {} names another digest",
+                                b.seqno
+                            ));
+                        }
+                        b.evidence = Some((path.to_path_buf(), frame.offset, tx.seqno));
+                    }
+                }
+                if self.tail_start.is_none() {
+                    self.tail_start = Some((path.to_path_buf(), frame.offset, tx.seqno));
+                }
+            }
+            other => return Err(format!("unknown transaction kind {other}")),
+        }
+        let leaf = frame.entry.leaf().map_err(|e| e.to_string())?;
+        self.tree.append(leaf);
+        if tx.kind == KIND_SIGNATURE {
+            self.last_sig_seqno_in_tree = tx.seqno;
+        }
+        self.view = tx.view;
+        self.report.entries += 1;
+        self.report.last_seqno = tx.seqno;
+        Ok(tx.kind)
+    }
+
+    /// What the whole ledger must show once read: a signed proof of the snapshot it continues, and no unsigned
+    /// tail unless `options` accepts one.
+    fn finish(mut self, dir: &Path, options: AuditOptions) -> Result<AuditReport, AuditError> {
+        if let Some(b) = self.base.take().filter(|b| !b.signed) {
+            return Err(match b.evidence {
+                // Unsigned evidence is no evidence: anyone can append an entry naming the digest of the snapshot
+                // they placed next to the ledger.
+                Some((file, offset, at)) => AuditError::at(
+                    &file,
+                    offset,
+                    Some(at),
+                    format!(
+                        "the evidence for snapshot {} that the ledger starts from is not covered by any signature",
+                        b.seqno
+                    ),
                 ),
-            ),
-            None => layout_err(format!(
-                "snapshot {} that the ledger starts from is not proven by an evidence transaction in it",
-                b.seqno
-            )),
+                None => AuditError::at(
+                    dir,
+                    0,
+                    None,
+                    format!(
+                        "snapshot {} that the ledger starts from is not proven by an evidence transaction in it",
+                        b.seqno
+                    ),
+                ),
+            });
+        }
+        self.report.last_signed = self.last_sig;
+        self.report.unsigned_tail = self.tail_start.map(|(file, offset, from)| UnsignedTail {
+            from,
+            to: self.report.last_seqno,
+            file,
+            offset,
         });
+        if let Some(tail) = self
+            .report
+            .unsigned_tail
+            .as_ref()
+            .filter(|_| !options.allow_unsigned_tail)
+        {
+            let after = self.last_sig.map_or_else(
+                || "no signature at all".to_string(),
+                |t| format!("the last signature, {t}"),
+            );
+            return Err(AuditError {
+                file: tail.file.clone(),
+                offset: tail.offset,
+                seqno: Some(tail.from),
+                reason: format!(
+                    "unsigned tail: {} entries (seqno {} to {}) after {after}: no signature covers them",
+                    tail.count(),
+                    tail.from,
+                    tail.to
+                ),
+                unsigned_tail: Some(tail.clone()),
+            });
+        }
+        Ok(self.report)
     }
-    a.report.last_signed = a.last_sig;
-    a.report.unsigned_tail = a.tail_start.map(|(file, offset, from)| UnsignedTail {
-        from,
-        to: a.report.last_seqno,
-        file,
-        offset,
-    });
-    if let Some(tail) = a
-        .report
-        .unsigned_tail
-        .as_ref()
-        .filter(|_| !options.allow_unsigned_tail)
-    {
-        let after = a.last_sig.map_or_else(
-            || "no signature at all".to_string(),
-            |t| format!("the last signature, {t}"),
-        );
-        return Err(AuditError {
-            file: tail.file.clone(),
-            offset: tail.offset,
-            seqno: Some(tail.from),
-            reason: format!(
-                "unsigned tail: {} entries (seqno {} to {}) after {after}: no signature covers them",
-                tail.count(),
-                tail.from,
-                tail.to
-            ),
-            unsigned_tail: Some(tail.clone()),
-        });
-    }
-    Ok(a.report)
 }
 
 #[cfg(test)]

@@ -15,5 +15,6 @@ pub mod pem;
 pub mod receipt;
 pub mod recovery;
 pub mod snapshot;
+pub mod tables;
 pub mod testing;
 pub mod txid;

@@ -62,7 +62,7 @@ const OID_ED448: &str = "1.3.101.113";
 pub enum RecoveryError {
     /// The operating system's random number generator failed.
     #[error("cannot get random bytes: {0}")]
-    Random(String),
+    Random(#[from] getrandom::Error),
     /// RSA key generation or encoding failed.
     #[error("cannot generate an encryption key: {0}")]
     KeyGeneration(String),
@@ -456,7 +456,7 @@ fn gf_inv(a: u8) -> u8 {
 pub fn split(secret: &[u8], threshold: usize, count: usize) -> Result<Vec<Share>, RecoveryError> {
     check_split(secret, threshold, count)?;
     let mut coefficients = Zeroizing::new(vec![0u8; secret.len() * (threshold - 1)]);
-    getrandom::getrandom(&mut coefficients).map_err(|e| RecoveryError::Random(e.to_string()))?;
+    getrandom::getrandom(&mut coefficients)?;
     Ok(split_with_coefficients(secret, threshold, count, &coefficients))
 }
 
@@ -548,7 +548,7 @@ pub fn combine(shares: &[Share]) -> Result<Vec<u8>, RecoveryError> {
 /// ciphertext ‖ 16-byte tag.
 pub fn wrap(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, RecoveryError> {
     let mut nonce = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut nonce).map_err(|e| RecoveryError::Random(e.to_string()))?;
+    getrandom::getrandom(&mut nonce)?;
     let ciphertext = Aes256Gcm::new(key.into())
         .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
         .map_err(|_| RecoveryError::Wrap)?;

@@ -5,8 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::path::{Path, PathBuf};
+
+use prost::Message as _;
+
 use crate::hash::{sha256, Digest};
 use crate::ledger::WriteSet;
+use crate::merkle::MerkleTree;
 
 /// Map recording the digest of each snapshot, written by the primary after it took one.
 pub const SNAPSHOT_EVIDENCE: &str = "public:ccf.internal.snapshot_evidence";
@@ -158,4 +163,77 @@ pub fn find_in(dir: &std::path::Path, seqno: u64) -> Option<std::path::PathBuf> 
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&prefix) || n == exact || n == received)
         })
+}
+
+/// The snapshot a ledger continues when it does not start at seqno 1 (a node that joined from it): the Merkle tree
+/// and the view history restart from it. Read by the offline audit and by disaster recovery; what proves it is a
+/// signed evidence transaction in the ledger, which each of them checks.
+#[derive(Debug)]
+pub struct BaseSnapshot {
+    /// Where it was found.
+    pub path: PathBuf,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Its contents.
+    pub file: SnapshotFile,
+}
+
+/// Why a ledger's base snapshot cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseSnapshotError {
+    /// No snapshot file at that seqno in the directory.
+    #[error("snapshot {seqno} is not in {}", dir.display())]
+    Missing {
+        /// The seqno the ledger continues.
+        seqno: u64,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+    /// The file is unreadable, not a snapshot, or not the one the ledger continues.
+    #[error("{}: {reason}", path.display())]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl BaseSnapshot {
+    /// Reads and checks the snapshot at `seqno` in `dir`.
+    pub fn load(dir: &Path, seqno: u64) -> Result<BaseSnapshot, BaseSnapshotError> {
+        let path = find_in(dir, seqno).ok_or_else(|| BaseSnapshotError::Missing {
+            seqno,
+            dir: dir.to_path_buf(),
+        })?;
+        let unusable = |reason: String| BaseSnapshotError::Unusable {
+            path: path.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&path).map_err(|e| unusable(e.to_string()))?;
+        let file =
+            SnapshotFile::decode(bytes.as_slice()).map_err(|e| unusable(format!("not a snapshot: {e}")))?;
+        if file.seqno != seqno {
+            return Err(unusable(format!("holds seqno {}, not {seqno}", file.seqno)));
+        }
+        Ok(BaseSnapshot { path, bytes, file })
+    }
+
+    /// The Merkle tree over every entry up to the snapshot, from its frontier.
+    pub fn tree(&self) -> Result<MerkleTree, BaseSnapshotError> {
+        let unusable = |reason: String| BaseSnapshotError::Unusable {
+            path: self.path.clone(),
+            reason,
+        };
+        let frontier = self
+            .file
+            .frontier_digests()
+            .ok_or_else(|| unusable("a frontier digest is not 32 bytes".into()))?;
+        MerkleTree::from_frontier(self.file.seqno, &frontier).map_err(|e| unusable(e.to_string()))
+    }
+
+    /// Its digest, as its evidence in the ledger names it.
+    pub fn digest(&self) -> Digest {
+        digest(&self.bytes)
+    }
 }

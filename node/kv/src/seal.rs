@@ -39,7 +39,7 @@ pub enum SealError {
     Seal,
     /// No randomness from the OS.
     #[error("no randomness: {0}")]
-    Random(String),
+    Random(#[from] getrandom::Error),
     /// Reading or writing the secret's file.
     #[error("{path}: {source}")]
     Io {
@@ -73,7 +73,7 @@ impl LedgerSecret {
     /// A fresh random secret.
     pub fn generate() -> Result<LedgerSecret, SealError> {
         let mut bytes = [0u8; 32];
-        getrandom::getrandom(&mut bytes).map_err(|e| SealError::Random(e.to_string()))?;
+        getrandom::getrandom(&mut bytes)?;
         Ok(LedgerSecret(bytes))
     }
 
@@ -218,7 +218,7 @@ fn snapshot_aad(seqno: u64, map: &str, key: &[u8]) -> Vec<u8> {
 
 fn seal_with(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
     let mut nonce = [0u8; NONCE_BYTES];
-    getrandom::getrandom(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
+    getrandom::getrandom(&mut nonce)?;
     seal_with_nonce(cipher, &nonce, aad, plaintext)
 }
 

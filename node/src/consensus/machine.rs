@@ -32,6 +32,7 @@ use synod_core::ledger::{
 use synod_core::maps;
 use synod_core::merkle::{MerkleTree, ProofStep};
 use synod_core::receipt::{JsonReceipt, LeafComponents, ProofElement};
+use synod_core::tables::{NodeInfo, NodeStatus};
 use synod_core::txid::{evaluate_tx_status, TxId, TxStatus};
 use synod_kv::seal::Sealer;
 use synod_kv::{Conflict, State, Tx};
@@ -74,10 +75,10 @@ pub enum CoreError {
     Busy,
     /// Sealing or unsealing private writes failed.
     #[error("sealing: {0}")]
-    Seal(String),
+    Seal(#[from] synod_kv::seal::SealError),
     /// Building a COSE signature failed.
     #[error("COSE: {0}")]
-    Cose(String),
+    Cose(#[from] synod_core::receipt::cose::CoseError),
     /// An entry of the log is not one a correct primary could have written.
     #[error("bad entry at seqno {seqno}: {reason}")]
     BadEntry {
@@ -1512,7 +1513,7 @@ impl Core {
         } else {
             self.sealer
                 .seal(tx_id, &writes.private.encode_to_vec())
-                .map_err(|e| CoreError::Seal(e.to_string()))?
+                .map_err(CoreError::Seal)?
         };
         let transaction = Transaction {
             view: tx_id.view,
@@ -1588,7 +1589,7 @@ impl Core {
             tx_id,
             now_secs,
         )
-        .map_err(|e| CoreError::Cose(e.to_string()))?;
+        .map_err(CoreError::Cose)?;
         let frontier = self.history.tree.frontier();
         let own = SigInfo {
             tx_id,
@@ -1691,7 +1692,7 @@ impl Core {
         let current: Option<serde_json::Value> = tx
             .get(maps::NODES_INFO, node_id.as_bytes())
             .and_then(|v| serde_json::from_slice(&v).ok());
-        if current.is_some_and(|c| c["status"] == "Retired") {
+        if current.is_some_and(|c| c["status"] == NodeStatus::Retired) {
             return Err(CoreError::Refused(format!("node {node_id} is retired")));
         }
         tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
@@ -1707,7 +1708,7 @@ impl Core {
             .get(maps::NODES_INFO, node_id.as_bytes())
             .and_then(|v| serde_json::from_slice(&v).ok())
             .ok_or_else(|| CoreError::Invariant(format!("no node {node_id}")))?;
-        info["status"] = serde_json::json!("Retired");
+        info["status"] = NodeStatus::Retired.into();
         tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
         // As governance's remove_node: only the record. Once it is committed, the primary removes the node
         // (`remove_retired_nodes`), or hands over first if it is the node.
@@ -1732,8 +1733,8 @@ impl Core {
         // The speculative state: the node record that queued the change may not be committed yet.
         let status = Self::node_status_in(&self.state, cc.node_id);
         match cc.get_change_type() {
-            ConfChangeType::AddLearnerNode => !in_config && status.as_deref() == Some("Trusted"),
-            ConfChangeType::AddNode => status.as_deref() != Some("Retired"),
+            ConfChangeType::AddLearnerNode => !in_config && status == Some(NodeStatus::Trusted),
+            ConfChangeType::AddNode => status != Some(NodeStatus::Retired),
             // A primary never removes itself: raft-rs's leader panics once it is out of its own progress set
             // (found by synod-sim). It hands over first (`remove_retired_nodes`) and the next primary removes it.
             ConfChangeType::RemoveNode => in_config && cc.node_id != self.id,
@@ -1791,8 +1792,10 @@ impl Core {
             .filter_map(|(k, e)| {
                 let id = raft_id(std::str::from_utf8(k).ok()?);
                 let info: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
-                (info["status"] == "Trusted" && !cs.voters.contains(&id) && !cs.learners.contains(&id))
-                    .then_some(id)
+                (info["status"] == NodeStatus::Trusted
+                    && !cs.voters.contains(&id)
+                    && !cs.learners.contains(&id))
+                .then_some(id)
             })
             .filter(|id| !self.conf_queue.iter().any(|cc| cc.node_id == *id))
             .collect();
@@ -1855,7 +1858,7 @@ impl Core {
                 .get(learner)
                 .is_some_and(|p| p.matched + 16 >= committed && p.matched > 0);
             let queued = self.conf_queue.iter().any(|cc| cc.node_id == learner);
-            if caught_up && !queued && self.node_status_by_raft_id(learner).as_deref() == Some("Trusted") {
+            if caught_up && !queued && self.node_status_by_raft_id(learner) == Some(NodeStatus::Trusted) {
                 tracing::info!(learner, "promoting a caught-up learner to voter");
                 self.queue_conf_change(learner, ConfChangeType::AddNode);
             }
@@ -1866,7 +1869,7 @@ impl Core {
     fn remove_retired_nodes(&mut self) {
         let cs = self.raft.store().conf_state().clone();
         for &id in cs.voters.iter().chain(cs.learners.iter()) {
-            if self.node_status_by_raft_id(id).as_deref() != Some("Retired") {
+            if self.node_status_by_raft_id(id) != Some(NodeStatus::Retired) {
                 continue;
             }
             if id == self.id {
@@ -1890,18 +1893,17 @@ impl Core {
         }
     }
 
-    fn node_status_by_raft_id(&self, id: u64) -> Option<String> {
+    fn node_status_by_raft_id(&self, id: u64) -> Option<NodeStatus> {
         Self::node_status_in(&self.committed_state, id)
     }
 
-    fn node_status_in(state: &State, id: u64) -> Option<String> {
+    fn node_status_in(state: &State, id: u64) -> Option<NodeStatus> {
         state.map(maps::NODES_INFO)?.iter().find_map(|(k, e)| {
             let node_id = std::str::from_utf8(k).ok()?;
             if raft_id(node_id) != id {
                 return None;
             }
-            let info: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
-            info["status"].as_str().map(str::to_string)
+            NodeInfo::from_slice(&e.value).map(|info| info.status)
         })
     }
 

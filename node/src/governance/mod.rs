@@ -40,7 +40,8 @@ const CONSTITUTION_MODULE: &str = "constitution.js";
 const CONSTITUTION_EXPORTS: [&str; 3] = ["validate", "resolve", "apply"];
 const BALLOT_MODULE: &str = "ballot.js";
 
-pub use synod_governance::proposal::ProposalState;
+use synod_core::tables::MemberStatus;
+pub use synod_core::tables::ProposalState;
 
 /// Why an accepted proposal failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,19 +158,19 @@ pub fn constitution(tx: &mut Tx) -> String {
         .unwrap_or_else(|| DEFAULT_CONSTITUTION.to_string())
 }
 
-fn member_status(tx: &mut Tx, member_id: &str) -> Option<String> {
+fn member_status(tx: &mut Tx, member_id: &str) -> Option<MemberStatus> {
     let info: serde_json::Value = get_json(tx, maps::MEMBERS_INFO, member_id)?;
-    info["status"].as_str().map(str::to_string)
+    info["status"].as_str()?.parse().ok()
 }
 
 /// The member's status; a signer that is not a member is refused.
-fn require_member(tx: &mut Tx, member_id: &str) -> Result<String, GovError> {
+fn require_member(tx: &mut Tx, member_id: &str) -> Result<MemberStatus, GovError> {
     member_status(tx, member_id).ok_or_else(|| GovError::Unauthorized(format!("{member_id} is not a member")))
 }
 
 fn require_active(tx: &mut Tx, member_id: &str) -> Result<(), GovError> {
-    match require_member(tx, member_id)?.as_str() {
-        "Active" => Ok(()),
+    match require_member(tx, member_id)? {
+        MemberStatus::Active => Ok(()),
         status => Err(GovError::Forbidden(format!(
             "member {member_id} is {status}: it must acknowledge the state digest (synod-gov ack) before it can take part"
         ))),
@@ -533,10 +534,10 @@ impl<'t> Governance<'t> {
                 "the acknowledged digest is not the one this member was given",
             ));
         }
-        if status == "Accepted" {
+        if status == MemberStatus::Accepted {
             let mut info: serde_json::Value =
                 get_json(self.tx, maps::MEMBERS_INFO, req.member_id).unwrap_or_default();
-            info["status"] = json!("Active");
+            info["status"] = MemberStatus::Active.into();
             put_json(self.tx, maps::MEMBERS_INFO, req.member_id, &info);
             // An active member with an encryption key is a recovery member: it gets its share now.
             self.refresh_shares()

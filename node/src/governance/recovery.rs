@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use synod_core::hash::sha256;
 use synod_core::maps;
 use synod_core::recovery::{self as crypto, EncryptionPublicKey, Share};
+use synod_core::tables::{MemberStatus, NodeStatus, ServiceInfo, ServiceStatus};
 use synod_kv::seal::{LedgerSecret, Sealer, SecretRange};
 use synod_kv::{State, Tx};
 
@@ -39,9 +40,9 @@ const PREVIOUS_SECRET_LABEL: &[u8] = b"synod previous ledger secret v1";
 const SUBMITTED_SHARE_LABEL: &[u8] = b"synod submitted recovery share v1";
 
 /// Service status while the public state of a previous service is recovered and members decide.
-pub const STATUS_RECOVERING: &str = "Recovering";
+pub const STATUS_RECOVERING: &str = ServiceStatus::Recovering.as_str();
 /// Service status once members accepted the recovery: shares are being submitted.
-pub const STATUS_WAITING_FOR_SHARES: &str = "WaitingForRecoveryShares";
+pub const STATUS_WAITING_FOR_SHARES: &str = ServiceStatus::WaitingForRecoveryShares.as_str();
 
 /// Why a recovery step failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +67,11 @@ pub enum RecoveryError {
         reason: String,
     },
     /// Shares are only taken while the service waits for them.
-    #[error("the service is {0}, not waiting for recovery shares")]
-    NotWaiting(String),
+    #[error("the service is {}, not waiting for recovery shares", status_name(.0))]
+    NotWaiting(Option<ServiceStatus>),
+    /// Secrets are not replaced while the previous ones are being recovered.
+    #[error("the service is {0}: the ledger cannot be rekeyed during a recovery")]
+    DuringRecovery(ServiceStatus),
     /// The member was not given a share by the previous service.
     #[error("member {0} holds no recovery share of the previous service")]
     NoShare(String),
@@ -166,10 +170,12 @@ pub(crate) fn state_json<T: serde::de::DeserializeOwned>(state: &State, map: &st
 }
 
 /// The service's status (`Opening`, `Open`, `Recovering`, ...).
-pub fn service_status(tx: &mut Tx) -> String {
-    get_json::<serde_json::Value>(tx, maps::SERVICE_INFO, "")
-        .and_then(|v| v["status"].as_str().map(str::to_string))
-        .unwrap_or_default()
+pub fn service_status(tx: &mut Tx) -> Option<ServiceStatus> {
+    get_json::<ServiceInfo>(tx, maps::SERVICE_INFO, "").map(|info| info.status)
+}
+
+fn status_name(status: &Option<ServiceStatus>) -> &'static str {
+    status.map_or("without a status", ServiceStatus::as_str)
 }
 
 /// The previous service this one recovered, if it is a recovered service.
@@ -184,14 +190,15 @@ fn recovery_members(tx: &mut Tx) -> Vec<(String, String)> {
         .filter_map(|(id, pem)| {
             let id = String::from_utf8(id.to_vec()).ok()?;
             let info: serde_json::Value = get_json(tx, maps::MEMBERS_INFO, &id)?;
-            (info["status"] == "Active").then(|| Some((id, String::from_utf8(pem.to_vec()).ok()?)))?
+            (info["status"] == MemberStatus::Active)
+                .then(|| Some((id, String::from_utf8(pem.to_vec()).ok()?)))?
         })
         .collect()
 }
 
 fn recovery_threshold(tx: &mut Tx) -> usize {
-    get_json::<serde_json::Value>(tx, maps::SERVICE_INFO, "")
-        .and_then(|v| v["recovery_threshold"].as_u64())
+    get_json::<ServiceInfo>(tx, maps::SERVICE_INFO, "")
+        .and_then(|info| info.recovery_threshold)
         .map_or(1, |t| t.max(1) as usize)
 }
 
@@ -214,8 +221,7 @@ pub fn refresh_shares(
     from: Option<u64>,
     force: bool,
 ) -> Result<bool, RecoveryError> {
-    let status = service_status(tx);
-    if status == STATUS_RECOVERING || status == STATUS_WAITING_FOR_SHARES {
+    if service_status(tx).is_some_and(ServiceStatus::is_recovering) {
         return Ok(false);
     }
     // Every recorded key must be usable, not only the active members': a member added with a bad key could
@@ -250,7 +256,7 @@ pub fn refresh_shares(
         });
     }
     let mut key = [0u8; 32];
-    getrandom::getrandom(&mut key).map_err(|e| crypto::RecoveryError::Random(e.to_string()))?;
+    getrandom::getrandom(&mut key).map_err(crypto::RecoveryError::Random)?;
     let wrapped = crypto::wrap(&key, &secret.0, LATEST_SECRET_AAD)?;
     let shares = crypto::split(&key, threshold, members.len())?;
     let mut encrypted_shares = BTreeMap::new();
@@ -278,14 +284,11 @@ pub fn refresh_shares(
 /// transaction after this one; the latest secret (`latest`: its first seqno and itself) is kept in the ledger
 /// wrapped under the new one, and the recovery members get shares of the new one. Never during a recovery.
 pub fn rekey(tx: &mut Tx, latest: (u64, &LedgerSecret)) -> Result<(), RecoveryError> {
-    let status = service_status(tx);
-    if status == STATUS_RECOVERING || status == STATUS_WAITING_FOR_SHARES {
-        return Err(RecoveryError::NotWaiting(format!(
-            "{status}: the ledger cannot be rekeyed during a recovery"
-        )));
+    if let Some(status) = service_status(tx).filter(|s| s.is_recovering()) {
+        return Err(RecoveryError::DuringRecovery(status));
     }
     let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes).map_err(|e| crypto::RecoveryError::Random(e.to_string()))?;
+    getrandom::getrandom(&mut bytes).map_err(crypto::RecoveryError::Random)?;
     let new = LedgerSecret(bytes);
     let mut record = EncryptedLedgerSecrets::default();
     for (id, value) in tx.range(maps::NODES_INFO, b"", None, usize::MAX) {
@@ -293,7 +296,7 @@ pub fn rekey(tx: &mut Tx, latest: (u64, &LedgerSecret)) -> Result<(), RecoveryEr
         let Ok(info) = serde_json::from_slice::<serde_json::Value>(&value) else {
             continue;
         };
-        if info["status"] != "Trusted" {
+        if info["status"] != NodeStatus::Trusted {
             continue;
         }
         let pem = info["encryption_pub_key"]
@@ -383,7 +386,7 @@ pub fn submit_share(
     current: &LedgerSecret,
 ) -> Result<Submitted, RecoveryError> {
     let status = service_status(tx);
-    if status != STATUS_WAITING_FOR_SHARES {
+    if status != Some(ServiceStatus::WaitingForRecoveryShares) {
         return Err(RecoveryError::NotWaiting(status));
     }
     let info: SharesInfo = get_json(tx, maps::RECOVERY_SHARES, "").ok_or(RecoveryError::NoSharesInfo)?;
@@ -562,24 +565,26 @@ pub struct RecoveryRecord<'a> {
 /// previous service retired and this one trusted, the previous identity and its endorsement, and the evidence of
 /// the snapshot the service starts from (so that snapshot is committed and served like any other).
 pub fn write_recovery(tx: &mut Tx, r: &RecoveryRecord<'_>) -> Result<(), RecoveryError> {
-    let mut info: serde_json::Value =
+    let mut info: ServiceInfo =
         get_json(tx, maps::SERVICE_INFO, "").ok_or(RecoveryError::Malformed("previous service info"))?;
-    let previous_cert = info["cert"]
-        .as_str()
-        .ok_or(RecoveryError::Malformed("previous service certificate"))?
-        .to_string();
-    info["cert"] = serde_json::json!(r.service_cert_pem);
-    info["status"] = serde_json::json!(STATUS_RECOVERING);
-    info["curve"] = serde_json::json!(r.curve);
-    info["previous_service_identity_version"] = serde_json::json!(r.last_seqno);
+    if info.cert.is_empty() {
+        return Err(RecoveryError::Malformed("previous service certificate"));
+    }
+    let previous_cert = std::mem::replace(&mut info.cert, r.service_cert_pem.to_string());
+    info.status = ServiceStatus::Recovering;
+    info.curve = Some(r.curve.to_string());
+    info.other.insert(
+        "previous_service_identity_version".into(),
+        serde_json::json!(r.last_seqno),
+    );
     put_json(tx, maps::SERVICE_INFO, "", &info);
     let nodes = tx.range(maps::NODES_INFO, b"", None, usize::MAX);
     for (id, value) in nodes {
         let Ok(mut node) = serde_json::from_slice::<serde_json::Value>(&value) else {
             continue;
         };
-        if node["status"] != "Retired" {
-            node["status"] = serde_json::json!("Retired");
+        if node["status"] != NodeStatus::Retired {
+            node["status"] = NodeStatus::Retired.into();
             tx.put(maps::NODES_INFO, &id, node.to_string().as_bytes());
         }
     }
@@ -626,9 +631,9 @@ pub fn finish_recovery(tx: &mut Tx, latest: &(u64, LedgerSecret)) -> Result<(), 
         .ok_or(RecoveryError::Malformed("previous service record"))?;
     previous.private_recovered = true;
     put_json(tx, maps::PREVIOUS_SERVICE, "", &previous);
-    let mut info: serde_json::Value =
+    let mut info: ServiceInfo =
         get_json(tx, maps::SERVICE_INFO, "").ok_or(RecoveryError::Malformed("service info"))?;
-    info["status"] = serde_json::json!("Open");
+    info.status = ServiceStatus::Open;
     put_json(tx, maps::SERVICE_INFO, "", &info);
     refresh_shares(tx, &latest.1, Some(latest.0), true)?;
     Ok(())

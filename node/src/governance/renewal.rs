@@ -10,6 +10,7 @@
 use serde_json::Value;
 use synod_core::cert::{self, Identity, Validity};
 use synod_core::maps;
+use synod_core::tables::{NodeInfo, NodeStatus, ServiceInfo};
 use synod_kv::Tx;
 
 use crate::governance::get_json;
@@ -95,8 +96,9 @@ fn validity_of_args(args: &Value, now: u64) -> Result<Validity, RenewalError> {
 /// The service identity as the state records it now: its certificate from the service info (it may have been
 /// renewed), its key from this node.
 fn service_identity(tx: &mut Tx, service_key_pem: &str) -> Result<Identity, RenewalError> {
-    let cert_pem = get_json::<Value>(tx, maps::SERVICE_INFO, "")
-        .and_then(|v| v["cert"].as_str().map(str::to_string))
+    let cert_pem = get_json::<ServiceInfo>(tx, maps::SERVICE_INFO, "")
+        .map(|info| info.cert)
+        .filter(|cert| !cert.is_empty())
         .ok_or_else(|| RenewalError::BadArgument("no service certificate".into()))?;
     Ok(Identity {
         cert_pem,
@@ -111,12 +113,16 @@ fn renew_node(
     service: &Identity,
     validity: Validity,
 ) -> Result<(), RenewalError> {
-    let mut info = get_json::<Value>(tx, maps::NODES_INFO, node_id)
-        .filter(|i| i["status"] == "Trusted")
+    let mut info = get_json::<NodeInfo>(tx, maps::NODES_INFO, node_id)
+        .filter(|i| i.status == NodeStatus::Trusted)
         .ok_or_else(|| RenewalError::NotTrusted(node_id.to_string()))?;
-    let current = cert::pem_to_der(info["cert"].as_str().unwrap_or_default())?;
-    info["cert"] = Value::String(cert::renew_endorsed(&current, service, validity)?);
-    tx.put(maps::NODES_INFO, node_id.as_bytes(), info.to_string().as_bytes());
+    let current = cert::pem_to_der(&info.cert)?;
+    info.cert = cert::renew_endorsed(&current, service, validity)?;
+    tx.put(
+        maps::NODES_INFO,
+        node_id.as_bytes(),
+        info.to_value().to_string().as_bytes(),
+    );
     Ok(())
 }
 
@@ -156,9 +162,7 @@ pub fn apply(
                 let trusted: Vec<String> = tx
                     .range(maps::NODES_INFO, b"", None, usize::MAX)
                     .into_iter()
-                    .filter(|(_, v)| {
-                        serde_json::from_slice::<Value>(v).is_ok_and(|i| i["status"] == "Trusted")
-                    })
+                    .filter(|(_, v)| NodeInfo::from_slice(v).is_some_and(|i| i.status == NodeStatus::Trusted))
                     .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
                     .collect();
                 for node_id in trusted {
@@ -214,21 +218,16 @@ pub fn renew_expiring(tx: &mut Tx, service_key_pem: &str, now: i64) -> Result<us
     }
     if let Some(validity) = period("node_certificate_validity_days") {
         let service = service_identity(tx, service_key_pem)?;
-        let nodes: Vec<(String, Value)> = tx
+        let nodes: Vec<(String, NodeInfo)> = tx
             .range(maps::NODES_INFO, b"", None, usize::MAX)
             .into_iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    String::from_utf8(k.to_vec()).ok()?,
-                    serde_json::from_slice(&v).ok()?,
-                ))
-            })
+            .filter_map(|(k, v)| Some((String::from_utf8(k.to_vec()).ok()?, NodeInfo::from_slice(&v)?)))
             .collect();
         for (node_id, node) in nodes {
-            let Some(pem) = node["cert"].as_str().filter(|_| node["status"] == "Trusted") else {
+            if node.status != NodeStatus::Trusted || node.cert.is_empty() {
                 continue;
-            };
-            if due(validity_of_pem(pem)?, now) {
+            }
+            if due(validity_of_pem(&node.cert)?, now) {
                 renew_node(tx, &node_id, &service, validity)?;
                 renewed += 1;
             }

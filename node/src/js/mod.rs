@@ -976,6 +976,18 @@ fn with_state<T>(
 fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
     let g = ctx.globals();
     let natives = Object::new(ctx.clone())?;
+    install_kv(ctx, &natives, shared)?;
+    install_body(ctx, &natives, shared)?;
+    install_crypto(ctx, &natives)?;
+    install_call(ctx, &natives, shared)?;
+    historical::install(ctx, &natives, shared)?;
+    g.set("__synod", natives)?;
+    ctx.eval::<(), _>(prelude::PRELUDE)?;
+    Ok(())
+}
+
+/// The KV natives behind `ccf.kv`: get, set, delete and range, under the call's policy and budget.
+fn install_kv<'js>(ctx: &Ctx<'js>, natives: &Object<'js>, shared: &Shared) -> rquickjs::Result<()> {
     {
         let s = shared.clone();
         natives.set(
@@ -1070,6 +1082,11 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
             )?,
         )?;
     }
+    Ok(())
+}
+
+/// `request.body.text()/json()/arrayBuffer()`: the body of the current call, converted on demand.
+fn install_body<'js>(ctx: &Ctx<'js>, natives: &Object<'js>, shared: &Shared) -> rquickjs::Result<()> {
     {
         // `request.body.text()/json()/arrayBuffer()`: the body of the current call, converted on demand.
         let body_native = |what: u8| {
@@ -1095,6 +1112,11 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
         natives.set("bodyJson", Function::new(ctx.clone(), body_native(1))?)?;
         natives.set("bodyBuffer", Function::new(ctx.clone(), body_native(2))?)?;
     }
+    Ok(())
+}
+
+/// Conversions, hashing and signature checks (`ccf.strToBuf`, `ccf.crypto.*`): no state.
+fn install_crypto<'js>(ctx: &Ctx<'js>, natives: &Object<'js>) -> rquickjs::Result<()> {
     natives.set(
         "strToBuf",
         // The string's UTF-8 straight from QuickJS into the buffer (no Rust copy in between).
@@ -1136,36 +1158,37 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
              data: ArrayBuffer<'js>| {
                 let sig = buf_bytes(&signature).ok_or_else(|| throw(&ctx, "detached signature"))?;
                 let data = buf_bytes(&data).ok_or_else(|| throw(&ctx, "detached data"))?;
-                let key = synod_core::keys::PublicKey::from_pem(&key_pem)
-                    .map_err(|e| throw(&ctx, &e.to_string()))?;
-                let ed25519 = matches!(key, synod_core::keys::PublicKey::Ed25519(_));
-                match alg.as_str() {
-                    "EdDSA" | "Ed25519" if ed25519 => Ok(key.verify(&data, &sig).is_ok()),
-                    "ECDSA" if !ed25519 => {
-                        let prehash = match hash.as_str() {
-                            "SHA-256" => <sha2::Sha256 as sha2::Digest>::digest(&data).to_vec(),
-                            "SHA-384" => <sha2::Sha384 as sha2::Digest>::digest(&data).to_vec(),
-                            other => {
-                                return Err(throw(
-                                    &ctx,
-                                    &format!("unsupported ECDSA hash {other:?} (SHA-256 or SHA-384)"),
-                                ))
-                            }
-                        };
-                        Ok(key.verify_ecdsa_prehashed(&prehash, &sig).is_ok())
-                    }
-                    "EdDSA" | "Ed25519" | "ECDSA" => Err(throw(
-                        &ctx,
-                        &format!("a {} key cannot verify {alg} signatures", key.curve()),
-                    )),
-                    other => Err(throw(
-                        &ctx,
-                        &format!("unsupported signature algorithm {other} (ECDSA or EdDSA)"),
-                    )),
-                }
+                verify_signature(&alg, &hash, &key_pem, &sig, &data).map_err(|e| throw(&ctx, &e))
             },
         )?,
     )?;
+    Ok(())
+}
+
+/// `ccf.crypto.verifySignature`: CCF's algorithm names (`ECDSA` with `SHA-256`/`SHA-384`, `EdDSA`); whether the
+/// signature verifies, or why the key cannot check it.
+fn verify_signature(alg: &str, hash: &str, key_pem: &str, sig: &[u8], data: &[u8]) -> Result<bool, String> {
+    let key = synod_core::keys::PublicKey::from_pem(key_pem).map_err(|e| e.to_string())?;
+    let ed25519 = matches!(key, synod_core::keys::PublicKey::Ed25519(_));
+    match alg {
+        "EdDSA" | "Ed25519" if ed25519 => Ok(key.verify(data, sig).is_ok()),
+        "ECDSA" if !ed25519 => {
+            let prehash = match hash {
+                "SHA-256" => <sha2::Sha256 as sha2::Digest>::digest(data).to_vec(),
+                "SHA-384" => <sha2::Sha384 as sha2::Digest>::digest(data).to_vec(),
+                other => return Err(format!("unsupported ECDSA hash {other:?} (SHA-256 or SHA-384)")),
+            };
+            Ok(key.verify_ecdsa_prehashed(&prehash, sig).is_ok())
+        }
+        "EdDSA" | "Ed25519" | "ECDSA" => Err(format!("a {} key cannot verify {alg} signatures", key.curve())),
+        other => Err(format!(
+            "unsupported signature algorithm {other} (ECDSA or EdDSA)"
+        )),
+    }
+}
+
+/// What the call knows of the service: the last committed transaction, and whether its writes apply.
+fn install_call<'js>(ctx: &Ctx<'js>, natives: &Object<'js>, shared: &Shared) -> rquickjs::Result<()> {
     {
         let s = shared.clone();
         natives.set(
@@ -1188,9 +1211,6 @@ fn install_ccf<'js>(ctx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
             })?,
         )?;
     }
-    historical::install(ctx, &natives, shared)?;
-    g.set("__synod", natives)?;
-    ctx.eval::<(), _>(prelude::PRELUDE)?;
     Ok(())
 }
 

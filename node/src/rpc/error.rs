@@ -123,6 +123,13 @@ impl From<crate::service::AskError> for ApiError {
     }
 }
 
+/// A handler that cannot fail.
+impl From<std::convert::Infallible> for ApiError {
+    fn from(e: std::convert::Infallible) -> ApiError {
+        match e {}
+    }
+}
+
 /// A failed transaction: the handler's own error (anything that converts to an [`ApiError`]), or why it could not run.
 impl<E: Into<ApiError> + std::fmt::Display> From<ExecError<E>> for ApiError {
     fn from(e: ExecError<E>) -> ApiError {

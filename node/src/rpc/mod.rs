@@ -30,6 +30,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use synod_core::cert;
 use synod_core::maps;
+use synod_core::tables::ServiceStatus;
 use synod_core::txid::TxId;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -176,9 +177,9 @@ pub fn service_open(state: &synod_kv::State) -> bool {
     }
     #[derive(serde::Deserialize)]
     struct Status {
-        status: String,
+        status: ServiceStatus,
     }
-    let open = serde_json::from_slice::<Status>(&entry.value).is_ok_and(|s| s.status == "Open");
+    let open = serde_json::from_slice::<Status>(&entry.value).is_ok_and(|s| s.status == ServiceStatus::Open);
     *cached = Some((entry.value.clone(), open));
     open
 }

@@ -17,6 +17,7 @@ use crate::consensus::raft_id;
 use crate::historical::HistoricalError;
 use synod_core::merkle::ProofStep;
 use synod_core::receipt::{JsonReceipt, LeafComponents};
+use synod_core::tables::{NodeInfo, NodeStatus, ProposalState, ServiceInfo, ServiceStatus};
 use synod_core::txid::TxId;
 
 /// The `/node/*` and `/app/receipt` routes.
@@ -124,9 +125,8 @@ async fn node_state(State(app): State<AppState>) -> Result<Response, ApiError> {
     } else if view
         .committed_state
         .get(maps::NODES_INFO, app.node.node_id().as_bytes())
-        .is_some_and(|v| {
-            serde_json::from_slice::<serde_json::Value>(v).is_ok_and(|i| i["status"] == "Retired")
-        })
+        .and_then(NodeInfo::from_slice)
+        .is_some_and(|i| i.status == NodeStatus::Retired)
     {
         "Retired"
     } else {
@@ -147,9 +147,9 @@ fn service_status(app: &AppState) -> String {
         .view()
         .committed_state
         .get(maps::SERVICE_INFO, b"")
-        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-        .and_then(|v| v["status"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "Opening".into())
+        .and_then(ServiceInfo::from_slice)
+        .map_or(ServiceStatus::Opening, |info| info.status)
+        .to_string()
 }
 
 /// The primary's node id and client-facing address, if a primary is known.
@@ -254,12 +254,15 @@ async fn quotes(State(app): State<AppState>) -> Response {
     let mut quotes = Vec::new();
     if let Some(nodes) = view.committed_state.map(maps::NODES_INFO) {
         for (id, value) in nodes.iter() {
-            let Ok(info) = serde_json::from_slice::<serde_json::Value>(&value.value) else {
+            let Some(info) = NodeInfo::from_slice(&value.value) else {
                 continue;
             };
-            if info["status"] == "Trusted" && info["quote_info"].is_object() {
+            if let Some(quote) = info
+                .quote_info
+                .filter(|q| q.is_object() && info.status == NodeStatus::Trusted)
+            {
                 let node_id = String::from_utf8_lossy(id);
-                quotes.push(quote_json(&node_id, &info["quote_info"], &info["measurement"]));
+                quotes.push(quote_json(&node_id, &quote, &json!(info.measurement)));
             }
         }
     }
@@ -328,7 +331,11 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .node
         .directory
         .read()
-        .map(|d| d.values().filter(|p| p.status == "Trusted").count())
+        .map(|d| {
+            d.values()
+                .filter(|p| p.status == NodeStatus::Trusted.as_str())
+                .count()
+        })
         .unwrap_or(0);
     let open_proposals = view
         .committed_state
@@ -336,7 +343,8 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .map(|m| {
             m.iter()
                 .filter(|(_, e)| {
-                    serde_json::from_slice::<serde_json::Value>(&e.value).is_ok_and(|v| v["state"] == "Open")
+                    serde_json::from_slice::<serde_json::Value>(&e.value)
+                        .is_ok_and(|v| v["state"] == ProposalState::Open)
                 })
                 .count() as u64
         })

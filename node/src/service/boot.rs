@@ -2,6 +2,8 @@
 //! resuming from its data directory. Each hands `Node::start` the same [`Booted`]; channels and threads then start
 //! the same way for all.
 
+use synod_core::tables::ServiceStatus;
+
 use super::*;
 
 /// What every boot reads: the node's settings, files and platform, and the addresses it publishes.
@@ -80,7 +82,11 @@ pub(super) fn new_service(
         );
     }
     // With a consortium, the members open the service by vote; without one, it opens at once.
-    let status = if members.is_empty() { "Open" } else { "Opening" };
+    let status = if members.is_empty() {
+        ServiceStatus::Open
+    } else {
+        ServiceStatus::Opening
+    };
     let genesis = Genesis {
         service_info: serde_json::json!({
             "cert": ids.service.cert_pem,

@@ -18,7 +18,12 @@
 //! ledger or the stores stops the node: continuing could report a write Committed that is not on disk.
 
 mod boot;
+mod identities;
 pub mod recovery;
+mod snapshots;
+
+pub use identities::*;
+pub use snapshots::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +39,7 @@ use raft::eraftpb::{Message, SnapshotMetadata};
 use serde::{Deserialize, Serialize};
 use synod_core::cert::{self, Identity};
 use synod_core::maps;
+use synod_core::tables::{NodeInfo, NodeStatus};
 use synod_core::txid::TxId;
 use synod_kv::seal::{LedgerSecret, Sealer};
 use synod_kv::storage::Storage;
@@ -335,21 +341,6 @@ impl Shared {
     }
 }
 
-/// What a node needs besides its config to start: its identities and secrets.
-pub struct Identities {
-    /// The service identity (certificate and key; nodes hold the key to endorse joiners and sign COSE roots).
-    pub service: Identity,
-    /// This node's identity, endorsed by the service.
-    pub node: Identity,
-    /// The ledger secret this node started with (private values at rest are sealed under it).
-    pub secret: LedgerSecret,
-    /// The ledger secrets after it, `(first seqno, secret)` in order, when the service was rekeyed (a joining
-    /// node receives them).
-    pub schedule: Vec<(u64, LedgerSecret)>,
-    /// This node's RSA encryption key (PEM): rekeyed ledger secrets are encrypted to it.
-    pub encryption_key_pem: String,
-}
-
 /// How the node comes up.
 pub enum Boot {
     /// Create a new service (an empty data directory).
@@ -466,18 +457,6 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn read_identities(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
-    paths
-        .iter()
-        .map(|p| {
-            let pem = read(p)?;
-            let der = cert::pem_to_der(&pem)
-                .with_context(|| format!("{} is not a PEM certificate", p.display()))?;
-            Ok((cert::cert_fingerprint_hex(&der), pem))
-        })
-        .collect()
-}
-
 fn core_config(cfg: &NodeConfig) -> CoreConfig {
     CoreConfig {
         sig_tx_interval: cfg.sig_tx_interval,
@@ -490,45 +469,10 @@ fn core_config(cfg: &NodeConfig) -> CoreConfig {
     }
 }
 
-fn keys_of(ids: &Identities) -> anyhow::Result<Keys> {
-    let node_der = cert::pem_to_der(&ids.node.cert_pem)?;
-    Ok(Keys {
-        node_key: cert::signing_key_from_pem(&ids.node.key_pem)?,
-        node_cert_pem: ids.node.cert_pem.clone(),
-        node_id: cert::public_key_id_hex(&node_der)?,
-        service_key: cert::signing_key_from_pem(&ids.service.key_pem)?,
-        service_cert_der: cert::pem_to_der(&ids.service.cert_pem)?,
-        service_key_pem: ids.service.key_pem.clone(),
-        encryption_key: Some(
-            synod_core::recovery::EncryptionPrivateKey::from_pem(&ids.encryption_key_pem)
-                .context("this node's encryption key")?,
-        ),
-    })
-}
-
 /// The evidence of the node whose id (hex SHA-256 of its TLS key) is `node_id`.
 fn own_evidence(platform: &dyn Platform, node_id: &str) -> anyhow::Result<QuoteInfo> {
     let digest = synod_core::hash::digest_from_hex(node_id).context("a node id is a SHA-256 digest")?;
     Ok(platform.evidence(&digest)?)
-}
-
-/// This node's entry in the nodes table.
-pub fn node_info(
-    name: &str,
-    cert_pem: &str,
-    status: &str,
-    rpc: &str,
-    node: &str,
-    measurement: &str,
-) -> serde_json::Value {
-    serde_json::json!({
-        "name": name,
-        "cert": cert_pem,
-        "status": status,
-        "rpc_address": rpc,
-        "node_address": node,
-        "measurement": measurement,
-    })
 }
 
 /// The nodes-table entry of a node that founds a service (new or recovered): Trusted, endorsed, with its own
@@ -541,36 +485,19 @@ fn founding_node_info(
     rpc_published: &str,
     node_address: &str,
 ) -> anyhow::Result<(serde_json::Value, QuoteInfo)> {
-    let mut info = node_info(
+    let mut info = NodeInfo::new(
         &cfg.node_name,
         &ids.node.cert_pem,
-        "Trusted",
+        NodeStatus::Trusted,
         rpc_published,
         node_address,
         &platform.measurement(),
     );
-    info["endorsed"] = serde_json::json!(true);
-    info["encryption_pub_key"] = serde_json::json!(encryption_public_pem(&ids.encryption_key_pem)?);
+    info.endorsed = true;
+    info.encryption_pub_key = Some(encryption_public_pem(&ids.encryption_key_pem)?);
     let own = own_evidence(platform, &keys.node_id)?;
-    info["quote_info"] = serde_json::to_value(&own)?;
-    Ok((info, own))
-}
-
-/// Saves identities into the data directory.
-pub fn save_identities(paths: &Paths, ids: &Identities) -> anyhow::Result<()> {
-    write_private(&paths.file("service_key.pem"), ids.service.key_pem.as_bytes())?;
-    write_private(&paths.file("service_cert.pem"), ids.service.cert_pem.as_bytes())?;
-    write_private(&paths.file("node_key.pem"), ids.node.key_pem.as_bytes())?;
-    write_private(&paths.file("node_cert.pem"), ids.node.cert_pem.as_bytes())?;
-    ids.secret
-        .save(&paths.file("ledger_secret"))
-        .context("saving the ledger secret")?;
-    write_private(
-        &paths.file(ENCRYPTION_KEY_FILE),
-        ids.encryption_key_pem.as_bytes(),
-    )?;
-    save_schedule(paths, &ids.schedule)?;
-    Ok(())
+    info.quote_info = Some(serde_json::to_value(&own)?);
+    Ok((info.to_value(), own))
 }
 
 /// Fails if `paths` holds a ledger without a node (Raft state) over it: creating a service there would mix two
@@ -585,215 +512,22 @@ fn refuse_existing_ledger(paths: &Paths, advice: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sealer of a node's identities: its first secret, then its schedule.
-fn sealer_of(ids: &Identities) -> Sealer {
-    Sealer::with_schedule(&ids.secret, &ids.schedule)
-}
-
 /// This node's RSA encryption key file.
 const ENCRYPTION_KEY_FILE: &str = "node_enc_privk.pem";
 /// The node's ledger secret schedule after its first secret: JSON `[{"from", "secret": base64}]`.
 const SCHEDULE_FILE: &str = "ledger_secrets.json";
 
-#[derive(Serialize, Deserialize)]
-struct ScheduledSecret {
-    from: u64,
-    secret: String,
-}
-
-/// Keeps the node's ledger secret schedule (mode 0600), so a restart opens entries sealed after a rekey.
-pub fn save_schedule(paths: &Paths, schedule: &[(u64, LedgerSecret)]) -> anyhow::Result<()> {
-    let entries: Vec<ScheduledSecret> = schedule
-        .iter()
-        .map(|(from, s)| ScheduledSecret {
-            from: *from,
-            secret: s.to_base64(),
-        })
-        .collect();
-    write_private(&paths.file(SCHEDULE_FILE), &serde_json::to_vec(&entries)?)
-}
-
-fn load_schedule(paths: &Paths) -> anyhow::Result<Vec<(u64, LedgerSecret)>> {
-    let path = paths.file(SCHEDULE_FILE);
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(Vec::new());
-    };
-    let entries: Vec<ScheduledSecret> =
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
-    entries
-        .into_iter()
-        .map(|e| {
-            let secret =
-                LedgerSecret::from_base64(&e.secret).with_context(|| format!("{}", path.display()))?;
-            Ok((e.from, secret))
-        })
-        .collect()
-}
-
-/// A new RSA encryption key for a node (PEM).
-pub fn new_encryption_key() -> anyhow::Result<String> {
-    Ok(synod_core::recovery::generate_encryption_key()
-        .context("generating the node's encryption key")?
-        .private_pem)
-}
-
-/// The public half (PEM) of a node's encryption key, as its nodes-table entry records it.
-pub fn encryption_public_pem(private_pem: &str) -> anyhow::Result<String> {
-    Ok(synod_core::recovery::EncryptionPrivateKey::from_pem(private_pem)?
-        .public_key()
-        .to_pem())
-}
-
-fn load_identities(paths: &Paths) -> anyhow::Result<Identities> {
-    Ok(Identities {
-        service: Identity {
-            cert_pem: read(&paths.file("service_cert.pem"))?,
-            key_pem: read(&paths.file("service_key.pem"))?,
-        },
-        node: Identity {
-            cert_pem: read(&paths.file("node_cert.pem"))?,
-            key_pem: read(&paths.file("node_key.pem"))?,
-        },
-        secret: LedgerSecret::load(&paths.file("ledger_secret"))
-            .context("the ledger secret is missing or damaged: refusing to start (a new one would not read this node's ledger)")?,
-        schedule: load_schedule(paths)?,
-        encryption_key_pem: match std::fs::read_to_string(paths.file(ENCRYPTION_KEY_FILE)) {
-            Ok(pem) => pem,
-            Err(_) => {
-                // A node from before encryption keys: it gets one, but rekeys reach it only once its entry in the
-                // nodes table records it (a rekey refuses to leave a trusted node behind).
-                let pem = new_encryption_key()?;
-                write_private(&paths.file(ENCRYPTION_KEY_FILE), pem.as_bytes())?;
-                pem
-            }
-        },
-    })
-}
-
-/// The committed snapshot file for `seqno` (or a snapshot received at that seqno), if on disk.
-pub fn find_snapshot(paths: &Paths, seqno: u64) -> Option<PathBuf> {
-    snapshot_codec::find_in(&paths.snapshots(), seqno)
-}
-
-/// Committed snapshots on disk, newest first: (seqno, evidence seqno, path).
-pub fn committed_snapshots(paths: &Paths) -> Vec<(u64, u64, PathBuf)> {
-    let mut found: Vec<(u64, u64, PathBuf)> = std::fs::read_dir(paths.snapshots())
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().to_str()?.to_string();
-                    let (s, ev) = snapshot_codec::parse_committed_name(&name)?;
-                    Some((s, ev, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort_by_key(|f| std::cmp::Reverse(f.0));
-    found
-}
-
-/// Where a restart's history starts: the newest committed snapshot the stored state has reached that lies within
-/// the ledger (so only the ledger after it is read and replayed), else the snapshot the ledger starts after (which
-/// must exist), else genesis. Returns its seqno and bytes.
-fn restore_base(
-    paths: &Paths,
-    ledger_base: u64,
-    state_version: u64,
-) -> anyhow::Result<(u64, Option<Vec<u8>>)> {
-    for (seqno, _, path) in committed_snapshots(paths) {
-        if seqno >= ledger_base && seqno <= state_version && seqno > 0 {
-            match std::fs::read(&path) {
-                Ok(bytes) => return Ok((seqno, Some(bytes))),
-                Err(e) => tracing::warn!("cannot read {}: {e}; trying an older snapshot", path.display()),
-            }
+/// The peers a node knows at start: those it was handed at join time, then the committed nodes table's.
+fn directory_of(peers: Vec<PeerInfo>, committed: &State, self_id: u64) -> Directory {
+    let directory: Directory = Arc::new(RwLock::new(HashMap::new()));
+    {
+        let mut d = directory.write().unwrap_or_else(|p| p.into_inner());
+        for p in peers {
+            d.insert(raft_id(&p.node_id), p);
         }
     }
-    // A recovered node never replays the previous service's ledger: its private writes may not open.
-    let recovered = std::fs::read_to_string(paths.file(RECOVERED_FROM)).ok();
-    if let Some(seqno) = recovered.and_then(|s| s.trim().parse::<u64>().ok()) {
-        let path = find_snapshot(paths, seqno)
-            .with_context(|| format!("the recovery snapshot {seqno} is missing"))?;
-        return Ok((seqno, Some(std::fs::read(path)?)));
-    }
-    if ledger_base == 0 {
-        return Ok((0, None));
-    }
-    let path = find_snapshot(paths, ledger_base).with_context(|| {
-        format!(
-            "the ledger starts at {} but snapshot {ledger_base} is missing",
-            ledger_base + 1
-        )
-    })?;
-    Ok((ledger_base, Some(std::fs::read(path)?)))
-}
-
-/// Installs a snapshot on disk: the file, the Raft log reset to it, the stored state and the ledger restart.
-/// Safe to repeat after a crash part-way (resume redoes it when the state lags the log).
-fn install_snapshot_on_disk(
-    paths: &Paths,
-    storage: &Storage,
-    sealer: &Sealer,
-    bytes: &[u8],
-) -> anyhow::Result<snapshot_codec::Decoded> {
-    let decoded = snapshot_codec::decode(bytes, sealer).context("decoding the snapshot")?;
-    reset_to_snapshot(paths, storage, bytes, &decoded)?;
-    storage.replace_state(&decoded.state, sealer)?;
-    Ok(decoded)
-}
-
-/// [`install_snapshot_on_disk`] but the stored state: the snapshot file, the Raft log and the ledger.
-fn reset_to_snapshot(
-    paths: &Paths,
-    storage: &Storage,
-    bytes: &[u8],
-    decoded: &snapshot_codec::Decoded,
-) -> anyhow::Result<()> {
-    let seqno = decoded.file.seqno;
-    let meta = snapshot_codec::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
-        .context("snapshot configuration")?;
-    let log = persist::load(storage)?;
-    let hs = raft::eraftpb::HardState {
-        term: decoded.file.view.max(log.hard_state().term),
-        vote: log.hard_state().vote,
-        commit: seqno,
-        ..Default::default()
-    };
-    reset_log_to_snapshot(paths, storage, bytes, &meta, &hs)?;
-    LedgerWriter::open(&paths.ledger())?
-        .writer
-        .reset_after_snapshot(seqno)?;
-    Ok(())
-}
-
-/// Keeps the snapshot file (as `.received` unless already on disk) and resets the Raft log to start after it,
-/// with `hs` in the same write so a crash right after never leaves the commit behind the log's start.
-fn reset_log_to_snapshot(
-    paths: &Paths,
-    storage: &Storage,
-    bytes: &[u8],
-    meta: &SnapshotMetadata,
-    hs: &raft::eraftpb::HardState,
-) -> anyhow::Result<()> {
-    let seqno = meta.index;
-    std::fs::create_dir_all(paths.snapshots())?;
-    if find_snapshot(paths, seqno).is_none() {
-        write_private(
-            &paths.snapshots().join(format!("snapshot_{seqno}.received")),
-            bytes,
-        )?;
-    }
-    persist::write(
-        storage,
-        &LogWrite {
-            clear: true,
-            compacted: Some(meta),
-            conf_state: Some(meta.get_conf_state()),
-            conf_index: Some(seqno),
-            hard_state: Some(hs),
-            ..Default::default()
-        },
-    )?;
-    Ok(())
+    refresh_directory(&directory, committed, self_id);
+    directory
 }
 
 /// Starts the node-to-node channels and their listener: Raft messages and snapshot reports go to the event loop's
@@ -989,14 +723,7 @@ impl Node {
         save_schedule(&paths, &sealer.schedule())?;
         let startup_seqno = core.last_seqno() + 1;
         let self_id = core.raft_id();
-        let directory: Directory = Arc::new(RwLock::new(HashMap::new()));
-        {
-            let mut d = directory.write().unwrap_or_else(|p| p.into_inner());
-            for p in peers {
-                d.insert(raft_id(&p.node_id), p);
-            }
-        }
-        refresh_directory(&directory, core.committed_state(), self_id);
+        let directory = directory_of(peers, core.committed_state(), self_id);
 
         let node_cert = crate::channels::NodeCert::new(&ids.node.cert_pem, &ids.node.key_pem)?;
         let (inbox_tx, inbox_rx) = mpsc::sync_channel::<LoopEvent>(INBOX_EVENTS_MAX);
@@ -1021,18 +748,7 @@ impl Node {
         ledger.append(&replay)?;
         ledger.sync()?;
         persist_state(&storage, &sealer, &replay)?;
-        // Offer the newest committed snapshot to followers that fall behind.
-        if let Some((_, _, path)) = committed_snapshots(&paths).first() {
-            if let Ok(bytes) = std::fs::read(path) {
-                // A file damaged on disk is not offered: it is checked whole once, here.
-                let offered = snapshot_codec::decode(&bytes, &sealer)
-                    .map_err(|e| e.to_string())
-                    .and_then(|_| core.offer_snapshot(bytes).map_err(|e| e.to_string()));
-                if let Err(e) = offered {
-                    tracing::warn!("cannot offer snapshot {}: {e}", path.display());
-                }
-            }
-        }
+        offer_newest_snapshot(&paths, &sealer, &mut core);
         let shared = Arc::new(Shared {
             view: RwLock::new(Arc::new(View::of(&core))),
             stopping: AtomicBool::new(false),
@@ -1612,44 +1328,6 @@ impl Node {
         Ok(())
     }
 
-    /// Marks this node's snapshot file at `seqno` committed, if it is written and matches the evidence.
-    fn commit_snapshot_file(
-        &self,
-        seqno: u64,
-        evidence_seqno: u64,
-        digest: String,
-    ) -> anyhow::Result<Option<Input>> {
-        let written = self
-            .paths
-            .snapshots()
-            .join(snapshot_codec::file_name(seqno, None));
-        let Ok(bytes) = std::fs::read(&written) else {
-            // This node's snapshotter is behind: finish when it has written the file.
-            return Ok(Some(Input::SnapshotNotWritten {
-                seqno,
-                evidence_seqno,
-                digest,
-            }));
-        };
-        if hex::encode(snapshot_codec::digest(&bytes)) != digest {
-            tracing::error!(
-                seqno,
-                "this node's snapshot differs from the primary's evidence; not using it"
-            );
-            return Ok(None);
-        }
-        let committed = self
-            .paths
-            .snapshots()
-            .join(snapshot_codec::file_name(seqno, Some(evidence_seqno)));
-        std::fs::rename(&written, &committed)?;
-        tracing::info!(seqno, evidence = evidence_seqno, "snapshot committed");
-        for (_, _, old) in committed_snapshots(&self.paths).into_iter().skip(SNAPSHOTS_KEPT) {
-            let _ = std::fs::remove_file(old);
-        }
-        Ok(Some(Input::SnapshotFileCommitted { seqno, bytes }))
-    }
-
     /// The store thread: Raft log writes, snapshot installs and compactions in the replica's order, each synced;
     /// committed batches passed on to the applier after the writes before them.
     fn store_loop(
@@ -1749,24 +1427,6 @@ impl Node {
         Ok(())
     }
 
-    fn write_snapshot(&self, job: SnapshotJob) -> anyhow::Result<()> {
-        let seqno = job.state.version();
-        let bytes = job.encode(&self.sealer)?;
-        let digest = snapshot_codec::digest(&bytes);
-        write_private(
-            &self
-                .paths
-                .snapshots()
-                .join(snapshot_codec::file_name(seqno, None)),
-            &bytes,
-        )?;
-        tracing::info!(seqno, bytes = bytes.len(), "wrote a snapshot");
-        // Must not be lost, so it waits for room, without holding the lock wake() takes.
-        let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let _ = inbox.send(LoopEvent::SnapshotWritten { seqno, digest });
-        Ok(())
-    }
-
     /// Stops accepting transactions, signs and flushes what was ordered, and joins the threads.
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Release);
@@ -1799,7 +1459,7 @@ fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
             let code_allowed = info["measurement"]
                 .as_str()
                 .is_none_or(|m| state.get(maps::NODES_CODE_IDS, m.as_bytes()).is_some());
-            if status == "Trusted" && !code_allowed {
+            if status == NodeStatus::Trusted.as_str() && !code_allowed {
                 status = crate::channels::CODE_NOT_ALLOWED.into();
             }
             fresh.insert(

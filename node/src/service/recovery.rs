@@ -13,6 +13,8 @@ use synod_core::ledger::{
 };
 use synod_core::maps;
 use synod_core::merkle::MerkleTree;
+use synod_core::snapshot::{BaseSnapshot, BaseSnapshotError};
+use synod_core::tables::ServiceInfo;
 use synod_core::txid::TxId;
 use synod_kv::seal::Sealer;
 use synod_kv::State;
@@ -90,6 +92,69 @@ pub struct LedgerRecoveryError {
     pub reason: String,
 }
 
+/// Where the public recovery of a ledger starts.
+#[derive(Default)]
+struct Start {
+    state: State,
+    tree: MerkleTree,
+    views: Vec<(u64, u64)>,
+    /// The base snapshot's seqno and digest until a signed evidence transaction proves it.
+    unproven: Option<(u64, String)>,
+    base_snapshot: Option<(u64, Vec<u8>)>,
+}
+
+/// A ledger that starts after snapshot `base` (a node that joined from one) continues from its public state; the
+/// snapshot counts only once the ledger proves it (its evidence, covered by a signature).
+fn start_after_snapshot(
+    dir: &Path,
+    snapshots: Option<&Path>,
+    base: u64,
+) -> Result<Start, LedgerRecoveryError> {
+    let err = |path: &Path, reason: String| LedgerRecoveryError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let missing = || {
+        err(
+            dir,
+            format!(
+                "the ledger starts at seqno {}, after snapshot {base}: give the directory holding it \
+                 (--snapshot DIR; default: the ledger's ../snapshots)",
+                base + 1
+            ),
+        )
+    };
+    let unusable = |e: BaseSnapshotError| match e {
+        BaseSnapshotError::Missing { .. } => missing(),
+        BaseSnapshotError::Unusable { path, reason } => err(&path, reason),
+    };
+    let snapshots = snapshots
+        .map(Path::to_path_buf)
+        .or_else(|| dir.parent().map(|p| p.join("snapshots")))
+        .ok_or_else(missing)?;
+    let found = BaseSnapshot::load(&snapshots, base).map_err(unusable)?;
+    let tree = found.tree().map_err(unusable)?;
+    let file = &found.file;
+    let mut state = State::with_version(base);
+    for map in file.maps.iter().filter(|m| maps::is_public(&m.name)) {
+        state.load_map(&map.name);
+        for e in &map.entries {
+            let entry = synod_kv::Entry {
+                value: e.value.as_slice().into(),
+                version: e.version,
+            };
+            state.load_entry(&map.name, e.key.as_slice().into(), entry);
+        }
+    }
+    Ok(Start {
+        state,
+        tree,
+        views: file.views.iter().map(|v| (v.view, v.first_seqno)).collect(),
+        unproven: Some((base, hex::encode(found.digest()))),
+        base_snapshot: Some((base, found.bytes)),
+    })
+}
+
 /// Reads the previous service's ledger in `dir` up to its last signature transaction, checking every entry's
 /// place and every signature (against the Merkle tree over the entries before it, by a node the service identity
 /// of the time endorsed), and folds the public writes. Entries after the last signature are not vouched for by
@@ -104,52 +169,17 @@ pub fn recover_public(dir: &Path, snapshots: Option<&Path>) -> Result<PublicReco
         .first()
         .map(|(name, _)| name.start)
         .ok_or_else(|| err(dir, "no ledger chunk files".into()))?;
-    let mut state = State::default();
-    let mut tree = MerkleTree::new();
-    let mut views: Vec<(u64, u64)> = Vec::new();
-    // A ledger that starts after a snapshot (a node that joined from one) continues from its public state; the
-    // snapshot counts only once the ledger proves it (its evidence, covered by a signature).
-    let mut base_snapshot = None;
-    let mut unproven: Option<(u64, String)> = None;
-    if first > 1 {
-        let base = first - 1;
-        let snapshots = snapshots
-            .map(Path::to_path_buf)
-            .or_else(|| dir.parent().map(|p| p.join("snapshots")));
-        let found = snapshots.as_deref().and_then(|d| synod_core::snapshot::find_in(d, base)).ok_or_else(|| {
-            err(
-                dir,
-                format!(
-                    "the ledger starts at seqno {first}, after snapshot {base}: give the directory holding it \
-                     (--snapshot DIR; default: the ledger's ../snapshots)"
-                ),
-            )
-        })?;
-        let bytes = std::fs::read(&found).map_err(|e| err(&found, e.to_string()))?;
-        let file = synod_core::snapshot::SnapshotFile::decode(bytes.as_slice())
-            .map_err(|e| err(&found, format!("not a snapshot: {e}")))?;
-        if file.seqno != base {
-            return Err(err(&found, format!("holds seqno {}, not {base}", file.seqno)));
-        }
-        let frontier = file
-            .frontier_digests()
-            .ok_or_else(|| err(&found, "a frontier digest is not 32 bytes".into()))?;
-        tree = MerkleTree::from_frontier(base, &frontier).map_err(|e| err(&found, e.to_string()))?;
-        views = file.views.iter().map(|v| (v.view, v.first_seqno)).collect();
-        state = State::with_version(base);
-        for map in file.maps.iter().filter(|m| maps::is_public(&m.name)) {
-            state.load_map(&map.name);
-            for e in &map.entries {
-                let entry = synod_kv::Entry {
-                    value: e.value.as_slice().into(),
-                    version: e.version,
-                };
-                state.load_entry(&map.name, e.key.as_slice().into(), entry);
-            }
-        }
-        unproven = Some((base, hex::encode(synod_core::snapshot::digest(&bytes))));
-        base_snapshot = Some((base, bytes));
-    }
+    let Start {
+        mut state,
+        mut tree,
+        mut views,
+        mut unproven,
+        base_snapshot,
+    } = if first > 1 {
+        start_after_snapshot(dir, snapshots, first - 1)?
+    } else {
+        Start::default()
+    };
     let mut expected = first;
     let mut evidence_seen = false;
     // What the last verified signature covers; entries after it are applied to `state` only to be discarded.
@@ -175,8 +205,9 @@ pub fn recover_public(dir: &Path, snapshots: Option<&Path>) -> Result<PublicReco
             // recovered changes identity part-way).
             let mut signer_identity = None;
             if tx.kind == KIND_SIGNATURE {
-                let service_pem = state_json::<serde_json::Value>(&state, maps::SERVICE_INFO, "")
-                    .and_then(|v| v["cert"].as_str().map(str::to_string))
+                let service_pem = state_json::<ServiceInfo>(&state, maps::SERVICE_INFO, "")
+                    .map(|info| info.cert)
+                    .filter(|cert| !cert.is_empty())
                     .ok_or_else(|| fail("a signature before any service identity".into()))?;
                 let service_der =
                     synod_core::cert::pem_to_der(&service_pem).map_err(|e| fail(e.to_string()))?;

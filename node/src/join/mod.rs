@@ -1,4 +1,4 @@
-//! The joining node's side of the join protocol (the primary's side is `rpc::join`).
+//! The join protocol: its wire types, the joining node's side (here) and the primary's ([`admission`]).
 //!
 //! ```text
 //!  new key + self-signed cert ─▶ POST /node/join {addresses, evidence(report data = node id)} over TLS with it
@@ -7,6 +7,8 @@
 //!     certificate, the entry is the receipt's transaction, its evidence names the snapshot's digest
 //!  start with the snapshot's state: Raft catches the node up from the snapshot's seqno
 //! ```
+
+pub mod admission;
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use synod_core::cert::{self, Identity};
 use synod_core::ledger::LedgerEntry;
 use synod_core::receipt::JsonReceipt;
+use synod_core::tables::NodeStatus;
 use synod_kv::seal::LedgerSecret;
 
 use crate::attestation::{Platform, QuoteInfo};
@@ -309,7 +312,7 @@ pub async fn join(
         let last_error = match http.post(&url).json(&request).send().await {
             Ok(r) if r.status().is_success() => {
                 let answer: JoinResponse = r.json().await.context("join answer")?;
-                if answer.status != "Pending" {
+                if answer.status != NodeStatus::Pending.as_str() {
                     break answer;
                 }
                 format!(
