@@ -17,6 +17,32 @@ pub(super) struct BootContext<'a> {
     pub core: CoreConfig,
 }
 
+impl BootContext<'_> {
+    /// A new service identity, and this node's identity endorsed by it (a service founded or recovered here).
+    fn new_identities(&self) -> anyhow::Result<(Identity, Identity)> {
+        let service = cert::generate_self_signed_with(self.cfg.curve, "Synod service", true)?;
+        let (ips, names) = crate::config::certificate_names(self.rpc_published);
+        let node = cert::generate_endorsed_with(self.cfg.curve, &self.cfg.node_name, &ips, &names, &service)?;
+        Ok((service, node))
+    }
+
+    /// This node's record as the node founding a service (see [`founding_node_info`]).
+    fn founding_node_info(
+        &self,
+        ids: &Identities,
+        keys: &Keys,
+    ) -> anyhow::Result<(serde_json::Value, QuoteInfo)> {
+        founding_node_info(
+            self.cfg,
+            ids,
+            keys,
+            self.platform,
+            self.rpc_published,
+            self.node_address,
+        )
+    }
+}
+
 /// What a boot hands the shell.
 pub(super) struct Booted {
     pub ids: Identities,
@@ -42,9 +68,7 @@ pub(super) fn new_service(
     join_token_digest: Option<String>,
 ) -> anyhow::Result<Booted> {
     refuse_existing_ledger(ctx.paths, "refusing to create a new service over it")?;
-    let service = cert::generate_self_signed_with(ctx.cfg.curve, "Synod service", true)?;
-    let (ips, names) = crate::config::certificate_names(ctx.rpc_published);
-    let node = cert::generate_endorsed_with(ctx.cfg.curve, &ctx.cfg.node_name, &ips, &names, &service)?;
+    let (service, node) = ctx.new_identities()?;
     let ids = Identities {
         service,
         node,
@@ -54,14 +78,7 @@ pub(super) fn new_service(
     };
     save_identities(ctx.paths, &ids)?;
     let keys = keys_of(&ids)?;
-    let (info, own) = founding_node_info(
-        ctx.cfg,
-        &ids,
-        &keys,
-        ctx.platform,
-        ctx.rpc_published,
-        ctx.node_address,
-    )?;
+    let (info, own) = ctx.founding_node_info(&ids, &keys)?;
     let evidence = Some(own);
     let certs: Vec<PathBuf> = member_specs.iter().map(|m| m.cert.clone()).collect();
     let members = read_identities(&certs)?;
@@ -163,9 +180,7 @@ pub(super) fn recovered(
         signatures = recovered.signatures,
         "the previous service's public ledger verifies"
     );
-    let service = cert::generate_self_signed_with(ctx.cfg.curve, "Synod service", true)?;
-    let (ips, names) = crate::config::certificate_names(ctx.rpc_published);
-    let node = cert::generate_endorsed_with(ctx.cfg.curve, &ctx.cfg.node_name, &ips, &names, &service)?;
+    let (service, node) = ctx.new_identities()?;
     let previous_der = cert::pem_to_der(&recovered.service_cert_pem)?;
     let endorsement = cert::endorse_public_key(&previous_der, "Synod service", &[], &[], &service)?;
     // The new secret covers what the new service writes: the previous service's seqnos are under
@@ -224,14 +239,7 @@ pub(super) fn recovered(
     };
     reset_log_to_snapshot(ctx.paths, ctx.storage, &bytes, &meta, &hs)?;
     let joined_state = Some(decoded.state.clone());
-    let (info, own) = founding_node_info(
-        ctx.cfg,
-        &ids,
-        &keys,
-        ctx.platform,
-        ctx.rpc_published,
-        ctx.node_address,
-    )?;
+    let (info, own) = ctx.founding_node_info(&ids, &keys)?;
     let evidence = Some(own);
     let node_id = keys.node_id.clone();
     let record = crate::governance::recovery::RecoveryRecord {
