@@ -542,93 +542,114 @@ fn run_audit(
             Ok(1)
         }
         Ok(report) => {
-            let tail = report.unsigned_tail.as_ref();
-            if cli.json {
-                let doc = json!({
-                    "ok": true,
-                    "entries": report.entries,
-                    "signatures": report.signatures,
-                    "chunks": report.chunks,
-                    "last_seqno": report.last_seqno,
-                    "last_signed": report.last_signed,
-                    "unsigned_tail": report.unsigned_entries(),
-                    "unsigned_tail_range": tail_range_json(tail),
-                    "torn_tail_offset": report.torn_tail_offset,
-                    "service_cert_checked": service_der.is_some(),
-                });
-                println(out, serde_json::to_string_pretty(&doc)?)?;
-            } else {
-                println(
-                    out,
-                    format!(
-                        "ledger OK: {} entries in {} chunk(s), {} signature(s) verified",
-                        report.entries, report.chunks, report.signatures
-                    ),
-                )?;
-                let last_signed = report
-                    .last_signed
-                    .map_or_else(|| "none".into(), |t| t.to_string());
-                println(out, format!("  last signed tx:  {last_signed}"))?;
-                let tail_text = tail.map_or_else(
-                    || "0 entries".to_string(),
-                    |t| {
-                        format!(
-                            "{} entries (seqno {} to {}), accepted by --allow-unsigned-tail: no signature vouches \
-                             for them",
-                            t.count(),
-                            t.from,
-                            t.to
-                        )
-                    },
-                );
-                println(out, format!("  unsigned tail:   {tail_text}"))?;
-                let torn = report.torn_tail_offset.map_or_else(
-                    || "none".into(),
-                    |o| format!("partial entry at offset {o} of the last chunk (a crash mid-write)"),
-                );
-                println(out, format!("  torn tail:       {torn}"))?;
-                if service_der.is_none() {
-                    println(
-                        out,
-                        "  note: no --service-cert, so node endorsements and COSE signatures were not checked",
-                    )?;
-                }
-            }
+            print_audit_report(cli, &report, service_der.is_some(), out)?;
             Ok(0)
         }
         Err(e) => {
-            if cli.json {
-                let mut doc = json!({
-                    "ok": false, "file": e.file, "offset": e.offset, "seqno": e.seqno, "reason": e.reason,
-                });
-                if let Some(tail) = &e.unsigned_tail {
-                    doc["unsigned_tail"] = json!(tail.count());
-                    doc["unsigned_tail_range"] = tail_range_json(Some(tail));
-                }
-                println(out, serde_json::to_string_pretty(&doc)?)?;
-            } else {
-                println(out, "ledger audit FAILED")?;
-                println(out, format!("  file:    {}", e.file.display()))?;
-                println(out, format!("  offset:  {}", e.offset))?;
-                println(
-                    out,
-                    format!(
-                        "  seqno:   {}",
-                        e.seqno.map_or_else(|| "-".into(), |s| s.to_string())
-                    ),
-                )?;
-                println(out, format!("  reason:  {}", e.reason))?;
-                if e.unsigned_tail.is_some() {
-                    println(
-                        out,
-                        "  note:    a running node's open chunk may end with entries not signed yet; \
-                         --allow-unsigned-tail accepts (and still reports) them",
-                    )?;
-                }
-            }
+            print_audit_error(cli, &e, out)?;
             Ok(1)
         }
     }
+}
+
+/// A clean audit's report: JSON, or lines for a person.
+fn print_audit_report(
+    cli: &Cli,
+    report: &synod_core::audit::AuditReport,
+    service_cert_checked: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let tail = report.unsigned_tail.as_ref();
+    if cli.json {
+        let doc = json!({
+            "ok": true,
+            "entries": report.entries,
+            "signatures": report.signatures,
+            "chunks": report.chunks,
+            "last_seqno": report.last_seqno,
+            "last_signed": report.last_signed,
+            "unsigned_tail": report.unsigned_entries(),
+            "unsigned_tail_range": tail_range_json(tail),
+            "torn_tail_offset": report.torn_tail_offset,
+            "service_cert_checked": service_cert_checked,
+        });
+        println(out, serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        println(
+            out,
+            format!(
+                "ledger OK: {} entries in {} chunk(s), {} signature(s) verified",
+                report.entries, report.chunks, report.signatures
+            ),
+        )?;
+        let last_signed = report
+            .last_signed
+            .map_or_else(|| "none".into(), |t| t.to_string());
+        println(out, format!("  last signed tx:  {last_signed}"))?;
+        let tail_text = tail.map_or_else(
+            || "0 entries".to_string(),
+            |t| {
+                format!(
+                    "{} entries (seqno {} to {}), accepted by --allow-unsigned-tail: no signature vouches \
+                     for them",
+                    t.count(),
+                    t.from,
+                    t.to
+                )
+            },
+        );
+        println(out, format!("  unsigned tail:   {tail_text}"))?;
+        let torn = report.torn_tail_offset.map_or_else(
+            || "none".into(),
+            |o| format!("partial entry at offset {o} of the last chunk (a crash mid-write)"),
+        );
+        println(out, format!("  torn tail:       {torn}"))?;
+        if !service_cert_checked {
+            println(
+                out,
+                "  note: no --service-cert, so node endorsements and COSE signatures were not checked",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Where and why an audit failed: JSON, or lines for a person.
+fn print_audit_error(
+    cli: &Cli,
+    e: &synod_core::audit::AuditError,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    if cli.json {
+        let mut doc = json!({
+            "ok": false, "file": e.file, "offset": e.offset, "seqno": e.seqno, "reason": e.reason,
+        });
+        if let Some(tail) = &e.unsigned_tail {
+            doc["unsigned_tail"] = json!(tail.count());
+            doc["unsigned_tail_range"] = tail_range_json(Some(tail));
+        }
+        println(out, serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        println(out, "ledger audit FAILED")?;
+        println(out, format!("  file:    {}", e.file.display()))?;
+        println(out, format!("  offset:  {}", e.offset))?;
+        println(
+            out,
+            format!(
+                "  seqno:   {}",
+                e.seqno.map_or_else(|| "-".into(), |s| s.to_string())
+            ),
+        )?;
+        println(out, format!("  reason:  {}", e.reason))?;
+        if e.unsigned_tail.is_some() {
+            println(
+                out,
+                "  note:    a running node's open chunk may end with entries not signed yet; \
+                 --allow-unsigned-tail accepts (and still reports) them",
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn run_verify(
@@ -748,48 +769,13 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             name,
             curve,
             out: dir,
-        } => {
-            let files = crate::keygen(name, *curve, dir)?;
-            if cli.json {
-                let doc = json!({ "cert": files.cert, "key": files.key, "id": files.id });
-                println(out, serde_json::to_string_pretty(&doc)?)?;
-            } else {
-                println(out, format!("certificate  {}", files.cert.display()))?;
-                println(out, format!("private key  {}", files.key.display()))?;
-                println(out, format!("id           {}", files.id))?;
-            }
-            Ok(0)
-        }
+        } => run_keygen(&cli, name, *curve, dir, out),
         Command::Call(args) => run_call(&cli, args, out).await,
         Command::Tx {
             txid,
             wait,
             timeout_ms,
-        } => {
-            let client = cli.connect.client()?;
-            let (status, code) = if *wait {
-                match client
-                    .wait_for_commit(*txid, Duration::from_millis(*timeout_ms))
-                    .await
-                {
-                    Ok(status) => (status, 0),
-                    Err(crate::Error::TxInvalid(_)) => (TxStatus::Invalid, 1),
-                    Err(e) => return Err(e).with_context(|| format!("waiting for transaction {txid}")),
-                }
-            } else {
-                let status = client
-                    .tx_status(*txid)
-                    .await
-                    .with_context(|| format!("cannot get the status of {txid}"))?;
-                (status, 0)
-            };
-            if cli.json {
-                println(out, json!({ "transaction_id": txid, "status": status }))?;
-            } else {
-                println(out, status_name(status))?;
-            }
-            Ok(code)
-        }
+        } => run_tx(&cli, *txid, *wait, *timeout_ms, out).await,
         Command::Commit => {
             let tx = cli
                 .connect
@@ -809,33 +795,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             cose,
             out: file,
             timeout_ms,
-        }) => {
-            let client = cli.connect.client()?;
-            let receipt = client
-                .wait_for_receipt(*txid, *cose, Duration::from_millis(*timeout_ms))
-                .await
-                .with_context(|| format!("cannot get the receipt of {txid}"))?;
-            let verified = crate::verify_receipt_bytes(&receipt, client.service_cert_pem())
-                .with_context(|| format!("the node sent a receipt for {txid} that does not verify"))?;
-            crate::network::write_atomically(file, &receipt)?;
-            if cli.json {
-                let doc = json!({
-                    "transaction_id": txid, "file": file, "root": hex::encode(verified.root), "cose": cose,
-                });
-                println(out, serde_json::to_string_pretty(&doc)?)?;
-            } else {
-                println(
-                    out,
-                    format!(
-                        "receipt of {txid} ({}, verified, root {}) written to {}",
-                        if *cose { "COSE" } else { "JSON" },
-                        hex::encode(verified.root),
-                        file.display()
-                    ),
-                )?;
-            }
-            Ok(0)
-        }
+        }) => run_receipt_get(&cli, *txid, *cose, file, *timeout_ms, out).await,
         Command::Receipt(ReceiptCommand::Verify {
             file,
             service_endorsement,
@@ -847,21 +807,15 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             min_tcb,
             out: pin,
         } => {
-            let (doc, code) =
-                match crate::attest::attest(url, measurement, *platform, min_tcb.as_deref()).await {
-                    Ok(a) => {
-                        if let Some(path) = pin {
-                            std::fs::write(path, &a.service_cert_pem)
-                                .with_context(|| format!("cannot write {}", path.display()))?;
-                        }
-                        let mut doc = serde_json::to_value(&a)?;
-                        doc["ok"] = json!(true);
-                        (doc, 0)
-                    }
-                    Err(e) => (json!({ "ok": false, "error": e.to_string() }), 1),
-                };
-            println(out, serde_json::to_string_pretty(&doc)?)?;
-            Ok(code)
+            run_attest(
+                url,
+                measurement,
+                *platform,
+                min_tcb.as_deref(),
+                pin.as_deref(),
+                out,
+            )
+            .await
         }
         Command::Attestation(AttestationCommand::Verify {
             platform,
@@ -884,6 +838,121 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<u8> {
             allow_unsigned_tail,
         }) => run_audit(&cli, dir, *allow_unsigned_tail, out),
     }
+}
+
+/// `synod keygen`: a user's key and self-signed certificate.
+fn run_keygen(
+    cli: &Cli,
+    name: &str,
+    curve: synod_core::cert::Curve,
+    dir: &Path,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<u8> {
+    let files = crate::keygen(name, curve, dir)?;
+    if cli.json {
+        let doc = json!({ "cert": files.cert, "key": files.key, "id": files.id });
+        println(out, serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        println(out, format!("certificate  {}", files.cert.display()))?;
+        println(out, format!("private key  {}", files.key.display()))?;
+        println(out, format!("id           {}", files.id))?;
+    }
+    Ok(0)
+}
+
+/// `synod tx`: a transaction's status, or with `--wait` the status it settles on (exit 1 if Invalid).
+async fn run_tx(
+    cli: &Cli,
+    txid: TxId,
+    wait: bool,
+    timeout_ms: u64,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<u8> {
+    let client = cli.connect.client()?;
+    let (status, code) = if wait {
+        match client
+            .wait_for_commit(txid, Duration::from_millis(timeout_ms))
+            .await
+        {
+            Ok(status) => (status, 0),
+            Err(crate::Error::TxInvalid(_)) => (TxStatus::Invalid, 1),
+            Err(e) => return Err(e).with_context(|| format!("waiting for transaction {txid}")),
+        }
+    } else {
+        let status = client
+            .tx_status(txid)
+            .await
+            .with_context(|| format!("cannot get the status of {txid}"))?;
+        (status, 0)
+    };
+    if cli.json {
+        println(out, json!({ "transaction_id": txid, "status": status }))?;
+    } else {
+        println(out, status_name(status))?;
+    }
+    Ok(code)
+}
+
+/// `synod receipt get`: the receipt of a committed transaction, verified before it is written.
+async fn run_receipt_get(
+    cli: &Cli,
+    txid: TxId,
+    cose: bool,
+    file: &Path,
+    timeout_ms: u64,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<u8> {
+    let client = cli.connect.client()?;
+    let receipt = client
+        .wait_for_receipt(txid, cose, Duration::from_millis(timeout_ms))
+        .await
+        .with_context(|| format!("cannot get the receipt of {txid}"))?;
+    let verified = crate::verify_receipt_bytes(&receipt, client.service_cert_pem())
+        .with_context(|| format!("the node sent a receipt for {txid} that does not verify"))?;
+    crate::network::write_atomically(file, &receipt)?;
+    if cli.json {
+        let doc = json!({
+            "transaction_id": txid, "file": file, "root": hex::encode(verified.root), "cose": cose,
+        });
+        println(out, serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        println(
+            out,
+            format!(
+                "receipt of {txid} ({}, verified, root {}) written to {}",
+                if cose { "COSE" } else { "JSON" },
+                hex::encode(verified.root),
+                file.display()
+            ),
+        )?;
+    }
+    Ok(0)
+}
+
+/// `synod attest`: a node's evidence checked against the expected measurement before its service certificate
+/// is pinned (exit 1 if it does not hold).
+async fn run_attest(
+    url: &str,
+    measurement: &str,
+    platform: Option<synod_core::attestation::PlatformKind>,
+    min_tcb: Option<&str>,
+    pin: Option<&Path>,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<u8> {
+    let (doc, code) = match crate::attest::attest(url, measurement, platform, min_tcb).await {
+        Ok(a) => {
+            if let Some(path) = pin {
+                std::fs::write(path, &a.service_cert_pem)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            let mut doc = serde_json::to_value(&a)?;
+            doc["ok"] = json!(true);
+            (doc, 0)
+        }
+        Err(e) => (json!({ "ok": false, "error": e.to_string() }), 1),
+    };
+    println(out, serde_json::to_string_pretty(&doc)?)?;
+    Ok(code)
 }
 
 /// The system `synod-load` measures.

@@ -3,13 +3,12 @@
 //! docs/ARCHITECTURE.md for how a write becomes a replicated, committed, signed ledger entry.
 //!
 //! Modules by layer, lowest first (docs/ARCHITECTURE.md "Dependency graph", checked in CI): [`config`],
-//! [`limits`], [`metrics`]; [`attestation`], [`snapshot_codec`], [`ledger_files`]; [`js`]; [`governance`] (pure
+//! [`limits`], [`metrics`]; [`platform`], [`snapshot_codec`], [`ledger_files`]; [`js`]; [`governance`] (pure
 //! rules in a transaction); [`consensus`] (the replica's state machine and its owner, pure); [`channels`],
 //! [`historical`], [`simulation`]; [`service`] (the I/O shell: threads, boots, recovery); [`join`]; [`rpc`]
 //! (HTTPS); [`apps`]. This root composes them.
 
 pub mod apps;
-pub mod attestation;
 pub mod channels;
 pub mod config;
 pub mod consensus;
@@ -20,6 +19,7 @@ pub mod js;
 pub mod ledger_files;
 pub mod limits;
 pub mod metrics;
+pub mod platform;
 pub mod rpc;
 pub mod service;
 pub mod simulation;
@@ -116,7 +116,7 @@ pub async fn run_join(cfg: JoinConfig) -> anyhow::Result<()> {
     let boot = if holds_a_node(&cfg.node)? {
         Boot::Resume
     } else {
-        let platform = attestation::for_config(&cfg.node)?;
+        let platform = platform::for_config(&cfg.node)?;
         let node_published = match &cfg.node.node_published_address {
             Some(a) => a.clone(),
             None => node_listener.local_addr()?.to_string(),

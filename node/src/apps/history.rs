@@ -359,11 +359,6 @@ async fn feed(
     let mut commits = node.commit_watch();
     let mut cursor = Some(Cursor::at(request.from));
     let mut last_sent = Instant::now();
-    let send = |value: serde_json::Value| {
-        let mut bytes = Vec::new();
-        line(&mut bytes, &value);
-        bytes::Bytes::from(bytes)
-    };
     loop {
         let Some(current) = cursor.take() else {
             return;
@@ -371,13 +366,13 @@ async fn feed(
         let next = current.next();
         if started.elapsed() >= lifetime {
             let _ = out
-                .send(send(json!({"end": "lifetime", "next_seqno": next})))
+                .send(feed_line(json!({"end": "lifetime", "next_seqno": next})))
                 .await;
             return;
         }
         if request.to.is_some_and(|to| next > to) {
             let _ = out
-                .send(send(json!({"end": "to_seqno", "next_seqno": next})))
+                .send(feed_line(json!({"end": "to_seqno", "next_seqno": next})))
                 .await;
             return;
         }
@@ -385,63 +380,10 @@ async fn feed(
         let durable = node.ledger_durable();
         let upto = committed.seqno.min(durable).min(request.to.unwrap_or(u64::MAX));
         if next <= upto {
-            let Ok(slot) = reserve(&node) else {
-                cursor = Some(current);
-                tokio::time::sleep(poll).await;
-                continue;
-            };
-            let reading = node.clone();
-            let read = tokio::task::spawn_blocking(move || -> FeedRead {
-                let mut current = current;
-                let txs = reader(&reading).read(&mut current, upto, FEED_TXS_PER_READ, false, &slot);
-                (current, txs)
-            })
-            .await;
-            let (moved, txs) = match read {
-                Ok(read) => read,
-                Err(e) => {
-                    let e = ApiError::internal(format!("reading the ledger: {e}"));
-                    let _ = out
-                        .send(send(json!({"error": {"code": e.code, "message": e.message}})))
-                        .await;
-                    return;
-                }
-            };
-            let txs = match txs {
-                Ok(txs) => txs,
-                // A chunk renamed or created just now: look again shortly.
-                Err(ReadError::NotYetWritten(_)) => {
-                    cursor = Some(moved);
-                    tokio::time::sleep(poll).await;
-                    continue;
-                }
-                Err(e) => {
-                    let e = read_error(e);
-                    let _ = out
-                        .send(send(json!({
-                            "error": {"code": e.code, "message": e.message},
-                            "next_seqno": moved.next(),
-                        })))
-                        .await;
-                    return;
-                }
-            };
-            let mut chunk = Vec::new();
-            for (i, tx) in txs.iter().enumerate() {
-                write_lines(&mut chunk, &request.map, tx);
-                let last = i + 1 == txs.len();
-                if chunk.len() >= FEED_CHUNK_BYTES || (last && !chunk.is_empty()) {
-                    if out.send(std::mem::take(&mut chunk).into()).await.is_err() {
-                        return;
-                    }
-                    last_sent = Instant::now();
-                }
+            match feed_read(&node, &request, &out, current, upto, &mut last_sent).await {
+                FeedStep::Moved(moved) => cursor = Some(moved),
+                FeedStep::Stop => return,
             }
-            if txs.is_empty() {
-                // The files do not show what the durable seqno says is there yet: look again shortly.
-                tokio::time::sleep(poll).await;
-            }
-            cursor = Some(moved);
             continue;
         }
         cursor = Some(current);
@@ -465,7 +407,7 @@ async fn feed(
         if last_sent.elapsed() >= heartbeat {
             let committed = node.view().committed;
             if out
-                .send(send(
+                .send(feed_line(
                     json!({"heartbeat": committed.to_string(), "next_seqno": next}),
                 ))
                 .await
@@ -476,4 +418,89 @@ async fn feed(
             last_sent = Instant::now();
         }
     }
+}
+
+/// One JSON line of a feed.
+fn feed_line(value: serde_json::Value) -> bytes::Bytes {
+    let mut bytes = Vec::new();
+    line(&mut bytes, &value);
+    bytes::Bytes::from(bytes)
+}
+
+/// Where a feed's read left it.
+enum FeedStep {
+    /// Read on (or wait) from this cursor.
+    Moved(Cursor),
+    /// The feed ended: the client left, or an error was sent.
+    Stop,
+}
+
+/// Reads the committed, durable transactions after `current` up to `upto` from the ledger files (one bounded read
+/// slot, on a blocking thread) and sends their writes to `out`.
+async fn feed_read(
+    node: &Arc<Node>,
+    request: &FeedRequest,
+    out: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+    current: Cursor,
+    upto: u64,
+    last_sent: &mut Instant,
+) -> FeedStep {
+    let poll = Duration::from_millis(FEED_POLL_MS);
+    let Ok(slot) = reserve(node) else {
+        tokio::time::sleep(poll).await;
+        return FeedStep::Moved(current);
+    };
+    let reading = node.clone();
+    let read = tokio::task::spawn_blocking(move || -> FeedRead {
+        let mut current = current;
+        let txs = reader(&reading).read(&mut current, upto, FEED_TXS_PER_READ, false, &slot);
+        (current, txs)
+    })
+    .await;
+    let (moved, txs) = match read {
+        Ok(read) => read,
+        Err(e) => {
+            let e = ApiError::internal(format!("reading the ledger: {e}"));
+            let _ = out
+                .send(feed_line(
+                    json!({"error": {"code": e.code, "message": e.message}}),
+                ))
+                .await;
+            return FeedStep::Stop;
+        }
+    };
+    let txs = match txs {
+        Ok(txs) => txs,
+        // A chunk renamed or created just now: look again shortly.
+        Err(ReadError::NotYetWritten(_)) => {
+            tokio::time::sleep(poll).await;
+            return FeedStep::Moved(moved);
+        }
+        Err(e) => {
+            let e = read_error(e);
+            let _ = out
+                .send(feed_line(json!({
+                    "error": {"code": e.code, "message": e.message},
+                    "next_seqno": moved.next(),
+                })))
+                .await;
+            return FeedStep::Stop;
+        }
+    };
+    let mut chunk = Vec::new();
+    for (i, tx) in txs.iter().enumerate() {
+        write_lines(&mut chunk, &request.map, tx);
+        let last = i + 1 == txs.len();
+        if chunk.len() >= FEED_CHUNK_BYTES || (last && !chunk.is_empty()) {
+            if out.send(std::mem::take(&mut chunk).into()).await.is_err() {
+                return FeedStep::Stop;
+            }
+            *last_sent = Instant::now();
+        }
+    }
+    if txs.is_empty() {
+        // The files do not show what the durable seqno says is there yet: look again shortly.
+        tokio::time::sleep(poll).await;
+    }
+    FeedStep::Moved(moved)
 }

@@ -431,29 +431,16 @@ fn timed<T>(node: &Node, run: impl FnOnce() -> T) -> T {
     result
 }
 
-fn run_in_tx(
-    tx: &mut Tx,
-    call: &Call,
-    limits: JsLimits,
-    last_committed: (u64, u64),
-    mode: &Mode,
-) -> Result<HandlerResponse, RunError> {
-    let (version, deployed) = load(tx)?;
-    let deployed =
-        deployed.ok_or_else(|| ApiError::not_found("no such endpoint (no JavaScript app is deployed)"))?;
-    // The endpoint matched before the transaction stands if the app is the same version; else match again.
+/// The endpoint `call` asks for: matched before the transaction if the app is the same version, else again.
+fn matched(call: &Call, version: Option<u64>, deployed: &Deployed) -> Result<Matched, ApiError> {
     let pre = call
         .matched
         .as_ref()
         .filter(|(v, _)| Some(*v) == version)
         .map(|(_, m)| m.clone());
-    let Matched {
-        route,
-        endpoint,
-        params,
-    } = match pre {
-        Some(m) => m,
-        None => find(&deployed, &call.method, &call.path).map_err(|path_exists| {
+    match pre {
+        Some(m) => Ok(m),
+        None => find(deployed, &call.method, &call.path).map_err(|path_exists| {
             if path_exists {
                 ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -463,50 +450,29 @@ fn run_in_tx(
             } else {
                 ApiError::not_found(format!("no such endpoint: {} /app{}", call.method, call.path))
             }
-        })?,
-    };
+        }),
+    }
+}
+
+/// Runs the handler in this thread's engine for the deployed version (compiled or made afresh as needed); a
+/// stopped script discards the engine, and inline calls that run out of their slice are deferred.
+fn run_engine(
+    tx: &mut Tx,
+    deployed: &Deployed,
+    endpoint: &Arc<Endpoint>,
+    request: HandlerRequest<'_>,
+    (limits, last_committed, slice): (JsLimits, (u64, u64), Option<Duration>),
+    mode: &Mode,
+) -> Result<HandlerResponse, RunError> {
     let spec = &endpoint.spec;
-    let template = deployed
-        .routes
-        .get(route)
-        .map(|r| r.template.as_str())
-        .ok_or_else(|| ApiError::internal("matched a route the app does not have"))?;
-    // The app changed since the caller was authenticated: authenticate again against the version that runs.
-    if spec.authn_policies != call.policies() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "AppChanged",
-            "the application changed while this request was authenticated; retry",
-        )
-        .into());
-    }
-    if spec.forwarding_required.as_deref() == Some("always") && !call.primary {
-        return Err(ApiError::not_primary().into());
-    }
-    let slice = match mode {
-        Mode::Inline { .. } => Some(INLINE_SLICE),
-        Mode::Worker => None,
-    };
-    let request = HandlerRequest {
-        method: call.method.as_str(),
-        url: &call.url,
-        path: &call.app_path,
-        query: &call.query,
-        route: template,
-        headers: &call.headers,
-        params: &params,
-        caller: call.caller.as_ref(),
-        body: &call.body,
-    };
-    let before = tx.clone();
-    let result = ENGINE.with(|cell| {
+    ENGINE.with(|cell| {
         let mut cached = cell.borrow_mut();
         if cached.as_ref().map(|(v, _)| v != &deployed.version).unwrap_or(true) {
             *cached = None;
             let bytecode = match mode {
                 // Compiling a bundle is not bounded by a slice: leave it to a worker.
-                Mode::Inline { .. } => compiled_already(&deployed).ok_or(RunError::Defer { demote: None })?,
-                Mode::Worker => compiled(&deployed).map_err(js_failure)?,
+                Mode::Inline { .. } => compiled_already(deployed).ok_or(RunError::Defer { demote: None })?,
+                Mode::Worker => compiled(deployed).map_err(js_failure)?,
             };
             let engine = Engine::from_bytecode(limits, &bytecode).map_err(js_failure)?;
             *cached = Some((deployed.version.clone(), engine));
@@ -547,7 +513,67 @@ fn run_in_tx(
                 RunError::Api(js_failure(e))
             }
         })
-    });
+    })
+}
+
+fn run_in_tx(
+    tx: &mut Tx,
+    call: &Call,
+    limits: JsLimits,
+    last_committed: (u64, u64),
+    mode: &Mode,
+) -> Result<HandlerResponse, RunError> {
+    let (version, deployed) = load(tx)?;
+    let deployed =
+        deployed.ok_or_else(|| ApiError::not_found("no such endpoint (no JavaScript app is deployed)"))?;
+    // The endpoint matched before the transaction stands if the app is the same version; else match again.
+    let Matched {
+        route,
+        endpoint,
+        params,
+    } = matched(call, version, &deployed)?;
+    let spec = &endpoint.spec;
+    let template = deployed
+        .routes
+        .get(route)
+        .map(|r| r.template.as_str())
+        .ok_or_else(|| ApiError::internal("matched a route the app does not have"))?;
+    // The app changed since the caller was authenticated: authenticate again against the version that runs.
+    if spec.authn_policies != call.policies() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "AppChanged",
+            "the application changed while this request was authenticated; retry",
+        )
+        .into());
+    }
+    if spec.forwarding_required.as_deref() == Some("always") && !call.primary {
+        return Err(ApiError::not_primary().into());
+    }
+    let slice = match mode {
+        Mode::Inline { .. } => Some(INLINE_SLICE),
+        Mode::Worker => None,
+    };
+    let request = HandlerRequest {
+        method: call.method.as_str(),
+        url: &call.url,
+        path: &call.app_path,
+        query: &call.query,
+        route: template,
+        headers: &call.headers,
+        params: &params,
+        caller: call.caller.as_ref(),
+        body: &call.body,
+    };
+    let before = tx.clone();
+    let result = run_engine(
+        tx,
+        &deployed,
+        &endpoint,
+        request,
+        (limits, last_committed, slice),
+        mode,
+    );
     let response = match result {
         Ok(r) => r,
         Err(e) => {

@@ -12,10 +12,10 @@ use synod_core::tables::{NodeInfo, NodeStatus};
 use synod_kv::State as KvState;
 
 use super::{JoinRequest, JoinResponse, SnapshotOffer};
-use crate::attestation;
 use crate::channels::PeerInfo;
 use crate::consensus::machine::CoreError;
 use crate::limits::RateLimiter;
+use crate::platform;
 use crate::service::{committed_snapshots, now_secs, AskError, ExecError, Node};
 
 /// Why a join was not admitted; `crate::rpc` answers each with its HTTP status.
@@ -240,8 +240,7 @@ pub async fn admit(
 /// TLS) and the service's join policy.
 fn check<'a>(state: &KvState, der: &[u8], req: &'a JoinRequest) -> Result<Candidate<'a>, Refusal> {
     check_node_name(&req.node_name)?;
-    let verified =
-        attestation::verify(&req.quote_info).map_err(|e| forbidden("InvalidQuote", e.to_string()))?;
+    let verified = platform::verify(&req.quote_info).map_err(|e| forbidden("InvalidQuote", e.to_string()))?;
     let key_digest = cert::public_key_id(der).map_err(|e| Refusal::InvalidInput(e.to_string()))?;
     if !verified.binds(&key_digest) {
         return Err(forbidden(

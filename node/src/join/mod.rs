@@ -22,9 +22,9 @@ use synod_core::receipt::JsonReceipt;
 use synod_core::tables::NodeStatus;
 use synod_kv::seal::LedgerSecret;
 
-use crate::attestation::{Platform, QuoteInfo};
 use crate::channels::PeerInfo;
 use crate::config::JoinConfig;
+use crate::platform::{Platform, QuoteInfo};
 use crate::service::Identities;
 use crate::snapshot_codec::{self, SnapshotEvidence};
 
@@ -306,14 +306,62 @@ pub async fn join(
         encryption_pub_key: Some(crate::service::encryption_public_pem(&encryption_key_pem)?),
     };
     let http = node_client(&own.cert_pem, &own.key_pem, &service_cert_pem)?;
+    let answer = ask_until_admitted(cfg, &http, &request).await?;
+    check_answer(&answer, &node_id, &own_der, &service_cert_pem)?;
+    let secret = LedgerSecret::from_base64(&answer.ledger_secret)?;
+    let schedule = answer
+        .ledger_secrets
+        .iter()
+        .map(|(from, s)| Ok((*from, LedgerSecret::from_base64(s)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    tracing::info!(node_id, status = %answer.status, "joined");
+
+    let snapshot = match &answer.snapshot {
+        None => None,
+        Some(offer) => {
+            let http = node_client(&answer.endorsed_certificate, &own.key_pem, &service_cert_pem)?;
+            Some(fetch_snapshot(&http, offer, &service_cert_pem).await?)
+        }
+    };
+    let peers = answer
+        .nodes
+        .into_iter()
+        .filter(|n| n.node_id != node_id)
+        .collect();
+    Ok(Joined {
+        ids: Identities {
+            service: Identity {
+                cert_pem: answer.service_certificate,
+                key_pem: answer.service_key,
+            },
+            node: Identity {
+                cert_pem: answer.endorsed_certificate,
+                key_pem: own.key_pem,
+            },
+            secret,
+            schedule,
+            encryption_key_pem,
+        },
+        snapshot,
+        peers,
+    })
+}
+
+/// Asks the service to let this node join until it is admitted (Trusted), waiting while it is Pending or the
+/// service asks to retry, within `--join-timeout-s`.
+async fn ask_until_admitted(
+    cfg: &JoinConfig,
+    http: &reqwest::Client,
+    request: &JoinRequest,
+) -> anyhow::Result<JoinResponse> {
     let url = format!("{}/node/join", cfg.target.trim_end_matches('/'));
     let deadline = Instant::now() + Duration::from_secs(cfg.join_timeout_s);
-    let answer: JoinResponse = loop {
-        let last_error = match http.post(&url).json(&request).send().await {
+    loop {
+        let last_error = match http.post(&url).json(request).send().await {
             Ok(r) if r.status().is_success() => {
                 let answer: JoinResponse = r.json().await.context("join answer")?;
                 if answer.status != NodeStatus::Pending.as_str() {
-                    break answer;
+                    return Ok(answer);
                 }
                 format!(
                     "node {} is Pending: waiting for the members to trust it (transition_node_to_trusted)",
@@ -355,7 +403,17 @@ pub async fn join(
         }
         tracing::info!("join: {last_error}; retrying");
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    }
+}
+
+/// Checks what the service handed this node: its own node id, the service identity it trusts, and a certificate
+/// for its own key endorsed by that identity.
+fn check_answer(
+    answer: &JoinResponse,
+    node_id: &str,
+    own_der: &[u8],
+    service_cert_pem: &str,
+) -> anyhow::Result<()> {
     ensure!(
         answer.node_id == node_id,
         "the service assigned node id {} to this key",
@@ -365,51 +423,15 @@ pub async fn join(
     ensure!(
         cert::same_public_key(
             &cert::pem_to_der(&answer.service_certificate)?,
-            &cert::pem_to_der(&service_cert_pem)?
+            &cert::pem_to_der(service_cert_pem)?
         )?,
         "the service answered with another service identity"
     );
     let endorsed_der = cert::pem_to_der(&answer.endorsed_certificate)?;
-    cert::verify_endorsement(&endorsed_der, &cert::pem_to_der(&service_cert_pem)?)?;
+    cert::verify_endorsement(&endorsed_der, &cert::pem_to_der(service_cert_pem)?)?;
     ensure!(
-        cert::same_public_key(&endorsed_der, &own_der)?,
+        cert::same_public_key(&endorsed_der, own_der)?,
         "the endorsed certificate is for another key"
     );
-    let secret = LedgerSecret::from_base64(&answer.ledger_secret)?;
-    let schedule = answer
-        .ledger_secrets
-        .iter()
-        .map(|(from, s)| Ok((*from, LedgerSecret::from_base64(s)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    tracing::info!(node_id, status = %answer.status, "joined");
-
-    let snapshot = match &answer.snapshot {
-        None => None,
-        Some(offer) => {
-            let http = node_client(&answer.endorsed_certificate, &own.key_pem, &service_cert_pem)?;
-            Some(fetch_snapshot(&http, offer, &service_cert_pem).await?)
-        }
-    };
-    let peers = answer
-        .nodes
-        .into_iter()
-        .filter(|n| n.node_id != node_id)
-        .collect();
-    Ok(Joined {
-        ids: Identities {
-            service: Identity {
-                cert_pem: answer.service_certificate,
-                key_pem: answer.service_key,
-            },
-            node: Identity {
-                cert_pem: answer.endorsed_certificate,
-                key_pem: own.key_pem,
-            },
-            secret,
-            schedule,
-            encryption_key_pem,
-        },
-        snapshot,
-        peers,
-    })
+    Ok(())
 }

@@ -379,95 +379,127 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let state = state.clone();
-        let limits = limits.clone();
-        tokio::spawn(async move {
-            let _connection_slot = connection_slot;
-            let handshake = tokio::time::timeout(
-                Duration::from_millis(limits.tls_handshake_timeout_ms),
-                acceptor.accept(stream),
-            );
-            let tls = match handshake.await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake: {e}");
-                    return;
+        tokio::spawn(serve_connection(
+            stream,
+            addr,
+            (connection_slot, handshake_slot),
+            acceptor.clone(),
+            router.clone(),
+            state.clone(),
+            limits.clone(),
+        ));
+    }
+}
+
+/// One client connection: the TLS handshake within its slot and timeout, then HTTP/1.1 requests until the client
+/// leaves, idles past `--http-idle-timeout-ms` or stalls.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    slots: (limits::Slot, limits::Slot),
+    acceptor: TlsAcceptor,
+    router: Router,
+    state: AppState,
+    limits: crate::config::Limits,
+) {
+    let (_connection_slot, handshake_slot) = slots;
+    let handshake = tokio::time::timeout(
+        Duration::from_millis(limits.tls_handshake_timeout_ms),
+        acceptor.accept(stream),
+    );
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    drop(handshake_slot);
+    let cert_der = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| Arc::new(c.to_vec()));
+    let endorsed_node = cert_der.as_ref().and_then(|der| {
+        cert::verify_endorsement(der, &state.service_cert_der).ok()?;
+        cert::public_key_id_hex(der).ok()
+    });
+    let connection = Peer {
+        endorsed_node,
+        addr: Some(addr),
+        ..Peer::with_cert(cert_der)
+    };
+    let service = request_service(
+        router,
+        connection,
+        Duration::from_millis(limits.http_request_timeout_ms),
+    );
+    let activity = conn::Activity::new();
+    let io = TokioIo::new(conn::Tracked::new(tls, activity.clone()));
+    let header_timeout = Duration::from_millis(limits.http_header_timeout_ms);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let idle_max = Duration::from_millis(limits.http_idle_timeout_ms);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("connection: {e}");
                 }
-                Err(_) => return,
-            };
-            drop(handshake_slot);
-            let cert_der = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| Arc::new(c.to_vec()));
-            let endorsed_node = cert_der.as_ref().and_then(|der| {
-                cert::verify_endorsement(der, &state.service_cert_der).ok()?;
-                cert::public_key_id_hex(der).ok()
-            });
-            let connection = Peer {
-                endorsed_node,
-                addr: Some(addr),
-                ..Peer::with_cert(cert_der)
-            };
-            let request_timeout = Duration::from_millis(limits.http_request_timeout_ms);
-            let service =
-                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(connection.clone());
-                    let answer = tokio::time::timeout(request_timeout, router.clone().oneshot(req));
-                    async move {
-                        Ok::<_, std::convert::Infallible>(match answer.await {
-                            Ok(Ok(response)) => response,
-                            Ok(Err(never)) => match never {},
-                            // Whatever the request was doing is abandoned; a write it ordered may still commit,
-                            // so this is not an answer to retry blindly.
-                            Err(_) => ApiError::new(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "RequestTimeout",
-                                format!(
-                                    "the request was not read and answered within {} ms \
-                                     (--http-request-timeout-ms); a write may still commit: check /node/tx",
-                                    request_timeout.as_millis()
-                                ),
-                            )
-                            .into_response(),
-                        })
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(IDLE_CHECK_MS)) => {
+                match conn::idle_verdict(activity.idle(), idle_max, header_timeout) {
+                    conn::IdleVerdict::Keep => {}
+                    conn::IdleVerdict::CloseGracefully if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
                     }
-                });
-            let activity = conn::Activity::new();
-            let io = TokioIo::new(conn::Tracked::new(tls, activity.clone()));
-            let header_timeout = Duration::from_millis(limits.http_header_timeout_ms);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(io, service);
-            tokio::pin!(connection);
-            let idle_max = Duration::from_millis(limits.http_idle_timeout_ms);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!("connection: {e}");
-                        }
-                        return;
-                    }
-                    _ = tokio::time::sleep(Duration::from_millis(IDLE_CHECK_MS)) => {
-                        match conn::idle_verdict(activity.idle(), idle_max, header_timeout) {
-                            conn::IdleVerdict::Keep => {}
-                            conn::IdleVerdict::CloseGracefully if !closing => {
-                                closing = true;
-                                connection.as_mut().graceful_shutdown();
-                            }
-                            conn::IdleVerdict::CloseGracefully => {}
-                            conn::IdleVerdict::Drop => return,
-                        }
-                    }
+                    conn::IdleVerdict::CloseGracefully => {}
+                    conn::IdleVerdict::Drop => return,
                 }
             }
-        });
+        }
     }
+}
+
+/// Answers each request of a connection with the router, as `connection`'s caller, within `request_timeout`.
+fn request_service(
+    router: Router,
+    connection: Peer,
+    request_timeout: Duration,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(connection.clone());
+        let answer = tokio::time::timeout(request_timeout, router.clone().oneshot(req));
+        async move {
+            Ok::<_, std::convert::Infallible>(match answer.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                // Whatever the request was doing is abandoned; a write it ordered may still commit,
+                // so this is not an answer to retry blindly.
+                Err(_) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "RequestTimeout",
+                    format!(
+                        "the request was not read and answered within {} ms \
+                             (--http-request-timeout-ms); a write may still commit: check /node/tx",
+                        request_timeout.as_millis()
+                    ),
+                )
+                .into_response(),
+            })
+        }
+    })
 }

@@ -45,7 +45,6 @@ use synod_kv::seal::{LedgerSecret, Sealer};
 use synod_kv::storage::Storage;
 use synod_kv::{State, Tx};
 
-use crate::attestation::{Platform, QuoteInfo};
 use crate::channels::{ChannelTls, Channels, Directory, PeerInfo};
 use crate::config::NodeConfig;
 use crate::consensus::machine::{Core, CoreConfig, CoreError, Genesis, Keys, Outcome, Restore, SnapshotJob};
@@ -54,6 +53,7 @@ use crate::consensus::replica::{Command, Input, PersistJob, Replica, ReplicaTimi
 use crate::consensus::{raft_id, RaftTiming};
 use crate::ledger_files::writer::LedgerWriter;
 use crate::ledger_files::CommittedEntry;
+use crate::platform::{Platform, QuoteInfo};
 use crate::snapshot_codec;
 
 /// How often a transaction that conflicts is run again before the request fails.
@@ -680,7 +680,7 @@ impl Node {
             .rpc_published_address
             .clone()
             .unwrap_or_else(|| rpc_address.to_string());
-        let platform: Arc<dyn Platform> = crate::attestation::for_config(cfg)?;
+        let platform: Arc<dyn Platform> = crate::platform::for_config(cfg)?;
         let storage = Storage::open(&paths.db()).context("opening the node's database")?;
         let existing = persist::exists(&storage)?;
         if existing && !matches!(boot, Boot::Resume) {
