@@ -22,7 +22,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use synod_core::cert;
-use synod_core::tables::NodeStatus;
+use synod_core::tables::{NodeInfo, NodeStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -167,6 +167,18 @@ pub struct PeerInfo {
     pub rpc_address: String,
     /// Status in the nodes table.
     pub status: String,
+}
+
+impl PeerInfo {
+    /// The peer a nodes-table record describes.
+    pub fn of(node_id: &str, info: &NodeInfo) -> PeerInfo {
+        PeerInfo {
+            node_id: node_id.to_string(),
+            node_address: info.node_address.clone(),
+            rpc_address: info.rpc_address.clone(),
+            status: info.status.to_string(),
+        }
+    }
 }
 
 /// The directory status of a Trusted node whose measurement governance has since removed

@@ -278,13 +278,8 @@ fn answer(node: &Node, state: &KvState, node_id: String, info: NodeInfo) -> Join
         .into_iter()
         .flat_map(|m| m.iter())
         .filter_map(|(k, e)| {
-            let info: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
-            Some(PeerInfo {
-                node_id: String::from_utf8_lossy(k).to_string(),
-                node_address: info["node_address"].as_str()?.to_string(),
-                rpc_address: info["rpc_address"].as_str()?.to_string(),
-                status: info["status"].as_str().unwrap_or_default().to_string(),
-            })
+            let info = NodeInfo::from_slice(&e.value)?;
+            Some(PeerInfo::of(&String::from_utf8_lossy(k), &info))
         })
         .collect();
     let snapshot = committed_snapshots(&node.paths)

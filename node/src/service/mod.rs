@@ -1446,7 +1446,7 @@ fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
             let Ok(node_id) = std::str::from_utf8(k) else {
                 continue;
             };
-            let Ok(info) = serde_json::from_slice::<serde_json::Value>(&e.value) else {
+            let Some(info) = NodeInfo::from_slice(&e.value) else {
                 continue;
             };
             let id = raft_id(node_id);
@@ -1454,23 +1454,16 @@ fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
                 knows_self = true;
                 continue;
             }
-            let mut status = info["status"].as_str().unwrap_or_default().to_string();
+            let mut peer = PeerInfo::of(node_id, &info);
             // Attested channels: a node whose measurement governance removed is cut off, both ways.
-            let code_allowed = info["measurement"]
-                .as_str()
-                .is_none_or(|m| state.get(maps::NODES_CODE_IDS, m.as_bytes()).is_some());
-            if status == NodeStatus::Trusted.as_str() && !code_allowed {
-                status = crate::channels::CODE_NOT_ALLOWED.into();
+            let code_allowed = info.measurement.is_empty()
+                || state
+                    .get(maps::NODES_CODE_IDS, info.measurement.as_bytes())
+                    .is_some();
+            if info.status == NodeStatus::Trusted && !code_allowed {
+                peer.status = crate::channels::CODE_NOT_ALLOWED.into();
             }
-            fresh.insert(
-                id,
-                PeerInfo {
-                    node_id: node_id.to_string(),
-                    node_address: info["node_address"].as_str().unwrap_or_default().to_string(),
-                    rpc_address: info["rpc_address"].as_str().unwrap_or_default().to_string(),
-                    status,
-                },
-            );
+            fresh.insert(id, peer);
         }
     }
     let mut d = directory.write().unwrap_or_else(|p| p.into_inner());
