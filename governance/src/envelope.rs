@@ -525,30 +525,54 @@ fn parse_protected(
     };
 
     if let Some(crit) = int_entry(LABEL_CRIT) {
-        let Value::Array(labels) = crit else {
-            return Err(EnvelopeError::invalid("crit (2)", "not an array of labels"));
-        };
-        for label in labels {
-            let understood = match label {
-                Value::Integer(i) => [LABEL_ALG, LABEL_KID].contains(&i128::from(*i)),
-                Value::Text(t) => {
-                    [HEADER_MSG_TYPE, HEADER_CREATED_AT, HEADER_PROPOSAL_ID].contains(&t.as_str())
-                }
-                _ => false,
-            };
-            if !understood {
-                return Err(EnvelopeError::invalid(
-                    "crit (2)",
-                    format!(
-                        "lists label {} that this verifier does not process",
-                        label_name(label)
-                    ),
-                ));
-            }
-        }
+        check_crit(crit)?;
     }
 
-    let alg = match int_entry(LABEL_ALG) {
+    let alg = alg_of(int_entry(LABEL_ALG))?;
+    let kid = kid_of(int_entry(LABEL_KID))?;
+    let msg_type = msg_type_of(text_entry(HEADER_MSG_TYPE))?;
+    let created_at = created_at_of(text_entry(HEADER_CREATED_AT))?;
+    let proposal_id = proposal_id_of(text_entry(HEADER_PROPOSAL_ID))?;
+    check_proposal_id(msg_type, proposal_id.as_deref())?;
+
+    Ok(GovRequest {
+        msg_type,
+        created_at,
+        proposal_id,
+        kid,
+        alg,
+        payload,
+        signature,
+    })
+}
+
+/// `crit` (2) may list only the labels this verifier processes.
+fn check_crit(crit: &Value) -> Result<(), EnvelopeError> {
+    let Value::Array(labels) = crit else {
+        return Err(EnvelopeError::invalid("crit (2)", "not an array of labels"));
+    };
+    for label in labels {
+        let understood = match label {
+            Value::Integer(i) => [LABEL_ALG, LABEL_KID].contains(&i128::from(*i)),
+            Value::Text(t) => [HEADER_MSG_TYPE, HEADER_CREATED_AT, HEADER_PROPOSAL_ID].contains(&t.as_str()),
+            _ => false,
+        };
+        if !understood {
+            return Err(EnvelopeError::invalid(
+                "crit (2)",
+                format!(
+                    "lists label {} that this verifier does not process",
+                    label_name(label)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `alg` (1): EdDSA, ES384 or ES256.
+fn alg_of(alg: Option<&Value>) -> Result<Alg, EnvelopeError> {
+    let value = match alg {
         None => return Err(EnvelopeError::missing("alg (1)")),
         Some(Value::Integer(i)) => match i128::from(*i) {
             ALG_EDDSA => Alg::EdDSA,
@@ -559,25 +583,37 @@ fn parse_protected(
         Some(Value::Text(t)) => return Err(EnvelopeError::UnsupportedAlgorithm(format!("{t:?}"))),
         Some(_) => return Err(EnvelopeError::invalid("alg (1)", "not an integer")),
     };
+    Ok(value)
+}
 
-    let kid = match int_entry(LABEL_KID) {
+/// `kid` (4): the member id, as bytes (CCF) or text.
+fn kid_of(kid: Option<&Value>) -> Result<String, EnvelopeError> {
+    let value = match kid {
         None => return Err(EnvelopeError::missing("kid (4)")),
         Some(Value::Bytes(b)) => String::from_utf8(b.clone())
             .map_err(|_| EnvelopeError::invalid("kid (4)", "not the ASCII hex of a member id"))?,
         Some(Value::Text(t)) => t.clone(),
         Some(_) => return Err(EnvelopeError::invalid("kid (4)", "not a byte string")),
     };
-    if kid.is_empty() {
+    if value.is_empty() {
         return Err(EnvelopeError::invalid("kid (4)", "empty"));
     }
+    Ok(value)
+}
 
-    let msg_type = match text_entry(HEADER_MSG_TYPE) {
+/// `ccf.gov.msg.type`.
+fn msg_type_of(msg_type: Option<&Value>) -> Result<MsgType, EnvelopeError> {
+    let value = match msg_type {
         None => return Err(EnvelopeError::missing(HEADER_MSG_TYPE)),
         Some(Value::Text(t)) => t.parse::<MsgType>()?,
         Some(_) => return Err(EnvelopeError::invalid(HEADER_MSG_TYPE, "not a text string")),
     };
+    Ok(value)
+}
 
-    let created_at = match text_entry(HEADER_CREATED_AT) {
+/// `ccf.gov.msg.created_at`: seconds since the Unix epoch.
+fn created_at_of(created_at: Option<&Value>) -> Result<u64, EnvelopeError> {
+    let value = match created_at {
         None => return Err(EnvelopeError::missing(HEADER_CREATED_AT)),
         Some(Value::Integer(i)) => u64::try_from(i128::from(*i)).map_err(|_| {
             EnvelopeError::invalid(
@@ -592,24 +628,18 @@ fn parse_protected(
             ))
         }
     };
+    Ok(value)
+}
 
-    let proposal_id = match text_entry(HEADER_PROPOSAL_ID) {
+/// `ccf.gov.msg.proposal_id`, when there is one.
+fn proposal_id_of(proposal_id: Option<&Value>) -> Result<Option<String>, EnvelopeError> {
+    let value = match proposal_id {
         None => None,
         Some(Value::Text(t)) if !t.is_empty() => Some(t.clone()),
         Some(Value::Text(_)) => return Err(EnvelopeError::invalid(HEADER_PROPOSAL_ID, "empty")),
         Some(_) => return Err(EnvelopeError::invalid(HEADER_PROPOSAL_ID, "not a text string")),
     };
-    check_proposal_id(msg_type, proposal_id.as_deref())?;
-
-    Ok(GovRequest {
-        msg_type,
-        created_at,
-        proposal_id,
-        kid,
-        alg,
-        payload,
-        signature,
-    })
+    Ok(value)
 }
 
 /// The proposal id rule: required (and not empty) for ballots and withdrawals, forbidden for every other message

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use synod_core::hash::Digest;
 use synod_core::ledger::{
     decode_frames, list_chunks, signature_tree_frontier, verify_signature_transaction, ChunkName,
-    LedgerEntry, Transaction, KIND_SIGNATURE,
+    LedgerEntry, Transaction, VerifiedSignature, KIND_SIGNATURE,
 };
 use synod_core::merkle::{MerkleTree, ProofStep};
 use synod_core::txid::TxId;
@@ -133,6 +133,19 @@ fn read_chunk(path: &Path) -> Result<Vec<Decoded>, HistoricalError> {
         .collect()
 }
 
+/// The Merkle tree as the signature `p` found it (its frontier, over every entry before it), or an empty tree
+/// when the range starts at the ledger's beginning.
+fn tree_before(p: Option<&Decoded>) -> Result<MerkleTree, HistoricalError> {
+    let Some(p) = p else {
+        return Ok(MerkleTree::new());
+    };
+    let public = p.tx.public_write_set().map_err(ledger_err)?;
+    let frontier = signature_tree_frontier(&public)
+        .map_err(ledger_err)?
+        .ok_or(HistoricalError::NoFrontier(p.tx.seqno))?;
+    MerkleTree::from_frontier(p.tx.seqno - 1, &frontier).map_err(ledger_err)
+}
+
 impl Historical {
     /// Receipts from the chunk files in `ledger_dir`, checked against `service_cert_der`.
     pub fn new(ledger_dir: PathBuf, service_cert_der: Vec<u8>) -> Historical {
@@ -229,16 +242,7 @@ impl Historical {
             }
         };
         let p: Option<&Decoded> = before_in_chunk.map(|j| &entries[j]).or(p_entry.as_ref());
-        let mut tree = match p {
-            None => MerkleTree::new(),
-            Some(p) => {
-                let public = p.tx.public_write_set().map_err(ledger_err)?;
-                let frontier = signature_tree_frontier(&public)
-                    .map_err(ledger_err)?
-                    .ok_or(HistoricalError::NoFrontier(p.tx.seqno))?;
-                MerkleTree::from_frontier(p.tx.seqno - 1, &frontier).map_err(ledger_err)?
-            }
-        };
+        let mut tree = tree_before(p)?;
         let first = p.map_or(1, |p| p.tx.seqno + 1);
         // The leaves of seqnos P..S−1 (1..S−1 without a P), appended to P's frontier.
         let leaves: Vec<&Decoded> = match (before_in_chunk, &p_entry) {
@@ -265,21 +269,7 @@ impl Historical {
         let root = tree
             .root()
             .ok_or_else(|| ledger_err("an empty tree is never signed"))?;
-        let public = sig_entry.tx.public_write_set().map_err(ledger_err)?;
-        let current = verify_signature_transaction(&public, sig_tx_id, &root, &self.service_cert_der);
-        let (verified, endorsements) = match current {
-            Ok(v) => (v, Vec::new()),
-            Err(e) => {
-                let previous = self.previous.read().unwrap_or_else(|p| p.into_inner());
-                previous
-                    .iter()
-                    .find_map(|(der, endorsements)| {
-                        let v = verify_signature_transaction(&public, sig_tx_id, &root, der).ok()?;
-                        Some((v, endorsements.clone()))
-                    })
-                    .ok_or_else(|| ledger_err(format!("signature at {sig_tx_id}: {e}")))?
-            }
-        };
+        let (verified, endorsements) = self.verify_signature(sig_entry, &root)?;
         Ok(SignedRange {
             first,
             sig: SigInfo {
@@ -292,5 +282,29 @@ impl Historical {
             digests,
             endorsements,
         })
+    }
+
+    /// Verifies a signature transaction over `root`: by the current service identity, or by a previous one this
+    /// service recovered (whose endorsements a receipt then carries).
+    fn verify_signature(
+        &self,
+        sig_entry: &Decoded,
+        root: &Digest,
+    ) -> Result<(VerifiedSignature, Vec<String>), HistoricalError> {
+        let sig_tx_id = sig_entry.tx.tx_id();
+        let public = sig_entry.tx.public_write_set().map_err(ledger_err)?;
+        match verify_signature_transaction(&public, sig_tx_id, root, &self.service_cert_der) {
+            Ok(v) => Ok((v, Vec::new())),
+            Err(e) => {
+                let previous = self.previous.read().unwrap_or_else(|p| p.into_inner());
+                previous
+                    .iter()
+                    .find_map(|(der, endorsements)| {
+                        let v = verify_signature_transaction(&public, sig_tx_id, root, der).ok()?;
+                        Some((v, endorsements.clone()))
+                    })
+                    .ok_or_else(|| ledger_err(format!("signature at {sig_tx_id}: {e}")))
+            }
+        }
     }
 }

@@ -1090,7 +1090,14 @@ impl Sim {
     }
 
     fn check(&mut self) {
-        // Election safety: one primary per view.
+        self.check_election_safety();
+        self.check_ledgers();
+        self.check_commits();
+        self.check_statuses();
+    }
+
+    /// Election safety: one primary per view.
+    fn check_election_safety(&mut self) {
         let mut found = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(core) = n.core() {
@@ -1109,8 +1116,11 @@ impl Sim {
                 }
             }
         }
-        // Committed ledgers: one history, never rewritten (a node's synced ledger only grows, so only what it
-        // added since the last check is compared). A node that installed a snapshot holds the ledger after it.
+    }
+
+    /// Committed ledgers: one history, never rewritten (a node's synced ledger only grows, so only what it
+    /// added since the last check is compared). A node that installed a snapshot holds the ledger after it.
+    fn check_ledgers(&mut self) {
         let mut problems = Vec::new();
         for (i, n) in self.nodes.iter_mut().enumerate() {
             let (base, ledger) = (n.disk.ledger_base as usize, &n.disk.ledger);
@@ -1138,7 +1148,10 @@ impl Sim {
         for p in problems {
             self.violation(p);
         }
-        // Commit: forward only within a life, always on a signature this node holds or will hold.
+    }
+
+    /// Commit: forward only within a life, always on a signature this node holds or will hold.
+    fn check_commits(&mut self) {
         let mut problems = Vec::new();
         for (i, n) in self.nodes.iter_mut().enumerate() {
             let Some(core) = n.core() else { continue };
@@ -1162,7 +1175,10 @@ impl Sim {
         for p in problems {
             self.violation(p);
         }
-        // Statuses: Committed and Invalid never both.
+    }
+
+    /// Statuses: Committed and Invalid never both (every 50 steps).
+    fn check_statuses(&mut self) {
         if self.now.is_multiple_of(50) {
             let cores: Vec<&Core> = self.nodes.iter().filter_map(|n| n.core()).collect();
             let mut problems = Vec::new();

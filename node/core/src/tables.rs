@@ -225,8 +225,9 @@ pub struct ServiceInfo {
     /// The service certificate (PEM).
     #[serde(default)]
     pub cert: String,
-    /// Its status.
-    pub status: ServiceStatus,
+    /// Its status (a record written before genesis completed may have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ServiceStatus>,
     /// The curve of the service's keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<String>,
@@ -294,7 +295,7 @@ mod tests {
             "service_certificate_validity_days": 30,
         });
         let info: ServiceInfo = serde_json::from_value(stored.clone()).expect("a service record");
-        assert_eq!(info.status, ServiceStatus::Open);
+        assert_eq!(info.status, Some(ServiceStatus::Open));
         assert_eq!(info.recovery_threshold, Some(2));
         assert_eq!(serde_json::to_value(&info).expect("serialize"), stored);
     }

@@ -964,47 +964,18 @@ impl Core {
         }
         let commit_index = r.log.hard_state().commit.min(history.last());
         let mut state = r.state;
-        let mut replay = Vec::new();
-        let first_replay = state.version() + 1;
-        for seqno in first_replay..=commit_index {
-            let i = (seqno - history.base() - 1) as usize;
-            let (le, tx) = entries
-                .get(i)
-                .ok_or_else(|| CoreError::Invariant(format!("no entry {seqno} to replay")))?;
-            let writes = writes_of(tx, &sealer)?;
-            state
-                .apply(seqno, writes.maps())
-                .map_err(|e| CoreError::Invariant(e.to_string()))?;
-            replay.push(CommittedEntry::new(le, tx, Arc::new(writes)));
-        }
-        // Entries between the ledger files' end and the commit index that the state already reflected still
-        // need writing to the ledger.
-        let mut ledger_catch_up = Vec::new();
-        for seqno in (ledger_last + 1)..first_replay.min(commit_index + 1) {
-            let i = (seqno - history.base() - 1) as usize;
-            if let Some((le, tx)) = entries.get(i) {
-                ledger_catch_up.push(CommittedEntry::new(le, tx, Arc::new(Writes::default())));
-            }
-        }
-        ledger_catch_up.extend(replay);
+        let ledger_catch_up = Self::catch_up(
+            &entries,
+            history.base(),
+            &mut state,
+            ledger_last,
+            commit_index,
+            &sealer,
+        )?;
         // Configuration changes committed before the crash but never applied to Raft (the commit index and the
         // entries can be persisted one Ready before they are handed out as committed): apply them now, in order.
-        let mut pending_conf = Vec::new();
-        for seqno in (r.log.conf_index() + 1).max(history.base() + 1)..=commit_index {
-            let i = (seqno - history.base() - 1) as usize;
-            let Some((_, tx)) = entries.get(i) else { continue };
-            let public = tx.public_write_set().map_err(bad_entry(seqno))?;
-            let cc_bytes = public
-                .maps
-                .iter()
-                .find(|m| m.name == crate::consensus::RECONFIGURATION)
-                .and_then(|m| m.writes.first())
-                .and_then(|w| w.value.clone());
-            if let Some(bytes) = cc_bytes {
-                let cc = ConfChange::parse_from_bytes(&bytes).map_err(bad_entry(seqno))?;
-                pending_conf.push((seqno, cc));
-            }
-        }
+        let pending_conf =
+            Self::missed_conf_changes(&entries, history.base(), r.log.conf_index() + 1, commit_index)?;
         let single_voter = r.log.conf_state().voters == vec![id] && r.log.conf_state().learners.is_empty();
         let raft = RawNode::new(&raft_config(id, commit_index, cfg.timing), r.log, &raft_logger())?;
         let mut core = Core::assemble(raft, keys, sealer, cfg, history, state);
@@ -1030,6 +1001,69 @@ impl Core {
         }
         core.after_raft()?;
         Ok((core, ledger_catch_up))
+    }
+
+    /// The committed entries the stores missed before a restart: those the state does not reflect yet are applied
+    /// to `state` and written with their writes; those only the ledger files lack are written alone.
+    fn catch_up(
+        entries: &[(LedgerEntry, Transaction)],
+        base: u64,
+        state: &mut State,
+        ledger_last: u64,
+        commit_index: u64,
+        sealer: &Sealer,
+    ) -> Result<Vec<CommittedEntry>, CoreError> {
+        let mut replay = Vec::new();
+        let first_replay = state.version() + 1;
+        for seqno in first_replay..=commit_index {
+            let i = (seqno - base - 1) as usize;
+            let (le, tx) = entries
+                .get(i)
+                .ok_or_else(|| CoreError::Invariant(format!("no entry {seqno} to replay")))?;
+            let writes = writes_of(tx, sealer)?;
+            state
+                .apply(seqno, writes.maps())
+                .map_err(|e| CoreError::Invariant(e.to_string()))?;
+            replay.push(CommittedEntry::new(le, tx, Arc::new(writes)));
+        }
+        // Entries between the ledger files' end and the commit index that the state already reflected still
+        // need writing to the ledger.
+        let mut ledger_catch_up = Vec::new();
+        for seqno in (ledger_last + 1)..first_replay.min(commit_index + 1) {
+            let i = (seqno - base - 1) as usize;
+            if let Some((le, tx)) = entries.get(i) {
+                ledger_catch_up.push(CommittedEntry::new(le, tx, Arc::new(Writes::default())));
+            }
+        }
+        ledger_catch_up.extend(replay);
+        Ok(ledger_catch_up)
+    }
+
+    /// The configuration changes among the committed entries from `from` on (those after the log's last
+    /// applied one).
+    fn missed_conf_changes(
+        entries: &[(LedgerEntry, Transaction)],
+        base: u64,
+        from: u64,
+        commit_index: u64,
+    ) -> Result<Vec<(u64, ConfChange)>, CoreError> {
+        let mut pending_conf = Vec::new();
+        for seqno in from.max(base + 1)..=commit_index {
+            let i = (seqno - base - 1) as usize;
+            let Some((_, tx)) = entries.get(i) else { continue };
+            let public = tx.public_write_set().map_err(bad_entry(seqno))?;
+            let cc_bytes = public
+                .maps
+                .iter()
+                .find(|m| m.name == crate::consensus::RECONFIGURATION)
+                .and_then(|m| m.writes.first())
+                .and_then(|w| w.value.clone());
+            if let Some(bytes) = cc_bytes {
+                let cc = ConfChange::parse_from_bytes(&bytes).map_err(bad_entry(seqno))?;
+                pending_conf.push((seqno, cc));
+            }
+        }
+        Ok(pending_conf)
     }
 
     fn last_committed_signature(&self) -> TxId {

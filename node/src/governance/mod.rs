@@ -595,6 +595,56 @@ impl<'t> Governance<'t> {
         e: &Engine,
         submitter: Option<&str>,
     ) -> Result<(), GovError> {
+        let (votes, by_member) = self.collect_votes(proposal, info, submitter)?;
+        let outcome = self
+            .call(
+                e,
+                KvPolicy::ReadOnly,
+                CONSTITUTION_MODULE,
+                "resolve",
+                &[json!(proposal), json!(info.proposer_id), json!(votes)],
+            )
+            .map_err(js_err)?;
+        match outcome.as_str().and_then(|s| s.parse::<ProposalState>().ok()) {
+            Some(ProposalState::Open) => Ok(()),
+            Some(ProposalState::Rejected) => {
+                info.state = ProposalState::Rejected;
+                info.final_votes = Some(by_member);
+                Ok(())
+            }
+            Some(ProposalState::Accepted) => {
+                info.final_votes = Some(by_member);
+                let before = self.tx.clone();
+                let applied = self.apply_accepted(e, id, proposal);
+                match applied {
+                    Ok(()) => {
+                        info.state = ProposalState::Accepted;
+                        self.drop_affected(id, proposal);
+                    }
+                    Err(failure) => {
+                        // Nothing of a failed application is kept.
+                        *self.tx = before;
+                        info.state = ProposalState::Failed;
+                        info.failure = Some(failure);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(GovError::Constitution(format!(
+                "resolve returned {:?}, not Open, Accepted or Rejected",
+                outcome.as_str()
+            ))),
+        }
+    }
+
+    /// Runs every ballot of the proposal: the votes for `resolve`, each member's vote, and the ballots that threw
+    /// (recorded in `info`; the submitter's own ballot throwing fails its request instead).
+    fn collect_votes(
+        &mut self,
+        proposal: &str,
+        info: &mut ProposalInfo,
+        submitter: Option<&str>,
+    ) -> Result<(Vec<serde_json::Value>, BTreeMap<String, bool>), GovError> {
         let mut votes = Vec::new();
         let mut by_member = BTreeMap::new();
         let mut failures = BTreeMap::new();
@@ -617,88 +667,57 @@ impl<'t> Governance<'t> {
             }
         }
         info.vote_failures = (!failures.is_empty()).then_some(failures);
-        let outcome = self
-            .call(
-                e,
-                KvPolicy::ReadOnly,
-                CONSTITUTION_MODULE,
-                "resolve",
-                &[json!(proposal), json!(info.proposer_id), json!(votes)],
-            )
-            .map_err(js_err)?;
-        match outcome.as_str() {
-            Some("Open") => Ok(()),
-            Some("Rejected") => {
-                info.state = ProposalState::Rejected;
-                info.final_votes = Some(by_member);
-                Ok(())
+        Ok((votes, by_member))
+    }
+
+    /// Applies an accepted proposal: the constitution's `apply`, then what follows in the same transaction (a new
+    /// constitution checked, recovery shares reissued or the ledger rekeyed, certificates renewed). The caller
+    /// drops every write if it fails.
+    fn apply_accepted(&mut self, e: &Engine, id: &str, proposal: &str) -> Result<(), Failure> {
+        let old_constitution = self.tx.get(maps::CONSTITUTION, b"");
+        self.call(
+            e,
+            KvPolicy::Governance,
+            CONSTITUTION_MODULE,
+            "apply",
+            &[json!(proposal), json!(id)],
+        )
+        .map_err(|err| match err {
+            JsError::Exception { message, stack } => Failure {
+                reason: message,
+                trace: stack,
+            },
+            other => Failure {
+                reason: other.to_string(),
+                trace: None,
+            },
+        })
+        .and_then(|_| self.check_new_constitution(old_constitution.as_deref()))
+        .and_then(|_| {
+            // A rekey (asked for, or after a member left: its old share must open nothing new) issues
+            // shares of the new secret; otherwise members, keys or the threshold may have changed and
+            // shares follow. Either way in the same transaction, and an action that leaves them
+            // impossible to issue is not applied.
+            let failure = |what: &str, e: crate::governance::recovery::RecoveryError| Failure {
+                reason: format!("{what}: {e}"),
+                trace: None,
+            };
+            if rekeys(proposal) {
+                self.rekey().map_err(|e| failure("ledger rekey", e))
+            } else {
+                self.refresh_shares().map_err(|e| failure("recovery shares", e))
             }
-            Some("Accepted") => {
-                info.final_votes = Some(by_member);
-                let before = self.tx.clone();
-                let old_constitution = self.tx.get(maps::CONSTITUTION, b"");
-                let applied = self
-                    .call(
-                        e,
-                        KvPolicy::Governance,
-                        CONSTITUTION_MODULE,
-                        "apply",
-                        &[json!(proposal), json!(id)],
-                    )
-                    .map_err(|err| match err {
-                        JsError::Exception { message, stack } => Failure {
-                            reason: message,
-                            trace: stack,
-                        },
-                        other => Failure {
-                            reason: other.to_string(),
-                            trace: None,
-                        },
-                    })
-                    .and_then(|_| self.check_new_constitution(old_constitution.as_deref()))
-                    .and_then(|_| {
-                        // A rekey (asked for, or after a member left: its old share must open nothing new) issues
-                        // shares of the new secret; otherwise members, keys or the threshold may have changed and
-                        // shares follow. Either way in the same transaction, and an action that leaves them
-                        // impossible to issue is not applied.
-                        let failure = |what: &str, e: crate::governance::recovery::RecoveryError| Failure {
-                            reason: format!("{what}: {e}"),
-                            trace: None,
-                        };
-                        if rekeys(proposal) {
-                            self.rekey().map_err(|e| failure("ledger rekey", e))
-                        } else {
-                            self.refresh_shares().map_err(|e| failure("recovery shares", e))
-                        }
-                    })
-                    .and_then(|_| {
-                        // Certificate lifetimes: the renewed certificates are made in the same transaction.
-                        let key = self.service_key_pem.clone();
-                        crate::governance::renewal::apply(self.tx, proposal, key.as_deref(), self.now)
-                            .map(|_| ())
-                            .map_err(|e| Failure {
-                                reason: format!("certificate renewal: {e}"),
-                                trace: None,
-                            })
-                    });
-                match applied {
-                    Ok(()) => {
-                        info.state = ProposalState::Accepted;
-                        self.drop_affected(id, proposal);
-                    }
-                    Err(failure) => {
-                        // Nothing of a failed application is kept.
-                        *self.tx = before;
-                        info.state = ProposalState::Failed;
-                        info.failure = Some(failure);
-                    }
-                }
-                Ok(())
-            }
-            other => Err(GovError::Constitution(format!(
-                "resolve returned {other:?}, not Open, Accepted or Rejected"
-            ))),
-        }
+        })
+        .and_then(|_| {
+            // Certificate lifetimes: the renewed certificates are made in the same transaction.
+            let key = self.service_key_pem.clone();
+            crate::governance::renewal::apply(self.tx, proposal, key.as_deref(), self.now)
+                .map(|_| ())
+                .map_err(|e| Failure {
+                    reason: format!("certificate renewal: {e}"),
+                    trace: None,
+                })
+        })
     }
 
     /// If `apply` changed the constitution (it was `old`), checks that the new one can govern: it compiles, its

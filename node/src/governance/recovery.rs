@@ -171,7 +171,7 @@ pub(crate) fn state_json<T: serde::de::DeserializeOwned>(state: &State, map: &st
 
 /// The service's status (`Opening`, `Open`, `Recovering`, ...).
 pub fn service_status(tx: &mut Tx) -> Option<ServiceStatus> {
-    get_json::<ServiceInfo>(tx, maps::SERVICE_INFO, "").map(|info| info.status)
+    get_json::<ServiceInfo>(tx, maps::SERVICE_INFO, "").and_then(|info| info.status)
 }
 
 fn status_name(status: &Option<ServiceStatus>) -> &'static str {
@@ -571,7 +571,7 @@ pub fn write_recovery(tx: &mut Tx, r: &RecoveryRecord<'_>) -> Result<(), Recover
         return Err(RecoveryError::Malformed("previous service certificate"));
     }
     let previous_cert = std::mem::replace(&mut info.cert, r.service_cert_pem.to_string());
-    info.status = ServiceStatus::Recovering;
+    info.status = Some(ServiceStatus::Recovering);
     info.curve = Some(r.curve.to_string());
     info.other.insert(
         "previous_service_identity_version".into(),
@@ -633,7 +633,7 @@ pub fn finish_recovery(tx: &mut Tx, latest: &(u64, LedgerSecret)) -> Result<(), 
     put_json(tx, maps::PREVIOUS_SERVICE, "", &previous);
     let mut info: ServiceInfo =
         get_json(tx, maps::SERVICE_INFO, "").ok_or(RecoveryError::Malformed("service info"))?;
-    info.status = ServiceStatus::Open;
+    info.status = Some(ServiceStatus::Open);
     put_json(tx, maps::SERVICE_INFO, "", &info);
     refresh_shares(tx, &latest.1, Some(latest.0), true)?;
     Ok(())

@@ -125,44 +125,8 @@ impl LedgerWriter {
                 }
                 continue;
             }
-            let bytes = fs::read(path).map_err(io_err(path))?;
-            let mut valid_len = 0u64;
-            for frame in decode_frames(&bytes) {
-                match frame {
-                    Ok(frame) => {
-                        let seqno = frame
-                            .entry
-                            .decode_transaction()
-                            .map_err(|e| LedgerIoError::Corrupt {
-                                path: path.clone(),
-                                offset: frame.offset,
-                                reason: e.to_string(),
-                            })?
-                            .seqno;
-                        if seqno != writer.last_seqno + 1 {
-                            return Err(LedgerIoError::Corrupt {
-                                path: path.clone(),
-                                offset: frame.offset,
-                                reason: format!("seqno {seqno} where {} was expected", writer.last_seqno + 1),
-                            });
-                        }
-                        writer.last_seqno = seqno;
-                        valid_len = frame.offset + frame.len;
-                        if seqno > after {
-                            entries.push(frame.entry);
-                        }
-                    }
-                    // A torn write can only be the very end of the open chunk.
-                    Err(FrameError::Truncated { .. }) if last_chunk && name.end.is_none() => break,
-                    Err(e) => {
-                        return Err(LedgerIoError::Corrupt {
-                            path: path.clone(),
-                            offset: valid_len,
-                            reason: e.to_string(),
-                        })
-                    }
-                }
-            }
+            let (bytes, valid_len) =
+                writer.read_chunk(path, after, last_chunk && name.end.is_none(), &mut entries)?;
             match name.end {
                 None if last_chunk => {
                     if valid_len != bytes.len() as u64 {
@@ -203,6 +167,56 @@ impl LedgerWriter {
             entries,
             start,
         })
+    }
+
+    /// Reads one chunk's frames in seqno order, keeping the entries after `after`; `may_be_torn`: the open last
+    /// chunk, whose final frame a crash may have cut short. Returns the bytes and the length of the valid frames.
+    fn read_chunk(
+        &mut self,
+        path: &Path,
+        after: u64,
+        may_be_torn: bool,
+        entries: &mut Vec<LedgerEntry>,
+    ) -> Result<(Vec<u8>, u64), LedgerIoError> {
+        let bytes = fs::read(path).map_err(io_err(path))?;
+        let mut valid_len = 0u64;
+        for frame in decode_frames(&bytes) {
+            match frame {
+                Ok(frame) => {
+                    let seqno = frame
+                        .entry
+                        .decode_transaction()
+                        .map_err(|e| LedgerIoError::Corrupt {
+                            path: path.to_path_buf(),
+                            offset: frame.offset,
+                            reason: e.to_string(),
+                        })?
+                        .seqno;
+                    if seqno != self.last_seqno + 1 {
+                        return Err(LedgerIoError::Corrupt {
+                            path: path.to_path_buf(),
+                            offset: frame.offset,
+                            reason: format!("seqno {seqno} where {} was expected", self.last_seqno + 1),
+                        });
+                    }
+                    self.last_seqno = seqno;
+                    valid_len = frame.offset + frame.len;
+                    if seqno > after {
+                        entries.push(frame.entry);
+                    }
+                }
+                // A torn write can only be the very end of the open chunk.
+                Err(FrameError::Truncated { .. }) if may_be_torn => break,
+                Err(e) => {
+                    return Err(LedgerIoError::Corrupt {
+                        path: path.to_path_buf(),
+                        offset: valid_len,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok((bytes, valid_len))
     }
 
     /// Seqno of the last entry written.

@@ -148,7 +148,8 @@ fn service_status(app: &AppState) -> String {
         .committed_state
         .get(maps::SERVICE_INFO, b"")
         .and_then(ServiceInfo::from_slice)
-        .map_or(ServiceStatus::Opening, |info| info.status)
+        .and_then(|info| info.status)
+        .unwrap_or(ServiceStatus::Opening)
         .to_string()
 }
 

@@ -195,49 +195,11 @@ pub(super) fn recovered(
     };
     save_identities(ctx.paths, &ids)?;
     crate::service::recovery::copy_ledger_prefix(&old, &ctx.paths.ledger(), recovered.last.seqno)?;
-    // The snapshot the copied ledger continues: for the audit, and for the private replay (its private
-    // values open once the members recover the secret). Not a committed name: never served or used to
-    // restart from.
-    let ledger_base = match &recovered.base_snapshot {
-        Some((seqno, bytes)) => {
-            write_private(
-                &ctx.paths
-                    .snapshots()
-                    .join(snapshot_codec::file_name(*seqno, None)),
-                bytes,
-            )?;
-            *seqno
-        }
-        None => 0,
-    };
+    let ledger_base = keep_base_snapshot(ctx, &recovered)?;
     let keys = keys_of(&ids)?;
     let sealer = sealer_of(&ids);
-    let conf = raft::eraftpb::ConfState {
-        voters: vec![crate::consensus::raft_id(&keys.node_id)],
-        ..Default::default()
-    };
-    let bytes = snapshot_codec::encode(
-        &recovered.state,
-        recovered.last.view,
-        protobuf::Message::write_to_bytes(&conf)?,
-        &recovered.frontier,
-        &recovered.views,
-        &sealer,
-    )?;
+    let (bytes, decoded) = recovery_snapshot(ctx, &recovered, &keys, &sealer)?;
     let seqno = recovered.last.seqno;
-    write_private(
-        &ctx.paths.snapshots().join(snapshot_codec::file_name(seqno, None)),
-        &bytes,
-    )?;
-    write_atomically(&ctx.paths.file(RECOVERED_FROM), seqno.to_string().as_bytes())?;
-    let decoded = snapshot_codec::decode(&bytes, &sealer).context("decoding the recovery snapshot")?;
-    let meta = snapshot_codec::raft_metadata(seqno, recovered.last.view, &decoded.file.conf_state)?;
-    let hs = raft::eraftpb::HardState {
-        term: recovered.last.view,
-        commit: seqno,
-        ..Default::default()
-    };
-    reset_log_to_snapshot(ctx.paths, ctx.storage, &bytes, &meta, &hs)?;
     let joined_state = Some(decoded.state.clone());
     let (info, own) = ctx.founding_node_info(&ids, &keys)?;
     let evidence = Some(own);
@@ -270,6 +232,64 @@ pub(super) fn recovered(
         joined_state,
         evidence,
     })
+}
+
+/// Keeps the snapshot the previous ledger continues (for the audit, and for the private replay: its private values
+/// open once the members recover the secret). Not a committed name: never served or used to restart from. Returns
+/// the seqno the copied ledger continues (0: it starts at 1).
+fn keep_base_snapshot(
+    ctx: &BootContext<'_>,
+    recovered: &crate::service::recovery::PublicRecovery,
+) -> anyhow::Result<u64> {
+    match &recovered.base_snapshot {
+        Some((seqno, bytes)) => {
+            write_private(
+                &ctx.paths
+                    .snapshots()
+                    .join(snapshot_codec::file_name(*seqno, None)),
+                bytes,
+            )?;
+            Ok(*seqno)
+        }
+        None => Ok(0),
+    }
+}
+
+/// The recovered public state as the new service's first snapshot, this node its only voter: written, and the
+/// Raft log reset to start after it.
+fn recovery_snapshot(
+    ctx: &BootContext<'_>,
+    recovered: &crate::service::recovery::PublicRecovery,
+    keys: &Keys,
+    sealer: &Sealer,
+) -> anyhow::Result<(Vec<u8>, snapshot_codec::Decoded)> {
+    let conf = raft::eraftpb::ConfState {
+        voters: vec![crate::consensus::raft_id(&keys.node_id)],
+        ..Default::default()
+    };
+    let bytes = snapshot_codec::encode(
+        &recovered.state,
+        recovered.last.view,
+        protobuf::Message::write_to_bytes(&conf)?,
+        &recovered.frontier,
+        &recovered.views,
+        sealer,
+    )?;
+    let seqno = recovered.last.seqno;
+    write_private(
+        &ctx.paths.snapshots().join(snapshot_codec::file_name(seqno, None)),
+        &bytes,
+    )?;
+    write_atomically(&ctx.paths.file(RECOVERED_FROM), seqno.to_string().as_bytes())?;
+    let decoded = snapshot_codec::decode(&bytes, sealer).context("decoding the recovery snapshot")?;
+    let meta = snapshot_codec::raft_metadata(seqno, recovered.last.view, &decoded.file.conf_state)?;
+    let hs = raft::eraftpb::HardState {
+        term: recovered.last.view,
+        commit: seqno,
+        ..Default::default()
+    };
+    reset_log_to_snapshot(ctx.paths, ctx.storage, &bytes, &meta, &hs)?;
+    Ok((bytes, decoded))
 }
 
 /// The node this data directory holds: its stored state and Raft log, the ledger replayed from the newest
