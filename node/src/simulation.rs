@@ -928,86 +928,29 @@ impl Sim {
             }
             replica.set_ledger_durable(n.disk.ledger_last());
             replica.turn(clock, NOW_SECS).map_err(|e| err("turn", e))?;
+            let mut fx = Effects {
+                i,
+                now,
+                disk_delay,
+                skip_fsync,
+                seed_byte: n.keys_seed[1],
+                disk: &mut n.disk,
+                writes: &mut n.writes,
+                snapshot_writes: &mut n.snapshot_writes,
+                unsynced: &mut n.unsynced,
+                out: &mut out,
+                problems: &mut problems,
+                sealer: &self.sealer,
+                installed: &mut self.snapshots_installed,
+                committed: &mut self.snapshots_committed,
+            };
             loop {
                 let commands = replica.take_commands();
                 if commands.is_empty() {
                     break;
                 }
                 for command in commands {
-                    let input = match command {
-                        Command::Send(messages) => {
-                            out.extend(messages);
-                            None
-                        }
-                        Command::Persist(job) => {
-                            if skip_fsync {
-                                // The bug: reported durable at once, durable only later.
-                                replica
-                                    .handle(Input::Persisted(job.number), NOW_SECS)
-                                    .map_err(|e| err("persisted", e))?;
-                                out.extend(job.then_send.iter().cloned());
-                            }
-                            // In order, as the store thread writes them: never before the one queued earlier.
-                            let due = n.writes.last().map_or(0, |w| w.due).max(now + disk_delay);
-                            n.writes.push(PendingWrite { due, job });
-                            None
-                        }
-                        Command::Install { snapshot, hard_state } => {
-                            // The store thread runs it after the writes before it: they become durable first.
-                            durable_now(&mut n.disk, &mut n.writes, replica, &mut out, skip_fsync)?;
-                            install(&mut n.disk, snapshot, hard_state);
-                            self.snapshots_installed += 1;
-                            n.unsynced.clear();
-                            None
-                        }
-                        Command::Apply(entries) => {
-                            n.unsynced
-                                .extend(entries.into_iter().map(|c| (c.frame, c.writes)));
-                            None
-                        }
-                        Command::WriteSnapshot(job) => {
-                            let bytes = job.encode(&self.sealer).map_err(|e| format!("snapshot: {e}"))?;
-                            // One file at a time, as the node's snapshotter queue (a second one is skipped).
-                            if n.snapshot_writes.is_empty() {
-                                n.snapshot_writes.push((
-                                    now + disk_delay + 1 + (n.keys_seed[1] as u64 % 5),
-                                    job.state.version(),
-                                    bytes,
-                                ));
-                            }
-                            None
-                        }
-                        Command::CommitSnapshot {
-                            seqno,
-                            evidence_seqno,
-                            digest,
-                        } => match n.disk.commit_snapshot(seqno, evidence_seqno, digest) {
-                            Ok(Some(input)) => {
-                                if matches!(input, Input::SnapshotFileCommitted { .. }) {
-                                    self.snapshots_committed += 1;
-                                }
-                                Some(input)
-                            }
-                            Ok(None) => continue,
-                            Err(()) => {
-                                problems.push(format!(
-                                    "snapshot files differ: node {i}'s snapshot {seqno} is not the one the primary's evidence records"
-                                ));
-                                continue;
-                            }
-                        },
-                        Command::Compact(meta) => {
-                            // Likewise after the writes before it (the hard state that committed the entries).
-                            durable_now(&mut n.disk, &mut n.writes, replica, &mut out, skip_fsync)?;
-                            n.disk.compact(meta);
-                            None
-                        }
-                        Command::RefreshPeers
-                        | Command::PrimaryChanged(_)
-                        | Command::CommitMoved { .. }
-                        | Command::SaveSecrets(_) => None,
-                    };
-                    if let Some(input) = input {
+                    if let Some(input) = fx.run(replica, command)? {
                         replica.handle(input, NOW_SECS).map_err(|e| err("snapshot", e))?;
                     }
                 }
@@ -1403,6 +1346,109 @@ impl Sim {
         for p in problems {
             self.violation(p);
         }
+    }
+}
+
+/// What a node's commands act on during one of its steps: its simulated disk and queues, the messages it sends,
+/// and the simulation's counters (its replica is borrowed beside them).
+struct Effects<'a> {
+    i: usize,
+    now: u64,
+    disk_delay: u64,
+    skip_fsync: bool,
+    seed_byte: u8,
+    disk: &'a mut Disk,
+    writes: &'a mut Vec<PendingWrite>,
+    snapshot_writes: &'a mut Vec<(u64, u64, Vec<u8>)>,
+    unsynced: &'a mut Vec<(Vec<u8>, Arc<crate::ledger_files::Writes>)>,
+    out: &'a mut Vec<Message>,
+    problems: &'a mut Vec<String>,
+    sealer: &'a Sealer,
+    installed: &'a mut u64,
+    committed: &'a mut u64,
+}
+
+impl Effects<'_> {
+    /// Carries out one command as the node's threads would; the input it answers the replica with, if any.
+    fn run(&mut self, replica: &mut Replica, command: Command) -> Result<Option<Input>, String> {
+        Ok(match command {
+            Command::Send(messages) => {
+                self.out.extend(messages);
+                None
+            }
+            Command::Persist(job) => {
+                if self.skip_fsync {
+                    // The bug: reported durable at once, durable only later.
+                    replica
+                        .handle(Input::Persisted(job.number), NOW_SECS)
+                        .map_err(|e| format!("persisted: {e}"))?;
+                    self.out.extend(job.then_send.iter().cloned());
+                }
+                // In order, as the store thread writes them: never before the one queued earlier.
+                let due = self
+                    .writes
+                    .last()
+                    .map_or(0, |w| w.due)
+                    .max(self.now + self.disk_delay);
+                self.writes.push(PendingWrite { due, job });
+                None
+            }
+            Command::Install { snapshot, hard_state } => {
+                // The store thread runs it after the writes before it: they become durable first.
+                durable_now(self.disk, self.writes, replica, self.out, self.skip_fsync)?;
+                install(self.disk, snapshot, hard_state);
+                *self.installed += 1;
+                self.unsynced.clear();
+                None
+            }
+            Command::Apply(entries) => {
+                self.unsynced
+                    .extend(entries.into_iter().map(|c| (c.frame, c.writes)));
+                None
+            }
+            Command::WriteSnapshot(job) => {
+                let bytes = job.encode(self.sealer).map_err(|e| format!("snapshot: {e}"))?;
+                // One file at a time, as the node's snapshotter queue (a second one is skipped).
+                if self.snapshot_writes.is_empty() {
+                    self.snapshot_writes.push((
+                        self.now + self.disk_delay + 1 + (self.seed_byte as u64 % 5),
+                        job.state.version(),
+                        bytes,
+                    ));
+                }
+                None
+            }
+            Command::CommitSnapshot {
+                seqno,
+                evidence_seqno,
+                digest,
+            } => match self.disk.commit_snapshot(seqno, evidence_seqno, digest) {
+                Ok(Some(input)) => {
+                    if matches!(input, Input::SnapshotFileCommitted { .. }) {
+                        *self.committed += 1;
+                    }
+                    Some(input)
+                }
+                Ok(None) => return Ok(None),
+                Err(()) => {
+                    self.problems.push(format!(
+                        "snapshot files differ: node {}'s snapshot {seqno} is not the one the primary's evidence records",
+                        self.i
+                    ));
+                    return Ok(None);
+                }
+            },
+            Command::Compact(meta) => {
+                // Likewise after the writes before it (the hard state that committed the entries).
+                durable_now(self.disk, self.writes, replica, self.out, self.skip_fsync)?;
+                self.disk.compact(meta);
+                None
+            }
+            Command::RefreshPeers
+            | Command::PrimaryChanged(_)
+            | Command::CommitMoved { .. }
+            | Command::SaveSecrets(_) => None,
+        })
     }
 }
 

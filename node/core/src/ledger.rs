@@ -100,8 +100,12 @@ impl Transaction {
 
     /// Decodes the public write set.
     pub fn public_write_set(&self) -> Result<WriteSet, LedgerError> {
-        <WriteSet as prost::Message>::decode(self.public_writes.as_slice())
-            .map_err(|e| LedgerError::Decode(format!("public write set: {e}")))
+        <WriteSet as prost::Message>::decode(self.public_writes.as_slice()).map_err(|source| {
+            LedgerError::Decode {
+                what: "public write set",
+                source,
+            }
+        })
     }
 }
 
@@ -119,10 +123,11 @@ pub struct LedgerEntry {
     pub claims_digest: Vec<u8>,
 }
 
-fn digest32(bytes: &[u8], what: &str) -> Result<Digest, LedgerError> {
-    bytes
-        .try_into()
-        .map_err(|_| LedgerError::Decode(format!("{what} is {} bytes, expected 32", bytes.len())))
+fn digest32(bytes: &[u8], what: &'static str) -> Result<Digest, LedgerError> {
+    bytes.try_into().map_err(|_| LedgerError::DigestLength {
+        what,
+        len: bytes.len(),
+    })
 }
 
 impl LedgerEntry {
@@ -146,17 +151,46 @@ impl LedgerEntry {
 
     /// Decodes the transaction.
     pub fn decode_transaction(&self) -> Result<Transaction, LedgerError> {
-        <Transaction as prost::Message>::decode(self.transaction.as_slice())
-            .map_err(|e| LedgerError::Decode(format!("transaction: {e}")))
+        <Transaction as prost::Message>::decode(self.transaction.as_slice()).map_err(|source| {
+            LedgerError::Decode {
+                what: "transaction",
+                source,
+            }
+        })
     }
 }
 
 /// Ledger format and file errors.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// Bytes that do not decode.
-    #[error("undecodable ledger data: {0}")]
-    Decode(String),
+    /// Bytes that do not decode as the structure they should hold.
+    #[error("undecodable ledger data: {what}: {source}")]
+    Decode {
+        /// The structure.
+        what: &'static str,
+        /// Why.
+        source: prost::DecodeError,
+    },
+    /// A digest of the wrong length.
+    #[error("undecodable ledger data: {what} is {len} bytes, expected 32")]
+    DigestLength {
+        /// Which digest.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// A signature transaction's record that is not the JSON a node writes.
+    #[error("undecodable ledger data: signature record: {0}")]
+    SignatureRecord(#[source] serde_json::Error),
+    /// A signature record whose root is not a hex digest.
+    #[error("undecodable ledger data: signature record root is not 32 hex bytes")]
+    SignatureRoot,
+    /// A signature transaction that does not write one of the maps every signature writes.
+    #[error("undecodable ledger data: signature transaction without {0}")]
+    SignatureWithout(&'static str),
+    /// A recorded tree frontier that is not a list of digests.
+    #[error("undecodable ledger data: tree frontier of {0} bytes is not a list of 32-byte digests")]
+    TreeFrontier(usize),
     /// A file system error.
     #[error("{path}: {source}")]
     Io {
@@ -395,8 +429,7 @@ impl SignatureRecord {
 
     /// The signed root.
     pub fn root_digest(&self) -> Result<Digest, LedgerError> {
-        crate::hash::digest_from_hex(&self.root)
-            .ok_or_else(|| LedgerError::Decode("signature record root is not 32 hex bytes".into()))
+        crate::hash::digest_from_hex(&self.root).ok_or(LedgerError::SignatureRoot)
     }
 
     /// Checks that the recorded certificate is the signing node's (its id) and that its signature over the root
@@ -426,7 +459,7 @@ pub fn signature_write_set(
     cose_sign1: &[u8],
     tree_frontier: Option<&[Digest]>,
 ) -> Result<WriteSet, LedgerError> {
-    let record_json = serde_json::to_vec(record).map_err(|e| LedgerError::Decode(e.to_string()))?;
+    let record_json = serde_json::to_vec(record).map_err(LedgerError::SignatureRecord)?;
     let single = |name: &str, value: Vec<u8>| MapWrites {
         name: name.to_string(),
         writes: vec![KeyWrite {
@@ -446,17 +479,17 @@ pub fn signature_write_set(
 
 /// Extracts the signature record and COSE signature from a signature transaction's public write set.
 pub fn parse_signature_write_set(public: &WriteSet) -> Result<(SignatureRecord, Vec<u8>), LedgerError> {
-    let value = |name: &str| {
+    let value = |name: &'static str| {
         public
             .maps
             .iter()
             .find(|m| m.name == name)
             .and_then(|m| m.writes.first())
             .and_then(|w| w.value.clone())
-            .ok_or_else(|| LedgerError::Decode(format!("signature transaction without {name}")))
+            .ok_or(LedgerError::SignatureWithout(name))
     };
-    let record: SignatureRecord = serde_json::from_slice(&value(maps::SIGNATURES)?)
-        .map_err(|e| LedgerError::Decode(format!("signature record: {e}")))?;
+    let record: SignatureRecord =
+        serde_json::from_slice(&value(maps::SIGNATURES)?).map_err(LedgerError::SignatureRecord)?;
     Ok((record, value(maps::COSE_SIGNATURES)?))
 }
 
@@ -474,10 +507,7 @@ pub fn signature_tree_frontier(public: &WriteSet) -> Result<Option<Vec<Digest>>,
         return Ok(None);
     };
     if bytes.len() % 32 != 0 {
-        return Err(LedgerError::Decode(format!(
-            "tree frontier of {} bytes is not a list of 32-byte digests",
-            bytes.len()
-        )));
+        return Err(LedgerError::TreeFrontier(bytes.len()));
     }
     Ok(Some(
         bytes

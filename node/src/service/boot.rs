@@ -59,6 +59,21 @@ pub(super) struct Booted {
     pub evidence: Option<QuoteInfo>,
 }
 
+/// Brings the node up the way `boot` says.
+pub(super) fn boot(ctx: &BootContext<'_>, boot: Boot) -> anyhow::Result<Booted> {
+    match boot {
+        Boot::NewService {
+            users,
+            members,
+            recovery_threshold,
+            join_token_digest,
+        } => new_service(ctx, users, members, recovery_threshold, join_token_digest),
+        Boot::Joined { ids, snapshot, peers } => joined(ctx, ids, snapshot, peers),
+        Boot::Recover { ledger, snapshots } => recovered(ctx, ledger, snapshots),
+        Boot::Resume => resumed(ctx),
+    }
+}
+
 /// A new service in an empty data directory: identities, genesis with the members and users given.
 pub(super) fn new_service(
     ctx: &BootContext<'_>,

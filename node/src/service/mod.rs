@@ -517,6 +517,19 @@ const ENCRYPTION_KEY_FILE: &str = "node_enc_privk.pem";
 /// The node's ledger secret schedule after its first secret: JSON `[{"from", "secret": base64}]`.
 const SCHEDULE_FILE: &str = "ledger_secrets.json";
 
+/// The addresses this node publishes (node-to-node, then client-facing): as configured, or the bound ones.
+fn published_addresses(cfg: &NodeConfig, bound_node: SocketAddr, rpc: SocketAddr) -> (String, String) {
+    let node_address = cfg
+        .node_published_address
+        .clone()
+        .unwrap_or_else(|| bound_node.to_string());
+    let rpc_published = cfg
+        .rpc_published_address
+        .clone()
+        .unwrap_or_else(|| rpc.to_string());
+    (node_address, rpc_published)
+}
+
 /// The peers a node knows at start: those it was handed at join time, then the committed nodes table's.
 fn directory_of(peers: Vec<PeerInfo>, committed: &State, self_id: u64) -> Directory {
     let directory: Directory = Arc::new(RwLock::new(HashMap::new()));
@@ -672,14 +685,7 @@ impl Node {
         std::fs::create_dir_all(&paths.dir).with_context(|| format!("creating {}", paths.dir.display()))?;
         std::fs::create_dir_all(paths.snapshots())?;
         let bound_node_address = node_listener.local_addr()?;
-        let node_address = cfg
-            .node_published_address
-            .clone()
-            .unwrap_or_else(|| bound_node_address.to_string());
-        let rpc_published = cfg
-            .rpc_published_address
-            .clone()
-            .unwrap_or_else(|| rpc_address.to_string());
+        let (node_address, rpc_published) = published_addresses(cfg, bound_node_address, rpc_address);
         let platform: Arc<dyn Platform> = crate::platform::for_config(cfg)?;
         let storage = Storage::open(&paths.db()).context("opening the node's database")?;
         let existing = persist::exists(&storage)?;
@@ -698,17 +704,7 @@ impl Node {
             node_address: &node_address,
             core: core_config(cfg),
         };
-        let booted = match boot {
-            Boot::NewService {
-                users,
-                members,
-                recovery_threshold,
-                join_token_digest,
-            } => boot::new_service(&ctx, users, members, recovery_threshold, join_token_digest)?,
-            Boot::Joined { ids, snapshot, peers } => boot::joined(&ctx, ids, snapshot, peers)?,
-            Boot::Recover { ledger, snapshots } => boot::recovered(&ctx, ledger, snapshots)?,
-            Boot::Resume => boot::resumed(&ctx)?,
-        };
+        let booted = boot::boot(&ctx, boot)?;
         let boot::Booted {
             ids,
             mut core,
