@@ -93,18 +93,24 @@ impl LedgerSecret {
 
     /// Writes the secret to `path` atomically with mode 0600.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&self.0)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        write_private(path, &self.0)
     }
+}
+
+/// Writes `contents` to `path` atomically (a synced temporary file renamed over it), readable by its owner only:
+/// how secrets and keys reach the disk.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 impl LedgerSecret {

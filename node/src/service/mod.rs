@@ -437,20 +437,7 @@ pub fn now_secs() -> i64 {
 
 /// Writes a file atomically with mode 0600, synced.
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    synod_kv::seal::write_private(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
