@@ -449,22 +449,8 @@ async fn a_rekeyed_ledger_stays_readable_everywhere_and_recovers() -> anyhow::Re
         net.stop_all()?;
         let old_ledger = net.tmp.path().join("salvaged-ledger");
         copy_dir(&net.nodes[0].dir.join("ledger"), &old_ledger)?;
-        let old_cert = cert;
-        let args = vec!["--ledger".to_string(), old_ledger.display().to_string()];
-        let r0 = NodeProc::spawn("recover", &net.tmp.path().join("r0"), &args)?;
-        let new_cert = r0.service_cert_pem()?;
-        std::fs::write(&net.service_cert, &new_cert)?;
-        net.nodes = vec![r0];
-        net.pass(
-            0,
-            "transition_service_to_open",
-            json!({"previous_service_identity": old_cert}),
-        )
-        .await?;
-        let gov = net.gov_client(0, 0)?;
-        let share = decrypted_share(&net, &gov, 0).await?;
-        gov.submit_recovery_share(&share).await?;
-        wait_status(&net.nodes[0].client(None)?, "Open").await?;
+        let r0_dir = net.tmp.path().join("r0");
+        let new_cert = recover_into(&mut net, &old_ledger, &r0_dir, &cert).await?;
         let user = net.user_client(0)?;
         for (k, _) in &written {
             let r = user.get(&format!("/app/log/private?id={k}")).await?;

@@ -2,7 +2,7 @@
 //! resuming from its data directory. Each hands `Node::start` the same [`Booted`]; channels and threads then start
 //! the same way for all.
 
-use synod_core::tables::ServiceStatus;
+use synod_core::tables::{ServiceInfo, ServiceStatus};
 
 use super::*;
 
@@ -26,20 +26,26 @@ impl BootContext<'_> {
         Ok((service, node))
     }
 
-    /// This node's record as the node founding a service (see [`founding_node_info`]).
+    /// The nodes-table entry of this node as the one founding a service (new or recovered): Trusted, endorsed,
+    /// with its own attestation evidence (also returned).
     fn founding_node_info(
         &self,
         ids: &Identities,
         keys: &Keys,
     ) -> anyhow::Result<(serde_json::Value, QuoteInfo)> {
-        founding_node_info(
-            self.cfg,
-            ids,
-            keys,
-            self.platform,
+        let mut info = NodeInfo::new(
+            &self.cfg.node_name,
+            &ids.node.cert_pem,
+            NodeStatus::Trusted,
             self.rpc_published,
             self.node_address,
-        )
+            &self.platform.measurement(),
+        );
+        info.endorsed = true;
+        info.encryption_pub_key = Some(encryption_public_pem(&ids.encryption_key_pem)?);
+        let own = own_evidence(self.platform, &keys.node_id)?;
+        info.quote_info = Some(serde_json::to_value(&own)?);
+        Ok((info.to_value(), own))
     }
 }
 
@@ -75,7 +81,7 @@ pub(super) fn boot(ctx: &BootContext<'_>, boot: Boot) -> anyhow::Result<Booted> 
 }
 
 /// A new service in an empty data directory: identities, genesis with the members and users given.
-pub(super) fn new_service(
+fn new_service(
     ctx: &BootContext<'_>,
     users: Vec<PathBuf>,
     member_specs: Vec<crate::config::MemberSpec>,
@@ -120,12 +126,13 @@ pub(super) fn new_service(
         ServiceStatus::Opening
     };
     let genesis = Genesis {
-        service_info: serde_json::json!({
-            "cert": ids.service.cert_pem,
-            "status": status,
-            "curve": ctx.cfg.curve.as_str(),
-            "recovery_threshold": threshold,
-        }),
+        service_info: serde_json::to_value(ServiceInfo {
+            cert: ids.service.cert_pem.clone(),
+            status: Some(status),
+            curve: Some(ctx.cfg.curve.as_str().to_string()),
+            recovery_threshold: Some(threshold),
+            other: serde_json::Map::new(),
+        })?,
         member_encryption_keys,
         ledger_secret: ids.secret.clone(),
         users: read_identities(&users)?,
@@ -150,7 +157,7 @@ pub(super) fn new_service(
 }
 
 /// A node that joined: the identities it received and the snapshot it starts from, if any.
-pub(super) fn joined(
+fn joined(
     ctx: &BootContext<'_>,
     ids: Identities,
     snapshot: Option<Vec<u8>>,
@@ -182,11 +189,7 @@ pub(super) fn joined(
 
 /// A lost service recovered from its ledger files: a new identity over its verified public state, status
 /// `Recovering` (docs/RECOVERY.md).
-pub(super) fn recovered(
-    ctx: &BootContext<'_>,
-    old: PathBuf,
-    old_snapshots: Option<PathBuf>,
-) -> anyhow::Result<Booted> {
+fn recovered(ctx: &BootContext<'_>, old: PathBuf, old_snapshots: Option<PathBuf>) -> anyhow::Result<Booted> {
     refuse_existing_ledger(ctx.paths, "recover into an empty data directory")?;
     let recovered = crate::service::recovery::recover_public(&old, old_snapshots.as_deref())
         .context("recovering the public ledger")?;
@@ -309,7 +312,7 @@ fn recovery_snapshot(
 
 /// The node this data directory holds: its stored state and Raft log, the ledger replayed from the newest
 /// usable snapshot.
-pub(super) fn resumed(ctx: &BootContext<'_>) -> anyhow::Result<Booted> {
+fn resumed(ctx: &BootContext<'_>) -> anyhow::Result<Booted> {
     let ids = load_identities(ctx.paths).context("this data directory holds no node identity")?;
     let sealer = sealer_of(&ids);
     let mut log = persist::load(ctx.storage)?;

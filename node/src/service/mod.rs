@@ -1,5 +1,5 @@
-//! The node's I/O shell around the [`Replica`] (the one owner of the pure [`Core`]): start-up (new service, join,
-//! resume), the Raft thread that owns the replica and executes its commands, the store thread (Raft log writes,
+//! The node's I/O shell around the [`Replica`] (the one owner of the pure [`Core`]): start-up (the new, joined,
+//! recovered and resumed boots of `boot.rs`), the Raft thread that owns the replica and executes its commands, the store thread (Raft log writes,
 //! in order), the applier (committed entries → ledger chunks + RocksDB) and the snapshotter.
 //!
 //! ```text
@@ -460,31 +460,6 @@ fn core_config(cfg: &NodeConfig) -> CoreConfig {
 fn own_evidence(platform: &dyn Platform, node_id: &str) -> anyhow::Result<QuoteInfo> {
     let digest = synod_core::hash::digest_from_hex(node_id).context("a node id is a SHA-256 digest")?;
     Ok(platform.evidence(&digest)?)
-}
-
-/// The nodes-table entry of a node that founds a service (new or recovered): Trusted, endorsed, with its own
-/// attestation evidence (also returned).
-fn founding_node_info(
-    cfg: &NodeConfig,
-    ids: &Identities,
-    keys: &Keys,
-    platform: &dyn Platform,
-    rpc_published: &str,
-    node_address: &str,
-) -> anyhow::Result<(serde_json::Value, QuoteInfo)> {
-    let mut info = NodeInfo::new(
-        &cfg.node_name,
-        &ids.node.cert_pem,
-        NodeStatus::Trusted,
-        rpc_published,
-        node_address,
-        &platform.measurement(),
-    );
-    info.endorsed = true;
-    info.encryption_pub_key = Some(encryption_public_pem(&ids.encryption_key_pem)?);
-    let own = own_evidence(platform, &keys.node_id)?;
-    info.quote_info = Some(serde_json::to_value(&own)?);
-    Ok((info.to_value(), own))
 }
 
 /// Fails if `paths` holds a ledger without a node (Raft state) over it: creating a service there would mix two
