@@ -328,12 +328,14 @@ async fn record_pending(
     let (current, _) = node
         .execute_async(|tx| {
             // Another join, or governance (say, retiring it), may have written this node since the caller read the
-            // state: never overwrite it.
-            let current = tx
-                .get(maps::NODES_INFO, node_id.as_bytes())
-                .and_then(|v| NodeInfo::from_slice(&v));
-            if current.is_some() {
-                return Ok(current);
+            // state: never overwrite it, even a record this version cannot read (a constitution's own status).
+            if let Some(bytes) = tx.get(maps::NODES_INFO, node_id.as_bytes()) {
+                return NodeInfo::from_slice(&bytes).map(Some).ok_or_else(|| {
+                    forbidden(
+                        "NodeRecordUnreadable",
+                        format!("node {node_id}'s record in the nodes table is not one this node reads"),
+                    )
+                });
             }
             let mut pending = 0u64;
             let mut expired = Vec::new();

@@ -1404,14 +1404,14 @@ fn refresh_directory(directory: &Directory, state: &State, self_id: u64) {
             let Ok(node_id) = std::str::from_utf8(k) else {
                 continue;
             };
-            let Some(info) = NodeInfo::from_slice(&e.value) else {
-                continue;
-            };
             let id = raft_id(node_id);
             if id == self_id {
                 knows_self = true;
                 continue;
             }
+            let Some(info) = NodeInfo::from_slice(&e.value) else {
+                continue;
+            };
             let mut peer = PeerInfo::of(node_id, &info);
             // Attested channels: a node whose measurement governance removed is cut off, both ways.
             let code_allowed = info.measurement.is_empty()
