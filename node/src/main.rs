@@ -3,6 +3,9 @@
 use clap::{Parser, Subcommand};
 use synod_node::config::{JoinConfig, RecoverConfig, StartConfig};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "synod-node",
