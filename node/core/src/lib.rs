@@ -11,6 +11,7 @@ pub mod keys;
 pub mod ledger;
 pub mod maps;
 pub mod merkle;
+mod p384_tables;
 pub mod pem;
 pub mod receipt;
 pub mod recovery;
