@@ -1169,6 +1169,12 @@ impl Core {
         self.raft.has_ready()
     }
 
+    /// Whether Raft committed entries that no Ready handed out yet (a peer's answer just moved the commit).
+    pub fn commit_waiting(&self) -> bool {
+        let log = &self.raft.raft.raft_log;
+        log.committed > log.applied
+    }
+
     /// Raft's work for the shell, if any. The caller must persist it, send the messages, then call
     /// [`Core::on_persisted`] with its number.
     pub fn ready(&mut self) -> Result<Option<CoreReady>, CoreError> {

@@ -269,6 +269,16 @@ impl Replica {
         Ok(self.core.has_ready())
     }
 
+    /// Hands out one Ready if Raft committed entries no Ready handed out yet, without the timers and the signature:
+    /// the executor calls it before work that may take a while (running a batch of transactions), so that a
+    /// commit the peers' answers made is published at once. Returns whether it handed one out.
+    pub fn hand_out_commit(&mut self) -> Result<bool, CoreError> {
+        if !self.core.commit_waiting() {
+            return Ok(false);
+        }
+        self.one_ready()
+    }
+
     /// Signs what is ordered and hands out every Ready (stopping, so that it reaches the disk and the peers).
     pub fn drain(&mut self, now_secs: i64) -> Result<(), CoreError> {
         self.core.emit_signature(now_secs)?;

@@ -1122,6 +1122,9 @@ impl Node {
             )? {
                 break;
             }
+            if replica.hand_out_commit()? {
+                self.execute_commands(&mut replica, &store, &snapshots)?;
+            }
             calls_left = self.calls.take(&calls, CALLS_PER_TURN, |call| {
                 answers.push(call(replica.core_mut()));
             });

@@ -293,6 +293,36 @@ fn three_nodes_replicate_commit_and_hold_identical_ledgers() {
     assert_eq!(decode_frames(&bytes).count(), sim.nodes[1].frames.len());
 }
 
+/// What `Replica::hand_out_commit` relies on: once the followers' answers commit a signature, the primary knows a
+/// commit is waiting, and the next Ready hands it out (the node's loop publishes it before running queued calls).
+#[test]
+fn a_commit_made_by_the_followers_answers_is_known_to_wait_for_the_next_ready() {
+    let mut sim = Sim::new(0);
+    sim.join("n1", None);
+    sim.join("n2", None);
+    sim.run(30);
+    let write = sim.write(b"k", b"v");
+    let signature = sim.nodes[0]
+        .core
+        .emit_signature(NOW)
+        .expect("sign")
+        .expect("something to sign");
+    assert!(!sim.nodes[0].core.commit_waiting());
+    let mut steps = 0;
+    while !sim.nodes[0].core.commit_waiting() {
+        assert!(steps < 5, "the followers' answers came back within a few steps");
+        sim.step_once(false);
+        steps += 1;
+    }
+    assert!(sim.nodes[0].core.raft_commit() >= signature.seqno);
+    assert!(sim.nodes[0].core.committed().seqno < write.seqno, "not handed out yet");
+    let ready = sim.nodes[0].core.ready().expect("ready").expect("a Ready with the commit");
+    assert!(!ready.committed.is_empty());
+    assert_eq!(sim.nodes[0].core.committed(), signature);
+    assert!(!sim.nodes[0].core.commit_waiting());
+    assert_eq!(sim.nodes[0].core.tx_status(write), TxStatus::Committed);
+}
+
 #[test]
 fn a_new_primary_is_elected_and_the_old_primarys_unreplicated_writes_become_invalid() {
     let mut sim = Sim::new(0);
