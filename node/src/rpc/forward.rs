@@ -180,6 +180,8 @@ pub fn serve_forwarded(state: AppState, router: Router) {
     let running = crate::limits::Slots::new(FORWARDED_RUNNING_MAX);
     let channels = state.node.channels().clone();
     let request_timeout = Duration::from_millis(state.node.config().limits.http_request_timeout_ms);
+    // The handler is called on the channels' runtime thread: the request runs with the clients' ones instead.
+    let runtime = state.node.runtime().clone();
     let handler: ForwardHandler = Arc::new(move |from, request: ForwardedRequest| {
         let id = request.id;
         let Some(slot) = running.try_take() else {
@@ -192,7 +194,7 @@ pub fn serve_forwarded(state: AppState, router: Router) {
             return;
         };
         let (router, channels) = (router.clone(), channels.clone());
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let _slot = slot;
             let answer = match tokio::time::timeout(request_timeout, run_forwarded(router, request)).await {
                 Ok(answer) => answer,
