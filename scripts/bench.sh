@@ -15,6 +15,8 @@
 # --wait-commit: each client waits until its write is Committed before its next one (synod-load --wait-commit),
 # as a client that needs durability does and as etcd's clients do (a put answers once committed).
 # SYNOD_NODE_ARGS adds flags to every Synod node (e.g. "--sig-ms-interval 5" to compare signature settings).
+# SYNOD_BIN=DIR runs the synod-node, synod and synod-load found in DIR instead of building them (to compare two builds
+# over alternating runs: copy each build's release binaries aside first).
 # Defaults can also be set with CLIENTS, REQUESTS, VALUE_BYTES, KEYS, BENCH_WORKSPACE. LOAD_TIMEOUT_S (default 600)
 # bounds each synod-load run. The workspace (default target/bench, emptied first) keeps data, logs and the --json
 # summaries (synod-spread.json, synod-primary.json, etcd-spread.json, etcd-leader.json).
@@ -31,7 +33,7 @@ WORKSPACE="${BENCH_WORKSPACE:-}"
 RUN_SYNOD=1
 RUN_ETCD=1
 WAIT_COMMIT=0
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
     case "$1" in
         --clients) CLIENTS="$2"; shift 2 ;;
@@ -72,10 +74,17 @@ if [ "$ETCD_TARGET" = etcd-grpc ] && ! command -v protoc >/dev/null; then
     [ "$(id -u)" = 0 ] || SUDO=sudo
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq protobuf-compiler >/dev/null
 fi
-log "building release binaries (waits if another cargo holds the lock)..."
-cargo build -q --release -p synod-node --bins
-cargo build -q --release -p synod-client --bins --features etcd-grpc
-BIN="$(./scripts/target-dir.sh)/release"
+if [ -n "${SYNOD_BIN:-}" ]; then
+    BIN="$(cd "$SYNOD_BIN" && pwd)"
+    for b in synod-node synod synod-load; do
+        [ -x "$BIN/$b" ] || { echo "bench: SYNOD_BIN=$SYNOD_BIN holds no $b" >&2; exit 2; }
+    done
+else
+    log "building release binaries (waits if another cargo holds the lock)..."
+    cargo build -q --release -p synod-node --bins
+    cargo build -q --release -p synod-client --bins --features etcd-grpc
+    BIN="$(./scripts/target-dir.sh)/release"
+fi
 
 SYNOD_PIDS=()
 ETCD_STARTED=0
