@@ -315,8 +315,15 @@ fn a_commit_made_by_the_followers_answers_is_known_to_wait_for_the_next_ready() 
         steps += 1;
     }
     assert!(sim.nodes[0].core.raft_commit() >= signature.seqno);
-    assert!(sim.nodes[0].core.committed().seqno < write.seqno, "not handed out yet");
-    let ready = sim.nodes[0].core.ready().expect("ready").expect("a Ready with the commit");
+    assert!(
+        sim.nodes[0].core.committed().seqno < write.seqno,
+        "not handed out yet"
+    );
+    let ready = sim.nodes[0]
+        .core
+        .ready()
+        .expect("ready")
+        .expect("a Ready with the commit");
     assert!(!ready.committed.is_empty());
     assert_eq!(sim.nodes[0].core.committed(), signature);
     assert!(!sim.nodes[0].core.commit_waiting());
