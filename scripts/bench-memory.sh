@@ -5,6 +5,8 @@
 # first user transaction.
 #
 #   scripts/bench-memory.sh [--steps 100000,1000000,5000000] [--keys 10000] [--clients 32] [--workdir DIR]
+#
+# SYNOD_BIN=DIR runs the synod-node, synod and synod-load in DIR instead of building them (to compare builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -18,13 +20,17 @@ while (($#)); do
         --keys) KEYS="$2"; shift 2 ;;
         --clients) CLIENTS="$2"; shift 2 ;;
         --workdir) W="$2"; shift 2 ;;
-        -h | --help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-memory: unknown option $1" >&2; exit 2 ;;
     esac
 done
 ./scripts/setup.sh
-cargo build -q --release -p synod-node -p synod-client --bins
-BIN="$(./scripts/target-dir.sh)/release"
+if [ -n "${SYNOD_BIN:-}" ]; then
+    BIN="$(cd "$SYNOD_BIN" && pwd)"
+else
+    cargo build -q --release -p synod-node -p synod-client --bins
+    BIN="$(./scripts/target-dir.sh)/release"
+fi
 rm -rf "$W"
 mkdir -p "$W"
 log() { echo "bench-memory: $*" >&2; }
