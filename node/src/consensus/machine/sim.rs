@@ -108,6 +108,15 @@ impl Sim {
         sim
     }
 
+    /// A primary and two nodes joined through it, all voters by now.
+    fn three_nodes() -> Sim {
+        let mut sim = Sim::new(0);
+        sim.join("n1", None);
+        sim.join("n2", None);
+        sim.run(30);
+        sim
+    }
+
     fn index_of(&self, raft_id: u64) -> Option<usize> {
         self.nodes.iter().position(|n| n.core.raft_id() == raft_id)
     }
@@ -251,10 +260,7 @@ impl Sim {
 
 #[test]
 fn three_nodes_replicate_commit_and_hold_identical_ledgers() {
-    let mut sim = Sim::new(0);
-    sim.join("n1", None);
-    sim.join("n2", None);
-    sim.run(30);
+    let mut sim = Sim::three_nodes();
     let (voters, learners) = sim.nodes[0].core.configuration();
     assert_eq!(
         (voters.len(), learners.len()),
@@ -297,10 +303,7 @@ fn three_nodes_replicate_commit_and_hold_identical_ledgers() {
 /// commit is waiting, and the next Ready hands it out (the node's loop publishes it before running queued calls).
 #[test]
 fn a_commit_made_by_the_followers_answers_is_known_to_wait_for_the_next_ready() {
-    let mut sim = Sim::new(0);
-    sim.join("n1", None);
-    sim.join("n2", None);
-    sim.run(30);
+    let mut sim = Sim::three_nodes();
     let write = sim.write(b"k", b"v");
     let signature = sim.nodes[0]
         .core
@@ -332,10 +335,7 @@ fn a_commit_made_by_the_followers_answers_is_known_to_wait_for_the_next_ready() 
 
 #[test]
 fn a_new_primary_is_elected_and_the_old_primarys_unreplicated_writes_become_invalid() {
-    let mut sim = Sim::new(0);
-    sim.join("n1", None);
-    sim.join("n2", None);
-    sim.run(30);
+    let mut sim = Sim::three_nodes();
     let old = sim.primary().expect("primary");
     let kept = sim.write(b"kept", b"1");
     sim.run(5);
@@ -669,10 +669,7 @@ fn write_ledger(frames: &[Vec<u8>], dir: &std::path::Path) {
 
 #[test]
 fn memory_follows_recent_history_and_older_receipts_are_rebuilt_from_the_ledger() {
-    let mut sim = Sim::new(0);
-    sim.join("n1", None);
-    sim.join("n2", None);
-    sim.run(30);
+    let mut sim = Sim::three_nodes();
     let mut ids = Vec::new();
     for i in 0..400u32 {
         ids.push(sim.write(&i.to_be_bytes(), &[7u8; 64]));
@@ -792,10 +789,7 @@ fn signatures_come_on_time_under_sustained_load_and_at_once_when_idle() {
 
 #[test]
 fn a_trusted_node_whose_configuration_change_was_lost_with_its_primary_is_added_by_the_next_one() {
-    let mut sim = Sim::new(0);
-    sim.join("n1", None);
-    sim.join("n2", None);
-    sim.run(30);
+    let mut sim = Sim::three_nodes();
     // The members trusted n3 (committed), and the primary endorsed it and queued its configuration change; then
     // it was cut off before anything of that replicated: the next primary sees a Trusted node outside the
     // configuration, which already holds the service's secrets and waits.
