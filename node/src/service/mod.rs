@@ -1,6 +1,7 @@
 //! The node's I/O shell around the [`Replica`] (the one owner of the pure [`Core`]): start-up (the new, joined,
-//! recovered and resumed boots of `boot.rs`), the Raft thread that owns the replica and executes its commands, the store thread (Raft log writes,
-//! in order), the applier (committed entries → ledger chunks + RocksDB) and the snapshotter.
+//! recovered and resumed boots of `boot.rs`), the Raft thread that owns the replica and executes its commands, the
+//! store thread (Raft log writes, in order), the applier (committed entries → ledger chunks + RocksDB) and the
+//! snapshotter.
 //!
 //! ```text
 //!  peers ══TLS══▶ inbox ─▶ Raft thread: Replica::handle / calls / turn ─▶ commands
@@ -516,18 +517,16 @@ fn directory_of(peers: Vec<PeerInfo>, committed: &State, self_id: u64) -> Direct
 struct ChannelRuntime(Option<tokio::runtime::Runtime>);
 
 impl ChannelRuntime {
-    fn new() -> anyhow::Result<ChannelRuntime> {
+    /// Starts it; also returns a handle to spawn on it.
+    fn start() -> anyhow::Result<(ChannelRuntime, tokio::runtime::Handle)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("channels")
             .enable_all()
             .build()
             .context("starting the channels' runtime")?;
-        Ok(ChannelRuntime(Some(runtime)))
-    }
-
-    fn handle(&self) -> Option<tokio::runtime::Handle> {
-        self.0.as_ref().map(|r| r.handle().clone())
+        let handle = runtime.handle().clone();
+        Ok((ChannelRuntime(Some(runtime)), handle))
     }
 }
 
@@ -719,7 +718,7 @@ impl Node {
 
         let node_cert = crate::channels::NodeCert::new(&ids.node.cert_pem, &ids.node.key_pem)?;
         let (inbox_tx, inbox_rx) = mpsc::sync_channel::<LoopEvent>(INBOX_EVENTS_MAX);
-        let channel_runtime = ChannelRuntime::new()?;
+        let (channel_runtime, channel_handle) = ChannelRuntime::start()?;
         let channels = start_channels(
             cfg,
             ChannelTls {
@@ -730,9 +729,7 @@ impl Node {
             directory.clone(),
             node_listener,
             &inbox_tx,
-            channel_runtime
-                .handle()
-                .ok_or_else(|| anyhow::anyhow!("the channels' runtime is gone"))?,
+            channel_handle,
         )?;
         write_atomically(
             &paths.file("node_address"),
