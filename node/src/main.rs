@@ -8,9 +8,6 @@ use synod_node::config::{JoinConfig, RecoverConfig, StartConfig};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// By default mimalloc v3 commits its arenas eagerly and keeps freed pages for a second: the node then sat at 150 MB
-/// of resident memory idle and after a restart, against 30 and 42 MB with glibc. Committing on demand and purging
-/// freed pages at once gives glibc's footprint back and keeps the speed (`scripts/bench-memory.sh`).
 /// Runs [`tune_allocator`] as an ELF constructor, before the first allocation makes mimalloc's first arena (set from
 /// `main`, the options only reached later arenas: 49 MB idle instead of 31).
 #[cfg(target_os = "linux")]
@@ -23,6 +20,9 @@ static TUNE_ALLOCATOR: extern "C" fn() = {
     tune
 };
 
+/// By default mimalloc v3 commits its arenas eagerly and keeps freed pages for a second: the node then sat at 150 MB
+/// of resident memory idle and after a restart, against 30 and 42 MB with glibc. Committing on demand and purging
+/// freed pages at once gives glibc's footprint back and keeps the speed (`scripts/bench-memory.sh`).
 fn tune_allocator() {
     // Ids in mimalloc v3's `mi_option_e` (libmimalloc-sys 0.1.49, c_src/mimalloc/v3/include/mimalloc.h; pinned in
     // Cargo.toml): the crate's named constants stop before these.

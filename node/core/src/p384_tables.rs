@@ -145,8 +145,12 @@ fn key_table(key: &p384::ecdsa::VerifyingKey) -> Option<Arc<Table>> {
             return None;
         }
     }
+    // Built outside the lock; another thread may have built the same key's meanwhile: one table per key is kept.
     let table = Arc::new(Table::new(&key.as_affine().into()));
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, built)) = cache.tables.iter().find(|(k, _)| *k == encoded) {
+        return Some(built.clone());
+    }
     cache.tables.push((encoded, table.clone()));
     if cache.tables.len() > KEY_TABLES_MAX {
         cache.tables.remove(0);
