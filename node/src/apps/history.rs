@@ -1,5 +1,5 @@
-//! Historical queries and the change feed over a running node: the node's commit, state and durable ledger seqno
-//! around [`crate::ledger_files::reader`], mapped to HTTP answers. Shared by the logging app's `/historical` endpoints,
+//! Historical queries and the change feed over a running node: the node's commit, state and the last seqno written
+//! to its ledger files around [`crate::ledger_files::reader`], mapped to HTTP answers. Shared by the logging app's `/historical` endpoints,
 //! `ccf.historical` in JavaScript handlers, and `/app/kv/{map}/changes`.
 //!
 //! ```text
@@ -109,13 +109,13 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("historical read: {e}")))?
 }
 
-/// Waits until the files hold `seqno` (at most [`DURABLE_WAIT_MS`]); returns the durable seqno.
-fn wait_durable(node: &Node, seqno: u64) -> u64 {
+/// Waits until the files hold `seqno` (at most [`DURABLE_WAIT_MS`]); returns the written seqno.
+fn wait_written(node: &Node, seqno: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_millis(DURABLE_WAIT_MS);
     loop {
-        let durable = node.ledger_durable();
-        if durable >= seqno || Instant::now() >= deadline {
-            return durable;
+        let written = node.ledger_written();
+        if written >= seqno || Instant::now() >= deadline {
+            return written;
         }
         std::thread::sleep(Duration::from_millis(DURABLE_POLL_MS));
     }
@@ -149,8 +149,8 @@ pub fn value_at(
             return Ok(Some((written, value)));
         }
     }
-    let durable = wait_durable(node, seqno);
-    match reader(node).value_at(map, key, seqno, durable, slot) {
+    let written = wait_written(node, seqno);
+    match reader(node).value_at(map, key, seqno, written, slot) {
         Ok(AsOf::Written {
             tx_id,
             value: Some(value),
@@ -183,9 +183,9 @@ pub fn versions(
             next: Some(from),
         });
     }
-    let durable = wait_durable(node, end);
+    let written = wait_written(node, end);
     let mut page = reader(node)
-        .versions(map, key, (from, end), limit, durable, slot)
+        .versions(map, key, (from, end), limit, written, slot)
         .map_err(query_error)?;
     if page.next.is_none() && end < to {
         page.next = Some(end + 1);
@@ -377,8 +377,8 @@ async fn feed(
             return;
         }
         let committed = node.view().committed;
-        let durable = node.ledger_durable();
-        let upto = committed.seqno.min(durable).min(request.to.unwrap_or(u64::MAX));
+        let written = node.ledger_written();
+        let upto = committed.seqno.min(written).min(request.to.unwrap_or(u64::MAX));
         if next <= upto {
             match feed_read(&node, &request, &out, current, upto, &mut last_sent).await {
                 FeedStep::Moved(moved) => cursor = Some(moved),
@@ -435,8 +435,8 @@ enum FeedStep {
     Stop,
 }
 
-/// Reads the committed, durable transactions after `current` up to `upto` from the ledger files (one bounded read
-/// slot, on a blocking thread) and sends their writes to `out`.
+/// Reads the committed transactions after `current` up to `upto` from the ledger files (one bounded read slot, on
+/// a blocking thread) and sends their writes to `out`.
 async fn feed_read(
     node: &Arc<Node>,
     request: &FeedRequest,
@@ -499,7 +499,7 @@ async fn feed_read(
         }
     }
     if txs.is_empty() {
-        // The files do not show what the durable seqno says is there yet: look again shortly.
+        // The files do not show what the written seqno says is there yet: look again shortly.
         tokio::time::sleep(poll).await;
     }
     FeedStep::Moved(moved)

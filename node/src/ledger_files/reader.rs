@@ -9,7 +9,7 @@
 //!     value_at / versions          the queries, over chunk()
 //! ```
 //!
-//! Only what the node's applier made durable is read (`durable`, the last seqno fsynced to the files): the
+//! Only what the node's applier has written is read (`written`, the last seqno whose frame is in the files): the
 //! callers also stop at the service commit, so nothing Pending is ever served. Bounded: at most [`READS_MAX`]
 //! blocking reads at once (the caller answers 503 past it), at most [`CACHE_BYTES_MAX`] of decoded chunks kept, a
 //! backward search for a value visits at most [`BACK_SCAN_CHUNKS_MAX`] chunks, a version listing scans at most
@@ -247,7 +247,7 @@ impl FrameReader {
     }
 }
 
-/// The decoded transactions of one chunk (a closed one whole; the open one up to what was durable).
+/// The decoded transactions of one chunk (a closed one whole; the open one up to what was written).
 #[derive(Debug)]
 pub struct DecodedChunk {
     /// First seqno of the chunk.
@@ -415,7 +415,7 @@ impl LedgerReader {
         Err(ledger_err("the chunk files kept moving while being opened"))
     }
 
-    /// Reads forward from `cursor` up to seqno `to` (at most `durable`, the last seqno the node made durable), at
+    /// Reads forward from `cursor` up to seqno `to` (at most `written`, the last seqno the node wrote), at
     /// most `max` transactions; only public writes unless `private`. Returns fewer than asked when the files do
     /// not hold more yet.
     pub fn read(
@@ -453,7 +453,7 @@ impl LedgerReader {
                     out.push(tx);
                 }
                 Step::End => {
-                    // The durable seqno says the frame is written: the file held is not the one being written
+                    // The written seqno says the frame is written: the file held is not the one being written
                     // any more (the ledger restarted after a snapshot). Look again, once.
                     cursor.open = None;
                     if reopened {
@@ -495,10 +495,10 @@ impl LedgerReader {
         }
     }
 
-    /// The decoded chunk holding `seqno` (at most `durable`): a closed chunk whole (cached), the open one up to
-    /// `durable` (read afresh).
-    pub fn chunk(&self, seqno: u64, durable: u64, slot: &Slot) -> Result<Arc<DecodedChunk>, ReadError> {
-        if seqno > durable || seqno == 0 {
+    /// The decoded chunk holding `seqno` (at most `written`): a closed chunk whole (cached), the open one up to
+    /// `written` (read afresh).
+    pub fn chunk(&self, seqno: u64, written: u64, slot: &Slot) -> Result<Arc<DecodedChunk>, ReadError> {
+        if seqno > written || seqno == 0 {
             return Err(ReadError::NotYetWritten(seqno));
         }
         if let Some(chunk) = self.cached(seqno) {
@@ -506,7 +506,7 @@ impl LedgerReader {
         }
         let (name, path) = self.find_chunk(seqno)?;
         let mut cursor = Cursor::at(name.start);
-        let upto = name.end.unwrap_or(durable).min(durable);
+        let upto = name.end.unwrap_or(written).min(written);
         let mut txs = Vec::new();
         loop {
             let batch = self.read(&mut cursor, upto, usize::MAX, true, slot)?;
@@ -537,19 +537,19 @@ impl LedgerReader {
         Ok(chunk)
     }
 
-    /// The latest write to `key` of `map` at or before `seqno` (≤ `durable`), searching back from `seqno` through
+    /// The latest write to `key` of `map` at or before `seqno` (≤ `written`), searching back from `seqno` through
     /// at most [`BACK_SCAN_CHUNKS_MAX`] chunks.
     pub fn value_at(
         &self,
         map: &str,
         key: &[u8],
         seqno: u64,
-        durable: u64,
+        written: u64,
         slot: &Slot,
     ) -> Result<AsOf, QueryError> {
         let mut upto = seqno;
         for i in 0..BACK_SCAN_CHUNKS_MAX {
-            let chunk = match self.chunk(upto, durable, slot) {
+            let chunk = match self.chunk(upto, written, slot) {
                 Err(ReadError::NotInLedger { first, .. }) if i > 0 => {
                     return Err(QueryError::BeforeLedger { first, seqno })
                 }
@@ -577,7 +577,7 @@ impl LedgerReader {
         })
     }
 
-    /// The writes to `key` of `map` in seqnos `from..=to` (`to` ≤ `durable`), in order: at most `limit` (≤
+    /// The writes to `key` of `map` in seqnos `from..=to` (`to` ≤ `written`), in order: at most `limit` (≤
     /// [`VERSIONS_MAX`]) versions, [`ANSWER_BYTES_MAX`] bytes of values and [`SPAN_MAX`] seqnos scanned; `next`
     /// says where to continue when it stopped before `to`.
     pub fn versions(
@@ -586,18 +586,18 @@ impl LedgerReader {
         key: &[u8],
         (from, to): (u64, u64),
         limit: usize,
-        durable: u64,
+        written: u64,
         slot: &Slot,
     ) -> Result<Versions, QueryError> {
         let limit = limit.clamp(1, VERSIONS_MAX);
         let from = from.max(1);
-        let end = to.min(durable).min(from.saturating_add(SPAN_MAX - 1));
+        let end = to.min(written).min(from.saturating_add(SPAN_MAX - 1));
         let mut page = Versions::default();
         let mut bytes = 0usize;
         let mut at = from;
         let full = |page: &Versions, bytes: usize| page.versions.len() >= limit || bytes >= ANSWER_BYTES_MAX;
         while at <= end && !full(&page, bytes) {
-            let chunk = self.chunk(at, durable, slot)?;
+            let chunk = self.chunk(at, written, slot)?;
             let last = end.min(chunk.last());
             while at <= last && !full(&page, bytes) {
                 let tx = chunk
@@ -729,7 +729,7 @@ mod tests {
         assert_eq!(public.len(), 7);
         assert_eq!(public[0].write_of(MAP, &[2]), None);
         assert_eq!(public[0].write_of(PUBLIC, &[2]), Some(Some(&b"v41"[..])));
-        // The open chunk is read up to what is durable, and continues once more is.
+        // The open chunk is read up to what is written, and continues once more is.
         assert!(reader
             .read(&mut cursor, 47, 100, false, &slot)
             .expect("read")
@@ -831,7 +831,7 @@ mod tests {
             .versions(MAP, &[1], (14, 100), 100, 47, &slot)
             .expect("versions");
         assert_eq!(rest.versions.len(), 10);
-        assert_eq!(rest.next, Some(48), "stopped at what is durable");
+        assert_eq!(rest.next, Some(48), "stopped at what is written");
     }
 
     /// What reading one default-sized chunk costs: `cargo test --release -p synod-node chunk_read_cost --

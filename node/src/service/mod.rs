@@ -259,6 +259,9 @@ struct Shared {
     view: RwLock<Arc<View>>,
     stopping: AtomicBool,
     fatal: Mutex<Option<String>>,
+    /// The last seqno the applier wrote to the ledger files: readable there (historical reads, change feeds).
+    ledger_written: AtomicU64,
+    /// The last seqno fsynced to the ledger files: the Raft log may be compacted up to it.
     ledger_durable: AtomicU64,
 }
 
@@ -745,6 +748,7 @@ impl Node {
             view: RwLock::new(Arc::new(View::of(&core))),
             stopping: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            ledger_written: AtomicU64::new(ledger.last_seqno()),
             ledger_durable: AtomicU64::new(ledger.last_seqno()),
         });
         let (calls, calls_rx) = CallQueue::new(inbox_tx.clone(), CALLS_MAX);
@@ -1013,9 +1017,15 @@ impl Node {
         self.startup_seqno
     }
 
-    /// The last seqno the applier made durable in the ledger files (historical reads stop there).
+    /// The last seqno the applier made durable in the ledger files (the Raft log is compacted up to it).
     pub fn ledger_durable(&self) -> u64 {
         self.shared.ledger_durable.load(Ordering::Acquire)
+    }
+
+    /// The last seqno the applier wrote to the ledger files (historical reads and change feeds stop there; a
+    /// restart rewrites from the Raft log whatever the files lose before their next sync).
+    pub fn ledger_written(&self) -> u64 {
+        self.shared.ledger_written.load(Ordering::Acquire)
     }
 
     /// The ledger secret's sealer (for the join protocol's answers).
@@ -1369,6 +1379,7 @@ impl Node {
                     done_rx
                         .recv()
                         .map_err(|_| anyhow::anyhow!("the applier stopped"))??;
+                    self.shared.ledger_written.store(seqno, Ordering::Release);
                     self.shared.ledger_durable.store(seqno, Ordering::Release);
                     tracing::info!(seqno, "installed a snapshot from the primary");
                 }
@@ -1488,6 +1499,12 @@ fn persist_state(storage: &Storage, sealer: &Sealer, batch: &[CommittedEntry]) -
     Ok(storage.apply_committed(&rows, sealer)?)
 }
 
+/// How long ledger-file appends may wait for their fdatasync. Only the Raft log's compaction waits for them
+/// (`ledger_durable`: until then the Raft log, synced on every write, holds every entry, and a restart writes
+/// whatever the files lack from it), so under load the applier syncs once per interval instead of once per
+/// batch, and keeps off the disk the Raft log's syncs, on every write's commit path, wait for.
+const LEDGER_SYNC_INTERVAL: Duration = Duration::from_millis(50);
+
 fn applier_loop(
     shared: &Shared,
     mut ledger: LedgerWriter,
@@ -1495,7 +1512,24 @@ fn applier_loop(
     sealer: &Sealer,
     jobs: Receiver<ApplyJob>,
 ) -> anyhow::Result<()> {
-    while let Ok(first) = jobs.recv() {
+    // When the oldest append not yet synced was made.
+    let mut unsynced_since: Option<Instant> = None;
+    loop {
+        let first = match unsynced_since {
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            Some(since) => match jobs.recv_timeout(LEDGER_SYNC_INTERVAL.saturating_sub(since.elapsed())) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    sync_ledger(&mut ledger, shared)?;
+                    unsynced_since = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
         let mut batch: Vec<CommittedEntry> = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
@@ -1529,10 +1563,16 @@ fn applier_loop(
             }
         }
         flush(&mut ledger, storage, sealer, &mut batch, shared)?;
+        let since = *unsynced_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= LEDGER_SYNC_INTERVAL {
+            sync_ledger(&mut ledger, shared)?;
+            unsynced_since = None;
+        }
     }
-    Ok(())
+    sync_ledger(&mut ledger, shared)
 }
 
+/// Appends `batch` to the ledger files (synced later, by [`sync_ledger`]) and writes its state.
 fn flush(
     ledger: &mut LedgerWriter,
     storage: &Storage,
@@ -1544,12 +1584,20 @@ fn flush(
         return Ok(());
     }
     ledger.append(batch)?;
-    ledger.sync()?;
+    shared
+        .ledger_written
+        .store(ledger.last_seqno(), Ordering::Release);
     persist_state(storage, sealer, batch)?;
+    batch.clear();
+    Ok(())
+}
+
+/// Makes the ledger files durable and tells the Raft log how far it may now be compacted.
+fn sync_ledger(ledger: &mut LedgerWriter, shared: &Shared) -> anyhow::Result<()> {
+    ledger.sync()?;
     shared
         .ledger_durable
         .store(ledger.last_seqno(), Ordering::Release);
-    batch.clear();
     Ok(())
 }
 
