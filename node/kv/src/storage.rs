@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, MemtableFactory, Options, WriteBatch,
+    WriteOptions, DB,
 };
 use synod_core::ledger::WriteSet;
 use synod_core::maps;
@@ -118,18 +119,26 @@ impl Storage {
         // every log file since its last flush alive, so without this bound a restart after millions of writes
         // replays gigabytes. Past it, RocksDB flushes the column families that hold the oldest log.
         opts.set_max_total_wal_size(WAL_BYTES_MAX);
+        // The vector memtables below take one writer at a time (RocksDB's write group leader inserts for all).
+        opts.set_allow_concurrent_memtable_write(false);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
-        let cf_options = || {
+        let cf_options = |name: &str| {
             let mut cf = Options::default();
             cf.set_write_buffer_size(MEMTABLE_BYTES);
             cf.set_max_write_buffer_number(2);
+            if name == CF_STATE || name == CF_RAFT_LOG {
+                // Written on every commit, read only when the node starts or installs a snapshot: a vector
+                // memtable appends each write and sorts once, when flushed or first read. The default skip
+                // list spent ~3 µs per insert here (cache misses down its levels), 4 % of all CPU under load.
+                cf.set_memtable_factory(MemtableFactory::Vector);
+            }
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             cf.set_block_based_table_factory(&table);
             cf
         };
         let cfs = [CF_STATE, CF_META, CF_RAFT_LOG, CF_RAFT_STATE]
-            .map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Storage { db: Arc::new(db) })
     }
