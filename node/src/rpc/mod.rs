@@ -50,8 +50,8 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// The service certificate (DER).
-    pub service_cert_der: Vec<u8>,
+    /// The service certificate (DER); shared, as axum clones the state for every request.
+    pub service_cert_der: Arc<[u8]>,
     /// New Pending joins per client address.
     pub join_limiter: Arc<limits::RateLimiter>,
     /// Snapshot downloads in progress.
@@ -63,7 +63,7 @@ pub struct AppState {
 impl AppState {
     /// Shared state for the router.
     pub fn new(node: Arc<Node>) -> anyhow::Result<AppState> {
-        let service_cert_der = cert::pem_to_der(&node.service_cert_pem)?;
+        let service_cert_der = cert::pem_to_der(&node.service_cert_pem)?.into();
         let cfg = node.config();
         let joins = cfg.limits.joins_per_min;
         Ok(AppState {
