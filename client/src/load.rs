@@ -49,6 +49,11 @@ pub trait LoadTarget: Send + Sync + 'static {
         let _ = (tx, timeout);
         async { Ok(()) }
     }
+
+    /// Opens the target's connection with one cheap request, before the clock starts (see [`run_load`]).
+    fn warm_up(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Synod: writes are `POST {path}` with `{"id": key, "msg": value}` (the logging app), committed once `/node/tx`
@@ -108,6 +113,10 @@ impl LoadTarget for SynodTarget {
             None => self.client.wait_for_commit(tx, timeout).await?,
         };
         Ok(())
+    }
+
+    async fn warm_up(&self) -> Result<()> {
+        self.client.commit().await.map(|_| ())
     }
 }
 
@@ -289,6 +298,23 @@ impl LoadTarget for EtcdTarget {
         // etcd answered each put after its Raft majority committed it.
         Ok(())
     }
+
+    async fn warm_up(&self) -> Result<()> {
+        // Any answer means the connection is open (the pool keeps it for the writes).
+        let url = format!("{}/version", self.endpoint);
+        let mut response = self
+            .http
+            .get(&url)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| classify_transport(e, &url, self.timeout))?;
+        read_body_capped(&mut response, MAX_ETCD_RESPONSE_BYTES, "etcd answer", |e| {
+            classify_transport(e, &url, self.timeout)
+        })
+        .await
+        .map(|_| ())
+    }
 }
 
 /// etcd v3 through its native gRPC API (the `etcd-client` crate, as etcd's own Go clients talk to it): a write is a
@@ -344,6 +370,15 @@ impl LoadTarget for EtcdGrpcTarget {
     async fn wait_committed(&self, _last: Option<TxId>, _timeout: Duration) -> Result<()> {
         // etcd answered each put after its Raft majority committed it.
         Ok(())
+    }
+
+    async fn warm_up(&self) -> Result<()> {
+        let mut kv = self.kv.lock().await;
+        match tokio::time::timeout(self.timeout, kv.get("log/warm-up", None)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::Config(format!("etcd at {}: {e}", self.endpoint))),
+            Err(_) => Err(Error::Config(format!("etcd at {} did not answer", self.endpoint))),
+        }
     }
 }
 
@@ -834,6 +869,26 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
     let description = described.join(", ");
     if config.keys == 0 {
         return Err(Error::Config("the key space must hold at least one key".into()));
+    }
+    // Every client's connection is opened before the clock starts, as etcd's own benchmark dials its clients
+    // first: no client's first write pays for connecting (for Synod a TLS handshake with P-384 certificates; 64 at
+    // once took up to ~200 ms on the 2-core benchmark machine, and were the runs' slowest writes).
+    let warming: Vec<_> = targets
+        .into_iter()
+        .map(|t| {
+            tokio::spawn(async move {
+                let warmed = t.warm_up().await;
+                (t, warmed)
+            })
+        })
+        .collect();
+    let mut targets = Vec::with_capacity(clients);
+    for task in warming {
+        let (target, warmed) = task
+            .await
+            .map_err(|e| Error::Config(format!("a load client failed: {e}")))?;
+        warmed?;
+        targets.push(target);
     }
     let shared = Arc::new(config.clone());
     let next = Arc::new(AtomicU64::new(0));
