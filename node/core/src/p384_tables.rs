@@ -87,13 +87,29 @@ impl Point {
     /// `self + other`: Renes–Costello–Batina 2015, algorithm 4 (complete for `a = −3`, doubling included), as
     /// the `primeorder` crate writes it.
     fn add(&self, other: &Point) -> Point {
-        let b = curve_b();
         let xx = self.x * other.x;
         let yy = self.y * other.y;
         let zz = self.z * other.z;
         let xy_pairs = ((self.x + self.y) * (other.x + other.y)) - (xx + yy);
         let yz_pairs = ((self.y + self.z) * (other.y + other.z)) - (yy + zz);
         let xz_pairs = ((self.x + self.z) * (other.x + other.z)) - (xx + zz);
+        Self::combine(xx, yy, zz, xy_pairs, yz_pairs, xz_pairs)
+    }
+
+    /// `self + other` for an `other` that is not the identity: algorithm 5 of the same paper (complete for any
+    /// `self`), three multiplications fewer since `other`'s Z is 1.
+    fn add_affine(&self, other: &Affine) -> Point {
+        let xx = self.x * other.x;
+        let yy = self.y * other.y;
+        let xy_pairs = ((self.x + self.y) * (other.x + other.y)) - (xx + yy);
+        let yz_pairs = (other.y * self.z) + self.y;
+        let xz_pairs = (other.x * self.z) + self.x;
+        Self::combine(xx, yy, self.z, xy_pairs, yz_pairs, xz_pairs)
+    }
+
+    /// The steps both additions share, from the products of the coordinates (`zz` = Z₁·Z₂).
+    fn combine(xx: Fe, yy: Fe, zz: Fe, xy_pairs: Fe, yz_pairs: Fe, xz_pairs: Fe) -> Point {
+        let b = curve_b();
         let bzz_part = xz_pairs - (b * zz);
         let bzz3_part = bzz_part.double() + bzz_part;
         let yy_m_bzz3 = yy - bzz3_part;
@@ -102,30 +118,6 @@ impl Point {
         let bxz_part = (b * xz_pairs) - (zz3 + xx);
         let bxz3_part = bxz_part.double() + bxz_part;
         let xx3_m_zz3 = xx.double() + xx - zz3;
-        Point {
-            x: (yy_p_bzz3 * xy_pairs) - (yz_pairs * bxz3_part),
-            y: (yy_p_bzz3 * yy_m_bzz3) + (xx3_m_zz3 * bxz3_part),
-            z: (yy_m_bzz3 * yz_pairs) + (xy_pairs * xx3_m_zz3),
-        }
-    }
-
-    /// `self + other` for an `other` that is not the identity: algorithm 5 of the same paper (complete for any
-    /// `self`), three multiplications fewer.
-    fn add_affine(&self, other: &Affine) -> Point {
-        let b = curve_b();
-        let xx = self.x * other.x;
-        let yy = self.y * other.y;
-        let xy_pairs = ((self.x + self.y) * (other.x + other.y)) - (xx + yy);
-        let yz_pairs = (other.y * self.z) + self.y;
-        let xz_pairs = (other.x * self.z) + self.x;
-        let bz_part = xz_pairs - (b * self.z);
-        let bz3_part = bz_part.double() + bz_part;
-        let yy_m_bzz3 = yy - bz3_part;
-        let yy_p_bzz3 = yy + bz3_part;
-        let z3 = self.z.double() + self.z;
-        let bxz_part = (b * xz_pairs) - (z3 + xx);
-        let bxz3_part = bxz_part.double() + bxz_part;
-        let xx3_m_zz3 = xx.double() + xx - z3;
         Point {
             x: (yy_p_bzz3 * xy_pairs) - (yz_pairs * bxz3_part),
             y: (yy_p_bzz3 * yy_m_bzz3) + (xx3_m_zz3 * bxz3_part),
