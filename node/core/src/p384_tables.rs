@@ -312,7 +312,7 @@ fn generator() -> &'static Table {
 }
 
 /// The generator's table for verifying: 8-bit windows (48 additions instead of 96; 1.2 MB, built once in
-/// ~15 ms), for public scalars only (a constant-time lookup would read 255 entries per window).
+/// ~20 ms), for public scalars only (a constant-time lookup would read 255 entries per window).
 fn generator_wide() -> &'static Table {
     static G: OnceLock<Table> = OnceLock::new();
     G.get_or_init(|| Table::new(&generator_affine(), 8))
