@@ -268,8 +268,8 @@ fn invert_vartime(a: &U384, m: &U384) -> U384 {
 
 /// `1 / a` for a public, non-zero field element.
 fn invert_field_vartime(a: &Fe) -> Fe {
-    let p = U384::from_be_hex(Fe::MODULUS);
-    Fe::from_uint(invert_vartime(&a.to_canonical(), &p)).expect("an inverse is below p")
+    const P: U384 = U384::from_be_hex(<Fe as PrimeField>::MODULUS);
+    Fe::from_uint(invert_vartime(&a.to_canonical(), &P)).expect("an inverse is below p")
 }
 
 /// `1 / a` for a public, non-zero scalar.
@@ -277,28 +277,14 @@ fn invert_scalar_vartime(a: &Scalar) -> Scalar {
     Scalar::from_uint(invert_vartime(&a.to_canonical(), &NistP384::ORDER)).expect("an inverse is below n")
 }
 
-/// A random non-zero field element, to blind a secret before a variable-time inversion.
-fn random_field_element() -> Option<Fe> {
+/// A random non-zero field element or scalar, to blind a secret before a variable-time inversion.
+fn random_nonzero<T: PrimeField<Repr = FieldBytes>>() -> Option<T> {
     for _ in 0..8 {
         let mut bytes = FieldBytes::default();
         getrandom::getrandom(&mut bytes).ok()?;
-        if let Some(fe) = Option::<Fe>::from(Fe::from_bytes(&bytes)) {
-            if !bool::from(fe.is_zero()) {
-                return Some(fe);
-            }
-        }
-    }
-    None
-}
-
-/// A random non-zero scalar, to blind a secret before a variable-time inversion.
-fn random_scalar() -> Option<Scalar> {
-    for _ in 0..8 {
-        let mut bytes = FieldBytes::default();
-        getrandom::getrandom(&mut bytes).ok()?;
-        if let Some(s) = Option::<Scalar>::from(Scalar::from_repr(bytes)) {
-            if !bool::from(s.is_zero()) {
-                return Some(s);
+        if let Some(value) = Option::<T>::from(T::from_repr(bytes)) {
+            if !bool::from(value.is_zero()) {
+                return Some(value);
             }
         }
     }
@@ -361,10 +347,10 @@ pub fn sign_prehash(d: &p384::NonZeroScalar, prehash: &[u8]) -> Option<p384::ecd
     if bool::from(k.is_zero()) {
         return None;
     }
-    let blind = random_scalar()?;
+    let blind: Scalar = random_nonzero()?;
     let k_inv = invert_scalar_vartime(&(k * blind)) * blind;
     let big_r = generator().mul_secret(&k);
-    let z_blind = random_field_element()?;
+    let z_blind: Fe = random_nonzero()?;
     let z_inv = invert_field_vartime(&(big_r.z * z_blind)) * z_blind;
     let x = (big_r.x * z_inv).to_bytes();
     let r = <Scalar as Reduce<U384>>::reduce_bytes(&x);

@@ -473,12 +473,7 @@ fn evidence_with(keys: &Keys, tx_id: TxId) -> String {
     let mut mac = keys.commit_evidence_mac.clone();
     mac.update(&evidence.as_bytes()[3..]);
     evidence.push(':');
-    let digest = mac.finalize().into_bytes();
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for byte in digest {
-        evidence.push(HEX[(byte >> 4) as usize] as char);
-        evidence.push(HEX[(byte & 0x0f) as usize] as char);
-    }
+    evidence.push_str(&hex::encode(mac.finalize().into_bytes()));
     evidence
 }
 
