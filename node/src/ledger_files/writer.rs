@@ -227,28 +227,44 @@ impl LedgerWriter {
     /// Appends committed entries in order (entries already written are skipped); closes the chunk where an entry
     /// says so.
     pub fn append(&mut self, entries: &[CommittedEntry]) -> Result<(), LedgerIoError> {
+        // One write per chunk per call, not one per entry: under load a system call per entry was ~1.5 % of the
+        // machine (the kernel's buffered-write path, for ~130-byte frames).
+        let mut pending = Vec::new();
+        let mut last = self.last_seqno;
         for e in entries {
             let seqno = e.tx_id.seqno;
-            if seqno <= self.last_seqno {
+            if seqno <= last {
                 continue;
             }
-            if seqno != self.last_seqno + 1 {
+            if seqno != last + 1 {
+                self.write_frames(&pending, last)?;
                 return Err(LedgerIoError::Layout(format!(
-                    "appending seqno {seqno} after {}",
-                    self.last_seqno
+                    "appending seqno {seqno} after {last}"
                 )));
             }
-            let chunk = match self.current.take() {
-                Some(chunk) => chunk,
-                None => self.new_chunk(seqno)?,
-            };
-            let chunk = self.current.insert(chunk);
-            chunk.file.write_all(&e.frame).map_err(io_err(&chunk.path))?;
-            self.last_seqno = seqno;
+            pending.extend_from_slice(&e.frame);
+            last = seqno;
             if e.chunk_end {
+                self.write_frames(&pending, last)?;
+                pending.clear();
                 self.close_chunk()?;
             }
         }
+        self.write_frames(&pending, last)
+    }
+
+    /// Writes consecutive frames ending with seqno `last` to the open chunk (opened if none is).
+    fn write_frames(&mut self, frames: &[u8], last: u64) -> Result<(), LedgerIoError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let chunk = match self.current.take() {
+            Some(chunk) => chunk,
+            None => self.new_chunk(self.last_seqno + 1)?,
+        };
+        let chunk = self.current.insert(chunk);
+        chunk.file.write_all(frames).map_err(io_err(&chunk.path))?;
+        self.last_seqno = last;
         Ok(())
     }
 
