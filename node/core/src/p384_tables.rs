@@ -360,27 +360,53 @@ pub fn sign_prehash(d: &p384::NonZeroScalar, prehash: &[u8]) -> Option<p384::ecd
 }
 /// Tables of the public keys seen more than once, most recently used last; a key seen once is verified without
 /// one (building a table costs about two verifications), so a caller presenting a new key each time costs no
-/// more than before, and the cache stays within `KEY_TABLES_MAX` tables and `SEEN_MAX` keys.
+/// more than before, and the cache stays within `KEY_TABLES_MAX` tables and `SEEN_MAX` keys. A key verified
+/// `WIDE_AFTER` times with its table (a primary's node and service keys, at every signature a backup checks) gets
+/// 8-bit windows, as the generator has: a verification then costs 96 additions instead of 144, for 1.2 MB and
+/// one build of ~20 ms per such key (on a thread of its own), at most `WIDE_TABLES_MAX` of them.
 struct KeyTables {
     seen: Vec<Vec<u8>>,
-    tables: Vec<(Vec<u8>, Arc<Table>)>,
+    tables: Vec<KeyTable>,
+}
+
+struct KeyTable {
+    key: Vec<u8>,
+    table: Arc<Table>,
+    uses: u32,
+    /// Its 8-bit table is built or being built.
+    wide: bool,
 }
 
 const KEY_TABLES_MAX: usize = 8;
 const SEEN_MAX: usize = 32;
+const WIDE_AFTER: u32 = 256;
+const WIDE_TABLES_MAX: usize = 2;
+
+static KEY_TABLES: Mutex<KeyTables> = Mutex::new(KeyTables {
+    seen: Vec::new(),
+    tables: Vec::new(),
+});
+
+fn key_tables() -> std::sync::MutexGuard<'static, KeyTables> {
+    KEY_TABLES.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn key_table(key: &p384::ecdsa::VerifyingKey) -> Option<Arc<Table>> {
-    static CACHE: Mutex<KeyTables> = Mutex::new(KeyTables {
-        seen: Vec::new(),
-        tables: Vec::new(),
-    });
     let encoded = key.to_encoded_point(true).as_bytes().to_vec();
     {
-        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = cache.tables.iter().position(|(k, _)| *k == encoded) {
-            let entry = cache.tables.remove(i);
-            let table = entry.1.clone();
+        let mut cache = key_tables();
+        if let Some(i) = cache.tables.iter().position(|t| t.key == encoded) {
+            let mut entry = cache.tables.remove(i);
+            entry.uses = entry.uses.saturating_add(1);
+            let widen = entry.uses == WIDE_AFTER
+                && !entry.wide
+                && cache.tables.iter().filter(|t| t.wide).count() < WIDE_TABLES_MAX;
+            entry.wide |= widen;
+            let table = entry.table.clone();
             cache.tables.push(entry);
+            if widen {
+                widen_in_background(key);
+            }
             return Some(table);
         }
         if let Some(i) = cache.seen.iter().position(|k| *k == encoded) {
@@ -395,15 +421,39 @@ fn key_table(key: &p384::ecdsa::VerifyingKey) -> Option<Arc<Table>> {
     }
     // Built outside the lock; another thread may have built the same key's meanwhile: one table per key is kept.
     let table = Arc::new(Table::new(&affine_of(key.as_affine())?, 4));
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, built)) = cache.tables.iter().find(|(k, _)| *k == encoded) {
-        return Some(built.clone());
+    let mut cache = key_tables();
+    if let Some(entry) = cache.tables.iter().find(|t| t.key == encoded) {
+        return Some(entry.table.clone());
     }
-    cache.tables.push((encoded, table.clone()));
+    cache.tables.push(KeyTable {
+        key: encoded,
+        table: table.clone(),
+        uses: 0,
+        wide: false,
+    });
     if cache.tables.len() > KEY_TABLES_MAX {
         cache.tables.remove(0);
     }
     Some(table)
+}
+
+/// Builds `key`'s 8-bit table on a thread of its own (~20 ms: on the caller's, a backup's Raft thread, it held up
+/// a commit) and swaps it in if the key is still tabled; until then verifications use the 4-bit one. Each key
+/// widens once at most: its use count passes `WIDE_AFTER` once.
+fn widen_in_background(key: &p384::ecdsa::VerifyingKey) {
+    let Some(point) = affine_of(key.as_affine()) else {
+        return;
+    };
+    let encoded = key.to_encoded_point(true).as_bytes().to_vec();
+    // No thread (the process is out of them): the key keeps its 4-bit table.
+    let _ = std::thread::Builder::new()
+        .name("p384-table".into())
+        .spawn(move || {
+            let table = Arc::new(Table::new(&point, 8));
+            if let Some(entry) = key_tables().tables.iter_mut().find(|t| t.key == encoded) {
+                entry.table = table;
+            }
+        });
 }
 
 /// Verifies ECDSA over `prehash`: what `p384::ecdsa::VerifyingKey::verify_prehash` decides.
@@ -548,6 +598,30 @@ mod tests {
     }
 
     #[test]
+    fn a_key_verified_often_gets_a_wide_table() {
+        let key = *signing_key(77).verifying_key();
+        assert!(key_table(&key).is_none(), "seen once: no table");
+        let mut table = key_table(&key).expect("seen twice");
+        assert_eq!(table.bits, 4);
+        for _ in 0..WIDE_AFTER {
+            table = key_table(&key).expect("tabled");
+            assert_eq!(table.bits, 4, "widened in the background, never by the caller");
+        }
+        // The wide table is swapped in once built (bounded: 1,000 × 10 ms).
+        for _ in 0..1000 {
+            if key_table(&key).expect("tabled").bits == 8 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(key_table(&key).expect("tabled").bits, 8);
+        let prehash = [7u8; 48];
+        let sig = sign_prehash(signing_key(77).as_nonzero_scalar(), &prehash).expect("sign");
+        assert!(verify_prehash(&key, &prehash, &sig));
+        assert!(!verify_prehash(&key, &[8u8; 48], &sig));
+    }
+
+    #[test]
     fn tables_multiply_as_the_curve_does() {
         let g = p384::ProjectivePoint::GENERATOR;
         for k in [1u64, 2, 15, 16, 17, 255, 1 << 40, u64::MAX] {
@@ -570,6 +644,14 @@ mod tests {
         let p = g * Scalar::from(12345u64);
         let table = Table::new(&affine_of(&p.to_affine()).expect("not the identity"), 4);
         assert_eq!(mul_public(&table, &minus_one), -p);
+        let wide = Table::new(&affine_of(&p.to_affine()).expect("not the identity"), 8);
+        for k in [
+            Scalar::from(255u64),
+            minus_one,
+            Scalar::from(u64::MAX) * Scalar::from(977u64),
+        ] {
+            assert_eq!(mul_public(&wide, &k), p * k);
+        }
         assert_eq!(
             theirs(&table.mul_secret(&Scalar::from(977u64))),
             p * Scalar::from(977u64)
