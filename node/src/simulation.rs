@@ -955,6 +955,8 @@ impl Sim {
                     }
                 }
             }
+            // The signatures appended this turn are checked once its commands are out, as the node's loop does.
+            replica.verify_appended().map_err(|e| err("signatures", e))?;
             // The ledger is synced every few milliseconds, as the applier does.
             if now >= n.next_ledger_sync {
                 for (frame, writes) in std::mem::take(&mut n.unsynced) {

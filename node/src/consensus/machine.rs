@@ -288,9 +288,10 @@ struct History {
     frame_lens: Vec<u32>,
     flags: Vec<u8>,
     sigs: BTreeMap<u64, SigInfo>,
-    /// Signatures appended from the primary whose cryptographic checks wait for their commit
-    /// ([`Core::verify_deferred`]): there they are on no one's commit path, and no receipt uses a signature before
-    /// it is committed.
+    /// Signatures appended from the primary whose cryptographic checks are not made yet: off the append, so that
+    /// the acknowledgement never waits for them; made once the turn that appended them has handed out its disk
+    /// write and messages ([`Core::verify_appended`]), while the disk and the peers work, or at the latest when they
+    /// commit ([`Core::verify_deferred`]); no receipt uses a signature before it is committed.
     unverified: BTreeSet<u64>,
     /// The last snapshot point and chunk end at or before the base (the flags before it are gone).
     flushed_snapshot: u64,
@@ -1500,8 +1501,16 @@ impl Core {
         Ok(())
     }
 
-    /// Runs the deferred cryptographic checks of the signatures up to `through`, as it commits: a signature that
-    /// fails stops this node (as it would have at append), before anything it signs is reported committed.
+    /// Runs the deferred cryptographic checks of every signature appended so far. The executor calls it once a
+    /// turn's commands are carried out: a backup's checks (two P-384 verifications, ~0.3 ms) then overlap the
+    /// disk write and the primary's round trip instead of delaying the commit's publication.
+    pub fn verify_appended(&mut self) -> Result<(), CoreError> {
+        self.verify_deferred(u64::MAX)
+    }
+
+    /// Runs the deferred cryptographic checks of the signatures up to `through`, at the latest as it commits: a
+    /// signature that fails stops this node (as it would have at append), before anything it signs is reported
+    /// committed.
     fn verify_deferred(&mut self, through: u64) -> Result<(), CoreError> {
         while let Some(seqno) = self.history.unverified.first().copied().filter(|s| *s <= through) {
             self.history.unverified.remove(&seqno);

@@ -279,6 +279,12 @@ impl Replica {
         self.one_ready()
     }
 
+    /// Checks the signatures appended from the primary ([`Core::verify_appended`]); call it once a turn's commands
+    /// are carried out, so that the checks overlap the disk write and the peers' answers.
+    pub fn verify_appended(&mut self) -> Result<(), CoreError> {
+        self.core.verify_appended()
+    }
+
     /// Signs what is ordered and hands out every Ready (stopping, so that it reaches the disk and the peers).
     pub fn drain(&mut self, now_secs: i64) -> Result<(), CoreError> {
         self.core.emit_signature(now_secs)?;

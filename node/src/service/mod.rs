@@ -1189,6 +1189,7 @@ impl Node {
             replica.set_ledger_durable(self.shared.ledger_durable.load(Ordering::Acquire));
             replica.turn(clock(), now_secs())?;
             self.execute_commands(&mut replica, &store, &snapshots)?;
+            replica.verify_appended()?;
         }
         // Stopping: sign what is ordered and let it reach the disk and the peers, then, for a bounded while, let
         // the peers' answers commit it, so that a stopped primary's ledger ends on a signature (the ledger files
