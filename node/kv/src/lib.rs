@@ -97,6 +97,11 @@ impl State {
         self.lineage = lineage;
     }
 
+    /// The history this state belongs to (see [`State::new_lineage`]).
+    pub fn lineage(&self) -> u64 {
+        self.lineage
+    }
+
     /// Seqno of the last applied write set (0 when empty).
     pub fn version(&self) -> u64 {
         self.version

@@ -56,6 +56,9 @@ fn canonical_conf_state(cs: &ConfState) -> ConfState {
 
 /// Ticks between snapshot points forced for a member no offered snapshot can catch up (50 ticks: 2.5 s by default).
 const FORCED_SNAPSHOT_TICKS: u32 = 50;
+/// Marks of the primary's speculative state kept at most (see `Core::marks`): one per Ready, and a Ready's
+/// entries commit within a few of them; past this, new Readies take none and their writes are applied instead.
+const MARKS_MAX: usize = 64;
 
 /// Claims digest of a transaction that registers no application claims (CCF's "no claims" is all zeroes).
 pub const NO_CLAIMS: Digest = [0u8; 32];
@@ -425,6 +428,10 @@ pub struct Core {
     lineage: u64,
     /// The primary's own uncommitted writes, by seqno (with the view they were made in).
     own: BTreeMap<u64, (u64, Arc<Writes>)>,
+    /// The primary's speculative state as it was after some of its Readies (O(1) clones, increasing versions,
+    /// each holding exactly the log up to its version): the committed state becomes one when the commit reaches
+    /// it instead of applying the same writes a second time ([`Core::settle`]). At most `MARKS_MAX`.
+    marks: VecDeque<State>,
     commit: TxId,
     /// Snapshot evidence seen committed by Raft, waiting for a signature: evidence seqno → evidence.
     evidence: BTreeMap<u64, SnapshotEvidence>,
@@ -695,6 +702,7 @@ impl Core {
             is_leader: false,
             lineage: 0,
             own: BTreeMap::new(),
+            marks: VecDeque::new(),
             commit: TxId::default(),
             evidence: BTreeMap::new(),
             installing: None,
@@ -1267,10 +1275,21 @@ impl Core {
             self.state = self.committed_state.clone();
             self.state.new_lineage(self.lineage);
             self.own.clear();
+            self.marks.clear();
             tracing::info!(view = self.raft.raft.term, primary = is_leader, "role changed");
         }
         if self.is_leader {
             self.catch_up_state()?;
+            let newest = self
+                .marks
+                .back()
+                .map_or(self.committed_state.version(), State::version);
+            if self.state.version() == self.history.last()
+                && self.state.version() > newest
+                && self.marks.len() < MARKS_MAX
+            {
+                self.marks.push_back(self.state.clone());
+            }
         }
         Ok(())
     }
@@ -1288,6 +1307,7 @@ impl Core {
                 self.committed_state = state.clone();
                 self.state = state.clone();
                 self.own.clear();
+                self.marks.clear();
                 self.commit = self.last_committed_signature();
                 self.installing = Some(InstalledSnapshot {
                     bytes: snap.data.to_vec(),
@@ -1321,6 +1341,9 @@ impl Core {
             );
             self.history.truncate(keep);
             self.own.split_off(&(keep + 1));
+            while self.marks.back().is_some_and(|m| m.version() > keep) {
+                self.marks.pop_back();
+            }
             if self.sealer.truncate(keep) {
                 self.events.push(Event::SecretsChanged(self.sealer.schedule()));
             }
@@ -1405,6 +1428,8 @@ impl Core {
 
     fn apply_committed(&mut self, entries: Vec<Entry>, out: &mut CoreReady) -> Result<(), CoreError> {
         let mut last_applied = None;
+        // Committed writes not applied to the committed state yet: `settle` applies them, or takes a mark.
+        let mut unsettled: Vec<(u64, Arc<Writes>)> = Vec::new();
         for e in entries {
             last_applied = Some(e.index);
             if e.index <= self.committed_state.version() {
@@ -1423,9 +1448,7 @@ impl Core {
                 Some((view, w)) if view == e.term => w,
                 _ => Arc::new(writes_of(&tx, &self.sealer)?),
             };
-            self.committed_state
-                .apply(e.index, writes.maps())
-                .map_err(|err| CoreError::Invariant(format!("applying committed {}: {err}", e.index)))?;
+            unsettled.push((e.index, writes.clone()));
             let tx_id = TxId::new(e.term, e.index);
             if matches!(e.get_entry_type(), EntryType::EntryConfChange) {
                 self.apply_conf_entry(&e, out)?;
@@ -1439,6 +1462,7 @@ impl Core {
                 self.events.push(Event::NodesChanged);
             }
             if writes.touches(SNAPSHOT_EVIDENCE) {
+                self.settle(&mut unsettled)?;
                 if let Some(ev) = self
                     .committed_state
                     .get(SNAPSHOT_EVIDENCE, b"")
@@ -1474,6 +1498,7 @@ impl Core {
                 }
             }
             if tx.snapshot_point {
+                self.settle(&mut unsettled)?;
                 let frontier = self
                     .history
                     .tree
@@ -1489,6 +1514,7 @@ impl Core {
             }
             out.committed.push(CommittedEntry::new(&le, &tx, writes));
         }
+        self.settle(&mut unsettled)?;
         if let Some(applied) = last_applied {
             self.raft.advance_apply_to(applied);
         }
@@ -1498,6 +1524,31 @@ impl Core {
             self.commit,
             self.committed_state.version()
         );
+        Ok(())
+    }
+
+    /// Brings the committed state to the last of `unsettled` (committed writes in seqno order, right after it):
+    /// the newest mark they reach replaces it (on the primary, its own writes are then applied once, not twice),
+    /// and the writes after that mark are applied.
+    fn settle(&mut self, unsettled: &mut Vec<(u64, Arc<Writes>)>) -> Result<(), CoreError> {
+        let Some(&(last, _)) = unsettled.last() else {
+            return Ok(());
+        };
+        let mut mark = None;
+        while self.marks.front().is_some_and(|m| m.version() <= last) {
+            mark = self.marks.pop_front();
+        }
+        let mut from = 0;
+        if let Some(mut m) = mark.filter(|m| m.version() > self.committed_state.version()) {
+            m.new_lineage(self.committed_state.lineage());
+            from = unsettled.partition_point(|(seqno, _)| *seqno <= m.version());
+            self.committed_state = m;
+        }
+        for (seqno, writes) in unsettled.drain(..).skip(from) {
+            self.committed_state
+                .apply(seqno, writes.maps())
+                .map_err(|err| CoreError::Invariant(format!("applying committed {seqno}: {err}")))?;
+        }
         Ok(())
     }
 

@@ -258,6 +258,55 @@ impl Sim {
     }
 }
 
+/// One map's entries: key, value, and the seqno that wrote it.
+type MapContents = Vec<(Vec<u8>, Vec<u8>, u64)>;
+
+/// Every map of `state`, key by key.
+fn contents(state: &State) -> Vec<(String, MapContents)> {
+    state
+        .map_names()
+        .map(|name| {
+            let entries = state.map(name).into_iter().flat_map(|m| m.iter());
+            let entries = entries.map(|(k, e)| (k.to_vec(), e.value.to_vec(), e.version));
+            (name.to_string(), entries.collect())
+        })
+        .collect()
+}
+
+#[test]
+fn the_primary_committed_state_taken_from_its_speculative_one_is_what_applying_gives() {
+    let mut sim = Sim::three_nodes();
+    let p = sim.primary().expect("a primary");
+    // Writes, overwrites and deletes, with Readies (and so marks) between some of them but not others, so that
+    // commits land both on marks and between them.
+    for round in 0..40u8 {
+        for i in 0..(round % 4 + 1) {
+            let key = [round.wrapping_mul(7).wrapping_add(i) % 11];
+            let core = &mut sim.nodes[p].core;
+            let mut tx = Tx::new(core.snapshot());
+            if (round + i) % 5 == 0 {
+                tx.delete("records", &key);
+            } else {
+                tx.put("records", &key, &[round, i]);
+            }
+            core.commit_tx(tx, NOW).expect("commit");
+        }
+        sim.step_once(round % 3 == 0);
+    }
+    sim.run(10);
+    let primary = contents(sim.nodes[p].core.committed_state());
+    assert!(primary
+        .iter()
+        .any(|(name, entries)| name == "records" && !entries.is_empty()));
+    for n in &sim.nodes {
+        assert_eq!(
+            n.core.committed_state().version(),
+            sim.nodes[p].core.committed_state().version()
+        );
+        assert_eq!(contents(n.core.committed_state()), primary);
+    }
+}
+
 #[test]
 fn three_nodes_replicate_commit_and_hold_identical_ledgers() {
     let mut sim = Sim::three_nodes();
