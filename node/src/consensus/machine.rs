@@ -428,6 +428,10 @@ pub struct Core {
     lineage: u64,
     /// The primary's own uncommitted writes, by seqno (with the view they were made in).
     own: BTreeMap<u64, (u64, Arc<Writes>)>,
+    /// Uncommitted entries as they were decoded and checked when appended, by seqno (with their view): Raft's
+    /// entry at that seqno and view is the same one when it commits, which then need not decode it and recompute
+    /// its commit evidence a second time.
+    decoded: BTreeMap<u64, (u64, LedgerEntry, Transaction)>,
     /// The primary's speculative state as it was after some of its Readies (O(1) clones, increasing versions,
     /// each holding exactly the log up to its version): the committed state becomes one when the commit reaches
     /// it instead of applying the same writes a second time ([`Core::settle`]). At most `MARKS_MAX`.
@@ -702,6 +706,7 @@ impl Core {
             is_leader: false,
             lineage: 0,
             own: BTreeMap::new(),
+            decoded: BTreeMap::new(),
             marks: VecDeque::new(),
             commit: TxId::default(),
             evidence: BTreeMap::new(),
@@ -1307,6 +1312,7 @@ impl Core {
                 self.committed_state = state.clone();
                 self.state = state.clone();
                 self.own.clear();
+                self.decoded.clear();
                 self.marks.clear();
                 self.commit = self.last_committed_signature();
                 self.installing = Some(InstalledSnapshot {
@@ -1341,6 +1347,7 @@ impl Core {
             );
             self.history.truncate(keep);
             self.own.split_off(&(keep + 1));
+            self.decoded.split_off(&(keep + 1));
             while self.marks.back().is_some_and(|m| m.version() > keep) {
                 self.marks.pop_back();
             }
@@ -1371,6 +1378,7 @@ impl Core {
                 )?;
                 // Before the next entry: its commit evidence may be under the secret this one brings.
                 self.follow_rekey(&tx)?;
+                self.decoded.insert(e.index, (e.term, le, tx));
             }
         }
         debug_assert_eq!(
@@ -1443,7 +1451,10 @@ impl Core {
                 }
                 continue;
             }
-            let (le, tx) = ledger_entry_of(&e, &self.sealer).map_err(bad_entry(e.index))?;
+            let (le, tx) = match self.decoded.remove(&e.index) {
+                Some((view, le, tx)) if view == e.term => (le, tx),
+                _ => ledger_entry_of(&e, &self.sealer).map_err(bad_entry(e.index))?,
+            };
             let writes = match self.own.remove(&e.index) {
                 Some((view, w)) if view == e.term => w,
                 _ => Arc::new(writes_of(&tx, &self.sealer)?),
@@ -1516,6 +1527,14 @@ impl Core {
         }
         self.settle(&mut unsettled)?;
         if let Some(applied) = last_applied {
+            // Entries committed without being appended here (covered by the stored state) leave theirs behind.
+            while self
+                .decoded
+                .first_key_value()
+                .is_some_and(|(seqno, _)| *seqno <= applied)
+            {
+                self.decoded.pop_first();
+            }
             self.raft.advance_apply_to(applied);
         }
         debug_assert!(
@@ -1661,6 +1680,7 @@ impl Core {
             .apply(tx_id.seqno, writes.maps())
             .map_err(|e| CoreError::Invariant(format!("applying {tx_id}: {e}")))?;
         self.own.insert(tx_id.seqno, (tx_id.view, Arc::new(writes)));
+        self.decoded.insert(tx_id.seqno, (tx_id.view, entry, transaction));
         Ok(tx_id)
     }
 
