@@ -1219,7 +1219,7 @@ impl Core {
             self.raft.mut_store().set_hard_state(hs.clone());
             out.hard_state = Some(hs.clone());
         }
-        out.messages = rd.take_messages();
+        out.messages = super::merge_appends(rd.take_messages());
         out.persisted_messages = rd.take_persisted_messages();
         let committed = rd.take_committed_entries();
         self.raft.advance_append_async(rd);

@@ -78,6 +78,55 @@ pub fn raft_config(id: u64, applied: u64, timing: RaftTiming) -> raft::Config {
     }
 }
 
+/// The entries' bytes one merged append may carry (raft-rs's own `max_size_per_msg`).
+const MERGED_APPEND_BYTES_MAX: usize = 1 << 20;
+
+/// Merges each append that continues the previous message to the same peer into it, so that a turn that ordered
+/// N transactions sends each follower one message, not N (raft-rs makes one per proposal; its own `batch_append`
+/// also merges an append into one without entries, whose index it does not continue, and synod-sim caught a
+/// follower told to commit past its log). An append `m` joins the previous message `p` to its peer only when both
+/// are appends of the same leader and term that carry entries, `m` starts right after `p`'s last entry (its index
+/// and log term are that entry's), no other message to that peer lies between them, and the entries stay within
+/// `MERGED_APPEND_BYTES_MAX`; the merged append carries `m`'s commit (a follower commits no further than what it
+/// holds). The follower then does what it did with both, and answers once, with the last index: the leader's
+/// progress and in-flight window take that answer for both.
+pub fn merge_appends(messages: Vec<raft::eraftpb::Message>) -> Vec<raft::eraftpb::Message> {
+    use raft::eraftpb::MessageType;
+    let mut out: Vec<raft::eraftpb::Message> = Vec::with_capacity(messages.len());
+    // Per peer: the index in `out` of the last message to it, and the entries' bytes it carries.
+    let mut last_to: Vec<(u64, usize, usize)> = Vec::new();
+    for m in messages {
+        let bytes: usize = m.entries.iter().map(|e| e.data.len() + e.context.len()).sum();
+        let previous = last_to.iter_mut().find(|(to, _, _)| *to == m.to);
+        if let Some((_, i, carried)) = previous {
+            let p = &mut out[*i];
+            let continues = m.get_msg_type() == MessageType::MsgAppend
+                && p.get_msg_type() == MessageType::MsgAppend
+                && p.from == m.from
+                && p.term == m.term
+                && !m.entries.is_empty()
+                && p.entries
+                    .last()
+                    .is_some_and(|e| e.index == m.index && e.term == m.log_term)
+                && *carried + bytes <= MERGED_APPEND_BYTES_MAX;
+            if continues {
+                let commit = m.commit;
+                let mut entries = p.take_entries();
+                entries.extend(m.entries);
+                p.set_entries(entries);
+                p.commit = p.commit.max(commit);
+                *carried += bytes;
+                continue;
+            }
+            (*i, *carried) = (out.len(), bytes);
+        } else {
+            last_to.push((m.to, out.len(), bytes));
+        }
+        out.push(m);
+    }
+    out
+}
+
 /// Why a Raft entry is not a valid ledger entry.
 #[derive(Debug, thiserror::Error)]
 pub enum EntryError {
@@ -163,9 +212,80 @@ pub fn raft_logger() -> slog::Logger {
 
 #[cfg(test)]
 mod tests {
+    use raft::eraftpb::{Message, MessageType};
     use synod_kv::seal::LedgerSecret;
 
     use super::*;
+
+    fn append(to: u64, term: u64, index: u64, log_term: u64, entries: &[(u64, u64)], commit: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        (m.to, m.from, m.term, m.index, m.log_term, m.commit) = (to, 1, term, index, log_term, commit);
+        let entries: Vec<Entry> = entries
+            .iter()
+            .map(|&(index, term)| Entry {
+                index,
+                term,
+                data: vec![0; 10].into(),
+                ..Default::default()
+            })
+            .collect();
+        m.set_entries(entries.into());
+        m
+    }
+
+    fn shape(messages: &[Message]) -> Vec<(u64, u64, Vec<u64>, u64)> {
+        let shape = |m: &Message| {
+            (
+                m.to,
+                m.index,
+                m.entries.iter().map(|e| e.index).collect(),
+                m.commit,
+            )
+        };
+        messages.iter().map(shape).collect()
+    }
+
+    #[test]
+    fn appends_that_continue_each_other_merge_per_peer() {
+        let merged = merge_appends(vec![
+            append(2, 5, 10, 5, &[(11, 5)], 9),
+            append(3, 5, 10, 5, &[(11, 5)], 9),
+            append(2, 5, 11, 5, &[(12, 5)], 10),
+            append(3, 5, 11, 5, &[(12, 5)], 10),
+            append(2, 5, 12, 5, &[(13, 5), (14, 5)], 11),
+        ]);
+        assert_eq!(
+            shape(&merged),
+            vec![(2, 10, vec![11, 12, 13, 14], 11), (3, 10, vec![11, 12], 10)]
+        );
+    }
+
+    #[test]
+    fn appends_that_do_not_continue_stay_apart() {
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        heartbeat.to = 2;
+        let messages = vec![
+            append(2, 5, 10, 5, &[(11, 5)], 9),
+            // A gap, a different log term, no entries (raft-rs's own batching merged into those), another term.
+            append(2, 5, 12, 5, &[(13, 5)], 9),
+            append(2, 5, 13, 4, &[(14, 5)], 9),
+            append(2, 5, 14, 5, &[], 10),
+            append(2, 5, 14, 5, &[(15, 5)], 10),
+            append(2, 6, 15, 5, &[(16, 6)], 10),
+            // Another message to the peer in between.
+            heartbeat,
+            append(2, 6, 16, 6, &[(17, 6)], 10),
+        ];
+        let before = shape(&messages);
+        assert_eq!(shape(&merge_appends(messages)), before);
+        // Within the size bound only.
+        let mut big = append(2, 5, 10, 5, &[(11, 5)], 9);
+        big.mut_entries()[0].data = vec![0; MERGED_APPEND_BYTES_MAX].into();
+        let merged = merge_appends(vec![big, append(2, 5, 11, 5, &[(12, 5)], 9)]);
+        assert_eq!(merged.len(), 2);
+    }
 
     #[test]
     fn raft_ids_come_from_node_ids() {
