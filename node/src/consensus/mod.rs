@@ -85,10 +85,10 @@ const MERGED_APPEND_BYTES_MAX: usize = 1 << 20;
 /// N transactions sends each follower one message, not N (raft-rs makes one per proposal; its own `batch_append`
 /// also merges an append into one without entries, whose index it does not continue, and synod-sim caught a
 /// follower told to commit past its log). An append `m` joins the previous message `p` to its peer only when both
-/// are appends of the same leader and term that carry entries, `m` starts right after `p`'s last entry (its index
-/// and log term are that entry's), no other message to that peer lies between them, and the entries stay within
-/// `MERGED_APPEND_BYTES_MAX`; the merged append carries `m`'s commit (a follower commits no further than what it
-/// holds). The follower then does what it did with both, and answers once, with the last index: the leader's
+/// are appends of the same leader and term, `p` carries entries, `m` starts right after `p`'s last entry (its index
+/// and log term are that entry's; an `m` without entries only brings a newer commit), no other message to that
+/// peer lies between them, and the entries stay within `MERGED_APPEND_BYTES_MAX`; the merged append carries `m`'s
+/// commit (a follower commits no further than what it holds). The follower then does what it did with both, and answers once, with the last index: the leader's
 /// progress and in-flight window take that answer for both.
 pub fn merge_appends(messages: Vec<raft::eraftpb::Message>) -> Vec<raft::eraftpb::Message> {
     use raft::eraftpb::MessageType;
@@ -104,7 +104,6 @@ pub fn merge_appends(messages: Vec<raft::eraftpb::Message>) -> Vec<raft::eraftpb
                 && p.get_msg_type() == MessageType::MsgAppend
                 && p.from == m.from
                 && p.term == m.term
-                && !m.entries.is_empty()
                 && p.entries
                     .last()
                     .is_some_and(|e| e.index == m.index && e.term == m.log_term)
@@ -254,10 +253,17 @@ mod tests {
             append(2, 5, 11, 5, &[(12, 5)], 10),
             append(3, 5, 11, 5, &[(12, 5)], 10),
             append(2, 5, 12, 5, &[(13, 5), (14, 5)], 11),
+            // Only a newer commit, where the entries end.
+            append(2, 5, 14, 5, &[], 12),
+            append(3, 5, 13, 5, &[], 12),
         ]);
         assert_eq!(
             shape(&merged),
-            vec![(2, 10, vec![11, 12, 13, 14], 11), (3, 10, vec![11, 12], 10)]
+            vec![
+                (2, 10, vec![11, 12, 13, 14], 12),
+                (3, 10, vec![11, 12], 10),
+                (3, 13, vec![], 12)
+            ]
         );
     }
 
@@ -268,10 +274,11 @@ mod tests {
         heartbeat.to = 2;
         let messages = vec![
             append(2, 5, 10, 5, &[(11, 5)], 9),
-            // A gap, a different log term, no entries (raft-rs's own batching merged into those), another term.
+            // A gap, a different log term, into one without entries (raft-rs's own batching merges those), another
+            // term.
             append(2, 5, 12, 5, &[(13, 5)], 9),
             append(2, 5, 13, 4, &[(14, 5)], 9),
-            append(2, 5, 14, 5, &[], 10),
+            append(2, 5, 20, 5, &[], 10),
             append(2, 5, 14, 5, &[(15, 5)], 10),
             append(2, 6, 15, 5, &[(16, 6)], 10),
             // Another message to the peer in between.
