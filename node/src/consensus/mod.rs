@@ -88,8 +88,8 @@ const MERGED_APPEND_BYTES_MAX: usize = 1 << 20;
 /// are appends of the same leader and term, `p` carries entries, `m` starts right after `p`'s last entry (its index
 /// and log term are that entry's; an `m` without entries only brings a newer commit), no other message to that
 /// peer lies between them, and the entries stay within `MERGED_APPEND_BYTES_MAX`; the merged append carries `m`'s
-/// commit (a follower commits no further than what it holds). The follower then does what it did with both, and answers once, with the last index: the leader's
-/// progress and in-flight window take that answer for both.
+/// commit (a follower commits no further than what it holds). The follower then does what it did with both, and
+/// answers once, with the last index: the leader's progress and in-flight window take that answer for both.
 pub fn merge_appends(messages: Vec<raft::eraftpb::Message>) -> Vec<raft::eraftpb::Message> {
     use raft::eraftpb::MessageType;
     let mut out: Vec<raft::eraftpb::Message> = Vec::with_capacity(messages.len());
