@@ -210,6 +210,8 @@ impl Response {
 pub struct Client {
     http: reqwest::Client,
     urls: Arc<[String]>,
+    /// `urls`, parsed once.
+    bases: Arc<[reqwest::Url]>,
     current: Arc<AtomicUsize>,
     service_cert_pem: Arc<str>,
     request_timeout: Duration,
@@ -291,6 +293,25 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     causes(e).iter().any(|c| c.is::<rustls::Error>())
 }
 
+/// `base` (a node URL: no query, no fragment) followed by `path_and_query`, as parsing the two written one after
+/// the other gives it, without parsing the scheme and host again for every request (that was ~6 % of a load
+/// generator's CPU).
+fn request_url(base: &reqwest::Url, path_and_query: &str) -> reqwest::Url {
+    let (rest, fragment) = match path_and_query.split_once('#') {
+        Some((rest, fragment)) => (rest, Some(fragment)),
+        None => (path_and_query, None),
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    let mut url = base.clone();
+    url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
+    url.set_query(query);
+    url.set_fragment(fragment);
+    url
+}
+
 fn classify(e: reqwest::Error, url: &str, timeout: Duration) -> Error {
     if is_tls_failure(&e) {
         Error::Tls {
@@ -370,6 +391,12 @@ impl Client {
         if urls.is_empty() {
             return Err(Error::Config("no node URL given".into()));
         }
+        let bases = urls
+            .iter()
+            .map(|u| {
+                reqwest::Url::parse(u).map_err(|e| Error::Config(format!("invalid node URL {u:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config(service_cert_pem, identity)?)
             .no_proxy()
@@ -381,6 +408,7 @@ impl Client {
         Ok(Client {
             http,
             urls: urls.into(),
+            bases: bases.into(),
             current: Arc::new(AtomicUsize::new(0)),
             service_cert_pem: service_cert_pem.into(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -444,7 +472,7 @@ impl Client {
                 "request path {path_and_query:?} must start with '/'"
             )));
         }
-        let url = format!("{}{}", self.urls[index], path_and_query);
+        let url = request_url(&self.bases[index], path_and_query);
         let mut header_map = HeaderMap::new();
         let body_bytes = match body {
             None => None,
@@ -474,24 +502,27 @@ impl Client {
         }
         let mut request = self
             .http
-            .request(method.clone(), &url)
+            .request(method.clone(), url.clone())
             .headers(header_map)
             .timeout(timeout);
         if let Some(bytes) = body_bytes {
             request = request.body(bytes);
         }
-        let mut response = request.send().await.map_err(|e| classify(e, &url, timeout))?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| classify(e, url.as_str(), timeout))?;
         let status = response.status();
         let headers = std::mem::take(response.headers_mut());
         let body = read_body_capped(&mut response, MAX_RESPONSE_BYTES, "body", |e| {
-            classify(e, &url, timeout)
+            classify(e, url.as_str(), timeout)
         })
         .await?;
         Ok(Response {
             status,
             headers,
             body,
-            url,
+            url: url.into(),
         })
     }
 
@@ -672,6 +703,38 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_urls_are_what_parsing_base_and_path_together_gives() {
+        let paths = [
+            "/",
+            "/app/log/private?id=1",
+            "/node/tx?transaction_id=2.15&wait_ms=100",
+            "/a b?x=y z",
+            "/a%20b/%zz",
+            "/ü/\u{1F600}?q=ü",
+            "/a/../b/./c",
+            "//x/y",
+            "/a:b",
+            "/p?q#f",
+            "/p#f?q",
+            "/a\\b",
+            "/?",
+            "/#",
+            "/p??q",
+        ];
+        for base in [
+            "https://127.0.0.1:8000",
+            "https://node.example:9443/prefix",
+            "https://[::1]:1/a/b",
+        ] {
+            let parsed = reqwest::Url::parse(base).expect("base");
+            for path in paths {
+                let want = reqwest::Url::parse(&format!("{base}{path}")).expect("joined");
+                assert_eq!(request_url(&parsed, path), want, "{base} + {path}");
+            }
+        }
+    }
 
     fn response(status: u16, body: &str, headers: &[(&'static str, &str)]) -> Response {
         let mut map = HeaderMap::new();
