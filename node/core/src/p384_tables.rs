@@ -416,7 +416,7 @@ fn key_table_in(tables: &'static Mutex<KeyTables>, key: &p384::ecdsa::VerifyingK
             let table = entry.table.clone();
             cache.tables.push(entry);
             if widen {
-                widen_in_background(tables, key);
+                widen_in_background(tables, key, encoded);
             }
             return Some(table);
         }
@@ -448,14 +448,13 @@ fn key_table_in(tables: &'static Mutex<KeyTables>, key: &p384::ecdsa::VerifyingK
     Some(table)
 }
 
-/// Builds `key`'s 8-bit table on a thread of its own (~20 ms: on the caller's, a backup's Raft thread, it held up
+/// Builds `key`'s (`encoded`, as the cache knows it) 8-bit table on a thread of its own (~20 ms: on the caller's, a backup's Raft thread, it held up
 /// a commit) and swaps it in if the key is still tabled; until then verifications use the 4-bit one. Each key
 /// widens once at most: its use count passes `WIDE_AFTER` once.
-fn widen_in_background(tables: &'static Mutex<KeyTables>, key: &p384::ecdsa::VerifyingKey) {
+fn widen_in_background(tables: &'static Mutex<KeyTables>, key: &p384::ecdsa::VerifyingKey, encoded: Vec<u8>) {
     let Some(point) = affine_of(key.as_affine()) else {
         return;
     };
-    let encoded = key.to_encoded_point(true).as_bytes().to_vec();
     // No thread (the process is out of them): the key keeps its 4-bit table.
     let _ = std::thread::Builder::new()
         .name("p384-table".into())
