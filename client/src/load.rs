@@ -251,11 +251,17 @@ impl EtcdTarget {
     }
 
     async fn put(&self, body: &serde_json::Value) -> Result<(reqwest::StatusCode, Vec<u8>)> {
-        let url = &self.put_url;
-        let mut response = self
-            .http
-            .post(url)
-            .json(body)
+        self.exchange(self.http.post(&self.put_url).json(body), &self.put_url)
+            .await
+    }
+
+    /// Sends `request` (to `url`) within the timeout and reads its answer, capped.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>)> {
+        let mut response = request
             .timeout(self.timeout)
             .send()
             .await
@@ -302,18 +308,7 @@ impl LoadTarget for EtcdTarget {
     async fn warm_up(&self) -> Result<()> {
         // Any answer means the connection is open (the pool keeps it for the writes).
         let url = format!("{}/version", self.endpoint);
-        let mut response = self
-            .http
-            .get(&url)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| classify_transport(e, &url, self.timeout))?;
-        read_body_capped(&mut response, MAX_ETCD_RESPONSE_BYTES, "etcd answer", |e| {
-            classify_transport(e, &url, self.timeout)
-        })
-        .await
-        .map(|_| ())
+        self.exchange(self.http.get(&url), &url).await.map(|_| ())
     }
 }
 
