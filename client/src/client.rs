@@ -384,19 +384,15 @@ impl Client {
         service_cert_pem: &str,
         identity: Option<(&str, &str)>,
     ) -> Result<Client> {
-        let urls = urls
+        let (urls, bases): (Vec<String>, Vec<reqwest::Url>) = urls
             .iter()
             .map(|u| crate::network::check_url(u.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         if urls.is_empty() {
             return Err(Error::Config("no node URL given".into()));
         }
-        let bases = urls
-            .iter()
-            .map(|u| {
-                reqwest::Url::parse(u).map_err(|e| Error::Config(format!("invalid node URL {u:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config(service_cert_pem, identity)?)
             .no_proxy()
@@ -729,9 +725,12 @@ mod tests {
             "https://[::1]:1/a/b",
         ] {
             let parsed = reqwest::Url::parse(base).expect("base");
+            // A node URL given with a trailing slash (the client keeps it parsed as given, and trimmed as text).
+            let slashed = reqwest::Url::parse(&format!("{base}/")).expect("base with a slash");
             for path in paths {
                 let want = reqwest::Url::parse(&format!("{base}{path}")).expect("joined");
                 assert_eq!(request_url(&parsed, path), want, "{base} + {path}");
+                assert_eq!(request_url(&slashed, path), want, "{base}/ + {path}");
             }
         }
     }

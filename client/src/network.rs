@@ -180,8 +180,8 @@ impl NamedIdentity {
     }
 }
 
-/// A node URL as the client uses it: `https://`, no query or fragment, no trailing slash.
-pub(crate) fn check_url(url: &str) -> Result<String> {
+/// A node URL as the client uses it: `https://`, no query or fragment, no trailing slash; and parsed.
+pub(crate) fn check_url(url: &str) -> Result<(String, reqwest::Url)> {
     let parsed =
         reqwest::Url::parse(url).map_err(|e| Error::Config(format!("invalid node URL {url:?}: {e}")))?;
     if parsed.scheme() != "https" {
@@ -192,7 +192,7 @@ pub(crate) fn check_url(url: &str) -> Result<String> {
             "node URL {url:?} must not have a query or fragment"
         )));
     }
-    Ok(url.trim_end_matches('/').to_string())
+    Ok((url.trim_end_matches('/').to_string(), parsed))
 }
 
 #[cfg(test)]
