@@ -119,9 +119,6 @@ impl Storage {
         // every log file since its last flush alive, so without this bound a restart after millions of writes
         // replays gigabytes. Past it, RocksDB flushes the column families that hold the oldest log.
         opts.set_max_total_wal_size(WAL_BYTES_MAX);
-        // Table files (flushes, compactions) reach the disk a megabyte at a time, as they are written: at once, at
-        // the end, an 8 MB flush held the Raft log's sync (which shares the disk) for tens of milliseconds.
-        opts.set_bytes_per_sync(1 << 20);
         // The vector memtables below take one writer at a time (RocksDB's write group leader inserts for all).
         opts.set_allow_concurrent_memtable_write(false);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;

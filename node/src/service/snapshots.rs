@@ -190,7 +190,7 @@ impl Node {
         let seqno = job.state.version();
         let bytes = job.encode(&self.sealer)?;
         let digest = snapshot_codec::digest(&bytes);
-        write_paced(
+        write_private(
             &self
                 .paths
                 .snapshots()
@@ -202,56 +202,5 @@ impl Node {
         let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let _ = inbox.send(LoopEvent::SnapshotWritten { seqno, digest });
         Ok(())
-    }
-}
-
-/// Bytes of a snapshot file written between two syncs (see [`write_paced`]).
-const SNAPSHOT_SYNC_BYTES: usize = 256 << 10;
-
-/// Writes a snapshot file as [`write_private`] does, syncing every [`SNAPSHOT_SYNC_BYTES`]: the disk then never
-/// holds a whole snapshot (every node writes the same one at the same moment) ahead of the Raft log's next sync.
-/// Written at once, 3 × 1.7 MB held every node's log sync for 70–90 ms: commits stopped under load and their p99
-/// rose from ~30 to 100–200 ms.
-fn write_paced(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let context = || format!("writing {}", tmp.display());
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(context)?;
-    for piece in contents.chunks(SNAPSHOT_SYNC_BYTES) {
-        f.write_all(piece).with_context(context)?;
-        f.sync_data().with_context(context)?;
-    }
-    f.sync_all().with_context(context)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
-
-    /// A snapshot written in synced pieces reads back whole (an exact multiple of the piece, a remainder, empty),
-    /// readable by its owner only, with no temporary file left.
-    #[test]
-    fn paced_writes_keep_every_byte() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for len in [0, 1, SNAPSHOT_SYNC_BYTES, 2 * SNAPSHOT_SYNC_BYTES + 7] {
-            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let path = dir.path().join(format!("snapshot_{len}"));
-            write_paced(&path, &bytes).expect("written");
-            assert_eq!(std::fs::read(&path).expect("read"), bytes);
-            let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-            assert!(!path.with_extension("tmp").exists());
-        }
-        let missing = dir.path().join("no_such_dir").join("snapshot");
-        assert!(write_paced(&missing, b"x").is_err());
     }
 }
