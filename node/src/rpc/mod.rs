@@ -43,8 +43,9 @@ pub use error::ApiError;
 /// Header carrying the transaction id of a response (CCF's name).
 pub const TX_ID_HEADER: &str = "x-ms-ccf-transaction-id";
 
-/// What every handler can reach: one shared allocation, as axum clones the state for every request and for each
-/// layer it passes (one reference count, where each field's own cost a few percent of the HTTP threads).
+/// What every handler can reach, in one shared allocation: axum clones the state for every request and for each
+/// layer it passes, and one reference count to update is cheaper than one per field (cloning and dropping five
+/// were ~3 % of a node's HTTP threads under load).
 #[derive(Clone)]
 pub struct AppState(Arc<AppShared>);
 
