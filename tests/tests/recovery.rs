@@ -401,7 +401,7 @@ async fn a_rekeyed_ledger_stays_readable_everywhere_and_recovers() -> anyhow::Re
         user.wait_for_commit(tx, COMMIT_WAIT).await?;
         for i in [b, 3] {
             let c = net.user_client(i)?;
-            // Committed at the primary is not yet applied here: a backup reads its own state (CCF's too).
+            // Committed at the primary may not be applied here yet: a backup reads its own state (CCF's too).
             c.wait_for_commit(tx, COMMIT_WAIT).await?;
             let r = c
                 .call_with_retry(Method::GET, "/app/log/private?id=5", None, &[], RETRY)

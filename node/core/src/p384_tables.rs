@@ -448,9 +448,9 @@ fn key_table_in(tables: &'static Mutex<KeyTables>, key: &p384::ecdsa::VerifyingK
     Some(table)
 }
 
-/// Builds `key`'s (`encoded`, as the cache knows it) 8-bit table on a thread of its own (~20 ms: on the caller's, a backup's Raft thread, it held up
-/// a commit) and swaps it in if the key is still tabled; until then verifications use the 4-bit one. Each key
-/// widens once at most: its use count passes `WIDE_AFTER` once.
+/// Builds `key`'s (`encoded`, as the cache knows it) 8-bit table on a thread of its own (~20 ms: on the caller's,
+/// a backup's Raft thread, it held up a commit) and swaps it in if the key is still tabled; until then
+/// verifications use the 4-bit one. Each key widens once at most: its use count passes `WIDE_AFTER` once.
 fn widen_in_background(tables: &'static Mutex<KeyTables>, key: &p384::ecdsa::VerifyingKey, encoded: Vec<u8>) {
     let Some(point) = affine_of(key.as_affine()) else {
         return;
