@@ -106,9 +106,38 @@ pub struct NodeProc {
     names: bool,
 }
 
-/// A free port on 127.0.0.1 (bound and released: good enough on a quiet loopback).
+/// A free port on 127.0.0.1 for a node to listen on.
+///
+/// A port the kernel picks (`bind` to port 0) comes from the ephemeral range, the same range every outgoing
+/// connection takes its local port from: between releasing it here and the node binding it, one of the many
+/// connections the parallel tests open may take it, and the node fails to start. Ports below that range are
+/// never handed out implicitly, so they are taken from there, one process-wide counter keeping the tests of one
+/// binary apart and a trial bind skipping ports another process holds.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let Some(ceiling) = ephemeral_low().filter(|low| *low > LOWEST + 1_000) else {
+        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    };
+    let span = ceiling - LOWEST;
+    // Test binaries run one after another, each from its own offset, so a port a previous binary's node left
+    // in TIME_WAIT is not the first one tried.
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOWEST + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port).context("port out of range")?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {LOWEST} and {ceiling}")
+}
+
+/// The first port of the kernel's ephemeral range, if it can be read.
+fn ephemeral_low() -> Option<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 impl NodeProc {
@@ -307,12 +336,29 @@ impl NodeProc {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// The last `n` lines of the node's log.
+    /// The last `n` lines of the node's log, backtraces left out (see [`tail_without_backtraces`]).
     pub fn log_tail(&self, n: usize) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        tail_without_backtraces(&std::fs::read_to_string(&self.log).unwrap_or_default(), n)
     }
+}
+
+/// The last `n` lines of `log` with backtraces' frames left out: with `RUST_BACKTRACE` set (as some CI runners
+/// do) a failed start-up's last lines are all frames, and the error they follow is what tells.
+pub fn tail_without_backtraces(log: &str, n: usize) -> String {
+    let mut lines = Vec::new();
+    let mut in_backtrace = false;
+    for line in log.lines() {
+        if line.eq_ignore_ascii_case("stack backtrace:") {
+            in_backtrace = true;
+            lines.push("[backtrace left out]");
+        } else if in_backtrace && (line.is_empty() || line.starts_with(' ')) {
+            continue;
+        } else {
+            in_backtrace = false;
+            lines.push(line);
+        }
+    }
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Drop for NodeProc {
@@ -1043,5 +1089,35 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_tail_keeps_the_error_and_drops_the_frames() {
+        let log =
+            "INFO started\nError: binding 127.0.0.1:1: Address already in use\n\nStack backtrace:\n   0: \
+                   anyhow::msg\n             at src/x.rs:1\n   1: main\n\nnote: run with RUST_BACKTRACE=full";
+        let tail = tail_without_backtraces(log, 4);
+        let expected = [
+            "Error: binding 127.0.0.1:1: Address already in use",
+            "",
+            "[backtrace left out]",
+            "note: run with RUST_BACKTRACE=full",
+        ];
+        assert_eq!(tail, expected.join("\n"));
+    }
+
+    #[test]
+    fn ports_handed_out_are_distinct_and_free() {
+        let ports: Vec<u16> = (0..20).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+        for port in ports {
+            assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        }
     }
 }
