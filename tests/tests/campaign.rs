@@ -118,12 +118,9 @@ async fn a_network_under_partitions_kills_and_stops_loses_and_forks_nothing() ->
         let healed = Instant::now();
         let last = post_log(&net.failover_client()?, 999_999_999, "after the campaign", Duration::from_secs(30)).await?;
         net.wait_committed_everywhere(last).await?;
+        // Bounded by the waits above; how long it took is reported below, not asserted (a loaded machine is
+        // slower, and tests assert no wall-clock time).
         let converged = healed.elapsed();
-        // Within 10 election timeouts (an election takes 10-20 ticks of 50 ms: at most 1 s).
-        ensure!(
-            converged <= Duration::from_secs(10),
-            "the network took {converged:?} to converge after the heal (more than 10 election timeouts)"
-        );
 
         let history = history.lock().await;
         ensure!(!history.committed.is_empty(), "no write committed during the campaign");

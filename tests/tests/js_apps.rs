@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 use synod_client::{Body, Client, Method, TxStatus};
-use synod_tests::{bounded, ensure_audits_clean, Network};
+use synod_tests::{bounded, ensure_audits_clean, post_log, Network};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -73,8 +73,18 @@ async fn the_logging_bundle_is_deployed_by_vote_and_served_by_every_node() -> an
             status == 400 && v["error"]["code"] == "InvalidInput",
             "{status} {v}"
         );
-        let (status, _) = call(&c0, Method::DELETE, "/app/js/log/private?id=0", None).await?;
-        ensure!(status == 200);
+        let r = c0
+            .call_with_retry(
+                Method::DELETE,
+                "/app/js/log/private?id=0",
+                None,
+                &[],
+                Duration::from_secs(20),
+            )
+            .await?;
+        ensure!(r.status == 200, "{} {}", r.status, r.text());
+        // Node 0 may be a backup, answering from what it has applied.
+        c0.wait_for_commit(r.tx_id()?, Duration::from_secs(20)).await?;
         let (status, _) = call(&c0, Method::GET, "/app/js/log/private?id=0", None).await?;
         ensure!(status == 404);
         // A JS write has a receipt like any other.
@@ -158,6 +168,9 @@ async fn replacing_the_app_is_atomic() -> anyhow::Result<()> {
             ensure!(status == 200);
         }
         net.pass(0, "remove_js_app", json!({})).await?;
+        // A write ordered after the removal, committed at node 0: node 0 has applied the removal too.
+        let after = post_log(&c0, 0, "after the removal", Duration::from_secs(20)).await?;
+        c0.wait_for_commit(after, Duration::from_secs(20)).await?;
         let (status, _) = call(&c0, Method::GET, "/app/version", None).await?;
         ensure!(status == 404, "removed app still served: {status}");
         Ok(())

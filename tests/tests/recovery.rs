@@ -91,6 +91,8 @@ async fn a_lost_service_is_recovered_from_its_ledger_with_the_members_shares() -
             .await?;
         let mark = post_public(&user, 1001, "after removal", RETRY).await?;
         user.wait_for_commit(mark, COMMIT_WAIT).await?;
+        // The ledger salvaged is node 0's, which may be a backup that has not yet learnt of the commit.
+        net.user_client(0)?.wait_for_commit(mark, COMMIT_WAIT).await?;
 
         // The disaster: every node is gone but for one copy of a ledger.
         net.stop_all()?;
@@ -360,6 +362,8 @@ async fn a_rekeyed_ledger_stays_readable_everywhere_and_recovers() -> anyhow::Re
         // Every node follows the rekey: reads, receipts and the version history of a record from before it.
         for i in 0..3 {
             let c = net.user_client(i)?;
+            // A backup answers from what it has applied, which may not yet reach the primary's commit.
+            c.wait_for_commit(last, COMMIT_WAIT).await?;
             for &(k, _) in written.iter().step_by(13) {
                 let r = c
                     .call_with_retry(Method::GET, &format!("/app/log/private?id={k}"), None, &[], RETRY)
@@ -446,6 +450,8 @@ async fn a_rekeyed_ledger_stays_readable_everywhere_and_recovers() -> anyhow::Re
         );
         let tx = post_log(&user, 3000, "after the removal", RETRY).await?;
         user.wait_for_commit(tx, COMMIT_WAIT).await?;
+        // The ledger salvaged is node 0's, which may be a backup that has not yet learnt of the commit.
+        net.user_client(0)?.wait_for_commit(tx, COMMIT_WAIT).await?;
 
         // Then the disaster, and a recovery with the shares of the secret after the rekey.
         net.stop_all()?;
