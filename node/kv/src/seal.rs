@@ -100,8 +100,8 @@ impl LedgerSecret {
     }
 }
 
-/// Writes `contents` to `path` atomically (a synced temporary file renamed over it), readable by its owner only:
-/// how secrets and keys reach the disk.
+/// Writes `contents` to `path` atomically and durably (a synced temporary file renamed over it, then its directory
+/// synced), readable by its owner only: how secrets and keys reach the disk.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
@@ -113,7 +113,18 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         .open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    sync_parent(path)
+}
+
+/// Makes the last rename or creation of `path` durable: until its directory is synced, a power cut can take the
+/// rename back (a file system without a journal, as here, promises nothing else).
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl LedgerSecret {
@@ -683,5 +694,14 @@ mod tests {
         );
         std::fs::write(&path, b"short").expect("write");
         assert!(matches!(LedgerSecret::load(&path), Err(SealError::BadSecret(_))));
+    }
+
+    /// A file's directory is found for a bare name too (the current directory), and a missing one is an error.
+    #[test]
+    fn the_directory_synced_is_the_files_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sync_parent(&dir.path().join("file")).expect("its directory");
+        sync_parent(Path::new("file")).expect("the current directory");
+        assert!(sync_parent(&dir.path().join("gone").join("file")).is_err());
     }
 }
