@@ -176,6 +176,9 @@ struct SnapshotFile {
 #[derive(Default)]
 struct Disk {
     hard_state: HardState,
+    /// A hard state written without a sync (only its commit moved): durable with the next synced write, lost in a
+    /// crash before it.
+    unsynced_hard_state: Option<HardState>,
     conf_state: ConfState,
     conf_index: u64,
     /// Where the stored Raft log starts after (a compaction or an installed snapshot).
@@ -195,6 +198,10 @@ struct Disk {
 impl Disk {
     /// The log compacted up to `meta`; the node keeps its two newest committed snapshots.
     fn compact(&mut self, meta: SnapshotMetadata) {
+        // The compaction is a synced write: what was written before it is durable too.
+        if let Some(hs) = self.unsynced_hard_state.take() {
+            self.hard_state = hs;
+        }
         let drop = meta.index.saturating_sub(self.compacted.index) as usize;
         self.log.drain(..drop.min(self.log.len()));
         self.compacted = meta;
@@ -793,6 +800,7 @@ impl Sim {
         }
         let n = &mut self.nodes[i];
         n.replica = None;
+        n.disk.unsynced_hard_state = None;
         n.writes.clear();
         n.snapshot_writes.clear();
         n.unsynced.clear();
@@ -1386,12 +1394,10 @@ impl Effects<'_> {
                         .map_err(|e| format!("persisted: {e}"))?;
                     self.out.extend(job.then_send.iter().cloned());
                 }
-                // In order, as the store thread writes them: never before the one queued earlier.
-                let due = self
-                    .writes
-                    .last()
-                    .map_or(0, |w| w.due)
-                    .max(self.now + self.disk_delay);
+                // In order, as the store thread writes them: never before the one queued earlier. A write
+                // without a sync takes no disk time.
+                let delay = if job.must_sync { self.disk_delay } else { 0 };
+                let due = self.writes.last().map_or(0, |w| w.due).max(self.now + delay);
                 self.writes.push(PendingWrite { due, job });
                 None
             }
@@ -1488,15 +1494,23 @@ fn made_durable(
     Ok(())
 }
 
-/// Makes a Raft log write durable on the simulated disk.
+/// Makes a Raft log write durable on the simulated disk (or, without a sync, its hard state written but not yet
+/// durable).
 fn persist(disk: &mut Disk, w: &PersistJob) {
+    if w.must_sync {
+        if let Some(hs) = disk.unsynced_hard_state.take() {
+            disk.hard_state = hs;
+        }
+    }
     if let Some(first) = w.entries.first() {
         let keep = first.index.saturating_sub(disk.compacted.index + 1) as usize;
         disk.log.truncate(keep);
         disk.log.extend(w.entries.iter().cloned());
     }
-    if let Some(hs) = &w.hard_state {
-        disk.hard_state = hs.clone();
+    match (&w.hard_state, w.must_sync) {
+        (Some(hs), true) => disk.hard_state = hs.clone(),
+        (Some(hs), false) => disk.unsynced_hard_state = Some(hs.clone()),
+        (None, _) => {}
     }
     if let Some(cs) = &w.conf_state {
         disk.conf_state = cs.clone();
@@ -1520,6 +1534,7 @@ fn install(disk: &mut Disk, snapshot: crate::consensus::machine::InstalledSnapsh
     disk.conf_index = seqno;
     disk.compacted = snapshot.meta;
     disk.hard_state = hard_state;
+    disk.unsynced_hard_state = None;
     disk.ledger.clear();
     disk.ledger_base = seqno;
     disk.state = snapshot.state;

@@ -255,6 +255,10 @@ pub struct CoreReady {
     pub installed: Option<InstalledSnapshot>,
     /// Committed entries, in order, for the ledger and the stored state.
     pub committed: Vec<CommittedEntry>,
+    /// Whether what is stored must be durable before the Ready counts as persisted: entries, a new term or vote,
+    /// a configuration (raft-rs's `must_sync`, as etcd's `MustSync`). A hard state whose commit alone moved may
+    /// reach the disk with the next synced write: a node that loses it learns the commit again from the primary.
+    pub must_sync: bool,
 }
 
 /// The result of committing a transaction.
@@ -1199,6 +1203,7 @@ impl Core {
         let mut out = CoreReady {
             number: rd.number(),
             previous_last: self.raft.store().last(),
+            must_sync: rd.must_sync(),
             ..Default::default()
         };
         if !rd.snapshot().is_empty() {
@@ -1224,6 +1229,7 @@ impl Core {
         let committed = rd.take_committed_entries();
         self.raft.advance_append_async(rd);
         self.apply_committed(committed, &mut out)?;
+        out.must_sync |= out.conf_state.is_some() || out.conf_index.is_some() || out.installed.is_some();
         self.after_raft()?;
         Ok(Some(out))
     }

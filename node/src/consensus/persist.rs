@@ -1,6 +1,7 @@
 //! Raft's log and hard state in RocksDB (column families `raft_log` and `raft_state` of the node's database).
-//! One synced write batch per Raft `Ready`: the entries it appends (after deleting any suffix they overwrite),
-//! the new hard state and configuration. Restart reads it back into a [`LogStore`].
+//! One write batch per Raft `Ready` (or per group of them): the entries it appends (after deleting any suffix they
+//! overwrite), the new hard state and configuration; synced unless all it changes is the commit index. Restart
+//! reads it back into a [`LogStore`].
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
@@ -45,12 +46,23 @@ pub fn write(storage: &Storage, w: &LogWrite<'_>) -> Result<(), StorageError> {
 /// Writes several, in order, as one batch with one sync (a store thread that fell behind catches up with one
 /// fsync instead of one per write).
 pub fn write_all(storage: &Storage, writes: &[LogWrite<'_>]) -> Result<(), StorageError> {
+    write_batch(storage, writes, true)
+}
+
+/// Writes several, in order, as one batch, synced if `sync`. Unsynced, the batch reaches the disk no later than
+/// the next synced write (RocksDB's write-ahead log is one file, synced as a prefix) and survives the process
+/// being killed (it is in the kernel's cache); only a power cut before that sync can lose it. Nothing written
+/// at all makes no write.
+pub fn write_batch(storage: &Storage, writes: &[LogWrite<'_>], sync: bool) -> Result<(), StorageError> {
     let mut batch = WriteBatch::default();
     for w in writes {
         add_to_batch(storage, &mut batch, w)?;
     }
+    if batch.is_empty() && !sync {
+        return Ok(());
+    }
     let mut opts = WriteOptions::default();
-    opts.set_sync(true);
+    opts.set_sync(sync);
     storage.db().write_opt(batch, &opts)?;
     Ok(())
 }

@@ -53,8 +53,11 @@ pub struct PersistJob {
     pub conf_state: Option<ConfState>,
     /// Index of the last configuration change in `conf_state`.
     pub conf_index: Option<u64>,
-    /// Messages that may leave only once this is durable.
+    /// Messages that may leave only once this is written (durable, if `must_sync`).
     pub then_send: Vec<Message>,
+    /// Whether it must be synced ([`crate::consensus::machine::CoreReady::must_sync`]); if not, it is written
+    /// without a sync and becomes durable with the next synced write.
+    pub must_sync: bool,
 }
 
 /// What the replica asks its executor to do.
@@ -337,6 +340,7 @@ impl Replica {
             conf_state: rd.conf_state,
             conf_index: rd.conf_index,
             then_send: rd.persisted_messages,
+            must_sync: rd.must_sync,
         }));
         if !rd.committed.is_empty() {
             self.commands.push(Command::Apply(rd.committed));

@@ -1408,7 +1408,10 @@ impl Node {
                             ..Default::default()
                         })
                         .collect();
-                    persist::write_all(&self.storage, &writes)?;
+                    // A Ready whose hard state moved only its commit (a third of them under load) needs no
+                    // fsync: each one here is a flush of the disk.
+                    let sync = batch.iter().any(|job| job.must_sync);
+                    persist::write_batch(&self.storage, &writes, sync)?;
                     drop(writes);
                     for job in batch {
                         for m in &job.then_send {
@@ -1501,8 +1504,8 @@ fn persist_state(storage: &Storage, sealer: &Sealer, batch: &[CommittedEntry]) -
 }
 
 /// How long ledger-file appends may wait for their fdatasync. Only the Raft log's compaction waits for them
-/// (`ledger_durable`: until then the Raft log, synced on every write, holds every entry, and a restart writes
-/// whatever the files lack from it), so under load the applier syncs once per interval instead of once per
+/// (`ledger_durable`: until then the Raft log, synced on every write of entries, holds every entry, and a restart
+/// writes whatever the files lack from it), so under load the applier syncs once per interval instead of once per
 /// batch, and keeps off the disk the Raft log's syncs, on every write's commit path, wait for.
 const LEDGER_SYNC_INTERVAL: Duration = Duration::from_millis(50);
 

@@ -16,6 +16,10 @@ const NOW: i64 = 1_700_000_000;
 struct SimNode {
     core: Core,
     alive: bool,
+    /// The term and vote of the last hard state its Readies stored.
+    term_vote: (u64, u64),
+    /// Readies that stored a hard state without needing a sync (only the commit moved).
+    unsynced_hard_states: u64,
     /// Committed ledger frames in order.
     frames: Vec<Vec<u8>>,
     snapshots: Vec<(u64, Vec<u8>)>,
@@ -100,6 +104,8 @@ impl Sim {
         sim.nodes.push(SimNode {
             core,
             alive: true,
+            term_vote: (0, 0),
+            unsynced_hard_states: 0,
             frames: Vec::new(),
             snapshots: Vec::new(),
             committed_snapshots: Vec::new(),
@@ -129,6 +135,8 @@ impl Sim {
         self.nodes.push(SimNode {
             core,
             alive: true,
+            term_vote: (0, 0),
+            unsynced_hard_states: 0,
             frames: Vec::new(),
             snapshots: Vec::new(),
             committed_snapshots: Vec::new(),
@@ -157,6 +165,21 @@ impl Sim {
                 let _ = self.nodes[i].core.emit_signature(NOW).expect("signature");
             }
             while let Some(rd) = self.nodes[i].core.ready().expect("ready") {
+                // Entries, a new term or vote, a configuration or an install are synced; only a moved commit is not.
+                let node = &mut self.nodes[i];
+                let term_vote = rd.hard_state.as_ref().map(|hs| (hs.term, hs.vote));
+                let durable_needed = !rd.entries.is_empty()
+                    || term_vote.is_some_and(|tv| tv != node.term_vote)
+                    || rd.conf_state.is_some()
+                    || rd.installed.is_some();
+                assert!(
+                    rd.must_sync || !durable_needed,
+                    "node {i}: a Ready that must be synced is not"
+                );
+                node.term_vote = term_vote.unwrap_or(node.term_vote);
+                if rd.hard_state.is_some() && !rd.must_sync {
+                    node.unsynced_hard_states += 1;
+                }
                 self.inflight.extend(rd.messages);
                 self.nodes[i].core.on_persisted(rd.number).expect("persisted");
                 self.inflight.extend(rd.persisted_messages);
@@ -346,6 +369,10 @@ fn three_nodes_replicate_commit_and_hold_identical_ledgers() {
     }
     let bytes: Vec<u8> = sim.nodes[1].frames.concat();
     assert_eq!(decode_frames(&bytes).count(), sim.nodes[1].frames.len());
+    // Commits learnt after the entries were stored are written without a sync, on the primary and the backups.
+    for (i, n) in sim.nodes.iter().enumerate() {
+        assert!(n.unsynced_hard_states > 0, "node {i}");
+    }
 }
 
 /// What `Replica::hand_out_commit` relies on: once the followers' answers commit a signature, the primary knows a
@@ -861,6 +888,8 @@ fn a_trusted_node_whose_configuration_change_was_lost_with_its_primary_is_added_
     sim.nodes.push(SimNode {
         core,
         alive: true,
+        term_vote: (0, 0),
+        unsynced_hard_states: 0,
         frames: Vec::new(),
         snapshots: Vec::new(),
         committed_snapshots: Vec::new(),
