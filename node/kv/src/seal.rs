@@ -100,16 +100,22 @@ impl LedgerSecret {
     }
 }
 
-/// Writes `contents` to `path` atomically and durably (a synced temporary file renamed over it, then its directory
-/// synced), readable by its owner only: how secrets and keys reach the disk.
+/// Writes `contents` to `path` atomically and durably, readable by its owner only: how secrets and keys reach the
+/// disk.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_durably(path, contents, 0o600)
+}
+
+/// Writes `contents` to `path` atomically and durably: a synced temporary file, created with `mode` (before the
+/// umask), renamed over it, then its directory synced.
+pub fn write_durably(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
@@ -119,7 +125,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 /// Makes the last rename or creation of `path` durable: until its directory is synced, a power cut can take the
 /// rename back (a file system without a journal, as here, promises nothing else).
-pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+fn sync_parent(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

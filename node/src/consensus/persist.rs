@@ -40,16 +40,11 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
 
 /// Writes one batch, synced.
 pub fn write(storage: &Storage, w: &LogWrite<'_>) -> Result<(), StorageError> {
-    write_all(storage, std::slice::from_ref(w))
+    write_batch(storage, std::slice::from_ref(w), true)
 }
 
-/// Writes several, in order, as one batch with one sync (a store thread that fell behind catches up with one
-/// fsync instead of one per write).
-pub fn write_all(storage: &Storage, writes: &[LogWrite<'_>]) -> Result<(), StorageError> {
-    write_batch(storage, writes, true)
-}
-
-/// Writes several, in order, as one batch, synced if `sync`. Unsynced, the batch reaches the disk no later than
+/// Writes several, in order, as one batch (a store thread that fell behind catches up with one fsync instead of
+/// one per write), synced if `sync`. Unsynced, the batch reaches the disk no later than
 /// the next synced write (RocksDB's write-ahead log is one file, synced as a prefix) and survives the process
 /// being killed (it is in the kernel's cache); only a power cut before that sync can lose it. Nothing written
 /// at all makes no write.

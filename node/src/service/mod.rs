@@ -1605,17 +1605,11 @@ fn sync_ledger(ledger: &mut LedgerWriter, shared: &Shared) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Writes a file atomically and durably (a synced temporary file renamed over it, then its directory synced):
-/// the address files tests and scripts wait for, recovery's markers and the ledger chunks it salvages.
+/// Writes a file atomically and durably (`synod_kv::seal::write_durably`, with `File::create`'s mode): the
+/// address files tests and scripts wait for, recovery's markers and the ledger chunks it salvages.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let context = || format!("writing {}", tmp.display());
-    let mut f = std::fs::File::create(&tmp).with_context(context)?;
-    f.write_all(contents).with_context(context)?;
-    f.sync_all().with_context(context)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    synod_kv::seal::sync_parent(path).with_context(|| format!("syncing the directory of {}", path.display()))
+    synod_kv::seal::write_durably(path, contents, 0o666)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
