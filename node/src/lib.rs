@@ -48,15 +48,10 @@ async fn bind(cfg: &NodeConfig) -> anyhow::Result<(TcpListener, std::net::TcpLis
 }
 
 fn holds_a_node(cfg: &NodeConfig) -> anyhow::Result<bool> {
-    let db = service::Paths {
+    let paths = service::Paths {
         dir: cfg.data_dir.clone(),
-    }
-    .db();
-    if !db.exists() {
-        return Ok(false);
-    }
-    let storage = synod_kv::storage::Storage::open(&db).context("opening the node's database")?;
-    Ok(consensus::persist::exists(&storage)?)
+    };
+    Ok(consensus::persist::exists(&paths.raft())?)
 }
 
 /// `synod-node start`: creates a service in an empty data directory, or resumes the node it holds.

@@ -1,19 +1,19 @@
-//! Conformance suite for the Raft log store: the in-memory `LogStore` raft-rs reads, and its mirror in RocksDB
-//! (`consensus::persist`) that a restart reads back.
+//! Conformance suite for the Raft log store: the in-memory `LogStore` raft-rs reads, and its mirror in segment
+//! files (`consensus::persist`) that a restart reads back.
 //!
 //! Part one holds `LogStore` to the contract of raft-rs's own `MemStorage` (the cases of raft-rs's
 //! `storage.rs` tests: term, entries with a size limit, first and last index, compaction, append with overwrite,
 //! snapshots). Part two drives a seeded random sequence of what the node does to its log — appends that overwrite
 //! a suffix, compactions, snapshot installs, hard-state and configuration changes — into both the store and
-//! RocksDB, and after every step checks that the store, a plain model of it, and the log read back from disk
-//! agree on everything raft-rs can ask.
+//! the files (small segments, so that they rotate and go every few steps; the log is reopened now and then), and
+//! after every step checks that the store, a plain model of it, and the log read back from disk agree on
+//! everything raft-rs can ask.
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, Storage as _, StorageError};
 use synod_core::testing::Rng;
-use synod_kv::storage::Storage;
 use synod_node::consensus::log_store::LogStore;
-use synod_node::consensus::persist::{self, LogWrite};
+use synod_node::consensus::persist::{self, LogWrite, RaftLog};
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry {
@@ -248,7 +248,9 @@ fn check(what: &str, s: &LogStore, m: &Model) {
 
 fn run_seed(seed: u64, steps: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = Storage::open(dir.path()).expect("open");
+    // Segments of a few records each.
+    const SEGMENT_BYTES: u64 = 2048;
+    let mut log = RaftLog::open_with(dir.path(), SEGMENT_BYTES).expect("open");
     let mut s = LogStore::default();
     let mut m = Model::default();
     let mut rng = Rng::new(seed);
@@ -263,16 +265,11 @@ fn run_seed(seed: u64, steps: usize) {
                     term += 1;
                 }
                 let ents: Vec<Entry> = (from..from + 1 + rng.below(8)).map(|i| entry(i, term)).collect();
-                let previous_last = s.last();
                 s.append(&ents).expect("append");
-                persist::write(
-                    &storage,
-                    &LogWrite {
-                        entries: &ents,
-                        previous_last,
-                        ..Default::default()
-                    },
-                )
+                log.write(&LogWrite {
+                    entries: &ents,
+                    ..Default::default()
+                })
                 .expect("persist append");
                 m.held.retain(|e| e.0 < from);
                 m.held.extend(ents.iter().map(|e| (e.index, e.term)));
@@ -282,13 +279,10 @@ fn run_seed(seed: u64, steps: usize) {
                 let k = rng.below(m.held.len() as u64) as usize;
                 let (index, t) = m.held[k];
                 s.compact(index).expect("compact");
-                persist::write(
-                    &storage,
-                    &LogWrite {
-                        compacted: Some(s.compacted()),
-                        ..Default::default()
-                    },
-                )
+                log.write(&LogWrite {
+                    compacted: Some(s.compacted()),
+                    ..Default::default()
+                })
                 .expect("persist compaction");
                 m.compacted = (index, t);
                 m.held.drain(..=k);
@@ -305,17 +299,14 @@ fn run_seed(seed: u64, steps: usize) {
                 let meta = s.compacted().clone();
                 let hs = s.hard_state().clone();
                 let cs = s.conf_state().clone();
-                persist::write(
-                    &storage,
-                    &LogWrite {
-                        clear: true,
-                        compacted: Some(&meta),
-                        hard_state: Some(&hs),
-                        conf_state: Some(&cs),
-                        conf_index: Some(s.conf_index()),
-                        ..Default::default()
-                    },
-                )
+                log.write(&LogWrite {
+                    clear: true,
+                    compacted: Some(&meta),
+                    hard_state: Some(&hs),
+                    conf_state: Some(&cs),
+                    conf_index: Some(s.conf_index()),
+                    ..Default::default()
+                })
                 .expect("persist install");
                 m.compacted = (index, term);
                 m.held.clear();
@@ -333,13 +324,10 @@ fn run_seed(seed: u64, steps: usize) {
                     ..Default::default()
                 };
                 s.set_hard_state(hs.clone());
-                persist::write(
-                    &storage,
-                    &LogWrite {
-                        hard_state: Some(&hs),
-                        ..Default::default()
-                    },
-                )
+                log.write(&LogWrite {
+                    hard_state: Some(&hs),
+                    ..Default::default()
+                })
                 .expect("persist hard state");
                 m.hard_state = hs;
             }
@@ -353,27 +341,28 @@ fn run_seed(seed: u64, steps: usize) {
                 let index = m.conf_index.max(m.last());
                 s.set_conf_state(cs.clone());
                 s.set_conf_index(index);
-                persist::write(
-                    &storage,
-                    &LogWrite {
-                        conf_state: Some(&cs),
-                        conf_index: Some(index),
-                        ..Default::default()
-                    },
-                )
+                log.write(&LogWrite {
+                    conf_state: Some(&cs),
+                    conf_index: Some(index),
+                    ..Default::default()
+                })
                 .expect("persist conf state");
                 m.conf_state = cs;
                 m.conf_index = index;
             }
         }
         check(&format!("{what} (memory)"), &s, &m);
-        let loaded = persist::load(&storage).expect("load");
-        check(&format!("{what} (read back from RocksDB)"), &loaded, &m);
+        let loaded = persist::load(dir.path()).expect("load");
+        check(&format!("{what} (read back from the files)"), &loaded, &m);
+        if rng.below(20) == 0 {
+            drop(log);
+            log = RaftLog::open_with(dir.path(), SEGMENT_BYTES).expect("reopen");
+        }
     }
 }
 
 #[test]
-fn the_store_and_its_rocksdb_mirror_agree_with_a_model_under_random_operations() {
+fn the_store_and_its_files_agree_with_a_model_under_random_operations() {
     let seeds = std::env::var("LOG_STORE_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -23,10 +23,11 @@ use crate::{Bytes, Entry, State};
 
 const CF_STATE: &str = "state";
 const CF_META: &str = "meta";
-/// Column family of Raft's log (index BE → raft-rs `Entry`), owned by the node's consensus layer.
-pub const CF_RAFT_LOG: &str = "raft_log";
-/// Column family of Raft's hard state, configuration and compaction point.
-pub const CF_RAFT_STATE: &str = "raft_state";
+/// Column families that held Raft's log and hard state until they moved to files of their own
+/// (`synod_node::consensus::persist`): still opened (RocksDB opens every column family a database has), only read
+/// to recognise a data directory of that format.
+const CF_RAFT_LOG: &str = "raft_log";
+const CF_RAFT_STATE: &str = "raft_state";
 const APPLIED_SEQNO: &[u8] = b"applied_seqno";
 /// Table files RocksDB keeps open at once.
 pub const STORAGE_OPEN_FILES_MAX: i32 = 256;
@@ -126,7 +127,7 @@ impl Storage {
             let mut cf = Options::default();
             cf.set_write_buffer_size(MEMTABLE_BYTES);
             cf.set_max_write_buffer_number(2);
-            if name == CF_STATE || name == CF_RAFT_LOG {
+            if name == CF_STATE {
                 // Written on every commit, read only when the node starts or installs a snapshot: a vector
                 // memtable appends each write and sorts once, when flushed or first read. The default skip
                 // list spent ~3 µs per insert here (cache misses down its levels), 4 % of all CPU under load.
@@ -141,6 +142,11 @@ impl Storage {
             .map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Storage { db: Arc::new(db) })
+    }
+
+    /// Whether this database holds a Raft log of the format before it moved to files of its own.
+    pub fn holds_legacy_raft_log(&self) -> Result<bool, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_RAFT_STATE)?, b"conf_state")?.is_some())
     }
 
     /// A column family by name.
@@ -274,6 +280,16 @@ mod tests {
 
     use super::*;
     use crate::seal::LedgerSecret;
+
+    #[test]
+    fn a_raft_log_of_the_old_format_is_recognised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        assert!(!storage.holds_legacy_raft_log().expect("fresh"));
+        let cf = storage.cf(CF_RAFT_STATE).expect("cf");
+        storage.db().put_cf(cf, b"conf_state", b"").expect("put");
+        assert!(storage.holds_legacy_raft_log().expect("legacy"));
+    }
 
     fn ws(map: &str, writes: &[(&[u8], Option<&[u8]>)]) -> WriteSet {
         WriteSet {

@@ -243,8 +243,6 @@ pub struct CoreReady {
     pub persisted_messages: Vec<Message>,
     /// Append to the stored log (overwriting any stored suffix from the first one's index).
     pub entries: Vec<Entry>,
-    /// The stored log's last index before this round.
-    pub previous_last: u64,
     /// New hard state to store.
     pub hard_state: Option<HardState>,
     /// New configuration to store.
@@ -1202,7 +1200,6 @@ impl Core {
         let mut rd = self.raft.ready();
         let mut out = CoreReady {
             number: rd.number(),
-            previous_last: self.raft.store().last(),
             must_sync: rd.must_sync(),
             ..Default::default()
         };
@@ -1211,7 +1208,6 @@ impl Core {
             let snap = rd.snapshot().clone();
             self.raft.mut_store().install_snapshot(snap);
             out.installed = self.installing.take();
-            out.previous_last = self.raft.store().last();
         }
         if !rd.entries().is_empty() {
             self.raft

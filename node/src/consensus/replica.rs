@@ -45,8 +45,6 @@ pub struct PersistJob {
     pub number: u64,
     /// Entries to append (overwriting any stored suffix from the first one's index).
     pub entries: Vec<Entry>,
-    /// The stored log's last index before this write.
-    pub previous_last: u64,
     /// New hard state.
     pub hard_state: Option<HardState>,
     /// New configuration.
@@ -335,7 +333,6 @@ impl Replica {
         self.commands.push(Command::Persist(PersistJob {
             number: rd.number,
             entries: rd.entries,
-            previous_last: rd.previous_last,
             hard_state: rd.hard_state,
             conf_state: rd.conf_state,
             conf_index: rd.conf_index,

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// File descriptors kept for the node itself (RocksDB's table files, ledger chunks, snapshots, node-to-node
-/// channels, the runtime's own) before client connections are counted.
+/// File descriptors kept for the node itself (RocksDB's table files, the Raft log's segment and the spare being
+/// filled, ledger chunks, snapshots, node-to-node channels, the runtime's own) before client connections are
+/// counted.
 pub const FDS_RESERVED: u64 = 256 + synod_kv::storage::STORAGE_OPEN_FILES_MAX as u64;
 
 /// When a connection last moved a byte, in milliseconds since it was accepted.

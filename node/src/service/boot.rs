@@ -11,6 +11,8 @@ pub(super) struct BootContext<'a> {
     pub cfg: &'a NodeConfig,
     pub paths: &'a Paths,
     pub storage: &'a Storage,
+    /// The Raft log, written only by boot until the store thread takes it.
+    pub raft: &'a RefCell<RaftLog>,
     pub platform: &'a dyn Platform,
     pub rpc_published: &'a str,
     pub node_address: &'a str,
@@ -170,7 +172,7 @@ fn joined(
         // Decoded once (a million keys' values are decrypted here), for the disk and the core.
         Some(bytes) => {
             let decoded = snapshot_codec::decode(bytes, &sealer).context("decoding the snapshot")?;
-            reset_to_snapshot(ctx.paths, ctx.storage, bytes, &decoded)?;
+            reset_to_snapshot(ctx.paths, &mut ctx.raft.borrow_mut(), bytes, &decoded)?;
             joined_state = Some(decoded.state.clone());
             Core::joining_from_snapshot(keys_of(&ids)?, sealer, ctx.core, bytes, decoded)?
         }
@@ -306,7 +308,7 @@ fn recovery_snapshot(
         commit: seqno,
         ..Default::default()
     };
-    reset_log_to_snapshot(ctx.paths, ctx.storage, &bytes, &meta, &hs)?;
+    reset_log_to_snapshot(ctx.paths, &mut ctx.raft.borrow_mut(), &bytes, &meta, &hs)?;
     Ok((bytes, decoded))
 }
 
@@ -315,7 +317,7 @@ fn recovery_snapshot(
 fn resumed(ctx: &BootContext<'_>) -> anyhow::Result<Booted> {
     let ids = load_identities(ctx.paths).context("this data directory holds no node identity")?;
     let sealer = sealer_of(&ids);
-    let mut log = persist::load(ctx.storage)?;
+    let mut log = persist::load(&ctx.paths.raft())?;
     let mut state = ctx
         .storage
         .load_state(&sealer)
@@ -333,8 +335,15 @@ fn resumed(ctx: &BootContext<'_>) -> anyhow::Result<Booted> {
             .with_context(|| format!("the Raft log starts after snapshot {compacted}, which is missing"))?;
         let bytes = std::fs::read(&path)?;
         drop(opened);
-        state = install_snapshot_on_disk(ctx.paths, ctx.storage, &sealer, &bytes)?.state;
-        log = persist::load(ctx.storage)?;
+        state = install_snapshot_on_disk(
+            ctx.paths,
+            ctx.storage,
+            &mut ctx.raft.borrow_mut(),
+            &sealer,
+            &bytes,
+        )?
+        .state;
+        log = persist::load(&ctx.paths.raft())?;
         opened = LedgerWriter::open_after(&ctx.paths.ledger(), u64::MAX).context("reading the ledger")?;
     }
     let ledger_base = opened.start - 1;
@@ -356,14 +365,11 @@ fn resumed(ctx: &BootContext<'_>) -> anyhow::Result<Booted> {
     let (mut core, replay) =
         Core::restore(keys_of(&ids)?, sealer, ctx.core, restore).context("restoring from the ledger")?;
     if let Some((cs, index)) = core.take_restored_conf() {
-        persist::write(
-            ctx.storage,
-            &LogWrite {
-                conf_state: Some(&cs),
-                conf_index: Some(index),
-                ..Default::default()
-            },
-        )?;
+        ctx.raft.borrow_mut().write(&LogWrite {
+            conf_state: Some(&cs),
+            conf_index: Some(index),
+            ..Default::default()
+        })?;
     }
     tracing::info!(committed = %core.committed(), last = core.last_seqno(), "resumed");
     Ok(Booted {

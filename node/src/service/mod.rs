@@ -26,6 +26,7 @@ mod snapshots;
 pub use identities::*;
 pub use snapshots::*;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,7 +50,7 @@ use synod_kv::{State, Tx};
 use crate::channels::{ChannelTls, Channels, Directory, PeerInfo};
 use crate::config::NodeConfig;
 use crate::consensus::machine::{Core, CoreConfig, CoreError, Genesis, Keys, Outcome, Restore, SnapshotJob};
-use crate::consensus::persist::{self, LogWrite};
+use crate::consensus::persist::{self, LogWrite, RaftLog};
 use crate::consensus::replica::{Command, Input, PersistJob, Replica, ReplicaTiming};
 use crate::consensus::{raft_id, RaftTiming};
 use crate::ledger_files::writer::LedgerWriter;
@@ -249,6 +250,10 @@ impl Paths {
     pub fn db(&self) -> PathBuf {
         self.dir.join("db")
     }
+    /// The Raft log's segments.
+    pub fn raft(&self) -> PathBuf {
+        self.dir.join("raft")
+    }
     /// A file in the data directory.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -420,6 +425,8 @@ pub struct Node {
     threads: Mutex<Vec<JoinHandle<()>>>,
     cfg: NodeConfig,
     storage: Storage,
+    /// The Raft log, written by the store thread.
+    raft: Mutex<RaftLog>,
     sealer: Sealer,
     ledger_secret: LedgerSecret,
     /// First seqno this run of the node ordered or received.
@@ -686,17 +693,26 @@ impl Node {
         let (node_address, rpc_published) = published_addresses(cfg, bound_node_address, rpc_address);
         let platform: Arc<dyn Platform> = crate::platform::for_config(cfg)?;
         let storage = Storage::open(&paths.db()).context("opening the node's database")?;
-        let existing = persist::exists(&storage)?;
+        if storage.holds_legacy_raft_log()? && !paths.raft().exists() {
+            bail!(
+                "{} was written by a Synod whose Raft log lived in RocksDB; this one reads it only from {}",
+                paths.dir.display(),
+                paths.raft().display()
+            );
+        }
+        let existing = persist::exists(&paths.raft())?;
         if existing && !matches!(boot, Boot::Resume) {
             bail!(
                 "{} already holds a node; start it again without creating or joining",
                 paths.dir.display()
             );
         }
+        let raft = RefCell::new(RaftLog::open(&paths.raft())?);
         let ctx = boot::BootContext {
             cfg,
             paths: &paths,
             storage: &storage,
+            raft: &raft,
             platform: platform.as_ref(),
             rpc_published: &rpc_published,
             node_address: &node_address,
@@ -782,6 +798,7 @@ impl Node {
             threads: Mutex::new(Vec::new()),
             cfg: cfg.clone(),
             storage: storage.clone(),
+            raft: Mutex::new(raft.into_inner()),
             sealer: sealer.clone(),
             ledger_secret: ids.secret.clone(),
             startup_seqno,
@@ -1351,6 +1368,8 @@ impl Node {
     ) -> anyhow::Result<()> {
         /// Raft log writes made durable with one sync at most.
         const PERSISTS_PER_SYNC_MAX: usize = 256;
+        // Held for the thread's life: nothing else writes the log once the node runs.
+        let mut raft = self.raft.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = None;
         loop {
             let job = match next.take() {
@@ -1365,7 +1384,7 @@ impl Node {
                     let seqno = snapshot.meta.index;
                     reset_log_to_snapshot(
                         &self.paths,
-                        &self.storage,
+                        &mut raft,
                         &snapshot.bytes,
                         &snapshot.meta,
                         &hard_state,
@@ -1401,7 +1420,6 @@ impl Node {
                         .iter()
                         .map(|job| LogWrite {
                             entries: &job.entries,
-                            previous_last: job.previous_last,
                             hard_state: job.hard_state.as_ref(),
                             conf_state: job.conf_state.as_ref(),
                             conf_index: job.conf_index,
@@ -1411,7 +1429,7 @@ impl Node {
                     // A Ready whose hard state moved only its commit (a third of them under load) needs no
                     // fsync: each one here is a flush of the disk.
                     let sync = batch.iter().any(|job| job.must_sync);
-                    persist::write_batch(&self.storage, &writes, sync)?;
+                    raft.write_batch(&writes, sync)?;
                     drop(writes);
                     for job in batch {
                         for m in &job.then_send {
@@ -1424,13 +1442,10 @@ impl Node {
                     self.wake();
                 }
                 StoreJob::Compact(meta) => {
-                    persist::write(
-                        &self.storage,
-                        &LogWrite {
-                            compacted: Some(&meta),
-                            ..Default::default()
-                        },
-                    )?;
+                    raft.write(&LogWrite {
+                        compacted: Some(&meta),
+                        ..Default::default()
+                    })?;
                     tracing::info!(
                         seqno = meta.index,
                         "compacted the Raft log up to a committed snapshot"

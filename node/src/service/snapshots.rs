@@ -66,11 +66,12 @@ pub(super) fn restore_base(
 pub(super) fn install_snapshot_on_disk(
     paths: &Paths,
     storage: &Storage,
+    raft: &mut RaftLog,
     sealer: &Sealer,
     bytes: &[u8],
 ) -> anyhow::Result<snapshot_codec::Decoded> {
     let decoded = snapshot_codec::decode(bytes, sealer).context("decoding the snapshot")?;
-    reset_to_snapshot(paths, storage, bytes, &decoded)?;
+    reset_to_snapshot(paths, raft, bytes, &decoded)?;
     storage.replace_state(&decoded.state, sealer)?;
     Ok(decoded)
 }
@@ -78,21 +79,21 @@ pub(super) fn install_snapshot_on_disk(
 /// [`install_snapshot_on_disk`] but the stored state: the snapshot file, the Raft log and the ledger.
 pub(super) fn reset_to_snapshot(
     paths: &Paths,
-    storage: &Storage,
+    raft: &mut RaftLog,
     bytes: &[u8],
     decoded: &snapshot_codec::Decoded,
 ) -> anyhow::Result<()> {
     let seqno = decoded.file.seqno;
     let meta = snapshot_codec::raft_metadata(seqno, decoded.file.view, &decoded.file.conf_state)
         .context("snapshot configuration")?;
-    let log = persist::load(storage)?;
+    let stored = raft.hard_state();
     let hs = raft::eraftpb::HardState {
-        term: decoded.file.view.max(log.hard_state().term),
-        vote: log.hard_state().vote,
+        term: decoded.file.view.max(stored.term),
+        vote: stored.vote,
         commit: seqno,
         ..Default::default()
     };
-    reset_log_to_snapshot(paths, storage, bytes, &meta, &hs)?;
+    reset_log_to_snapshot(paths, raft, bytes, &meta, &hs)?;
     LedgerWriter::open(&paths.ledger())?
         .writer
         .reset_after_snapshot(seqno)?;
@@ -103,7 +104,7 @@ pub(super) fn reset_to_snapshot(
 /// with `hs` in the same write so a crash right after never leaves the commit behind the log's start.
 pub(super) fn reset_log_to_snapshot(
     paths: &Paths,
-    storage: &Storage,
+    raft: &mut RaftLog,
     bytes: &[u8],
     meta: &SnapshotMetadata,
     hs: &raft::eraftpb::HardState,
@@ -116,17 +117,14 @@ pub(super) fn reset_log_to_snapshot(
             bytes,
         )?;
     }
-    persist::write(
-        storage,
-        &LogWrite {
-            clear: true,
-            compacted: Some(meta),
-            conf_state: Some(meta.get_conf_state()),
-            conf_index: Some(seqno),
-            hard_state: Some(hs),
-            ..Default::default()
-        },
-    )?;
+    raft.write(&LogWrite {
+        clear: true,
+        compacted: Some(meta),
+        conf_state: Some(meta.get_conf_state()),
+        conf_index: Some(seqno),
+        hard_state: Some(hs),
+        ..Default::default()
+    })?;
     Ok(())
 }
 
