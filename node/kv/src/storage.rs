@@ -112,7 +112,7 @@ impl Storage {
         // A bounded number of table files open at once: the node reserves file descriptors for RocksDB, the
         // ledger and snapshots before it sizes its client connection cap (docs/SECURITY.md).
         opts.set_max_open_files(STORAGE_OPEN_FILES_MAX);
-        // Memory RocksDB may hold, whatever the ledger's length: memtables (the Raft log's entries pass through
+        // Memory RocksDB may hold, whatever the ledger's length: memtables (every committed write passes through
         // them) and the block cache, shared by every column family. RocksDB's defaults allow 64 MiB memtables per
         // column family, which a node under load fills before the first flush.
         opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);

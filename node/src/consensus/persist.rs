@@ -5,7 +5,9 @@
 //! sync: measured here, 220 µs a sync when appending to a growing file (RocksDB's write-ahead log), 120 µs when
 //! overwriting a file written before. So segments are written over in place: a segment whose entries are all
 //! compacted becomes the spare, the next segment (as RocksDB's `recycle_log_file_num` does), and a helper thread
-//! zero-fills one when none was recycled by the time the current segment is half full.
+//! zero-fills one when none was recycled by the time the current segment is half full. Records are written with
+//! direct I/O, in whole blocks (see [`RaftLog::write_at_end`]): through the page cache, a small write into a file
+//! cached in large folios writes the whole folio back.
 //!
 //! A segment `<seq>.seg` is a run of records: a 16-byte header (CRC-32 of what follows it, payload length, the
 //! segment's salt; little-endian) and a payload of operations. The salt is random, drawn when the segment starts,
@@ -24,7 +26,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -38,6 +40,8 @@ use super::log_store::LogStore;
 pub const SEGMENT_BYTES: u64 = 16 << 20;
 /// Bytes of a record's header.
 const HEADER: usize = 16;
+/// Direct I/O's unit: offsets, lengths and buffer addresses are multiples of it.
+const BLOCK: usize = 4096;
 /// A record longer than this is corruption (a batch holds at most 256 Readies of at most a few MiB each).
 const RECORD_BYTES_MAX: usize = 1 << 30;
 /// A record buffer up to this size is kept for the next write.
@@ -442,6 +446,12 @@ pub struct RaftLog {
     in_place: bool,
     /// The current segment's salt (see the module docs).
     salt: u64,
+    /// Whether the current segment is written with direct I/O (see [`RaftLog::write_at_end`]).
+    direct: bool,
+    /// The bytes of the current segment's last partial block (direct I/O writes whole blocks).
+    tail: Vec<u8>,
+    /// A buffer holding a block-aligned window for direct I/O.
+    aligned: Vec<u8>,
     hard_state: HardState,
     conf_state: Option<ConfState>,
     conf_index: u64,
@@ -484,6 +494,9 @@ impl RaftLog {
             offset: 0,
             in_place: false,
             salt: 0,
+            direct: false,
+            tail: Vec::new(),
+            aligned: Vec::new(),
             hard_state: r.hard_state,
             conf_state: r.conf_written.then_some(r.conf_state),
             conf_index: r.conf_index,
@@ -550,9 +563,7 @@ impl RaftLog {
                 self.start_segment(next, Some(self.offset))?;
             }
             self.seal(buf);
-            let path = self.current_path();
-            self.file.write_all_at(buf, self.offset).map_err(io_err(&path))?;
-            self.offset += buf.len() as u64;
+            self.write_at_end(buf)?;
             for w in writes {
                 self.track(w);
             }
@@ -566,6 +577,42 @@ impl RaftLog {
             }
         }
         self.want_spare();
+        Ok(())
+    }
+
+    /// Writes `record` at the end of the current segment. With direct I/O, whole blocks: the last partial block
+    /// again (the records already in it, unchanged, so a torn write cannot damage them), the record, zeros to the
+    /// block's end. Through the page cache instead, a small write into a large folio (a file written in big
+    /// chunks is cached in folios of up to 2 MiB) dirties the whole folio: measured here, 2 MiB written back per
+    /// 2 KB record.
+    fn write_at_end(&mut self, record: &[u8]) -> Result<(), LogError> {
+        let path = self.current_path();
+        if !self.direct {
+            self.file
+                .write_all_at(record, self.offset)
+                .map_err(io_err(&path))?;
+            self.offset += record.len() as u64;
+            return Ok(());
+        }
+        let start = self.offset - self.tail.len() as u64;
+        let used = self.tail.len() + record.len();
+        let padded = used.div_ceil(BLOCK) * BLOCK;
+        if self.aligned.len() < padded + BLOCK {
+            self.aligned = vec![0; padded + BLOCK];
+        }
+        let at = self.aligned.as_ptr().align_offset(BLOCK);
+        let window = &mut self.aligned[at..at + padded];
+        window[..self.tail.len()].copy_from_slice(&self.tail);
+        window[self.tail.len()..used].copy_from_slice(record);
+        window[used..].fill(0);
+        self.file.write_all_at(window, start).map_err(io_err(&path))?;
+        let whole = used / BLOCK * BLOCK;
+        self.tail.clear();
+        self.tail.extend_from_slice(&window[whole..used]);
+        if self.aligned.len() > BUFFER_KEPT_BYTES {
+            self.aligned = Vec::new();
+        }
+        self.offset += record.len() as u64;
         Ok(())
     }
 
@@ -618,18 +665,27 @@ impl RaftLog {
             std::fs::rename(&spare, &path).map_err(io_err(&spare))?;
             self.spare = false;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let open = |flags| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(flags)
+                .open(&path)
+        };
+        // A file system without direct I/O (tmpfs, before Linux 6.6) gets buffered writes.
+        let (file, direct) = match open(libc::O_DIRECT) {
+            Ok(file) => (file, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(0).map_err(io_err(&path))?, false),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
         self.in_place = file.metadata().map_err(io_err(&path))?.len() >= self.segment_bytes;
         sync_dir(&self.dir)?;
         let previous = self.segments.back().map(|s| s.seq);
         self.file = file;
+        self.direct = direct;
         self.offset = 0;
+        self.tail.clear();
         self.segments.push_back(Segment { seq, max_index: 0 });
         let mut salt = [0u8; 8];
         getrandom::getrandom(&mut salt).map_err(|e| io_err(&path)(std::io::Error::other(e)))?;
@@ -650,9 +706,8 @@ impl RaftLog {
             buf.extend_from_slice(&end.to_le_bytes());
         }
         self.seal(&mut buf);
-        self.file.write_all_at(&buf, 0).map_err(io_err(&path))?;
+        self.write_at_end(&buf)?;
         self.file.sync_data().map_err(io_err(&path))?;
-        self.offset = buf.len() as u64;
         self.drop_compacted()?;
         self.want_spare();
         Ok(())
@@ -725,6 +780,16 @@ impl RaftLog {
                     left -= n as u64;
                 }
                 file.sync_all().map_err(io_err(&tmp))?;
+                // Written with direct I/O from now on: its cached zeros would only be dropped write by write.
+                // SAFETY: an advice call on a descriptor this thread owns, with no memory passed.
+                unsafe {
+                    libc::posix_fadvise(
+                        std::os::fd::AsRawFd::as_raw_fd(&file),
+                        0,
+                        0,
+                        libc::POSIX_FADV_DONTNEED,
+                    );
+                }
                 std::fs::rename(&tmp, dir.join(SPARE)).map_err(io_err(&tmp))?;
                 sync_dir(&dir)
             });
