@@ -245,11 +245,26 @@ impl Disk {
     }
 
     /// A committed frame reaches the ledger files and the stored state, if it is the next one (what a crash lost
-    /// before it is written again at restart, in order).
-    fn sync_frame(&mut self, frame: Vec<u8>, writes: &crate::ledger_files::Writes) {
+    /// before it is written again at restart, in order). One past the next is a gap the node's ledger writer
+    /// refuses: returned as a problem.
+    fn sync_frame(&mut self, frame: Vec<u8>, writes: &crate::ledger_files::Writes) -> Option<String> {
         let seqno = frame_tx(&frame).map_or(0, |t| t.seqno);
+        if seqno > self.ledger_last() + 1 {
+            return Some(format!(
+                "ledger gap: committed frame {seqno} after {}",
+                self.ledger_last()
+            ));
+        }
         if seqno == self.ledger_last() + 1 {
             self.ledger.push(frame);
+            self.store_state(seqno, writes);
+        }
+        None
+    }
+
+    /// A committed frame's writes reach the stored state (RocksDB), if they are the next.
+    fn store_state(&mut self, seqno: u64, writes: &crate::ledger_files::Writes) {
+        if seqno == self.state.version() + 1 {
             let _ = self
                 .state
                 .apply(seqno, writes.public.maps.iter().chain(&writes.private.maps));
@@ -793,10 +808,24 @@ impl Sim {
                 persist(&mut n.disk, &w.job);
             }
             let frames = self.rng.below(n.unsynced.len() as u64 + 1) as usize;
+            let mut problems = Vec::new();
             for (frame, writes) in n.unsynced.drain(..frames) {
-                n.disk.sync_frame(frame, &writes);
+                problems.extend(n.disk.sync_frame(frame, &writes));
+            }
+            // RocksDB's write-ahead log and the ledger chunk are different files: the kernel may have written
+            // back the stored state of frames whose ledger frames it had not (the state then leads the ledger,
+            // and the commit index read back, whose write only a later sync would have made durable).
+            if self.rng.chance(500_000) {
+                let ahead = self.rng.below(n.unsynced.len() as u64 + 1) as usize;
+                for (frame, writes) in n.unsynced.drain(..ahead) {
+                    let seqno = frame_tx(&frame).map_or(0, |t| t.seqno);
+                    n.disk.store_state(seqno, &writes);
+                }
             }
             self.faults.torn_writes += 1;
+            for p in problems {
+                self.violation(p);
+            }
         }
         let n = &mut self.nodes[i];
         n.replica = None;
@@ -863,6 +892,12 @@ impl Sim {
         // What the stores missed is written again, as the node's start-up does.
         for c in replay {
             let seqno = c.tx_id.seqno;
+            if seqno > n.disk.ledger_last() + 1 {
+                return Err(format!(
+                    "node {i}: restart writes ledger frame {seqno} after {}",
+                    n.disk.ledger_last()
+                ));
+            }
             if seqno > n.disk.ledger_last() {
                 n.disk.ledger.push(c.frame.clone());
             }
@@ -968,7 +1003,7 @@ impl Sim {
             // The ledger is synced every few milliseconds, as the applier does.
             if now >= n.next_ledger_sync {
                 for (frame, writes) in std::mem::take(&mut n.unsynced) {
-                    n.disk.sync_frame(frame, &writes);
+                    problems.extend(n.disk.sync_frame(frame, &writes));
                 }
                 n.next_ledger_sync = now + 5;
             }

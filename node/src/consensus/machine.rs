@@ -933,7 +933,7 @@ impl Core {
         keys: Keys,
         sealer: Sealer,
         cfg: CoreConfig,
-        r: Restore,
+        mut r: Restore,
     ) -> Result<(Core, Vec<CommittedEntry>), CoreError> {
         let id = raft_id(&keys.node_id);
         let base_snapshot = r.base_snapshot;
@@ -978,7 +978,22 @@ impl Core {
             Self::append_history(&mut history, le, tx, &service_der, None, SigCheck::Now)?;
             follow_rekey(&sealer, &keys, tx)?;
         }
-        let commit_index = r.log.hard_state().commit.min(history.last());
+        // The stored state holds committed entries only, so it may lead the commit index read back: after a power
+        // cut the Raft log's hard state, synced only with entries, can be behind what RocksDB kept (and the
+        // ledger files behind both). What the state holds is committed; the ledger catches up to it below.
+        let commit_index = r
+            .log
+            .hard_state()
+            .commit
+            .max(r.state.version())
+            .min(history.last());
+        if commit_index > r.log.hard_state().commit {
+            let hs = HardState {
+                commit: commit_index,
+                ..r.log.hard_state().clone()
+            };
+            r.log.set_hard_state(hs);
+        }
         let mut state = r.state;
         let ledger_catch_up = Self::catch_up(
             &entries,
