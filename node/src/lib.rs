@@ -51,7 +51,15 @@ fn holds_a_node(cfg: &NodeConfig) -> anyhow::Result<bool> {
     let paths = service::Paths {
         dir: cfg.data_dir.clone(),
     };
-    Ok(consensus::persist::exists(&paths.raft())?)
+    if consensus::persist::exists(&paths.raft())? {
+        return Ok(true);
+    }
+    // A node whose Raft log is still in RocksDB (moved to the node's own files as it starts).
+    if !paths.db().exists() {
+        return Ok(false);
+    }
+    let storage = synod_kv::storage::Storage::open(&paths.db()).context("opening the node's database")?;
+    Ok(storage.holds_legacy_raft_log()?)
 }
 
 /// `synod-node start`: creates a service in an empty data directory, or resumes the node it holds.

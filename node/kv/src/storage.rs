@@ -23,9 +23,23 @@ use crate::{Bytes, Entry, State};
 
 const CF_STATE: &str = "state";
 const CF_META: &str = "meta";
+/// The stored bytes of a Raft log in the format before it moved out of RocksDB (protobuf messages of raft-rs).
+pub struct LegacyRaftLog {
+    /// `HardState`, if written.
+    pub hard_state: Option<Vec<u8>>,
+    /// `ConfState`, if written.
+    pub conf_state: Option<Vec<u8>>,
+    /// The index of the last configuration change applied.
+    pub conf_index: Option<u64>,
+    /// `SnapshotMetadata` of the compaction point, if any.
+    pub compacted: Option<Vec<u8>>,
+    /// `Entry`s in index order.
+    pub entries: Vec<Vec<u8>>,
+}
+
 /// Column families that held Raft's log and hard state until they moved to files of their own
-/// (`synod_node::consensus::persist`): still opened (RocksDB opens every column family a database has), only read
-/// to recognise a data directory of that format.
+/// (`synod_node::consensus::persist`): still opened (RocksDB opens every column family a database has), read once
+/// to move an older data directory's log out, then emptied.
 const CF_RAFT_LOG: &str = "raft_log";
 const CF_RAFT_STATE: &str = "raft_state";
 const APPLIED_SEQNO: &[u8] = b"applied_seqno";
@@ -147,6 +161,38 @@ impl Storage {
     /// Whether this database holds a Raft log of the format before it moved to files of its own.
     pub fn holds_legacy_raft_log(&self) -> Result<bool, StorageError> {
         Ok(self.db.get_cf(self.cf(CF_RAFT_STATE)?, b"conf_state")?.is_some())
+    }
+
+    /// That Raft log's stored bytes, for the node to move into its own files.
+    pub fn legacy_raft_log(&self) -> Result<LegacyRaftLog, StorageError> {
+        let state = self.cf(CF_RAFT_STATE)?;
+        let get = |key: &[u8]| self.db.get_cf(state, key);
+        let mut entries = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RAFT_LOG)?, rocksdb::IteratorMode::Start)
+        {
+            entries.push(item?.1.to_vec());
+        }
+        Ok(LegacyRaftLog {
+            hard_state: get(b"hard_state")?,
+            conf_state: get(b"conf_state")?,
+            conf_index: get(b"conf_index")?.as_deref().and_then(u64_be),
+            compacted: get(b"compacted")?,
+            entries,
+        })
+    }
+
+    /// Deletes that Raft log, once the node holds it in its own files.
+    pub fn drop_legacy_raft_log(&self) -> Result<(), StorageError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf::<&[u8]>(self.cf(CF_RAFT_LOG)?, &[], &[0xff; 9]);
+        for key in [&b"hard_state"[..], b"conf_state", b"conf_index", b"compacted"] {
+            batch.delete_cf(self.cf(CF_RAFT_STATE)?, key);
+        }
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.write_opt(batch, &opts)?)
     }
 
     /// A column family by name.

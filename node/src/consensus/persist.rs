@@ -148,6 +148,60 @@ pub fn exists(dir: &Path) -> Result<bool, LogError> {
     Ok(replay(dir, false)?.conf_written)
 }
 
+/// Moves a Raft log of the format before this one (in RocksDB) into `dir`, then deletes it there. An earlier
+/// attempt cut short left the RocksDB copy in place: whatever it wrote in `dir` is discarded and the move redone.
+pub fn migrate_legacy(storage: &synod_kv::storage::Storage, dir: &Path) -> Result<(), LogError> {
+    let db_err = |e: synod_kv::storage::StorageError| corrupt(dir, format!("the RocksDB Raft log: {e}"));
+    let old = storage.legacy_raft_log().map_err(db_err)?;
+    let hard_state: Option<HardState> = parse_stored(dir, "hard state", &old.hard_state)?;
+    let conf_state: Option<ConfState> = parse_stored(dir, "configuration", &old.conf_state)?;
+    let compacted: Option<SnapshotMetadata> = parse_stored(dir, "compaction point", &old.compacted)?;
+    let mut entries = Vec::with_capacity(old.entries.len());
+    let first = compacted.as_ref().map_or(0, |c| c.index) + 1;
+    for (expected, bytes) in (first..).zip(&old.entries) {
+        let e = Entry::parse_from_bytes(bytes).map_err(|e| corrupt(dir, format!("entry: {e}")))?;
+        if e.index != expected {
+            return Err(corrupt(
+                dir,
+                format!("entry {} where {expected} was expected", e.index),
+            ));
+        }
+        entries.push(e);
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(dir)(e)),
+        _ => {}
+    }
+    let mut log = RaftLog::open(dir)?;
+    log.write(&LogWrite {
+        entries: &entries,
+        hard_state: hard_state.as_ref(),
+        conf_state: conf_state.as_ref(),
+        conf_index: old.conf_index,
+        compacted: compacted.as_ref(),
+        clear: false,
+    })?;
+    drop(log);
+    storage.drop_legacy_raft_log().map_err(db_err)?;
+    tracing::info!(
+        entries = entries.len(),
+        "moved the Raft log out of RocksDB into {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn parse_stored<M: protobuf::Message>(
+    dir: &Path,
+    what: &str,
+    bytes: &Option<Vec<u8>>,
+) -> Result<Option<M>, LogError> {
+    bytes
+        .as_deref()
+        .map(|b| M::parse_from_bytes(b).map_err(|e| corrupt(dir, format!("{what}: {e}"))))
+        .transpose()
+}
+
 /// Reads the log in `dir` back (empty if there is none).
 pub fn load(dir: &Path) -> Result<LogStore, LogError> {
     let r = replay(dir, true)?;
@@ -1044,6 +1098,58 @@ mod tests {
         let store = load(dir.path()).expect("load");
         assert_eq!((store.first(), store.last()), (upto + 1, last));
         assert_eq!(store.term(last).expect("term"), 2);
+    }
+
+    #[test]
+    fn a_raft_log_in_rocksdb_moves_into_the_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = synod_kv::storage::Storage::open(&dir.path().join("db")).expect("db");
+        let (log_cf, state_cf) = (
+            storage.cf("raft_log").expect("cf"),
+            storage.cf("raft_state").expect("cf"),
+        );
+        let put = |cf, key: &[u8], value: Vec<u8>| storage.db().put_cf(cf, key, value).expect("put");
+        let hs = HardState {
+            term: 3,
+            vote: 7,
+            commit: 5,
+            ..Default::default()
+        };
+        let cs = ConfState {
+            voters: vec![7],
+            ..Default::default()
+        };
+        let compacted = SnapshotMetadata {
+            index: 2,
+            term: 1,
+            ..Default::default()
+        };
+        put(state_cf, b"hard_state", hs.write_to_bytes().expect("hs"));
+        put(state_cf, b"conf_state", cs.write_to_bytes().expect("cs"));
+        put(state_cf, b"conf_index", 1u64.to_be_bytes().to_vec());
+        put(state_cf, b"compacted", compacted.write_to_bytes().expect("meta"));
+        for i in 3..=6u64 {
+            put(
+                log_cf,
+                &i.to_be_bytes(),
+                entry(i, 3).write_to_bytes().expect("entry"),
+            );
+        }
+        assert!(storage.holds_legacy_raft_log().expect("legacy"));
+        let raft = dir.path().join("raft");
+        // An earlier move cut short left a log here: it is redone from RocksDB's copy.
+        let mut partial = RaftLog::open(&raft).expect("open");
+        append(&mut partial, 1, 1, 9);
+        drop(partial);
+        migrate_legacy(&storage, &raft).expect("migrate");
+        assert!(!storage.holds_legacy_raft_log().expect("moved"));
+        assert!(exists(&raft).expect("exists"));
+        let store = load(&raft).expect("load");
+        assert_eq!((store.first(), store.last()), (3, 6));
+        assert_eq!(store.term(6).expect("term"), 3);
+        assert_eq!(store.hard_state(), &hs);
+        assert_eq!(store.conf_state().voters, vec![7]);
+        assert_eq!(store.conf_index(), 1);
     }
 
     #[test]

@@ -693,12 +693,8 @@ impl Node {
         let (node_address, rpc_published) = published_addresses(cfg, bound_node_address, rpc_address);
         let platform: Arc<dyn Platform> = crate::platform::for_config(cfg)?;
         let storage = Storage::open(&paths.db()).context("opening the node's database")?;
-        if storage.holds_legacy_raft_log()? && !paths.raft().exists() {
-            bail!(
-                "{} was written by a Synod whose Raft log lived in RocksDB; this one reads it only from {}",
-                paths.dir.display(),
-                paths.raft().display()
-            );
+        if storage.holds_legacy_raft_log()? {
+            persist::migrate_legacy(&storage, &paths.raft())?;
         }
         let existing = persist::exists(&paths.raft())?;
         if existing && !matches!(boot, Boot::Resume) {
