@@ -42,6 +42,11 @@ pub struct LegacyRaftLog {
 /// to move an older data directory's log out, then emptied.
 const CF_RAFT_LOG: &str = "raft_log";
 const CF_RAFT_STATE: &str = "raft_state";
+/// Its keys in `raft_state`.
+const RAFT_HARD_STATE: &[u8] = b"hard_state";
+const RAFT_CONF_STATE: &[u8] = b"conf_state";
+const RAFT_CONF_INDEX: &[u8] = b"conf_index";
+const RAFT_COMPACTED: &[u8] = b"compacted";
 const APPLIED_SEQNO: &[u8] = b"applied_seqno";
 /// Table files RocksDB keeps open at once.
 pub const STORAGE_OPEN_FILES_MAX: i32 = 256;
@@ -160,7 +165,10 @@ impl Storage {
 
     /// Whether this database holds a Raft log of the format before it moved to files of its own.
     pub fn holds_legacy_raft_log(&self) -> Result<bool, StorageError> {
-        Ok(self.db.get_cf(self.cf(CF_RAFT_STATE)?, b"conf_state")?.is_some())
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_RAFT_STATE)?, RAFT_CONF_STATE)?
+            .is_some())
     }
 
     /// That Raft log's stored bytes, for the node to move into its own files.
@@ -175,10 +183,10 @@ impl Storage {
             entries.push(item?.1.to_vec());
         }
         Ok(LegacyRaftLog {
-            hard_state: get(b"hard_state")?,
-            conf_state: get(b"conf_state")?,
-            conf_index: get(b"conf_index")?.as_deref().and_then(u64_be),
-            compacted: get(b"compacted")?,
+            hard_state: get(RAFT_HARD_STATE)?,
+            conf_state: get(RAFT_CONF_STATE)?,
+            conf_index: get(RAFT_CONF_INDEX)?.as_deref().and_then(u64_be),
+            compacted: get(RAFT_COMPACTED)?,
             entries,
         })
     }
@@ -187,7 +195,7 @@ impl Storage {
     pub fn drop_legacy_raft_log(&self) -> Result<(), StorageError> {
         let mut batch = rocksdb::WriteBatch::default();
         batch.delete_range_cf::<&[u8]>(self.cf(CF_RAFT_LOG)?, &[], &[0xff; 9]);
-        for key in [&b"hard_state"[..], b"conf_state", b"conf_index", b"compacted"] {
+        for key in [RAFT_HARD_STATE, RAFT_CONF_STATE, RAFT_CONF_INDEX, RAFT_COMPACTED] {
             batch.delete_cf(self.cf(CF_RAFT_STATE)?, key);
         }
         let mut opts = rocksdb::WriteOptions::default();
@@ -333,7 +341,7 @@ mod tests {
         let storage = Storage::open(dir.path()).expect("open");
         assert!(!storage.holds_legacy_raft_log().expect("fresh"));
         let cf = storage.cf(CF_RAFT_STATE).expect("cf");
-        storage.db().put_cf(cf, b"conf_state", b"").expect("put");
+        storage.db().put_cf(cf, RAFT_CONF_STATE, b"").expect("put");
         assert!(storage.holds_legacy_raft_log().expect("legacy"));
     }
 

@@ -580,6 +580,11 @@ impl RaftLog {
         Ok(log)
     }
 
+    /// Whether the log holds a configuration: a node ran here before (as [`exists`] says, without a reopen).
+    pub fn holds_configuration(&self) -> bool {
+        self.conf_state.is_some()
+    }
+
     /// The hard state last written.
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state
@@ -949,6 +954,7 @@ mod tests {
         assert!(!exists(dir.path()).expect("exists"));
         let mut log = RaftLog::open(dir.path()).expect("open");
         assert!(!exists(dir.path()).expect("no configuration yet"));
+        assert!(!log.holds_configuration());
         let cs = ConfState {
             voters: vec![7],
             ..Default::default()
@@ -981,6 +987,7 @@ mod tests {
         assert_eq!(store.conf_index(), 1);
         // Installing a snapshot behind the log's end drops every stored entry, not only those it covers.
         let mut log = RaftLog::open(dir.path()).expect("reopen");
+        assert!(log.holds_configuration());
         assert_eq!(log.hard_state(), &hs);
         let installed = SnapshotMetadata {
             index: 3,

@@ -696,14 +696,15 @@ impl Node {
         if storage.holds_legacy_raft_log()? {
             persist::migrate_legacy(&storage, &paths.raft())?;
         }
-        let existing = persist::exists(&paths.raft())?;
-        if existing && !matches!(boot, Boot::Resume) {
+        // Opening reads the log once; whether a node ran here is what it read.
+        let raft = RaftLog::open(&paths.raft())?;
+        if raft.holds_configuration() && !matches!(boot, Boot::Resume) {
             bail!(
                 "{} already holds a node; start it again without creating or joining",
                 paths.dir.display()
             );
         }
-        let raft = RefCell::new(RaftLog::open(&paths.raft())?);
+        let raft = RefCell::new(raft);
         let ctx = boot::BootContext {
             cfg,
             paths: &paths,
