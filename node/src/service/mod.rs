@@ -272,6 +272,43 @@ struct Shared {
 
 /// Handlers' calls for the Raft thread: a bounded queue of their own, and at most one wake-up in the peers' inbox
 /// however many calls wait, so that no number of client requests can fill the inbox.
+/// The primary's turn pacing (`--raft-batch-us`). Under load, a turn started at once for every request that arrives
+/// orders one or two writes: each turn is then an append to every backup, a synced Raft-log write on every node, and
+/// wake-ups of a dozen threads, for two writes. After a turn that took [`PACED_TURN_CALLS`] requests or more, the
+/// next one starts no sooner than `gap` after it, so that what arrives meanwhile (requests, peers' answers, synced
+/// writes) is handled as one batch. A lone request (light load) still gets a turn at once: it never waits.
+struct TurnPacing {
+    gap: Duration,
+    /// When the last turn that took enough requests started.
+    busy_since: Option<Instant>,
+}
+
+/// Requests one turn must take for the next to be paced: one is a client waiting alone, two already a queue.
+const PACED_TURN_CALLS: usize = 2;
+
+impl TurnPacing {
+    fn new(gap: Duration) -> TurnPacing {
+        TurnPacing {
+            gap,
+            busy_since: None,
+        }
+    }
+
+    /// How long to wait, at `now`, before the next turn.
+    fn pause(&self, now: Instant) -> Option<Duration> {
+        let end = self.busy_since? + self.gap;
+        (end > now).then(|| end - now)
+    }
+
+    /// Records a turn that started at `started` and took `calls` requests (paced only on the primary: a backup
+    /// takes no writes, and its turns follow the primary's).
+    fn turn(&mut self, started: Instant, calls: usize, primary: bool) {
+        if primary && calls >= PACED_TURN_CALLS && !self.gap.is_zero() {
+            self.busy_since = Some(started);
+        }
+    }
+}
+
 struct CallQueue {
     calls: Mutex<SyncSender<Call>>,
     inbox: Mutex<SyncSender<LoopEvent>>,
@@ -1171,7 +1208,12 @@ impl Node {
         self.execute_commands(&mut replica, &store, &snapshots)?;
         let mut answers: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         let mut calls_left = false;
+        let mut pacing = TurnPacing::new(Duration::from_micros(self.cfg.raft_batch_us));
         while !self.shared.stopping.load(Ordering::Acquire) {
+            if let Some(pause) = pacing.pause(Instant::now()) {
+                std::thread::sleep(pause);
+            }
+            let turn_started = Instant::now();
             let now = clock();
             let deadline = if replica.has_ready() || calls_left {
                 now
@@ -1193,6 +1235,7 @@ impl Node {
             calls_left = self.calls.take(&calls, CALLS_PER_TURN, |call| {
                 answers.push(call(replica.core_mut()));
             });
+            pacing.turn(turn_started, answers.len(), replica.core().is_primary());
             if !answers.is_empty() {
                 // Published before answering: a client told its write was ordered reads it at once.
                 self.shared.publish(replica.core());
@@ -1630,6 +1673,32 @@ mod tests {
 
     fn noop_call() -> Call {
         Box::new(|_| Box::new(|| {}))
+    }
+
+    /// Only a primary's turn that took a queue of requests paces the next; a lone request, a backup's turn or a
+    /// gap of 0 never waits, and the wait ends `gap` after the busy turn started, whatever came between.
+    #[test]
+    fn turns_are_paced_only_after_a_queue_of_requests() {
+        let gap = Duration::from_micros(500);
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let mut pacing = TurnPacing::new(gap);
+        assert_eq!(pacing.pause(at(0)), None);
+        pacing.turn(at(0), 1, true);
+        assert_eq!(pacing.pause(at(10)), None, "a lone request");
+        pacing.turn(at(10), 5, false);
+        assert_eq!(pacing.pause(at(20)), None, "a backup");
+        pacing.turn(at(100), PACED_TURN_CALLS, true);
+        assert_eq!(pacing.pause(at(100)), Some(gap));
+        // A turn in between (peers' answers, no requests) does not move the end of the wait.
+        pacing.turn(at(300), 0, true);
+        assert_eq!(pacing.pause(at(400)), Some(Duration::from_micros(200)));
+        assert_eq!(pacing.pause(at(600)), None);
+        assert_eq!(pacing.pause(at(900)), None);
+
+        let mut off = TurnPacing::new(Duration::ZERO);
+        off.turn(at(0), 100, true);
+        assert_eq!(off.pause(at(0)), None);
     }
 
     /// A flood of calls (which any client can cause) fills only the call queue: it answers busy, and the peers'
