@@ -270,8 +270,6 @@ struct Shared {
     ledger_durable: AtomicU64,
 }
 
-/// Handlers' calls for the Raft thread: a bounded queue of their own, and at most one wake-up in the peers' inbox
-/// however many calls wait, so that no number of client requests can fill the inbox.
 /// The primary's turn pacing (`--raft-batch-us`). Under load, a turn started at once for every request that arrives
 /// orders one or two writes: each turn is then an append to every backup, a synced Raft-log write on every node, and
 /// wake-ups of a dozen threads, for two writes. After a turn that took [`PACED_TURN_CALLS`] requests or more, the
@@ -309,6 +307,8 @@ impl TurnPacing {
     }
 }
 
+/// Handlers' calls for the Raft thread: a bounded queue of their own, and at most one wake-up in the peers' inbox
+/// however many calls wait, so that no number of client requests can fill the inbox.
 struct CallQueue {
     calls: Mutex<SyncSender<Call>>,
     inbox: Mutex<SyncSender<LoopEvent>>,
