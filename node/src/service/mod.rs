@@ -307,6 +307,31 @@ impl TurnPacing {
     }
 }
 
+/// A wait for room in a queue this long is logged: the Raft thread sends no heartbeats while it waits, and a
+/// wait of 10–20 ticks lets the backups elect another primary.
+const QUEUE_WAIT_WARN: Duration = Duration::from_millis(100);
+
+/// Sends `job` on a bounded queue, waiting for room if it is full (so that slow storage slows the sender down
+/// instead of growing memory), and warns when that wait took [`QUEUE_WAIT_WARN`] or more: `who` names the waiter
+/// and what it waited for, for an operator looking for why a node stalled. Fails only if the receiver is gone.
+fn send_waiting<T>(queue: &SyncSender<T>, job: T, who: &'static str) -> Result<(), mpsc::SendError<T>> {
+    let job = match queue.try_send(job) {
+        Ok(()) => return Ok(()),
+        Err(TrySendError::Disconnected(job)) => return Err(mpsc::SendError(job)),
+        Err(TrySendError::Full(job)) => job,
+    };
+    let started = Instant::now();
+    let sent = queue.send(job);
+    let waited = started.elapsed();
+    if waited >= QUEUE_WAIT_WARN {
+        tracing::warn!(
+            waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            "{who}"
+        );
+    }
+    sent
+}
+
 /// Handlers' calls for the Raft thread: a bounded queue of their own, and at most one wake-up in the peers' inbox
 /// however many calls wait, so that no number of client requests can fill the inbox.
 struct CallQueue {
@@ -1387,9 +1412,12 @@ impl Node {
                     }
                 };
                 // Waits for room: slow storage slows ordering down instead of growing memory.
-                store
-                    .send(job)
-                    .map_err(|_| anyhow::anyhow!("the store thread stopped"))?;
+                send_waiting(
+                    store,
+                    job,
+                    "the Raft thread waited for the store thread (Raft log, disk)",
+                )
+                .map_err(|_| anyhow::anyhow!("the store thread stopped"))?;
             }
         }
         if !published {
@@ -1491,9 +1519,12 @@ impl Node {
                         "compacted the Raft log up to a committed snapshot"
                     );
                 }
-                StoreJob::Apply(entries) => apply
-                    .send(ApplyJob::Apply(entries))
-                    .map_err(|_| anyhow::anyhow!("the applier stopped"))?,
+                StoreJob::Apply(entries) => send_waiting(
+                    apply,
+                    ApplyJob::Apply(entries),
+                    "the store thread waited for the applier (ledger files, state store)",
+                )
+                .map_err(|_| anyhow::anyhow!("the applier stopped"))?,
             }
         }
         Ok(())
@@ -1673,6 +1704,22 @@ mod tests {
 
     fn noop_call() -> Call {
         Box::new(|_| Box::new(|| {}))
+    }
+
+    /// A full queue holds the sender until there is room (the receiver took a job), a closed one fails at once.
+    #[test]
+    fn a_full_queue_waits_for_room_and_a_closed_one_fails() {
+        let (tx, rx) = mpsc::sync_channel::<u32>(1);
+        assert!(send_waiting(&tx, 1, "test").is_ok());
+        let drain = std::thread::spawn(move || {
+            let taken = (rx.recv().ok(), rx.recv().ok());
+            (taken, rx)
+        });
+        assert!(send_waiting(&tx, 2, "test").is_ok());
+        let (taken, rx) = drain.join().unwrap();
+        assert_eq!(taken, (Some(1), Some(2)));
+        drop(rx);
+        assert!(send_waiting(&tx, 3, "test").is_err());
     }
 
     /// Only a primary's turn that took a queue of requests paces the next; a lone request, a backup's turn or a
