@@ -175,11 +175,14 @@ run_load() {
         log "synod-load $name exited with $rc"
         [ -s "$W/$name.json" ] || { rm -f "$W/$name.json"; return 1; }
     fi
-    python3 -c "import json, sys; d = json.load(open(sys.argv[1])); cpu = float(sys.argv[4]) - float(sys.argv[3]); \
+    python3 -c "import json, sys, time; d = json.load(open(sys.argv[1])); cpu = float(sys.argv[4]) - float(sys.argv[3]); \
 ok = d['requests'] - d['errors']; \
 print('bench: %s: %s committed writes/s, p50 %.3f ms, p99 %.3f ms, %d errors; servers used %.2f CPU s in %.2f s \
-(%.0f us per write)' % (sys.argv[2], d['committed_writes_per_s'], d['p50_ms'], d['p99_ms'], d['errors'], cpu, \
-d['elapsed_s'], 1e6 * cpu / max(ok, 1)))" "$W/$name.json" "$name" "$cpu_before" "$cpu_after" >&2
+(%.0f us per write)%s' % (sys.argv[2], d['committed_writes_per_s'], d['p50_ms'], d['p99_ms'], d['errors'], cpu, \
+d['elapsed_s'], 1e6 * cpu / max(ok, 1), \
+'' if d.get('commit_stall_ms') is None else '; longest commit stall %.1f ms, from %s UTC' % (d['commit_stall_ms'], \
+time.strftime('%H:%M:%S', time.gmtime(d['commit_stall_at_unix_ms'] / 1000)) + '.%03d' % (d['commit_stall_at_unix_ms'] % 1000))))" \
+        "$W/$name.json" "$name" "$cpu_before" "$cpu_after" >&2
 }
 
 if ((RUN_SYNOD)); then

@@ -444,6 +444,8 @@ pub struct LoadReport {
     pub commit_p50_ms: Option<f64>,
     /// 99th percentile time from sending a write to its being Committed, milliseconds.
     pub commit_p99_ms: Option<f64>,
+    /// The longest time the commit stood still during the run (see [`longest_commit_stall`]).
+    pub commit_stall: Option<CommitStall>,
     /// The highest transaction id a write returned.
     pub last_tx_id: Option<TxId>,
     /// True when `max_duration` stopped the run before all requests were issued.
@@ -478,6 +480,8 @@ impl LoadReport {
             max_ms: round3(self.max_ms),
             commit_p50_ms: self.commit_p50_ms.map(round3),
             commit_p99_ms: self.commit_p99_ms.map(round3),
+            commit_stall_ms: self.commit_stall.map(|s| round3(s.ms)),
+            commit_stall_at_unix_ms: self.commit_stall.map(|s| s.at_unix_ms),
         }
     }
 
@@ -504,6 +508,13 @@ impl LoadReport {
         );
         if let (Some(p50), Some(p99)) = (self.commit_p50_ms, self.commit_p99_ms) {
             s += &format!("commit latency    p50 {p50:.3} ms, p99 {p99:.3} ms (send to Committed)\n");
+        }
+        if let Some(stall) = self.commit_stall {
+            s += &format!(
+                "commit stall      longest {:.3} ms without a commit, from {} UTC\n",
+                stall.ms,
+                utc_time_of_day(stall.at_unix_ms)
+            );
         }
         match (self.committed_writes_per_s, &self.commit_error) {
             (Some(rate), _) => {
@@ -565,6 +576,12 @@ pub struct LoadSummary {
     /// 99th percentile time from send to Committed, milliseconds.
     #[serde(default)]
     pub commit_p99_ms: Option<f64>,
+    /// The longest time the commit stood still during the run, milliseconds (see [`longest_commit_stall`]).
+    #[serde(default)]
+    pub commit_stall_ms: Option<f64>,
+    /// When that stall began, in milliseconds since the Unix epoch (to find it in the nodes' logs).
+    #[serde(default)]
+    pub commit_stall_at_unix_ms: Option<u64>,
 }
 
 impl LoadSummary {
@@ -817,6 +834,57 @@ async fn probe_commits(client: Client, stop: Arc<std::sync::atomic::AtomicBool>)
     samples
 }
 
+/// The longest stretch of a run in which no node's commit moved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CommitStall {
+    /// How long, in milliseconds.
+    pub ms: f64,
+    /// When it began, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// The longest time between two successive advances of the commit (the highest seqno any node reported) that
+/// happened between `from` and `to`, and when it began: a p99 says how many writes waited, this says for how long
+/// the service stood still and when, to be found in the nodes' logs. `samples` are sorted by time.
+fn longest_commit_stall(
+    samples: &[(Instant, u64)],
+    from: Instant,
+    to: Instant,
+) -> Option<(Duration, Instant)> {
+    let mut highest = 0;
+    let mut previous: Option<Instant> = None;
+    let mut longest: Option<(Duration, Instant)> = None;
+    for &(at, seqno) in samples {
+        if seqno <= highest {
+            continue;
+        }
+        highest = seqno;
+        if at < from || at > to {
+            continue;
+        }
+        if let Some(before) = previous {
+            let gap = at.saturating_duration_since(before);
+            if longest.is_none_or(|(g, _)| gap > g) {
+                longest = Some((gap, before));
+            }
+        }
+        previous = Some(at);
+    }
+    longest
+}
+
+/// `HH:MM:SS.mmm` of a time in milliseconds since the Unix epoch, in UTC.
+fn utc_time_of_day(unix_ms: u64) -> String {
+    let ms_of_day = unix_ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000
+    )
+}
+
 /// Commit latencies (µs, sorted) of `written` from the probes' samples: a write is committed at the first sample,
 /// on any node, at or after which some node's commit reached its seqno (Invalid writes never do; they are left
 /// out).
@@ -900,6 +968,7 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
         }
     }
     let start = Instant::now();
+    let start_wall = std::time::SystemTime::now();
     let deadline = start + config.max_duration;
     let tasks: Vec<_> = targets
         .into_iter()
@@ -935,13 +1004,21 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
         Some(target) if successes > 0 => target.wait_committed(last_tx, config.commit_timeout).await,
         _ => Err(Error::Config("no write succeeded".into())),
     };
-    let elapsed = start.elapsed().as_secs_f64();
+    let end = Instant::now();
+    let elapsed = end.duration_since(start).as_secs_f64();
     latencies.sort_unstable();
     stop_probes.store(true, Ordering::Relaxed);
     let mut samples = Vec::new();
     for probe in probes {
         samples.extend(probe.await.unwrap_or_default());
     }
+    samples.sort_by_key(|(t, _)| *t);
+    let commit_stall = longest_commit_stall(&samples, start, end).map(|(gap, at)| CommitStall {
+        ms: gap.as_secs_f64() * 1000.0,
+        at_unix_ms: (start_wall + at.duration_since(start))
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    });
     let commit_latencies = if config.wait_commit && !waited.is_empty() {
         waited.sort_unstable();
         waited
@@ -973,6 +1050,7 @@ pub async fn run_load<T: LoadTarget>(targets: Vec<T>, config: &LoadConfig) -> Re
         max_ms: latencies.last().map_or(0.0, |&us| us as f64 / 1000.0),
         commit_p50_ms: commit_percentile(50.0),
         commit_p99_ms: commit_percentile(99.0),
+        commit_stall,
         last_tx_id: last_tx,
         stopped_by_duration,
         first_error,
@@ -1102,10 +1180,17 @@ pub(crate) mod tests {
             "seed",
             "commit_p50_ms",
             "commit_p99_ms",
+            "commit_stall_ms",
+            "commit_stall_at_unix_ms",
         ] {
             assert!(json.get(key).is_some(), "{key} missing from {json}");
         }
-        assert_eq!(json.as_object().unwrap().len(), 15);
+        assert_eq!(json.as_object().unwrap().len(), 17);
+        assert_eq!(
+            json["commit_stall_ms"],
+            serde_json::Value::Null,
+            "no probe, no stall measured"
+        );
         assert_eq!(
             json["commit_p99_ms"], json["p99_ms"],
             "a target without a commit probe commits when it answers"
@@ -1145,7 +1230,40 @@ pub(crate) mod tests {
             max_ms: 9.0,
             commit_p50_ms: Some(2.0),
             commit_p99_ms: Some(p99_ms * 2.0),
+            commit_stall_ms: None,
+            commit_stall_at_unix_ms: None,
         }
+    }
+
+    #[test]
+    fn the_longest_commit_stall_is_the_widest_gap_between_advances_within_the_run() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Two nodes' samples, sorted by time: the commit moves at 10, 12, 20, 95 and 100 ms (a node reporting a
+        // seqno another already passed is no advance); 120 ms is after the run.
+        let samples = [
+            (at(10), 5),
+            (at(12), 7),
+            (at(15), 6),
+            (at(20), 9),
+            (at(60), 9),
+            (at(95), 12),
+            (at(100), 13),
+            (at(120), 40),
+        ];
+        let (gap, from) = longest_commit_stall(&samples, at(0), at(110)).expect("a stall");
+        assert_eq!((gap, from), (Duration::from_millis(75), at(20)));
+        assert_eq!(
+            longest_commit_stall(&samples, at(0), at(200)),
+            Some((Duration::from_millis(75), at(20))),
+            "the 20 ms before the last advance are shorter"
+        );
+        assert_eq!(
+            longest_commit_stall(&samples[..1], at(0), at(200)),
+            None,
+            "one advance has no gap"
+        );
+        assert_eq!(utc_time_of_day(86_400_000 * 3 + 3_723_004), "01:02:03.004");
     }
 
     #[test]

@@ -38,6 +38,22 @@ use super::log_store::LogStore;
 /// Bytes of a segment (zero-filled or recycled). A record that does not fit in what is left starts the next one;
 /// one larger than a whole segment gets a segment that grows to hold it.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// A sync at least this slow is logged: every commit waits for one on the primary and on a majority.
+const SLOW_SYNC_MS: u128 = 100;
+
+/// Warns when a sync of the Raft log took [`SLOW_SYNC_MS`] or more: the disk, not the node, held every write
+/// waiting (on a machine whose nodes share a disk, all of them log it at once).
+fn warn_if_slow(started: std::time::Instant, bytes: usize) {
+    let ms = started.elapsed().as_millis();
+    if ms >= SLOW_SYNC_MS {
+        tracing::warn!(
+            waited_ms = ms as u64,
+            bytes,
+            "a Raft log sync took {ms} ms: the disk is slow, and writes wait for it"
+        );
+    }
+}
+
 /// Bytes of a record's header.
 const HEADER: usize = 16;
 /// Direct I/O's unit: offsets, lengths and buffer addresses are multiples of it.
@@ -629,7 +645,9 @@ impl RaftLog {
         }
         if sync {
             let path = self.current_path();
+            let started = std::time::Instant::now();
             self.file.sync_data().map_err(io_err(&path))?;
+            warn_if_slow(started, buf.len());
             // Only a synced compaction may let the segments it covers go.
             if writes.iter().any(|w| w.compacted.is_some()) {
                 self.drop_compacted()?;
@@ -829,6 +847,7 @@ impl RaftLog {
         let spawned = std::thread::Builder::new()
             .name("raft-log-spare".into())
             .spawn(move || {
+                let started = std::time::Instant::now();
                 let tmp = dir.join(SPARE_TMP);
                 let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
                 let zeros = vec![0u8; 1 << 20];
@@ -850,7 +869,13 @@ impl RaftLog {
                     );
                 }
                 std::fs::rename(&tmp, dir.join(SPARE)).map_err(io_err(&tmp))?;
-                sync_dir(&dir)
+                sync_dir(&dir)?;
+                tracing::info!(
+                    bytes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "prepared the next Raft log segment"
+                );
+                Ok(())
             });
         match spawned {
             Ok(t) => self.filling = Some(t),

@@ -186,8 +186,10 @@ impl Node {
 
     pub(super) fn write_snapshot(&self, job: SnapshotJob) -> anyhow::Result<()> {
         let seqno = job.state.version();
+        let started = Instant::now();
         let bytes = job.encode(&self.sealer)?;
         let digest = snapshot_codec::digest(&bytes);
+        let encoded = started.elapsed();
         write_private(
             &self
                 .paths
@@ -195,7 +197,13 @@ impl Node {
                 .join(snapshot_codec::file_name(seqno, None)),
             &bytes,
         )?;
-        tracing::info!(seqno, bytes = bytes.len(), "wrote a snapshot");
+        tracing::info!(
+            seqno,
+            bytes = bytes.len(),
+            encode_ms = encoded.as_millis() as u64,
+            write_ms = (started.elapsed() - encoded).as_millis() as u64,
+            "wrote a snapshot"
+        );
         // Must not be lost, so it waits for room, without holding the lock wake() takes.
         let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let _ = inbox.send(LoopEvent::SnapshotWritten { seqno, digest });
