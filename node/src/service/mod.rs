@@ -332,6 +332,118 @@ fn send_waiting<T>(queue: &SyncSender<T>, job: T, who: &'static str) -> Result<(
     sent
 }
 
+/// A bounded queue seen from its sender, with a backlog of its own bounded in bytes: while the queue is full, jobs
+/// wait here instead of holding the sender, so that a disk holding one sync for a while does not hold the Raft thread
+/// too (it goes on sending heartbeats and appends and taking the backups' answers, which commit writes whatever this
+/// node's own sync is doing; a stalled primary used to stop heartbeating after 64 jobs, and a stall of 10–20 ticks
+/// let the backups elect another). Jobs reach the queue in the order they were pushed. Past `bytes_max` held, the
+/// sender waits for room as before ([`send_waiting`]).
+struct Backlog<T> {
+    queue: SyncSender<T>,
+    held: std::collections::VecDeque<T>,
+    held_bytes: u64,
+    bytes_max: u64,
+    weigh: fn(&T) -> u64,
+    /// When the queue was last found full with nothing held, for the warning once it caught up.
+    behind_since: Option<Instant>,
+    who: &'static str,
+}
+
+impl<T> Backlog<T> {
+    /// In front of `queue`, holding at most `bytes_max` as `weigh` counts them; `who` names the sender and the
+    /// queue in warnings.
+    fn new(queue: SyncSender<T>, bytes_max: u64, weigh: fn(&T) -> u64, who: &'static str) -> Backlog<T> {
+        Backlog {
+            queue,
+            held: std::collections::VecDeque::new(),
+            held_bytes: 0,
+            bytes_max,
+            weigh,
+            behind_since: None,
+            who,
+        }
+    }
+
+    /// Queues `job` after those held, holding it if the queue is full; waits for room only past the bound.
+    fn push(&mut self, job: T) -> Result<(), mpsc::SendError<T>> {
+        self.flush()?;
+        let job = if self.held.is_empty() {
+            match self.queue.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(job)) => return Err(mpsc::SendError(job)),
+                Err(TrySendError::Full(job)) => job,
+            }
+        } else {
+            job
+        };
+        self.behind_since.get_or_insert_with(Instant::now);
+        self.held_bytes += (self.weigh)(&job);
+        self.held.push_back(job);
+        while self.held_bytes > self.bytes_max {
+            let Some(oldest) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes -= (self.weigh)(&oldest);
+            send_waiting(&self.queue, oldest, self.who)?;
+        }
+        Ok(())
+    }
+
+    /// Hands held jobs over while the queue has room.
+    fn flush(&mut self) -> Result<(), mpsc::SendError<T>> {
+        while let Some(job) = self.held.pop_front() {
+            let weight = (self.weigh)(&job);
+            match self.queue.try_send(job) {
+                Ok(()) => self.held_bytes -= weight,
+                Err(TrySendError::Full(job)) => {
+                    self.held.push_front(job);
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(job)) => return Err(mpsc::SendError(job)),
+            }
+        }
+        if let Some(since) = self.behind_since.take() {
+            let behind = since.elapsed();
+            if behind >= QUEUE_WAIT_WARN {
+                tracing::warn!(
+                    behind_ms = u64::try_from(behind.as_millis()).unwrap_or(u64::MAX),
+                    "{}: its queue was full; jobs waited in the backlog meanwhile",
+                    self.who
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether jobs are held (the queue was full at the last push or flush).
+    fn is_behind(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Hands every held job over, waiting for room (when the sender stops).
+    fn flush_all(&mut self) -> Result<(), mpsc::SendError<T>> {
+        while let Some(job) = self.held.pop_front() {
+            self.held_bytes -= (self.weigh)(&job);
+            send_waiting(&self.queue, job, self.who)?;
+        }
+        self.behind_since = None;
+        Ok(())
+    }
+}
+
+impl StoreJob {
+    /// The bytes a held job keeps in memory (entries and snapshots; the rest is small).
+    fn bytes(&self) -> u64 {
+        let n = match self {
+            StoreJob::Install { snapshot, .. } => snapshot.bytes.len(),
+            StoreJob::Persist(job) => job.entries.iter().map(|e| e.data.len() + 64).sum(),
+            StoreJob::Compact(_) => 64,
+            StoreJob::Apply(entries) => entries.iter().map(|e| 2 * e.frame.len() + 64).sum(),
+        };
+        n as u64
+    }
+}
+
 /// Handlers' calls for the Raft thread: a bounded queue of their own, and at most one wake-up in the peers' inbox
 /// however many calls wait, so that no number of client requests can fill the inbox.
 struct CallQueue {
@@ -1227,10 +1339,17 @@ impl Node {
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let clock = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut store = Backlog::new(
+            store,
+            self.cfg.limits.uncommitted_bytes_max,
+            StoreJob::bytes,
+            "the Raft thread waited for the store thread (Raft log, disk)",
+        );
+        let store = &mut store;
         while replica.turn(clock(), now_secs())? {
-            self.execute_commands(&mut replica, &store, &snapshots)?;
+            self.execute_commands(&mut replica, store, &snapshots)?;
         }
-        self.execute_commands(&mut replica, &store, &snapshots)?;
+        self.execute_commands(&mut replica, store, &snapshots)?;
         let mut answers: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         let mut calls_left = false;
         let mut pacing = TurnPacing::new(Duration::from_micros(self.cfg.raft_batch_us));
@@ -1242,6 +1361,9 @@ impl Node {
             let now = clock();
             let deadline = if replica.has_ready() || calls_left {
                 now
+            } else if store.is_behind() {
+                // The store thread wakes this loop after each sync; this bounds the wait after its other jobs.
+                replica.next_deadline_ms(now).min(now + 1)
             } else {
                 replica.next_deadline_ms(now)
             };
@@ -1254,8 +1376,11 @@ impl Node {
             )? {
                 break;
             }
+            store
+                .flush()
+                .map_err(|_| anyhow::anyhow!("the store thread stopped"))?;
             if replica.hand_out_commit()? {
-                self.execute_commands(&mut replica, &store, &snapshots)?;
+                self.execute_commands(&mut replica, store, &snapshots)?;
             }
             calls_left = self.calls.take(&calls, CALLS_PER_TURN, |call| {
                 answers.push(call(replica.core_mut()));
@@ -1270,14 +1395,14 @@ impl Node {
             }
             replica.set_ledger_durable(self.shared.ledger_durable.load(Ordering::Acquire));
             replica.turn(clock(), now_secs())?;
-            self.execute_commands(&mut replica, &store, &snapshots)?;
+            self.execute_commands(&mut replica, store, &snapshots)?;
             replica.verify_appended()?;
         }
         // Stopping: sign what is ordered and let it reach the disk and the peers, then, for a bounded while, let
         // the peers' answers commit it, so that a stopped primary's ledger ends on a signature (the ledger files
         // hold committed entries only). Nothing new is ordered: snapshot evidence arriving now is dropped.
         replica.drain(now_secs())?;
-        self.execute_commands(&mut replica, &store, &snapshots)?;
+        self.execute_commands(&mut replica, store, &snapshots)?;
         let give_up = clock().saturating_add(STOP_COMMIT_WAIT_MS);
         while replica.core().is_primary() && replica.core().raft_commit() < replica.core().last_seqno() {
             let now = clock();
@@ -1293,8 +1418,11 @@ impl Node {
                 break;
             }
             replica.turn(clock(), now_secs())?;
-            self.execute_commands(&mut replica, &store, &snapshots)?;
+            self.execute_commands(&mut replica, store, &snapshots)?;
         }
+        store
+            .flush_all()
+            .map_err(|_| anyhow::anyhow!("the store thread stopped"))?;
         Ok(())
     }
 
@@ -1340,7 +1468,7 @@ impl Node {
     fn execute_commands(
         &self,
         replica: &mut Replica,
-        store: &SyncSender<StoreJob>,
+        store: &mut Backlog<StoreJob>,
         snapshots: &SyncSender<SnapshotJob>,
     ) -> anyhow::Result<()> {
         let mut published = false;
@@ -1411,13 +1539,11 @@ impl Node {
                         continue;
                     }
                 };
-                // Waits for room: slow storage slows ordering down instead of growing memory.
-                send_waiting(
-                    store,
-                    job,
-                    "the Raft thread waited for the store thread (Raft log, disk)",
-                )
-                .map_err(|_| anyhow::anyhow!("the store thread stopped"))?;
+                // Held while the store thread is behind; past the bound, slow storage slows ordering down instead
+                // of growing memory.
+                store
+                    .push(job)
+                    .map_err(|_| anyhow::anyhow!("the store thread stopped"))?;
             }
         }
         if !published {
@@ -1720,6 +1846,46 @@ mod tests {
         assert_eq!(taken, (Some(1), Some(2)));
         drop(rx);
         assert!(send_waiting(&tx, 3, "test").is_err());
+    }
+
+    /// A full queue does not hold the sender: jobs wait in the backlog, in order, and reach the queue as it makes
+    /// room; past the byte bound the oldest are handed over waiting, as before; a closed queue fails.
+    #[test]
+    fn a_full_queue_holds_jobs_in_order_up_to_the_bound_without_holding_the_sender() {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(1);
+        let mut backlog = Backlog::new(tx, 10, |job: &Vec<u8>| job.len() as u64, "test");
+        for job in [vec![1; 4], vec![2; 4], vec![3; 4]] {
+            backlog.push(job).unwrap();
+        }
+        assert!(
+            backlog.is_behind(),
+            "the queue holds one job; two wait in the backlog"
+        );
+        assert_eq!(backlog.held_bytes, 8);
+        // 8 held + 8 pushed is past the 10 bytes: the oldest are handed over, waiting for room, until 8 are held.
+        let taker = std::thread::spawn(move || {
+            let taken: Vec<Vec<u8>> = (0..3).map(|_| rx.recv().unwrap()).collect();
+            (taken, rx)
+        });
+        backlog.push(vec![4; 8]).unwrap();
+        let (taken, rx) = taker.join().unwrap();
+        assert_eq!(
+            taken,
+            vec![vec![1; 4], vec![2; 4], vec![3; 4]],
+            "in the order pushed"
+        );
+        assert_eq!(backlog.held_bytes, 8);
+        backlog.flush().unwrap();
+        assert!(!backlog.is_behind(), "the queue had room again");
+        assert_eq!(rx.try_recv().unwrap(), vec![4; 8]);
+        backlog.push(vec![5]).unwrap();
+        backlog.push(vec![6]).unwrap();
+        let taker = std::thread::spawn(move || (rx.recv().unwrap(), rx.recv().unwrap(), rx));
+        backlog.flush_all().unwrap();
+        let (a, b, rx) = taker.join().unwrap();
+        assert_eq!((a, b), (vec![5], vec![6]));
+        drop(rx);
+        assert!(backlog.push(vec![7]).is_err(), "a closed queue fails");
     }
 
     /// Only a primary's turn that took a queue of requests paces the next; a lone request, a backup's turn or a
