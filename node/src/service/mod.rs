@@ -340,7 +340,8 @@ fn send_waiting<T>(queue: &SyncSender<T>, job: T, who: &'static str) -> Result<(
 /// sender waits for room as before ([`send_waiting`]).
 struct Backlog<T> {
     queue: SyncSender<T>,
-    held: std::collections::VecDeque<T>,
+    /// Jobs and their weights (weighed once: a job's weight walks its entries).
+    held: std::collections::VecDeque<(T, u64)>,
     held_bytes: u64,
     bytes_max: u64,
     weigh: fn(&T) -> u64,
@@ -377,26 +378,30 @@ impl<T> Backlog<T> {
             job
         };
         self.behind_since.get_or_insert_with(Instant::now);
-        self.held_bytes += (self.weigh)(&job);
-        self.held.push_back(job);
-        while self.held_bytes > self.bytes_max {
-            let Some(oldest) = self.held.pop_front() else {
-                break;
-            };
-            self.held_bytes -= (self.weigh)(&oldest);
-            send_waiting(&self.queue, oldest, self.who)?;
-        }
+        let weight = (self.weigh)(&job);
+        self.held_bytes += weight;
+        self.held.push_back((job, weight));
+        while self.held_bytes > self.bytes_max && self.hand_over_oldest()? {}
         Ok(())
+    }
+
+    /// Hands the oldest held job over, waiting for room; false if none was held.
+    fn hand_over_oldest(&mut self) -> Result<bool, mpsc::SendError<T>> {
+        let Some((job, weight)) = self.held.pop_front() else {
+            return Ok(false);
+        };
+        self.held_bytes -= weight;
+        send_waiting(&self.queue, job, self.who)?;
+        Ok(true)
     }
 
     /// Hands held jobs over while the queue has room.
     fn flush(&mut self) -> Result<(), mpsc::SendError<T>> {
-        while let Some(job) = self.held.pop_front() {
-            let weight = (self.weigh)(&job);
+        while let Some((job, weight)) = self.held.pop_front() {
             match self.queue.try_send(job) {
                 Ok(()) => self.held_bytes -= weight,
                 Err(TrySendError::Full(job)) => {
-                    self.held.push_front(job);
+                    self.held.push_front((job, weight));
                     return Ok(());
                 }
                 Err(TrySendError::Disconnected(job)) => return Err(mpsc::SendError(job)),
@@ -422,10 +427,7 @@ impl<T> Backlog<T> {
 
     /// Hands every held job over, waiting for room (when the sender stops).
     fn flush_all(&mut self) -> Result<(), mpsc::SendError<T>> {
-        while let Some(job) = self.held.pop_front() {
-            self.held_bytes -= (self.weigh)(&job);
-            send_waiting(&self.queue, job, self.who)?;
-        }
+        while self.hand_over_oldest()? {}
         self.behind_since = None;
         Ok(())
     }
