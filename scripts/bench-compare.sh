@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Compares Synod builds (or node settings) over alternating runs: this 2-core VM's speed varies by a quarter
 # within the hour, so only runs interleaved in time compare. Each round runs `scripts/bench.sh --synod-only` once
-# per build, in turn, and prints one line per run and mode (spread over the nodes / all at the primary): committed
-# writes/s, ack and commit p50/p99, server CPU per write. A build is a directory holding synod-node, synod and
-# synod-load (copy target/release's aside after each build); NAME=ARGS instead runs the current build's binaries
-# with those node flags.
+# per build, in turn (in the reverse order every other round), and prints one line per run and mode (spread over
+# the nodes / all at the primary): committed writes/s, ack and commit p50/p99, server CPU per write. A build is a
+# directory holding synod-node, synod and synod-load (copy target/release's aside after each build); NAME=ARGS
+# instead runs the current build's binaries with those node flags.
 #
 #   scripts/bench-compare.sh [--rounds 3] [--clients 64] [--requests 40000] [--value-bytes 128] [--wait-commit] \
 #       DIR|NAME=ARGS...
@@ -44,7 +44,14 @@ for b in "${BUILDS[@]}"; do
 done
 printf '%-16s %-8s %10s %15s %17s %8s\n' build mode "writes/s" "ack p50/p99" "commit p50/p99" "us/write"
 for round in $(seq 1 "$ROUNDS"); do
-    for b in "${BUILDS[@]}"; do
+    # Every other round runs the builds in the reverse order: the first run of a round was the slower one in 16 of
+    # 22 pairs of two identical builds' comparisons here (2026-12-01), which a fixed order would credit to a build.
+    ORDER=("${BUILDS[@]}")
+    if ((round % 2 == 0)); then
+        ORDER=()
+        for ((i = ${#BUILDS[@]} - 1; i >= 0; i--)); do ORDER+=("${BUILDS[$i]}"); done
+    fi
+    for b in "${ORDER[@]}"; do
         if [[ "$b" == *=* ]]; then
             name="${b%%=*}" bin="$CURRENT" node_args="${b#*=}"
         else

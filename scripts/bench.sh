@@ -7,7 +7,12 @@
 # time; both fsync as in production (their defaults).
 #
 #   scripts/bench.sh [--clients 32] [--requests 20000] [--value-bytes 64] [--keys 10000] [--workspace DIR]
-#                    [--synod-only | --etcd-only] [--wait-commit]
+#                    [--synod-only | --etcd-only] [--wait-commit] [--rounds 1]
+#
+# --rounds N: N rounds, each a fresh Synod network then a fresh etcd cluster (data of round r in DIR/round-r,
+# summaries NAME-rR.json), and a summary over the rounds: this 2-core VM's speed changes by a third within minutes,
+# so Synod and etcd measured minutes apart can differ by the machine alone; interleaved rounds pair each Synod
+# run with the etcd run next to it, and the median of the pairs' ratios says what one pair cannot.
 #
 # etcd is measured through its native gRPC API (ETCD_TARGET=etcd: through its HTTP/JSON gateway, as before);
 # Synod's report includes commit latency (send to Committed), etcd's is its put latency.
@@ -20,6 +25,8 @@
 # Defaults can also be set with CLIENTS, REQUESTS, VALUE_BYTES, KEYS, BENCH_WORKSPACE. LOAD_TIMEOUT_S (default 600)
 # bounds each synod-load run. The workspace (default target/bench, emptied first) keeps data, logs and the --json
 # summaries (synod-spread.json, synod-primary.json, etcd-spread.json, etcd-leader.json).
+# With --rounds, each pair is checked against issue 11's goal: Synod >= 2x etcd's committed writes/s at a commit
+# p99 <= etcd's p99, with Synod's ack p99 <= 5x its ack p50.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -33,7 +40,8 @@ WORKSPACE="${BENCH_WORKSPACE:-}"
 RUN_SYNOD=1
 RUN_ETCD=1
 WAIT_COMMIT=0
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+ROUNDS="${ROUNDS:-1}"
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
     case "$1" in
         --clients) CLIENTS="$2"; shift 2 ;;
@@ -44,13 +52,15 @@ while (($#)); do
         --synod-only) RUN_ETCD=0; shift ;;
         --wait-commit) WAIT_COMMIT=1; shift ;;
         --etcd-only) RUN_SYNOD=0; shift ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "bench: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
 done
-for v in CLIENTS REQUESTS VALUE_BYTES KEYS LOAD_TIMEOUT_S; do
+for v in CLIENTS REQUESTS VALUE_BYTES KEYS LOAD_TIMEOUT_S ROUNDS; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "bench: $v must be a number, not '${!v}'" >&2; exit 2; }
 done
+((ROUNDS >= 1)) || { echo "bench: --rounds must be at least 1" >&2; exit 2; }
 
 log() { echo "bench: $*" >&2; }
 
@@ -104,7 +114,7 @@ stop_synod() {
 }
 stop_etcd() {
     ((ETCD_STARTED)) || return 0
-    ./scripts/etcd-cluster.sh stop "$W/etcd" || true
+    ./scripts/etcd-cluster.sh stop "$D/etcd" || true
     ETCD_STARTED=0
 }
 LOAD_PID=""
@@ -136,7 +146,7 @@ PY
 # GET a JSON document from a Synod node and print the value at a Python expression over it (`d`), or nothing.
 synod_json() {
     local url="$1" expr="$2"
-    curl -fsS --max-time 5 --cacert "$W/service_cert.pem" "$url" 2>/dev/null |
+    curl -fsS --max-time 5 --cacert "$D/service_cert.pem" "$url" 2>/dev/null |
         python3 -c "import json, sys; d = json.load(sys.stdin); print($expr)" 2>/dev/null || true
 }
 
@@ -185,14 +195,16 @@ time.strftime('%H:%M:%S', time.gmtime(d['commit_stall_at_unix_ms'] / 1000)) + '.
         "$W/$name.json" "$name" "$cpu_before" "$cpu_after" >&2
 }
 
-if ((RUN_SYNOD)); then
+# bench_synod SUFFIX: a fresh 3-node Synod network in $D, the spread and primary runs (NAME$SUFFIX), stopped.
+bench_synod() {
+    local sfx="$1"
     read -r -a PORTS <<<"$(free_ports 6)"
     # A service without members (development mode) opens at once and trusts joining nodes that present the join
     # token n0 wrote: enough for a benchmark (with members, ./sandbox.sh shows the governed way).
-    "$BIN/synod" keygen --name user0 --out "$W" >/dev/null
+    "$BIN/synod" keygen --name user0 --out "$D" >/dev/null
     NODES_JSON=""
     for i in 0 1 2; do
-        dir="$W/n$i"
+        dir="$D/n$i"
         mkdir -p "$dir"
         common=(--data-dir "$dir" --node-name "n$i" --rpc-address "127.0.0.1:${PORTS[$i]}"
             --node-address "127.0.0.1:${PORTS[$((i + 3))]}")
@@ -200,32 +212,32 @@ if ((RUN_SYNOD)); then
         common+=("${extra[@]}")
         if ((i == 0)); then
             RUST_LOG=info "$BIN/synod-node" start "${common[@]}" \
-                --user-cert "$W/user0_cert.pem" >>"$W/n$i.log" 2>&1 &
+                --user-cert "$D/user0_cert.pem" >>"$D/n$i.log" 2>&1 &
         else
             RUST_LOG=info "$BIN/synod-node" join "${common[@]}" \
-                --target "https://127.0.0.1:${PORTS[0]}" --service-cert "$W/service_cert.pem" \
-                --join-token-file "$W/n0/join_token" \
-                >>"$W/n$i.log" 2>&1 &
+                --target "https://127.0.0.1:${PORTS[0]}" --service-cert "$D/service_cert.pem" \
+                --join-token-file "$D/n0/join_token" \
+                >>"$D/n$i.log" 2>&1 &
         fi
         SYNOD_PIDS+=($!)
         for _ in $(seq 1 600); do
             [ -f "$dir/rpc_address" ] && break
             if ! kill -0 "${SYNOD_PIDS[-1]}" 2>/dev/null; then
                 log "node n$i exited during start-up; last log lines:"
-                tail -n 20 "$W/n$i.log" >&2
+                tail -n 20 "$D/n$i.log" >&2
                 exit 1
             fi
             sleep 0.1
         done
-        [ -f "$dir/rpc_address" ] || { log "node n$i did not listen within 60 s"; tail -n 20 "$W/n$i.log" >&2; exit 1; }
-        ((i == 0)) && cp "$W/n0/service_cert.pem" "$W/service_cert.pem"
+        [ -f "$dir/rpc_address" ] || { log "node n$i did not listen within 60 s"; tail -n 20 "$D/n$i.log" >&2; exit 1; }
+        ((i == 0)) && cp "$D/n0/service_cert.pem" "$D/service_cert.pem"
         NODES_JSON+="${NODES_JSON:+,}{\"name\":\"n$i\",\"url\":\"https://127.0.0.1:${PORTS[$i]}\",\"data_dir\":\"$dir\"}"
     done
-    cat >"$W/network.json" <<JSON
+    cat >"$D/network.json" <<JSON
 {
   "nodes": [$NODES_JSON],
-  "service_cert": "$W/service_cert.pem",
-  "users": [{"name": "user0", "cert": "$W/user0_cert.pem", "key": "$W/user0_privk.pem"}],
+  "service_cert": "$D/service_cert.pem",
+  "users": [{"name": "user0", "cert": "$D/user0_cert.pem", "key": "$D/user0_privk.pem"}],
   "members": []
 }
 JSON
@@ -248,23 +260,25 @@ JSON
         ((SECONDS < deadline)) || { log "no 3-voter Synod network within 120 s (primary '$PRIMARY', voters/learners '${voters:-}')"; exit 1; }
         sleep 0.2
     done
-    log "Synod: 3 voters, primary $PRIMARY ($PRIMARY_URL); data and logs in $W"
-    export SYNOD_NETWORK="$W/network.json"
+    log "Synod: 3 voters, primary $PRIMARY ($PRIMARY_URL); data and logs in $D"
+    export SYNOD_NETWORK="$D/network.json"
     SERVER_PIDS=("${SYNOD_PIDS[@]}")
-    run_load synod-spread --spread || true
-    run_load synod-primary --node "$PRIMARY" || true
+    run_load "synod-spread$sfx" --spread || true
+    run_load "synod-primary$sfx" --node "$PRIMARY" || true
     after="$(synod_json "$PRIMARY_URL/node/primary" "d.get('is_this_node')")"
     [ "$after" = True ] || log "warning: $PRIMARY is no longer primary after the runs (an election happened)"
     stop_synod
-fi
+}
 
-if ((RUN_ETCD)); then
+# bench_etcd SUFFIX: a fresh 3-member etcd cluster in $D/etcd, the spread and leader runs (NAME$SUFFIX), stopped.
+bench_etcd() {
+    local sfx="$1"
     ETCD_STARTED=1
-    ENDPOINTS="$(./scripts/etcd-cluster.sh start "$W/etcd")"
-    log "etcd: endpoints $ENDPOINTS; data and logs in $W/etcd"
+    ENDPOINTS="$(./scripts/etcd-cluster.sh start "$D/etcd")"
+    log "etcd: endpoints $ENDPOINTS; data and logs in $D/etcd"
     SERVER_PIDS=()
-    for f in "$W"/etcd/m*.pid; do SERVER_PIDS+=("$(cat "$f")"); done
-    run_load etcd-spread --target "$ETCD_TARGET" --etcd-endpoints "$ENDPOINTS" || true
+    for f in "$D"/etcd/m*.pid; do SERVER_PIDS+=("$(cat "$f")"); done
+    run_load "etcd-spread$sfx" --target "$ETCD_TARGET" --etcd-endpoints "$ENDPOINTS" || true
     # The leader: the member whose id is the leader id it reports (the gateway writes uint64s as strings).
     LEADER=""
     for ep in ${ENDPOINTS//,/ }; do
@@ -274,7 +288,7 @@ if ((RUN_ETCD)); then
         [ "$is_leader" = True ] && LEADER="$ep"
     done
     if [ -n "$LEADER" ]; then
-        run_load etcd-leader --target "$ETCD_TARGET" --etcd-endpoints "$LEADER" || true
+        run_load "etcd-leader$sfx" --target "$ETCD_TARGET" --etcd-endpoints "$LEADER" || true
     else
         log "warning: no etcd member says it is the leader; skipping the leader-only run"
     fi
@@ -284,7 +298,21 @@ if ((RUN_ETCD)); then
         python3 -c 'import json, sys; print(json.load(sys.stdin).get("count", 0))' 2>/dev/null || echo '?')"
     log "etcd holds $count keys under log/"
     stop_etcd
-fi
+}
+
+# D: where the round's servers keep their data and logs (the workspace itself for a single round).
+D="$W"
+for r in $(seq 1 "$ROUNDS"); do
+    SFX=""
+    if ((ROUNDS > 1)); then
+        SFX="-r$r"
+        D="$W/round-$r"
+        mkdir -p "$D"
+        log "round $r of $ROUNDS"
+    fi
+    if ((RUN_SYNOD)); then bench_synod "$SFX"; fi
+    if ((RUN_ETCD)); then bench_etcd "$SFX"; fi
+done
 
 # compare TITLE SYNOD_RUN ETCD_RUN: the side-by-side table and the ratio, if both runs produced a summary.
 compare() {
@@ -301,7 +329,58 @@ echo
 echo "Synod 3 nodes vs etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p') 3 members, 127.0.0.1," \
     "$(nproc) cores, $CLIENTS clients, $REQUESTS writes, $VALUE_BYTES-byte values, $KEYS keys"
 echo
-compare "Clients spread over the 3 nodes / members (client i on node i mod 3; backups and followers forward):" \
-    synod-spread etcd-spread
-compare "All clients on the Synod primary / the etcd leader:" synod-primary etcd-leader
+SPREAD_TITLE="Clients spread over the 3 nodes / members (client i on node i mod 3; backups and followers forward)"
+PRIMARY_TITLE="All clients on the Synod primary / the etcd leader"
+if ((ROUNDS == 1)); then
+    compare "$SPREAD_TITLE:" synod-spread etcd-spread
+    compare "$PRIMARY_TITLE:" synod-primary etcd-leader
+    echo "summaries: ${RESULTS[*]}"
+    exit 0
+fi
+for r in $(seq 1 "$ROUNDS"); do
+    compare "Round $r. $SPREAD_TITLE:" "synod-spread-r$r" "etcd-spread-r$r"
+    compare "Round $r. $PRIMARY_TITLE:" "synod-primary-r$r" "etcd-leader-r$r"
+done
+# Each Synod run against the etcd run of its own round, and the medians over the rounds.
+python3 - "$W" "$ROUNDS" <<'PY'
+import json, os, statistics, sys
+w, rounds = sys.argv[1], int(sys.argv[2])
+def load(name, r):
+    path = os.path.join(w, "%s-r%d.json" % (name, r))
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+def goal(s, e):
+    return (s["committed_writes_per_s"] >= 2 * e["committed_writes_per_s"]
+            and s["commit_p99_ms"] <= e["p99_ms"] and s["p99_ms"] <= 5 * s["p50_ms"])
+for title, syn, etc in (("spread over the nodes / members", "synod-spread", "etcd-spread"),
+                        ("at the Synod primary / the etcd leader", "synod-primary", "etcd-leader")):
+    pairs = [(r, load(syn, r), load(etc, r)) for r in range(1, rounds + 1)]
+    pairs = [(r, s, e) for r, s, e in pairs if s and e]
+    if not pairs:
+        continue
+    print("Over %d rounds, %s: each Synod run against the etcd run of its round" % (len(pairs), title))
+    print("%-7s %14s %18s %15s %12s %16s %8s %5s" % ("round", "synod writes/s", "commit p50/p99 ms",
+          "ack p50/p99 ms", "etcd writes/s", "etcd p50/p99 ms", "ratio", "goal"))
+    ratios, met = [], 0
+    for r, s, e in pairs:
+        ratio = s["committed_writes_per_s"] / max(e["committed_writes_per_s"], 1e-9)
+        ratios.append(ratio)
+        ok = goal(s, e)
+        met += ok
+        print("%-7d %14.1f %8.1f / %-7.1f %6.1f / %-6.1f %12.1f %7.1f / %-6.1f %7.2fx %5s" % (
+            r, s["committed_writes_per_s"], s["commit_p50_ms"], s["commit_p99_ms"], s["p50_ms"], s["p99_ms"],
+            e["committed_writes_per_s"], e["p50_ms"], e["p99_ms"], ratio, "met" if ok else "-"))
+    med = lambda key, runs: statistics.median(x[key] for x in runs)
+    syns, etcs = [s for _, s, _ in pairs], [e for _, _, e in pairs]
+    print("%-7s %14.1f %8.1f / %-7.1f %6.1f / %-6.1f %12.1f %7.1f / %-6.1f %7.2fx" % (
+        "median", med("committed_writes_per_s", syns), med("commit_p50_ms", syns), med("commit_p99_ms", syns),
+        med("p50_ms", syns), med("p99_ms", syns), med("committed_writes_per_s", etcs), med("p50_ms", etcs),
+        med("p99_ms", etcs), statistics.median(ratios)))
+    print("goal (>= 2x etcd's committed writes/s, commit p99 <= etcd's p99, ack p99 <= 5x ack p50): met in %d of %d"
+          " rounds" % (met, len(pairs)))
+    print()
+PY
 echo "summaries: ${RESULTS[*]}"
