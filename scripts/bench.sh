@@ -73,6 +73,8 @@ elif [ -e "$WORKSPACE" ] && [ -n "$(ls -A "$WORKSPACE")" ]; then
 fi
 mkdir -p "$WORKSPACE"
 W="$(cd "$WORKSPACE" && pwd)"
+# D: where the current round's servers keep their data and logs (the workspace itself for a single round).
+D="$W"
 
 ./scripts/setup.sh
 # etcd is driven through its native gRPC API (synod-load's etcd-grpc feature, which needs protoc to build);
@@ -300,8 +302,6 @@ bench_etcd() {
     stop_etcd
 }
 
-# D: where the round's servers keep their data and logs (the workspace itself for a single round).
-D="$W"
 for r in $(seq 1 "$ROUNDS"); do
     SFX=""
     if ((ROUNDS > 1)); then
