@@ -215,6 +215,8 @@ pub struct Client {
     current: Arc<AtomicUsize>,
     service_cert_pem: Arc<str>,
     request_timeout: Duration,
+    /// The TLS configuration `http` uses, for [`crate::Connection`]s.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 fn tls_config(service_cert_pem: &str, identity: Option<(&str, &str)>) -> Result<rustls::ClientConfig> {
@@ -393,8 +395,9 @@ impl Client {
         if urls.is_empty() {
             return Err(Error::Config("no node URL given".into()));
         }
+        let tls = tls_config(service_cert_pem, identity)?;
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls_config(service_cert_pem, identity)?)
+            .use_preconfigured_tls(tls.clone())
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -408,6 +411,7 @@ impl Client {
             current: Arc::new(AtomicUsize::new(0)),
             service_cert_pem: service_cert_pem.into(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            tls: Arc::new(tls),
         })
     }
 
@@ -448,6 +452,16 @@ impl Client {
     /// The pinned service certificate (PEM).
     pub fn service_cert_pem(&self) -> &str {
         &self.service_cert_pem
+    }
+
+    /// The URL of the node requests currently go to, parsed.
+    pub(crate) fn current_base(&self) -> &reqwest::Url {
+        &self.bases[self.current_index()]
+    }
+
+    /// The TLS configuration (trust and identity) of this client's connections.
+    pub(crate) fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
     }
 
     fn current_index(&self) -> usize {

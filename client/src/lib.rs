@@ -24,6 +24,7 @@ pub mod attest;
 pub mod cli;
 pub mod client;
 pub mod commit;
+pub mod connection;
 pub mod error;
 pub mod keys;
 pub mod load;
@@ -33,6 +34,7 @@ use std::path::Path;
 
 pub use client::{ApiErrorBody, Body, Client, Response, TX_ID_HEADER};
 pub use commit::CommitFollower;
+pub use connection::Connection;
 pub use error::{Error, Result};
 pub use keys::{keygen, keygen_with, KeyFiles};
 pub use network::{NamedIdentity, Network, NetworkNode};

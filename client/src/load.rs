@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use synod_core::txid::TxId;
 
-use crate::client::{classify_transport, read_body_capped, Body, Client};
+use crate::client::{classify_transport, read_body_capped, Client};
 use crate::commit::CommitFollower;
+use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::Method;
 
 /// A system that accepts writes and can say when they are committed.
 pub trait LoadTarget: Send + Sync + 'static {
@@ -50,19 +50,22 @@ pub trait LoadTarget: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Opens the target's connection with one cheap request, before the clock starts (see [`run_load`]).
+    /// Opens the target's connection (with one cheap request, or just its handshake), before the clock starts
+    /// (see [`run_load`]).
     fn warm_up(&self) -> impl Future<Output = Result<()>> + Send {
         async { Ok(()) }
     }
 }
 
-/// Synod: writes are `POST {path}` with `{"id": key, "msg": value}` (the logging app), committed once `/node/tx`
-/// says so.
+/// Synod: writes are `POST {path}` with `{"id": key, "msg": value}` (the logging app) on a kept-open
+/// [`Connection`] per client, committed once `/node/tx` says so.
 #[derive(Clone)]
 pub struct SynodTarget {
     client: Client,
     path: String,
     follower: Option<Arc<CommitFollower>>,
+    /// The connection writes go on, opened by `warm_up` (or the first write) and kept: one per client.
+    connection: Arc<tokio::sync::Mutex<Option<Connection>>>,
 }
 
 impl SynodTarget {
@@ -72,6 +75,7 @@ impl SynodTarget {
             client,
             path: path.to_string(),
             follower: None,
+            connection: Arc::default(),
         }
     }
 
@@ -88,11 +92,14 @@ impl LoadTarget for SynodTarget {
     }
 
     async fn write(&self, key: u64, value: &[u8]) -> Result<Option<TxId>> {
-        let body = json!({ "id": key, "msg": String::from_utf8_lossy(value) });
-        let response = self
-            .client
-            .call(Method::POST, &self.path, Some(Body::Json(body)), &[])
-            .await?;
+        let body = serde_json::to_vec(&json!({ "id": key, "msg": String::from_utf8_lossy(value) }))
+            .map_err(|e| Error::Config(format!("request body: {e}")))?;
+        let mut connection = self.connection.lock().await;
+        let connection = match &mut *connection {
+            Some(c) => c,
+            None => connection.insert(self.client.connection()?),
+        };
+        let response = connection.post(&self.path, "application/json", &body).await?;
         Ok(Some(response.error_for_status()?.tx_id()?))
     }
 
@@ -116,7 +123,11 @@ impl LoadTarget for SynodTarget {
     }
 
     async fn warm_up(&self) -> Result<()> {
-        self.client.commit().await.map(|_| ())
+        let mut connection = self.connection.lock().await;
+        match &mut *connection {
+            Some(c) => c.open().await,
+            None => connection.insert(self.client.connection()?).open().await,
+        }
     }
 }
 

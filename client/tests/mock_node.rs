@@ -186,7 +186,8 @@ async fn handle(
     })
 }
 
-async fn start_mock(service: &Identity) -> Mock {
+/// The TLS side of a mock node of `service`.
+fn mock_acceptor(service: &Identity) -> tokio_rustls::TlsAcceptor {
     let node = cert::generate_endorsed(
         "n0",
         &["127.0.0.1".parse().unwrap()],
@@ -205,7 +206,11 @@ async fn start_mock(service: &Identity) -> Mock {
         )
         .unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn start_mock(service: &Identity) -> Mock {
+    let acceptor = mock_acceptor(service);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let state = Arc::new(State::default());
@@ -299,6 +304,108 @@ async fn writes_wait_for_commit_and_reuse_one_connection() {
     assert!(
         (1..=2).contains(&connections),
         "one kept-alive connection, not one per request: {connections}"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_open_connection_writes_in_turn_and_types_its_errors() {
+    let f = Fixture::new().await;
+    let mut connection = f.client().connection().unwrap();
+    connection.open().await.unwrap();
+    for i in 1..=20u64 {
+        let body = serde_json::to_vec(&json!({"id": i, "msg": "x"})).unwrap();
+        let response = connection
+            .post("/app/log/private", "application/json", &body)
+            .await
+            .unwrap();
+        assert_eq!(response.status, 201);
+        assert_eq!(
+            response.tx_id().unwrap(),
+            TxId::new(2, i),
+            "each answer is its own request's"
+        );
+    }
+    assert_eq!(
+        f.mock.state.connections.load(Ordering::SeqCst),
+        1,
+        "one connection for all"
+    );
+    // An error answer is an answer: typed by error_for_status, the connection kept.
+    let missing = connection
+        .post("/nowhere", "application/json", b"{}")
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404);
+    assert!(matches!(missing.error_for_status(), Err(Error::Api { .. })));
+    assert!(matches!(
+        connection.post("no-slash", "application/json", b"{}").await,
+        Err(Error::Config(_))
+    ));
+    let after = connection
+        .post(
+            "/app/log/private",
+            "application/json",
+            b"{\"id\": 1, \"msg\": \"y\"}",
+        )
+        .await;
+    assert_eq!(after.unwrap().status, 201);
+    assert_eq!(f.mock.state.connections.load(Ordering::SeqCst), 1);
+    // A node that is not there: nothing was sent, safe to retry.
+    let dead = Client::new(&dead_url(), &f.service.cert_pem, None).unwrap();
+    let err = dead
+        .connection()
+        .unwrap()
+        .post("/app/log/private", "application/json", b"{}")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_connection_the_node_closed_while_idle_is_opened_again() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let f = Fixture::new().await;
+    // A node that answers one request per connection and then closes it without saying so.
+    let acceptor = mock_acceptor(&f.service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                continue;
+            };
+            let mut buf = vec![0u8; 4096];
+            let _ = tls.read(&mut buf).await;
+            let _ = tls
+                .write_all(
+                    b"HTTP/1.1 201 Created\r\nx-ms-ccf-transaction-id: 2.5\r\ncontent-length: 2\r\n\r\n{}",
+                )
+                .await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    let client = Client::new(
+        &url,
+        &f.service.cert_pem,
+        Some((&f.user.cert_pem, &f.user.key_pem)),
+    )
+    .unwrap();
+    let mut connection = client.connection().unwrap();
+    for _ in 0..2 {
+        let answer = connection
+            .post("/app/log/private", "application/json", b"{}")
+            .await
+            .unwrap();
+        assert_eq!(answer.tx_id().unwrap(), TxId::new(2, 5));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the closed connection was noticed and replaced"
     );
 }
 
