@@ -1074,7 +1074,7 @@ fn synod_targets(cli: &LoadCli, timeout: Duration) -> anyhow::Result<Vec<SynodTa
     for (_, (urls, follower)) in (0..cli.clients).zip(node_urls.iter().zip(&followers).cycle()) {
         // One client (so one connection pool) per worker.
         let client = parts.client(urls)?.with_request_timeout(timeout);
-        let target = SynodTarget::new(client, &cli.path);
+        let target = SynodTarget::new(client, &cli.path)?;
         targets.push(match follower {
             Some(f) => target.with_follower(f.clone()),
             None => target,

@@ -10,6 +10,7 @@
 //! connection the node closes (`connection: close`, or an error) opened again for the next request. A failure
 //! drops the connection, so no answer can be read as another request's.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,13 +148,12 @@ impl Connection {
     async fn exchange(&mut self, path: &str, content_type: &str, body: &[u8]) -> Result<Response> {
         self.open().await?;
         let mut request = Vec::with_capacity(128 + path.len() + body.len());
-        request.extend_from_slice(
-            format!(
-                "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
-                self.authority,
-                body.len()
-            )
-            .as_bytes(),
+        // Written in place (a Vec takes every write).
+        let _ = write!(
+            request,
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            self.authority,
+            body.len()
         );
         request.extend_from_slice(body);
         let url = self.url.clone();

@@ -65,18 +65,20 @@ pub struct SynodTarget {
     path: String,
     follower: Option<Arc<CommitFollower>>,
     /// The connection writes go on, opened by `warm_up` (or the first write) and kept: one per client.
-    connection: Arc<tokio::sync::Mutex<Option<Connection>>>,
+    connection: Arc<tokio::sync::Mutex<Connection>>,
 }
 
 impl SynodTarget {
-    /// A target writing to `path` (e.g. `/app/log/private`) through `client`.
-    pub fn new(client: Client, path: &str) -> SynodTarget {
-        SynodTarget {
+    /// A target writing to `path` (e.g. `/app/log/private`) to `client`'s current node (the connection opens
+    /// later: an error here is a node URL no connection can be made from).
+    pub fn new(client: Client, path: &str) -> Result<SynodTarget> {
+        let connection = Arc::new(tokio::sync::Mutex::new(client.connection()?));
+        Ok(SynodTarget {
             client,
             path: path.to_string(),
             follower: None,
-            connection: Arc::default(),
-        }
+            connection,
+        })
     }
 
     /// Waits for each write's commit through `follower` (shared by the clients of one node).
@@ -94,12 +96,12 @@ impl LoadTarget for SynodTarget {
     async fn write(&self, key: u64, value: &[u8]) -> Result<Option<TxId>> {
         let body = serde_json::to_vec(&json!({ "id": key, "msg": String::from_utf8_lossy(value) }))
             .map_err(|e| Error::Config(format!("request body: {e}")))?;
-        let mut connection = self.connection.lock().await;
-        let connection = match &mut *connection {
-            Some(c) => c,
-            None => connection.insert(self.client.connection()?),
-        };
-        let response = connection.post(&self.path, "application/json", &body).await?;
+        let response = self
+            .connection
+            .lock()
+            .await
+            .post(&self.path, "application/json", &body)
+            .await?;
         Ok(Some(response.error_for_status()?.tx_id()?))
     }
 
@@ -123,11 +125,7 @@ impl LoadTarget for SynodTarget {
     }
 
     async fn warm_up(&self) -> Result<()> {
-        let mut connection = self.connection.lock().await;
-        match &mut *connection {
-            Some(c) => c.open().await,
-            None => connection.insert(self.client.connection()?).open().await,
-        }
+        self.connection.lock().await.open().await
     }
 }
 

@@ -605,7 +605,7 @@ async fn retries_fail_over_to_a_live_node_and_through_503s() {
 async fn load_against_the_mock() {
     let f = Fixture::new().await;
     let targets: Vec<_> = (0..4)
-        .map(|_| synod_client::load::SynodTarget::new(f.client(), "/app/log/private"))
+        .map(|_| synod_client::load::SynodTarget::new(f.client(), "/app/log/private").unwrap())
         .collect();
     let config = synod_client::load::LoadConfig {
         requests: 200,
