@@ -188,8 +188,11 @@ impl Connection {
         let body = self.read[body_start..body_start + length].to_vec();
         self.read.drain(..body_start + length);
         self.last_used = std::time::Instant::now();
-        if close {
+        // Bytes past the answer answer no request of ours (nothing is pipelined): read next, they would pass for the
+        // next request's answer.
+        if close || !self.read.is_empty() {
             self.stream = None;
+            self.read.clear();
         }
         Ok(Response {
             status,

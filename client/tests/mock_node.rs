@@ -410,6 +410,55 @@ async fn a_connection_the_node_closed_while_idle_is_opened_again() {
 }
 
 #[tokio::test]
+async fn bytes_past_an_answer_are_never_read_as_the_next_answer() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let f = Fixture::new().await;
+    // A node that follows each connection's first answer (transaction 2.<connection>) with an answer nobody asked
+    // for (2.99).
+    let acceptor = mock_acceptor(&f.service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted += 1;
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                continue;
+            };
+            let answer = |tx: u64| {
+                format!("HTTP/1.1 201 Created\r\nx-ms-ccf-transaction-id: 2.{tx}\r\ncontent-length: 2\r\n\r\n{{}}")
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls.write_all((answer(accepted) + &answer(99)).as_bytes()).await;
+                while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {
+                    let _ = tls.write_all(answer(99).as_bytes()).await;
+                }
+            });
+        }
+    });
+    let client = Client::new(
+        &url,
+        &f.service.cert_pem,
+        Some((&f.user.cert_pem, &f.user.key_pem)),
+    )
+    .unwrap();
+    let mut connection = client.connection().unwrap();
+    for expected in [1, 2] {
+        let answer = connection
+            .post("/app/log/private", "application/json", b"{}")
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.tx_id().unwrap(),
+            TxId::new(2, expected),
+            "each request's own answer"
+        );
+    }
+}
+
+#[tokio::test]
 async fn error_answers_are_typed() {
     let f = Fixture::new().await;
     let client = f.client();
