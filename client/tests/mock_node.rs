@@ -259,8 +259,13 @@ impl Fixture {
     }
 
     fn client(&self) -> Client {
+        self.client_of(&self.mock.url)
+    }
+
+    /// A client of the node at `url` as user0, trusting the service.
+    fn client_of(&self, url: &str) -> Client {
         Client::new(
-            &self.mock.url,
+            url,
             &self.service.cert_pem,
             Some((&self.user.cert_pem, &self.user.key_pem)),
         )
@@ -361,39 +366,51 @@ async fn a_kept_open_connection_writes_in_turn_and_types_its_errors() {
     assert!(matches!(err, Error::Unreachable { .. }), "{err}");
 }
 
+/// The answer a scripted node writes: 201 for transaction 2.`seqno`.
+fn raw_answer(seqno: u64) -> String {
+    format!("HTTP/1.1 201 Created\r\nx-ms-ccf-transaction-id: 2.{seqno}\r\ncontent-length: 2\r\n\r\n{{}}")
+}
+
+/// A node of `service` whose connections `serve` handles after the TLS handshake, each with its number (from 1);
+/// its URL.
+async fn scripted_node<F, Fut>(service: &Identity, serve: F) -> String
+where
+    F: Fn(u64, tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let acceptor = mock_acceptor(service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            if let Ok(tls) = acceptor.accept(stream).await {
+                accepted += 1;
+                tokio::spawn(serve(accepted, tls));
+            }
+        }
+    });
+    url
+}
+
 #[tokio::test]
 async fn a_connection_the_node_closed_while_idle_is_opened_again() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let f = Fixture::new().await;
     // A node that answers one request per connection and then closes it without saying so.
-    let acceptor = mock_acceptor(&f.service);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicU64::new(0));
     let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let Ok(mut tls) = acceptor.accept(stream).await else {
-                continue;
-            };
+    let url = scripted_node(&f.service, move |_, mut tls| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
             let mut buf = vec![0u8; 4096];
             let _ = tls.read(&mut buf).await;
-            let _ = tls
-                .write_all(
-                    b"HTTP/1.1 201 Created\r\nx-ms-ccf-transaction-id: 2.5\r\ncontent-length: 2\r\n\r\n{}",
-                )
-                .await;
+            let _ = tls.write_all(raw_answer(5).as_bytes()).await;
             let _ = tls.shutdown().await;
         }
-    });
-    let client = Client::new(
-        &url,
-        &f.service.cert_pem,
-        Some((&f.user.cert_pem, &f.user.key_pem)),
-    )
-    .unwrap();
-    let mut connection = client.connection().unwrap();
+    })
+    .await;
+    let mut connection = f.client_of(&url).connection().unwrap();
     for _ in 0..2 {
         let answer = connection
             .post("/app/log/private", "application/json", b"{}")
@@ -415,36 +432,18 @@ async fn bytes_past_an_answer_are_never_read_as_the_next_answer() {
     let f = Fixture::new().await;
     // A node that follows each connection's first answer (transaction 2.<connection>) with an answer nobody asked
     // for (2.99).
-    let acceptor = mock_acceptor(&f.service);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut accepted = 0;
-        while let Ok((stream, _)) = listener.accept().await {
-            accepted += 1;
-            let Ok(mut tls) = acceptor.accept(stream).await else {
-                continue;
-            };
-            let answer = |tx: u64| {
-                format!("HTTP/1.1 201 Created\r\nx-ms-ccf-transaction-id: 2.{tx}\r\ncontent-length: 2\r\n\r\n{{}}")
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = tls.read(&mut buf).await;
-                let _ = tls.write_all((answer(accepted) + &answer(99)).as_bytes()).await;
-                while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {
-                    let _ = tls.write_all(answer(99).as_bytes()).await;
-                }
-            });
+    let url = scripted_node(&f.service, |accepted, mut tls| async move {
+        let mut buf = vec![0u8; 4096];
+        let _ = tls.read(&mut buf).await;
+        let _ = tls
+            .write_all((raw_answer(accepted) + &raw_answer(99)).as_bytes())
+            .await;
+        while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {
+            let _ = tls.write_all(raw_answer(99).as_bytes()).await;
         }
-    });
-    let client = Client::new(
-        &url,
-        &f.service.cert_pem,
-        Some((&f.user.cert_pem, &f.user.key_pem)),
-    )
-    .unwrap();
-    let mut connection = client.connection().unwrap();
+    })
+    .await;
+    let mut connection = f.client_of(&url).connection().unwrap();
     for expected in [1, 2] {
         let answer = connection
             .post("/app/log/private", "application/json", b"{}")
